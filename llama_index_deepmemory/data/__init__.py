@@ -1,0 +1,1 @@
+"""Turning documentation and query logs into nodes, questions and relevance lists."""

@@ -1,0 +1,1 @@
+"""Deep Memory: train, manage and apply retrieval adapters for a DeepMemoryVectorStore."""

@@ -1,0 +1,90 @@
+"""The narrow interface between the vector store and Deep Memory.
+
+The store knows Deep Memory only through :class:`DeepMemoryModel` (numpy-only at query time,
+so querying never imports torch). Deep Memory knows the store only through :class:`StoreView`.
+
+Scores are always "higher is better" in the store's scale: cosine similarity (inner product of
+normalised vectors) for ``metric="cosine"``, the inner product for ``"ip"`` and the negative
+squared L2 distance for ``"l2"``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+
+
+class StoreView(Protocol):
+    """What Deep Memory may ask of a store."""
+
+    @property
+    def dim(self) -> int | None:
+        """Embedding dimension, or None while the store is empty."""
+
+    @property
+    def metric(self) -> str:
+        """One of ``"cosine"``, ``"ip"``, ``"l2"``."""
+
+    @property
+    def embed_model(self) -> "BaseEmbedding | None":
+        """The embedding model queries are embedded with for training/evaluation, if any."""
+
+    def __len__(self) -> int:
+        """Number of stored nodes."""
+
+    def missing_ids(self, node_ids: Sequence[str]) -> list[str]:
+        """The ids among ``node_ids`` that are not stored (in input order)."""
+
+    def get_vectors(self, node_ids: Sequence[str]) -> np.ndarray:
+        """Stored vectors ``(n, d) float32`` as searched (normalised when cosine); KeyError if missing."""
+
+    def iter_vectors(self, batch_size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
+        """All stored (ids, vectors) in batches, bounded memory per batch."""
+
+    def prepare_queries(self, vectors: Any) -> np.ndarray:
+        """Validate query vectors (dimension, finite) and return ``(m, d) float32`` as searched."""
+
+    def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        """Plain search (never Deep Memory) of prepared queries: scores ``(m, k')`` and node ids."""
+
+
+class DeepMemoryModel:
+    """A trained Deep Memory model, applied at query time with numpy alone.
+
+    Applying it to prepared query vectors ``q`` (m, d):
+
+    1. ``q_t = transform_queries(q)`` -> (m, d): the query adapter (identity by default).
+    2. ``ids, scores = overrides(q_t)`` -> ids (n,), scores (m, n): exact "with memory" scores for a
+       small set of nodes (learned per-node memory); every other node scores with the plain
+       ``q_t . v`` of the stored index. The store merges both, so stored vectors never change.
+
+    Subclasses implement the math and the state round trip; the state is plain JSON plus numpy
+    arrays so it can be saved with safetensors (never pickle).
+    """
+
+    kind: str = "identity"
+
+    def __init__(self, dim: int, metric: str = "cosine") -> None:
+        self.dim = int(dim)
+        self.metric = metric
+
+    def transform_queries(self, queries: np.ndarray) -> np.ndarray:
+        """(m, d) -> (m, d). Identity here."""
+        return queries
+
+    def overrides(self, transformed: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Exact scores for nodes whose score differs from the plain index. None here."""
+        return [], np.zeros((transformed.shape[0], 0), dtype=np.float32)
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON-able metadata and named arrays."""
+        return {"kind": self.kind, "dim": self.dim, "metric": self.metric}, {}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "DeepMemoryModel":
+        """Inverse of :meth:`to_state`."""
+        return cls(dim=int(meta["dim"]), metric=str(meta.get("metric", "cosine")))
