@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView
+from llama_index_deepmemory.deep_memory.models import model_from_state
 
 logger = logging.getLogger(__name__)
 
@@ -53,5 +54,5 @@ class DeepMemory:
         for name, m_meta in meta.get("models", {}).items():
             prefix = f"{name}/"
             m_arrays = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-            self._models[name] = DeepMemoryModel.from_state(m_meta, m_arrays)
+            self._models[name] = model_from_state(m_meta, m_arrays)
         self._active = meta.get("active")
