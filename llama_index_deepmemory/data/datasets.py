@@ -1,0 +1,480 @@
+"""Readers for real relevance data: query logs (JSONL/CSV) and BEIR-format folders.
+
+Everything here produces the shape ``deep_memory.train`` takes: ``queries`` (a list of strings)
+and ``relevance`` (one list of ``(node_id, weight)`` pairs per query).
+
+Query log formats (one query per line/row):
+
+* JSONL: ``{"query": "...", "relevant_ids": ["node_3", "node_7"], "weight": 0.5}``; the ids may
+  also be one string, ``[[id, weight], ...]`` pairs or ``{id: weight}``; ``weight`` is optional
+  (default 1) and applies to ids given without their own weight.
+* CSV (header row): columns ``query``, ``relevant_ids`` (ids separated by ``;``) and optional
+  ``weight`` (one number, or one per id separated by ``;``).
+
+BEIR folders: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``,
+``text``) and ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score`` with a header row).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Iterator, Literal, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from llama_index.core.schema import Document, TextNode
+
+    from llama_index_deepmemory.data.questions import EmbeddingQAFinetuneDataset
+
+logger = logging.getLogger(__name__)
+
+Relevance = list[list[tuple[str, float]]]
+OnUnknown = Literal["error", "drop"]
+LOG_ID_SEPARATOR = ";"
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation shared by every reader and by the conversions in ``questions``
+# ---------------------------------------------------------------------------------------------
+
+
+def validate_query_relevance(
+    queries: Sequence[str],
+    relevance: Sequence[Sequence[Any]],
+    known_ids: Collection[str] | None = None,
+) -> tuple[list[str], Relevance]:
+    """Check ``queries``/``relevance`` and return them normalised to ``(str, float)`` pairs.
+
+    Each relevance entry may be a node id (weight 1) or an ``(id, weight)`` pair with a finite
+    weight > 0. With ``known_ids``, every id must be one of them. Raises ValueError/TypeError
+    naming the query index and the offending value.
+    """
+    if isinstance(queries, str) or not isinstance(queries, Sequence):
+        raise TypeError(f"queries must be a list of strings, got {type(queries).__name__}")
+    if isinstance(relevance, str) or not isinstance(relevance, Sequence):
+        raise TypeError(f"relevance must be a list of lists of (id, weight), got {type(relevance).__name__}")
+    if len(queries) != len(relevance):
+        raise ValueError(
+            f"queries and relevance must have the same length, got {len(queries)} queries and "
+            f"{len(relevance)} relevance lists"
+        )
+    known = set(known_ids) if known_ids is not None and not isinstance(known_ids, (set, frozenset, dict)) else known_ids
+    clean_queries: list[str] = []
+    clean_relevance: Relevance = []
+    for i, (query, entries) in enumerate(zip(queries, relevance)):
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"queries[{i}] must be a non-empty string, got {query!r}")
+        if isinstance(entries, (str, bytes)) or not isinstance(entries, Iterable):
+            raise TypeError(f"relevance[{i}] must be a list of (id, weight) pairs, got {entries!r}")
+        pairs = [_relevance_pair(entry, f"relevance[{i}][{j}]") for j, entry in enumerate(entries)]
+        if not pairs:
+            raise ValueError(f"relevance[{i}] (query {query!r}) is empty; every query needs at least one relevant id")
+        if known is not None:
+            unknown = [doc_id for doc_id, _ in pairs if doc_id not in known]
+            if unknown:
+                raise ValueError(
+                    f"relevance[{i}] (query {query!r}) names unknown ids {unknown[:5]}; "
+                    "they are not among the known node ids"
+                )
+        clean_queries.append(query)
+        clean_relevance.append(pairs)
+    return clean_queries, clean_relevance
+
+
+def _relevance_pair(entry: Any, where: str) -> tuple[str, float]:
+    if isinstance(entry, str):
+        doc_id, weight = entry, 1.0
+    elif isinstance(entry, (tuple, list)) and len(entry) == 2:
+        doc_id, weight = entry
+    else:
+        raise TypeError(f"{where} must be an id or an (id, weight) pair, got {entry!r}")
+    if not isinstance(doc_id, str) or not doc_id:
+        raise ValueError(f"{where}: the id must be a non-empty string, got {doc_id!r}")
+    return doc_id, _weight(weight, where)
+
+
+def _weight(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: the weight must be a number > 0, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{where}: the weight must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Query logs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _LogRow:
+    where: str  # "path:line"
+    query: str
+    pairs: list[tuple[str, float]]
+
+
+def read_query_log(
+    path: str | os.PathLike[str],
+    *,
+    known_ids: Collection[str] | None = None,
+    on_unknown: OnUnknown = "error",
+    merge_duplicates: bool = True,
+    query_field: str = "query",
+    ids_field: str = "relevant_ids",
+    weight_field: str = "weight",
+) -> tuple[list[str], Relevance]:
+    """Read a query log (``.jsonl``/``.ndjson`` or ``.csv``) into ``(queries, relevance)``.
+
+    Args:
+        path: the log file; the format follows the suffix.
+        known_ids: the valid node ids (e.g. the store's); ids outside it are errors, or are
+            dropped with ``on_unknown="drop"`` (queries left without ids are dropped too).
+        merge_duplicates: rows with the same query text become one query (first-seen order)
+            whose ids are the union, keeping the highest weight per id.
+        query_field, ids_field, weight_field: the field/column names.
+
+    Raises:
+        ValueError naming ``path:line`` and the field for malformed rows or unknown ids.
+    """
+    path = Path(path)
+    if on_unknown not in ("error", "drop"):
+        raise ValueError(f"on_unknown must be 'error' or 'drop', got {on_unknown!r}")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        rows = list(_jsonl_log_rows(path, query_field, ids_field, weight_field))
+    elif suffix == ".csv":
+        rows = list(_csv_log_rows(path, query_field, ids_field, weight_field))
+    else:
+        raise ValueError(f"unknown query log format {path.name!r}: use a .jsonl/.ndjson or .csv file")
+    if known_ids is not None:
+        rows = _check_known(rows, known_ids, on_unknown)
+    if not rows:
+        raise ValueError(f"{path}: no queries found (empty log)")
+    if merge_duplicates:
+        rows = _merge_rows(rows)
+    return [row.query for row in rows], [row.pairs for row in rows]
+
+
+def write_query_log(path: str | os.PathLike[str], queries: Sequence[str], relevance: Sequence[Sequence[Any]]) -> None:
+    """Write ``(queries, relevance)`` as a JSONL query log (atomically) that :func:`read_query_log` reads back."""
+    clean_queries, clean_relevance = validate_query_relevance(queries, relevance)
+    lines = [
+        json.dumps({"query": query, "relevant_ids": [[doc_id, weight] for doc_id, weight in pairs]}, ensure_ascii=False)
+        for query, pairs in zip(clean_queries, clean_relevance)
+    ]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _jsonl_log_rows(path: Path, query_field: str, ids_field: str, weight_field: str) -> Iterator[_LogRow]:
+    for line_number, record in _read_jsonl(path):
+        where = f"{path}:{line_number}"
+        query = _log_query(record.get(query_field), where, query_field)
+        default = _weight(record[weight_field], f"{where}: field {weight_field!r}") if record.get(weight_field) is not None else 1.0
+        pairs = _log_ids(record.get(ids_field), default, where, ids_field)
+        yield _LogRow(where, query, pairs)
+
+
+def _log_query(value: Any, where: str, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: field {name!r} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _log_ids(value: Any, default: float, where: str, name: str) -> list[tuple[str, float]]:
+    label = f"{where}: field {name!r}"
+    if isinstance(value, str):
+        items: list[Any] = [value]
+    elif isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ValueError(f"{label} must be an id, a list of ids, [id, weight] pairs or {{id: weight}}, got {value!r}")
+    pairs = []
+    for item in items:
+        if isinstance(item, str):
+            pairs.append(_relevance_pair((item, default), label))
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            pairs.append(_relevance_pair(tuple(item), label))
+        else:
+            raise ValueError(f"{label}: each entry must be an id or an [id, weight] pair, got {item!r}")
+    if not pairs:
+        raise ValueError(f"{label} is empty; every query needs at least one relevant id")
+    return pairs
+
+
+def _csv_log_rows(path: Path, query_field: str, ids_field: str, weight_field: str) -> Iterator[_LogRow]:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        for required in (query_field, ids_field):
+            if required not in header:
+                raise ValueError(f"{path}:1: missing column {required!r} (header: {header})")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in row:
+                raise ValueError(f"{where}: more cells than header columns ({len(header)})")
+            query = _log_query(row.get(query_field), where, query_field)
+            ids = [part.strip() for part in (row.get(ids_field) or "").split(LOG_ID_SEPARATOR) if part.strip()]
+            if not ids:
+                raise ValueError(f"{where}: column {ids_field!r} is empty; list ids separated by {LOG_ID_SEPARATOR!r}")
+            weights = _csv_weights(row.get(weight_field), len(ids), f"{where}: column {weight_field!r}")
+            yield _LogRow(where, query, [(doc_id, weight) for doc_id, weight in zip(ids, weights)])
+
+
+def _csv_weights(cell: str | None, count: int, where: str) -> list[float]:
+    if cell is None or not cell.strip():
+        return [1.0] * count
+    parts = [part.strip() for part in cell.split(LOG_ID_SEPARATOR)]
+    if len(parts) not in (1, count):
+        raise ValueError(f"{where}: {len(parts)} weights for {count} ids; give one weight or one per id")
+    try:
+        numbers = [float(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"{where}: the weight must be a number > 0, got {cell!r}") from None
+    values = [_weight(number, where) for number in numbers]
+    return values * count if len(values) == 1 else values
+
+
+def _check_known(rows: list[_LogRow], known_ids: Collection[str], on_unknown: OnUnknown) -> list[_LogRow]:
+    known = known_ids if isinstance(known_ids, (set, frozenset, dict)) else set(known_ids)
+    kept = []
+    dropped = 0
+    for row in rows:
+        unknown = [doc_id for doc_id, _ in row.pairs if doc_id not in known]
+        if unknown and on_unknown == "error":
+            raise ValueError(
+                f"{row.where}: unknown ids {unknown[:5]} (not among the {len(known)} known ids); "
+                "fix the log or pass on_unknown='drop'"
+            )
+        dropped += len(unknown)
+        pairs = [pair for pair in row.pairs if pair[0] in known]
+        if pairs:
+            kept.append(_LogRow(row.where, row.query, pairs))
+    if dropped:
+        logger.warning("dropped %d unknown ids; %d of %d queries left", dropped, len(kept), len(rows))
+    return kept
+
+
+def _merge_rows(rows: list[_LogRow]) -> list[_LogRow]:
+    merged: dict[str, dict[str, float]] = {}
+    first_where: dict[str, str] = {}
+    for row in rows:
+        weights = merged.setdefault(row.query, {})
+        first_where.setdefault(row.query, row.where)
+        for doc_id, weight in row.pairs:
+            weights[doc_id] = max(weight, weights.get(doc_id, 0.0))
+    return [_LogRow(first_where[query], query, list(weights.items())) for query, weights in merged.items()]
+
+
+# ---------------------------------------------------------------------------------------------
+# BEIR folders
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BeirDataset:
+    """A BEIR-format dataset: the corpus, all queries and per-split relevance judgements.
+
+    ``corpus``: doc id -> ``(title, text)``; ``queries``: query id -> text;
+    ``qrels``: split -> query id -> {doc id: score} (only scores > 0, file order).
+    """
+
+    folder: Path
+    corpus: dict[str, tuple[str, str]]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.qrels)
+
+    def doc_text(self, doc_id: str, include_title: bool = True) -> str:
+        title, text = self.corpus[doc_id]
+        return f"{title}\n{text}" if include_title and title else text
+
+    def nodes(self, include_title: bool = True) -> "list[TextNode]":
+        """One ``TextNode`` per document, id = BEIR doc id, title in metadata (not embedded twice)."""
+        from llama_index.core.schema import TextNode
+
+        return [
+            TextNode(
+                id_=doc_id,
+                text=self.doc_text(doc_id, include_title),
+                metadata={"title": title} if title else {},
+                excluded_embed_metadata_keys=["title"],
+                excluded_llm_metadata_keys=["title"],
+            )
+            for doc_id, (title, _text) in self.corpus.items()
+        ]
+
+    def documents(self, include_title: bool = True) -> "list[Document]":
+        """Like :meth:`nodes` but as ``Document`` objects (to chunk further)."""
+        from llama_index.core.schema import Document
+
+        return [
+            Document(
+                id_=doc_id,
+                text=self.doc_text(doc_id, include_title),
+                metadata={"title": title} if title else {},
+                excluded_embed_metadata_keys=["title"],
+                excluded_llm_metadata_keys=["title"],
+            )
+            for doc_id, (title, _text) in self.corpus.items()
+        ]
+
+    def query_ids(self, split: str) -> list[str]:
+        """The ids of the queries judged in ``split``, in qrels file order."""
+        return list(self._split(split))
+
+    def query_relevance(self, split: str) -> tuple[list[str], Relevance]:
+        """``(queries, relevance)`` of ``split`` for ``deep_memory.train``/``evaluate``."""
+        judged = self._split(split)
+        return [self.queries[qid] for qid in judged], [list(docs.items()) for docs in judged.values()]
+
+    def qa_dataset(self, split: str, include_title: bool = True) -> "EmbeddingQAFinetuneDataset":
+        """``split`` as an :class:`EmbeddingQAFinetuneDataset` (corpus = the whole corpus)."""
+        from llama_index_deepmemory.data.questions import EmbeddingQAFinetuneDataset
+
+        judged = self._split(split)
+        return EmbeddingQAFinetuneDataset(
+            queries={qid: self.queries[qid] for qid in judged},
+            corpus={doc_id: self.doc_text(doc_id, include_title) for doc_id in self.corpus},
+            relevant_docs={qid: list(docs) for qid, docs in judged.items()},
+        )
+
+    def _split(self, split: str) -> dict[str, dict[str, float]]:
+        if split not in self.qrels:
+            raise ValueError(f"unknown split {split!r} for {self.folder}; available: {self.splits}")
+        return self.qrels[split]
+
+
+def load_beir(
+    folder: str | os.PathLike[str],
+    splits: Sequence[str] | None = None,
+    *,
+    on_unknown: OnUnknown = "error",
+) -> BeirDataset:
+    """Read a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``).
+
+    ``splits``: which qrels files to read (default: every ``qrels/*.tsv``). Qrels naming unknown
+    query or doc ids raise ValueError with ``file:line``, or are dropped with ``on_unknown="drop"``.
+    """
+    folder = Path(folder)
+    if on_unknown not in ("error", "drop"):
+        raise ValueError(f"on_unknown must be 'error' or 'drop', got {on_unknown!r}")
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels"):
+        if not (folder / name).exists():
+            raise ValueError(f"{folder} is not a BEIR folder: {name} is missing")
+    corpus: dict[str, tuple[str, str]] = {}
+    for line_number, record in _read_jsonl(folder / "corpus.jsonl"):
+        where = f"{folder / 'corpus.jsonl'}:{line_number}"
+        doc_id = _beir_id(record, where)
+        if doc_id in corpus:
+            raise ValueError(f"{where}: duplicate _id {doc_id!r}")
+        title = record.get("title") or ""
+        text = record.get("text")
+        if not isinstance(text, str) or not isinstance(title, str):
+            raise ValueError(f"{where}: fields 'text' and 'title' must be strings, got {text!r}, {title!r}")
+        corpus[doc_id] = (title, text)
+    queries: dict[str, str] = {}
+    for line_number, record in _read_jsonl(folder / "queries.jsonl"):
+        where = f"{folder / 'queries.jsonl'}:{line_number}"
+        query_id = _beir_id(record, where)
+        text = record.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{where}: field 'text' must be a non-empty string, got {text!r}")
+        queries[query_id] = text
+    names = list(splits) if splits is not None else sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+    qrels = {name: _read_qrels(folder / "qrels" / f"{name}.tsv", corpus, queries, on_unknown) for name in names}
+    logger.info("%s: %d docs, %d queries, splits %s", folder, len(corpus), len(queries), {k: len(v) for k, v in qrels.items()})
+    return BeirDataset(folder=folder, corpus=corpus, queries=queries, qrels=qrels)
+
+
+def _beir_id(record: dict[str, Any], where: str) -> str:
+    value = record.get("_id")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{where}: field '_id' must be a non-empty string, got {value!r}")
+    return value
+
+
+def _read_qrels(
+    path: Path, corpus: dict[str, Any], queries: dict[str, str], on_unknown: OnUnknown
+) -> dict[str, dict[str, float]]:
+    if not path.is_file():
+        raise ValueError(f"qrels file {path} not found")
+    judged: dict[str, dict[str, float]] = {}
+    dropped = 0
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            cells = line.rstrip("\r\n").split("\t")
+            if line_number == 1 and cells[0] == "query-id":
+                continue
+            if cells == [""]:
+                continue
+            where = f"{path}:{line_number}"
+            if len(cells) != 3:
+                raise ValueError(f"{where}: expected 3 tab-separated cells (query-id, corpus-id, score), got {len(cells)}")
+            query_id, doc_id, score_text = cells
+            try:
+                score = float(score_text)
+            except ValueError:
+                raise ValueError(f"{where}: field 'score' must be a number, got {score_text!r}") from None
+            if not math.isfinite(score):
+                raise ValueError(f"{where}: field 'score' must be finite, got {score_text!r}")
+            unknown = "query-id" if query_id not in queries else "corpus-id" if doc_id not in corpus else None
+            if unknown is not None:
+                if on_unknown == "error":
+                    value = query_id if unknown == "query-id" else doc_id
+                    raise ValueError(f"{where}: unknown {unknown} {value!r}; fix the file or pass on_unknown='drop'")
+                dropped += 1
+                continue
+            if score > 0:
+                judged.setdefault(query_id, {})[doc_id] = score
+    if dropped:
+        logger.warning("%s: dropped %d judgements naming unknown ids", path, dropped)
+    return judged
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-blank line; ValueError with ``path:line`` otherwise."""
+    with open(path, encoding="utf-8-sig") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
+            yield line_number, record
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary file beside it, fsync, ``os.replace``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
