@@ -1,0 +1,224 @@
+"""Speed of DeepMemoryVectorStore against raw FAISS and SimpleVectorStore, side by side in one run.
+
+    python benchmarks/bench_store.py [--n 100000] [--dim 384] [--queries 300] [--threads 1] [--simple-n 10000]
+
+Prints (targets from the issue):
+* add: store.add vs raw FAISS add + keeping the node in a dict (target <= 2x);
+* query k=10 p50: store.query vs raw ``faiss.Index.search`` on the store's own index (<= 1.2x);
+* deep_memory=True query p50 vs plain query, with a model that has overrides (<= 1.05x);
+* persist + load: store vs SimpleVectorStore on the same nodes (>= 10x faster); see --simple-n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def persist_and_load(store, path: Path) -> tuple[float, float]:
+    """Seconds to persist ``store`` to ``path`` and to load it back."""
+    from llama_index_deepmemory import DeepMemoryVectorStore
+
+    gc.collect()
+    t0 = time.perf_counter()
+    store.persist(str(path))
+    t1 = time.perf_counter()
+    loaded = DeepMemoryVectorStore.from_persist_path(str(path))
+    t2 = time.perf_counter()
+    assert len(loaded) == len(store)
+    return t1 - t0, t2 - t1
+
+
+def make_nodes(vectors: np.ndarray):
+    from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
+
+    return [
+        TextNode(
+            id_=f"node-{i}",
+            text=f"short text number {i}",
+            metadata={"group": i % 10, "source": f"file{i % 100}.html"},
+            embedding=vectors[i].tolist(),
+            relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=f"doc-{i // 20}")},
+        )
+        for i in range(len(vectors))
+    ]
+
+
+def batches(items, size):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def bench_add(nodes, dim: int, batch: int) -> tuple[float, float, object]:
+    import faiss
+
+    from llama_index_deepmemory import DeepMemoryVectorStore
+
+    gc.collect()
+    t0 = time.perf_counter()
+    raw = faiss.IndexFlatIP(dim)
+    kept = {}
+    for chunk in batches(nodes, batch):
+        vectors = np.asarray([n.embedding for n in chunk], dtype=np.float32)
+        faiss.normalize_L2(vectors)
+        raw.add(vectors)
+        for node in chunk:
+            kept[node.node_id] = node
+    raw_s = time.perf_counter() - t0
+    del raw, kept
+    gc.collect()
+    t0 = time.perf_counter()
+    store = DeepMemoryVectorStore()
+    for chunk in batches(nodes, batch):
+        store.add(chunk)
+    ours_s = time.perf_counter() - t0
+    return ours_s, raw_s, store
+
+
+def p50_pair(first, second, items) -> tuple[float, float]:
+    """Median seconds of two callables, interleaved over the same inputs."""
+    a, b = [], []
+    for item in items:
+        t0 = time.perf_counter()
+        first(item)
+        t1 = time.perf_counter()
+        second(item)
+        t2 = time.perf_counter()
+        a.append(t1 - t0)
+        b.append(t2 - t1)
+    return statistics.median(a), statistics.median(b)
+
+
+class OverrideModel:
+    """A Deep Memory model with a linear query transform and exact scores for some nodes."""
+
+    def __new__(cls, dim: int, ids: list[str], seed: int = 0):
+        from llama_index_deepmemory.deep_memory.base import DeepMemoryModel
+
+        class Bench(DeepMemoryModel):
+            kind = "bench-override"
+
+            def __init__(self) -> None:
+                super().__init__(dim)
+                rng = np.random.default_rng(seed)
+                self.matrix = (np.eye(dim) + 0.01 * rng.normal(size=(dim, dim))).astype(np.float32)
+                self.ids = ids
+                self.memory = rng.normal(size=(dim, len(ids))).astype(np.float32)
+
+            def transform_queries(self, queries):
+                return queries @ self.matrix
+
+            def overrides(self, transformed):
+                return self.ids, transformed @ self.memory
+
+        return Bench()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000, help="number of nodes (default 100000)")
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=2048, help="nodes per add call (VectorStoreIndex's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="FAISS/OpenMP threads (0 = FAISS default; 1 is steadier on a busy machine)")
+    parser.add_argument("--simple-n", type=int, default=10_000,
+                        help="nodes for the side-by-side SimpleVectorStore persist+load (0 skips it; slow)")
+    args = parser.parse_args(argv)
+
+    import faiss
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    from llama_index_deepmemory import DeepMemoryVectorStore
+
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    print(f"faiss {faiss.__version__}, threads {faiss.omp_get_max_threads()}, n={args.n}, dim={args.dim}")
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(args.n, args.dim)).astype(np.float32)
+    t0 = time.perf_counter()
+    nodes = make_nodes(vectors)
+    print(f"built {len(nodes)} TextNodes in {time.perf_counter() - t0:.1f}s")
+
+    ours_add, raw_add, store = bench_add(nodes, args.dim, args.batch)
+    print(f"add      : store {ours_add:.2f}s   raw FAISS add + dict {raw_add:.2f}s   ratio {ours_add / raw_add:.2f}x (target <= 2)")
+
+    queries = rng.normal(size=(args.queries, args.dim)).astype(np.float32)
+    prepared = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    index = store.client
+    as_lists = [q.tolist() for q in queries]
+    pairs = list(zip(as_lists, prepared))
+    for q_list, q in pairs[:10]:  # warm-up
+        store.query(VectorStoreQuery(query_embedding=q_list, similarity_top_k=10))
+        index.search(q[None, :], 10)
+    ours_q, raw_q = p50_pair(
+        lambda p: store.query(VectorStoreQuery(query_embedding=p[0], similarity_top_k=10)),
+        lambda p: index.search(p[1][None, :], 10),
+        pairs,
+    )
+    print(f"query p50: store {ours_q * 1e3:.2f}ms  raw index.search {raw_q * 1e3:.2f}ms  ratio {ours_q / raw_q:.3f}x (target <= 1.2)")
+
+    override_ids = [f"node-{i}" for i in rng.choice(args.n, size=min(256, args.n), replace=False)]
+    store.deep_memory._models["bench"] = OverrideModel(args.dim, override_ids)  # placeholder DeepMemory API
+    store.deep_memory._active = "bench"
+    dm_q, plain_q = p50_pair(
+        lambda p: store.query(VectorStoreQuery(query_embedding=p, similarity_top_k=10), deep_memory=True),
+        lambda p: store.query(VectorStoreQuery(query_embedding=p, similarity_top_k=10)),
+        as_lists,
+    )
+    print(f"deep_memory p50: {dm_q * 1e3:.2f}ms vs plain {plain_q * 1e3:.2f}ms  ratio {dm_q / plain_q:.3f}x "
+          f"(256 override nodes + {args.dim}x{args.dim} transform; target <= 1.05)")
+    del store.deep_memory._models["bench"]
+    store.deep_memory._active = None
+
+    from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
+
+    filters = MetadataFilters(filters=[MetadataFilter(key="group", value=3, operator=FilterOperator.EQ)])
+    store.query(VectorStoreQuery(query_embedding=as_lists[0], similarity_top_k=10, filters=filters))
+    filt_q, _ = p50_pair(
+        lambda p: store.query(VectorStoreQuery(query_embedding=p, similarity_top_k=10, filters=filters)),
+        lambda p: None,
+        as_lists[:50],
+    )
+    print(f"filtered query p50 (10% match): {filt_q * 1e3:.2f}ms")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_store_"))
+    try:
+        ours_io = persist_and_load(store, tmp / "ours")
+        print(f"persist + load ({len(store)} nodes): store {ours_io[0]:.2f}s + {ours_io[1]:.2f}s")
+        if args.simple_n:
+            # SimpleVectorStore's JSON load takes minutes at 100k, so both stores are compared on
+            # the same first --simple-n nodes (pass --simple-n 100000 for the full size).
+            subset = nodes[: args.simple_n]
+            small = DeepMemoryVectorStore()
+            simple = SimpleVectorStore()
+            for chunk in batches(subset, args.batch):
+                small.add(chunk)
+                simple.add(chunk)
+            ours_small = sum(persist_and_load(small, tmp / "ours_small"))
+            gc.collect()
+            t0 = time.perf_counter()
+            simple.persist(str(tmp / "simple" / "vector_store.json"))
+            t1 = time.perf_counter()
+            SimpleVectorStore.from_persist_path(str(tmp / "simple" / "vector_store.json"))
+            t2 = time.perf_counter()
+            print(f"persist + load ({len(subset)} nodes): store {ours_small:.2f}s   SimpleVectorStore "
+                  f"{t1 - t0:.2f}s + {t2 - t1:.2f}s   speed-up {(t2 - t0) / ours_small:.1f}x (target >= 10)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,355 @@
+"""FAISS wrapper: int64 row ids, add/remove/search with an optional allow-list, reconstruct.
+
+Knows nothing of LlamaIndex. Every vector is addressed by an int64 *row id* chosen by the caller
+(the store uses its node-table slot). Scores are "higher is better": the inner product for
+``"cosine"`` (vectors are normalised by the caller) and ``"ip"``, and the negative squared L2
+distance for ``"l2"``.
+
+Index families (``faiss.index_factory`` strings):
+
+* ``"Flat"`` (default): exact search, wrapped in ``IndexIDMap2``; removal compacts in place.
+* ``"HNSW<M>"``: approximate graph search in ``IndexIDMap2``. HNSW cannot remove vectors, so
+  removed rows become tombstones, excluded from every search, and the graph is rebuilt once
+  tombstones outnumber live rows.
+* ``"IVF<nlist>,..."``: inverted lists with native ids and a hash-table direct map (so removal and
+  ``reconstruct`` work). Needs training: the first ``add`` must bring at least ``nlist`` vectors.
+
+Approximate searches that return fewer hits than requested (a very selective allow-list with HNSW,
+too few probed lists with IVF) fall back to exact scoring of the allowed rows, so callers always
+get ``min(k, allowed)`` results.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("cosine", "ip", "l2")
+EXACT_SCAN_BATCH = 65536  # rows reconstructed per batch by the exact fallback
+_FAMILIES = ("flat", "hnsw", "ivf")
+
+
+def _faiss() -> Any:
+    import faiss  # lazy: keeps `import llama_index_deepmemory` light
+
+    return faiss
+
+
+def _faiss_metric(metric: str) -> int:
+    faiss = _faiss()
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def _family_of(index: Any) -> str:
+    faiss = _faiss()
+    try:
+        if faiss.extract_index_ivf(index) is not None:
+            return "ivf"
+    except (RuntimeError, ValueError):
+        pass
+    if isinstance(index, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(index, faiss.IndexFlat):
+        return "flat"
+    return type(index).__name__
+
+
+def build_faiss_index(dim: int, metric: str, factory: str) -> Any:
+    """``faiss.index_factory`` with clear errors; only the flat / HNSW / IVF families."""
+    faiss = _faiss()
+    if not isinstance(factory, str) or not factory.strip():
+        raise ValueError(f"index_factory must be a non-empty string such as 'Flat', got {factory!r}")
+    if factory.strip().upper().startswith("IDMAP"):
+        raise ValueError(
+            f"index_factory={factory!r}: leave out 'IDMap'; the store maps node ids to FAISS ids itself"
+        )
+    try:
+        index = faiss.index_factory(int(dim), factory, _faiss_metric(metric))
+    except RuntimeError as exc:
+        raise ValueError(
+            f"index_factory={factory!r} is not a valid faiss.index_factory string for dim={dim}: "
+            f"{str(exc).splitlines()[-1]}. Examples: 'Flat', 'HNSW32', 'IVF1024,Flat'."
+        ) from None
+    family = _family_of(index)
+    if family not in _FAMILIES:
+        raise ValueError(
+            f"index_factory={factory!r} builds a {family}, which is not supported; use a Flat, "
+            "HNSW<M> or IVF<nlist>,... index (e.g. 'Flat', 'HNSW32', 'IVF1024,Flat')."
+        )
+    return index
+
+
+class VectorIndex:
+    """One FAISS index addressed by int64 row ids, with scores in "higher is better" form."""
+
+    def __init__(
+        self,
+        dim: int,
+        metric: str = "cosine",
+        factory: str = "Flat",
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        faiss_index: Any = None,
+    ) -> None:
+        faiss = _faiss()
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.dim = int(dim)
+        self.metric = metric
+        self.factory = factory
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        if faiss_index is None:
+            base = build_faiss_index(self.dim, metric, factory)
+            self.family = _family_of(base)
+            if self.family == "ivf":
+                faiss.extract_index_ivf(base).set_direct_map_type(faiss.DirectMap.Hashtable)
+                faiss_index = base
+            else:
+                faiss_index = faiss.IndexIDMap2(base)
+        else:
+            inner = faiss_index.index if isinstance(faiss_index, faiss.IndexIDMap2) else faiss_index
+            inner = faiss.downcast_index(inner)
+            self.family = _family_of(inner)
+            if faiss_index.d != self.dim:
+                raise ValueError(f"stored FAISS index has dim {faiss_index.d}, expected {self.dim}")
+        self.faiss_index = faiss_index
+        self._apply_search_knobs()
+        self._dead = np.zeros(0, dtype=bool)  # tombstones by row id (HNSW only)
+        self.n_dead = 0
+        if self.family == "hnsw" and self.faiss_index.ntotal:
+            self._dead = np.zeros(int(self.all_ids().max()) + 1, dtype=bool)
+
+    # --- configuration -------------------------------------------------------------------
+    def _apply_search_knobs(self) -> None:
+        faiss = _faiss()
+        if self.family == "ivf":
+            ivf = faiss.extract_index_ivf(self.faiss_index)
+            if self.nprobe is not None:
+                ivf.nprobe = int(self.nprobe)
+        elif self.family == "hnsw" and self.ef_search is not None:
+            faiss.downcast_index(self.faiss_index.index).hnsw.efSearch = int(self.ef_search)
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors held by FAISS, tombstones included."""
+        return int(self.faiss_index.ntotal)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.faiss_index.is_trained)
+
+    @property
+    def removes_physically(self) -> bool:
+        """Whether :meth:`remove` frees the row ids for reuse (False for HNSW tombstones)."""
+        return self.family != "hnsw"
+
+    def min_training_size(self) -> int:
+        """Vectors the first add must bring when the index needs training (0 when it does not)."""
+        if self.is_trained:
+            return 0
+        if self.family == "ivf":
+            return int(_faiss().extract_index_ivf(self.faiss_index).nlist)
+        return 1
+
+    def all_ids(self) -> np.ndarray:
+        """Every row id held by FAISS (tombstones included), int64."""
+        faiss = _faiss()
+        if self.family == "ivf":
+            ivf = faiss.extract_index_ivf(self.faiss_index)
+            parts = []
+            invlists = ivf.invlists
+            for list_no in range(ivf.nlist):
+                size = invlists.list_size(list_no)
+                if size:
+                    ptr = invlists.get_ids(list_no)
+                    parts.append(faiss.rev_swig_ptr(ptr, size).copy())
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return faiss.vector_to_array(self.faiss_index.id_map).astype(np.int64, copy=False)
+
+    # --- writes --------------------------------------------------------------------------
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add ``vectors`` (n, d) float32 under ``ids``; trains an untrained index first."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if not self.is_trained:
+            need = self.min_training_size()
+            if len(vectors) < need:
+                raise ValueError(
+                    f"index_factory={self.factory!r} must be trained on the first add, which needs "
+                    f"at least {need} vectors (about {39 * need} recommended); got {len(vectors)}. "
+                    "Add more nodes in the first batch, or use index_factory='Flat'."
+                )
+            logger.info("training %s on %d vectors", self.factory, len(vectors))
+            self.faiss_index.train(vectors)
+        self.faiss_index.add_with_ids(vectors, ids)
+        if self.family == "hnsw" and len(ids):
+            self._grow_dead(int(ids.max()) + 1)
+
+    def _grow_dead(self, size: int) -> None:
+        if size > len(self._dead):
+            grown = np.zeros(max(size, 2 * len(self._dead)), dtype=bool)
+            grown[: len(self._dead)] = self._dead
+            self._dead = grown
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove rows (physically, or as tombstones for HNSW)."""
+        faiss = _faiss()
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not len(ids):
+            return
+        if self.family == "hnsw":
+            fresh = ids[~self._dead[ids]]
+            self._dead[fresh] = True
+            self.n_dead += len(np.unique(fresh))
+        elif self.family == "ivf":
+            self.faiss_index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
+        else:
+            self.faiss_index.remove_ids(faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids)))
+
+    def dead_ids(self) -> np.ndarray:
+        """Row ids of HNSW tombstones (empty for other families)."""
+        return np.flatnonzero(self._dead).astype(np.int64)
+
+    def needs_compaction(self) -> bool:
+        """True when HNSW tombstones outnumber live rows (and are not a handful)."""
+        return self.n_dead > 1024 and self.n_dead * 2 > self.ntotal
+
+    def compact(self) -> np.ndarray:
+        """Rebuild an HNSW index without its tombstones; returns the freed row ids."""
+        if self.family != "hnsw" or not self.n_dead:
+            return np.zeros(0, dtype=np.int64)
+        ids = self.all_ids()
+        dead_mask = self._dead[ids]
+        live, freed = ids[~dead_mask], ids[dead_mask]
+        fresh = VectorIndex(self.dim, self.metric, self.factory, self.nprobe, self.ef_search)
+        for start in range(0, len(live), EXACT_SCAN_BATCH):
+            chunk = live[start : start + EXACT_SCAN_BATCH]
+            fresh.add(chunk, self.reconstruct(chunk))
+        self.faiss_index = fresh.faiss_index
+        self._dead = np.zeros_like(self._dead)
+        self.n_dead = 0
+        return freed
+
+    # --- reads ---------------------------------------------------------------------------
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors (n, d) float32 for row ids (approximate for compressed IVF codes)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not len(ids):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.faiss_index.reconstruct_batch(ids)
+
+    def _to_scores(self, distances: np.ndarray) -> np.ndarray:
+        return -distances if self.metric == "l2" else distances
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` per query among ``allowed`` rows (a bool mask by row id; None = all live).
+
+        ``allowed`` must exclude removed rows (the store derives it from its live rows).
+
+        Returns scores (m, k) float32, descending, and row ids (m, k) int64, ``-1`` padded when
+        fewer rows are allowed than ``k``.
+        """
+        faiss = _faiss()
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if allowed is None and self.n_dead:
+            allowed = ~self._dead
+        params = None
+        bitmap = None
+        if allowed is not None:
+            bitmap = np.packbits(allowed, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+            params = self._search_params(selector)
+        if params is None:
+            distances, ids = self.faiss_index.search(queries, k)
+        else:
+            distances, ids = self.faiss_index.search(queries, k, params=params)
+        del bitmap  # the selector borrowed it until here
+        return self._to_scores(distances), ids
+
+    def _search_params(self, selector: Any) -> Any:
+        faiss = _faiss()
+        if self.family == "ivf":
+            ivf = faiss.extract_index_ivf(self.faiss_index)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=int(ivf.nprobe))
+        if self.family == "hnsw":
+            hnsw = faiss.downcast_index(self.faiss_index.index).hnsw
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=int(hnsw.efSearch))
+        return faiss.SearchParameters(sel=selector)
+
+    def search_exact(
+        self, queries: np.ndarray, k: int, candidates: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``k`` among ``candidates`` (row ids) by reconstructing them in batches."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        m = len(queries)
+        best_scores = np.full((m, 0), -np.inf, dtype=np.float32)
+        best_ids = np.zeros((m, 0), dtype=np.int64)
+        for start in range(0, len(candidates), EXACT_SCAN_BATCH):
+            chunk = np.asarray(candidates[start : start + EXACT_SCAN_BATCH], dtype=np.int64)
+            scores = self.score(queries, self.reconstruct(chunk))
+            best_scores = np.concatenate([best_scores, scores], axis=1)
+            best_ids = np.concatenate([best_ids, np.broadcast_to(chunk, (m, len(chunk)))], axis=1)
+            best_scores, best_ids = top_k(best_scores, best_ids, k)
+        return pad_results(best_scores, best_ids, k)
+
+    def score(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Scores (m, n) of queries against vectors, in this index's "higher is better" scale."""
+        if self.metric == "l2":
+            q2 = np.einsum("ij,ij->i", queries, queries)[:, None]
+            v2 = np.einsum("ij,ij->i", vectors, vectors)[None, :]
+            return -(q2 + v2 - 2.0 * (queries @ vectors.T)).astype(np.float32)
+        return (queries @ vectors.T).astype(np.float32)
+
+    # --- persistence ---------------------------------------------------------------------
+    def write(self, path: str) -> None:
+        """Write the FAISS index in FAISS's own binary format (no pickle)."""
+        _faiss().write_index(self.faiss_index, path)
+
+    @classmethod
+    def read(
+        cls,
+        path: str,
+        dim: int,
+        metric: str,
+        factory: str,
+        nprobe: int | None,
+        ef_search: int | None,
+        dead_ids: np.ndarray,
+    ) -> "VectorIndex":
+        """Inverse of :meth:`write`; ``dead_ids`` are the HNSW tombstones to restore."""
+        faiss = _faiss()
+        raw = faiss.read_index(path)
+        index = cls(dim, metric, factory, nprobe, ef_search, faiss_index=raw)
+        if len(dead_ids):
+            index._grow_dead(int(dead_ids.max()) + 1)
+            index._dead[dead_ids] = True
+            index.n_dead = len(np.unique(dead_ids))
+        return index
+
+
+def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row top ``k`` of (m, n) scores, sorted descending (stable), with their ids."""
+    n = scores.shape[1]
+    if n > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k > 0 else np.zeros((len(scores), 0), int)
+        scores = np.take_along_axis(scores, part, axis=1)
+        ids = np.take_along_axis(ids, part, axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def pad_results(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad (m, n<k) results to (m, k) with -inf scores and -1 ids."""
+    m, n = scores.shape
+    if n >= k:
+        return scores, ids
+    pad_s = np.full((m, k - n), -np.inf, dtype=np.float32)
+    pad_i = np.full((m, k - n), -1, dtype=np.int64)
+    return np.concatenate([scores, pad_s], axis=1), np.concatenate([ids, pad_i], axis=1)
