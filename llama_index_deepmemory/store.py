@@ -717,10 +717,18 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             raise ValueError("the store is empty, so its dimension is unknown; add nodes first")
         return self._as_matrix(vectors, "query vectors")
 
-    def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
-        """Plain search (never Deep Memory) of prepared queries: scores (m, k') and node ids."""
+    def search_vectors(
+        self, queries: np.ndarray, k: int, deep_memory: bool = False
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """Batched search of prepared queries: scores (m, k') and node ids, ranked exactly as
+        ``query(..., deep_memory=deep_memory)`` ranks them (plain search by default)."""
+        model = self.deep_memory.require_active_model() if deep_memory else None
+        q = np.ascontiguousarray(queries, dtype=np.float32)
         with self._lock.read():
-            scores, slots = self._search(np.ascontiguousarray(queries, dtype=np.float32), k, None)
+            if model is None:
+                scores, slots = self._search(q, k, None)
+            else:
+                scores, slots = self._search_deep_memory(model, q, k, None)
             ids = self._table.ids
             return scores, [[ids[s] for s in row if s >= 0] for row in slots.tolist()]
 
@@ -811,7 +819,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         holes[dead] = False
         table.free_slots(np.flatnonzero(holes).tolist())
         dm_meta = persistence.read_json(gen / "deep_memory.json")
-        if dm_meta.get("models"):
+        if dm_meta.get("models") or dm_meta.get("jobs"):
             store.deep_memory.load_state(dm_meta, persistence.read_arrays(gen / "deep_memory.safetensors"))
         return store
 

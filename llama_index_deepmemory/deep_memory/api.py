@@ -1,16 +1,44 @@
-"""The ``store.deep_memory`` facade (placeholder until the Deep Memory issue fills it in)."""
+"""The ``store.deep_memory`` facade: train, follow, evaluate and switch Deep Memory models.
+
+Mirrors Activeloop's ``vectorstore.deep_memory`` so its tutorials port line by line::
+
+    job_id = store.deep_memory.train(queries, relevance)          # blocking, with a progress bar
+    store.deep_memory.status(job_id)                              # status, ETA, recall@10 change
+    store.deep_memory.evaluate(test_queries, test_relevance)      # recall@k without / with model
+    retriever = index.as_retriever(vector_store_kwargs={"deep_memory": True})
+
+Jobs run one at a time: a job started while another runs is queued and starts when it ends.
+A job that is cancelled, raises, or produces a model that cannot be saved leaves the active model
+as it was; a model that does not beat the plain store on validation is kept but not activated.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from llama_index_deepmemory.deep_memory import jobs
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView
 from llama_index_deepmemory.deep_memory.models import model_from_state
+from llama_index_deepmemory.metrics import recall_at_k, relevance_weights
+
+if TYPE_CHECKING:  # pragma: no cover
+    from llama_index_deepmemory.deep_memory.training import TrainOptions, TrainResult
 
 logger = logging.getLogger(__name__)
+
+STATE_FORMAT_VERSION = 1
+DEFAULT_TOP_K = (1, 3, 5, 10, 50, 100)
+Relevance = list[list[tuple[str, float]]]
+
+
+class DeepMemoryTrainingError(RuntimeError):
+    """A blocking ``train`` call whose job failed (the previously active model stays active)."""
 
 
 class DeepMemory:
@@ -18,12 +46,201 @@ class DeepMemory:
 
     def __init__(self, store: StoreView) -> None:
         self._store = store
+        self._lock = threading.RLock()
         self._models: dict[str, DeepMemoryModel] = {}
         self._active: str | None = None
+        self._jobs = jobs.JobBook(prefix="job")
+
+    def __repr__(self) -> str:
+        return f"DeepMemory(models={list(self._models)}, active={self._active!r})"
+
+    # --- training --------------------------------------------------------------------------
+    def train(
+        self,
+        queries: Sequence[str],
+        relevance: Sequence[Sequence[tuple[str, float]]],
+        embedding_function: Any = None,
+        embedding: Any = None,
+        background: bool = False,
+        **options: Any,
+    ) -> str:
+        """Train a model on ``queries`` and their relevant node ids; return the job id.
+
+        ``relevance[i]`` lists ``(node_id, weight)`` pairs for ``queries[i]``. Queries are embedded
+        with ``embedding_function`` (a LlamaIndex ``BaseEmbedding`` or a callable taking a list of
+        strings), defaulting to the store's ``embed_model``, unless ``embedding`` gives the query
+        vectors. ``options`` are :class:`~llama_index_deepmemory.deep_memory.training.TrainOptions`
+        (``epochs``, ``learning_rate``, ``seed``, ...). Blocks with a progress bar unless
+        ``background=True``; a failed blocking job raises :class:`DeepMemoryTrainingError`.
+        """
+        from llama_index_deepmemory.deep_memory.training import TrainOptions
+
+        train_options = TrainOptions.from_kwargs(options)
+        self._require_nodes("train")
+        queries, rows = check_relevance(self._store, queries, relevance)
+        if len(rows) < 2:
+            raise ValueError(f"Deep Memory training needs at least 2 queries, got {len(rows)}")
+        _, prepared = self._query_vectors(queries, embedding_function, embedding)
+
+        job_id, number = self._jobs.new_id()
+        model_name = f"model_{number}"
+        options_json = _jsonable(dataclasses.asdict(train_options))
+        record = jobs.JobRecord(job_id, options=options_json, num_queries=len(rows))
+
+        def work(context: jobs.JobContext) -> None:
+            self._run_training(context, prepared, rows, train_options, model_name)
+
+        busy = [r.job_id for r in self._jobs.records() if r.status in (jobs.QUEUED, jobs.RUNNING)]
+        self._jobs.submit(record, work)
+        if busy:
+            print(f"Deep Memory job {job_id} is queued: it starts after {', '.join(busy)} "
+                  "(one job runs at a time).")
+        if background:
+            print(f"Deep Memory training job {job_id} started in the background; "
+                  f"follow it with store.deep_memory.status({job_id!r}).")
+            return job_id
+        self._wait_with_progress(job_id)
+        finished = self._jobs.get(job_id)
+        if finished.status == jobs.FAILED:
+            raise DeepMemoryTrainingError(
+                f"Deep Memory training job {job_id} failed: {finished.error}. "
+                f"The active model is unchanged ({self._active or 'none'})."
+            )
+        print(self._summary(finished))
+        return job_id
+
+    def _run_training(
+        self,
+        context: jobs.JobContext,
+        vectors: np.ndarray,
+        relevance: Relevance,
+        options: "TrainOptions",
+        model_name: str,
+    ) -> None:
+        """The job body: train, then save and (if it improved) activate the model."""
+        from llama_index_deepmemory.deep_memory.training import TrainingCancelled, train_model
+
+        try:
+            result = train_model(
+                self._store, vectors, relevance, options=options,
+                progress=context.progress, should_stop=context.should_stop,
+            )
+        except TrainingCancelled as exc:
+            raise jobs.JobCancelled(str(exc)) from exc
+        context.raise_if_cancelled()
+        context.progress(1.0, "saving the model")
+        model = _saved_copy(result.model)
+        with self._lock:  # record and model change together, as to_state sees them
+            context.complete(
+                val_before=_float_dict(result.val_before),
+                val_after=_float_dict(result.val_after),
+                model_name=model_name,
+                note=None if result.improved else _not_improved_note(result, model_name),
+                info=_jsonable(dict(result.info)),
+                message="done",
+            )
+            self._models[model_name] = model
+            if result.improved:
+                self._active = model_name
+        return None
+
+    def _wait_with_progress(self, job_id: str) -> None:
+        """Block until the job ends, drawing a tqdm bar; Ctrl-C cancels the job."""
+        from tqdm.auto import tqdm
+
+        bar_format = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}"
+        bar = tqdm(total=100, desc=f"Deep Memory {job_id}", bar_format=bar_format)
+        shown: tuple[float, str] | None = None
+        try:
+            while True:
+                done = self._jobs.wait(job_id, timeout=0.2)
+                record = self._jobs.get(job_id)
+                state = (round(100 * record.progress, 1), record.message or record.status)
+                if state != shown:
+                    bar.n = state[0]
+                    bar.set_postfix_str(state[1], refresh=False)
+                    bar.refresh()
+                    shown = state
+                if done:
+                    return
+        except KeyboardInterrupt:
+            self._jobs.cancel(job_id)
+            self._jobs.wait(job_id, timeout=30)
+            raise
+        finally:
+            bar.close()
+
+    # --- jobs ------------------------------------------------------------------------------
+    def status(self, job_id: str) -> dict[str, Any]:
+        """Print and return one job's state: status, progress, ETA, validation metrics, model."""
+        record = self._snapshot(job_id)
+        print(jobs.format_status(record))
+        return record.to_dict()
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        """Print a table of all jobs (oldest first) and return their states."""
+        records = [self._mark_active(record) for record in self._jobs.records()]
+        print(jobs.format_jobs(records) if records else "No Deep Memory training jobs yet.")
+        return [record.to_dict() for record in records]
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job (the active model stays as it was).
+
+        Returns True when the job was asked to stop, False when it had already finished.
+        """
+        stopped = self._jobs.cancel(job_id)
+        if stopped:
+            print(f"Cancelled Deep Memory job {job_id}.")
+        else:
+            status = self._jobs.get(job_id).status
+            print(f"Deep Memory job {job_id} already finished ({status}); nothing to cancel.")
+        return stopped
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until a job ends (or ``timeout`` seconds pass) and return its state."""
+        self._jobs.wait(job_id, timeout)
+        return self._snapshot(job_id).to_dict()
+
+    def _snapshot(self, job_id: str) -> jobs.JobRecord:
+        return self._mark_active(self._jobs.get(job_id))
+
+    def _mark_active(self, record: jobs.JobRecord) -> jobs.JobRecord:
+        record.active = record.model_name is not None and record.model_name == self._active
+        return record
+
+    # --- models ----------------------------------------------------------------------------
+    def get_model(self) -> str | None:
+        """Name of the active model (applied by ``deep_memory=True``), or None."""
+        return self._active
+
+    def set_model(self, name: str | None) -> None:
+        """Activate the kept model ``name`` (e.g. ``"model_2"``); None deactivates Deep Memory."""
+        with self._lock:
+            if name is not None and name not in self._models:
+                known = sorted(self._models) or "none yet: train one first"
+                raise ValueError(f"unknown Deep Memory model {name!r}; kept models: {known}")
+            self._active = name
+        logger.info("Deep Memory active model: %s", name)
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Kept models: name, kind, whether active, and the job that trained it."""
+        by_model = {r.model_name: r for r in self._jobs.records() if r.model_name}
+        with self._lock:
+            return [
+                {
+                    "name": name,
+                    "kind": model.kind,
+                    "active": name == self._active,
+                    "job_id": by_model[name].job_id if name in by_model else None,
+                    "val_after": dict(by_model[name].val_after) if name in by_model else {},
+                }
+                for name, model in self._models.items()
+            ]
 
     def active_model(self) -> DeepMemoryModel | None:
         """The model applied by ``query(..., deep_memory=True)``, or None."""
-        return self._models.get(self._active) if self._active else None
+        active = self._active
+        return self._models.get(active) if active else None
 
     def require_active_model(self) -> DeepMemoryModel:
         """The active model, or a clear error saying how to get one."""
@@ -36,23 +253,244 @@ class DeepMemory:
             )
         return model
 
-    # --- persistence hooks used by the store --------------------------------------------
+    # --- evaluation ------------------------------------------------------------------------
+    def evaluate(
+        self,
+        queries: Sequence[str],
+        relevance: Sequence[Sequence[tuple[str, float]]],
+        top_k: Sequence[int] = DEFAULT_TOP_K,
+        embedding_function: Any = None,
+        embedding: Any = None,
+    ) -> dict[str, dict[str, float]]:
+        """Recall@k of the plain store and of the active model, ranked as ``store.query`` ranks.
+
+        Rankings come from :meth:`search_ids` (batched; equal to ``store.query(deep_memory=...)``).
+        Prints Activeloop-style blocks and returns ``{"without model": {"recall@1": ...},
+        "with model": {...}}`` (fractions; weighted recall, see :mod:`llama_index_deepmemory.metrics`).
+        Without an active model only ``"without model"`` is returned.
+        """
+        ks = _check_top_k(top_k)
+        self._require_nodes("evaluate")
+        queries, rows = check_relevance(self._store, queries, relevance)
+        raw, _ = self._query_vectors(queries, embedding_function, embedding)
+        model = self.active_model()
+        results: dict[str, dict[str, float]] = {}
+        for label, title, use_model in (
+            ("without model", "without Deep Memory", False),
+            ("with model", "with Deep Memory", True),
+        ):
+            if use_model and model is None:
+                print("No active Deep Memory model: train one (store.deep_memory.train) to compare.")
+                break
+            ranked = self.search_ids(raw, max(ks), deep_memory=use_model)
+            results[label] = {f"recall@{k}": float(recall_at_k(ranked, rows, k)) for k in ks}
+            print(f"---- Evaluating {title} ---- ")
+            for k in ks:
+                print(f"Recall@{k}:\t {100 * results[label][f'recall@{k}']:5.1f}%")
+        return results
+
+    def search_ids(self, vectors: Any, k: int, deep_memory: bool, batch_size: int = 1024) -> list[list[str]]:
+        """Top-``k`` node ids per raw query vector, batched, ranked as ``store.query(deep_memory=...)``."""
+        if deep_memory:
+            self.require_active_model()
+        prepared = self._store.prepare_queries(vectors)
+        ranked: list[list[str]] = []
+        for start in range(0, len(prepared), batch_size):
+            chunk = prepared[start : start + batch_size]
+            ranked.extend(self._store.search_vectors(chunk, int(k), deep_memory=deep_memory)[1])
+        return ranked
+
+    # --- input checks and embedding ----------------------------------------------------------
+    def _require_nodes(self, action: str) -> None:
+        if len(self._store) == 0:
+            raise ValueError(
+                f"cannot {action} Deep Memory on an empty store: add nodes first (index.insert_nodes / store.add)"
+            )
+
+    def _query_vectors(
+        self, queries: list[str], embedding_function: Any, embedding: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(raw, prepared) query vectors ``(m, d) float32`` from ``embedding`` or an embedding model."""
+        if embedding is not None and embedding_function is not None:
+            raise ValueError(
+                "pass either embedding_function (to embed the queries) or embedding (query vectors), not both"
+            )
+        if embedding is None:
+            embedder = embedding_function if embedding_function is not None else self._store.embed_model
+            if embedder is None:
+                raise ValueError(
+                    "no way to embed the queries: pass embedding_function=<a LlamaIndex BaseEmbedding>, "
+                    "or embedding=<query vectors>, or create the store with embed_model=..."
+                )
+            embedding = embed_queries(embedder, queries)
+        try:
+            raw = np.asarray(embedding, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"embedding must be an array of shape (queries, dim) of numbers: {exc}") from None
+        dim = self._store.dim
+        if raw.ndim != 2 or raw.shape[0] != len(queries) or raw.shape[1] != dim:
+            raise ValueError(
+                f"query vectors have shape {raw.shape}, expected ({len(queries)}, {dim}): one vector of the "
+                f"store's dimension {dim} per query (was the store built with another embedding model?)"
+            )
+        return raw, self._store.prepare_queries(raw)
+
+    # --- persistence hooks used by the store ------------------------------------------------
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Everything to persist: JSON metadata and named arrays (prefixed per model)."""
-        meta: dict[str, Any] = {"active": self._active, "models": {}}
-        arrays: dict[str, np.ndarray] = {}
-        for name, model in self._models.items():
-            m_meta, m_arrays = model.to_state()
-            meta["models"][name] = m_meta
-            for key, arr in m_arrays.items():
-                arrays[f"{name}/{key}"] = arr
+        """Everything to persist: JSON metadata (models, active, job history) and named arrays."""
+        with self._lock:
+            meta: dict[str, Any] = {
+                "format_version": STATE_FORMAT_VERSION,
+                "active": self._active,
+                "models": {},
+                "jobs": self._jobs.to_state(),
+            }
+            arrays: dict[str, np.ndarray] = {}
+            for name, model in self._models.items():
+                m_meta, m_arrays = model.to_state()
+                meta["models"][name] = m_meta
+                for key, arr in m_arrays.items():
+                    arrays[f"{name}/{key}"] = arr
         return meta, arrays
 
     def load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        """Inverse of :meth:`to_state`."""
-        self._models = {}
+        """Inverse of :meth:`to_state`; refuses states from a newer format."""
+        version = int(meta.get("format_version", 1))
+        if version > STATE_FORMAT_VERSION:
+            raise ValueError(
+                f"Deep Memory state format {version} is newer than this package supports "
+                f"({STATE_FORMAT_VERSION}); upgrade llama-index-deepmemory"
+            )
+        models: dict[str, DeepMemoryModel] = {}
         for name, m_meta in meta.get("models", {}).items():
             prefix = f"{name}/"
             m_arrays = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-            self._models[name] = model_from_state(m_meta, m_arrays)
-        self._active = meta.get("active")
+            models[name] = model_from_state(m_meta, m_arrays)
+        active = meta.get("active")
+        if active is not None and active not in models:
+            raise ValueError(
+                f"persisted Deep Memory state names active model {active!r} but holds only {sorted(models)}"
+            )
+        with self._lock:
+            self._models = models
+            self._active = active
+            self._jobs.load_state(list(meta.get("jobs", [])))
+
+    def _summary(self, record: jobs.JobRecord) -> str:
+        if record.status == jobs.CANCELLED:
+            active = self._active or "none"
+            return f"Deep Memory job {record.job_id} was cancelled; the active model is unchanged ({active})."
+        line = f"Deep Memory job {record.job_id} completed: {jobs.format_result(record)}."
+        if record.note:
+            return f"{line} {record.note}"
+        return f"{line} Active model: {record.model_name}."
+
+
+# --- module helpers --------------------------------------------------------------------------
+def check_relevance(
+    store: StoreView, queries: Iterable[str], relevance: Iterable[Sequence[tuple[str, float]]]
+) -> tuple[list[str], Relevance]:
+    """Validate queries and relevance against the store.
+
+    Returns the queries as a list and the relevance as ``(str, float)`` pairs; duplicate ids
+    within one query keep their largest weight (as in :mod:`llama_index_deepmemory.metrics`).
+    """
+    queries, relevance = _as_list(queries, "queries"), _as_list(relevance, "relevance")
+    if len(queries) != len(relevance):
+        raise ValueError(
+            f"got {len(queries)} queries but {len(relevance)} relevance lists; pass one relevance list per query"
+        )
+    for i, query in enumerate(queries):
+        if not isinstance(query, str):
+            raise TypeError(f"queries[{i}] is a {type(query).__name__}, expected a string")
+        if not query.strip():
+            raise ValueError(f"queries[{i}] is an empty string")
+    rows: Relevance = []
+    for i, row in enumerate(relevance):
+        row = list(row) if isinstance(row, Iterable) and not isinstance(row, (str, bytes)) else row
+        if not isinstance(row, list) or not row:
+            raise ValueError(
+                f"relevance[{i}] is {row!r}; each query needs a non-empty list of (node_id, weight) pairs, "
+                "e.g. [('node_1', 1.0)]"
+            )
+        weights = relevance_weights(row, i)
+        if not any(w > 0 for w in weights.values()):
+            raise ValueError(f"relevance[{i}] has no node with a positive weight: {list(row)!r}")
+        rows.append(list(weights.items()))
+    ids = list(dict.fromkeys(node for row in rows for node, _ in row))
+    missing = store.missing_ids(ids)
+    if missing:
+        raise ValueError(
+            f"relevance names {len(missing)} node id(s) that are not in the store, e.g. {missing[:5]}; "
+            "use the ids of stored nodes (node.node_id)"
+        )
+    return queries, rows
+
+
+def _as_list(values: Any, name: str) -> list[Any]:
+    """A non-empty list from a list, tuple, array or other iterable (a lone string is refused)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a list, got {type(values).__name__}")
+    values = list(values)
+    if not values:
+        raise ValueError(f"{name} is empty: pass at least one query and its relevant node ids")
+    return values
+
+
+def embed_queries(embedder: Any, queries: list[str]) -> Any:
+    """Embed queries with a LlamaIndex ``BaseEmbedding`` (query mode) or a ``list[str] -> vectors`` callable."""
+    if hasattr(embedder, "get_query_embedding"):
+        from llama_index_deepmemory.embeddings import embed_queries as embed_query_texts
+
+        return embed_query_texts(queries, embedder, show_progress=len(queries) >= 64)
+    if callable(embedder):
+        return embedder(queries)  # checked and converted by the caller
+    raise TypeError(
+        f"embedding_function must be a LlamaIndex BaseEmbedding or a callable list[str] -> vectors, "
+        f"got {type(embedder).__name__}"
+    )
+
+
+def _saved_copy(model: DeepMemoryModel) -> DeepMemoryModel:
+    """The model as it will be loaded back: a state round trip, checked to be JSON + finite arrays."""
+    meta, arrays = model.to_state()
+    try:
+        json.dumps(meta)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the trained model's metadata cannot be saved as JSON: {exc}") from exc
+    copies: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+            raise ValueError(f"the trained model's array {key!r} cannot be saved: {type(value).__name__}")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"the trained model's array {key!r} holds NaN or infinite values")
+        copies[key] = np.ascontiguousarray(value).copy()
+    return model_from_state(json.loads(json.dumps(meta)), copies)
+
+
+def _check_top_k(top_k: Sequence[int] | int) -> list[int]:
+    values = [top_k] if isinstance(top_k, (int, np.integer)) else list(top_k)
+    if not values or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in values):
+        raise ValueError(f"top_k must be positive integers, e.g. (1, 3, 5, 10), got {top_k!r}")
+    return sorted({int(k) for k in values})
+
+
+def _float_dict(values: dict[str, Any]) -> dict[str, float]:
+    return {str(key): float(value) for key, value in values.items()}
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    """Values as JSON types (tuples to lists; anything else unusual as its repr)."""
+    return json.loads(json.dumps(values, default=repr))
+
+
+def _not_improved_note(result: "TrainResult", model_name: str) -> str:
+    metric = jobs.HEADLINE_METRIC
+    before, after = result.val_before.get(metric), result.val_after.get(metric)
+    scores = ""
+    if before is not None and after is not None:
+        scores = f" ({metric} {100 * before:.2f}% -> {100 * after:.2f}%)"
+    return (
+        f"the model did not beat the plain store on validation{scores}; kept as {model_name} but not activated "
+        f"(activate anyway with store.deep_memory.set_model({model_name!r}))"
+    )

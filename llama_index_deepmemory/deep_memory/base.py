@@ -48,8 +48,11 @@ class StoreView(Protocol):
     def prepare_queries(self, vectors: Any) -> np.ndarray:
         """Validate query vectors (dimension, finite) and return ``(m, d) float32`` as searched."""
 
-    def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
-        """Plain search (never Deep Memory) of prepared queries: scores ``(m, k')`` and node ids."""
+    def search_vectors(
+        self, queries: np.ndarray, k: int, deep_memory: bool = False
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """Batched search of prepared queries: scores ``(m, k')`` and node ids, ranked as
+        ``query(..., deep_memory=deep_memory)`` ranks them (plain by default; training uses plain)."""
 
 
 class DeepMemoryModel:
