@@ -1,0 +1,291 @@
+"""Compare retrievers (with and without Deep Memory) on a question dataset.
+
+Two views, both over the same ``EmbeddingQAFinetuneDataset``-like object (``.queries`` and
+``.relevant_docs`` dicts keyed by query id):
+
+- LlamaIndex's ``RetrieverEvaluator`` per query (``hit_rate``, ``mrr``, ``precision``, ``recall``,
+  ``ap``, ``ndcg``) averaged into a DataFrame shaped like the seed tutorial's ``display_results``;
+- recall@k for k = 1..100 from the retrievers' rankings (:mod:`llama_index_deepmemory.metrics`),
+  drawn as a PNG with :func:`plot_recall_at_k`.
+
+pandas and matplotlib are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    from llama_index.core.base.base_retriever import BaseRetriever
+    from llama_index.core.evaluation.retrieval.base import RetrievalEvalResult
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_METRICS = ("hit_rate", "mrr")
+SUPPORTED_METRICS = ("hit_rate", "mrr", "precision", "recall", "ap", "ndcg")
+DEFAULT_WORKERS = 8
+
+
+def dataset_items(qa_dataset: Any) -> list[tuple[str, str, list[str]]]:
+    """``(query_id, query, expected_node_ids)`` for every query of an ``EmbeddingQAFinetuneDataset``."""
+    queries = getattr(qa_dataset, "queries", None)
+    relevant = getattr(qa_dataset, "relevant_docs", None)
+    if not isinstance(queries, Mapping) or not isinstance(relevant, Mapping):
+        raise TypeError(
+            f"expected an EmbeddingQAFinetuneDataset (with .queries and .relevant_docs dicts), got "
+            f"{type(qa_dataset).__name__}; load one with EmbeddingQAFinetuneDataset.from_json(path)"
+        )
+    missing = [qid for qid in queries if not relevant.get(qid)]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} queries have no relevant node ids (e.g. {missing[:3]}); "
+            "give every query at least one entry in relevant_docs or drop it"
+        )
+    if not queries:
+        raise ValueError("the dataset has no queries; generate or load questions first")
+    return [(qid, str(query), [str(i) for i in relevant[qid]]) for qid, query in queries.items()]
+
+
+def check_metrics(metrics: Sequence[str]) -> list[str]:
+    """The metric names as a list, or a ValueError naming the unknown ones."""
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    names = list(metrics)
+    unknown = [m for m in names if m not in SUPPORTED_METRICS]
+    if unknown or not names:
+        raise ValueError(f"unknown metric(s) {unknown or names!r}; choose from {list(SUPPORTED_METRICS)}")
+    return names
+
+
+def _check_workers(workers: int) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    return workers
+
+
+async def _gather_bounded(coroutine_factories: Sequence[Any], workers: int, desc: str | None, show_progress: bool) -> list[Any]:
+    """Run the coroutines with at most ``workers`` in flight; results in input order."""
+    semaphore = asyncio.Semaphore(_check_workers(workers))
+    progress = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=len(coroutine_factories), desc=desc, unit="query")
+
+    async def run_one(make: Any) -> Any:
+        async with semaphore:
+            result = await make()
+        if progress is not None:
+            progress.update(1)
+        return result
+
+    try:
+        return await asyncio.gather(*(run_one(make) for make in coroutine_factories))
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+async def aevaluate_dataset(
+    retriever: "BaseRetriever",
+    qa_dataset: Any,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    show_progress: bool = False,
+    desc: str | None = None,
+) -> list["RetrievalEvalResult"]:
+    """``RetrieverEvaluator.aevaluate`` over every query, ``workers`` at a time, in dataset order."""
+    from llama_index.core.evaluation import RetrieverEvaluator
+
+    evaluator = RetrieverEvaluator.from_metric_names(check_metrics(metrics), retriever=retriever)
+    items = dataset_items(qa_dataset)
+    factories = [
+        (lambda query=query, expected=expected: evaluator.aevaluate(query=query, expected_ids=expected))
+        for _, query, expected in items
+    ]
+    return await _gather_bounded(factories, workers, desc, show_progress)
+
+
+def evaluate_dataset(
+    retriever: "BaseRetriever",
+    qa_dataset: Any,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    show_progress: bool = False,
+    desc: str | None = None,
+) -> list["RetrievalEvalResult"]:
+    """Synchronous :func:`aevaluate_dataset` (works inside Jupyter's running loop too)."""
+    from llama_index.core.async_utils import asyncio_run
+
+    return asyncio_run(
+        aevaluate_dataset(retriever, qa_dataset, metrics, workers=workers, show_progress=show_progress, desc=desc)
+    )
+
+
+def display_results(
+    names: Sequence[str],
+    eval_results: Sequence[Sequence["RetrievalEvalResult"]],
+    metrics: Sequence[str] | None = None,
+) -> "pd.DataFrame":
+    """One row per retriever: ``retrievers`` then the mean of each metric (seed tutorial layout)."""
+    import pandas as pd
+
+    if len(names) != len(eval_results):
+        raise ValueError(f"got {len(names)} names but {len(eval_results)} result lists; pass one name per retriever")
+    rows = []
+    for name, results in zip(names, eval_results):
+        if not results:
+            raise ValueError(f"retriever {name!r} has no evaluation results")
+        per_query = pd.DataFrame([result.metric_vals_dict for result in results])
+        columns = list(metrics) if metrics is not None else list(per_query.columns)
+        absent = [m for m in columns if m not in per_query.columns]
+        if absent:
+            raise ValueError(f"results for {name!r} have no metric(s) {absent}; evaluate with them first")
+        rows.append({"retrievers": name, **{m: float(per_query[m].mean()) for m in columns}})
+    return pd.DataFrame(rows)
+
+
+def evaluate_retrievers(
+    retrievers: Mapping[str, "BaseRetriever"],
+    qa_dataset: Any,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    show_progress: bool = False,
+) -> "pd.DataFrame":
+    """Evaluate each named retriever on the dataset and return the :func:`display_results` table.
+
+    >>> evaluate_retrievers({"without deep memory": r1, "with deep memory": r2}, qa_dataset)  # doctest: +SKIP
+    """
+    if not retrievers:
+        raise ValueError("no retrievers given; pass e.g. {'without deep memory': r1, 'with deep memory': r2}")
+    names = check_metrics(metrics)
+    all_results = [
+        evaluate_dataset(retriever, qa_dataset, names, workers=workers, show_progress=show_progress, desc=name)
+        for name, retriever in retrievers.items()
+    ]
+    return display_results(list(retrievers), all_results, names)
+
+
+async def aretrieve_rankings(
+    retriever: "BaseRetriever",
+    queries: Sequence[str],
+    *,
+    workers: int = DEFAULT_WORKERS,
+    show_progress: bool = False,
+    desc: str | None = None,
+) -> list[list[str]]:
+    """Node ids retrieved for each query, best first."""
+    factories = [(lambda q=q: retriever.aretrieve(q)) for q in queries]
+    results = await _gather_bounded(factories, workers, desc, show_progress)
+    return [[scored.node.node_id for scored in nodes] for nodes in results]
+
+
+def retrieve_rankings(
+    retriever: "BaseRetriever",
+    queries: Sequence[str],
+    *,
+    workers: int = DEFAULT_WORKERS,
+    show_progress: bool = False,
+    desc: str | None = None,
+) -> list[list[str]]:
+    """Synchronous :func:`aretrieve_rankings`."""
+    from llama_index.core.async_utils import asyncio_run
+
+    return asyncio_run(aretrieve_rankings(retriever, queries, workers=workers, show_progress=show_progress, desc=desc))
+
+
+def recall_at_k_table(
+    rankings: Mapping[str, Sequence[Sequence[str]]],
+    relevance: Sequence[Sequence[tuple[str, float]]],
+    ks: Sequence[int] = tuple(range(1, 101)),
+) -> "pd.DataFrame":
+    """Mean recall@k per retriever: index ``k``, one column per name in ``rankings``."""
+    import pandas as pd
+
+    from llama_index_deepmemory.metrics import recall_at_k
+
+    if not rankings:
+        raise ValueError("no rankings given; pass {name: ranked node ids per query}")
+    ks = [int(k) for k in ks]
+    table = {name: [float(recall_at_k(ranked, relevance, k)) for k in ks] for name, ranked in rankings.items()}
+    return pd.DataFrame(table, index=pd.Index(ks, name="k"))
+
+
+def relevance_from_dataset(qa_dataset: Any) -> tuple[list[str], list[list[tuple[str, float]]]]:
+    """``(queries, relevance)`` lists (weight 1.0) from an ``EmbeddingQAFinetuneDataset``."""
+    items = dataset_items(qa_dataset)
+    return [q for _, q, _ in items], [[(node_id, 1.0) for node_id in expected] for _, _, expected in items]
+
+
+def recall_curves(
+    retrievers: Mapping[str, "BaseRetriever"],
+    qa_dataset: Any,
+    ks: Sequence[int] = tuple(range(1, 101)),
+    *,
+    workers: int = DEFAULT_WORKERS,
+    show_progress: bool = False,
+) -> "pd.DataFrame":
+    """:func:`recall_at_k_table` of retrievers run on the dataset (set their top-k to ``max(ks)``)."""
+    queries, relevance = relevance_from_dataset(qa_dataset)
+    rankings = {
+        name: retrieve_rankings(r, queries, workers=workers, show_progress=show_progress, desc=name)
+        for name, r in retrievers.items()
+    }
+    return recall_at_k_table(rankings, relevance, ks)
+
+
+def plot_recall_at_k(
+    curves: "pd.DataFrame",
+    path: str | os.PathLike[str],
+    *,
+    title: str = "Recall@k with and without Deep Memory",
+) -> Path:
+    """Draw a :func:`recall_at_k_table` (one line per column, log-scaled k axis) into a PNG."""
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg, whatever pyplot's backend
+
+    if curves.empty:
+        raise ValueError("the recall table is empty; compute it with recall_at_k_table first")
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"plot path must end with .png, got {str(path)!r}")
+    figure = Figure(figsize=(7, 4.5), dpi=120)
+    axes = figure.add_subplot()
+    for name in curves.columns:
+        axes.plot(curves.index, curves[name], marker="o" if len(curves) <= 12 else None, markersize=3, label=str(name))
+    if curves.index.min() >= 1 and curves.index.max() / curves.index.min() >= 20:
+        from matplotlib.ticker import ScalarFormatter
+
+        axes.set_xscale("log")
+        lo, hi = curves.index.min(), curves.index.max()
+        axes.set_xticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if lo <= t <= hi])
+        axes.xaxis.set_major_formatter(ScalarFormatter())
+    axes.set_xlabel("k (retrieved nodes)")
+    axes.set_ylabel("recall@k")
+    axes.set_ylim(0.0, 1.02)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.set_title(title)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            figure.savefig(handle, format="png")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a plot is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.info("Wrote recall@k plot to %s", path)
+    return path
