@@ -26,6 +26,7 @@ bench-store:
 
 bench-quality:
 	$(PIP) install -e ".[benchmark]"
+	$(PIP) install --no-deps llama-index-finetuning==0.4.2
 	$(PYTHON) benchmarks/bench_quality.py
 
 clean:

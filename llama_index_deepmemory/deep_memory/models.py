@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -31,3 +32,164 @@ def model_from_state(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Dee
             "The store was probably written by a newer llama-index-deepmemory: upgrade the package."
         )
     return cls.from_state(meta, arrays)
+
+
+def plain_scores(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
+    """Store-scale scores (higher is better) of ``queries`` (m, d) against ``vectors`` (n, d)."""
+    dots = queries @ vectors.T
+    if metric == "l2":
+        q_sq = np.einsum("ij,ij->i", queries, queries)[:, None]
+        v_sq = np.einsum("ij,ij->i", vectors, vectors)[None, :]
+        return -(q_sq - 2.0 * dots + v_sq)
+    return dots
+
+
+def _normalise_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+@register_model
+class AdapterMemoryModel(DeepMemoryModel):
+    """Linear query adapter plus learned per-node memory, applied with numpy alone.
+
+    * ``transform_queries``: ``q_t = W q + b`` (renormalised for cosine stores).
+    * ``overrides``: for the "memory" nodes (those marked relevant in training), the score is
+      ``score(q_t, m_n) + key_weight * max_t w_tn * relu(cos(q_t, k_t) - key_threshold)`` where
+      ``m_n`` is the node's learned memory vector (its stored vector plus a trained delta) and
+      ``k_t`` are remembered (transformed) training queries that marked node ``n`` relevant with
+      weight ``w_tn`` (scaled to at most 1 per query).
+    """
+
+    kind = "adapter_memory"
+    format_version = 1
+
+    def __init__(
+        self,
+        dim: int,
+        metric: str = "cosine",
+        *,
+        weight: np.ndarray | None = None,
+        bias: np.ndarray | None = None,
+        memory_ids: list[str] | None = None,
+        memory_vectors: np.ndarray | None = None,
+        key_vectors: np.ndarray | None = None,
+        link_key: np.ndarray | None = None,
+        link_node: np.ndarray | None = None,
+        link_weight: np.ndarray | None = None,
+        key_weight: float = 0.0,
+        key_threshold: float = 1.0,
+    ) -> None:
+        super().__init__(dim=dim, metric=metric)
+        d = self.dim
+        self.weight = np.eye(d, dtype=np.float32) if weight is None else np.asarray(weight, dtype=np.float32)
+        self.bias = np.zeros(d, dtype=np.float32) if bias is None else np.asarray(bias, dtype=np.float32)
+        self.memory_ids = list(memory_ids or [])
+        n_mem = len(self.memory_ids)
+        self.memory_vectors = (
+            np.zeros((n_mem, d), dtype=np.float32) if memory_vectors is None
+            else np.asarray(memory_vectors, dtype=np.float32).reshape(n_mem, d)
+        )
+        self.key_vectors = (
+            np.zeros((0, d), dtype=np.float32) if key_vectors is None
+            else np.asarray(key_vectors, dtype=np.float32).reshape(-1, d)
+        )
+        self.link_key = np.zeros(0, np.int64) if link_key is None else np.asarray(link_key, dtype=np.int64)
+        self.link_node = np.zeros(0, np.int64) if link_node is None else np.asarray(link_node, dtype=np.int64)
+        self.link_weight = (
+            np.zeros(0, np.float32) if link_weight is None else np.asarray(link_weight, dtype=np.float32)
+        )
+        self.key_weight = float(key_weight)
+        self.key_threshold = float(key_threshold)
+        self._check_shapes()
+        self._unit_keys = _normalise_rows(self.key_vectors)
+
+    def _check_shapes(self) -> None:
+        d = self.dim
+        if self.weight.shape != (d, d) or self.bias.shape != (d,):
+            raise ValueError(f"adapter shapes {self.weight.shape}/{self.bias.shape} do not match dim={d}")
+        n_links = self.link_key.shape[0]
+        if self.link_node.shape[0] != n_links or self.link_weight.shape[0] != n_links:
+            raise ValueError("memory link arrays must have equal lengths")
+        if n_links and (self.link_key.max() >= len(self.key_vectors) or self.link_node.max() >= len(self.memory_ids)):
+            raise ValueError("memory links point outside the stored keys or memory nodes")
+        if len(set(self.memory_ids)) != len(self.memory_ids):
+            raise ValueError("memory node ids must be unique")
+        arrays = (self.weight, self.bias, self.memory_vectors, self.key_vectors, self.link_weight)
+        if not all(np.isfinite(a).all() for a in arrays) or not math.isfinite(self.key_weight):
+            raise ValueError("Deep Memory model arrays contain NaN or infinite values; retrain the model")
+        if n_links and (self.link_key.min() < 0 or self.link_node.min() < 0):
+            raise ValueError("memory links must be non-negative indices")
+
+    # --- query time ---------------------------------------------------------------------
+    def transform_queries(self, queries: np.ndarray) -> np.ndarray:
+        q = np.asarray(queries, dtype=np.float32)
+        out = q @ self.weight.T + self.bias
+        if self.metric == "cosine":
+            out = _normalise_rows(out)
+        return out.astype(np.float32, copy=False)
+
+    def key_bonus(self, transformed: np.ndarray) -> np.ndarray:
+        """(m, n_memory) bonus from remembered training queries (zeros when disabled)."""
+        m, n_mem = transformed.shape[0], len(self.memory_ids)
+        bonus = np.zeros((n_mem, m), dtype=np.float32)
+        if self.key_weight == 0.0 or not len(self.link_key):
+            return bonus.T
+        sims = _normalise_rows(transformed) @ self._unit_keys.T  # (m, n_keys)
+        active = np.maximum(sims - self.key_threshold, 0.0)
+        values = active[:, self.link_key].T * self.link_weight[:, None]  # (n_links, m)
+        np.maximum.at(bonus, self.link_node, values)
+        return (self.key_weight * bonus).T
+
+    def overrides(self, transformed: np.ndarray) -> tuple[list[str], np.ndarray]:
+        q = np.asarray(transformed, dtype=np.float32)
+        if not self.memory_ids:
+            return [], np.zeros((q.shape[0], 0), dtype=np.float32)
+        scores = plain_scores(q, self.memory_vectors, self.metric) + self.key_bonus(q)
+        return list(self.memory_ids), scores.astype(np.float32, copy=False)
+
+    # --- persistence --------------------------------------------------------------------
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        meta, _ = super().to_state()
+        meta.update(
+            format_version=self.format_version,
+            memory_ids=list(self.memory_ids),
+            key_weight=self.key_weight,
+            key_threshold=self.key_threshold,
+        )
+        arrays = {
+            "weight": self.weight,
+            "bias": self.bias,
+            "memory_vectors": self.memory_vectors,
+            "key_vectors": self.key_vectors,
+            "link_key": self.link_key,
+            "link_node": self.link_node,
+            "link_weight": self.link_weight,
+        }
+        return meta, {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "AdapterMemoryModel":
+        version = int(meta.get("format_version", 1))
+        if version > cls.format_version:
+            raise ValueError(
+                f"Deep Memory model format_version {version} is newer than supported "
+                f"({cls.format_version}); upgrade llama-index-deepmemory."
+            )
+        missing = [k for k in ("weight", "bias", "memory_vectors") if k not in arrays]
+        if missing:
+            raise ValueError(f"adapter_memory state lacks arrays {missing}")
+        return cls(
+            dim=int(meta["dim"]),
+            metric=str(meta.get("metric", "cosine")),
+            weight=arrays["weight"],
+            bias=arrays["bias"],
+            memory_ids=[str(i) for i in meta.get("memory_ids", [])],
+            memory_vectors=arrays["memory_vectors"],
+            key_vectors=arrays.get("key_vectors"),
+            link_key=arrays.get("link_key"),
+            link_node=arrays.get("link_node"),
+            link_weight=arrays.get("link_weight"),
+            key_weight=float(meta.get("key_weight", 0.0)),
+            key_threshold=float(meta.get("key_threshold", 1.0)),
+        )

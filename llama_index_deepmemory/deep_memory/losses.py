@@ -1,0 +1,114 @@
+"""The training objective: a listwise softmax over candidate nodes, and where candidates come from.
+
+Candidates are the whole corpus when it is small enough (exact softmax), otherwise each batch's
+relevant nodes plus hard negatives mined from the store with ``search_vectors`` (bounded memory:
+the corpus is never loaded into torch). torch is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+logger = logging.getLogger(__name__)
+
+
+def store_scores(queries: "torch.Tensor", vectors: "torch.Tensor", metric: str) -> "torch.Tensor":
+    """Store-scale scores in torch; the query-norm term of l2 is dropped (constant per query)."""
+    dots = queries @ vectors.T
+    if metric == "l2":
+        return 2.0 * dots - (vectors * vectors).sum(1)[None, :]
+    return dots
+
+
+def listwise_loss(logits: "torch.Tensor", targets: "torch.Tensor", temperature: float) -> "torch.Tensor":
+    """Cross-entropy between each row's target distribution over candidates (relevance weights,
+    summing to 1) and the softmax of its scores divided by ``temperature``."""
+    import torch
+
+    log_probs = torch.log_softmax(logits / temperature, dim=1)
+    return -(targets * log_probs).sum(1).mean()
+
+
+class CandidateSource:
+    """Candidate nodes and targets of a batch of training queries."""
+
+    def __init__(
+        self,
+        store: StoreView,
+        queries: np.ndarray,
+        relevance: Sequence[Sequence[tuple[str, float]]],
+        memory_index: dict[str, int],
+        *,
+        device: "torch.device",
+        full_softmax_max_nodes: int,
+        num_negatives: int,
+        check_stop: Callable[[], None],
+    ) -> None:
+        import torch
+
+        self.store = store
+        self.queries = queries
+        self.relevance = relevance
+        self.memory_index = memory_index
+        self.device = device
+        self.num_negatives = num_negatives
+        self.check_stop = check_stop
+        self.full = len(store) <= full_softmax_max_nodes
+        self.mined: list[list[str]] = []
+        if self.full:
+            ids: list[str] = []
+            chunks: list[np.ndarray] = []
+            for batch_ids, batch_vectors in store.iter_vectors():
+                ids.extend(batch_ids)
+                chunks.append(np.asarray(batch_vectors, dtype=np.float32))
+                check_stop()
+            self.position = {node: i for i, node in enumerate(ids)}
+            self.vectors = torch.from_numpy(np.concatenate(chunks)).to(device)
+            self.memory_pos = torch.tensor([memory_index.get(node, -1) for node in ids], dtype=torch.long, device=device)
+
+    def mine(self, model: DeepMemoryModel) -> None:
+        """(Re-)mine hard negatives with the current adapter (large corpora only)."""
+        if self.full:
+            return
+        k = min(len(self.store), self.num_negatives)
+        transformed = model.transform_queries(self.queries)
+        self.mined = []
+        for start in range(0, len(transformed), 1024):
+            _, ids = self.store.search_vectors(transformed[start : start + 1024], k)
+            self.mined.extend(list(row) for row in ids)
+            self.check_stop()
+
+    def batch(self, rows: Sequence[int]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+        """Candidate vectors (c, d), their memory positions (c,) or -1, and targets (b, c)."""
+        import torch
+
+        rel = [self.relevance[i] for i in rows]
+        if self.full:
+            vectors, memory_pos, position = self.vectors, self.memory_pos, self.position
+        else:
+            position = {}
+            for i, pairs in zip(rows, rel):
+                for node, _ in pairs:
+                    position.setdefault(node, len(position))
+                for node in self.mined[i]:
+                    position.setdefault(node, len(position))
+            ids = list(position)
+            vectors = torch.from_numpy(np.asarray(self.store.get_vectors(ids), dtype=np.float32)).to(self.device)
+            memory_pos = torch.tensor(
+                [self.memory_index.get(node, -1) for node in ids], dtype=torch.long, device=self.device
+            )
+        targets = torch.zeros((len(rows), vectors.shape[0]), dtype=torch.float32)
+        for b, pairs in enumerate(rel):
+            total = sum(w for _, w in pairs if w > 0)
+            for node, w in pairs:
+                if w > 0:
+                    targets[b, position[node]] += float(w) / total
+        return vectors, memory_pos, targets.to(self.device)

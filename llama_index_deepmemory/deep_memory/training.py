@@ -1,0 +1,610 @@
+"""Train a Deep Memory model: query adapter + per-node memory + remembered training queries.
+
+The method: a linear query adapter ``W q + b`` (identity-initialised, pulled toward identity) and
+a learned vector per "memory" node (each node marked relevant in training; unit-norm for cosine
+stores, pulled toward its stored vector) are trained with a listwise softmax cross-entropy whose
+target spreads over every relevant id by weight (:mod:`.losses`). The softmax runs over the whole
+corpus when it is small enough, otherwise over hard negatives mined from the store. Training
+queries are also remembered as keys: a query close to a remembered one lifts that query's
+relevant nodes. Early stopping and the key strength are chosen on a validation split of the
+training queries, admitting only candidates that do not hurt validation queries whose own nodes
+are forgotten by the model; the model is then refit on all queries. A model whose validation
+gain is not significant is returned with ``improved=False`` so the API never activates it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView
+from llama_index_deepmemory.deep_memory.losses import CandidateSource, listwise_loss, store_scores
+from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
+from llama_index_deepmemory.metrics import ndcg_at_k, recall_at_k
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+logger = logging.getLogger(__name__)
+
+Relevance = list[list[tuple[str, float]]]
+METRIC_NAMES = ("recall@1", "recall@10", "ndcg@10")
+
+
+class TrainingCancelled(Exception):
+    """Raised inside :func:`train_model` when ``should_stop()`` turns true."""
+
+
+@dataclass
+class TrainOptions:
+    """Keyword options of ``store.deep_memory.train(**options)``."""
+
+    epochs: int = 40
+    learning_rate: float = 2e-3
+    seed: int = 0
+    validation_fraction: float = 0.1
+    device: str | None = None
+    num_threads: int | None = 1  # torch CPU threads while training; None keeps torch's setting
+    batch_size: int = 64
+    temperature: float = 0.02
+    adapter_regularization: float = 10.0
+    memory_regularization: float = 0.01
+    node_memory: bool = True
+    normalize_memory: bool = True
+    query_memory: bool = True
+    key_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+    key_weights: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 1.0, 2.0)
+    patience: int = 6
+    min_improvement: float = 0.0
+    gate_z: float = 2.0
+    unseen_tolerance: float = 0.0
+    full_softmax_max_nodes: int = 200_000
+    num_negatives: int = 64
+    remine_every: int = 5
+    refit: bool = True
+
+    @classmethod
+    def from_kwargs(cls, options: dict[str, Any]) -> "TrainOptions":
+        """Build from user keywords, refusing unknown names with the list of known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown Deep Memory training option(s) {unknown}; known options: {sorted(known)}")
+        opts = cls(**options)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        """ValueError naming the first out-of-range option."""
+        positive_ints = ("epochs", "batch_size", "num_negatives", "remine_every", "full_softmax_max_nodes")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"patience must be an integer >= 0, got {self.patience!r}")
+        for name in ("learning_rate", "temperature"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("adapter_regularization", "memory_regularization", "min_improvement", "gate_z", "unseen_tolerance"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (isinstance(self.validation_fraction, (int, float)) and 0.0 <= self.validation_fraction < 1.0):
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        if self.num_threads is not None and (
+            isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int) or self.num_threads < 1
+        ):
+            raise ValueError(f"num_threads must be None (torch's default) or a positive integer, got {self.num_threads!r}")
+        if self.device is not None and not isinstance(self.device, str):
+            raise ValueError(f"device must be None, 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        for name in ("key_thresholds", "key_weights"):
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+            ):
+                raise ValueError(f"{name} must be a sequence of finite numbers, got {values!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_model` hands back to the API."""
+
+    model: DeepMemoryModel
+    val_before: dict[str, float]
+    val_after: dict[str, float]
+    improved: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics and evaluation through the store (the same merge the store does at query time)
+# ----------------------------------------------------------------------------------------------
+def ranking_metrics(ranked: list[list[str]], relevance: Relevance) -> dict[str, float]:
+    """Mean recall@1, recall@10 and nDCG@10 (definitions in :mod:`llama_index_deepmemory.metrics`)."""
+    return {
+        "recall@1": float(recall_at_k(ranked, relevance, 1)),
+        "recall@10": float(recall_at_k(ranked, relevance, 10)),
+        "ndcg@10": float(ndcg_at_k(ranked, relevance, 10)),
+    }
+
+
+def significant_gain(before: np.ndarray, after: np.ndarray, min_improvement: float, gate_z: float) -> bool:
+    """True when the mean per-query gain beats ``min_improvement`` and ``gate_z`` standard errors.
+
+    The standard-error margin guards against a validation "gain" made of one or two lucky queries
+    (early stopping picks the best of many epochs on the same split, which inflates it).
+    """
+    diff = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    mean = float(diff.mean())
+    stderr = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return mean > min_improvement and mean > gate_z * stderr
+
+
+def rank_with_model(
+    store: StoreView,
+    queries: np.ndarray,
+    model: DeepMemoryModel | None,
+    k: int = 10,
+    forget: Sequence[set[str]] | None = None,
+    plain_cache: dict[bytes, tuple[np.ndarray, list[list[str]]]] | None = None,
+) -> list[list[str]]:
+    """Top-``k`` node ids per query, plain or with ``model`` (transform + merged overrides).
+
+    The merge is the store's: plain search of the transformed queries, overridden nodes dropped
+    from it and re-entered with their override scores. ``forget[i]`` (optional) names nodes whose
+    memory query ``i`` must not use: they score as plain stored vectors, as if the model had never
+    seen them (a counterfactual "unseen" check). ``plain_cache`` reuses plain searches of
+    identical transformed queries (e.g. while only the query memory changes).
+    """
+    n_nodes = len(store)
+    if model is None:
+        _, ids = store.search_vectors(queries, min(k, n_nodes))
+        return [list(row) for row in ids]
+    transformed = np.ascontiguousarray(model.transform_queries(queries), dtype=np.float32)
+    override_ids, override_scores = model.overrides(transformed)
+    overridden = set(override_ids)
+    scores, ids = _plain_search(store, transformed, overridden, k, plain_cache)
+    ranked: list[list[str]] = []
+    for i, (row_scores, row_ids, over_row) in enumerate(zip(scores, ids, override_scores)):
+        forgotten = forget[i] if forget is not None else set()
+        pairs = [
+            (float(s), node) for s, node in zip(row_scores, row_ids) if node not in overridden or node in forgotten
+        ]
+        if len(override_ids):
+            top = np.argsort(-over_row, kind="stable")[: k + len(forgotten)]
+            pairs += [(float(over_row[j]), override_ids[j]) for j in top if override_ids[j] not in forgotten][:k]
+        pairs.sort(key=lambda p: -p[0])
+        ranked.append([node for _, node in pairs[:k]])
+    return ranked
+
+
+def _plain_search(
+    store: StoreView,
+    transformed: np.ndarray,
+    overridden: set[str],
+    k: int,
+    cache: dict[bytes, tuple[np.ndarray, list[list[str]]]] | None,
+) -> tuple[np.ndarray, list[list[str]]]:
+    """Plain search deep enough that every row keeps ``k`` nodes outside ``overridden``."""
+    n_nodes = len(store)
+    key = hashlib.sha1(transformed.tobytes()).digest()
+    if cache is not None and key in cache:
+        scores, ids = cache[key]
+        if all(sum(1 for node in row if node not in overridden) >= k for row in ids) or len(ids[0]) >= n_nodes:
+            return scores, ids
+    k_search = min(n_nodes, k + min(len(overridden), k))
+    while True:
+        scores, ids = store.search_vectors(transformed, k_search)
+        short = any(sum(1 for node in row if node not in overridden) < k for row in ids)
+        if not short or k_search >= n_nodes:
+            break
+        k_search = min(n_nodes, k_search * 2)
+    if cache is not None:
+        cache[key] = (scores, ids)
+    return scores, ids
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _Split:
+    queries: np.ndarray
+    relevance: Relevance
+
+
+class _Context:
+    """Shared state of one training run: options, callbacks, device, timing."""
+
+    def __init__(self, store: StoreView, options: TrainOptions, progress, should_stop) -> None:
+        import torch
+
+        self.store = store
+        self.options = options
+        self.progress = progress
+        self.should_stop = should_stop
+        self.metric = store.metric
+        self.device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.started = time.perf_counter()
+
+    def check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise TrainingCancelled("Deep Memory training was cancelled")
+
+    def report(self, fraction: float, message: str) -> None:
+        logger.debug("training %.0f%%: %s", 100 * fraction, message)
+        if self.progress is not None:
+            self.progress(float(min(1.0, max(0.0, fraction))), message)
+
+
+class _Trainer:
+    """Parameters (adapter + node deltas) and the epoch loop with early stopping."""
+
+    def __init__(self, ctx: _Context, split: _Split, memory_ids: list[str]) -> None:
+        import torch
+
+        self.ctx = ctx
+        self.split = split
+        self.memory_ids = memory_ids
+        self.memory_index = {node: i for i, node in enumerate(memory_ids)}
+        d = split.queries.shape[1]
+        dev = ctx.device
+        self.base_memory = torch.from_numpy(
+            np.asarray(ctx.store.get_vectors(memory_ids), dtype=np.float32).reshape(len(memory_ids), d)
+        ).to(dev)
+        self.weight = torch.nn.Parameter(torch.eye(d, device=dev))
+        self.bias = torch.nn.Parameter(torch.zeros(d, device=dev))
+        self.delta = torch.nn.Parameter(torch.zeros((len(memory_ids), d), device=dev))
+        params = [self.weight, self.bias] + ([self.delta] if ctx.options.node_memory and memory_ids else [])
+        self.optimizer = torch.optim.Adam(params, lr=ctx.options.learning_rate)
+        self.queries = torch.from_numpy(np.asarray(split.queries, dtype=np.float32)).to(dev)
+        self.source = CandidateSource(
+            ctx.store, split.queries, split.relevance, self.memory_index, device=ctx.device,
+            full_softmax_max_nodes=ctx.options.full_softmax_max_nodes,
+            num_negatives=ctx.options.num_negatives, check_stop=ctx.check_stop,
+        )
+
+    def transform(self, q: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        out = q @ self.weight.T + self.bias
+        return torch.nn.functional.normalize(out, dim=1) if self.ctx.metric == "cosine" else out
+
+    def memory_vectors(self) -> "torch.Tensor":
+        import torch
+
+        vectors = self.base_memory + self.delta
+        if self.ctx.metric == "cosine" and self.ctx.options.normalize_memory:
+            vectors = torch.nn.functional.normalize(vectors, dim=1)
+        return vectors
+
+    def loss(self, rows: Sequence[int]) -> "torch.Tensor":
+        import torch
+
+        opts = self.ctx.options
+        vectors, memory_pos, targets = self.source.batch(rows)
+        qt = self.transform(self.queries[list(rows)])
+        logits = store_scores(qt, vectors, self.ctx.metric)
+        has_memory = memory_pos >= 0
+        if opts.node_memory and bool(has_memory.any()):
+            cols = torch.nonzero(has_memory).squeeze(1)
+            mem_scores = store_scores(qt, self.memory_vectors()[memory_pos[cols]], self.ctx.metric)
+            logits = logits.index_copy(1, cols, mem_scores)
+        loss = listwise_loss(logits, targets, opts.temperature)
+        eye = torch.eye(self.weight.shape[0], device=self.weight.device)
+        loss = loss + opts.adapter_regularization * ((self.weight - eye) ** 2).sum() / self.weight.shape[0]
+        loss = loss + opts.adapter_regularization * (self.bias**2).sum()
+        if opts.node_memory and len(self.memory_ids):
+            drift = self.memory_vectors() - self.base_memory
+            loss = loss + opts.memory_regularization * (drift**2).sum(1).mean()
+        return loss
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        return {
+            "weight": self.weight.detach().cpu().numpy().copy(),
+            "bias": self.bias.detach().cpu().numpy().copy(),
+            "memory_vectors": self.memory_vectors().detach().cpu().numpy().copy(),
+        }
+
+    def model(self, snapshot: dict[str, np.ndarray] | None = None) -> AdapterMemoryModel:
+        """A numpy model from the current (or a snapshot of) parameters, without query keys."""
+        snap = snapshot or self.snapshot()
+        use_memory = self.ctx.options.node_memory and len(self.memory_ids) > 0
+        return AdapterMemoryModel(
+            dim=snap["weight"].shape[0],
+            metric=self.ctx.metric,
+            weight=snap["weight"],
+            bias=snap["bias"],
+            memory_ids=self.memory_ids if use_memory else [],
+            memory_vectors=snap["memory_vectors"] if use_memory else None,
+        )
+
+    def run_epoch(self, epoch: int, generator: "torch.Generator") -> float:
+        import torch
+
+        opts = self.ctx.options
+        if epoch % opts.remine_every == 0:
+            self.source.mine(self.model())
+        order = torch.randperm(len(self.split.relevance), generator=generator).tolist()
+        total, batches = 0.0, 0
+        for start in range(0, len(order), opts.batch_size):
+            self.ctx.check_stop()
+            rows = order[start : start + opts.batch_size]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss(rows)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach())
+            batches += 1
+        return total / max(1, batches)
+
+
+def _memory_ids(relevance: Relevance) -> list[str]:
+    """Relevant ids in first-seen order (deterministic)."""
+    seen: dict[str, None] = {}
+    for pairs in relevance:
+        for node, w in pairs:
+            if w > 0:
+                seen.setdefault(node, None)
+    return list(seen)
+
+
+def _add_keys(
+    store: StoreView, model: AdapterMemoryModel, split: _Split, key_weight: float, key_threshold: float
+) -> AdapterMemoryModel:
+    """``model`` plus the queries of ``split`` remembered as keys, each linked to its relevant
+    nodes (weight scaled to at most 1 per query); nodes not yet in memory join it with their
+    stored vectors."""
+    memory_ids = list(model.memory_ids)
+    index = {node: i for i, node in enumerate(memory_ids)}
+    extra = [node for node in _memory_ids(split.relevance) if node not in index]
+    vectors = [model.memory_vectors]
+    if extra:
+        vectors.append(np.asarray(store.get_vectors(extra), dtype=np.float32).reshape(len(extra), model.dim))
+        for node in extra:
+            index[node] = len(memory_ids)
+            memory_ids.append(node)
+    link_key, link_node, link_weight = [], [], []
+    for q, pairs in enumerate(split.relevance):
+        top = max((w for _, w in pairs), default=0.0)
+        for node, w in pairs:
+            if w > 0:
+                link_key.append(q)
+                link_node.append(index[node])
+                link_weight.append(w / top)
+    return AdapterMemoryModel(
+        dim=model.dim,
+        metric=model.metric,
+        weight=model.weight,
+        bias=model.bias,
+        memory_ids=memory_ids,
+        memory_vectors=np.concatenate(vectors),
+        key_vectors=model.transform_queries(split.queries),
+        link_key=np.asarray(link_key, dtype=np.int64),
+        link_node=np.asarray(link_node, dtype=np.int64),
+        link_weight=np.asarray(link_weight, dtype=np.float32),
+        key_weight=key_weight,
+        key_threshold=key_threshold,
+    )
+
+
+@dataclass
+class _Evaluation:
+    """Validation metrics, per-query nDCG@10, and per-query nDCG@10 with each query's own
+    relevant nodes forgotten by the model (how it treats queries about nodes it never saw)."""
+
+    metrics: dict[str, float]
+    per_query: np.ndarray
+    per_query_unseen: np.ndarray
+
+
+def _evaluate(
+    store: StoreView, split: _Split, model: DeepMemoryModel | None, cache: dict | None = None
+) -> _Evaluation:
+    cache = {} if cache is None else cache
+    ranked = rank_with_model(store, split.queries, model, plain_cache=cache)
+    per_query = np.asarray(ndcg_at_k(ranked, split.relevance, 10, per_query=True))
+    per_query_unseen = per_query
+    if model is not None:
+        forget = [{node for node, _ in pairs} for pairs in split.relevance]
+        ranked_unseen = rank_with_model(store, split.queries, model, forget=forget, plain_cache=cache)
+        per_query_unseen = np.asarray(ndcg_at_k(ranked_unseen, split.relevance, 10, per_query=True))
+    return _Evaluation(ranking_metrics(ranked, split.relevance), per_query, per_query_unseen)
+
+
+def _split_queries(query_vectors: np.ndarray, relevance: Relevance, options: TrainOptions):
+    """Seeded (train, validation) split; validation falls back to train when none is held out."""
+    m = len(relevance)
+    rng = np.random.default_rng(options.seed)
+    order = rng.permutation(m)
+    n_val = int(round(options.validation_fraction * m))
+    if options.validation_fraction > 0:
+        n_val = min(max(n_val, 1), m - 1)
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+
+    def take(idx: np.ndarray) -> _Split:
+        return _Split(query_vectors[idx], [relevance[i] for i in idx])
+
+    train = take(train_idx)
+    return train, (take(val_idx) if n_val else train)
+
+
+def _check_inputs(store: StoreView, query_vectors: np.ndarray, relevance: Relevance) -> np.ndarray:
+    if len(store) == 0:
+        raise ValueError("the store is empty: add nodes before training Deep Memory")
+    queries = np.asarray(query_vectors, dtype=np.float32)
+    if queries.ndim != 2:
+        raise ValueError(f"query_vectors must be a 2-D array (queries, dim), got shape {queries.shape}")
+    if len(queries) != len(relevance):
+        raise ValueError(f"got {len(queries)} query vectors but {len(relevance)} relevance lists; pass one per query")
+    if len(queries) < 2:
+        raise ValueError(f"Deep Memory training needs at least 2 queries, got {len(queries)}")
+    if store.dim is not None and queries.shape[1] != store.dim:
+        raise ValueError(f"query vectors have dim {queries.shape[1]} but the store holds dim {store.dim}")
+    if not np.isfinite(queries).all():
+        raise ValueError("query_vectors contain NaN or infinite values")
+    for i, pairs in enumerate(relevance):
+        if not pairs or not any(w > 0 for _, w in pairs):
+            raise ValueError(f"query {i} has no relevant id with a positive weight: {pairs!r}")
+        bad = [w for _, w in pairs if not (math.isfinite(w) and w >= 0)]
+        if bad:
+            raise ValueError(f"query {i} has relevance weights {bad}; weights must be finite and >= 0")
+    missing = store.missing_ids(_memory_ids(relevance))
+    if missing:
+        raise ValueError(f"relevance names {len(missing)} ids not in the store, e.g. {missing[:5]}")
+    return queries
+
+
+class _Selection:
+    """Best validation result so far.
+
+    A candidate wins on overall nDCG@10, but only if it stays at least as good as no model
+    (minus ``tolerance``) when every validation query's own relevant nodes are forgotten by the
+    model: memory must not crowd out nodes it has never seen, and the adapter must not hurt.
+    """
+
+    def __init__(self, before: _Evaluation, tolerance: float) -> None:
+        self.floor = float(before.per_query.mean()) - tolerance
+        self.best = before
+        self.score = before.metrics["ndcg@10"]
+
+    def offer(self, candidate: _Evaluation) -> bool:
+        """Keep the candidate when it is the best admissible one so far."""
+        if float(candidate.per_query_unseen.mean()) < self.floor - 1e-9:
+            return False
+        if candidate.metrics["ndcg@10"] <= self.score:
+            return False
+        self.best, self.score = candidate, candidate.metrics["ndcg@10"]
+        return True
+
+
+def _identity_snapshot(trainer: _Trainer, dim: int) -> dict[str, np.ndarray]:
+    return {
+        "weight": np.eye(dim, dtype=np.float32),
+        "bias": np.zeros(dim, np.float32),
+        "memory_vectors": trainer.base_memory.cpu().numpy(),
+    }
+
+
+def train_model(
+    store: StoreView,
+    query_vectors: np.ndarray,
+    relevance: Relevance,
+    *,
+    options: TrainOptions,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train an :class:`AdapterMemoryModel` on (query vector, relevant ids with weights) pairs.
+
+    ``options.num_threads`` (when set) applies torch's process-wide CPU thread count for the
+    duration of the call and restores it afterwards. The default, 1, is the fastest for these
+    small matrices and does not collapse on busy machines (2 spinning OpenMP threads on 2 shared
+    cores made SciFact training ~8x slower in our measurements).
+    """
+    import torch
+
+    options.validate()
+    previous_threads = torch.get_num_threads()
+    if options.num_threads is not None:
+        torch.set_num_threads(options.num_threads)
+    try:
+        return _train(store, query_vectors, relevance, options, progress, should_stop)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    store: StoreView,
+    query_vectors: np.ndarray,
+    relevance: Relevance,
+    options: TrainOptions,
+    progress: Callable[[float, str], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> TrainResult:
+    import torch
+
+    queries = _check_inputs(store, query_vectors, relevance)
+    relevance = [[(str(node), float(w)) for node, w in pairs] for pairs in relevance]
+    ctx = _Context(store, options, progress, should_stop)
+    torch.manual_seed(options.seed)
+    train, val = _split_queries(queries, relevance, options)
+    ctx.report(0.0, f"training on {len(train.relevance)} queries, validating on {len(val.relevance)}")
+
+    train_memory = _memory_ids(train.relevance)
+    before = _evaluate(store, val, None)
+    selection = _Selection(before, options.unseen_tolerance)
+
+    trainer = _Trainer(ctx, train, train_memory)
+    generator = torch.Generator().manual_seed(options.seed)
+    best_epoch, best_snapshot, epochs_run, since_best = 0, None, 0, 0
+    for epoch in range(options.epochs):
+        loss = trainer.run_epoch(epoch, generator)
+        epochs_run = epoch + 1
+        evaluation = _evaluate(store, val, trainer.model())
+        if selection.offer(evaluation):
+            best_epoch, best_snapshot, since_best = epochs_run, trainer.snapshot(), 0
+        else:
+            since_best += 1
+        ctx.report(
+            0.8 * epochs_run / options.epochs,
+            f"epoch {epochs_run}/{options.epochs}: loss {loss:.4f}, val ndcg@10 {evaluation.metrics['ndcg@10']:.4f}",
+        )
+        if since_best > options.patience:
+            break
+    base_model = trainer.model(best_snapshot or _identity_snapshot(trainer, queries.shape[1]))
+
+    key_weight, key_threshold = 0.0, 1.0
+    plain_cache: dict = {}  # the adapter is fixed now: one plain search serves every grid cell
+    if options.query_memory:
+        for threshold in options.key_thresholds:
+            for weight in options.key_weights:
+                ctx.check_stop()
+                candidate = _add_keys(store, base_model, train, weight, threshold)
+                if selection.offer(_evaluate(store, val, candidate, plain_cache)):
+                    key_weight, key_threshold = weight, threshold
+        ctx.report(0.85, f"query memory: weight {key_weight}, threshold {key_threshold}")
+    improved = significant_gain(before.per_query, selection.best.per_query, options.min_improvement, options.gate_z)
+
+    refit_ok = improved and options.refit and val is not train
+    final_split = _Split(queries, relevance) if refit_ok else train
+    final, refitted = base_model, False
+    if refit_ok and best_epoch > 0:
+        refit = _Trainer(ctx, final_split, _memory_ids(relevance))
+        generator = torch.Generator().manual_seed(options.seed)
+        for epoch in range(best_epoch):
+            refit.run_epoch(epoch, generator)
+            ctx.report(0.85 + 0.15 * (epoch + 1) / best_epoch, f"refit epoch {epoch + 1}/{best_epoch}")
+        final, refitted = refit.model(), True
+    if key_weight > 0:
+        final = _add_keys(store, final, final_split, key_weight, key_threshold)
+
+    info = {
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch,
+        "n_train": len(train.relevance),
+        "n_val": len(val.relevance) if val is not train else 0,
+        "val_ndcg@10_own_nodes_forgotten": float(selection.best.per_query_unseen.mean()),
+        "validation": "held-out" if val is not train else "training queries (validation_fraction=0)",
+        "refit_on_all_queries": refitted,
+        "key_weight": key_weight,
+        "key_threshold": key_threshold,
+        "memory_nodes": len(getattr(final, "memory_ids", [])),
+        "softmax": "full corpus" if trainer.source.full else f"{options.num_negatives} mined negatives",
+        "device": str(ctx.device),
+        "seconds": time.perf_counter() - ctx.started,
+    }
+    val_before, val_after = before.metrics, selection.best.metrics
+    ctx.report(1.0, f"done: val ndcg@10 {val_before['ndcg@10']:.4f} -> {val_after['ndcg@10']:.4f}")
+    return TrainResult(model=final, val_before=val_before, val_after=val_after, improved=improved, info=info)
