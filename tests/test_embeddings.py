@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.schema import TextNode
 
 from llama_index_deepmemory.embeddings import (
+    SAVE_EVERY,
     EmbeddingCache,
     default_embedding,
+    embed_queries,
     embed_nodes,
     embed_texts,
     model_fingerprint,
@@ -22,7 +29,7 @@ from llama_index_deepmemory.embeddings import (
 class CountingEmbedding(BaseEmbedding):
     """Deterministic vectors from the text's hash; counts the texts it embeds."""
 
-    calls: list[str] = []
+    calls: list[str] = Field(default_factory=list, exclude=True)  # bookkeeping, not configuration
 
     def _vector(self, text: str) -> list[float]:
         self.calls.append(text)
@@ -104,3 +111,84 @@ def test_queries_are_cached_apart_from_texts(tmp_path: Path) -> None:
     again = CountingEmbedding(model_name="counting", calls=[])
     np.testing.assert_allclose(embed_queries(["other"], again, cache_dir=tmp_path)[0], vectors[1])
     assert again.calls == []
+
+
+class KeyedEmbedding(CountingEmbedding):
+    """A CountingEmbedding with an API key and a prefix that changes its vectors."""
+
+    api_key: str = "k1"
+    prefix: str = ""
+
+    def _vector(self, text: str) -> list[float]:
+        return super()._vector(self.prefix + text)
+
+
+def test_fingerprint_covers_every_setting_that_changes_vectors(tmp_path: Path, minilm) -> None:
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    instructed = HuggingFaceEmbedding(model_name=minilm.model_name, query_instruction="Represent this question: ")
+    first = embed_queries(["what is python"], minilm, cache_dir=tmp_path)
+    cached = embed_queries(["what is python"], instructed, cache_dir=tmp_path)
+    true = np.asarray(instructed.get_query_embedding("what is python"), dtype=np.float32)
+    np.testing.assert_allclose(cached[0], true, atol=1e-6)  # not the uninstructed vector from the cache
+    assert not np.allclose(true, first[0], atol=1e-3)
+    rebatched = HuggingFaceEmbedding(model_name=minilm.model_name, embed_batch_size=3, show_progress_bar=True)
+    assert model_fingerprint(rebatched) == model_fingerprint(minilm)  # batching does not split the cache
+
+    base = KeyedEmbedding(model_name="keyed")
+    assert model_fingerprint(KeyedEmbedding(model_name="keyed", api_key="rotated")) == model_fingerprint(base)
+    assert model_fingerprint(KeyedEmbedding(model_name="keyed", prefix="p: ")) != model_fingerprint(base)
+
+
+class WatchingEmbedding(CountingEmbedding):
+    """Records, at each batch it embeds, how many texts it has embedded and what the cache file holds."""
+
+    cache_path: str = Field(default="", exclude=True)
+    seen: list = Field(default_factory=list, exclude=True)
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        path = Path(self.cache_path)
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as data:
+                saved = len(data["keys"])
+            stat = path.stat()
+            self.seen.append((len(self.calls), saved, stat.st_ino, stat.st_size))
+        return [self._vector(t) for t in texts]
+
+
+def test_cache_saves_on_a_growing_interval(tmp_path: Path) -> None:
+    n, batch = 20_000, 200
+    model = WatchingEmbedding(model_name="watching", embed_batch_size=batch)
+    model.cache_path = str(EmbeddingCache(tmp_path, model_fingerprint(model)).path)
+    embed_texts([f"text {i}" for i in range(n)], model, cache_dir=tmp_path, batch_size=batch)
+    final = Path(model.cache_path).stat().st_size
+    writes = {(ino, size) for _, _, ino, size in model.seen} | {(Path(model.cache_path).stat().st_ino, final)}
+    written = sum(size for _, size in writes)
+    # saving every SAVE_EVERY texts would rewrite the growing file ~n / SAVE_EVERY times (> 10x its size)
+    assert written <= 4.5 * final, (len(writes), written / final)
+    for embedded, saved, _, _ in model.seen:  # a run killed at any point keeps most of its work
+        assert embedded - saved <= max(SAVE_EVERY, saved // 2) + batch, (embedded, saved)
+    assert len(EmbeddingCache(tmp_path, model_fingerprint(model))) == n
+
+
+def test_default_embedding_leaves_the_process_environment_alone(tmp_path: Path) -> None:
+    child = """
+import json, os, socket
+def no_network(*args, **kwargs):
+    raise OSError("network access attempted")
+socket.getaddrinfo = no_network
+socket.socket.connect = no_network
+from llama_index_deepmemory.embeddings import default_embedding, default_model_path
+bundled = default_embedding()
+explicit = default_embedding(model_name=default_model_path())
+print(json.dumps({
+    "dims": [len(bundled.get_text_embedding("hi")), len(explicit.get_text_embedding("hi"))],
+    "env": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")},
+}))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    result = subprocess.run([sys.executable, "-c", child], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome == {"dims": [384, 384], "env": {"HF_HUB_OFFLINE": None, "TRANSFORMERS_OFFLINE": None}}

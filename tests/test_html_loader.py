@@ -242,3 +242,28 @@ def test_html_response_helper_serves_extra_routes() -> None:
         server.add_route("GET", "/x.html", lambda _req: html_response("<title>X</title><p>EXTRA</p>"))
         (document,) = load_html_documents(server.url("/x.html"), show_progress=False)
     assert document.metadata["title"] == "X" and "EXTRA" in document.text
+
+
+def test_encoding_comes_from_bom_header_meta_then_utf8_then_windows_1252(tmp_path: Path) -> None:
+    pages = {  # file -> (bytes, text the document must contain, decoded independently with Python's codecs)
+        "bom16.html": ("\ufeff<p>UTF16 \u00e9t\u00e9</p>".encode("utf-16-le"), "UTF16 \u00e9t\u00e9"),
+        "meta1252.html": (b'<meta charset="iso-8859-1"><p>Q \x93quoted\x94 caf\xe9</p>',
+                          b"Q \x93quoted\x94 caf\xe9".decode("cp1252")),
+        "metasjis.html": (b'<meta http-equiv="Content-Type" content="text/html; charset=Shift_JIS"><p>'
+                          + "SJIS \u65e5\u672c".encode("shift_jis") + b"</p>", "SJIS \u65e5\u672c"),
+        "nul.html": (b"<p>NUL\x00BYTES caf\xc3\xa9</p>", "NULBYTES caf\u00e9"),
+        "latin.html": (b"<p>LATIN caf\xe9 na\xefve</p>", "LATIN caf\u00e9 na\u00efve"),
+    }
+    for name, (data, _) in pages.items():
+        (tmp_path / name).write_bytes(data)
+    documents = load_html_documents(tmp_path, show_progress=False)
+    texts = {d.id_: d.text for d in documents}
+    for name, (_, expected) in pages.items():
+        assert expected in texts[name], (name, texts[name])
+    # an HTTP charset beats <meta>; a declared charset keeps its valid text around an invalid byte
+    from llama_index_deepmemory.data.html import decode_html
+
+    assert decode_html(b'<meta charset="latin-1">caf\xc3\xa9', "utf-8").endswith("caf\u00e9")
+    assert decode_html(b"caf\xc3\xa9 caf\xe9", "UTF-8") == "caf\u00e9 caf\ufffd"
+    assert decode_html(b"caf\xe9", "x-no-such-charset") == "caf\u00e9"  # unknown label: ignored
+    assert decode_html(b"caf\xe9", "zlib") == "caf\u00e9"  # not a text encoding: ignored, never decompressed

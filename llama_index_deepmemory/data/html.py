@@ -4,8 +4,9 @@ A URL is crawled breadth-first (links from ``<a href>``, as the seed notebook co
 staying on the same scheme and host and under the start URL's folder, up to ``max_depth`` links
 away and ``max_pages`` pages. Pages are fetched concurrently with a timeout and a size cap;
 everything not loaded is recorded in a :class:`CrawlReport` with its reason instead of
-aborting the crawl. Each page's main content (Sphinx, MkDocs or plain pages) is converted to
-Markdown-like text with html2text.
+aborting the crawl. Each page is decoded as browsers do (:func:`decode_html`: BOM, HTTP charset,
+``<meta charset>``, UTF-8, windows-1252; never a statistical guess) and its main content (Sphinx,
+MkDocs or plain pages) is converted to Markdown-like text with html2text.
 
 Documents come out in a deterministic order (breadth-first, in link order; sorted paths for
 folders) with their URL or relative path as id, so stable node ids assigned after chunking stay
@@ -14,6 +15,7 @@ the same across runs of an unchanged site.
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import hashlib
 import logging
@@ -296,6 +298,7 @@ def _crawl(start_url: str, options: _Options) -> "tuple[list[Document], CrawlRep
         follow_redirects=False,
         headers={"User-Agent": USER_AGENT, "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"},
         limits=httpx.Limits(max_connections=options.concurrency),
+        event_hooks={"response": [_refuse_redirect_to_other_schemes]},
     )
 
     def fetch(url: str) -> _Page | _FetchError:
@@ -441,6 +444,24 @@ def _fetch(client: "httpx.Client", url: str, scope: _Scope, options: _Options) -
     raise _FetchError(f"more than max_redirects={options.max_redirects} redirects")
 
 
+def _refuse_redirect_to_other_schemes(response: "httpx.Response") -> None:
+    """Response hook: refuse a redirect to ``javascript:``/``data:``/``file:`` and the like.
+
+    httpx builds the next request from ``Location`` even when not following redirects, and
+    fails with ``InvalidURL`` on such targets before :func:`_fetch` sees the response; this
+    hook runs first and reports the scheme instead. Other redirects are checked in ``_fetch``.
+    """
+    location = response.headers.get("location")
+    if location is None or not response.is_redirect:
+        return
+    target = _join(str(response.request.url), location.strip())
+    if target is None:  # malformed: reported as such by httpx
+        return
+    scheme = urlsplit(target).scheme.lower()
+    if scheme not in WEB_SCHEMES:
+        raise _FetchError(f"redirect to {_short(target)} not followed: unsupported scheme {scheme}:")
+
+
 def _read_capped(response: "httpx.Response", options: _Options, deadline: float) -> bytes:
     chunks: list[bytes] = []
     size = 0
@@ -517,7 +538,7 @@ def _convert(page: _Page, options: _Options) -> _Converted:
     """Parse ``page``: its title, main-content text and absolute ``<a href>`` links."""
     from bs4 import BeautifulSoup
 
-    soup = BeautifulSoup(page.data, "html.parser", from_encoding=page.charset)
+    soup = BeautifulSoup(decode_html(page.data, page.charset), "html.parser")
     base_tag = soup.find("base", href=True)
     base_url = (_join(page.url, str(base_tag["href"]).strip()) if base_tag else None) or page.url
     links, bad_links = [], []
@@ -541,6 +562,54 @@ def _convert(page: _Page, options: _Options) -> _Converted:
     if not text:
         text = _to_markdown(str(soup), base_url, options)
     return _Converted(title=title or page.url, text=text, links=links, bad_links=bad_links)
+
+
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+# <meta charset="x"> and <meta http-equiv="Content-Type" content="text/html; charset=x">
+_META_CHARSET = re.compile(rb"<meta[^>]*?charset\s*=\s*[\"']?\s*([-\w.:]+)", re.IGNORECASE)
+META_SCAN_BYTES = 8192  # where a <meta charset> is looked for (browsers: 1024 bytes)
+# Codecs that browsers decode as windows-1252, a superset (e.g. curly quotes in 0x80-0x9f).
+_CHARSET_ALIASES = {"iso8859-1": "cp1252", "ascii": "cp1252"}
+
+
+def _codec(label: str | None) -> str | None:
+    """The Python text codec of a charset label, or None when unknown (or e.g. ``base64``/``zlib``)."""
+    if not label:
+        return None
+    try:
+        name = codecs.lookup(label.strip().strip("\"'")).name
+        b"a".decode(name, "replace")  # LookupError for codecs that are not text encodings
+    except (LookupError, ValueError):
+        return None
+    return _CHARSET_ALIASES.get(name, name)
+
+
+def _meta_charset(data: bytes) -> str | None:
+    match = _META_CHARSET.search(data, 0, META_SCAN_BYTES)
+    codec = _codec(match.group(1).decode("ascii", "replace")) if match else None
+    if codec is not None and codec.startswith(("utf-16", "utf-32")):
+        return "utf-8"  # the <meta> itself was readable as ASCII, so the page is not UTF-16/32
+    return codec
+
+
+def decode_html(data: bytes, declared: str | None = None) -> str:
+    """``data`` as text, the way browsers pick the encoding: a byte-order mark, else the HTTP
+    ``charset`` (``declared``), else a ``<meta charset>``, else UTF-8 if it decodes strictly,
+    else windows-1252. A declared encoding is kept even with a few invalid bytes (each becomes
+    U+FFFD). NUL characters are dropped, as browsers do in text. Never guesses from statistics.
+    """
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return data[len(bom):].decode(codec, errors="replace").replace("\x00", "")
+    codec = _codec(declared) or _meta_charset(data)
+    if codec is None:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            codec = "cp1252"
+    if codec is not None:
+        text = data.decode(codec, errors="replace")
+    return text.replace("\x00", "")
 
 
 def _join(base: str, href: str) -> str | None:
