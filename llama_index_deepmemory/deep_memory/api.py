@@ -246,11 +246,16 @@ class DeepMemory:
         """The active model, or a clear error saying how to get one."""
         model = self.active_model()
         if model is None:
-            raise ValueError(
-                "deep_memory=True was requested but this store has no active Deep Memory model. "
-                "Train one with store.deep_memory.train(queries, relevance) (or activate one with "
-                "store.deep_memory.set_model(name)), or query with deep_memory=False."
+            kept = ", ".join(sorted(self._models)) if self._models else None
+            why = (
+                f"trained model(s) {kept} were kept but not activated because they did not beat the "
+                "plain store on validation (see store.deep_memory.status(job_id)); deep_memory=False "
+                "gives results as good, or activate one anyway with store.deep_memory.set_model(name)."
+                if kept
+                else "train one with store.deep_memory.train(queries, relevance), or query with "
+                "deep_memory=False."
             )
+            raise ValueError(f"deep_memory=True was requested but this store has no active Deep Memory model: {why}")
         return model
 
     # --- evaluation ------------------------------------------------------------------------
