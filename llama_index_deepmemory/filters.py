@@ -266,13 +266,3 @@ def _fill_codes(
         except TypeError:
             error[code] = True
 
-
-def filter_keys(filters: Any) -> list[str]:
-    """Every key a (possibly nested) ``MetadataFilters`` mentions."""
-    keys: list[str] = []
-    for child in getattr(filters, "filters", None) or []:
-        if hasattr(child, "filters"):
-            keys.extend(filter_keys(child))
-        else:
-            keys.append(str(child.key))
-    return keys

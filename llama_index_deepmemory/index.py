@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from llama_index_deepmemory.deep_memory.models import plain_scores
+
 logger = logging.getLogger(__name__)
 
 METRICS = ("cosine", "ip", "l2")
@@ -235,6 +237,15 @@ class VectorIndex:
         self.n_dead = 0
         return freed
 
+    def reset(self) -> None:
+        """Remove every vector; a trained IVF index keeps its training (FAISS ``reset``)."""
+        if self.family == "ivf":
+            self.faiss_index.reset()
+        else:
+            self.faiss_index = VectorIndex(self.dim, self.metric, self.factory, self.nprobe, self.ef_search).faiss_index
+        self._dead = np.zeros(0, dtype=bool)
+        self.n_dead = 0
+
     # --- reads ---------------------------------------------------------------------------
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors (n, d) float32 for row ids (approximate for compressed IVF codes)."""
@@ -293,19 +304,11 @@ class VectorIndex:
         best_ids = np.zeros((m, 0), dtype=np.int64)
         for start in range(0, len(candidates), EXACT_SCAN_BATCH):
             chunk = np.asarray(candidates[start : start + EXACT_SCAN_BATCH], dtype=np.int64)
-            scores = self.score(queries, self.reconstruct(chunk))
+            scores = plain_scores(queries, self.reconstruct(chunk), self.metric).astype(np.float32, copy=False)
             best_scores = np.concatenate([best_scores, scores], axis=1)
             best_ids = np.concatenate([best_ids, np.broadcast_to(chunk, (m, len(chunk)))], axis=1)
             best_scores, best_ids = top_k(best_scores, best_ids, k)
         return pad_results(best_scores, best_ids, k)
-
-    def score(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        """Scores (m, n) of queries against vectors, in this index's "higher is better" scale."""
-        if self.metric == "l2":
-            q2 = np.einsum("ij,ij->i", queries, queries)[:, None]
-            v2 = np.einsum("ij,ij->i", vectors, vectors)[None, :]
-            return -(q2 + v2 - 2.0 * (queries @ vectors.T)).astype(np.float32)
-        return (queries @ vectors.T).astype(np.float32)
 
     # --- persistence ---------------------------------------------------------------------
     def write(self, path: str) -> None:

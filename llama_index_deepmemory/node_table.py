@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 REF_DOC_KEYS = ("document_id", "doc_id", "ref_doc_id")
 NODE_TYPE_KEY = "_node_type"
 HIDDEN_KEYS = ("_node_content",)  # popped by SimpleVectorStore, so never filterable
+_NO_EXTRAS = "{}"
 
 
 class NodeTable:
@@ -36,8 +37,9 @@ class NodeTable:
         self.extras: list[str | None] = []
         self.live = np.zeros(0, dtype=bool)
         self.slot_of: dict[str, int] = {}
+        self.doc_slots: dict[str, set[int]] = {}  # ref_doc_id -> its live slots
         self._free: list[int] = []
-        self._interned: dict[str, str] = {}
+        self._types: dict[str, str] = {}  # node class names: a handful, shared by every row
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -46,12 +48,9 @@ class NodeTable:
     def capacity(self) -> int:
         return len(self.ids)
 
-    def _intern(self, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if len(self._interned) > 100_000:  # many distinct values: stop sharing
-            return value
-        return self._interned.setdefault(value, value)
+    def _intern_type(self, node_type: str) -> str:
+        """One shared string per node class name (a low-cardinality column)."""
+        return self._types.setdefault(node_type, node_type)
 
     def allocate(self, n: int, reusable: Sequence[int] = ()) -> np.ndarray:
         """``n`` free slots: reused ones first (``reusable`` are added to the free list)."""
@@ -75,11 +74,13 @@ class NodeTable:
         self.ids[slot] = node_id
         self.texts[slot] = text
         self.metadata[slot] = metadata
-        self.refs[slot] = self._intern(ref)
-        self.types[slot] = self._intern(node_type)
-        self.extras[slot] = self._intern(extras)
+        self.refs[slot] = ref
+        self.types[slot] = self._intern_type(node_type)
+        self.extras[slot] = _NO_EXTRAS if extras == _NO_EXTRAS else extras
         self.live[slot] = True
         self.slot_of[node_id] = slot
+        if ref is not None:
+            self.doc_slots.setdefault(ref, set()).add(slot)
 
     def remove(self, slots: Iterable[int], reusable: bool) -> None:
         """Empty ``slots``; put them on the free list when the index freed their row ids."""
@@ -87,6 +88,12 @@ class NodeTable:
             node_id = self.ids[slot]
             if node_id is not None and self.slot_of.get(node_id) == slot:
                 del self.slot_of[node_id]
+            ref = self.refs[slot]
+            if ref is not None and ref in self.doc_slots:
+                doc = self.doc_slots[ref]
+                doc.discard(slot)
+                if not doc:
+                    del self.doc_slots[ref]
             self.ids[slot] = self.texts[slot] = self.metadata[slot] = None
             self.refs[slot] = self.types[slot] = self.extras[slot] = None
             self.live[slot] = False
@@ -99,9 +106,6 @@ class NodeTable:
 
     def live_slots(self) -> np.ndarray:
         return np.flatnonzero(self.live[: self.capacity]).astype(np.int64)
-
-    def live_mask(self) -> np.ndarray:
-        return self.live[: self.capacity].copy()
 
     def slots_for(self, node_ids: Iterable[str]) -> np.ndarray:
         """Slots of the stored ids among ``node_ids`` (unknown ids skipped, first occurrence kept)."""
@@ -116,10 +120,11 @@ class NodeTable:
         return np.asarray(out, dtype=np.int64)
 
     def slots_of_docs(self, doc_ids: Iterable[str]) -> np.ndarray:
-        wanted = set(doc_ids)
-        return np.asarray(
-            [s for s, ref in enumerate(self.refs) if ref is not None and ref in wanted], dtype=np.int64
-        )
+        """Live slots whose ``ref_doc_id`` is one of ``doc_ids`` (sorted); O(matches)."""
+        found: set[int] = set()
+        for doc_id in set(doc_ids):
+            found |= self.doc_slots.get(doc_id, set())
+        return np.asarray(sorted(found), dtype=np.int64)
 
     # --- metadata as SimpleVectorStore sees it ------------------------------------------
     def effective_metadata(self, metadata: dict[str, Any], ref: str | None, node_type: str) -> dict[str, Any]:

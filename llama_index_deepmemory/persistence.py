@@ -4,13 +4,19 @@
 
     persist_path/
         manifest.json          # names the current generation + sha256/size of each of its files
+        .write.lock .read.lock # advisory lock files (see below)
         gen-<time>-<random>/   # one complete snapshot; older generations are deleted after a switch
             store.json  index.faiss  slots.npy  dead.npy  nodes.jsonl  deep_memory.json  ...
 
 A snapshot is written into a fresh generation folder (every file fsynced), then ``manifest.json``
 is replaced atomically (write aside, fsync, ``os.replace``). A crash at any point leaves the
 previous manifest, which names the previous, untouched generation. Loading verifies every file's
-size and sha256 and names the file that does not match. Nothing is pickled: JSON, ``.npy`` read
+size and sha256 (every file it reads must be listed) and names the file that does not match; a
+file that fails to parse is refused with :class:`CorruptStoreError` naming it.
+
+Concurrency: writers of one folder are serialised by ``flock`` on ``.write.lock``; loaders hold a
+shared ``flock`` on ``.read.lock``, which a writer takes exclusively only to delete the previous
+generation, so a loader never sees its generation vanish. Nothing is pickled: JSON, ``.npy`` read
 with ``allow_pickle=False``, safetensors, and FAISS's own binary index format.
 """
 
@@ -23,6 +29,7 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -35,6 +42,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _GEN_PREFIX = "gen-"
 _CHUNK = 1 << 22
+_WRITE_LOCK = ".write.lock"  # held by the one writer of a folder
+_READ_LOCK = ".read.lock"  # shared by loaders; exclusive while old generations are deleted
 
 
 class CorruptStoreError(ValueError):
@@ -67,22 +76,75 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON beside ``path``, fsync, then ``os.replace`` it into place."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary sibling of ``path``, fsync it, then ``os.replace`` it
+    into place. On any failure the temporary file is removed and ``path`` is left untouched."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON atomically (see :func:`atomic_write`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1)
+
+    atomic_write(path, write)
+
+
+@contextmanager
+def _flock(path: Path, exclusive: bool) -> Iterator[None]:
+    """An advisory ``fcntl.flock`` on ``path`` (created if needed); a no-op where unavailable.
+
+    ``flock`` locks belong to open file descriptions, so they also exclude other threads of
+    this process that open the file themselves.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # read-only folder without a lock file: nothing to coordinate with
+            yield
+            return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@contextmanager
+def reading(persist_path: str | os.PathLike) -> Iterator[None]:
+    """Hold while loading a snapshot: a writer deletes old generations only between readers."""
+    root = Path(persist_path)
+    if not root.is_dir():
+        yield
+        return
+    with _flock(root / _READ_LOCK, exclusive=False):
+        yield
 
 
 def write_generation(persist_path: str | os.PathLike, writers: dict[str, Callable[[Path], None]]) -> Path:
     """Write one snapshot: each ``writers[name](path)`` writes file ``name``; then switch to it.
 
-    Returns the new generation folder. Older generations (and leftovers of crashed writes) are
-    removed only after the manifest names the new one.
+    Returns the new generation folder. Writers of one folder are serialised (a lock file in the
+    folder). Older generations (and leftovers of crashed writes) are removed only after the
+    manifest names the new one, and only while no reader (see :func:`reading`) is loading.
     """
     root = Path(persist_path)
     if root.exists() and not root.is_dir():
@@ -91,30 +153,33 @@ def write_generation(persist_path: str | os.PathLike, writers: dict[str, Callabl
             "(perhaps a SimpleVectorStore JSON). Choose another path or remove that file."
         )
     root.mkdir(parents=True, exist_ok=True)
-    gen_name = f"{_GEN_PREFIX}{time.time_ns()}-{uuid.uuid4().hex[:8]}"
-    gen_dir = root / gen_name
-    gen_dir.mkdir()
-    files: dict[str, dict[str, Any]] = {}
-    try:
-        for name, write in writers.items():
-            path = gen_dir / name
-            write(path)
-            _fsync_file(path)
-            files[name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-        _fsync_dir(gen_dir)
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "generation": gen_name,
-            "files": files,
-        }
-        write_json_atomic(root / MANIFEST, manifest)
-    except BaseException:
-        shutil.rmtree(gen_dir, ignore_errors=True)
-        raise
-    for entry in root.iterdir():
-        if entry.name.startswith(_GEN_PREFIX) and entry.name != gen_name and entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
+    with _flock(root / _WRITE_LOCK, exclusive=True):
+        gen_name = f"{_GEN_PREFIX}{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        gen_dir = root / gen_name
+        gen_dir.mkdir()
+        files: dict[str, dict[str, Any]] = {}
+        try:
+            for name, write in writers.items():
+                path = gen_dir / name
+                write(path)
+                _fsync_file(path)
+                files[name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            _fsync_dir(gen_dir)
+            manifest = {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "generation": gen_name,
+                "files": files,
+            }
+            write_json_atomic(root / MANIFEST, manifest)
+        except BaseException:
+            shutil.rmtree(gen_dir, ignore_errors=True)
+            raise
+        # every other generation is the previous one or a crashed write (writers are serialised)
+        with _flock(root / _READ_LOCK, exclusive=True):
+            for entry in root.iterdir():
+                if entry.name.startswith(_GEN_PREFIX) and entry.name != gen_name and entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
     return gen_dir
 
 
@@ -141,28 +206,67 @@ def read_manifest(persist_path: str | os.PathLike) -> dict[str, Any]:
             f"{str(manifest_path)!r} has format_version {version!r}; this llama-index-deepmemory "
             f"reads versions 1..{FORMAT_VERSION}. Upgrade the package to load it."
         )
+    generation = manifest.get("generation")
+    if not isinstance(generation, str) or not generation.startswith(_GEN_PREFIX) or Path(generation).name != generation:
+        raise CorruptStoreError(f"{str(manifest_path)!r} names an invalid generation {generation!r}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(info, dict) and isinstance(info.get("bytes"), int) and isinstance(info.get("sha256"), str)
+        for info in files.values()
+    ):
+        raise CorruptStoreError(
+            f"{str(manifest_path)!r} has no valid 'files' table (name -> bytes and sha256); "
+            "it was altered or truncated"
+        )
     return manifest
 
 
-def open_generation(persist_path: str | os.PathLike, verify: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The current generation folder and manifest, after checking every file's size and sha256."""
+def open_generation(
+    persist_path: str | os.PathLike, required: Iterable[str] = ()
+) -> tuple[Path, dict[str, Any]]:
+    """The current generation folder and manifest, after checking every file's size and sha256.
+
+    Every name in ``required`` must be listed by the manifest (so every file a loader reads is
+    verified); a missing entry is refused with :class:`CorruptStoreError`.
+    """
     manifest = read_manifest(persist_path)
-    gen_dir = Path(persist_path) / str(manifest["generation"])
-    for name, info in manifest.get("files", {}).items():
+    manifest_path = Path(persist_path) / MANIFEST
+    files = manifest["files"]
+    unlisted = [name for name in required if name not in files]
+    if unlisted:
+        raise CorruptStoreError(
+            f"{str(manifest_path)!r} does not list {unlisted}, so they cannot be verified; "
+            "the manifest was altered or written by an incompatible version"
+        )
+    gen_dir = Path(persist_path) / manifest["generation"]
+    for name, info in files.items():
         path = gen_dir / name
-        if not path.is_file():
+        if Path(name).name != name or not path.is_file():
             raise CorruptStoreError(f"persisted store file {str(path)!r} is missing")
         size = path.stat().st_size
-        if size != info.get("bytes"):
+        if size != info["bytes"]:
             raise CorruptStoreError(
                 f"persisted store file {str(path)!r} has {size} bytes, the manifest says "
-                f"{info.get('bytes')} (truncated or modified)"
+                f"{info['bytes']} (truncated or modified)"
             )
-        if verify and sha256_file(path) != info.get("sha256"):
+        if sha256_file(path) != info["sha256"]:
             raise CorruptStoreError(
                 f"persisted store file {str(path)!r} fails its sha256 check (corrupted or modified)"
             )
     return gen_dir, manifest
+
+
+def load_file(path: Path, what: str, read: Callable[[Path], Any]) -> Any:
+    """``read(path)``, with any parse failure refused as :class:`CorruptStoreError` naming the file."""
+    try:
+        return read(path)
+    except (CorruptStoreError, FileNotFoundError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every parser has its own error types
+        raise CorruptStoreError(
+            f"persisted store file {str(path)!r} is not a valid {what} "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
 
 
 # --- file helpers -------------------------------------------------------------------------
@@ -172,8 +276,13 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """Parsed JSON; CorruptStoreError naming the file when it is not UTF-8 JSON."""
+
+    def read(p: Path) -> Any:
+        with open(p, encoding="utf-8") as fh:
+            return json.load(fh)
+
+    return load_file(path, "JSON file", read)
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:
@@ -182,7 +291,15 @@ def write_npy(path: Path, array: np.ndarray) -> None:
 
 
 def read_npy(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+    """One ``.npy`` array (never pickled objects); CorruptStoreError naming the file otherwise."""
+
+    def read(p: Path) -> np.ndarray:
+        array = np.load(p, allow_pickle=False)
+        if not isinstance(array, np.ndarray):  # e.g. a zip read as an .npz archive
+            raise ValueError(f"holds a {type(array).__name__}, not one .npy array")
+        return array
+
+    return load_file(path, ".npy array", read)
 
 
 def write_jsonl(path: Path, rows: Iterable[list[Any]]) -> None:
@@ -196,12 +313,17 @@ def write_jsonl(path: Path, rows: Iterable[list[Any]]) -> None:
 
 def iter_jsonl(path: Path) -> Iterator[list[Any]]:
     loads = json.loads
+    line_no = 0
     with open(path, encoding="utf-8", buffering=1 << 20) as fh:
-        for line_no, line in enumerate(fh, 1):
-            try:
-                yield loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorruptStoreError(f"{str(path)!r} line {line_no} is not valid JSON ({exc})") from None
+        try:
+            for line_no, line in enumerate(fh, 1):
+                try:
+                    row = loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CorruptStoreError(f"{str(path)!r} line {line_no} is not valid JSON ({exc})") from None
+                yield row
+        except UnicodeDecodeError as exc:
+            raise CorruptStoreError(f"{str(path)!r} is not UTF-8 near line {line_no + 1} ({exc})") from None
 
 
 def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -212,6 +334,6 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load_file as load_safetensors
 
-    return dict(load_file(str(path)))
+    return load_file(path, "safetensors file", lambda p: dict(load_safetensors(str(p))))

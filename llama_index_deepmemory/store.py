@@ -9,9 +9,10 @@
 * Filters follow ``SimpleVectorStore`` (see :mod:`llama_index_deepmemory.filters`) and are applied
   before the top-k, so a filtered query returns ``similarity_top_k`` hits whenever that many match.
 * ``query(..., deep_memory=True)`` applies the active Deep Memory model (error if none).
-* Thread safety: a readers-writer lock; any number of concurrent readers (query, get_nodes,
-  persist, vector reads) or one writer (add, delete, clear). Async methods run the sync code in a
-  worker thread.
+* Thread safety: a phase-fair readers-writer lock; any number of concurrent readers (query,
+  get_nodes, persist, vector reads) or one writer (add, delete, clear); readers are never starved
+  by a stream of writes. Persists of one store, and of one folder across processes, run one at a
+  time. Async methods run the sync code in a worker thread.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import os
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -61,7 +63,11 @@ _EXTRA_EXCLUDE = {"id_", "embedding", "metadata", "text", "text_resource"}
 
 
 class ReadWriteLock:
-    """Many readers or one writer; re-entrant per thread (a writer may also read)."""
+    """Many readers or one writer; re-entrant per thread (a writer may also read).
+
+    Phase-fair: a waiting writer holds back new readers, but readers already waiting when a
+    writer releases all get in before the next writer, so neither side starves.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -69,6 +75,9 @@ class ReadWriteLock:
         self._writer: int | None = None
         self._writer_depth = 0
         self._waiting_writers = 0
+        self._waiting_readers = 0
+        self._releases = 0  # writer releases so far
+        self._readers_owed = 0  # readers that waited through the last release and must go first
         self._local = threading.local()
 
     @contextmanager
@@ -83,8 +92,13 @@ class ReadWriteLock:
                 self._local.depth -= 1
             return
         with self._cond:
-            while self._writer is not None or self._waiting_writers:
+            arrived = self._releases
+            self._waiting_readers += 1
+            while self._writer is not None or (self._waiting_writers and self._releases == arrived):
                 self._cond.wait()
+            self._waiting_readers -= 1
+            if self._releases != arrived and self._readers_owed:
+                self._readers_owed -= 1
             self._readers += 1
         self._local.depth = 1
         try:
@@ -110,7 +124,7 @@ class ReadWriteLock:
             raise RuntimeError("cannot write to the store while this thread is reading it")
         with self._cond:
             self._waiting_writers += 1
-            while self._writer is not None or self._readers:
+            while self._writer is not None or self._readers or self._readers_owed:
                 self._cond.wait()
             self._waiting_writers -= 1
             self._writer = me
@@ -119,33 +133,73 @@ class ReadWriteLock:
         finally:
             with self._cond:
                 self._writer = None
+                self._releases += 1
+                self._readers_owed = self._waiting_readers
                 self._cond.notify_all()
 
 
-def _make_encoder() -> Any:
-    """A reusable compact JSON encoder (the C one when available: ~2x faster than json.dumps)."""
-    from json import encoder as json_encoder
-
-    def refuse(value: Any) -> Any:
-        raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-    make = getattr(json_encoder, "c_make_encoder", None)
-    if make is None:  # pragma: no cover - pure-Python json
-        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-    c_encode = make(None, refuse, json_encoder.encode_basestring, None, ":", ",", False, False, False)
-    return lambda value: "".join(c_encode(value, 0))
+def _jsonable_scalar(value: Any) -> Any:
+    """JSON ``default`` hook: numpy scalars (np.int64, np.float32, np.bool_) become Python ones."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-_encode = _make_encoder()
+_encode = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), check_circular=False, default=_jsonable_scalar
+).encode  # NaN/inf allowed: metadata floats round-trip as they did
 
 
-def _compact_json(value: Any) -> str:
+def _metadata_json(node_id: str, metadata: dict[str, Any]) -> str:
+    """Compact JSON of a node's metadata; TypeError naming the node, key and type it cannot hold."""
     try:
-        return _encode(value)
-    except (TypeError, ValueError):
-        from pydantic_core import to_jsonable_python
+        return _encode(metadata)
+    except (TypeError, ValueError, RecursionError):
+        for key, value in metadata.items():
+            try:
+                _encode({key: value})
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise TypeError(
+                    f"node {node_id!r}: metadata[{key!r}] holds a {type(value).__name__} ({exc}); "
+                    "metadata values must be JSON-compatible (str, int, float, bool, None, lists and "
+                    "dicts of them). Convert it first, e.g. str(value) or value.tolist()."
+                ) from None
+        raise
 
-        return json.dumps(to_jsonable_python(value), ensure_ascii=False, separators=(",", ":"))
+
+def _extras_json(node_id: str, extras: dict[str, Any]) -> str:
+    """Compact JSON of a node's other fields (pydantic's JSON conversion as the fallback)."""
+    try:
+        return _encode(extras)
+    except (TypeError, ValueError):
+        from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+        try:
+            return _encode(to_jsonable_python(extras))
+        except (TypeError, ValueError, PydanticSerializationError) as exc:
+            raise TypeError(
+                f"node {node_id!r}: fields {sorted(extras)} cannot be saved as JSON ({exc}); "
+                "keep node fields and relationship metadata JSON-compatible."
+            ) from None
+
+
+def _check_saveable(row: tuple[str, str, str, str | None, str, str]) -> None:
+    """ValueError when a row's text cannot be written as UTF-8 (lone surrogates)."""
+    node_id, text, metadata, ref, _node_type, extras = row
+    if node_id.isascii() and text.isascii() and metadata.isascii() and extras.isascii() and (
+        ref is None or ref.isascii()
+    ):
+        return  # the common case: ASCII always encodes
+    for field, value in zip(("id", "text", "metadata", "ref_doc_id", "node type", "other fields"), row):
+        if value is not None and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(
+                    f"node {row[0]!r}: its {field} holds {value[exc.start:exc.end]!r} at position "
+                    f"{exc.start}, a lone surrogate that cannot be saved as UTF-8; fix the text "
+                    "(e.g. decode the source with errors='replace')."
+                ) from None
 
 
 # TextNode fields kept in "extras" when they differ from their defaults (fast path of _node_fields)
@@ -169,8 +223,9 @@ def _related_json(info: Any) -> dict[str, Any]:
 
 def _text_node_extras(node: TextNode) -> dict[str, Any]:
     extras: dict[str, Any] = {}
+    values = node.__dict__  # pydantic keeps field values here; faster than getattr per field
     for name, default in _TEXT_NODE_DEFAULTS.items():
-        value = getattr(node, name)
+        value = values[name]
         if value != default:
             extras[name] = value
     if node.relationships:
@@ -187,9 +242,9 @@ def _node_fields(node: BaseNode) -> tuple[str, str, str, str | None, str, str]:
     """(id, text, metadata JSON, ref_doc_id, class name, other fields JSON) of a node."""
     if type(node) is TextNode:  # the common case, ~5x faster than model_dump
         extras = _text_node_extras(node)
-        metadata = _compact_json(node.metadata)
+        metadata = _metadata_json(node.id_, node.metadata)
         return (node.id_, node.text, metadata, node.ref_doc_id, "TextNode",
-                _compact_json(extras) if extras else "{}")
+                _extras_json(node.id_, extras) if extras else "{}")
     node_type = node.class_name()
     cls = _NODE_CLASSES.get(node_type, TextNode)
     exclude = set(_EXTRA_EXCLUDE)
@@ -199,8 +254,8 @@ def _node_fields(node: BaseNode) -> tuple[str, str, str, str | None, str, str]:
     extras = node.model_dump(mode="json", exclude=exclude, exclude_defaults=True)
     extras.pop("class_name", None)
     text = node.get_content(metadata_mode=MetadataMode.NONE)
-    return (node.node_id, text, _compact_json(node.metadata), node.ref_doc_id, node_type,
-            _compact_json(extras) if extras else "{}")
+    return (node.node_id, text, _metadata_json(node.node_id, node.metadata), node.ref_doc_id, node_type,
+            _extras_json(node.node_id, extras) if extras else "{}")
 
 
 def _build_node(node_id: str, text: str, metadata: str, node_type: str, extras: str) -> BaseNode:
@@ -244,6 +299,8 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     _table: Any = PrivateAttr(default=None)
     _columns: Any = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default=None)
+    _persist_lock: Any = PrivateAttr(default=None)
+    _deep_memory_lock: Any = PrivateAttr(default=None)
     _embed_model: Any = PrivateAttr(default=None)
     _deep_memory: Any = PrivateAttr(default=None)
     _override_cache: Any = PrivateAttr(default=None)
@@ -266,7 +323,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-        build_faiss_index(dim or 96, metric, index_factory)  # validates the factory string early
+        _check_factory(dim, metric, index_factory)
         super().__init__()
         self._dim = dim
         self._metric = metric
@@ -276,6 +333,8 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         self._table = NodeTable()
         self._columns = MetadataColumns(self._read_filter_key)
         self._lock = ReadWriteLock()
+        self._persist_lock = threading.Lock()
+        self._deep_memory_lock = threading.Lock()
         self._embed_model = embed_model
         if dim is not None:
             self._index = self._new_index(dim)
@@ -314,9 +373,11 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     def deep_memory(self) -> "DeepMemory":
         """This store's Deep Memory manager (created on first use)."""
         if self._deep_memory is None:
-            from llama_index_deepmemory.deep_memory.api import DeepMemory
+            with self._deep_memory_lock:
+                if self._deep_memory is None:  # checked again: another thread may have made it
+                    from llama_index_deepmemory.deep_memory.api import DeepMemory
 
-            self._deep_memory = DeepMemory(self)
+                    self._deep_memory = DeepMemory(self)
         return self._deep_memory
 
     def __len__(self) -> int:
@@ -335,7 +396,8 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     def _as_matrix(self, vectors: Any, what: str, labels: Sequence[str] | None = None) -> np.ndarray:
         """(n, d) float32 checked for shape, dimension and finiteness; normalised for cosine."""
         try:
-            matrix = np.array(vectors, dtype=np.float32)
+            with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+                matrix = np.array(vectors, dtype=np.float32)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{what} must be numeric vectors of one length ({exc})") from None
         if matrix.ndim == 1:
@@ -398,16 +460,19 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                 )
         vectors = self._as_matrix([n.embedding for n in kept], "node embeddings", [n.node_id for n in kept])
         rows = [_node_fields(n) for n in kept]
+        for row in rows:
+            _check_saveable(row)
         with self._lock.write():
             self._add_rows(rows, vectors)
         return ids
 
     def _add_rows(self, rows: list[tuple[str, str, str, str | None, str, str]], vectors: np.ndarray) -> None:
-        if self._dim is None:
-            self._dim = int(vectors.shape[1])
-        elif vectors.shape[1] != self._dim:
+        if self._dim is not None and vectors.shape[1] != self._dim:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, store holds {self._dim}")
-        index = self._index if self._index is not None else self._new_index(self._dim)
+        # the first add fixes the dimension (and checks the factory string against it)
+        index = self._index if self._index is not None else self._new_index(int(vectors.shape[1]))
+        first = self._dim is None
+        self._dim = int(vectors.shape[1])
         table = self._table
         replaced = table.slots_for(r[0] for r in rows)
         slots = table.allocate(len(rows))
@@ -415,7 +480,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             index.add(slots, vectors)
         except BaseException:
             table.free_slots(slots)
-            if self._index is None:
+            if first:
                 self._dim = None
             raise
         self._index = index
@@ -466,8 +531,11 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
 
         Passing neither is refused (use :meth:`clear` to delete everything).
         """
-        if node_ids is None and filters is None:
-            raise ValueError("delete_nodes needs node_ids and/or filters; call clear() to delete everything")
+        if node_ids is None and (filters is None or not getattr(filters, "filters", None)):
+            raise ValueError(
+                f"delete_nodes needs node_ids and/or non-empty filters, got node_ids={node_ids!r}, "
+                f"filters={filters!r}; call clear() to delete everything"
+            )
         with self._lock.write():
             self._remove_slots(self._select(node_ids, None, filters))
 
@@ -480,11 +548,13 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         await asyncio.to_thread(self.delete_nodes, node_ids, filters, **delete_kwargs)
 
     def clear(self) -> None:
-        """Remove every node (the dimension, metric and Deep Memory models are kept)."""
+        """Remove every node (the dimension, metric, a trained IVF index's training and the Deep
+        Memory models are kept)."""
         with self._lock.write():
             self._table = NodeTable()
             self._columns = MetadataColumns(self._read_filter_key)
-            self._index = None if self._dim is None else self._new_index(self._dim)
+            if self._index is not None:
+                self._index.reset()
             self._version += 1
 
     async def aclear(self) -> None:
@@ -740,37 +810,42 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     ) -> None:
         """Write a snapshot to the folder ``persist_path`` (atomic; see :mod:`..persistence`)."""
         _check_local_fs(fs)
-        with self._lock.read():
-            table = self._table
-            slots = table.live_slots()
-            dead = self._index.dead_ids() if self._index is not None else np.zeros(0, dtype=np.int64)
-            config = {
-                "dim": self._dim,
-                "metric": self._metric,
-                "index_factory": self._index_factory,
-                "nprobe": self._nprobe,
-                "ef_search": self._ef_search,
-                "count": int(len(slots)),
-            }
-            dm_meta, dm_arrays = (
-                self._deep_memory.to_state() if self._deep_memory is not None else ({"active": None, "models": {}}, {})
-            )
+        # one persist at a time per store (a lock file in the folder serialises other processes)
+        with self._persist_lock, self._lock.read():
+            persistence.write_generation(persist_path, self._snapshot_writers())
 
-            def rows() -> Iterator[list[Any]]:
-                for slot in slots.tolist():
-                    yield list(table.row(slot))
+    def _snapshot_writers(self) -> dict[str, Any]:
+        """name -> function writing that file of a snapshot (call under the read lock)."""
+        table = self._table
+        slots = table.live_slots()
+        dead = self._index.dead_ids() if self._index is not None else np.zeros(0, dtype=np.int64)
+        config = {
+            "dim": self._dim,
+            "metric": self._metric,
+            "index_factory": self._index_factory,
+            "nprobe": self._nprobe,
+            "ef_search": self._ef_search,
+            "count": int(len(slots)),
+        }
+        dm_meta, dm_arrays = (
+            self._deep_memory.to_state() if self._deep_memory is not None else ({"active": None, "models": {}}, {})
+        )
 
-            writers = {
-                "store.json": lambda p: persistence.write_json(p, config),
-                "slots.npy": lambda p: persistence.write_npy(p, slots),
-                "dead.npy": lambda p: persistence.write_npy(p, dead),
-                "nodes.jsonl": lambda p: persistence.write_jsonl(p, rows()),
-                "deep_memory.json": lambda p: persistence.write_json(p, dm_meta),
-                "deep_memory.safetensors": lambda p: persistence.write_arrays(p, dm_arrays),
-            }
-            if self._index is not None:
-                writers["index.faiss"] = lambda p: self._index.write(str(p))
-            persistence.write_generation(persist_path, writers)
+        def rows() -> Iterator[list[Any]]:
+            for slot in slots.tolist():
+                yield list(table.row(slot))
+
+        writers = {
+            "store.json": lambda p: persistence.write_json(p, config),
+            "slots.npy": lambda p: persistence.write_npy(p, slots),
+            "dead.npy": lambda p: persistence.write_npy(p, dead),
+            "nodes.jsonl": lambda p: persistence.write_jsonl(p, rows()),
+            "deep_memory.json": lambda p: persistence.write_json(p, dm_meta),
+            "deep_memory.safetensors": lambda p: persistence.write_arrays(p, dm_arrays),
+        }
+        if self._index is not None:
+            writers["index.faiss"] = lambda p: self._index.write(str(p))
+        return writers
 
     @classmethod
     def from_persist_path(
@@ -779,48 +854,98 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         fs: "fsspec.AbstractFileSystem | None" = None,
         embed_model: "BaseEmbedding | None" = None,
     ) -> "DeepMemoryVectorStore":
-        """Load a snapshot written by :meth:`persist` (checksums verified)."""
+        """Load a snapshot written by :meth:`persist` (checksums and consistency verified)."""
         _check_local_fs(fs)
-        gen, _manifest = persistence.open_generation(persist_path)
+        for attempt in (1, 2):
+            seen = persistence.read_manifest(persist_path)["generation"]
+            try:
+                with persistence.reading(persist_path):
+                    gen, manifest = persistence.open_generation(persist_path, _SNAPSHOT_FILES)
+                    return cls._load_generation(gen, manifest, embed_model)
+            except (FileNotFoundError, persistence.CorruptStoreError):
+                # a writer that ignores the folder's lock may have replaced the generation under
+                # us: read the manifest again and retry once if it moved on
+                if attempt == 2 or persistence.read_manifest(persist_path)["generation"] == seen:
+                    raise
+                logger.info("generation %s of %s vanished while loading; retrying", seen, persist_path)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _load_generation(
+        cls, gen: Path, manifest: dict[str, Any], embed_model: "BaseEmbedding | None"
+    ) -> "DeepMemoryVectorStore":
         config = persistence.read_json(gen / "store.json")
-        store = cls(
-            dim=config["dim"],
-            metric=config["metric"],
-            index_factory=config["index_factory"],
-            embed_model=embed_model,
-            nprobe=config.get("nprobe"),
-            ef_search=config.get("ef_search"),
-        )
-        slots = persistence.read_npy(gen / "slots.npy").astype(np.int64, copy=False)
-        dead = persistence.read_npy(gen / "dead.npy").astype(np.int64, copy=False)
-        if config["dim"] is not None and (gen / "index.faiss").is_file():
-            store._index = VectorIndex.read(
-                str(gen / "index.faiss"), config["dim"], config["metric"], config["index_factory"],
-                config.get("nprobe"), config.get("ef_search"), dead,
+        store_json = str(gen / "store.json")
+        if not isinstance(config, dict) or not {"dim", "metric", "index_factory", "count"} <= set(config):
+            raise persistence.CorruptStoreError(f"{store_json!r} is not a store configuration")
+        try:
+            store = cls(
+                dim=config["dim"],
+                metric=config["metric"],
+                index_factory=config["index_factory"],
+                embed_model=embed_model,
+                nprobe=config.get("nprobe"),
+                ef_search=config.get("ef_search"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise persistence.CorruptStoreError(f"{store_json!r} holds an invalid configuration: {exc}") from None
+        slots = _read_ids(gen / "slots.npy")
+        dead = _read_ids(gen / "dead.npy")
+        if config["dim"] is not None:
+            if "index.faiss" not in manifest["files"]:
+                raise persistence.CorruptStoreError(
+                    f"the manifest of {str(gen)!r} does not list index.faiss, which a store of dim "
+                    f"{config['dim']} needs"
+                )
+            index_path = gen / "index.faiss"
+            store._index = persistence.load_file(
+                index_path, "FAISS index",
+                lambda p: VectorIndex.read(
+                    str(p), config["dim"], config["metric"], config["index_factory"],
+                    config.get("nprobe"), config.get("ef_search"), dead,
+                ),
+            )
+            _check_slots(index_path, store._index.all_ids(), slots, dead)
+        elif len(slots) or len(dead):
+            raise persistence.CorruptStoreError(
+                f"{str(gen / 'slots.npy')!r} lists {len(slots)} slots but the store has no index"
             )
         table = store._table
         capacity = int(max(slots.max(initial=-1), dead.max(initial=-1))) + 1
         table.allocate(capacity)  # empty slots; filled below
         count = 0
-        for slot, row in zip(slots.tolist(), persistence.iter_jsonl(gen / "nodes.jsonl")):
+        nodes_path = gen / "nodes.jsonl"
+        for slot, row in zip(slots.tolist(), persistence.iter_jsonl(nodes_path)):
+            if not _valid_row(row):
+                raise persistence.CorruptStoreError(
+                    f"{str(nodes_path)!r} line {count + 1} is not a node row (id, text, metadata, "
+                    "ref_doc_id, type, fields)"
+                )
             table.put(slot, *row)
             count += 1
         if count != len(slots) or count != config["count"]:
             raise persistence.CorruptStoreError(
-                f"{str(gen / 'nodes.jsonl')!r} holds {count} nodes, expected {len(slots)}"
+                f"{str(nodes_path)!r} holds {count} nodes, expected {len(slots)}"
             )
-        index_rows = store._index.ntotal if store._index is not None else 0
-        if index_rows != count + len(dead):
-            raise persistence.CorruptStoreError(
-                f"{str(gen / 'index.faiss')!r} holds {index_rows} vectors for {count} nodes"
-            )
+        if len(table) != count:
+            raise persistence.CorruptStoreError(f"{str(nodes_path)!r} holds duplicate node ids")
         holes = np.ones(capacity, dtype=bool)
         holes[slots] = False
         holes[dead] = False
         table.free_slots(np.flatnonzero(holes).tolist())
-        dm_meta = persistence.read_json(gen / "deep_memory.json")
+        dm_path = gen / "deep_memory.json"
+        dm_meta = persistence.read_json(dm_path)
+        if not isinstance(dm_meta, dict):
+            raise persistence.CorruptStoreError(f"{str(dm_path)!r} is not a Deep Memory state object")
         if dm_meta.get("models") or dm_meta.get("jobs"):
-            store.deep_memory.load_state(dm_meta, persistence.read_arrays(gen / "deep_memory.safetensors"))
+            arrays = persistence.read_arrays(gen / "deep_memory.safetensors")
+            try:
+                store.deep_memory.load_state(dm_meta, arrays)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise persistence.CorruptStoreError(
+                    f"{str(dm_path)!r} / deep_memory.safetensors hold an invalid Deep Memory state: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
         return store
 
     @classmethod
@@ -834,6 +959,66 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         """Load what ``StorageContext.persist(persist_dir)`` wrote for ``namespace``."""
         persist_path = os.path.join(persist_dir, f"{namespace}{NAMESPACE_SEP}{DEFAULT_PERSIST_FNAME}")
         return cls.from_persist_path(persist_path, fs=fs, embed_model=embed_model)
+
+
+_SNAPSHOT_FILES = ("store.json", "slots.npy", "dead.npy", "nodes.jsonl", "deep_memory.json",
+                   "deep_memory.safetensors")
+_FACTORY_PROBE_DIMS = (96, 128, 256, 384, 512, 768, 1024, 1536, 3072)
+
+
+def _check_factory(dim: int | None, metric: str, factory: str) -> None:
+    """Validate a factory string now: against ``dim``, or (dim=None) against common dimensions,
+    leaving the check for the actual dimension to the first add."""
+    if dim is not None:
+        build_faiss_index(dim, metric, factory)
+        return
+    first_error: ValueError | None = None
+    for probe in _FACTORY_PROBE_DIMS:
+        try:
+            build_faiss_index(probe, metric, factory)
+            return
+        except ValueError as exc:
+            first_error = first_error or exc
+            if "not supported" in str(exc) or "IDMap" in str(exc):
+                break
+    raise ValueError(
+        f"index_factory={factory!r} could not be built for any common embedding dimension "
+        f"{_FACTORY_PROBE_DIMS} ({first_error}). If it needs a particular dimension, pass dim= "
+        "so it is checked against that."
+    ) from None
+
+
+def _read_ids(path: Path) -> np.ndarray:
+    """A 1-D integer ``.npy`` array of slot numbers, as int64."""
+    array = persistence.read_npy(path)
+    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        raise persistence.CorruptStoreError(
+            f"persisted store file {str(path)!r} holds a {array.dtype} array of shape {array.shape}, "
+            "expected 1-D integer slot numbers"
+        )
+    return array.astype(np.int64, copy=False)
+
+
+def _check_slots(index_path: Path, index_ids: np.ndarray, slots: np.ndarray, dead: np.ndarray) -> None:
+    """The live slots and tombstones must be exactly the FAISS index's row ids, each once."""
+    listed = np.concatenate([slots, dead])
+    if len(listed) != len(index_ids) or not np.array_equal(np.sort(listed), np.sort(index_ids)):
+        raise persistence.CorruptStoreError(
+            f"slots.npy and dead.npy ({len(slots)} + {len(dead)} slots) do not match the "
+            f"{len(index_ids)} row ids of {str(index_path)!r}: the snapshot is inconsistent"
+        )
+    if len(np.unique(listed)) != len(listed):
+        raise persistence.CorruptStoreError(
+            f"slots.npy and dead.npy list a slot twice (inconsistent with {str(index_path)!r})"
+        )
+
+
+def _valid_row(row: Any) -> bool:
+    return (
+        isinstance(row, list) and len(row) == 6
+        and all(isinstance(v, str) for v in (row[0], row[1], row[2], row[4], row[5]))
+        and (row[3] is None or isinstance(row[3], str))
+    )
 
 
 def _check_local_fs(fs: Any) -> None:

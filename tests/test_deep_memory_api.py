@@ -444,3 +444,21 @@ def test_train_and_evaluate_with_minilm(minilm) -> None:
     plain = [[ranked for ranked in row] for row in store_ids(store, query_vectors, 3)]
     assert by_function["without model"]["recall@3"] == pytest.approx(brute_force_recall(plain, relevance, 3))
     assert by_function["without model"]["recall@3"] >= 0.8  # MiniLM finds these easy facts
+
+
+def test_idle_job_worker_exits_and_restarts_on_submit() -> None:
+    import threading
+
+    from llama_index_deepmemory.deep_memory.jobs import JobBook, JobRecord
+
+    book = JobBook(idle_exit_seconds=0.1)
+    ran: list[int] = []
+    for round_no in range(2):
+        record = JobRecord(job_id=book.new_id()[0])
+        book.submit(record, lambda ctx, r=round_no: ran.append(r) or {})
+        assert book.wait(record.job_id, 10)
+        worker = book._worker
+        wait_until(lambda: worker is None or not worker.is_alive(), timeout=10)
+        assert book._worker is None
+    assert ran == [0, 1] and [r.status for r in book.records()] == ["completed", "completed"]
+    assert not any(t is worker for t in threading.enumerate())

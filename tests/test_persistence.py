@@ -191,3 +191,83 @@ def test_no_pickle_in_numpy_files(tmp_path):
     for npy in gen.glob("*.npy"):
         np.load(npy, allow_pickle=False)  # raises if an object array needed pickle
     assert sorted(os.listdir(gen)) == sorted(json.loads((path / "manifest.json").read_text())["files"])
+
+
+# --- concurrency and safety of the on-disk format ---------------------------------------------
+def _state(store) -> list:
+    return sorted((n.node_id, n.text) for n in store.get_nodes())
+
+
+def test_concurrent_persists_and_loads_of_one_folder(tmp_path: Path) -> None:
+    import threading
+
+    a = DeepMemoryVectorStore()
+    a.add(make_nodes(300))
+    b = DeepMemoryVectorStore()
+    b.add(make_nodes(200, seed=3))
+    path = tmp_path / "store"
+    a.persist(str(path))
+    errors: list[str] = []
+    loaded: list[list] = []
+    stop = threading.Event()
+
+    def persist_loop(store) -> None:
+        try:
+            for _ in range(15):
+                store.persist(str(path))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(repr(exc))
+
+    def load_loop() -> None:
+        while not stop.is_set():
+            try:
+                loaded.append(_state(DeepMemoryVectorStore.from_persist_path(str(path))))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(repr(exc))
+
+    writers = [threading.Thread(target=persist_loop, args=(s,)) for s in (a, a, b)]
+    reader = threading.Thread(target=load_loop)
+    reader.start()
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join(60)
+    stop.set()
+    reader.join(60)
+    assert errors == []
+    assert loaded and all(state in (_state(a), _state(b)) for state in loaded)
+    final = _state(DeepMemoryVectorStore.from_persist_path(str(path)))
+    assert final in (_state(a), _state(b))
+    assert len([p for p in path.iterdir() if p.name.startswith("gen-")]) == 1
+
+
+def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "data.json"
+    persistence.write_json_atomic(target, {"v": 1})
+
+    def fail(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        persistence.atomic_write(target, fail)
+    with pytest.raises(TypeError):
+        persistence.write_json_atomic(target, {"v": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]
+    assert json.loads(target.read_text()) == {"v": 1}
+
+
+def test_manifest_without_a_file_entry_is_refused(tmp_path: Path) -> None:
+    store = DeepMemoryVectorStore()
+    store.add(make_nodes(20))
+    path = tmp_path / "store"
+    store.persist(str(path))
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["files"]["index.faiss"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="index.faiss"):
+        DeepMemoryVectorStore.from_persist_path(str(path))
+    manifest["generation"] = "../elsewhere"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="generation"):
+        DeepMemoryVectorStore.from_persist_path(str(path))

@@ -455,3 +455,154 @@ def test_async_twins():
         assert len(store) == 0
 
     asyncio.run(run())
+
+
+# --- review fixes -----------------------------------------------------------------------------
+def test_numpy_metadata_scalars_are_stored_as_python_values():
+    store = DeepMemoryVectorStore(dim=4)
+    meta = {"i": np.int64(3), "f": np.float32(0.5), "b": np.bool_(True), "l": [np.int32(1), 2]}
+    store.add([TextNode(id_="a", text="t", metadata=meta, embedding=[1.0, 0.0, 0.0, 0.0])])
+    got = store.get_nodes(node_ids=["a"])[0].metadata
+    assert got == {"i": 3, "f": 0.5, "b": True, "l": [1, 2]}
+    assert type(got["i"]) is int and type(got["b"]) is bool
+    hits = store.get_nodes(filters=MetadataFilters(filters=[MetadataFilter(key="i", value=3)]))
+    assert [n.node_id for n in hits] == ["a"]
+
+
+def test_metadata_json_cannot_hold_is_refused_naming_node_key_and_type():
+    store = DeepMemoryVectorStore(dim=4)
+    store.add([TextNode(id_="keep", text="t", embedding=[0.0, 1.0, 0.0, 0.0])])
+    bad = TextNode(id_="bad", text="t", metadata={"ok": 1, "when": {1, 2}}, embedding=[1.0, 0.0, 0.0, 0.0])
+    with pytest.raises(TypeError, match=r"'bad'.*'when'.*set"):
+        store.add([bad])
+    assert [n.node_id for n in store.get_nodes()] == ["keep"]
+
+
+def test_empty_filters_are_refused_by_delete_nodes():
+    nodes, _ = make_nodes(20)
+    store = DeepMemoryVectorStore()
+    store.add(nodes)
+    with pytest.raises(ValueError, match="clear"):
+        store.delete_nodes(filters=MetadataFilters(filters=[]))
+    with pytest.raises(ValueError, match="clear"):
+        store.delete_nodes()
+    assert len(store) == 20
+
+
+def test_delete_by_doc_uses_the_doc_index_consistently():
+    """delete(ref_doc_id) must match a brute-force scan of ref_doc_id after adds/replaces/deletes."""
+    nodes, _ = make_nodes(60, docs=6)
+    store = DeepMemoryVectorStore()
+    store.add(nodes)
+    moved, _ = make_nodes(10, seed=1, docs=3)  # re-add n0..n9 under doc0..doc2
+    store.add(moved)
+    store.delete_nodes(["n11", "n12"])
+    expected = {n.node_id: n.ref_doc_id for n in store.get_nodes()}
+    for doc in ("doc1", "doc4"):
+        store.delete(doc)
+        expected = {k: v for k, v in expected.items() if v != doc}
+        assert {n.node_id: n.ref_doc_id for n in store.get_nodes()} == expected
+    table = store._table
+    assert {d: sorted(s) for d, s in table.doc_slots.items()} == {
+        d: sorted(table.slot_of[k] for k, v in expected.items() if v == d) for d in set(expected.values())
+    }
+    store.clear()
+    assert store._table.doc_slots == {}
+
+
+def test_clear_keeps_a_trained_ivf_index():
+    nodes, vectors = make_nodes(300)
+    store = DeepMemoryVectorStore(index_factory="IVF8,Flat", nprobe=8)
+    store.add(nodes)
+    store.clear()
+    assert len(store) == 0 and store.client.is_trained and store.client.ntotal == 0
+    store.add(nodes[:5])  # fewer than nlist: fine, the index is still trained
+    q = vectors[0]
+    assert query(store, q, k=5).ids == [f"n{r}" for r in brute_force(vectors[:5], q, "cosine", 5)[0]]
+
+
+def test_factory_needing_a_dimension_is_accepted_with_dim_none():
+    store = DeepMemoryVectorStore(index_factory="IVF4,PQ8")  # PQ8 needs dim % 8 == 0: not 96-only
+    nodes, vectors = make_nodes(300, dim=16)
+    store.add(nodes)
+    assert len(store) == 300
+    with pytest.raises(ValueError, match="dim="):
+        DeepMemoryVectorStore(index_factory="NotAnIndex")
+    odd = DeepMemoryVectorStore(index_factory="IVF4,PQ8")
+    bad_nodes, _ = make_nodes(300, dim=12)  # 12 % 8 != 0: refused at the first add, nothing stored
+    with pytest.raises(ValueError, match="dim=12"):
+        odd.add(bad_nodes)
+    assert len(odd) == 0 and odd.dim is None
+
+
+def test_deep_memory_manager_is_created_once_under_contention():
+    for _ in range(20):
+        store = DeepMemoryVectorStore(dim=4)
+        seen, barrier = [], threading.Barrier(6)
+
+        def grab():
+            barrier.wait()
+            seen.append(store.deep_memory)
+
+        threads = [threading.Thread(target=grab) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len({id(m) for m in seen}) == 1
+
+
+def test_deleted_nodes_free_their_field_strings():
+    import gc
+    import tracemalloc
+
+    store = DeepMemoryVectorStore(dim=4)
+    store.add([TextNode(id_="keep", text="t", embedding=[0.0, 1.0, 0.0, 0.0])])
+    nodes = [TextNode(id_=f"x{i}", text="t", excluded_llm_metadata_keys=[f"key-{i}-" + "z" * 2000],
+                      embedding=[1.0, float(i), 0.0, 0.0]) for i in range(500)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        store.add(nodes)
+        grown = tracemalloc.get_traced_memory()[0] - base
+        store.delete_nodes([n.node_id for n in nodes])
+        gc.collect()
+        left = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert grown > 500 * 2000 and left < grown / 10, (grown, left)  # the distinct extras are freed
+
+
+def test_reader_waiting_on_a_writer_gets_in_before_the_next_writer():
+    from llama_index_deepmemory.store import ReadWriteLock
+
+    lock, order = ReadWriteLock(), []
+    first_writer_in, release_first = threading.Event(), threading.Event()
+
+    def writer(name, hold=None):
+        with lock.write():
+            if hold is not None:
+                first_writer_in.set()
+                hold.wait(5)
+            order.append(name)
+
+    def reader():
+        with lock.read():
+            order.append("reader")
+
+    w1 = threading.Thread(target=writer, args=("w1", release_first))
+    w1.start()
+    first_writer_in.wait(5)
+    r = threading.Thread(target=reader)
+    r.start()
+    w2 = threading.Thread(target=writer, args=("w2",))
+    import time
+
+    time.sleep(0.05)
+    w2.start()
+    time.sleep(0.05)  # both wait on w1
+    release_first.set()
+    for t in (w1, r, w2):
+        t.join(5)
+    assert order == ["w1", "reader", "w2"]

@@ -1,6 +1,7 @@
 """Deep Memory training jobs: records, a one-at-a-time worker, progress/ETA and status tables.
 
-Jobs run one at a time, in submission order, on a single daemon worker thread per store: a job
+Jobs run one at a time, in submission order, on a single daemon worker thread per store (it
+exits after ``IDLE_EXIT_SECONDS`` without work and is restarted by the next submit): a job
 submitted while another runs is *queued* (status ``"queued"``) and starts when the earlier job
 ends. Cancelling a queued job drops it; cancelling a running job asks it to stop at its next
 progress check. Standard library only.
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 HEADLINE_METRIC = "recall@10"
+IDLE_EXIT_SECONDS = 2.0  # an idle worker thread exits after this long; the next submit restarts it
 EXIT_WAIT_SECONDS = 10.0  # at interpreter exit, how long to wait for a cancelled job to stop
 _BOOKS: "weakref.WeakSet[JobBook]" = weakref.WeakSet()
 
@@ -114,8 +116,9 @@ Work = Callable[[JobContext], "dict[str, Any] | None"]
 class JobBook:
     """Thread-safe job records plus the single worker thread that runs queued jobs in order."""
 
-    def __init__(self, prefix: str = "job") -> None:
+    def __init__(self, prefix: str = "job", idle_exit_seconds: float = IDLE_EXIT_SECONDS) -> None:
         self._prefix = prefix
+        self.idle_exit_seconds = idle_exit_seconds
         self._lock = threading.RLock()
         self._records: dict[str, JobRecord] = {}
         self._cancel: dict[str, threading.Event] = {}
@@ -160,10 +163,11 @@ class JobBook:
             self._records[record.job_id] = record
             self._cancel[record.job_id] = threading.Event()
             self._done[record.job_id] = threading.Event()
+            # queued and checked under the lock the idle worker takes before it exits
+            self._queue.put((record.job_id, work))
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work_loop, name="deep-memory-jobs", daemon=True)
                 self._worker.start()
-        self._queue.put((record.job_id, work))
 
     def wait(self, job_id: str, timeout: float | None = None) -> bool:
         """Block until the job has finished (True) or ``timeout`` seconds passed (False)."""
@@ -197,7 +201,15 @@ class JobBook:
 
     def _work_loop(self) -> None:
         while True:
-            job_id, work = self._queue.get()
+            try:
+                job_id, work = self._queue.get(timeout=self.idle_exit_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():  # nothing was submitted meanwhile: stop idling
+                        if self._worker is threading.current_thread():
+                            self._worker = None
+                        return
+                continue
             try:
                 self._run(job_id, work)
             except Exception:  # noqa: BLE001 - e.g. records replaced by load_state mid-job
