@@ -303,23 +303,17 @@ class BeirDataset:
         """One ``TextNode`` per document, id = BEIR doc id, title in metadata (not embedded twice)."""
         from llama_index.core.schema import TextNode
 
-        return [
-            TextNode(
-                id_=doc_id,
-                text=self.doc_text(doc_id, include_title),
-                metadata={"title": title} if title else {},
-                excluded_embed_metadata_keys=["title"],
-                excluded_llm_metadata_keys=["title"],
-            )
-            for doc_id, (title, _text) in self.corpus.items()
-        ]
+        return self._as(TextNode, include_title)
 
     def documents(self, include_title: bool = True) -> "list[Document]":
         """Like :meth:`nodes` but as ``Document`` objects (to chunk further)."""
         from llama_index.core.schema import Document
 
+        return self._as(Document, include_title)
+
+    def _as(self, cls: type, include_title: bool) -> list:
         return [
-            Document(
+            cls(
                 id_=doc_id,
                 text=self.doc_text(doc_id, include_title),
                 metadata={"title": title} if title else {},
