@@ -731,17 +731,21 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             return self._search(qt, k, candidates)
         use_slots = over_slots[usable]
         use_scores = over_scores[:, usable]
-        # fetch a few extra plain hits; fetch all k + |overrides| only if overrides crowd them out
-        extra = min(len(use_slots), 16)
-        while True:
+        # Fetch k plain hits first. Override nodes among them are dropped (their exact scores come
+        # from the model); the top k stays exact as long as, per query, at least as many override
+        # scores reach the last fetched plain score as non-override hits are missing, since every
+        # unfetched node scores at most that much. Otherwise fetch a few more, then all of them.
+        for extra in dict.fromkeys((0, min(len(use_slots), 16), len(use_slots))):
             plain_scores, plain_slots = self._search(qt, k + extra, candidates)
+            width = plain_slots.shape[1]
             dropped = over_mask[plain_slots]  # slot -1 reads the last cell, which is False
             dropped |= plain_slots < 0
-            complete = plain_slots.shape[1] < k + extra or (plain_slots[:, -1] < 0).all()
-            enough = ((~dropped).sum(axis=1) >= min(k, plain_slots.shape[1])).all()
-            if enough or complete or extra >= len(use_slots):
+            if width < k + extra or width == 0 or (plain_slots[:, -1] < 0).all():
+                break  # every allowed node was fetched
+            missing = min(k, width) - (~dropped).sum(axis=1)
+            covered = (use_scores >= plain_scores[:, -1:]).sum(axis=1)
+            if ((missing <= 0) | (covered >= missing)).all():
                 break
-            extra = len(use_slots)
         plain_scores = np.where(dropped, -np.inf, plain_scores).astype(np.float32)
         m = len(q)
         scores = np.concatenate([plain_scores, use_scores], axis=1)
