@@ -86,16 +86,14 @@ def bench_add(nodes, dim: int, batch: int) -> tuple[float, float, object]:
 
 
 def p50_pair(first, second, items) -> tuple[float, float]:
-    """Median seconds of two callables, interleaved over the same inputs."""
+    """Median seconds of two callables, interleaved over the same inputs; which one runs first
+    alternates from item to item, so neither gains from running second (warm caches)."""
     a, b = [], []
-    for item in items:
-        t0 = time.perf_counter()
-        first(item)
-        t1 = time.perf_counter()
-        second(item)
-        t2 = time.perf_counter()
-        a.append(t1 - t0)
-        b.append(t2 - t1)
+    for i, item in enumerate(items):
+        for fn, times in ((first, a), (second, b)) if i % 2 == 0 else ((second, b), (first, a)):
+            t0 = time.perf_counter()
+            fn(item)
+            times.append(time.perf_counter() - t0)
     return statistics.median(a), statistics.median(b)
 
 
