@@ -229,3 +229,53 @@ def test_model_scores_match_brute_force(metric: str) -> None:
                     cos = qt @ k / (np.linalg.norm(qt) * np.linalg.norm(k))
                     bonus = max(bonus, w * max(cos - model.key_threshold, 0.0))
             assert scores[i, j] == pytest.approx(base + 0.7 * bonus, rel=1e-4, abs=1e-4)
+
+
+def _paraphrase_task(seed: int, n_base: int):
+    """``n_base`` queries unrelated to their random docs, each asked twice (a small paraphrase)."""
+    rng = np.random.default_rng(seed)
+    store = ArrayStore(rng.normal(size=(300, 16)))
+    base = _normalise(rng.normal(size=(n_base, 16)))
+    targets = rng.integers(0, 300, size=n_base)
+    queries = _normalise(np.concatenate([base, base + 0.05 * rng.normal(size=base.shape)]))
+    relevance = [[(store.ids[t], 1.0)] for t in np.concatenate([targets, targets])]
+    return store, queries, relevance
+
+
+def test_small_sets_are_cross_validated_and_activated_when_memory_helps() -> None:
+    """20 questions: a 10% split would validate on 2; 5 folds pool all 20 into the gate."""
+    store, queries, relevance = _paraphrase_task(seed=0, n_base=10)
+    single = train_model(store, queries, relevance, options=TrainOptions(seed=0, validation_folds=1, **FAST))
+    assert not single.improved  # the old single split: too few validation queries for the gate
+    result = train_model(store, queries, relevance, options=TrainOptions(seed=0, **FAST))
+    assert result.info["validation"] == "5-fold cross-validation"
+    assert result.info["n_val"] == len(relevance)  # every query validated exactly once
+    assert result.info["refit_on_all_queries"]
+    assert result.improved, (result.val_before, result.val_after)
+    ranked = rank_with_model(store, queries, result.model, k=1)
+    assert np.mean([pairs[0][0] in row for pairs, row in zip(relevance, ranked)]) == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_small_random_relevance_is_not_activated(seed: int) -> None:
+    rng = np.random.default_rng(50 + seed)
+    store = ArrayStore(rng.normal(size=(400, 16)))
+    queries = _normalise(rng.normal(size=(40, 16)))
+    relevance = [[(store.ids[j], 1.0)] for j in rng.integers(0, 400, size=40)]
+    result = train_model(store, queries, relevance, options=TrainOptions(seed=seed, **FAST))
+    assert result.info["validation_folds"] == 5
+    assert not result.improved, (result.val_before, result.val_after)
+
+
+def test_validation_folds_option() -> None:
+    """validation_folds=1 is the single validation_fraction split; bad values are refused."""
+    store, queries, relevance = _paraphrase_task(seed=1, n_base=15)
+    single = train_model(store, queries, relevance, options=TrainOptions(seed=0, validation_folds=1, **FAST))
+    assert single.info["validation"] == "held-out" and single.info["n_val"] == 3  # round(0.1 * 30)
+    three = train_model(store, queries, relevance, options=TrainOptions(seed=0, validation_folds=3, **FAST))
+    assert three.info["validation"] == "3-fold cross-validation" and three.info["n_val"] == 30
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="validation_folds"):
+            TrainOptions.from_kwargs({"validation_folds": bad})
+    no_holdout = train_model(store, queries, relevance, options=TrainOptions(seed=0, validation_fraction=0.0, **FAST))
+    assert no_holdout.info["validation"].startswith("training queries") and no_holdout.info["n_val"] == 0
