@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"query p50: store {ours_q * 1e3:.2f}ms  raw index.search {raw_q * 1e3:.2f}ms  ratio {ours_q / raw_q:.3f}x (target <= 1.2)")
 
     override_ids = [f"node-{i}" for i in rng.choice(args.n, size=min(256, args.n), replace=False)]
-    store.deep_memory._models["bench"] = OverrideModel(args.dim, override_ids)  # placeholder DeepMemory API
+    store.deep_memory._models["bench"] = OverrideModel(args.dim, override_ids)  # a hand-made model, registered directly (no public API for that)
     store.deep_memory._active = "bench"
     dm_q, plain_q = p50_pair(
         lambda p: store.query(VectorStoreQuery(query_embedding=p, similarity_top_k=10), deep_memory=True),

@@ -338,7 +338,7 @@ class ShiftAndBoost(DeepMemoryModel):
 
 
 def install(store, model):
-    # current placeholder API of DeepMemory: register and activate a model by hand
+    # register and activate a hand-made model directly (train() is the public way to get one)
     store.deep_memory._models["t"] = model
     store.deep_memory._active = "t"
 
