@@ -746,6 +746,8 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             covered = (use_scores >= plain_scores[:, -1:]).sum(axis=1)
             if ((missing <= 0) | (covered >= missing)).all():
                 break
+        if 0 < k == width and not dropped.any() and (use_scores < plain_scores[:, -1:]).all():
+            return plain_scores, plain_slots  # the common case: no override node reaches the top k
         plain_scores = np.where(dropped, -np.inf, plain_scores).astype(np.float32)
         m = len(q)
         scores = np.concatenate([plain_scores, use_scores], axis=1)
