@@ -248,7 +248,7 @@ def run_demo(
     store.deep_memory.train(queries, relevance, embedding=query_vectors, **(train_options or {}))
     if store.deep_memory.get_model() is None:
         kept = store.deep_memory.list_models()[-1]["name"]
-        echo(f"The model did not beat the plain store on its validation split; evaluating it anyway ({kept}).")
+        echo(f"The model did not beat the plain store significantly on validation, so the gate keeps it off; evaluating it anyway ({kept}).")
         store.deep_memory.set_model(kept)
     store.persist(persist_path=str(out / "store"))
     watch.lap("train Deep Memory")
