@@ -17,6 +17,7 @@ from llama_index.core.vector_stores.types import VectorStoreQuery
 
 from llama_index_deepmemory.deep_memory.api import DeepMemoryTrainingError
 from llama_index_deepmemory.store import DeepMemoryVectorStore
+from synthetic import RotationTask, normalise
 
 N_DOCS, DIM, N_TRAIN, N_TEST = 150, 16, 120, 40
 FAST = dict(epochs=8, learning_rate=2e-2, batch_size=32, query_memory=False, refit=False)
@@ -24,31 +25,13 @@ SLOW = dict(epochs=100_000, patience=100_000, learning_rate=1e-3, batch_size=8, 
 TOP_K = (1, 3, 5, 10, 50, 100)
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-class Task:
-    """Seeded documents, queries and relevance (one relevant node per query, weight 1)."""
+class Task(RotationTask):
+    """The shared rotation task split into training and test queries."""
 
     def __init__(self, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        self.docs = _normalise(rng.normal(size=(N_DOCS, DIM)))
-        rotation, _ = np.linalg.qr(rng.normal(size=(DIM, DIM)))
-        targets = rng.integers(0, N_DOCS, size=N_TRAIN + N_TEST)
-        noise = 0.3 * rng.normal(size=(len(targets), DIM)) / np.sqrt(DIM)
-        self.queries = _normalise(self.docs[targets] @ rotation.T + noise)
-        self.ids = [f"node_{i}" for i in range(N_DOCS)]
-        self.relevance = [[(self.ids[t], 1.0)] for t in targets]
-        self.texts = [f"question {i}" for i in range(len(targets))]
+        super().__init__(n_docs=N_DOCS, dim=DIM, n_queries=N_TRAIN + N_TEST, seed=seed)
         self.train = slice(0, N_TRAIN)
         self.test = slice(N_TRAIN, N_TRAIN + N_TEST)
-
-    def store(self) -> DeepMemoryVectorStore:
-        store = DeepMemoryVectorStore()
-        nodes = [TextNode(id_=i, text=f"document {i}", embedding=v.tolist()) for i, v in zip(self.ids, self.docs)]
-        store.add(nodes)
-        return store
 
     def train_args(self) -> tuple[list[str], list, np.ndarray]:
         return self.texts[self.train], self.relevance[self.train], self.queries[self.train]
@@ -59,7 +42,7 @@ class Task:
 
 def brute_force_ranking(task: Task, queries: np.ndarray, k: int, model=None) -> list[list[str]]:
     """Exact top-k ids from the full score matrix (model: transform, then override columns)."""
-    q = _normalise(queries)
+    q = normalise(queries)
     if model is not None:
         q = model.transform_queries(q)
     scores = q @ task.docs.T

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
 from crash_child import store_fingerprint
+from synthetic import RotationTask
 from llama_index_deepmemory.store import DeepMemoryVectorStore
 
 N_DOCS, DIM, N_QUERIES = 150, 16, 120
@@ -31,27 +31,11 @@ FAST = dict(epochs=6, learning_rate=2e-2, batch_size=32, query_memory=False, ref
 LONG = dict(epochs=400, patience=400, learning_rate=1e-3, batch_size=8, query_memory=False, refit=False)
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-class Task:
-    """Seeded documents; each query is a rotated, noisy copy of its relevant document."""
+class Task(RotationTask):
+    """The shared rotation task (each query a rotated, noisy copy of its relevant document)."""
 
     def __init__(self, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        self.docs = _normalise(rng.normal(size=(N_DOCS, DIM)))
-        rotation, _ = np.linalg.qr(rng.normal(size=(DIM, DIM)))
-        targets = rng.integers(0, N_DOCS, size=N_QUERIES)
-        self.queries = _normalise(self.docs[targets] @ rotation.T + 0.3 * rng.normal(size=(N_QUERIES, DIM)) / 4)
-        self.ids = [f"node_{i}" for i in range(N_DOCS)]
-        self.relevance = [[(self.ids[t], 1.0)] for t in targets]
-        self.texts = [f"question {i}" for i in range(N_QUERIES)]
-
-    def store(self) -> DeepMemoryVectorStore:
-        store = DeepMemoryVectorStore()
-        store.add([TextNode(id_=i, text=f"document {i}", embedding=v.tolist()) for i, v in zip(self.ids, self.docs)])
-        return store
+        super().__init__(n_docs=N_DOCS, dim=DIM, n_queries=N_QUERIES, seed=seed)
 
     def train(self, store: DeepMemoryVectorStore, **options) -> str:
         return store.deep_memory.train(self.texts, self.relevance, embedding=self.queries, **options)
