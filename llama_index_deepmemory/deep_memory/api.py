@@ -80,7 +80,7 @@ class DeepMemory:
         queries, rows = check_relevance(self._store, queries, relevance)
         if len(rows) < 2:
             raise ValueError(f"Deep Memory training needs at least 2 queries, got {len(rows)}")
-        _, prepared = self._query_vectors(queries, embedding_function, embedding)
+        prepared = self._query_vectors(queries, embedding_function, embedding)
 
         job_id, number = self._jobs.new_id()
         model_name = f"model_{number}"
@@ -277,7 +277,7 @@ class DeepMemory:
         ks = _check_top_k(top_k)
         self._require_nodes("evaluate")
         queries, rows = check_relevance(self._store, queries, relevance)
-        raw, _ = self._query_vectors(queries, embedding_function, embedding)
+        prepared = self._query_vectors(queries, embedding_function, embedding)
         model = self.active_model()
         results: dict[str, dict[str, float]] = {}
         for label, title, use_model in (
@@ -287,7 +287,7 @@ class DeepMemory:
             if use_model and model is None:
                 print("No active Deep Memory model: train one (store.deep_memory.train) to compare.")
                 break
-            ranked = self.search_ids(raw, max(ks), deep_memory=use_model)
+            ranked = self._search_prepared(prepared, max(ks), use_model)
             results[label] = {f"recall@{k}": float(recall_at_k(ranked, rows, k)) for k in ks}
             print(f"---- Evaluating {title} ---- ")
             for k in ks:
@@ -298,7 +298,12 @@ class DeepMemory:
         """Top-``k`` node ids per raw query vector, batched, ranked as ``store.query(deep_memory=...)``."""
         if deep_memory:
             self.require_active_model()
-        prepared = self._store.prepare_queries(vectors)
+        return self._search_prepared(self._store.prepare_queries(vectors), k, deep_memory, batch_size)
+
+    def _search_prepared(
+        self, prepared: np.ndarray, k: int, deep_memory: bool, batch_size: int = 1024
+    ) -> list[list[str]]:
+        """:meth:`search_ids` for vectors already through ``store.prepare_queries``."""
         ranked: list[list[str]] = []
         for start in range(0, len(prepared), batch_size):
             chunk = prepared[start : start + batch_size]
@@ -314,8 +319,9 @@ class DeepMemory:
 
     def _query_vectors(
         self, queries: list[str], embedding_function: Any, embedding: Any
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(raw, prepared) query vectors ``(m, d) float32`` from ``embedding`` or an embedding model."""
+    ) -> np.ndarray:
+        """Prepared query vectors ``(m, d) float32`` (validated, normalised for cosine) from
+        ``embedding`` or an embedding model."""
         if embedding is not None and embedding_function is not None:
             raise ValueError(
                 "pass either embedding_function (to embed the queries) or embedding (query vectors), not both"
@@ -338,7 +344,7 @@ class DeepMemory:
                 f"query vectors have shape {raw.shape}, expected ({len(queries)}, {dim}): one vector of the "
                 f"store's dimension {dim} per query (was the store built with another embedding model?)"
             )
-        return raw, self._store.prepare_queries(raw)
+        return self._store.prepare_queries(raw)
 
     # --- persistence hooks used by the store ------------------------------------------------
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
