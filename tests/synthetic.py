@@ -30,3 +30,17 @@ class RotationTask:
         store = DeepMemoryVectorStore()
         store.add([TextNode(id_=i, text=f"document {i}", embedding=v.tolist()) for i, v in zip(self.ids, self.docs)])
         return store
+
+
+def brute_force_top_k(queries: np.ndarray, docs: np.ndarray, ids: list[str], k: int, model=None) -> np.ndarray:
+    """Exact top-k row indices into ``docs`` from the full score matrix; with a Deep Memory model,
+    queries are transformed first and its override columns replace the plain scores."""
+    if model is not None:
+        queries = model.transform_queries(queries)
+    scores = queries @ docs.T
+    if model is not None:
+        position = {node: j for j, node in enumerate(ids)}
+        over_ids, over_scores = model.overrides(queries)
+        for j, node in enumerate(over_ids):
+            scores[:, position[node]] = over_scores[:, j]
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -17,7 +17,7 @@ from llama_index.core.vector_stores.types import VectorStoreQuery
 
 from llama_index_deepmemory.deep_memory.api import DeepMemoryTrainingError
 from llama_index_deepmemory.store import DeepMemoryVectorStore
-from synthetic import RotationTask, normalise
+from synthetic import RotationTask, brute_force_top_k, normalise
 
 N_DOCS, DIM, N_TRAIN, N_TEST = 150, 16, 120, 40
 FAST = dict(epochs=8, learning_rate=2e-2, batch_size=32, query_memory=False, refit=False)
@@ -42,15 +42,7 @@ class Task(RotationTask):
 
 def brute_force_ranking(task: Task, queries: np.ndarray, k: int, model=None) -> list[list[str]]:
     """Exact top-k ids from the full score matrix (model: transform, then override columns)."""
-    q = normalise(queries)
-    if model is not None:
-        q = model.transform_queries(q)
-    scores = q @ task.docs.T
-    if model is not None:
-        over_ids, over_scores = model.overrides(q)
-        for j, node in enumerate(over_ids):
-            scores[:, task.ids.index(node)] = over_scores[:, j]
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top = brute_force_top_k(normalise(queries), task.docs, task.ids, k, model)
     return [[task.ids[j] for j in row] for row in top]
 
 

@@ -14,10 +14,7 @@ from llama_index_deepmemory.deep_memory.training import (
     rank_with_model,
     train_model,
 )
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from synthetic import brute_force_top_k, normalise
 
 
 class ArrayStore:
@@ -27,7 +24,7 @@ class ArrayStore:
     embed_model = None
 
     def __init__(self, vectors: np.ndarray) -> None:
-        self.vectors = _normalise(vectors)
+        self.vectors = normalise(vectors)
         self.ids = [f"node_{i}" for i in range(len(vectors))]
         self.position = {node: i for i, node in enumerate(self.ids)}
 
@@ -49,7 +46,7 @@ class ArrayStore:
             yield self.ids[start : start + batch_size], self.vectors[start : start + batch_size]
 
     def prepare_queries(self, vectors) -> np.ndarray:
-        return _normalise(np.asarray(vectors, dtype=np.float32))
+        return normalise(np.asarray(vectors, dtype=np.float32))
 
     def search_vectors(self, queries: np.ndarray, k: int):
         scores = queries @ self.vectors.T
@@ -59,14 +56,7 @@ class ArrayStore:
 
 def brute_force_recall(store: ArrayStore, queries: np.ndarray, relevant: list[str], k: int, model=None) -> float:
     """Share of queries whose single relevant node is in the exact top-k (full score matrix)."""
-    if model is not None:
-        queries = model.transform_queries(queries)
-    scores = queries @ store.vectors.T
-    if model is not None:
-        ids, over = model.overrides(queries)
-        for j, node in enumerate(ids):
-            scores[:, store.position[node]] = over[:, j]
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top = brute_force_top_k(queries, store.vectors, store.ids, k, model)
     return float(np.mean([store.position[rel] in row for rel, row in zip(relevant, top)]))
 
 
@@ -76,7 +66,7 @@ def rotated_task(seed: int, n_docs: int = 300, n_queries: int = 240, dim: int = 
     docs = rng.normal(size=(n_docs, dim))
     rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
     targets = rng.integers(0, n_docs, size=n_queries)
-    queries = _normalise(_normalise(docs[targets]) @ rotation.T + noise * rng.normal(size=(n_queries, dim)) / np.sqrt(dim))
+    queries = normalise(normalise(docs[targets]) @ rotation.T + noise * rng.normal(size=(n_queries, dim)) / np.sqrt(dim))
     store = ArrayStore(docs)
     relevant = [store.ids[t] for t in targets]
     return store, queries, relevant
@@ -107,7 +97,7 @@ def test_training_learns_a_rotation_on_held_out_queries(full_softmax_max_nodes: 
 def test_random_relevance_is_not_activated() -> None:
     rng = np.random.default_rng(5)
     store = ArrayStore(rng.normal(size=(400, 16)))
-    queries = _normalise(rng.normal(size=(200, 16)))
+    queries = normalise(rng.normal(size=(200, 16)))
     relevance = [[(store.ids[j], 1.0)] for j in rng.integers(0, 400, size=200)]
     result = train_model(store, queries, relevance, options=TrainOptions(seed=0, validation_fraction=0.2, **FAST))
     assert not result.improved, (result.val_before, result.val_after)
@@ -119,7 +109,7 @@ def test_state_round_trip_and_determinism() -> None:
     options = TrainOptions(seed=3, epochs=5, learning_rate=1e-2, batch_size=32, patience=10, num_threads=1)
     first = train_model(store, queries, relevance, options=options)
     second = train_model(store, queries, relevance, options=options)
-    probe = _normalise(np.random.default_rng(0).normal(size=(7, 16)))
+    probe = normalise(np.random.default_rng(0).normal(size=(7, 16)))
     meta, arrays = first.model.to_state()
     loaded = model_from_state(meta, {k: v.copy() for k, v in arrays.items()})
     assert isinstance(loaded, AdapterMemoryModel)
@@ -145,16 +135,16 @@ def test_query_memory_lifts_repeated_queries() -> None:
     """Paraphrases of training queries find their nodes through the remembered-query keys."""
     rng = np.random.default_rng(7)
     store = ArrayStore(rng.normal(size=(300, 16)))
-    base = _normalise(rng.normal(size=(100, 16)))  # queries unrelated to their docs
+    base = normalise(rng.normal(size=(100, 16)))  # queries unrelated to their docs
     targets = rng.integers(0, 300, size=100)
-    queries = _normalise(np.concatenate([base, base + 0.05 * rng.normal(size=base.shape)]))
+    queries = normalise(np.concatenate([base, base + 0.05 * rng.normal(size=base.shape)]))
     relevance = [[(store.ids[t], 1.0)] for t in np.concatenate([targets, targets])]
     result = train_model(
         store, queries, relevance, options=TrainOptions(seed=0, validation_fraction=0.3, node_memory=False, **FAST)
     )
     assert result.improved
     assert result.info["key_weight"] > 0
-    probe = _normalise(base + 0.05 * rng.normal(size=base.shape))
+    probe = normalise(base + 0.05 * rng.normal(size=base.shape))
     relevant = [store.ids[t] for t in targets]
     assert brute_force_recall(store, probe, relevant, 1, result.model) > 0.9
     assert brute_force_recall(store, probe, relevant, 10) < 0.2
@@ -235,9 +225,9 @@ def _paraphrase_task(seed: int, n_base: int):
     """``n_base`` queries unrelated to their random docs, each asked twice (a small paraphrase)."""
     rng = np.random.default_rng(seed)
     store = ArrayStore(rng.normal(size=(300, 16)))
-    base = _normalise(rng.normal(size=(n_base, 16)))
+    base = normalise(rng.normal(size=(n_base, 16)))
     targets = rng.integers(0, 300, size=n_base)
-    queries = _normalise(np.concatenate([base, base + 0.05 * rng.normal(size=base.shape)]))
+    queries = normalise(np.concatenate([base, base + 0.05 * rng.normal(size=base.shape)]))
     relevance = [[(store.ids[t], 1.0)] for t in np.concatenate([targets, targets])]
     return store, queries, relevance
 
@@ -260,7 +250,7 @@ def test_small_sets_are_cross_validated_and_activated_when_memory_helps() -> Non
 def test_small_random_relevance_is_not_activated(seed: int) -> None:
     rng = np.random.default_rng(50 + seed)
     store = ArrayStore(rng.normal(size=(400, 16)))
-    queries = _normalise(rng.normal(size=(40, 16)))
+    queries = normalise(rng.normal(size=(40, 16)))
     relevance = [[(store.ids[j], 1.0)] for j in rng.integers(0, 400, size=40)]
     result = train_model(store, queries, relevance, options=TrainOptions(seed=seed, **FAST))
     assert result.info["validation_folds"] == 5
