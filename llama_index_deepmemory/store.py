@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import threading
 from contextlib import contextmanager
@@ -372,13 +373,15 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     @property
     def deep_memory(self) -> "DeepMemory":
         """This store's Deep Memory manager (created on first use)."""
-        if self._deep_memory is None:
+        manager = self._deep_memory
+        if manager is None:
             with self._deep_memory_lock:
                 if self._deep_memory is None:  # checked again: another thread may have made it
                     from llama_index_deepmemory.deep_memory.api import DeepMemory
 
                     self._deep_memory = DeepMemory(self)
-        return self._deep_memory
+                manager = self._deep_memory
+        return manager
 
     def __len__(self) -> int:
         return len(self._table)
@@ -689,20 +692,25 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             scores[short], slots[short] = ex_scores, ex_slots
         return scores, slots
 
-    def _override_slots(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Slots of Deep Memory override ids (-1 when not stored) and a by-slot membership mask.
+    def _override_slots(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, bool, frozenset[int]]:
+        """Slots of Deep Memory override ids (-1 when not stored), a by-slot membership mask,
+        whether every id is stored, and the stored slots as a set.
 
-        Cached while the model returns the same id list object and the table is unchanged.
+        Cached while the model returns the same id tuple object and the table is unchanged (a
+        list could change in place, so lists are looked up on every call).
         """
         cache = self._override_cache
-        if cache is not None and cache[0] is ids and cache[1] == self._version and cache[2] == len(ids):
-            return cache[3], cache[4]
+        version = self._version
+        if cache is not None and cache[0] is ids and cache[1] == version and type(ids) is tuple:
+            return cache[2]
         get = self._table.slot_of.get
         slots = np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
         mask = np.zeros(self._table.capacity + 1, dtype=bool)  # last cell: the -1 padding slot
-        mask[slots[slots >= 0]] = True
-        self._override_cache = (ids, self._version, len(ids), slots, mask)
-        return slots, mask
+        stored = slots >= 0
+        mask[slots[stored]] = True
+        result = (slots, mask, bool(stored.all()), frozenset(slots[stored].tolist()))
+        self._override_cache = (ids, version, result)
+        return result
 
     def _search_deep_memory(
         self, model: Any, q: np.ndarray, k: int, candidates: np.ndarray | None
@@ -711,49 +719,60 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
 
         Every node outside the model's override set scores ``q_t . v`` (the index); override
         nodes score what the model says. So the plain top ``k`` *non-override* hits plus the
-        (allowed, stored) override nodes contain the true top ``k``.
+        (allowed, stored) override nodes contain the true top ``k``. The common case (no
+        override node reaches the plain top ``k``) costs one search and a handful of calls.
         """
-        qt = np.ascontiguousarray(model.transform_queries(q), dtype=np.float32)
-        if qt.shape != q.shape or not np.isfinite(qt).all():
+        qt = np.asarray(model.transform_queries(q), dtype=np.float32)
+        if qt.shape != q.shape or not math.isfinite(float(qt.sum())):
             raise ValueError(
                 f"the active Deep Memory model returned transformed queries of shape {qt.shape} "
                 f"(expected {q.shape}) or non-finite values"
             )
+        qt = np.ascontiguousarray(qt)
         over_ids, over_scores = model.overrides(qt)
-        over_scores = np.asarray(over_scores, dtype=np.float32).reshape(len(q), len(over_ids))
-        over_slots, over_mask = self._override_slots(over_ids)
-        usable = over_slots >= 0
-        if candidates is not None and usable.any():
-            allowed = np.zeros(self._table.capacity, dtype=bool)
+        over_slots, over_mask, all_stored, over_set = self._override_slots(over_ids)
+        over_scores = np.asarray(over_scores, dtype=np.float32)
+        if over_scores.shape != (len(q), len(over_slots)):
+            over_scores = over_scores.reshape(len(q), len(over_slots))
+        if candidates is not None:
+            allowed = np.zeros(self._table.capacity + 1, dtype=bool)  # last cell: slot -1
             allowed[candidates] = True
-            usable &= allowed[np.where(usable, over_slots, 0)]
-        if not usable.any():
-            return self._search(qt, k, candidates)
-        use_slots = over_slots[usable]
-        use_scores = over_scores[:, usable]
-        # Fetch k plain hits first. Override nodes among them are dropped (their exact scores come
-        # from the model); the top k stays exact as long as, per query, at least as many override
-        # scores reach the last fetched plain score as non-override hits are missing, since every
-        # unfetched node scores at most that much. Otherwise fetch a few more, then all of them.
-        for extra in dict.fromkeys((0, min(len(use_slots), 16), len(use_slots))):
-            plain_scores, plain_slots = self._search(qt, k + extra, candidates)
-            width = plain_slots.shape[1]
-            dropped = over_mask[plain_slots]  # slot -1 reads the last cell, which is False
-            dropped |= plain_slots < 0
-            if width < k + extra or width == 0 or (plain_slots[:, -1] < 0).all():
-                break  # every allowed node was fetched
+            usable = allowed[over_slots]
+            over_slots, over_scores = over_slots[usable], over_scores[:, usable]
+        elif not all_stored:
+            usable = over_slots >= 0
+            over_slots, over_scores = over_slots[usable], over_scores[:, usable]
+        plain_scores, plain_slots = self._search(qt, k, candidates)
+        if not len(over_slots):
+            return plain_scores, plain_slots
+        width = plain_slots.shape[1]
+        if len(q) == 1 and width == k > 0:  # store.query's case, in a few calls
+            merged = _merge_single(plain_scores, plain_slots, over_scores, over_slots, over_set)
+            if merged is not None:
+                return merged
+        # Fetch more plain hits until, per query, at least as many override scores reach the
+        # last fetched plain score as non-override hits are missing (every unfetched node
+        # scores at most that much), or until every allowed node was fetched.
+        for extra in dict.fromkeys((0, min(len(over_slots), 16), len(over_slots))):
+            if extra:
+                plain_scores, plain_slots = self._search(qt, k + extra, candidates)
+                width = plain_slots.shape[1]
+            dropped = over_mask[plain_slots] | (plain_slots < 0)
+            fetched_all = width < k + extra or width == 0 or bool((plain_slots[:, -1] < 0).all())
+            if fetched_all:
+                break
             missing = min(k, width) - (~dropped).sum(axis=1)
-            covered = (use_scores >= plain_scores[:, -1:]).sum(axis=1)
+            covered = (over_scores >= plain_scores[:, -1:]).sum(axis=1)
             if ((missing <= 0) | (covered >= missing)).all():
                 break
-        if 0 < k == width and not dropped.any() and (use_scores < plain_scores[:, -1:]).all():
-            return plain_scores, plain_slots  # the common case: no override node reaches the top k
-        plain_scores = np.where(dropped, -np.inf, plain_scores).astype(np.float32)
+        if not fetched_all:  # nodes below the last fetched plain score cannot reach the top k
+            reach = np.flatnonzero((over_scores >= plain_scores[:, -1:]).any(axis=0))
+            over_slots, over_scores = over_slots[reach], over_scores[:, reach]
         m = len(q)
-        scores = np.concatenate([plain_scores, use_scores], axis=1)
+        scores = np.concatenate([np.where(dropped, -np.inf, plain_scores), over_scores], axis=1)
         slots = np.concatenate([np.where(dropped, -1, plain_slots),
-                                np.broadcast_to(use_slots, (m, len(use_slots)))], axis=1)
-        scores, slots = top_k(scores, slots, min(k, scores.shape[1]))
+                                np.broadcast_to(over_slots, (m, len(over_slots)))], axis=1)
+        scores, slots = top_k(scores.astype(np.float32, copy=False), slots, min(k, scores.shape[1]))
         return scores, np.where(np.isneginf(scores), -1, slots)
 
     # --- StoreView (what Deep Memory may ask) ----------------------------------------------
@@ -1025,6 +1044,39 @@ def _valid_row(row: Any) -> bool:
         and all(isinstance(v, str) for v in (row[0], row[1], row[2], row[4], row[5]))
         and (row[3] is None or isinstance(row[3], str))
     )
+
+
+def _merge_single(
+    plain_scores: np.ndarray,
+    plain_slots: np.ndarray,
+    over_scores: np.ndarray,
+    over_slots: np.ndarray,
+    over_set: frozenset[int],
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Exact top k of one query from its k plain hits and the override scores, or None when the
+    k plain hits do not suffice (too many of them are override nodes scored lower).
+
+    Plain hits that are override nodes are replaced by their override scores; override nodes
+    below the k-th plain score cannot enter. Python on a dozen numbers: after a FAISS scan has
+    flushed the caches this beats a chain of numpy calls.
+    """
+    row_scores, row_slots = plain_scores[0].tolist(), plain_slots[0].tolist()
+    last = row_scores[-1]
+    if row_slots[-1] < 0:
+        return None  # fewer than k allowed nodes: the general path handles it
+    kept = [i for i, slot in enumerate(row_slots) if slot not in over_set]
+    best = float(over_scores.max())
+    if len(kept) == len(row_slots) and best < last:
+        return plain_scores, plain_slots  # the common case: no override node reaches the top k
+    reach = np.flatnonzero(over_scores[0] >= last).tolist() if best >= last else []
+    if len(kept) + len(reach) < len(row_slots):
+        return None
+    merged = [(row_scores[i], row_slots[i]) for i in kept]
+    merged += [(float(over_scores[0, j]), int(over_slots[j])) for j in reach]
+    merged.sort(key=lambda pair: -pair[0])  # stable: plain hits first on ties, like top_k
+    merged = merged[: len(row_slots)]
+    return (np.array([[score for score, _ in merged]], dtype=np.float32),
+            np.array([[slot for _, slot in merged]], dtype=np.int64))
 
 
 def _check_local_fs(fs: Any) -> None:

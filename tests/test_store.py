@@ -393,6 +393,33 @@ def test_deep_memory_overrides_crowding_the_top():
     assert len(everything.ids) == 300 and set(everything.ids[-40:]) == {f"n{i}" for i in nearest}
 
 
+def test_override_ids_changed_in_place_are_not_served_from_a_stale_cache():
+    """The store caches override slots by the identity of a model's id tuple; a model that hands
+    out one list and edits it in place must still be merged with its current ids."""
+    nodes, vectors = make_nodes(200, seed=22)
+    store = DeepMemoryVectorStore(metric="ip")
+    store.add(nodes)
+    q = np.random.default_rng(23).normal(size=DIM).astype(np.float32)
+    worst = [f"n{i}" for i in np.argsort(vectors @ q)[:2]]  # the two lowest plain scores
+    model = ShiftAndBoost(DIM, matrix=np.eye(DIM), ids=worst, boosts=[1e3, 1e3])
+    install(store, model)
+    assert query(store, q, 2, deep_memory=True).ids == worst
+    model.ids[:] = [f"n{i}" for i in np.argsort(vectors @ q)[2:4]]  # same list object, new ids
+    assert query(store, q, 2, deep_memory=True).ids == model.ids
+
+
+def test_adapter_model_hands_out_one_id_tuple():
+    """AdapterMemoryModel returns the same immutable ids on every call, so the store's slot
+    lookup is cached instead of redone per query."""
+    from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
+
+    rng = np.random.default_rng(24)
+    model = AdapterMemoryModel(DIM, memory_ids=["n1", "n2"], memory_vectors=rng.normal(size=(2, DIM)))
+    q = model.transform_queries(rng.normal(size=(1, DIM)))
+    first, second = model.overrides(q)[0], model.overrides(q)[0]
+    assert first is second and isinstance(first, tuple)
+
+
 def test_concurrent_queries_while_writing_stay_consistent():
     stable, stable_vecs = make_nodes(400, seed=17, prefix="s")
     churn, _ = make_nodes(300, seed=18, prefix="c")

@@ -182,7 +182,9 @@ def test_unknown_relevant_ids_are_refused() -> None:
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
-def test_model_scores_match_brute_force(metric: str) -> None:
+@pytest.mark.parametrize("n_queries", [1, 4, 12])  # 12: past SMALL_BATCH, the BLAS path
+@pytest.mark.parametrize("threshold", [-0.2, 0.95])  # most keys fire / (almost) none does
+def test_model_scores_match_brute_force(metric: str, n_queries: int, threshold: float) -> None:
     """transform + overrides reproduce the documented formula, computed here with plain loops."""
     rng = np.random.default_rng(11)
     d, n_mem = 8, 5
@@ -198,9 +200,9 @@ def test_model_scores_match_brute_force(metric: str) -> None:
         link_node=np.array([1, 2, 2, 4]),
         link_weight=np.array([1.0, 0.5, 1.0, 1.0]),
         key_weight=0.7,
-        key_threshold=-0.2,
+        key_threshold=threshold,
     )
-    queries = rng.normal(size=(4, d)).astype(np.float32)
+    queries = rng.normal(size=(n_queries, d)).astype(np.float32)
     transformed = model.transform_queries(queries)
     ids, scores = model.overrides(transformed)
     assert ids == model.memory_ids

@@ -79,9 +79,13 @@ class DeepMemoryModel:
         """(m, d) -> (m, d). Identity here."""
         return queries
 
-    def overrides(self, transformed: np.ndarray) -> tuple[list[str], np.ndarray]:
-        """Exact scores for nodes whose score differs from the plain index. None here."""
-        return [], np.zeros((transformed.shape[0], 0), dtype=np.float32)
+    def overrides(self, transformed: np.ndarray) -> tuple[Sequence[str], np.ndarray]:
+        """Exact scores for nodes whose score differs from the plain index. None here.
+
+        The store caches its id -> slot lookup by the identity of the returned id sequence, so
+        return the same immutable sequence (e.g. a tuple) on every call.
+        """
+        return (), np.zeros((transformed.shape[0], 0), dtype=np.float32)
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """JSON-able metadata and named arrays."""
