@@ -173,6 +173,7 @@ def run_methods(
     train: RetrievalSplit,
     train_vectors: np.ndarray,
     test_vectors: np.ndarray,
+    test_texts: list[str],
     options: dict,
     seeds: tuple[int, ...] = (0,),
 ) -> list[MethodRun]:
@@ -199,6 +200,12 @@ def run_methods(
             ranker = peer_methods.nudge_n(docs, train_vectors, index_relevance)
         elif name == "llamaindex":
             ranker = peer_methods.llamaindex_adapter(docs, doc_texts, train_vectors, train.query_texts, index_relevance)
+        elif name == "bm25":
+            ranker = peer_methods.bm25(doc_texts, test_texts)
+        elif name == "hybrid":
+            ranker = peer_methods.dense_bm25_hybrid(
+                docs, doc_texts, train_vectors, train.query_texts, index_relevance, test_texts
+            )
         else:
             raise ValueError(f"unknown peer {name!r}; choose from {peer_methods.PEERS}")
         seconds = time.perf_counter() - start
@@ -206,8 +213,15 @@ def run_methods(
         logger.info("%s trained in %.1fs", name, seconds)
 
     for seed in seeds:
-        run = train_ours(doc_ids, doc_texts, docs, train, train_vectors, test_vectors, {"seed": seed, **options})
+        run = train_ours(doc_ids, doc_texts, docs, train, train_vectors, test_vectors, test_texts, {"seed": seed, **options})
         run.name = f"deep memory (ours, seed {seed})" if len(seeds) > 1 else run.name
+        runs.append(run)
+    if "lexical" not in options:  # what the keyword re-scoring adds: the same training without it
+        run = train_ours(
+            doc_ids, doc_texts, docs, train, train_vectors, test_vectors, test_texts,
+            {"seed": seeds[0], **options, "lexical": False},
+        )
+        run.name = f"deep memory, dense only (ours, lexical=False, seed {seeds[0]})"
         runs.append(run)
     return runs
 
@@ -219,6 +233,7 @@ def train_ours(
     train: RetrievalSplit,
     train_vectors: np.ndarray,
     test_vectors: np.ndarray,
+    test_texts: list[str],
     options: dict,
 ) -> MethodRun:
     """Deep Memory through the real store: add nodes, ``store.deep_memory.train``, rank with
@@ -239,12 +254,13 @@ def train_ours(
         record = store.deep_memory.status(job_id)
     seconds = time.perf_counter() - start
     active = store.deep_memory.active_model() is not None
-    ranked = store.deep_memory.search_ids(test_vectors, 10, deep_memory=active)
+    ranked = store.deep_memory.search_ids(test_vectors, 10, deep_memory=active, texts=test_texts)
     info = record.get("info") or {}
     before, after = record["val_before"]["ndcg@10"], record["val_after"]["ndcg@10"]
     note = (
         f"val nDCG@10 {before:.3f}->{after:.3f}, {'activated' if active else 'NOT activated'}, "
-        f"best epoch {info.get('best_epoch')}, keys w={info.get('key_weight')} t={info.get('key_threshold')}"
+        f"best epoch {info.get('best_epoch')}, keys w={info.get('key_weight')} t={info.get('key_threshold')}, "
+        f"keyword w={info.get('lexical_weight')}"
     )
     return MethodRun("deep memory (ours)", ranked, seconds, note)
 
@@ -254,6 +270,8 @@ PEER_LABELS = {
     "linear": "query-only linear adapter (listwise, whole corpus)",
     "nudge": "NUDGE-N (nudge-ft 0.1.2)",
     "llamaindex": "LlamaIndex EmbeddingAdapterFinetuneEngine (linear, 4 epochs)",
+    "bm25": "BM25 alone (keywords, no embeddings)",
+    "hybrid": "no adapter + BM25 re-scoring of the top 50 (weight picked on train queries)",
 }
 
 
@@ -279,7 +297,8 @@ def bench_scifact(folder: Path, peers: list[str], options: dict, seeds: tuple[in
     train_docs = {node for rel in data.train.relevance for node, _ in rel}
     disjoint = [i for i, rel in enumerate(data.test.relevance) if not any(node in train_docs for node, _ in rel)]
     runs = run_methods(
-        peers, data.doc_ids, data.doc_texts, docs, data.train, train_vectors, test_vectors, options, seeds
+        peers, data.doc_ids, data.doc_texts, docs, data.train, train_vectors, test_vectors,
+        data.test.query_texts, options, seeds,
     )
     rows = []
     for run in runs:
@@ -322,7 +341,10 @@ def bench_python_faq(
         train = RetrievalSplit(
             [faq.query_ids[i] for i in train_idx], [faq.queries[i] for i in train_idx], [faq.relevance[i] for i in train_idx]
         )
-        runs = run_methods(peers, doc_ids, doc_texts, docs, train, queries[train_idx], queries[test_idx], options)
+        test_texts = [faq.queries[i] for i in test_idx]
+        runs = run_methods(
+            peers, doc_ids, doc_texts, docs, train, queries[train_idx], queries[test_idx], test_texts, options
+        )
         for run in runs:
             ranked_by_method.setdefault(run.name, []).extend(run.ranked)
             seconds[run.name] = seconds.get(run.name, 0.0) + run.seconds
@@ -349,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--faq-distractors", default="tutorial,howto", help="doc folders added as distractors in a second FAQ run ('' to skip)"
     )
-    parser.add_argument("--peers", default="none,linear,nudge,llamaindex", help="comma-separated peers to run")
+    parser.add_argument("--peers", default="none,linear,nudge,llamaindex,bm25,hybrid", help="comma-separated peers to run")
     parser.add_argument("--options", default="{}", help="JSON TrainOptions for our method, e.g. '{\"epochs\": 20}'")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of our method on SciFact (validation split, init)")
     parser.add_argument("--skip-scifact", action="store_true")

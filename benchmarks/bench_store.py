@@ -6,7 +6,8 @@
 Prints (targets from the issue):
 * add: store.add vs raw FAISS add + keeping the node in a dict (target <= 2x);
 * query k=10 p50: store.query vs raw ``faiss.Index.search`` on the store's own index (<= 1.2x);
-* deep_memory=True query p50 vs plain query, with a trained-like model (<= 1.05x);
+* deep_memory=True query p50 vs plain query, with a trained-like model (<= 1.05x), and the same
+  model with keyword (BM25) re-scoring of its top 50;
 * persist + load: store vs SimpleVectorStore on the same nodes (>= 10x faster); see --simple-n.
 """
 
@@ -98,6 +99,14 @@ def p50_pair(first, second, items) -> tuple[float, float]:
     return statistics.median(a), statistics.median(b)
 
 
+def synthetic_texts(n: int, words: int, rng: np.random.Generator, vocabulary: int = 20_000) -> list[str]:
+    """``n`` texts of ``words`` words drawn from a Zipf-like vocabulary (for keyword scores)."""
+    ranks = np.arange(1, vocabulary + 1)
+    p = 1.0 / ranks
+    draws = rng.choice(vocabulary, size=(n, words), p=p / p.sum())
+    return [" ".join(f"w{j}" for j in row) for row in draws]
+
+
 def trained_like_model(vectors: np.ndarray, n_memory: int, n_keys: int, rng: np.random.Generator):
     """An ``AdapterMemoryModel`` shaped like one trained on ``n_keys`` queries: a near-identity
     adapter, ``n_memory`` memory nodes (stored vector plus a small learned delta), every training
@@ -138,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-nodes", type=int, default=1000,
                         help="memory nodes of the Deep Memory model (SciFact's trained model has ~900)")
     parser.add_argument("--keys", type=int, default=1000, help="remembered training queries (SciFact: 809)")
+    parser.add_argument("--keyword-words", type=int, default=100,
+                        help="words per synthetic node text for the keyword re-scoring measurement (0 skips it)")
     parser.add_argument("--simple-n", type=int, default=10_000,
                         help="nodes for the side-by-side SimpleVectorStore persist+load (0 skips it; slow)")
     args = parser.parse_args(argv)
@@ -190,6 +201,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"deep_memory p50: {dm_q * 1e3:.2f}ms vs plain {plain_q * 1e3:.2f}ms  ratio {dm_q / plain_q:.3f}x "
           f"({len(model.memory_ids)} memory nodes + {args.keys} keys + {args.dim}x{args.dim} adapter; target <= 1.05)")
+    if args.keyword_words:
+        # the same model plus keyword re-scoring of the top 50 (queries carry query_str)
+        from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
+
+        t0 = time.perf_counter()
+        lexical = LexicalIndex([f"node-{i}" for i in range(args.n)], synthetic_texts(args.n, args.keyword_words, rng))
+        print(f"keyword index of {args.n} texts x {args.keyword_words} words built in {time.perf_counter() - t0:.1f}s")
+        model.lexical, model.lexical_weight = lexical, 0.1
+        strings = synthetic_texts(len(dm_queries), 8, rng)
+        pairs_with_text = list(zip(dm_queries, strings))
+        lex_q, plain_q = p50_pair(
+            lambda p: store.query(VectorStoreQuery(query_embedding=p[0], query_str=p[1], similarity_top_k=10), deep_memory=True),
+            lambda p: store.query(VectorStoreQuery(query_embedding=p[0], query_str=p[1], similarity_top_k=10)),
+            pairs_with_text,
+        )
+        print(f"deep_memory + keywords p50: {lex_q * 1e3:.2f}ms vs plain {plain_q * 1e3:.2f}ms  ratio {lex_q / plain_q:.3f}x "
+              "(the same model re-scoring its top 50 with BM25)")
     del store.deep_memory._models["bench"]
     store.deep_memory._active = None
 

@@ -195,7 +195,60 @@ def llamaindex_adapter(
     return rank
 
 
-PEERS = ("none", "linear", "nudge", "llamaindex")
+PEERS = ("none", "linear", "nudge", "llamaindex", "bm25", "hybrid")
+
+
+def _keyword_index(doc_texts: list[str]):
+    from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
+
+    return LexicalIndex([str(i) for i in range(len(doc_texts))], doc_texts)
+
+
+def bm25(doc_texts: list[str], query_texts: list[str]) -> Ranker:
+    """Okapi BM25 alone (our LexicalIndex, k1=0.9, b=0.4); ranks ``query_texts`` (the vectors
+    passed to the ranker are ignored)."""
+    index = _keyword_index(doc_texts)
+
+    def rank(queries: np.ndarray, k: int) -> np.ndarray:
+        return np.stack([top_k(index.scores(text, index.ids)[None, :], k)[0] for text in query_texts])
+
+    return rank
+
+
+def dense_bm25_hybrid(
+    docs: np.ndarray,
+    doc_texts: list[str],
+    train_vectors: np.ndarray,
+    train_texts: list[str],
+    relevance: IndexRelevance,
+    query_texts: list[str],
+    depth: int = 50,
+    weights: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3),
+) -> Ranker:
+    """Untrained hybrid: plain cosine top ``depth`` re-scored with ``weight * bm25 / max bm25``
+    (what our model does, without the adapter or memory); the weight is the best on the
+    training queries by nDCG@10."""
+    from llama_index_deepmemory.metrics import ndcg_at_k
+
+    index = _keyword_index(doc_texts)
+
+    def ranked(vectors: np.ndarray, texts: list[str], weight: float, k: int) -> np.ndarray:
+        candidates = top_k(vectors @ docs.T, depth)
+        dense = np.take_along_axis(vectors @ docs.T, candidates, axis=1)
+        rows = []
+        for row, text, scores in zip(candidates, texts, dense):
+            keyword = index.scores(text, [index.ids[j] for j in row])
+            fused = scores + (weight / keyword.max() * keyword if keyword.max() > 0 else 0.0)
+            rows.append(row[np.argsort(-fused, kind="stable")[:k]])
+        return np.stack(rows)
+
+    as_ids = [[(str(j), w) for j, w in rel] for rel in relevance]
+    best = max(
+        weights,
+        key=lambda w: ndcg_at_k([[str(j) for j in row] for row in ranked(train_vectors, train_texts, w, 10)], as_ids, 10),
+    )
+    logger.info("hybrid keyword weight chosen on the training queries: %s", best)
+    return lambda queries, k: ranked(queries, query_texts, best, k)
 
 
 def import_peer(name: str) -> None:

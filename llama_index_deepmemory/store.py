@@ -654,6 +654,9 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             candidates = self._select(node_ids, doc_ids, query.filters) if restricted else None
             if model is None:
                 scores, slots = self._search(q, k, candidates)
+            elif model.rerank_depth and query.query_str:
+                scores, slots = self._search_deep_memory(model, q, max(k, model.rerank_depth), candidates)
+                scores, slots = self._rerank(model, scores, slots, [query.query_str], k)
             else:
                 scores, slots = self._search_deep_memory(model, q, k, candidates)
             scores, slots = scores[0], slots[0]
@@ -775,6 +778,22 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         scores, slots = top_k(scores.astype(np.float32, copy=False), slots, min(k, scores.shape[1]))
         return scores, np.where(np.isneginf(scores), -1, slots)
 
+    def _rerank(
+        self, model: Any, scores: np.ndarray, slots: np.ndarray, texts: Sequence[str | None], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` per row after the model re-scores each row's candidates with its query text."""
+        ids = self._table.ids
+        out_scores = np.full((len(slots), min(k, slots.shape[1])), -np.inf, dtype=np.float32)
+        out_slots = np.full(out_scores.shape, -1, dtype=np.int64)
+        for row, (row_scores, row_slots, text) in enumerate(zip(scores, slots, texts)):
+            valid = row_slots >= 0
+            row_scores, row_slots = row_scores[valid], row_slots[valid]
+            fused = model.rerank(text, [ids[s] for s in row_slots.tolist()], row_scores)
+            order = np.argsort(-fused, kind="stable")[: out_scores.shape[1]]
+            out_scores[row, : len(order)] = fused[order]
+            out_slots[row, : len(order)] = row_slots[order]
+        return out_scores, out_slots
+
     # --- StoreView (what Deep Memory may ask) ----------------------------------------------
     def missing_ids(self, node_ids: Sequence[str]) -> list[str]:
         slot_of = self._table.slot_of
@@ -791,6 +810,19 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             slot_of = self._table.slot_of
             slots = np.fromiter((slot_of[i] for i in node_ids), dtype=np.int64, count=len(node_ids))
             return self._index.reconstruct(slots)
+
+    def iter_texts(self, batch_size: int = 65536) -> Iterator[tuple[list[str], list[str]]]:
+        """All stored (ids, texts) in batches; each batch is read under the lock."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        with self._lock.read():
+            slots = self._table.live_slots()
+        for start in range(0, len(slots), batch_size):
+            with self._lock.read():
+                table = self._table
+                chunk = [s for s in slots[start : start + batch_size].tolist() if table.live[s]]
+                ids, texts = [table.ids[s] for s in chunk], [table.texts[s] or "" for s in chunk]
+            yield ids, texts
 
     def iter_vectors(self, batch_size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
         """All stored (ids, vectors) in batches; each batch is read under the lock."""
@@ -813,15 +845,21 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         return self._as_matrix(vectors, "query vectors")
 
     def search_vectors(
-        self, queries: np.ndarray, k: int, deep_memory: bool = False
+        self, queries: np.ndarray, k: int, deep_memory: bool = False, texts: Sequence[str | None] | None = None
     ) -> tuple[np.ndarray, list[list[str]]]:
         """Batched search of prepared queries: scores (m, k') and node ids, ranked exactly as
-        ``query(..., deep_memory=deep_memory)`` ranks them (plain search by default)."""
+        ``query(..., deep_memory=deep_memory)`` ranks them (plain search by default); ``texts``
+        are the queries' strings (``query_str``), used by a model that re-scores with keywords."""
         model = self.deep_memory.require_active_model() if deep_memory else None
         q = np.ascontiguousarray(queries, dtype=np.float32)
+        if texts is not None and len(texts) != len(q):
+            raise ValueError(f"got {len(texts)} query texts for {len(q)} query vectors; pass one per query")
         with self._lock.read():
             if model is None:
                 scores, slots = self._search(q, k, None)
+            elif model.rerank_depth and texts is not None:
+                scores, slots = self._search_deep_memory(model, q, max(k, model.rerank_depth), None)
+                scores, slots = self._rerank(model, scores, slots, texts, k)
             else:
                 scores, slots = self._search_deep_memory(model, q, k, None)
             ids = self._table.ids

@@ -88,7 +88,7 @@ class DeepMemory:
         record = jobs.JobRecord(job_id, options=options_json, num_queries=len(rows))
 
         def work(context: jobs.JobContext) -> None:
-            self._run_training(context, prepared, rows, train_options, model_name)
+            self._run_training(context, prepared, rows, train_options, model_name, queries)
 
         busy = [r.job_id for r in self._jobs.records() if r.status in (jobs.QUEUED, jobs.RUNNING)]
         self._jobs.submit(record, work)
@@ -116,6 +116,7 @@ class DeepMemory:
         relevance: Relevance,
         options: "TrainOptions",
         model_name: str,
+        query_texts: list[str] | None = None,
     ) -> None:
         """The job body: train, then save and (if it improved) activate the model."""
         from llama_index_deepmemory.deep_memory.training import TrainingCancelled, train_model
@@ -123,7 +124,7 @@ class DeepMemory:
         try:
             result = train_model(
                 self._store, vectors, relevance, options=options,
-                progress=context.progress, should_stop=context.should_stop,
+                progress=context.progress, should_stop=context.should_stop, query_texts=query_texts,
             )
         except TrainingCancelled as exc:
             raise jobs.JobCancelled(str(exc)) from exc
@@ -287,27 +288,43 @@ class DeepMemory:
             if use_model and model is None:
                 print("No active Deep Memory model: train one (store.deep_memory.train) to compare.")
                 break
-            ranked = self._search_prepared(prepared, max(ks), use_model)
+            ranked = self._search_prepared(prepared, max(ks), use_model, texts=queries)
             results[label] = {f"recall@{k}": float(recall_at_k(ranked, rows, k)) for k in ks}
             print(f"---- Evaluating {title} ---- ")
             for k in ks:
                 print(f"Recall@{k}:\t {100 * results[label][f'recall@{k}']:5.1f}%")
         return results
 
-    def search_ids(self, vectors: Any, k: int, deep_memory: bool, batch_size: int = 1024) -> list[list[str]]:
-        """Top-``k`` node ids per raw query vector, batched, ranked as ``store.query(deep_memory=...)``."""
+    def search_ids(
+        self,
+        vectors: Any,
+        k: int,
+        deep_memory: bool,
+        batch_size: int = 1024,
+        texts: Sequence[str | None] | None = None,
+    ) -> list[list[str]]:
+        """Top-``k`` node ids per raw query vector, batched, ranked as ``store.query(deep_memory=...)``
+        ranks queries whose ``query_str`` is the matching entry of ``texts`` (None: no query text)."""
         if deep_memory:
             self.require_active_model()
-        return self._search_prepared(self._store.prepare_queries(vectors), k, deep_memory, batch_size)
+        return self._search_prepared(self._store.prepare_queries(vectors), k, deep_memory, batch_size, texts)
 
     def _search_prepared(
-        self, prepared: np.ndarray, k: int, deep_memory: bool, batch_size: int = 1024
+        self,
+        prepared: np.ndarray,
+        k: int,
+        deep_memory: bool,
+        batch_size: int = 1024,
+        texts: Sequence[str | None] | None = None,
     ) -> list[list[str]]:
         """:meth:`search_ids` for vectors already through ``store.prepare_queries``."""
+        if texts is not None and len(texts) != len(prepared):
+            raise ValueError(f"got {len(texts)} query texts for {len(prepared)} query vectors; pass one per query")
         ranked: list[list[str]] = []
         for start in range(0, len(prepared), batch_size):
             chunk = prepared[start : start + batch_size]
-            ranked.extend(self._store.search_vectors(chunk, int(k), deep_memory=deep_memory)[1])
+            chunk_texts = None if texts is None else list(texts[start : start + batch_size])
+            ranked.extend(self._store.search_vectors(chunk, int(k), deep_memory=deep_memory, texts=chunk_texts)[1])
         return ranked
 
     # --- input checks and embedding ----------------------------------------------------------

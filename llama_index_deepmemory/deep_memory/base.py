@@ -49,10 +49,14 @@ class StoreView(Protocol):
         """Validate query vectors (dimension, finite) and return ``(m, d) float32`` as searched."""
 
     def search_vectors(
-        self, queries: np.ndarray, k: int, deep_memory: bool = False
+        self, queries: np.ndarray, k: int, deep_memory: bool = False, texts: Sequence[str | None] | None = None
     ) -> tuple[np.ndarray, list[list[str]]]:
         """Batched search of prepared queries: scores ``(m, k')`` and node ids, ranked as
-        ``query(..., deep_memory=deep_memory)`` ranks them (plain by default; training uses plain)."""
+        ``query(..., deep_memory=deep_memory)`` ranks them (plain by default; training uses plain).
+        ``texts`` are the query strings a model with ``rerank_depth`` uses (like ``query_str``)."""
+
+    def iter_texts(self, batch_size: int = 65536) -> Iterator[tuple[list[str], list[str]]]:
+        """All stored (ids, texts) in batches; Deep Memory builds its keyword index from them."""
 
 
 class DeepMemoryModel:
@@ -64,6 +68,8 @@ class DeepMemoryModel:
     2. ``ids, scores = overrides(q_t)`` -> ids (n,), scores (m, n): exact "with memory" scores for a
        small set of nodes (learned per-node memory); every other node scores with the plain
        ``q_t . v`` of the stored index. The store merges both, so stored vectors never change.
+    3. When ``rerank_depth > 0`` and the query text is known, the top ``rerank_depth`` merged
+       candidates are re-scored by ``rerank`` (e.g. keyword scores) and the top ``k`` kept.
 
     Subclasses implement the math and the state round trip; the state is plain JSON plus numpy
     arrays so it can be saved with safetensors (never pickle).
@@ -86,6 +92,13 @@ class DeepMemoryModel:
         return the same immutable sequence (e.g. a tuple) on every call.
         """
         return (), np.zeros((transformed.shape[0], 0), dtype=np.float32)
+
+    rerank_depth: int = 0  # > 0: the store re-scores this many top candidates of queries with text
+
+    def rerank(self, query_text: str | None, node_ids: Sequence[str], scores: np.ndarray) -> np.ndarray:
+        """Final scores of one query's top ``rerank_depth`` candidates (ids, scores from steps 1-2),
+        given the query text when the caller has it. Unchanged here."""
+        return scores
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """JSON-able metadata and named arrays."""

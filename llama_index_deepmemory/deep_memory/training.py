@@ -16,6 +16,7 @@ with ``improved=False`` so the API never activates it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -28,6 +29,7 @@ import numpy as np
 
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView
 from llama_index_deepmemory.deep_memory.losses import CandidateSource, listwise_loss, store_scores
+from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
 from llama_index_deepmemory.metrics import ndcg_at_k, recall_at_k
 
@@ -70,6 +72,8 @@ class TrainOptions:
     query_memory: bool = True
     key_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
     key_weights: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 1.0, 2.0)
+    lexical: bool = True  # try keyword (BM25) re-scoring of the top candidates; needs query texts
+    lexical_weights: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
     patience: int = 6
     min_improvement: float = 0.0
     gate_z: float = 2.0
@@ -123,6 +127,13 @@ class TrainOptions:
             raise ValueError(f"num_threads must be None (torch's default) or a positive integer, got {self.num_threads!r}")
         if self.device is not None and not isinstance(self.device, str):
             raise ValueError(f"device must be None, 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if not isinstance(self.lexical, bool):
+            raise ValueError(f"lexical must be True or False, got {self.lexical!r}")
+        if isinstance(self.lexical_weights, (str, bytes)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            for v in self.lexical_weights
+        ):
+            raise ValueError(f"lexical_weights must be a sequence of finite numbers > 0, got {self.lexical_weights!r}")
         for name in ("key_thresholds", "key_weights"):
             values = getattr(self, name)
             if isinstance(values, (str, bytes)) or not all(
@@ -175,6 +186,7 @@ def rank_with_model(
     k: int = 10,
     forget: Sequence[set[str]] | None = None,
     plain_cache: dict[bytes, tuple[np.ndarray, list[list[str]]]] | None = None,
+    texts: Sequence[str | None] | None = None,
 ) -> list[list[str]]:
     """Top-``k`` node ids per query, plain or with ``model`` (transform + merged overrides).
 
@@ -182,16 +194,18 @@ def rank_with_model(
     from it and re-entered with their override scores. ``forget[i]`` (optional) names nodes whose
     memory query ``i`` must not use: they score as plain stored vectors, as if the model had never
     seen them (a counterfactual "unseen" check). ``plain_cache`` reuses plain searches of
-    identical transformed queries (e.g. while only the query memory changes).
+    identical transformed queries (e.g. while only the query memory changes). With ``texts``, a
+    model with ``rerank_depth`` re-scores each query's top candidates as the store does.
     """
     n_nodes = len(store)
     if model is None:
         _, ids = store.search_vectors(queries, min(k, n_nodes))
         return [list(row) for row in ids]
+    depth = max(k, model.rerank_depth) if texts is not None and model.rerank_depth else k
     transformed = np.ascontiguousarray(model.transform_queries(queries), dtype=np.float32)
     override_ids, override_scores = model.overrides(transformed)
     overridden = set(override_ids)
-    scores, ids = _plain_search(store, transformed, overridden, k, plain_cache)
+    scores, ids = _plain_search(store, transformed, overridden, depth, plain_cache)
     ranked: list[list[str]] = []
     for i, (row_scores, row_ids, over_row) in enumerate(zip(scores, ids, override_scores)):
         forgotten = forget[i] if forget is not None else set()
@@ -199,9 +213,14 @@ def rank_with_model(
             (float(s), node) for s, node in zip(row_scores, row_ids) if node not in overridden or node in forgotten
         ]
         if len(override_ids):
-            top = np.argsort(-over_row, kind="stable")[: k + len(forgotten)]
-            pairs += [(float(over_row[j]), override_ids[j]) for j in top if override_ids[j] not in forgotten][:k]
+            top = np.argsort(-over_row, kind="stable")[: depth + len(forgotten)]
+            pairs += [(float(over_row[j]), override_ids[j]) for j in top if override_ids[j] not in forgotten][:depth]
         pairs.sort(key=lambda p: -p[0])
+        pairs = pairs[:depth]
+        if depth > k:
+            nodes = [node for _, node in pairs]
+            fused = model.rerank(texts[i], nodes, np.asarray([score for score, _ in pairs], dtype=np.float32))
+            pairs = [(0.0, nodes[j]) for j in np.argsort(-fused, kind="stable")]
         ranked.append([node for _, node in pairs[:k]])
     return ranked
 
@@ -239,6 +258,7 @@ def _plain_search(
 class _Split:
     queries: np.ndarray
     relevance: Relevance
+    texts: list[str] | None = None  # query strings, when known (keyword re-scoring needs them)
 
 
 class _Context:
@@ -416,6 +436,40 @@ def _add_keys(
     )
 
 
+def _with_lexical(model: AdapterMemoryModel, lexical: LexicalIndex, weight: float) -> AdapterMemoryModel:
+    """``model`` re-scoring its top candidates with ``weight`` times their scaled BM25 scores."""
+    keyed = copy.copy(model)  # every other array is shared, unchanged
+    keyed.lexical, keyed.lexical_weight = lexical, float(weight)
+    return keyed
+
+
+def _build_lexical(store: StoreView) -> LexicalIndex | None:
+    """A keyword index of every stored text, or None when the store offers no texts."""
+    iter_texts = getattr(store, "iter_texts", None)
+    if iter_texts is None:
+        return None
+    ids: list[str] = []
+    texts: list[str] = []
+    for batch_ids, batch_texts in iter_texts():
+        ids.extend(batch_ids)
+        texts.extend(batch_texts)
+    if not any(text.strip() for text in texts):
+        return None
+    return LexicalIndex(ids, texts)
+
+
+def _check_texts(query_texts: Sequence[str] | None, n_queries: int) -> list[str] | None:
+    if query_texts is None:
+        return None
+    texts = list(query_texts)
+    if len(texts) != n_queries:
+        raise ValueError(f"got {len(texts)} query texts for {n_queries} query vectors; pass one per query")
+    bad = [t for t in texts if not isinstance(t, str)]
+    if bad:
+        raise ValueError(f"query texts must be strings, got e.g. {bad[0]!r}")
+    return texts
+
+
 @dataclass
 class _Evaluation:
     """Validation metrics, per-query nDCG@10, and per-query nDCG@10 with each query's own
@@ -430,12 +484,14 @@ def _evaluate(
     store: StoreView, split: _Split, model: DeepMemoryModel | None, cache: dict | None = None
 ) -> _Evaluation:
     cache = {} if cache is None else cache
-    ranked = rank_with_model(store, split.queries, model, plain_cache=cache)
+    ranked = rank_with_model(store, split.queries, model, plain_cache=cache, texts=split.texts)
     per_query = np.asarray(ndcg_at_k(ranked, split.relevance, 10, per_query=True))
     per_query_unseen = per_query
     if model is not None:
         forget = [{node for node, _ in pairs} for pairs in split.relevance]
-        ranked_unseen = rank_with_model(store, split.queries, model, forget=forget, plain_cache=cache)
+        ranked_unseen = rank_with_model(
+            store, split.queries, model, forget=forget, plain_cache=cache, texts=split.texts
+        )
         per_query_unseen = np.asarray(ndcg_at_k(ranked_unseen, split.relevance, 10, per_query=True))
     return _Evaluation(ranking_metrics(ranked, split.relevance), per_query, per_query_unseen)
 
@@ -468,7 +524,9 @@ class _Fold:
     held_out: bool
 
 
-def _split_queries(query_vectors: np.ndarray, relevance: Relevance, options: TrainOptions) -> list[_Fold]:
+def _split_queries(
+    query_vectors: np.ndarray, relevance: Relevance, options: TrainOptions, texts: list[str] | None = None
+) -> list[_Fold]:
     """Seeded folds. One fold: the old (train, validation_fraction) split, validation falling back
     to the training queries when none is held out. K folds: every query validates exactly once."""
     m = len(relevance)
@@ -476,7 +534,7 @@ def _split_queries(query_vectors: np.ndarray, relevance: Relevance, options: Tra
     order = rng.permutation(m)
 
     def take(idx: np.ndarray) -> _Split:
-        return _Split(query_vectors[idx], [relevance[i] for i in idx])
+        return _Split(query_vectors[idx], [relevance[i] for i in idx], None if texts is None else [texts[i] for i in idx])
 
     n_folds = _fold_count(m, options)
     if n_folds > 1:
@@ -575,8 +633,12 @@ def train_model(
     options: TrainOptions,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    query_texts: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train an :class:`AdapterMemoryModel` on (query vector, relevant ids with weights) pairs.
+
+    With ``query_texts`` (and ``options.lexical``), keyword (BM25) re-scoring of the top
+    candidates is tried too, with a weight chosen on validation like everything else.
 
     ``options.num_threads`` (when set) applies torch's process-wide CPU thread count for the
     duration of the call and restores it afterwards. The default, 1, is the fastest for these
@@ -590,7 +652,7 @@ def train_model(
     if options.num_threads is not None:
         torch.set_num_threads(options.num_threads)
     try:
-        return _train(store, query_vectors, relevance, options, progress, should_stop)
+        return _train(store, query_vectors, relevance, options, progress, should_stop, query_texts)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -602,14 +664,16 @@ def _train(
     options: TrainOptions,
     progress: Callable[[float, str], None] | None,
     should_stop: Callable[[], bool] | None,
+    query_texts: Sequence[str] | None = None,
 ) -> TrainResult:
     import torch
 
     queries = _check_inputs(store, query_vectors, relevance)
+    texts = _check_texts(query_texts, len(queries))
     relevance = [[(str(node), float(w)) for node, w in pairs] for pairs in relevance]
     ctx = _Context(store, options, progress, should_stop)
     torch.manual_seed(options.seed)
-    folds = _split_queries(queries, relevance, options)
+    folds = _split_queries(queries, relevance, options, texts)
     held_out = folds[0].held_out
     n_val = sum(len(f.val.relevance) for f in folds) if held_out else 0
     ctx.report(0.0, f"training on {len(relevance)} queries, {len(folds)} validation fold(s), {n_val} validated")
@@ -653,6 +717,23 @@ def _train(
                 if selection.offer(candidate):
                     key_weight, key_threshold = weight, threshold
         ctx.report(0.85, f"query memory: weight {key_weight}, threshold {key_threshold}")
+    lexical, lexical_weight = None, 0.0
+    if options.lexical and texts is not None:
+        lexical = _build_lexical(store)
+    if lexical is not None:
+        keyed = [
+            _add_keys(store, base, f.train, key_weight, key_threshold) if key_weight > 0 else base
+            for f, base in zip(folds, base_models)
+        ]
+        for weight in options.lexical_weights:
+            ctx.check_stop()
+            candidate = _pool([
+                _evaluate(store, f.val, _with_lexical(model, lexical, weight), cache)
+                for f, model, cache in zip(folds, keyed, plain_caches)
+            ])
+            if selection.offer(candidate):
+                lexical_weight = weight
+        ctx.report(0.87, f"keyword re-scoring: weight {lexical_weight}")
     improved = significant_gain(before.per_query, selection.best.per_query, options.min_improvement, options.gate_z)
 
     # refit even when not improved: a kept model a user activates by hand should use every query
@@ -668,6 +749,8 @@ def _train(
         final, refitted = refit.model(), True
     if key_weight > 0:
         final = _add_keys(store, final, final_split, key_weight, key_threshold)
+    if lexical_weight > 0:
+        final = _with_lexical(final, lexical, lexical_weight)
 
     info = {
         "epochs_run": epochs_run,
@@ -683,6 +766,7 @@ def _train(
         "refit_on_all_queries": refitted,
         "key_weight": key_weight,
         "key_threshold": key_threshold,
+        "lexical_weight": lexical_weight,
         "memory_nodes": len(getattr(final, "memory_ids", [])),
         "softmax": "full corpus" if trainers[0].source.full else f"{options.num_negatives} mined negatives",
         "device": str(ctx.device),

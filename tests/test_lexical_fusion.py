@@ -1,0 +1,156 @@
+"""Deep Memory's keyword (BM25) re-scoring, end to end on a real DeepMemoryVectorStore.
+
+Seeded task: every document carries a unique code word; each query names its document's code
+word while its vector is random, so dense search (and memory of training queries) cannot find
+documents never seen in training, and keyword re-scoring can. Rankings are checked against a
+NumPy reference built from the model's own parts (transform, overrides, BM25 of the top 50).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from llama_index.core.schema import TextNode
+from llama_index.core.vector_stores.types import VectorStoreQuery
+
+from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH
+from llama_index_deepmemory.deep_memory.training import TrainOptions, train_model
+from llama_index_deepmemory.store import DeepMemoryVectorStore
+from synthetic import brute_force_top_k, normalise
+
+N_DOCS, DIM, N_TRAIN, N_TEST = 80, 64, 100, 40
+OPTIONS = dict(epochs=6, learning_rate=2e-2, batch_size=32, refit=False)
+
+
+class KeywordTask:
+    def __init__(self, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.docs = normalise(rng.normal(size=(N_DOCS, DIM)))
+        self.ids = [f"node_{i}" for i in range(N_DOCS)]
+        self.doc_texts = [f"report about code{i}x with shared words alpha beta" for i in range(N_DOCS)]
+        targets = rng.integers(0, N_DOCS, size=N_TRAIN + N_TEST)
+        self.queries = normalise(rng.normal(size=(N_TRAIN + N_TEST, DIM)))
+        self.texts = [f"which report mentions code{t}x" for t in targets]
+        self.relevance = [[(self.ids[t], 1.0)] for t in targets]
+
+    def store(self) -> DeepMemoryVectorStore:
+        store = DeepMemoryVectorStore()
+        store.add([
+            TextNode(id_=i, text=t, embedding=v.tolist()) for i, t, v in zip(self.ids, self.doc_texts, self.docs)
+        ])
+        return store
+
+
+@pytest.fixture(scope="module")
+def task() -> KeywordTask:
+    return KeywordTask()
+
+
+@pytest.fixture(scope="module")
+def trained(task: KeywordTask):
+    store = task.store()
+    job = store.deep_memory.train(
+        task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN], **OPTIONS
+    )
+    return store, store.deep_memory.status(job)
+
+
+def reference_ids(task: KeywordTask, model, q: np.ndarray, text: str | None, k: int) -> list[str]:
+    """Dense Deep Memory scores of every node, then (with text) BM25 re-scoring of the top max(k, 50)."""
+    order = brute_force_top_k(q[None, :], task.docs, task.ids, len(task.ids), model)[0]
+    if text is None:
+        return [task.ids[j] for j in order[:k]]
+    qt = model.transform_queries(q[None, :])
+    scores = qt[0] @ task.docs.T
+    over_ids, over = model.overrides(qt)
+    for j, node in enumerate(over_ids):
+        scores[task.ids.index(node)] = over[0, j]
+    top = order[: max(k, LEXICAL_DEPTH)]  # the store re-scores at least the top k
+    keyword = model.lexical.scores(text, [task.ids[j] for j in top])
+    fused = scores[top] + (model.lexical_weight * keyword / keyword.max() if keyword.max() > 0 else 0)
+    return [task.ids[top[j]] for j in np.argsort(-fused, kind="stable")[:k]]
+
+
+def query_ids(store, q, k, text=None):
+    query = VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=k, query_str=text)
+    return store.query(query, deep_memory=True).ids
+
+
+def test_keyword_rescoring_is_chosen_and_lifts_unseen_documents(task: KeywordTask, trained) -> None:
+    store, record = trained
+    assert record["info"]["lexical_weight"] > 0, record
+    model = store.deep_memory.active_model()
+    assert model is not None and model.rerank_depth == LEXICAL_DEPTH
+    result = store.deep_memory.evaluate(
+        task.texts[N_TRAIN:], task.relevance[N_TRAIN:], top_k=(1, 10), embedding=task.queries[N_TRAIN:]
+    )
+    # a random query vector ranks its document first 1 time in 80; its code word does it whenever
+    # the document is among the 50 dense candidates (about 50/80 of the time)
+    assert result["without model"]["recall@1"] < 0.1
+    assert result["with model"]["recall@1"] > 0.4
+
+
+@pytest.mark.parametrize("k", [1, 5, 60])
+def test_store_query_matches_the_reference(task: KeywordTask, trained, k: int) -> None:
+    store, _ = trained
+    model = store.deep_memory.active_model()
+    for i in range(N_TRAIN, N_TRAIN + 12):
+        q, text = task.queries[i], task.texts[i]
+        assert query_ids(store, q, k, text) == reference_ids(task, model, q, text, k)
+        # without query_str the model is applied without keywords
+        assert query_ids(store, q, k) == reference_ids(task, model, q, None, k)
+
+
+def test_batched_search_with_texts_equals_store_queries(task: KeywordTask, trained) -> None:
+    store, _ = trained
+    vectors, texts = task.queries[N_TRAIN:], task.texts[N_TRAIN:]
+    expected = [query_ids(store, q, 10, t) for q, t in zip(vectors, texts)]
+    assert store.deep_memory.search_ids(vectors, 10, deep_memory=True, texts=texts) == expected
+    assert store.deep_memory.search_ids(vectors, 10, deep_memory=True, texts=texts, batch_size=7) == expected
+    with pytest.raises(ValueError, match="query texts for"):
+        store.deep_memory.search_ids(vectors, 10, deep_memory=True, texts=texts[:-1])
+
+
+def test_keyword_index_survives_persist_and_load(task: KeywordTask, trained, tmp_path) -> None:
+    store, _ = trained
+    store.persist(str(tmp_path / "store"))
+    loaded = DeepMemoryVectorStore.from_persist_path(str(tmp_path / "store"))
+    model = loaded.deep_memory.active_model()
+    assert model.lexical is not None and model.lexical_weight == store.deep_memory.active_model().lexical_weight
+    for i in range(N_TRAIN, N_TRAIN + 5):
+        q, text = task.queries[i], task.texts[i]
+        assert query_ids(loaded, q, 5, text) == query_ids(store, q, 5, text)
+
+
+def test_lexical_false_trains_a_dense_model(task: KeywordTask) -> None:
+    store = task.store()
+    job = store.deep_memory.train(
+        task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN], lexical=False, **OPTIONS
+    )
+    assert store.deep_memory.status(job)["info"]["lexical_weight"] == 0
+    for model in store.deep_memory._models.values():
+        assert model.rerank_depth == 0
+
+
+def test_bad_keyword_inputs_are_refused(task: KeywordTask) -> None:
+    with pytest.raises(ValueError, match="lexical_weights"):
+        TrainOptions.from_kwargs({"lexical_weights": (0.1, 0.0)})
+    with pytest.raises(ValueError, match="lexical must be"):
+        TrainOptions.from_kwargs({"lexical": "yes"})
+    store = task.store()
+    with pytest.raises(ValueError, match="query texts for"):
+        train_model(store, task.queries[:10], task.relevance[:10], options=TrainOptions(), query_texts=task.texts[:9])
+
+
+def test_models_saved_before_keyword_scores_still_load(trained) -> None:
+    """A format-1 model state (no keyword index) loads as a dense model; a newer format is refused."""
+    from llama_index_deepmemory.deep_memory.models import model_from_state
+
+    store, _ = trained
+    meta, arrays = store.deep_memory.active_model().to_state()
+    old_meta = {k: v for k, v in meta.items() if k not in ("lexical", "lexical_weight")} | {"format_version": 1}
+    old_arrays = {k: v for k, v in arrays.items() if not k.startswith("lexical_")}
+    old = model_from_state(old_meta, old_arrays)
+    assert old.lexical is None and old.rerank_depth == 0
+    with pytest.raises(ValueError, match="upgrade"):
+        model_from_state(meta | {"format_version": 99}, arrays)
