@@ -122,10 +122,11 @@ def test_keyword_index_survives_persist_and_load(task: KeywordTask, trained, tmp
         assert query_ids(loaded, q, 5, text) == query_ids(store, q, 5, text)
 
 
-def test_lexical_false_trains_a_dense_model(task: KeywordTask) -> None:
+@pytest.mark.parametrize("option", [{"lexical": False}, {"lexical_max_nodes": N_DOCS - 1}])
+def test_dense_models_without_keywords_when_asked_or_too_large(task: KeywordTask, option: dict) -> None:
     store = task.store()
     job = store.deep_memory.train(
-        task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN], lexical=False, **OPTIONS
+        task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN], **option, **OPTIONS
     )
     assert store.deep_memory.status(job)["info"]["lexical_weight"] == 0
     for model in store.deep_memory._models.values():
