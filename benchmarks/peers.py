@@ -223,12 +223,14 @@ def dense_bm25_hybrid(
     relevance: IndexRelevance,
     query_texts: list[str],
     depth: int = 50,
-    weights: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3),
 ) -> Ranker:
     """Untrained hybrid: plain cosine top ``depth`` re-scored with ``weight * bm25 / max bm25``
-    (what our model does, without the adapter or memory); the weight is the best on the
-    training queries by nDCG@10."""
+    (what our model does, without the adapter or memory); the weight is the best of our default
+    grid (``TrainOptions.lexical_weights``) on the training queries by nDCG@10."""
+    from llama_index_deepmemory.deep_memory.training import TrainOptions
     from llama_index_deepmemory.metrics import ndcg_at_k
+
+    weights = TrainOptions().lexical_weights
 
     index = _keyword_index(doc_texts)
 

@@ -41,6 +41,7 @@ from llama_index.core.vector_stores.types import (
 )
 
 from llama_index_deepmemory import persistence
+from llama_index_deepmemory.deep_memory.base import check_query_texts
 from llama_index_deepmemory.filters import MetadataColumns
 from llama_index_deepmemory.index import METRICS, VectorIndex, build_faiss_index, top_k
 from llama_index_deepmemory.node_table import NodeTable
@@ -467,6 +468,9 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             _check_saveable(row)
         with self._lock.write():
             self._add_rows(rows, vectors)
+            manager = self._deep_memory
+            if manager is not None:  # re-added nodes may carry new text: keyword scores must follow
+                manager.texts_changed([row[0] for row in rows])
         return ids
 
     def _add_rows(self, rows: list[tuple[str, str, str, str | None, str, str]], vectors: np.ndarray) -> None:
@@ -614,6 +618,9 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Top ``similarity_top_k`` nodes; ``deep_memory=True`` applies the active Deep Memory model.
 
+        With a model that re-scores with keywords and a ``query_str``, similarities are the fused
+        scores (cosine plus up to the model's ``lexical_weight``), so they can exceed 1.
+
         ``node_ids`` / ``doc_ids`` restrict the search when non-empty (an empty list, which
         ``VectorStoreIndex.as_retriever`` passes for text-keeping stores, means no restriction).
         """
@@ -725,8 +732,13 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         (allowed, stored) override nodes contain the true top ``k``. The common case (no
         override node reaches the plain top ``k``) costs one search and a handful of calls.
         """
+        if model.dim != q.shape[1]:
+            raise ValueError(
+                f"the active Deep Memory model was trained for {model.dim}-dimensional vectors but this store "
+                f"holds {q.shape[1]}-dimensional ones; train a new model on this store"
+            )
         qt = np.asarray(model.transform_queries(q), dtype=np.float32)
-        if qt.shape != q.shape or not math.isfinite(float(qt.sum())):
+        if qt.shape != q.shape or not math.isfinite(float(qt.sum(dtype=np.float64))):
             raise ValueError(
                 f"the active Deep Memory model returned transformed queries of shape {qt.shape} "
                 f"(expected {q.shape}) or non-finite values"
@@ -782,13 +794,18 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         self, model: Any, scores: np.ndarray, slots: np.ndarray, texts: Sequence[str | None], k: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` per row after the model re-scores each row's candidates with its query text."""
-        ids = self._table.ids
+        ids, node_texts = self._table.ids, self._table.texts
         out_scores = np.full((len(slots), min(k, slots.shape[1])), -np.inf, dtype=np.float32)
         out_slots = np.full(out_scores.shape, -1, dtype=np.int64)
         for row, (row_scores, row_slots, text) in enumerate(zip(scores, slots, texts)):
             valid = row_slots >= 0
             row_scores, row_slots = row_scores[valid], row_slots[valid]
-            fused = model.rerank(text, [ids[s] for s in row_slots.tolist()], row_scores)
+            cands = row_slots.tolist()
+            fused = np.asarray(model.rerank(text, [ids[s] for s in cands], row_scores, [node_texts[s] for s in cands]))
+            if fused.shape != row_scores.shape:
+                raise ValueError(
+                    f"the active Deep Memory model re-scored {len(cands)} candidates into shape {fused.shape}"
+                )
             order = np.argsort(-fused, kind="stable")[: out_scores.shape[1]]
             out_scores[row, : len(order)] = fused[order]
             out_slots[row, : len(order)] = row_slots[order]
@@ -852,8 +869,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         are the queries' strings (``query_str``), used by a model that re-scores with keywords."""
         model = self.deep_memory.require_active_model() if deep_memory else None
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        if texts is not None and len(texts) != len(q):
-            raise ValueError(f"got {len(texts)} query texts for {len(q)} query vectors; pass one per query")
+        texts = check_query_texts(texts, len(q))
         with self._lock.read():
             if model is None:
                 scores, slots = self._search(q, k, None)

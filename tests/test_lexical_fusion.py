@@ -155,3 +155,48 @@ def test_models_saved_before_keyword_scores_still_load(trained) -> None:
     assert old.lexical is None and old.rerank_depth == 0
     with pytest.raises(ValueError, match="upgrade"):
         model_from_state(meta | {"format_version": 99}, arrays)
+
+
+def test_nodes_added_or_rewritten_after_training_are_scored_from_their_current_text(
+    task: KeywordTask, tmp_path
+) -> None:
+    """The keyword index is built at training; a node added later is scored from its text, and a
+    node re-added with a new text stops using the text it was indexed with (also after a reload)."""
+    store = task.store()
+    store.deep_memory.train(task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN], **OPTIONS)
+    model = store.deep_memory.active_model()
+    assert model.lexical_weight > 0
+    j = next(i for i, node in enumerate(task.ids) if node not in model.memory_ids)  # a plain node
+    target, text, q = task.ids[j], f"which report mentions code{j}x", task.docs[j]
+    # a twin of it added after training, with the same text and vector: the same final score
+    store.add([TextNode(id_="twin", text=task.doc_texts[j], embedding=q.tolist())])
+    result = store.query(
+        VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=5, query_str=text), deep_memory=True
+    )
+    by_id = dict(zip(result.ids, result.similarities))
+    assert by_id["twin"] == pytest.approx(by_id[target], abs=1e-5)
+    assert by_id[target] > max(v for node, v in by_id.items() if node not in (target, "twin"))
+    # the target re-added with an unrelated text loses its keyword bonus
+    before = model.lexical.scores(text, [target])[0]
+    store.add([TextNode(id_=target, text="nothing relevant here", embedding=q.tolist())])
+    assert before > 0
+    assert model.lexical.scores(text, [target], ["nothing relevant here"])[0] == 0
+    result = store.query(
+        VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=2, query_str=text), deep_memory=True
+    )
+    assert result.ids[0] == "twin"  # same vector, but only the twin still mentions the code word
+    store.persist(str(tmp_path / "store"))
+    loaded = DeepMemoryVectorStore.from_persist_path(str(tmp_path / "store")).deep_memory.active_model()
+    assert loaded.lexical.scores(text, [target])[0] == 0  # still forgotten: no text given, no score
+
+
+def test_a_model_of_another_dimension_is_refused(task: KeywordTask, trained) -> None:
+    store, _ = trained
+    other = DeepMemoryVectorStore()
+    other.add([TextNode(id_="a", text="code1x", embedding=[1.0, 0.0, 0.0])])
+    other.deep_memory._models["m"] = store.deep_memory.active_model()  # registered directly
+    other.deep_memory._active = "m"
+    with pytest.raises(ValueError, match="trained for 64-dimensional vectors"):
+        other.query(VectorStoreQuery(query_embedding=[1.0, 0.0, 0.0], similarity_top_k=1), deep_memory=True)
+    with pytest.raises(TypeError, match="single string"):
+        store.deep_memory.active_model().lexical.scores("code1x", ["node_1"], "one text")

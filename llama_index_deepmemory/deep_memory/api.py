@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from llama_index_deepmemory.deep_memory import jobs
-from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView
+from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView, check_query_texts
 from llama_index_deepmemory.deep_memory.models import model_from_state
 from llama_index_deepmemory.metrics import recall_at_k, relevance_weights
 
@@ -238,6 +238,14 @@ class DeepMemory:
                 for name, model in self._models.items()
             ]
 
+    def texts_changed(self, node_ids: Sequence[str]) -> None:
+        """Called by the store when ``node_ids`` were (re-)added: keyword indexes stop using the
+        texts they indexed for them and score their current texts instead."""
+        with self._lock:
+            indexes = {id(m.lexical): m.lexical for m in self._models.values() if getattr(m, "lexical", None)}
+        for index in indexes.values():
+            index.forget(node_ids)
+
     def active_model(self) -> DeepMemoryModel | None:
         """The model applied by ``query(..., deep_memory=True)``, or None."""
         active = self._active
@@ -318,8 +326,7 @@ class DeepMemory:
         texts: Sequence[str | None] | None = None,
     ) -> list[list[str]]:
         """:meth:`search_ids` for vectors already through ``store.prepare_queries``."""
-        if texts is not None and len(texts) != len(prepared):
-            raise ValueError(f"got {len(texts)} query texts for {len(prepared)} query vectors; pass one per query")
+        texts = check_query_texts(texts, len(prepared))
         ranked: list[list[str]] = []
         for start in range(0, len(prepared), batch_size):
             chunk = prepared[start : start + batch_size]

@@ -18,6 +18,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
 
+def check_query_texts(texts: Sequence[str | None] | None, n_queries: int) -> list[str | None] | None:
+    """``texts`` as a list with one query string (or None) per query vector, or a clear error."""
+    if texts is None:
+        return None
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("query texts must be a sequence with one string per query, not a single string")
+    texts = list(texts)
+    if len(texts) != n_queries:
+        raise ValueError(f"got {len(texts)} query texts for {n_queries} query vectors; pass one per query")
+    bad = [t for t in texts if t is not None and not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"query texts must be strings (or None), got e.g. {bad[0]!r}")
+    return texts
+
+
 class StoreView(Protocol):
     """What Deep Memory may ask of a store."""
 
@@ -95,9 +110,15 @@ class DeepMemoryModel:
 
     rerank_depth: int = 0  # > 0: the store re-scores this many top candidates of queries with text
 
-    def rerank(self, query_text: str | None, node_ids: Sequence[str], scores: np.ndarray) -> np.ndarray:
-        """Final scores of one query's top ``rerank_depth`` candidates (ids, scores from steps 1-2),
-        given the query text when the caller has it. Unchanged here."""
+    def rerank(
+        self,
+        query_text: str | None,
+        node_ids: Sequence[str],
+        scores: np.ndarray,
+        node_texts: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
+        """Final scores of one query's top ``rerank_depth`` candidates (ids, scores from steps 1-2,
+        the candidates' current texts), given the query text when the caller has it. Unchanged here."""
         return scores
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

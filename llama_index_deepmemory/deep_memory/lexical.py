@@ -13,7 +13,7 @@ import logging
 import math
 import re
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Sequence
 
 import numpy as np
@@ -47,6 +47,7 @@ def tokenize(text: str) -> list[str]:
 
 
 def _check_parameters(k1: Any, b: Any) -> tuple[float, float]:
+    """(k1, b) as floats: k1 finite and >= 0, b in [0, 1]; clear errors otherwise."""
     try:
         k1_value, b_value = float(k1), float(b)
     except (TypeError, ValueError):
@@ -59,6 +60,7 @@ def _check_parameters(k1: Any, b: Any) -> tuple[float, float]:
 
 
 def _check_ids(ids: Sequence[Any]) -> tuple[str, ...]:
+    """``ids`` as a tuple of unique strings; errors name the offending values."""
     if isinstance(ids, str):
         raise TypeError(f"ids must be a sequence of node id strings, not a single string ({ids[:40]!r})")
     ids_tuple = tuple(ids)
@@ -115,14 +117,14 @@ class LexicalIndex:
                 f"ids and texts must have the same length, got {len(ids_tuple)} ids and {len(texts)} texts; "
                 "pass one text per node id"
             )
-        vocab, doc_ptr, doc_terms, doc_weights = self._build(texts, self.k1, self.b)
-        self._set(ids_tuple, vocab, doc_ptr, doc_terms, doc_weights)
+        vocab, doc_ptr, doc_terms, doc_weights, avg_len = self._build(texts, self.k1, self.b)
+        self._set(ids_tuple, vocab, doc_ptr, doc_terms, doc_weights, avg_len)
         logger.debug("built BM25 index: %d nodes, %d terms, %d postings", len(ids_tuple), len(vocab), doc_terms.size)
 
     # ------------------------------------------------------------------ building
     @staticmethod
-    def _build(texts: list[Any], k1: float, b: float) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-        """Vocabulary and CSR forward index (doc_ptr, doc_terms, doc_weights) of ``texts``."""
+    def _build(texts: list[Any], k1: float, b: float) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, float]:
+        """Vocabulary, CSR forward index (doc_ptr, doc_terms, doc_weights) and mean length of ``texts``."""
         n_docs = len(texts)
         # raw term ids in first-seen order, one C-level dict lookup per token; the stop words are
         # seeded first, so raw ids below n_stop are stop words and raw_id - n_stop is the term id
@@ -170,7 +172,7 @@ class LexicalIndex:
         weights += tf
         np.divide(tf * np.float32(k1 + 1.0), weights, out=weights)
         weights *= idf[doc_terms]
-        return vocab, doc_ptr, doc_terms, weights
+        return vocab, doc_ptr, doc_terms, weights, avg_len
 
     def _set(
         self,
@@ -179,9 +181,17 @@ class LexicalIndex:
         doc_ptr: np.ndarray,
         doc_terms: np.ndarray,
         doc_weights: np.ndarray,
+        avg_len: float,
+        forgotten: Sequence[str] = (),
     ) -> None:
+        """Install the index arrays and the lookups derived from them."""
         self.ids = ids
         self._row_of = {node_id: row for row, node_id in enumerate(ids)}
+        for node_id in forgotten:
+            self._row_of.pop(node_id, None)
+        self._avg_len = float(avg_len)
+        df = np.bincount(np.asarray(doc_terms, dtype=np.int64), minlength=len(vocab)).astype(np.float64)
+        self._idf = np.log1p((len(ids) - df + 0.5) / (df + 0.5))  # for texts scored on the fly
         self._vocab = vocab
         self._term_id = {term: index for index, term in enumerate(vocab)}
         self._doc_ptr = np.ascontiguousarray(doc_ptr, dtype=np.int64)
@@ -195,6 +205,21 @@ class LexicalIndex:
 
     def __repr__(self) -> str:
         return f"LexicalIndex(nodes={len(self.ids)}, terms={len(self._vocab)}, k1={self.k1}, b={self.b})"
+
+    def _score_text(self, query_text: str | None, text: str | None) -> float:
+        """BM25 of one unindexed ``text`` for ``query_text``, from the index's statistics."""
+        words = set(tokenize(query_text or ""))
+        tokens = tokenize(text or "")
+        if not words or not tokens:
+            return 0.0
+        unseen_idf = math.log1p((len(self.ids) + 0.5) / 0.5)
+        norm = self.k1 * (1.0 - self.b + self.b * len(tokens) / self._avg_len)
+        total = 0.0
+        for word, tf in Counter(token for token in tokens if token in words).items():
+            term = self._term_id.get(word)
+            idf = unseen_idf if term is None else float(self._idf[term])
+            total += idf * tf * (self.k1 + 1.0) / (tf + norm)
+        return total
 
     def _query_mask(self) -> np.ndarray:
         """This thread's all-False bool array over the vocabulary (callers restore it)."""
@@ -211,15 +236,32 @@ class LexicalIndex:
         found.discard(-1)
         return np.array(sorted(found), dtype=np.int32)
 
-    def scores(self, query_text: str, node_ids: Sequence[str]) -> np.ndarray:
+    def forget(self, node_ids: Sequence[str]) -> None:
+        """Stop using the indexed text of ``node_ids`` (re-added with a new text, say): from now
+        on they are scored from the text passed to :meth:`scores`, like nodes added later."""
+        for node_id in node_ids:
+            self._row_of.pop(node_id, None)
+
+    def scores(
+        self, query_text: str, node_ids: Sequence[str], texts: Sequence[str | None] | None = None
+    ) -> np.ndarray:
         """BM25 of ``query_text`` for each of ``node_ids`` -> float32 ``(len(node_ids),)``.
 
-        Sums over the query's unique terms; 0 for ids not indexed or without a shared term.
+        Sums over the query's unique terms. Nodes not in the index (added after it was built, or
+        forgotten) are scored from ``texts[i]`` when given (with the index's idf and mean length;
+        words no indexed node has count as document frequency 0), else 0.
         """
         if isinstance(node_ids, str):
             raise TypeError(f"node_ids must be a sequence of node ids, not a single string ({node_ids[:40]!r})")
         rows = np.fromiter(map(self._row_of.get, node_ids, itertools.repeat(-1)), dtype=np.int64)
         out = np.zeros(rows.size, dtype=np.float32)
+        if texts is not None:
+            if isinstance(texts, str):
+                raise TypeError("texts must be a sequence with one text per node id, not a single string")
+            if len(texts) != rows.size:
+                raise ValueError(f"got {len(texts)} texts for {rows.size} node ids; pass one text per node id")
+            for position in np.flatnonzero(rows < 0).tolist():
+                out[position] = self._score_text(query_text, texts[position])
         query_terms = self._query_term_ids(query_text)
         if query_terms.size == 0 or rows.size == 0:
             return out
@@ -252,6 +294,8 @@ class LexicalIndex:
             "b": self.b,
             "vocab": list(self._vocab),
             "ids": list(self.ids),
+            "avg_length": self._avg_len,
+            "forgotten": [node_id for node_id in self.ids if node_id not in self._row_of],
         }
         arrays = {
             "doc_ptr": self._doc_ptr.copy(),
@@ -324,11 +368,18 @@ class LexicalIndex:
 
         index = cls.__new__(cls)
         index.k1, index.b = k1, b
-        index._set(ids_tuple, list(vocab), doc_ptr, doc_terms, doc_weights)
+        avg_len = meta.get("avg_length")
+        if not isinstance(avg_len, (int, float)) or isinstance(avg_len, bool) or not avg_len > 0:
+            raise ValueError(f"lexical index meta 'avg_length' must be a number > 0, got {avg_len!r}")
+        forgotten = meta.get("forgotten", [])
+        if not isinstance(forgotten, list) or not all(isinstance(node_id, str) for node_id in forgotten):
+            raise ValueError("lexical index meta 'forgotten' must be a list of node ids")
+        index._set(ids_tuple, list(vocab), doc_ptr, doc_terms, doc_weights, float(avg_len), forgotten)
         return index
 
     @staticmethod
     def _array(arrays: dict[str, np.ndarray], name: str, kinds: str, dtype: type) -> np.ndarray:
+        """State array ``name`` as 1-D ``dtype``, refusing other shapes and dtype kinds."""
         value = np.asarray(arrays[name])
         if value.ndim != 1 or value.dtype.kind not in kinds:
             raise ValueError(

@@ -63,6 +63,8 @@ def row_products(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
     6.3 ms instead of 0.13 ms for 2,000 x 384). Larger batches use BLAS, where threads pay off.
     """
     m, n = queries.shape[0], rows.shape[0]
+    if queries.ndim != 2 or queries.shape[1] != rows.shape[1]:
+        raise ValueError(f"queries of shape {queries.shape} do not match rows of dimension {rows.shape[1]}")
     if m > SMALL_BATCH or n == 0:
         return queries @ rows.T
     import faiss  # already loaded by the store; lazy so `import llama_index_deepmemory` stays light
@@ -79,6 +81,9 @@ def row_products(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def _normalise_rows_inplace(x: np.ndarray) -> np.ndarray:
     """C-contiguous float32 ``x`` with unit rows, in place (zero rows stay zero): one FAISS call."""
     import faiss
+
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        raise ValueError(f"expected a C-contiguous float32 array, got {x.dtype} (contiguous: {x.flags.c_contiguous})")
 
     faiss.fvec_renorm_L2(x.shape[1], x.shape[0], faiss.swig_ptr(x))
     return x
@@ -98,10 +103,12 @@ class AdapterMemoryModel(DeepMemoryModel):
     * ``rerank`` (when ``lexical_weight > 0``): the top :data:`LEXICAL_DEPTH` candidates of a query
       with text score ``score + lexical_weight * bm25 / max(bm25 over the candidates)``, with
       Okapi BM25 from a keyword index of the stored texts built at training time.
+
+    Treat a model as immutable: its query-time arrays are derived once, at construction.
     """
 
     kind = "adapter_memory"
-    format_version = 2  # 2: optional keyword (BM25) index and lexical_weight
+    format_version = 2  # 2: optional keyword (BM25) index and lexical_weight (written only with one)
 
     def __init__(
         self,
@@ -237,12 +244,19 @@ class AdapterMemoryModel(DeepMemoryModel):
         """Candidates re-scored with keyword scores (0: this model does not use query texts)."""
         return LEXICAL_DEPTH if self.lexical is not None and self.lexical_weight > 0 else 0
 
-    def rerank(self, query_text: str | None, node_ids: Sequence[str], scores: np.ndarray) -> np.ndarray:
+    def rerank(
+        self,
+        query_text: str | None,
+        node_ids: Sequence[str],
+        scores: np.ndarray,
+        node_texts: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
         """``scores`` of one query's candidates plus ``lexical_weight`` times their BM25 scores
-        scaled by the best candidate's (unchanged without keyword scores or query text)."""
+        scaled by the best candidate's (unchanged without keyword scores or query text).
+        ``node_texts`` (the candidates' current texts) score nodes the keyword index lacks."""
         if not self.rerank_depth or not query_text or not len(node_ids):
             return scores
-        keyword = self.lexical.scores(query_text, node_ids)
+        keyword = self.lexical.scores(query_text, node_ids, node_texts)
         best = float(keyword.max())
         if best <= 0:
             return scores
@@ -252,7 +266,7 @@ class AdapterMemoryModel(DeepMemoryModel):
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta, _ = super().to_state()
         meta.update(
-            format_version=self.format_version,
+            format_version=self.format_version if self.lexical is not None else 1,  # older installs load dense models
             memory_ids=list(self.memory_ids),
             key_weight=self.key_weight,
             key_threshold=self.key_threshold,

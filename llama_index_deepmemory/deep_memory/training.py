@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView
+from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView, check_query_texts
 from llama_index_deepmemory.deep_memory.losses import CandidateSource, listwise_loss, store_scores
 from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
@@ -453,26 +453,12 @@ def _build_lexical(store: StoreView) -> LexicalIndex | None:
     iter_texts = getattr(store, "iter_texts", None)
     if iter_texts is None:
         return None
-    ids: list[str] = []
-    texts: list[str] = []
+    text_of: dict[str, str] = {}  # by id: a node re-added between two batches is read twice, keep the last
     for batch_ids, batch_texts in iter_texts():
-        ids.extend(batch_ids)
-        texts.extend(batch_texts)
-    if not any(text.strip() for text in texts):
+        text_of.update(zip(batch_ids, batch_texts))
+    if not any(text.strip() for text in text_of.values()):
         return None
-    return LexicalIndex(ids, texts)
-
-
-def _check_texts(query_texts: Sequence[str] | None, n_queries: int) -> list[str] | None:
-    if query_texts is None:
-        return None
-    texts = list(query_texts)
-    if len(texts) != n_queries:
-        raise ValueError(f"got {len(texts)} query texts for {n_queries} query vectors; pass one per query")
-    bad = [t for t in texts if not isinstance(t, str)]
-    if bad:
-        raise ValueError(f"query texts must be strings, got e.g. {bad[0]!r}")
-    return texts
+    return LexicalIndex(list(text_of), list(text_of.values()))
 
 
 @dataclass
@@ -674,7 +660,7 @@ def _train(
     import torch
 
     queries = _check_inputs(store, query_vectors, relevance)
-    texts = _check_texts(query_texts, len(queries))
+    texts = check_query_texts(query_texts, len(queries))
     relevance = [[(str(node), float(w)) for node, w in pairs] for pairs in relevance]
     ctx = _Context(store, options, progress, should_stop)
     torch.manual_seed(options.seed)
