@@ -112,10 +112,11 @@ class ArrayStoreView:
     metric = "cosine"
     embed_model = None
 
-    def __init__(self, ids: list[str], vectors: np.ndarray) -> None:
+    def __init__(self, ids: list[str], vectors: np.ndarray, texts: list[str] | None = None) -> None:
         import faiss
 
         self.ids = list(ids)
+        self.texts = list(texts) if texts is not None else None
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.position = {node: i for i, node in enumerate(self.ids)}
         self.index = faiss.IndexFlatIP(self.vectors.shape[1])
@@ -137,6 +138,12 @@ class ArrayStoreView:
     def iter_vectors(self, batch_size: int = 65536):
         for start in range(0, len(self.ids), batch_size):
             yield self.ids[start : start + batch_size], self.vectors[start : start + batch_size]
+
+    def iter_texts(self, batch_size: int = 65536):
+        if self.texts is None:  # no texts: Deep Memory builds no keyword index
+            return
+        for start in range(0, len(self.ids), batch_size):
+            yield self.ids[start : start + batch_size], self.texts[start : start + batch_size]
 
     def prepare_queries(self, vectors):
         return np.asarray(vectors, dtype=np.float32)
