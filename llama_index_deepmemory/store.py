@@ -828,21 +828,8 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             slots = np.fromiter((slot_of[i] for i in node_ids), dtype=np.int64, count=len(node_ids))
             return self._index.reconstruct(slots)
 
-    def iter_texts(self, batch_size: int = 65536) -> Iterator[tuple[list[str], list[str]]]:
-        """All stored (ids, texts) in batches; each batch is read under the lock."""
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        with self._lock.read():
-            slots = self._table.live_slots()
-        for start in range(0, len(slots), batch_size):
-            with self._lock.read():
-                table = self._table
-                chunk = [s for s in slots[start : start + batch_size].tolist() if table.live[s]]
-                ids, texts = [table.ids[s] for s in chunk], [table.texts[s] or "" for s in chunk]
-            yield ids, texts
-
-    def iter_vectors(self, batch_size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
-        """All stored (ids, vectors) in batches; each batch is read under the lock."""
+    def _iter_live(self, batch_size: int, read: Any) -> Iterator[Any]:
+        """``read(live slots)`` of one batch of the stored nodes at a time, each under the read lock."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         with self._lock.read():
@@ -850,10 +837,26 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         for start in range(0, len(slots), batch_size):
             with self._lock.read():
                 chunk = slots[start : start + batch_size]
-                chunk = chunk[self._table.live[chunk]]
-                ids = [self._table.ids[s] for s in chunk.tolist()]
-                vectors = self._index.reconstruct(chunk)
-            yield ids, vectors
+                result = read(chunk[self._table.live[chunk]].tolist())
+            yield result
+
+    def iter_texts(self, batch_size: int = 65536) -> Iterator[tuple[list[str], list[str]]]:
+        """All stored (ids, texts) in batches; each batch is read under the lock."""
+
+        def read(chunk: list[int]) -> tuple[list[str], list[str]]:
+            table = self._table
+            return [table.ids[s] for s in chunk], [table.texts[s] or "" for s in chunk]
+
+        return self._iter_live(batch_size, read)
+
+    def iter_vectors(self, batch_size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
+        """All stored (ids, vectors) in batches; each batch is read under the lock."""
+
+        def read(chunk: list[int]) -> tuple[list[str], np.ndarray]:
+            ids = self._table.ids
+            return [ids[s] for s in chunk], self._index.reconstruct(np.asarray(chunk, dtype=np.int64))
+
+        return self._iter_live(batch_size, read)
 
     def prepare_queries(self, vectors: Any) -> np.ndarray:
         """Validated (m, d) float32 query vectors, normalised for cosine."""
