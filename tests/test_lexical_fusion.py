@@ -200,3 +200,22 @@ def test_a_model_of_another_dimension_is_refused(task: KeywordTask, trained) -> 
         other.query(VectorStoreQuery(query_embedding=[1.0, 0.0, 0.0], similarity_top_k=1), deep_memory=True)
     with pytest.raises(TypeError, match="single string"):
         store.deep_memory.active_model().lexical.scores("code1x", ["node_1"], "one text")
+
+
+def test_keywords_alone_win_when_training_adds_nothing_clear() -> None:
+    """One question per document (as in an FAQ): memory cannot help held-out questions, so the
+    trained adapter and memory must beat keywords on the plain store by more than one standard
+    error to be kept; here they cannot, and the model is the plain store plus keyword scores."""
+    rng = np.random.default_rng(5)
+    task = KeywordTask(seed=5)
+    targets = rng.permutation(N_DOCS)
+    task.texts = [f"which report mentions code{t}x" for t in targets]
+    task.relevance = [[(task.ids[t], 1.0)] for t in targets]
+    task.queries = normalise(rng.normal(size=(N_DOCS, DIM)))
+    store = task.store()
+    job = store.deep_memory.train(task.texts, task.relevance, embedding=task.queries, **OPTIONS)
+    info = store.deep_memory.status(job)["info"]
+    assert info["keywords_only"] is True and info["lexical_weight"] > 0, info
+    model = store.deep_memory.active_model()
+    assert model is not None and len(model.memory_ids) == 0 and model.key_weight == 0
+    np.testing.assert_array_equal(model.weight, np.eye(DIM, dtype=np.float32))

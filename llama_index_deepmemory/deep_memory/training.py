@@ -448,6 +448,31 @@ def _with_lexical(model: AdapterMemoryModel, lexical: LexicalIndex, weight: floa
     return keyed
 
 
+def _keywords_on_plain_store(
+    store: StoreView, folds: Sequence[_Fold], lexical: LexicalIndex, weights: Sequence[float], ctx: _Context
+) -> tuple[_Evaluation, float]:
+    """The best validation result (and its weight) of keyword re-scoring on the plain store."""
+    plain = AdapterMemoryModel(dim=folds[0].val.queries.shape[1], metric=ctx.metric)
+    best, best_weight = None, 0.0
+    for weight in weights:
+        ctx.check_stop()
+        candidate = _pool([_evaluate(store, f.val, _with_lexical(plain, lexical, weight)) for f in folds])
+        if best is None or candidate.metrics["ndcg@10"] > best.metrics["ndcg@10"]:
+            best, best_weight = candidate, weight
+    return best, best_weight
+
+
+def _not_clearly_better(chosen: _Evaluation, simple: _Evaluation, floor: float) -> bool:
+    """One-standard-error rule: the simpler candidate wins unless ``chosen`` beats it by more than
+    one standard error of the per-query differences (with few queries, picking the best of many
+    trained variants on validation overrates it) and the simpler one is admissible."""
+    if float(simple.per_query_unseen.mean()) < floor - 1e-9:
+        return False
+    diff = chosen.per_query - simple.per_query
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return float(diff.mean()) <= se
+
+
 def _build_lexical(store: StoreView) -> LexicalIndex | None:
     """A keyword index of every stored text, or None when the store offers no texts."""
     iter_texts = getattr(store, "iter_texts", None)
@@ -708,7 +733,7 @@ def _train(
                 if selection.offer(candidate):
                     key_weight, key_threshold = weight, threshold
         ctx.report(0.85, f"query memory: weight {key_weight}, threshold {key_threshold}")
-    lexical, lexical_weight = None, 0.0
+    lexical, lexical_weight, keywords_only = None, 0.0, False
     if options.lexical and texts is not None and len(store) <= options.lexical_max_nodes:
         lexical = _build_lexical(store)
     elif options.lexical and texts is not None:
@@ -726,14 +751,19 @@ def _train(
             ])
             if selection.offer(candidate):
                 lexical_weight = weight
-        ctx.report(0.87, f"keyword re-scoring: weight {lexical_weight}")
+        simple, simple_weight = _keywords_on_plain_store(store, folds, lexical, options.lexical_weights, ctx)
+        if _not_clearly_better(selection.best, simple, selection.floor):
+            selection.best, lexical_weight, keywords_only = simple, simple_weight, True
+        ctx.report(0.87, f"keyword re-scoring: weight {lexical_weight}{' on the plain store' if keywords_only else ''}")
     improved = significant_gain(before.per_query, selection.best.per_query, options.min_improvement, options.gate_z)
 
     # refit even when not improved: a kept model a user activates by hand should use every query
     refit_ok = options.refit and held_out
     final_split = _Split(queries, relevance) if refit_ok else folds[0].train
     final, refitted = base_models[0], False
-    if refit_ok and best_epoch > 0:
+    if keywords_only:  # no adapter, no memory, no query keys: the plain store plus keyword scores
+        final, best_epoch, key_weight = AdapterMemoryModel(dim=queries.shape[1], metric=ctx.metric), 0, 0.0
+    elif refit_ok and best_epoch > 0:
         refit = _Trainer(ctx, final_split, _memory_ids(relevance))
         generator = torch.Generator().manual_seed(options.seed)
         for epoch in range(best_epoch):
@@ -760,6 +790,7 @@ def _train(
         "key_weight": key_weight,
         "key_threshold": key_threshold,
         "lexical_weight": lexical_weight,
+        "keywords_only": keywords_only,
         "memory_nodes": len(getattr(final, "memory_ids", [])),
         "softmax": "full corpus" if trainers[0].source.full else f"{options.num_negatives} mined negatives",
         "device": str(ctx.device),
