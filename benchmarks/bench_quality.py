@@ -267,7 +267,7 @@ def train_ours(
     note = (
         f"val nDCG@10 {before:.3f}->{after:.3f}, {'activated' if active else 'NOT activated'}, "
         f"best epoch {info.get('best_epoch')}, keys w={info.get('key_weight')} t={info.get('key_threshold')}, "
-        f"keyword w={info.get('lexical_weight')}"
+        f"keyword w={info.get('lexical_weight')}{' on the plain store' if info.get('keywords_only') else ''}"
     )
     return MethodRun("deep memory (ours)", ranked, seconds, note)
 
@@ -357,7 +357,9 @@ def bench_python_faq(
             seconds[run.name] = seconds.get(run.name, 0.0) + run.seconds
             if run.note:
                 val = run.note.split(",")[0].replace("val nDCG@10 ", "")
-                notes.setdefault(run.name, []).append(f"{val} {'on' if 'NOT' not in run.note else 'off'}")
+                state = "on" if "NOT" not in run.note else "off"
+                state += " (keywords only)" if "plain store" in run.note else ""
+                notes.setdefault(run.name, []).append(f"{val} {state}")
         relevance_in_order.extend(faq.relevance[i] for i in test_idx)
     rows = []
     for name, ranked in ranked_by_method.items():
