@@ -737,13 +737,12 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                 f"the active Deep Memory model was trained for {model.dim}-dimensional vectors but this store "
                 f"holds {q.shape[1]}-dimensional ones; train a new model on this store"
             )
-        qt = np.asarray(model.transform_queries(q), dtype=np.float32)
+        qt = np.ascontiguousarray(model.transform_queries(q), dtype=np.float32)
         if qt.shape != q.shape or not math.isfinite(float(qt.sum(dtype=np.float64))):
             raise ValueError(
                 f"the active Deep Memory model returned transformed queries of shape {qt.shape} "
                 f"(expected {q.shape}) or non-finite values"
             )
-        qt = np.ascontiguousarray(qt)
         over_ids, over_scores = model.overrides(qt)
         over_slots, over_mask, all_stored, over_set = self._override_slots(over_ids)
         over_scores = np.asarray(over_scores, dtype=np.float32)

@@ -255,17 +255,18 @@ class LexicalIndex:
             raise TypeError(f"node_ids must be a sequence of node ids, not a single string ({node_ids[:40]!r})")
         rows = np.fromiter(map(self._row_of.get, node_ids, itertools.repeat(-1)), dtype=np.int64)
         out = np.zeros(rows.size, dtype=np.float32)
+        positions = np.flatnonzero(rows >= 0)  # indexed candidates; the others need their text
         if texts is not None:
             if isinstance(texts, str):
                 raise TypeError("texts must be a sequence with one text per node id, not a single string")
             if len(texts) != rows.size:
                 raise ValueError(f"got {len(texts)} texts for {rows.size} node ids; pass one text per node id")
-            for position in np.flatnonzero(rows < 0).tolist():
-                out[position] = self._score_text(query_text, texts[position])
+            if positions.size < rows.size:
+                for position in np.setdiff1d(np.arange(rows.size), positions).tolist():
+                    out[position] = self._score_text(query_text, texts[position])
         query_terms = self._query_term_ids(query_text)
-        if query_terms.size == 0 or rows.size == 0:
+        if query_terms.size == 0 or positions.size == 0:
             return out
-        positions = np.flatnonzero(rows >= 0)
         begins = self._doc_ptr[rows[positions]]
         lengths = self._doc_ptr[rows[positions] + 1] - begins
         total = int(lengths.sum())

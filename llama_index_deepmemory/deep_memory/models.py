@@ -45,11 +45,6 @@ def plain_scores(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.nd
     return dots
 
 
-def _normalise_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
 LEXICAL_PREFIX = "lexical_"  # array names of the keyword index inside a model's state
 LEXICAL_DEPTH = 50  # top candidates a model with keyword scores re-scores (SciFact: 50, 100, 200 score alike)
 SMALL_BATCH = 8  # queries up to which row_products uses FAISS's single-threaded kernel
@@ -154,7 +149,7 @@ class AdapterMemoryModel(DeepMemoryModel):
         if not (math.isfinite(self.lexical_weight) and self.lexical_weight >= 0):
             raise ValueError(f"lexical_weight must be a finite number >= 0, got {lexical_weight!r}")
         self._check_shapes()
-        self._unit_keys = _normalise_rows(self.key_vectors)
+        self._unit_keys = _normalise_rows_inplace(np.array(self.key_vectors, dtype=np.float32, order="C"))
         self._prepare_query_path()
 
     def _check_shapes(self) -> None:

@@ -221,12 +221,11 @@ def rank_with_model(
             top = np.argsort(-over_row, kind="stable")[: depth + len(forgotten)]
             pairs += [(float(over_row[j]), override_ids[j]) for j in top if override_ids[j] not in forgotten][:depth]
         pairs.sort(key=lambda p: -p[0])
-        pairs = pairs[:depth]
-        if depth > k:
-            nodes = [node for _, node in pairs]
-            fused = model.rerank(texts[i], nodes, np.asarray([score for score, _ in pairs], dtype=np.float32))
-            pairs = [(0.0, nodes[j]) for j in np.argsort(-fused, kind="stable")]
-        ranked.append([node for _, node in pairs[:k]])
+        nodes = [node for _, node in pairs[:depth]]
+        if depth > k:  # the store's keyword re-scoring of the top `depth`
+            fused = model.rerank(texts[i], nodes, np.asarray([score for score, _ in pairs[:depth]], dtype=np.float32))
+            nodes = [nodes[j] for j in np.argsort(-fused, kind="stable")]
+        ranked.append(nodes[:k])
     return ranked
 
 
