@@ -14,6 +14,7 @@ from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
 from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH
+from llama_index_deepmemory.deep_memory import training
 from llama_index_deepmemory.deep_memory.training import TrainOptions, train_model
 from llama_index_deepmemory.store import DeepMemoryVectorStore
 from synthetic import brute_force_top_k, normalise
@@ -188,6 +189,30 @@ def test_nodes_added_or_rewritten_after_training_are_scored_from_their_current_t
     store.persist(str(tmp_path / "store"))
     loaded = DeepMemoryVectorStore.from_persist_path(str(tmp_path / "store")).deep_memory.active_model()
     assert loaded.lexical.scores(text, [target])[0] == 0  # still forgotten: no text given, no score
+
+
+def test_nodes_rewritten_while_a_job_trains_are_forgotten_by_its_keyword_index(
+    task: KeywordTask, monkeypatch
+) -> None:
+    """A node re-added after the job read the stored texts (but before its model is kept) must not
+    keep its old keyword score in that model: the job's index forgets it when the model is kept."""
+    store = task.store()
+    target, text = task.ids[3], "which report mentions code3x"
+    build_lexical = training._build_lexical
+
+    def build_then_rewrite(view):  # runs in the job's thread, right after the texts were read
+        index = build_lexical(view)
+        store.add([TextNode(id_=target, text="nothing relevant here", embedding=task.docs[3].tolist())])
+        return index
+
+    monkeypatch.setattr(training, "_build_lexical", build_then_rewrite)
+    store.deep_memory.train(task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN], **OPTIONS)
+    model = store.deep_memory.active_model()
+    assert model.lexical_weight > 0
+    assert model.lexical.scores(text, [target])[0] == 0  # its indexed (old) text is no longer used
+    assert model.lexical.scores(text, [target], ["nothing relevant here"])[0] == 0
+    assert model.lexical.scores("which report mentions code4x", [task.ids[4]])[0] > 0  # others kept
+    assert store.deep_memory._rewritten_during == {}  # the job's change log is gone with the job
 
 
 def test_a_model_of_another_dimension_is_refused(task: KeywordTask, trained) -> None:

@@ -50,6 +50,7 @@ class DeepMemory:
         self._models: dict[str, DeepMemoryModel] = {}
         self._active: str | None = None
         self._jobs = jobs.JobBook(prefix="job")
+        self._rewritten_during: dict[str, set[str]] = {}  # running job -> ids re-added since it started
 
     def __repr__(self) -> str:
         return f"DeepMemory(models={list(self._models)}, active={self._active!r})"
@@ -121,29 +122,38 @@ class DeepMemory:
         """The job body: train, then save and (if it improved) activate the model."""
         from llama_index_deepmemory.deep_memory.training import TrainingCancelled, train_model
 
+        rewritten: set[str] = set()
+        with self._lock:
+            self._rewritten_during[model_name] = rewritten
         try:
-            result = train_model(
-                self._store, vectors, relevance, options=options,
-                progress=context.progress, should_stop=context.should_stop, query_texts=query_texts,
-            )
-        except TrainingCancelled as exc:
-            raise jobs.JobCancelled(str(exc)) from exc
-        context.raise_if_cancelled()
-        context.progress(1.0, "saving the model")
-        model = _saved_copy(result.model)
-        with self._lock:  # record and model change together, as to_state sees them
-            context.complete(
-                val_before=_float_dict(result.val_before),
-                val_after=_float_dict(result.val_after),
-                model_name=model_name,
-                note=None if result.improved else _not_improved_note(result, model_name),
-                info=_jsonable(dict(result.info)),
-                message="done",
-            )
-            self._models[model_name] = model
-            if result.improved:
-                self._active = model_name
-        return None
+            try:
+                result = train_model(
+                    self._store, vectors, relevance, options=options,
+                    progress=context.progress, should_stop=context.should_stop, query_texts=query_texts,
+                )
+            except TrainingCancelled as exc:
+                raise jobs.JobCancelled(str(exc)) from exc
+            context.raise_if_cancelled()
+            context.progress(1.0, "saving the model")
+            model = _saved_copy(result.model)
+            with self._lock:  # record and model change together, as to_state sees them
+                lexical = getattr(model, "lexical", None)
+                if lexical is not None and rewritten:  # the job may have indexed their old texts
+                    lexical.forget(sorted(rewritten))
+                context.complete(
+                    val_before=_float_dict(result.val_before),
+                    val_after=_float_dict(result.val_after),
+                    model_name=model_name,
+                    note=None if result.improved else _not_improved_note(result, model_name),
+                    info=_jsonable(dict(result.info)),
+                    message="done",
+                )
+                self._models[model_name] = model
+                if result.improved:
+                    self._active = model_name
+        finally:
+            with self._lock:
+                self._rewritten_during.pop(model_name, None)
 
     def _wait_with_progress(self, job_id: str) -> None:
         """Block until the job ends, drawing a tqdm bar; Ctrl-C cancels the job."""
@@ -243,6 +253,8 @@ class DeepMemory:
         texts they indexed for them and score their current texts instead."""
         with self._lock:
             indexes = {id(m.lexical): m.lexical for m in self._models.values() if getattr(m, "lexical", None)}
+            for rewritten in self._rewritten_during.values():  # a running job may have read the old texts
+                rewritten.update(node_ids)
         for index in indexes.values():
             index.forget(node_ids)
 
