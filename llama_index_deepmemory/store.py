@@ -306,6 +306,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     _embed_model: Any = PrivateAttr(default=None)
     _deep_memory: Any = PrivateAttr(default=None)
     _override_cache: Any = PrivateAttr(default=None)
+    _keyword_cache: Any = PrivateAttr(default=None)  # (keyword index, (generation, version), rows by slot)
     _version: int = PrivateAttr(default=0)
 
     def __init__(
@@ -789,21 +790,50 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         scores, slots = top_k(scores.astype(np.float32, copy=False), slots, min(k, scores.shape[1]))
         return scores, np.where(np.isneginf(scores), -1, slots)
 
+    def _keyword_rows(self, index: Any) -> np.ndarray | None:
+        """Row of every slot in the keyword ``index`` (-1: not indexed), cached while the index
+        and the table are unchanged. None on the first query after a change: the lookup reads
+        every stored id, which a store changing between queries would pay on each of them."""
+        state = (index.generation, self._version)
+        cache = self._keyword_cache
+        if cache is not None and cache[0] is index and cache[1] == state:
+            if cache[2] is None:
+                self._keyword_cache = (index, state, index.rows_of(self._table.ids))
+            return self._keyword_cache[2]
+        self._keyword_cache = (index, state, None)
+        return None
+
     def _rerank(
         self, model: Any, scores: np.ndarray, slots: np.ndarray, texts: Sequence[str | None], k: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` per row after the model re-scores each row's candidates with its query text."""
+        """Top ``k`` per row after the model re-scores each row's candidates with its query text.
+
+        With the model's keyword rows cached by slot, candidates are passed as rows (a FAISS scan
+        has just flushed the caches, so touching 50 id strings costs more than the scoring)."""
         ids, node_texts = self._table.ids, self._table.texts
+        index = model.keyword_index()
+        rows_by_slot = self._keyword_rows(index) if index is not None else None
         out_scores = np.full((len(slots), min(k, slots.shape[1])), -np.inf, dtype=np.float32)
         out_slots = np.full(out_scores.shape, -1, dtype=np.int64)
         for row, (row_scores, row_slots, text) in enumerate(zip(scores, slots, texts)):
             valid = row_slots >= 0
             row_scores, row_slots = row_scores[valid], row_slots[valid]
-            cands = row_slots.tolist()
-            fused = np.asarray(model.rerank(text, [ids[s] for s in cands], row_scores, [node_texts[s] for s in cands]))
+            if rows_by_slot is not None:
+                rows = rows_by_slot[row_slots]
+                unindexed = rows < 0  # added or re-added since training: scored from their text
+                cand_texts = (
+                    [node_texts[s] if u else None for s, u in zip(row_slots.tolist(), unindexed.tolist())]
+                    if unindexed.any() else None
+                )
+                fused = np.asarray(model.rerank_rows(text, rows, row_scores, cand_texts))
+            else:
+                cands = row_slots.tolist()
+                fused = np.asarray(
+                    model.rerank(text, [ids[s] for s in cands], row_scores, [node_texts[s] for s in cands])
+                )
             if fused.shape != row_scores.shape:
                 raise ValueError(
-                    f"the active Deep Memory model re-scored {len(cands)} candidates into shape {fused.shape}"
+                    f"the active Deep Memory model re-scored {len(row_scores)} candidates into shape {fused.shape}"
                 )
             order = np.argsort(-fused, kind="stable")[: out_scores.shape[1]]
             out_scores[row, : len(order)] = fused[order]

@@ -95,6 +95,34 @@ def test_scores_on_a_subset_and_in_any_order() -> None:
     assert np.all(index.scores("gamma", ["nope", "nada"]) == 0)
 
 
+def test_rows_of_and_scores_at_rows_match_scores_by_id() -> None:
+    """rows_of maps ids to index rows (-1: unknown, None, forgotten); scores_at on those rows equals
+    scores on the ids, texts fill in the -1 rows, and forget() bumps the generation."""
+    ids, texts = make_corpus()
+    index = LexicalIndex(ids, texts)
+    picked = [ids[7], "missing", None, ids[0], ids[7], ids[39]]
+    rows = index.rows_of(picked)
+    assert rows.tolist() == [7, -1, -1, 0, 7, 39]
+    for query in QUERIES:
+        np.testing.assert_array_equal(index.scores_at(query, rows), index.scores(query, [i or "x" for i in picked]))
+    generation = index.generation
+    index.forget([ids[7]])
+    assert index.generation == generation + 1
+    rows = index.rows_of(picked)
+    assert rows.tolist() == [-1, -1, -1, 0, -1, 39]
+    new_texts = ["alpha alpha beta", None, None, None, "", None]  # only the -1 rows' texts are read
+    got = index.scores_at("alpha beta", rows, new_texts)
+    assert got[0] > 0 and got[4] == 0 and got[1] == got[2] == 0
+    assert got[0] == pytest.approx(index.scores("alpha beta", ["fresh"], ["alpha alpha beta"])[0])
+    assert got[3] == pytest.approx(index.scores("alpha beta", [ids[0]])[0])
+    with pytest.raises(ValueError, match="1-D"):
+        index.scores_at("alpha", np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="one text per node id"):
+        index.scores_at("alpha", rows, ["too few"])
+    with pytest.raises(TypeError, match="single string"):
+        index.rows_of("node-1")
+
+
 def test_hand_computed_scores() -> None:
     ids = ["d0", "d1", "d2"]
     texts = ["Apple banana apple", "banana, cherry!", "The cherry cherry CHERRY"]  # "the" is a stop word

@@ -102,6 +102,25 @@ def test_store_query_matches_the_reference(task: KeywordTask, trained, k: int) -
         assert query_ids(store, q, k) == reference_ids(task, model, q, None, k)
 
 
+def test_keyword_rows_are_cached_by_slot_once_the_store_is_unchanged(task: KeywordTask) -> None:
+    """The first keyword query after a change looks candidates up by id; the next one caches the
+    index row of every slot. Both rank like the reference, and a change drops the cache."""
+    store = task.store()
+    store.deep_memory.train(task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN], **OPTIONS)
+    model = store.deep_memory.active_model()
+    q, text = task.queries[N_TRAIN], task.texts[N_TRAIN]
+    expected = reference_ids(task, model, q, text, 10)
+    assert query_ids(store, q, 10, text) == expected  # by id: nothing cached yet
+    assert store._keyword_cache[2] is None
+    assert query_ids(store, q, 10, text) == expected  # rows cached by slot
+    rows = store._keyword_cache[2]
+    assert rows.tolist() == model.lexical.rows_of(store._table.ids).tolist()
+    assert query_ids(store, q, 10, text) == expected and store._keyword_cache[2] is rows  # reused
+    store.add([TextNode(id_="late", text="unrelated words", embedding=task.docs[0].tolist())])
+    assert query_ids(store, q, 10, text) == query_ids(store, q, 10, text)
+    assert store._keyword_cache[2] is not rows and store._keyword_cache[2][-1] == -1  # "late" is not indexed
+
+
 def test_batched_search_with_texts_equals_store_queries(task: KeywordTask, trained) -> None:
     store, _ = trained
     vectors, texts = task.queries[N_TRAIN:], task.texts[N_TRAIN:]

@@ -17,6 +17,8 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
+    from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
+
 
 def check_query_texts(texts: Sequence[str | None] | None, n_queries: int) -> list[str | None] | None:
     """``texts`` as a list with one query string (or None) per query vector, or a clear error."""
@@ -119,6 +121,23 @@ class DeepMemoryModel:
     ) -> np.ndarray:
         """Final scores of one query's top ``rerank_depth`` candidates (ids, scores from steps 1-2,
         the candidates' current texts), given the query text when the caller has it. Unchanged here."""
+        return scores
+
+    def keyword_index(self) -> "LexicalIndex | None":
+        """The keyword index ``rerank`` reads, if any. A caller may look up its rows once per state
+        (``rows_of`` of its ids, valid while ``generation`` is unchanged) and call
+        :meth:`rerank_rows` with them: no per-candidate id lookups after a search. None here."""
+        return None
+
+    def rerank_rows(
+        self,
+        query_text: str | None,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        node_texts: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
+        """:meth:`rerank` with the candidates given as rows of :meth:`keyword_index` (-1: not
+        indexed, scored from ``node_texts``). Unchanged here."""
         return scores
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

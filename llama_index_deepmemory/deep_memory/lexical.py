@@ -197,7 +197,11 @@ class LexicalIndex:
         self._doc_ptr = np.ascontiguousarray(doc_ptr, dtype=np.int64)
         self._doc_terms = np.ascontiguousarray(doc_terms, dtype=np.int32)
         self._doc_weights = np.ascontiguousarray(doc_weights, dtype=np.float32)
+        # [begin, end) of each row's CSR slice in one gather; the extra last span (empty) is row -1's
+        self._spans = np.zeros((len(ids) + 1, 2), dtype=np.int64)
+        self._spans[:-1, 0], self._spans[:-1, 1] = self._doc_ptr[:-1], self._doc_ptr[1:]
         self._scratch = threading.local()  # per-thread query-term mask, see _query_mask
+        self.generation = 0  # bumped by forget(): rows looked up earlier (rows_of) may be stale
 
     # ------------------------------------------------------------------ querying
     def __len__(self) -> int:
@@ -232,15 +236,25 @@ class LexicalIndex:
         """Sorted unique indexed term ids of ``query_text`` (unknown words and stop words dropped)."""
         if query_text is not None and not isinstance(query_text, str):
             raise TypeError(f"query_text must be a string, got {type(query_text).__name__}")
-        found = {self._term_id.get(token, -1) for token in tokenize(query_text or "")}
-        found.discard(-1)
+        # stop words are not in the vocabulary, so one lookup per token drops them too
+        found = set(map(self._term_id.get, _TOKEN_RE.findall(query_text.lower()))) if query_text else set()
+        found.discard(None)
         return np.array(sorted(found), dtype=np.int32)
 
     def forget(self, node_ids: Sequence[str]) -> None:
         """Stop using the indexed text of ``node_ids`` (re-added with a new text, say): from now
         on they are scored from the text passed to :meth:`scores`, like nodes added later."""
+        row_of = self._row_of
         for node_id in node_ids:
-            self._row_of.pop(node_id, None)
+            row_of.pop(node_id, None)
+        self.generation += 1
+
+    def rows_of(self, node_ids: Sequence[str | None]) -> np.ndarray:
+        """Row of each of ``node_ids`` in the index, -1 for ids it does not use (never indexed,
+        forgotten, or None). Valid until :attr:`generation` changes."""
+        if isinstance(node_ids, str):
+            raise TypeError(f"node_ids must be a sequence of node ids, not a single string ({node_ids[:40]!r})")
+        return np.fromiter(map(self._row_of.get, node_ids, itertools.repeat(-1)), dtype=np.int64, count=len(node_ids))
 
     def scores(
         self, query_text: str, node_ids: Sequence[str], texts: Sequence[str | None] | None = None
@@ -251,39 +265,44 @@ class LexicalIndex:
         forgotten) are scored from ``texts[i]`` when given (with the index's idf and mean length;
         words no indexed node has count as document frequency 0), else 0.
         """
-        if isinstance(node_ids, str):
-            raise TypeError(f"node_ids must be a sequence of node ids, not a single string ({node_ids[:40]!r})")
-        rows = np.fromiter(map(self._row_of.get, node_ids, itertools.repeat(-1)), dtype=np.int64)
+        return self.scores_at(query_text, self.rows_of(node_ids), texts)
+
+    def scores_at(
+        self, query_text: str, rows: np.ndarray, texts: Sequence[str | None] | None = None
+    ) -> np.ndarray:
+        """:meth:`scores` of the nodes at ``rows`` (from :meth:`rows_of`; -1: scored from
+        ``texts[i]`` when given, else 0). A handful of numpy calls whatever the number of rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1:
+            raise ValueError(f"rows must be 1-D (from rows_of), got shape {rows.shape}")
         out = np.zeros(rows.size, dtype=np.float32)
-        positions = np.flatnonzero(rows >= 0)  # indexed candidates; the others need their text
         if texts is not None:
             if isinstance(texts, str):
                 raise TypeError("texts must be a sequence with one text per node id, not a single string")
             if len(texts) != rows.size:
                 raise ValueError(f"got {len(texts)} texts for {rows.size} node ids; pass one text per node id")
-            if positions.size < rows.size:
-                for position in np.setdiff1d(np.arange(rows.size), positions).tolist():
-                    out[position] = self._score_text(query_text, texts[position])
+            for position in np.flatnonzero(rows < 0).tolist():
+                out[position] = self._score_text(query_text, texts[position])
         query_terms = self._query_term_ids(query_text)
-        if query_terms.size == 0 or positions.size == 0:
+        if query_terms.size == 0 or rows.size == 0:
             return out
-        begins = self._doc_ptr[rows[positions]]
-        lengths = self._doc_ptr[rows[positions] + 1] - begins
+        spans = self._spans[rows]  # row -1 reads the empty last span
+        lengths = spans[:, 1] - spans[:, 0]
         total = int(lengths.sum())
         if total == 0:
             return out
-        # entry indices of every candidate's CSR slice, concatenated
-        slice_offsets = np.cumsum(lengths) - lengths
-        entries = np.arange(total, dtype=np.int64) + np.repeat(begins - slice_offsets, lengths)
+        # entry indices of every row's CSR slice, concatenated, and the position each belongs to
+        owner = np.repeat(np.arange(rows.size), lengths)
+        entries = np.arange(total, dtype=np.int64) + (spans[:, 0] - (np.cumsum(lengths) - lengths))[owner]
         mask = self._query_mask()
         mask[query_terms] = True  # a by-term lookup: cheaper than np.isin's sort on the query path
         try:
             shared = mask[self._doc_terms[entries]]
         finally:
             mask[query_terms] = False
-        owner = np.repeat(np.arange(positions.size), lengths)[shared]
-        sums = np.bincount(owner, weights=self._doc_weights[entries[shared]], minlength=positions.size)
-        out[positions] = sums
+        out += np.bincount(owner[shared], weights=self._doc_weights[entries[shared]], minlength=rows.size).astype(
+            np.float32
+        )
         return out
 
     # ------------------------------------------------------------------ state

@@ -239,6 +239,10 @@ class AdapterMemoryModel(DeepMemoryModel):
         """Candidates re-scored with keyword scores (0: this model does not use query texts)."""
         return LEXICAL_DEPTH if self.lexical is not None and self.lexical_weight > 0 else 0
 
+    def keyword_index(self) -> LexicalIndex | None:
+        """The keyword index ``rerank`` scores with (None when this model does not re-score)."""
+        return self.lexical if self.rerank_depth else None
+
     def rerank(
         self,
         query_text: str | None,
@@ -251,7 +255,19 @@ class AdapterMemoryModel(DeepMemoryModel):
         ``node_texts`` (the candidates' current texts) score nodes the keyword index lacks."""
         if not self.rerank_depth or not query_text or not len(node_ids):
             return scores
-        keyword = self.lexical.scores(query_text, node_ids, node_texts)
+        return self.rerank_rows(query_text, self.lexical.rows_of(node_ids), scores, node_texts)
+
+    def rerank_rows(
+        self,
+        query_text: str | None,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        node_texts: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
+        """:meth:`rerank` of candidates given by their :meth:`keyword_index` rows (-1: not indexed)."""
+        if not self.rerank_depth or not query_text or not len(rows):
+            return scores
+        keyword = self.lexical.scores_at(query_text, rows, node_texts)
         best = float(keyword.max())
         if best <= 0:
             return scores
