@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--peers", default="none,linear,nudge,llamaindex,bm25,hybrid", help="comma-separated peers to run")
     parser.add_argument("--options", default="{}", help="JSON TrainOptions for our method, e.g. '{\"epochs\": 20}'")
-    parser.add_argument("--seeds", default="0,1,2", help="seeds of our method on SciFact (validation split, init)")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="seeds of our method on SciFact (validation split, init)")
     parser.add_argument("--skip-scifact", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
