@@ -797,9 +797,11 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         state = (index.generation, self._version)
         cache = self._keyword_cache
         if cache is not None and cache[0] is index and cache[1] == state:
-            if cache[2] is None:
-                self._keyword_cache = (index, state, index.rows_of(self._table.ids))
-            return self._keyword_cache[2]
+            rows = cache[2]
+            if rows is None:
+                rows = index.rows_of(self._table.ids)
+                self._keyword_cache = (index, state, rows)
+            return rows  # not self._keyword_cache: a concurrent query of another model may have replaced it
         self._keyword_cache = (index, state, None)
         return None
 

@@ -117,6 +117,9 @@ def test_rows_of_and_scores_at_rows_match_scores_by_id() -> None:
     assert got[3] == pytest.approx(index.scores("alpha beta", [ids[0]])[0])
     with pytest.raises(ValueError, match="1-D"):
         index.scores_at("alpha", np.zeros((2, 2), dtype=np.int64))
+    for bad in ([0, -2], [len(ids)]):  # -2 would read another row's slice; past the end has none
+        with pytest.raises(ValueError, match="use rows_of"):
+            index.scores_at("alpha", np.array(bad))
     with pytest.raises(ValueError, match="one text per node id"):
         index.scores_at("alpha", rows, ["too few"])
     with pytest.raises(TypeError, match="single string"):
@@ -203,6 +206,7 @@ def _broken(**changes) -> tuple[dict, dict]:
         ({"k1": None}, "k1"),
         ({"ids": ["a", "a", "c"]}, "'a'"),
         ({"vocab": ["red", "red", "blue", "sky"]}, "vocab"),
+        ({"vocab": ["red", "fish", "the", "sky"]}, "stop words ['the']"),
     ],
 )
 def test_from_state_rejects_bad_state(changes: dict, message: str) -> None:

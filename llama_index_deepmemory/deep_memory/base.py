@@ -126,7 +126,8 @@ class DeepMemoryModel:
     def keyword_index(self) -> "LexicalIndex | None":
         """The keyword index ``rerank`` reads, if any. A caller may look up its rows once per state
         (``rows_of`` of its ids, valid while ``generation`` is unchanged) and call
-        :meth:`rerank_rows` with them: no per-candidate id lookups after a search. None here."""
+        :meth:`rerank_rows` with them: no per-candidate id lookups after a search. A model that
+        returns an index must rank alike through :meth:`rerank` and :meth:`rerank_rows`. None here."""
         return None
 
     def rerank_rows(

@@ -273,8 +273,11 @@ class LexicalIndex:
         """:meth:`scores` of the nodes at ``rows`` (from :meth:`rows_of`; -1: scored from
         ``texts[i]`` when given, else 0). A handful of numpy calls whatever the number of rows."""
         rows = np.asarray(rows, dtype=np.int64)
-        if rows.ndim != 1:
-            raise ValueError(f"rows must be 1-D (from rows_of), got shape {rows.shape}")
+        if rows.ndim != 1 or (rows.size and (rows.min() < -1 or rows.max() >= len(self.ids))):
+            raise ValueError(
+                f"rows must be 1-D rows of this index in [-1, {len(self.ids)}) (use rows_of(node_ids)), "
+                f"got shape {rows.shape}" + (f", range {rows.min()}..{rows.max()}" if rows.ndim == 1 and rows.size else "")
+            )
         out = np.zeros(rows.size, dtype=np.float32)
         if texts is not None:
             if isinstance(texts, str):
@@ -346,6 +349,9 @@ class LexicalIndex:
             raise ValueError("lexical index meta 'vocab' must be a list of strings")
         if len(set(vocab)) != len(vocab):
             raise ValueError("lexical index meta 'vocab' has repeated terms; the state is corrupt")
+        stop_words = sorted(STOP_WORDS.intersection(vocab))
+        if stop_words:  # queries look words up without dropping stop words first
+            raise ValueError(f"lexical index meta 'vocab' holds stop words {stop_words[:3]}; the state is corrupt")
         if not isinstance(ids, list):
             raise ValueError(f"lexical index meta 'ids' must be a list of strings, got {type(ids).__name__}")
         ids_tuple = _check_ids(ids)
