@@ -810,8 +810,9 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` per row after the model re-scores each row's candidates with its query text.
 
-        With the model's keyword rows cached by slot, candidates are passed as rows (a FAISS scan
-        has just flushed the caches, so touching 50 id strings costs more than the scoring)."""
+        A model with a keyword index gets its candidates as index rows, read from the by-slot cache
+        once the store is unchanged (a FAISS scan has just flushed the caches, so touching 50 id
+        strings costs more than the scoring); the first query after a change looks them up by id."""
         ids, node_texts = self._table.ids, self._table.texts
         index = model.keyword_index()
         rows_by_slot = self._keyword_rows(index) if index is not None else None
@@ -820,19 +821,22 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         for row, (row_scores, row_slots, text) in enumerate(zip(scores, slots, texts)):
             valid = row_slots >= 0
             row_scores, row_slots = row_scores[valid], row_slots[valid]
-            if rows_by_slot is not None:
-                rows = rows_by_slot[row_slots]
+            if index is None:  # a model re-scoring without a keyword index: by id
+                cands = row_slots.tolist()
+                fused = np.asarray(
+                    model.rerank(text, [ids[s] for s in cands], row_scores, [node_texts[s] for s in cands])
+                )
+            else:
+                rows = (
+                    rows_by_slot[row_slots] if rows_by_slot is not None
+                    else index.rows_of([ids[s] for s in row_slots.tolist()])
+                )
                 unindexed = rows < 0  # added or re-added since training: scored from their text
                 cand_texts = (
                     [node_texts[s] if u else None for s, u in zip(row_slots.tolist(), unindexed.tolist())]
                     if unindexed.any() else None
                 )
                 fused = np.asarray(model.rerank_rows(text, rows, row_scores, cand_texts))
-            else:
-                cands = row_slots.tolist()
-                fused = np.asarray(
-                    model.rerank(text, [ids[s] for s in cands], row_scores, [node_texts[s] for s in cands])
-                )
             if fused.shape != row_scores.shape:
                 raise ValueError(
                     f"the active Deep Memory model re-scored {len(row_scores)} candidates into shape {fused.shape}"
