@@ -217,8 +217,9 @@ def test_model_scores_match_brute_force(metric: str, n_queries: int, threshold: 
             bonus = 0.0
             for key, node, w in zip(model.link_key, model.link_node, model.link_weight):
                 if node == j:
-                    k = model.key_vectors[key].astype(np.float64)
-                    cos = qt @ k / (np.linalg.norm(qt) * np.linalg.norm(k))
+                    k = model.unit_keys[key].astype(np.float64)  # unit rows, 8-bit
+                    assert np.linalg.norm(k) == pytest.approx(1.0, abs=0.02)
+                    cos = qt @ k / np.linalg.norm(qt)
                     bonus = max(bonus, w * max(cos - model.key_threshold, 0.0))
             assert scores[i, j] == pytest.approx(base + 0.7 * bonus, rel=1e-4, abs=1e-4)
 

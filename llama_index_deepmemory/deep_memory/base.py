@@ -10,6 +10,9 @@ squared L2 distance for ``"l2"``.
 
 from __future__ import annotations
 
+import logging
+import threading
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
 
 import numpy as np
@@ -18,6 +21,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
     from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
+
+logger = logging.getLogger(__name__)
+
+_kernels_lock = threading.Lock()
+_kernels: list[ModuleType | None] = []  # filled once by compiled_kernels()
+
+
+def compiled_kernels() -> ModuleType | None:
+    """The compiled single-query kernels (``deep_memory.kernels``), or None without numba: the
+    numpy paths then compute the same results, slower. Imported on first use, so importing the
+    package and querying without Deep Memory never load numba."""
+    if not _kernels:
+        with _kernels_lock:
+            if not _kernels:
+                try:
+                    from llama_index_deepmemory.deep_memory import kernels
+                except Exception as error:  # numba missing, built for another numpy, or no cache dir
+                    logger.warning("Deep Memory queries run on numpy (slower): cannot import numba (%s)", error)
+                    kernels = None
+                _kernels.append(kernels)
+    return _kernels[0]
 
 
 def check_query_texts(texts: Sequence[str | None] | None, n_queries: int) -> list[str | None] | None:
@@ -110,6 +134,13 @@ class DeepMemoryModel:
         """
         return (), np.zeros((transformed.shape[0], 0), dtype=np.float32)
 
+    def apply(self, queries: np.ndarray) -> tuple[np.ndarray, Sequence[str], np.ndarray]:
+        """Steps 1 and 2 in one call: ``(q_t, *overrides(q_t))``. A model may fuse them (one
+        compiled pass for a single query); the results must equal the two steps'."""
+        transformed = self.transform_queries(queries)
+        ids, scores = self.overrides(transformed)
+        return transformed, ids, scores
+
     rerank_depth: int = 0  # > 0: the store re-scores this many top candidates of queries with text
 
     def rerank(
@@ -140,6 +171,13 @@ class DeepMemoryModel:
         """:meth:`rerank` with the candidates given as rows of :meth:`keyword_index` (-1: not
         indexed, scored from ``node_texts``). Unchanged here."""
         return scores
+
+    def keyword_plan(self, query_text: str) -> tuple[Any, ...] | None:
+        """For a model whose step 3 is ``score + weight * bm25 / max(bm25 over the candidates)``
+        over its :meth:`keyword_index`: ``(spans, terms, weights, query_terms, weight)`` as
+        ``deep_memory.kernels.merge_keyword_top`` takes them, so a single query's merge and
+        re-scoring run in one compiled call. None (here): the store calls :meth:`rerank_rows`."""
+        return None
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """JSON-able metadata and named arrays."""

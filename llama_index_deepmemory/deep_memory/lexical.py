@@ -232,7 +232,7 @@ class LexicalIndex:
             mask = self._scratch.mask = np.zeros(len(self._vocab), dtype=bool)
         return mask
 
-    def _query_term_ids(self, query_text: str | None) -> np.ndarray:
+    def query_term_ids(self, query_text: str | None) -> np.ndarray:
         """Sorted unique indexed term ids of ``query_text`` (unknown words and stop words dropped)."""
         if query_text is not None and not isinstance(query_text, str):
             raise TypeError(f"query_text must be a string, got {type(query_text).__name__}")
@@ -240,6 +240,13 @@ class LexicalIndex:
         found = set(map(self._term_id.get, _TOKEN_RE.findall(query_text.lower()))) if query_text else set()
         found.discard(None)
         return np.array(sorted(found), dtype=np.int32)
+
+    @property
+    def postings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(spans, terms, weights)``: row ``r``'s postings are ``terms[b:e]`` (int32 term
+        ids) with their BM25 weights ``weights[b:e]`` (float32), ``b, e = spans[r]``; row -1
+        reads an empty span."""
+        return self._spans, self._doc_terms, self._doc_weights
 
     def forget(self, node_ids: Sequence[str]) -> None:
         """Stop using the indexed text of ``node_ids`` (re-added with a new text, say): from now
@@ -286,7 +293,7 @@ class LexicalIndex:
                 raise ValueError(f"got {len(texts)} texts for {rows.size} node ids; pass one text per node id")
             for position in np.flatnonzero(rows < 0).tolist():
                 out[position] = self._score_text(query_text, texts[position])
-        query_terms = self._query_term_ids(query_text)
+        query_terms = self.query_term_ids(query_text)
         if query_terms.size == 0 or rows.size == 0:
             return out
         spans = self._spans[rows]  # row -1 reads the empty last span

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from llama_index_deepmemory.deep_memory.base import DeepMemoryModel
+from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, compiled_kernels
 from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,21 @@ def row_products(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def int8_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, d)`` rows as int8 codes ``(n, d)`` times a power-of-two scale per row ``(n,)``.
+
+    ``codes * scales[:, None]`` is exact in float32 and rounding it again returns the same codes
+    and scales (the largest code of a non-zero row lies in [64, 127]). Relative error per entry at
+    most 1/128 of the row's largest entry.
+    """
+    rows = np.asarray(rows, dtype=np.float32)
+    peak = np.abs(rows).max(axis=1) if rows.size else np.zeros(len(rows), dtype=np.float32)
+    exponent = np.ceil(np.log2(np.where(peak > 0, peak / np.float32(127.0), np.float32(1.0))))
+    scales = np.exp2(np.clip(exponent, -126, 127)).astype(np.float32)
+    codes = np.clip(np.rint(rows / scales[:, None]), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(codes), scales
+
+
 def _normalise_rows_inplace(x: np.ndarray) -> np.ndarray:
     """C-contiguous float32 ``x`` with unit rows, in place (zero rows stay zero): one FAISS call."""
     import faiss
@@ -90,6 +105,9 @@ class AdapterMemoryModel(DeepMemoryModel):
     single-threaded kernels for a few queries, see :func:`row_products`).
 
     * ``transform_queries``: ``q_t = W q + b`` (renormalised for cosine stores).
+    * ``W - I``, memory vectors and unit keys are held at 8-bit precision (:func:`int8_rows`:
+      int8 codes times a power-of-two scale per row, exact in float32), so one query reads a
+      quarter of the bytes; the error per entry is below 1/128 of the row's largest entry.
     * ``overrides``: for the "memory" nodes (those marked relevant in training), the score is
       ``score(q_t, m_n) + key_weight * max_t w_tn * relu(cos(q_t, k_t) - key_threshold)`` where
       ``m_n`` is the node's learned memory vector (its stored vector plus a trained delta) and
@@ -149,8 +167,24 @@ class AdapterMemoryModel(DeepMemoryModel):
         if not (math.isfinite(self.lexical_weight) and self.lexical_weight >= 0):
             raise ValueError(f"lexical_weight must be a finite number >= 0, got {lexical_weight!r}")
         self._check_shapes()
-        self._unit_keys = _normalise_rows_inplace(np.array(self.key_vectors, dtype=np.float32, order="C"))
+        # the query path reads the adapter's difference from identity, memory vectors and unit keys
+        # as int8 codes (a quarter of the bytes, read right after a FAISS scan has flushed the
+        # caches); the model's values are those of the codes, exactly
+        eye = np.eye(d, dtype=np.float32)
+        self._residual_codes, self._residual_scales = int8_rows(self.weight - eye)
+        self.weight = eye + self._residual_codes * self._residual_scales[:, None]
+        self._memory_codes, self._memory_scales = int8_rows(self.memory_vectors)
+        self.memory_vectors = self._memory_codes * self._memory_scales[:, None]
+        self._key_codes, self._key_scales = int8_rows(
+            _normalise_rows_inplace(np.array(self.key_vectors, dtype=np.float32, order="C"))
+        )
+        self._unit_keys = self._key_codes * self._key_scales[:, None]
         self._prepare_query_path()
+
+    @property
+    def unit_keys(self) -> np.ndarray:
+        """The remembered keys as queries meet them: unit rows of ``key_vectors`` at 8-bit precision."""
+        return self._unit_keys
 
     def _check_shapes(self) -> None:
         d = self.dim
@@ -173,11 +207,16 @@ class AdapterMemoryModel(DeepMemoryModel):
         """Lay the arrays out for few calls per query: the query path runs right after a FAISS
         scan has flushed the caches, where every call and byte counts."""
         self._weight_rows = np.ascontiguousarray(self.weight)  # q_t = q . rows of W
+        self._bias = np.ascontiguousarray(self.bias)
+        self._key_weight32, self._key_threshold32 = np.float32(self.key_weight), np.float32(self.key_threshold)
         n_mem = len(self.memory_ids)
         self._use_keys = self.key_weight != 0.0 and len(self.link_key) > 0 and n_mem > 0
         # one matrix, one product: memory scores in the first n_mem columns, key sims after
         stacked = [self.memory_vectors] + ([self._unit_keys] if self._use_keys else [])
         self._score_rows = np.ascontiguousarray(np.concatenate(stacked))  # (n_mem [+ n_keys], d)
+        # the same rows as int8 codes and scales, for the compiled single-query kernel
+        self._score_codes = np.concatenate([self._memory_codes] + ([self._key_codes] if self._use_keys else []))
+        self._score_scales = np.concatenate([self._memory_scales] + ([self._key_scales] if self._use_keys else []))
         self._memory_sq = np.einsum("ij,ij->i", self.memory_vectors, self.memory_vectors)
         # links grouped by key (CSR): key t links to nodes _link_node[_link_ptr[t]:_link_ptr[t + 1]]
         order = np.argsort(self.link_key, kind="stable")
@@ -192,6 +231,24 @@ class AdapterMemoryModel(DeepMemoryModel):
         if self.metric == "cosine":
             _normalise_rows_inplace(out)
         return out
+
+    def apply(self, queries: np.ndarray) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
+        """``transform_queries`` and ``overrides`` in one compiled pass for a single query (the
+        store's case); batches and installs without numba take the numpy path."""
+        kernels = compiled_kernels()
+        q = np.asarray(queries)
+        n_mem = len(self.memory_ids)
+        if kernels is None or q.shape != (1, self.dim) or q.dtype != np.float32 or not n_mem:
+            return super().apply(queries)
+        transformed = np.empty((1, self.dim), dtype=np.float32)
+        scores = np.empty((1, n_mem), dtype=np.float32)
+        kernels.adapter_memory_scores(
+            np.ascontiguousarray(q), self._residual_codes, self._residual_scales, self._bias, self.metric == "cosine",
+            self._score_codes, self._score_scales, n_mem, self._memory_sq, self.metric == "l2",
+            self._key_weight32, self._key_threshold32,
+            self._link_ptr, self._link_node_by_key, self._link_weight_by_key, transformed, scores,
+        )
+        return transformed, self.memory_ids, scores
 
     def _add_key_bonus(self, scores: np.ndarray, key_sims: np.ndarray) -> None:
         """Add ``key_weight * max_t w_tn * relu(sim(q, k_t) - threshold)`` to ``scores`` (m, n_mem).
@@ -272,6 +329,14 @@ class AdapterMemoryModel(DeepMemoryModel):
         if best <= 0:
             return scores
         return np.asarray(scores, dtype=np.float32) + np.float32(self.lexical_weight / best) * keyword
+
+    def keyword_plan(self, query_text: str) -> tuple[Any, ...] | None:
+        """The arguments of the compiled keyword re-scoring (``deep_memory.kernels``) for
+        ``query_text``: the keyword index's postings, the query's term ids and ``lexical_weight``.
+        None without keyword scores or query text."""
+        if not self.rerank_depth or not query_text:
+            return None
+        return (*self.lexical.postings, self.lexical.query_term_ids(query_text), self.lexical_weight)
 
     # --- persistence --------------------------------------------------------------------
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

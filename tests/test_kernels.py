@@ -1,0 +1,152 @@
+"""Compiled (numba) single-query kernels against the numpy paths they replace.
+
+The numpy paths are the reference: ``transform_queries`` + ``overrides`` for the adapter kernel,
+and the store's general merge + ``rerank_rows`` + stable sort for the merge/keyword kernel. The
+``numpy_only`` fixture runs the store as an install without numba would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from llama_index.core.schema import TextNode
+from llama_index.core.vector_stores.types import VectorStoreQuery
+
+from llama_index_deepmemory.deep_memory import base
+from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
+from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel, int8_rows
+from llama_index_deepmemory.store import DeepMemoryVectorStore
+
+WORDS = [f"w{i}" for i in range(40)]
+
+
+@pytest.fixture
+def numpy_only():
+    """Make ``compiled_kernels()`` answer None (as without numba) for one test."""
+    saved = list(base._kernels)
+    base._kernels[:] = [None]
+    yield
+    base._kernels[:] = saved
+
+
+def test_kernels_are_available() -> None:
+    """numba is a dependency: the compiled path is the one users run."""
+    assert base.compiled_kernels() is not None
+
+
+def test_int8_rows_are_exact_idempotent_and_close() -> None:
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([rng.normal(size=(50, 32)) * rng.uniform(1e-3, 50, size=(50, 1)), np.zeros((1, 32))])
+    codes, scales = int8_rows(rows)
+    assert codes.dtype == np.int8 and scales.dtype == np.float32 and codes.shape == rows.shape
+    assert np.all(np.log2(scales) == np.round(np.log2(scales)))  # powers of two: codes * scales is exact
+    approx = codes * scales[:, None]
+    peak = np.abs(rows).max(axis=1)
+    assert np.all(np.abs(approx - rows).max(axis=1) <= peak / 128 + 1e-30)
+    np.testing.assert_array_equal(approx[-1], 0.0)
+    again_codes, again_scales = int8_rows(approx)
+    np.testing.assert_array_equal(again_codes, codes)
+    np.testing.assert_array_equal(again_scales, scales)
+
+
+def _model(rng: np.random.Generator, d: int, metric: str, threshold: float, ids: list[str], lexical=None):
+    n_mem, n_keys = 30, 25
+    return AdapterMemoryModel(
+        dim=d,
+        metric=metric,
+        weight=np.eye(d) + 0.1 * rng.normal(size=(d, d)),
+        bias=0.05 * rng.normal(size=d),
+        memory_ids=ids[:n_mem],
+        memory_vectors=rng.normal(size=(n_mem, d)),
+        key_vectors=rng.normal(size=(n_keys, d)),
+        link_key=np.concatenate([np.arange(n_keys), rng.integers(0, n_keys, 10)]),
+        link_node=rng.integers(0, n_mem, n_keys + 10),
+        link_weight=rng.uniform(0.2, 1.0, n_keys + 10),
+        key_weight=0.7,
+        key_threshold=threshold,
+        lexical=lexical,
+        lexical_weight=0.3 if lexical is not None else 0.0,
+    )
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+@pytest.mark.parametrize("threshold", [-0.2, 0.3, 0.95])  # most keys fire / some / (almost) none
+def test_apply_kernel_matches_transform_and_overrides(metric: str, threshold: float) -> None:
+    rng = np.random.default_rng(3)
+    d = 24
+    model = _model(rng, d, metric, threshold, [f"n{i}" for i in range(30)])
+    for _ in range(20):
+        q = rng.normal(size=(1, d)).astype(np.float32)
+        if metric == "cosine":
+            q /= np.linalg.norm(q)
+        transformed, ids, scores = model.apply(q)
+        reference = model.transform_queries(q)
+        ref_ids, ref_scores = model.overrides(reference)
+        assert ids == ref_ids
+        np.testing.assert_allclose(transformed, reference, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-5)
+
+
+def _keyword_store(rng: np.random.Generator, n: int, d: int, metric: str):
+    vectors = rng.normal(size=(n, d)).astype(np.float32)
+    ids = [f"n{i}" for i in range(n)]
+    texts = [" ".join(rng.choice(WORDS, size=12)) for _ in range(n)]
+    store = DeepMemoryVectorStore(metric=metric)
+    store.add([TextNode(id_=i, text=t, embedding=v.tolist()) for i, t, v in zip(ids, texts, vectors)])
+    model = _model(rng, d, metric, 0.3, ids, LexicalIndex(ids, texts))
+    store.deep_memory._models["m"] = model  # a hand-made model, as benchmarks/bench_store.py registers one
+    store.deep_memory._active = "m"
+    return store, vectors
+
+
+def _run(store: DeepMemoryVectorStore, queries: np.ndarray, texts: list[str | None], k: int):
+    out = []
+    for q, text in zip(queries, texts):
+        result = store.query(VectorStoreQuery(query_embedding=q.tolist(), query_str=text, similarity_top_k=k),
+                             deep_memory=True)
+        out.append((result.ids, np.array(result.similarities)))
+    return out
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_store_queries_rank_alike_with_and_without_kernels(metric: str) -> None:
+    """Merge + keyword re-scoring in one compiled call ranks as the numpy path, query by query,
+    including queries near memory nodes (overrides enter the top k) and nodes added since training."""
+    rng = np.random.default_rng(5)
+    store, vectors = _keyword_store(rng, 300, 16, metric)
+    near = vectors[rng.integers(0, 30, 20)] + 0.05 * rng.normal(size=(20, 16))
+    queries = np.concatenate([near, rng.normal(size=(20, 16))]).astype(np.float32)
+    texts = [" ".join(rng.choice(WORDS, size=3)) if i % 5 else None for i in range(len(queries))]
+    for k in (1, 10, 60):
+        _run(store, queries[:2], texts[:2], k)  # the second unchanged query caches the keyword rows
+        compiled = _run(store, queries, texts, k)
+        saved = list(base._kernels)
+        base._kernels[:] = [None]
+        try:
+            reference = _run(store, queries, texts, k)
+        finally:
+            base._kernels[:] = saved
+        for (ids, sims), (ref_ids, ref_sims) in zip(compiled, reference):
+            assert ids == ref_ids
+            np.testing.assert_allclose(sims, ref_sims, rtol=1e-4, atol=1e-5)
+    # a node added after training is not in the keyword index: the kernel hands over to the general path
+    store.add([TextNode(id_="late", text="w1 w2 w3", embedding=queries[0].tolist())])
+    for _ in range(2):
+        ids, _ = _run(store, queries[:1], ["w1 w2"], 10)[0]
+    assert "late" in ids
+
+
+def test_numpy_path_serves_queries_without_numba(numpy_only) -> None:
+    """Without numba the store answers from the numpy path, ranked as brute force ranks."""
+    rng = np.random.default_rng(8)
+    store, vectors = _keyword_store(rng, 120, 8, "cosine")
+    model = store.deep_memory.active_model()
+    q = rng.normal(size=(1, 8)).astype(np.float32)
+    q /= np.linalg.norm(q)
+    ids, _ = _run(store, q, [None], 5)[0]
+    qt = model.transform_queries(q)
+    scores = qt[0] @ (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).T
+    over_ids, over = model.overrides(qt)
+    for j, node in enumerate(over_ids):
+        scores[int(node[1:])] = over[0, j]
+    assert ids == [f"n{i}" for i in np.argsort(-scores, kind="stable")[:5]]
