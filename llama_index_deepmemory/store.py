@@ -672,10 +672,9 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             candidates = self._select(node_ids, doc_ids, query.filters) if restricted else None
             if model is None:
                 scores, slots = self._search(q, k, candidates)
-            elif model.rerank_depth and query.query_str:
-                scores, slots = self._search_deep_memory(model, q, k, candidates, [query.query_str])
             else:
-                scores, slots = self._search_deep_memory(model, q, k, candidates)
+                texts = [query.query_str] if query.query_str else None
+                scores, slots = self._search_deep_memory(model, q, k, candidates, texts)
             scores, slots = scores[0], slots[0]
             valid = slots >= 0
             scores, slots = scores[valid], slots[valid]
