@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import threading
 from contextlib import contextmanager
@@ -41,7 +40,12 @@ from llama_index.core.vector_stores.types import (
 )
 
 from llama_index_deepmemory import persistence
-from llama_index_deepmemory.deep_memory.base import check_query_texts, compiled_kernels
+from llama_index_deepmemory.deep_memory.base import (
+    check_query_texts,
+    checked_scores,
+    checked_transform,
+    compiled_kernels,
+)
 from llama_index_deepmemory.filters import MetadataColumns
 from llama_index_deepmemory.index import METRICS, VectorIndex, build_faiss_index, top_k
 from llama_index_deepmemory.node_table import NodeTable
@@ -769,16 +773,9 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                 f"holds {q.shape[1]}-dimensional ones; train a new model on this store"
             )
         qt, over_ids, over_scores = model.apply(q)
-        qt = np.ascontiguousarray(qt, dtype=np.float32)
-        if qt.shape != q.shape or not math.isfinite(float(qt.sum(dtype=np.float64))):
-            raise ValueError(
-                f"the active Deep Memory model returned transformed queries of shape {qt.shape} "
-                f"(expected {q.shape}) or non-finite values"
-            )
+        if not getattr(model.apply, "checks_own_output", False):  # a subclass's own apply: check its results
+            qt, over_scores = checked_transform(q, qt), checked_scores(q, over_ids, over_scores)
         over_slots, over_mask, all_stored, over_set = self._override_slots(over_ids)
-        over_scores = np.asarray(over_scores, dtype=np.float32)
-        if over_scores.shape != (len(q), len(over_slots)):
-            over_scores = over_scores.reshape(len(q), len(over_slots))
         if candidates is not None:
             allowed = np.zeros(self._table.capacity + 1, dtype=bool)  # last cell: slot -1
             allowed[candidates] = True
@@ -847,16 +844,10 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         rows_by_slot = self._keyword_rows(index, build=False) if index is not None else None
         if rows_by_slot is None:  # the general path looks them up (and counts towards caching them)
             return None
-        n = plain_slots.shape[1]
-        merged_scores, merged_slots = np.empty((1, n), dtype=np.float32), np.empty((1, n), dtype=np.int64)
-        top_scores, top_slots = np.empty((1, min(k, n)), dtype=np.float32), np.empty((1, min(k, n)), dtype=np.int64)
-        written = kernels.merge_keyword_top(
-            plain_scores, plain_slots, over_scores, over_slots, over_mask, rows_by_slot,
-            *plan, merged_scores, merged_slots, top_scores, top_slots,
+        written, scores, slots = kernels.merge_keyword_top(
+            plain_scores, plain_slots, over_scores, over_slots, over_mask, rows_by_slot, *plan, k
         )
-        if written == -1:
-            return None
-        return (merged_scores, merged_slots, False) if written == -2 else (top_scores, top_slots, True)
+        return None if written == -1 else (scores, slots, written != -2)
 
     def _keyword_rows(self, index: Any, build: bool = True) -> np.ndarray | None:
         """Row of every slot in the keyword ``index`` (-1: not indexed), cached while the index

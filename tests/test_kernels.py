@@ -12,7 +12,7 @@ import pytest
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
-from llama_index_deepmemory.deep_memory import base
+from llama_index_deepmemory.deep_memory import base, kernels
 from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel, int8_rows
 from llama_index_deepmemory.store import DeepMemoryVectorStore
@@ -116,7 +116,9 @@ def test_store_queries_rank_alike_with_and_without_kernels(metric: str) -> None:
     store, vectors = _keyword_store(rng, 300, 16, metric)
     near = vectors[rng.integers(0, 30, 20)] + 0.05 * rng.normal(size=(20, 16))
     queries = np.concatenate([near, rng.normal(size=(20, 16))]).astype(np.float32)
-    texts = [" ".join(rng.choice(WORDS, size=3)) if i % 5 else None for i in range(len(queries))]
+    # no text, plain, upper case with punctuation (tokenised in the kernel), non-ASCII (tokenised in Python)
+    variants = [lambda w: None, " ".join, lambda w: ", ".join(w).upper() + "!", lambda w: " ".join(w) + " β–cells"]
+    texts = [variants[i % 4](list(rng.choice(WORDS, size=3))) for i in range(len(queries))]
     for k in (1, 10, 60):
         _run(store, queries[:2], texts[:2], k)  # the second unchanged query caches the keyword rows
         compiled = _run(store, queries, texts, k)
@@ -150,3 +152,156 @@ def test_numpy_path_serves_queries_without_numba(numpy_only) -> None:
     for j, node in enumerate(over_ids):
         scores[int(node[1:])] = over[0, j]
     assert ids == [f"n{i}" for i in np.argsort(-scores, kind="stable")[:5]]
+
+
+def _vocabulary_index() -> LexicalIndex:
+    """A keyword index whose vocabulary mixes words, digits, underscores and non-ASCII terms."""
+    texts = [
+        "Alpha beta_2 gamma 42 delta", "the café naïve ALPHA x y z", "über-cool E=mc2 snake_case 007",
+        "zeta eta theta iota kappa lambda", "mu nu xi omicron pi rho sigma tau upsilon", "日本 word Word WORD",
+    ]
+    return LexicalIndex([f"t{i}" for i in range(len(texts))], texts)
+
+
+def test_ascii_query_terms_match_the_python_tokeniser() -> None:
+    """The kernel's tokeniser + hash lookup finds the term ids ``query_term_ids`` finds, for ASCII
+    texts of every kind: case, digits, underscores, punctuation, stop words, unknown and repeated
+    words, texts longer than the in-place sort's limit."""
+    index = _vocabulary_index()
+    words = list(index._vocab) + ["the", "of", "and", "unknown", "ALPHA", "Beta_2", "x_", "_", "0"]
+    ascii_words = [w for w in words if w.isascii()]
+    rng = np.random.default_rng(11)
+    separators = [" ", "  ", ", ", ".", "-", "=", "\t", "\n", "(", ")", "'", "!?"]
+    texts = ["", "   ", "!!!", "alpha", "ALPHA alpha Alpha", "beta_2beta_2", "E=mc2", "42 007 42"]
+    for size in (1, 3, 8, 40, 200):  # 200 tokens: more than the 64 sorted in place
+        for _ in range(30):
+            picked = [[str.lower, str.upper, str.title][rng.integers(3)](w) for w in rng.choice(ascii_words, size=size)]
+            texts.append("".join(w + rng.choice(separators) for w in picked))
+    table = index.term_table()
+    for text in texts:
+        assert text.isascii()
+        found = kernels.ascii_query_terms(text.encode(), *table)
+        assert found.dtype == np.int32
+        np.testing.assert_array_equal(found, index.query_term_ids(text), err_msg=repr(text))
+
+
+def test_term_table_finds_every_ascii_term_at_its_id() -> None:
+    index = _vocabulary_index()
+    table, term_bytes, offsets = index.term_table()
+    assert index.term_table()[0] is table  # built once
+    size = table.shape[0]
+    assert size & (size - 1) == 0 and size >= 2 * len(index._vocab)
+    assert int((table[:, 1] != 0).sum()) == len(index._vocab)
+    for term_id, term in enumerate(index._vocab):
+        assert bytes(term_bytes[offsets[term_id] : offsets[term_id + 1]]).decode() == term
+        if term.isascii():
+            assert kernels.ascii_query_terms(term.encode(), *index.term_table()).tolist() == [term_id]
+    empty = LexicalIndex(["s"], ["the of and"])  # only stop words: an empty vocabulary
+    assert kernels.ascii_query_terms(b"the word", *empty.term_table()).size == 0
+
+
+def test_compiled_query_hands_non_ascii_texts_to_python() -> None:
+    index = _vocabulary_index()
+    text, terms = index.compiled_query("Alpha, 42!")
+    assert text == b"Alpha, 42!" and terms.size == 0
+    text, terms = index.compiled_query("naïve café alpha")
+    assert text == b""
+    np.testing.assert_array_equal(terms, index.query_term_ids("naïve café alpha"))
+    assert len(terms) == 3
+
+
+def test_merge_kernel_keeps_ties_in_the_general_paths_order() -> None:
+    """Integer scores make ties everywhere: plain hits first, then override nodes in their order,
+    as the general path's stable sort ranks them; k above the insertion limit too."""
+    rng = np.random.default_rng(4)
+    capacity = 300
+    for trial in range(400):
+        k = int(rng.integers(1, 8)) if trial % 4 else int(rng.integers(60, 90))
+        plain_slots = rng.choice(capacity, size=k, replace=False).astype(np.int64)
+        plain_scores = -np.sort(-rng.integers(0, 5, size=k)).astype(np.float32)
+        over_slots = rng.choice(capacity, size=int(rng.integers(1, 2 * k + 4)), replace=False).astype(np.int64)
+        over_scores = rng.integers(0, 6, size=over_slots.size).astype(np.float32)
+        mask = np.zeros(capacity + 1, dtype=bool)
+        mask[over_slots] = True
+        out_scores, out_slots = np.empty((1, k), np.float32), np.empty((1, k), np.int64)
+        written = kernels.merge_overrides(plain_scores[None], plain_slots[None], over_scores[None], over_slots, mask,
+                                          out_scores, out_slots)
+        keep = ~mask[plain_slots]
+        enter = over_scores >= plain_scores[-1]
+        pool_scores = np.concatenate([plain_scores[keep], over_scores[enter]])
+        pool_slots = np.concatenate([plain_slots[keep], over_slots[enter]])
+        if len(pool_slots) < k:
+            assert written == -1
+            continue
+        order = np.argsort(-pool_scores, kind="stable")[:k]
+        assert written == k
+        assert out_slots[0].tolist() == pool_slots[order].tolist()
+        np.testing.assert_array_equal(out_scores[0], pool_scores[order])
+
+
+def test_stable_top_ranks_as_a_stable_descending_sort() -> None:
+    """Ties in input order and NaN last, by insertion (small k) or by sorting (large k)."""
+    rng = np.random.default_rng(9)
+    for trial in range(300):
+        n = int(rng.integers(0, 120))
+        scores = rng.integers(0, 6, size=n).astype(np.float32)
+        scores[rng.random(n) < 0.1] = np.nan
+        slots = rng.permutation(n).astype(np.int64)
+        k = int(rng.integers(1, 100))
+        out_scores, out_slots = np.empty(k, np.float32), np.empty(k, np.int64)
+        count = kernels._stable_top(scores, slots, out_scores, out_slots)
+        order = np.argsort(-scores, kind="stable")[:k]
+        assert count == len(order)
+        assert out_slots[:count].tolist() == slots[order].tolist()
+        np.testing.assert_array_equal(out_scores[:count], scores[order])
+
+
+class _NaNModel(base.DeepMemoryModel):
+    def transform_queries(self, queries: np.ndarray) -> np.ndarray:
+        return np.full_like(queries, np.nan)
+
+
+class _OwnApplyModel(base.DeepMemoryModel):
+    """Overrides ``apply`` itself, unmarked: the store checks what it returns."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(dim=3, metric="ip")
+        self.value = value
+
+    def apply(self, queries: np.ndarray):
+        return np.full(np.shape(queries), self.value), ("n1",), [9.0]  # float64, scores 1-D
+
+
+def test_store_checks_the_results_of_a_subclass_apply() -> None:
+    store = DeepMemoryVectorStore(metric="ip")
+    store.add([TextNode(id_=f"n{i}", text="w", embedding=[1.0, float(i), 0.5]) for i in range(3)])
+    query = VectorStoreQuery(query_embedding=[1.0, 0.0, 0.0], similarity_top_k=2)
+    store.deep_memory._models["own"] = _OwnApplyModel(1.0)
+    store.deep_memory._active = "own"
+    result = store.query(query, deep_memory=True)
+    assert result.ids == ["n1", "n2"] and result.similarities[0] == 9.0  # scores reshaped, query made float32
+    store.deep_memory._models["own"] = _OwnApplyModel(np.nan)
+    with pytest.raises(ValueError, match="non-finite"):
+        store.query(query, deep_memory=True)
+
+
+def test_non_finite_transformed_queries_are_refused_on_both_paths() -> None:
+    """A model whose transformed query is NaN or overflows gets a clear error, compiled or not."""
+    store = DeepMemoryVectorStore(metric="ip")
+    store.add([TextNode(id_=f"n{i}", text="w", embedding=[1.0, float(i), 0.5]) for i in range(3)])
+    store.deep_memory._models["nan"] = _NaNModel(dim=3, metric="ip")
+    store.deep_memory._active = "nan"
+    with pytest.raises(ValueError, match="non-finite"):
+        store.query(VectorStoreQuery(query_embedding=[1.0, 0.0, 0.0], similarity_top_k=2), deep_memory=True)
+    rng = np.random.default_rng(0)
+    model = _model(rng, 3, "ip", 0.3, [f"n{i}" for i in range(30)])
+    huge = np.full((1, 3), 3e38, dtype=np.float32)  # finite, but W q overflows float32
+    with pytest.raises(ValueError, match="non-finite"):
+        model.apply(huge)
+    saved = list(base._kernels)
+    base._kernels[:] = [None]
+    try:
+        with pytest.raises(ValueError, match="non-finite"):
+            model.apply(huge)
+    finally:
+        base._kernels[:] = saved

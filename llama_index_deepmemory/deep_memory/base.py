@@ -11,9 +11,10 @@ squared L2 distance for ``"l2"``.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -42,6 +43,33 @@ def compiled_kernels() -> ModuleType | None:
                     kernels = None
                 _kernels.append(kernels)
     return _kernels[0]
+
+
+def checked_transform(queries: np.ndarray, transformed: Any) -> np.ndarray:
+    """A model's transformed ``queries`` as C-contiguous float32, or a clear error when they have
+    another shape or hold NaN or infinity."""
+    out = np.ascontiguousarray(transformed, dtype=np.float32)
+    if out.shape != queries.shape or not math.isfinite(float(out.sum(dtype=np.float64))):
+        raise ValueError(
+            f"the active Deep Memory model returned transformed queries of shape {out.shape} "
+            f"(expected {queries.shape}) or non-finite values; check the query vectors' scale or retrain the model"
+        )
+    return out
+
+
+def checked_scores(queries: np.ndarray, ids: Sequence[str], scores: Any) -> np.ndarray:
+    """A model's override ``scores`` as float32 (m, len(ids)), or numpy's error when they cannot be."""
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.shape != (len(queries), len(ids)):
+        scores = scores.reshape(len(queries), len(ids))
+    return scores
+
+
+def checks_own_output(apply: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark an ``apply`` that returns what :meth:`DeepMemoryModel.apply` guarantees; the store
+    checks the results of any other ``apply`` (a subclass's override) itself."""
+    apply.checks_own_output = True  # type: ignore[attr-defined]
+    return apply
 
 
 def check_query_texts(texts: Sequence[str | None] | None, n_queries: int) -> list[str | None] | None:
@@ -134,12 +162,16 @@ class DeepMemoryModel:
         """
         return (), np.zeros((transformed.shape[0], 0), dtype=np.float32)
 
+    @checks_own_output
     def apply(self, queries: np.ndarray) -> tuple[np.ndarray, Sequence[str], np.ndarray]:
-        """Steps 1 and 2 in one call: ``(q_t, *overrides(q_t))``. A model may fuse them (one
-        compiled pass for a single query); the results must equal the two steps'."""
-        transformed = self.transform_queries(queries)
+        """Steps 1 and 2 in one call, checked: ``q_t`` as finite float32 of the queries' shape,
+        ``ids`` and their float32 (m, len(ids)) scores. A model may fuse the steps (one compiled
+        pass for a single query): the store checks what an override returns, unless it is marked
+        with :func:`checks_own_output`."""
+        queries = np.asarray(queries)
+        transformed = checked_transform(queries, self.transform_queries(queries))
         ids, scores = self.overrides(transformed)
-        return transformed, ids, scores
+        return transformed, ids, checked_scores(queries, ids, scores)
 
     rerank_depth: int = 0  # > 0: the store re-scores this many top candidates of queries with text
 
@@ -174,9 +206,11 @@ class DeepMemoryModel:
 
     def keyword_plan(self, query_text: str) -> tuple[Any, ...] | None:
         """For a model whose step 3 is ``score + weight * bm25 / max(bm25 over the candidates)``
-        over its :meth:`keyword_index`: ``(spans, terms, weights, query_terms, weight)`` as
-        ``deep_memory.kernels.merge_keyword_top`` takes them, so a single query's merge and
-        re-scoring run in one compiled call. None (here): the store calls :meth:`rerank_rows`."""
+        over its :meth:`keyword_index`: ``(spans, terms, weights, table, term_bytes, term_offsets,
+        text, query_terms, weight)`` as ``deep_memory.kernels.merge_keyword_top`` takes them (the
+        index's ``postings`` and ``term_table()``, then its ``compiled_query(text)``: ASCII bytes or
+        b"" with sorted unique int32 term ids), so a single query's merge and re-scoring run in one
+        compiled call. None (here): the store calls :meth:`rerank_rows`."""
         return None
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -1,12 +1,12 @@
 """Compiled (numba) kernels for one ``deep_memory=True`` query: adapter and memory scores before
-the FAISS scan, merge and keyword re-scoring after it.
+the FAISS scan; merge, query tokenisation and keyword re-scoring after it.
 
 Why compiled: the scan streams the whole index through the CPU caches, so right after it every
 numpy call costs 5-35 µs to fetch its own code and metadata again; the query path made about 40
 of them. One kernel per step makes the overhead of ``deep_memory=True`` a few loops over the
-model's arrays. Each kernel computes what a numpy reference in its caller computes (tests
-compare the two). Callers reach this module through ``base.compiled_kernels()``, which returns
-None where numba is not installed (the numpy paths then run).
+model's arrays. Each kernel computes what a numpy or Python reference in its caller computes
+(tests compare the two). Callers reach this module through ``base.compiled_kernels()``, which
+returns None where numba is not installed (the numpy paths then run).
 """
 
 from __future__ import annotations
@@ -49,19 +49,21 @@ def adapter_memory_scores(
     link_ptr: np.ndarray,  # (n_keys + 1,) int64, CSR by key
     link_node: np.ndarray,  # (n_links,) int64
     link_weight: np.ndarray,  # (n_links,) float32
-    transformed_out: np.ndarray,  # out (1, d) float32
-    scores_out: np.ndarray,  # out (1, n_memory) float32
-) -> float:
-    """``AdapterMemoryModel.transform_queries`` and ``overrides`` of one query, in place.
-
-    Returns the best memory score (-inf without memory nodes)."""
-    query, transformed, scores = queries[0], transformed_out[0], scores_out[0]
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``AdapterMemoryModel.transform_queries`` and ``overrides`` of one query: the transformed
+    query (1, d), the memory scores (1, n_memory), and whether the transformed query is finite."""
+    query = queries[0]
     d = query.shape[0]
+    transformed_out = np.empty((1, d), dtype=np.float32)
+    scores_out = np.empty((1, n_memory), dtype=np.float32)
+    transformed, scores = transformed_out[0], scores_out[0]
     sq = np.float32(0.0)
+    finite = True
     for i in range(d):
         value = query[i] + _dot_codes(residual_codes[i], query) * residual_scales[i] + bias[i]
         transformed[i] = value
         sq += value * value
+        finite = finite and math.isfinite(value)
     if unit and sq > 0:
         inverse = np.float32(1.0 / math.sqrt(sq))
         for i in range(d):
@@ -87,11 +89,42 @@ def adapter_memory_scores(
         if hit:
             for r in range(n_memory):
                 scores[r] += bonus[r] * key_weight
-    best = -np.inf
-    for r in range(n_memory):
-        if scores[r] > best:
-            best = scores[r]
-    return best
+    return transformed_out, scores_out, finite
+
+
+_INSERTION_TOP = 64  # a stable top k by insertion up to this k (less code and no sort right after a scan)
+
+
+@numba.njit(**_JIT)
+def _stable_top(scores: np.ndarray, slots: np.ndarray, out_scores: np.ndarray, out_slots: np.ndarray) -> int:
+    """The top ``len(out_scores)`` of (scores, slots) in descending score order, ties (and NaN,
+    placed last) in input order, as ``np.argsort(-scores, kind="mergesort")`` ranks them.
+    Returns the number written."""
+    n, k = scores.shape[0], out_scores.shape[0]
+    if k > _INSERTION_TOP:
+        order = np.argsort(-scores, kind="mergesort")
+        count = min(k, n)
+        for i in range(count):
+            out_scores[i] = scores[order[i]]
+            out_slots[i] = slots[order[i]]
+        return count
+    count = 0
+    for i in range(n):
+        score = scores[i]
+        position = count
+        # move up past lower scores, and past NaN unless this score is NaN too
+        while position > 0 and (out_scores[position - 1] < score
+                                or (out_scores[position - 1] != out_scores[position - 1] and score == score)):
+            position -= 1
+        if position >= k:
+            continue
+        for j in range(min(count, k - 1), position, -1):
+            out_scores[j] = out_scores[j - 1]
+            out_slots[j] = out_slots[j - 1]
+        out_scores[position] = score
+        out_slots[position] = slots[i]
+        count = min(count + 1, k)
+    return count
 
 
 @numba.njit(**_JIT)
@@ -120,7 +153,6 @@ def _merge(
             pool_scores[count] = plain_scores[i]
             pool_slots[count] = plain_slots[i]
             count += 1
-    kept = count
     for j in range(n_over):  # override nodes below the k-th plain score cannot enter
         if over_scores[j] >= last:
             pool_scores[count] = over_scores[j]
@@ -128,15 +160,7 @@ def _merge(
             count += 1
     if count < k:
         return -1
-    if kept == k and count == k:
-        out_scores[:] = plain_scores
-        out_slots[:] = plain_slots
-        return k
-    order = np.argsort(-pool_scores[:count], kind="mergesort")  # stable: plain hits first on ties
-    for i in range(k):
-        out_scores[i] = pool_scores[order[i]]
-        out_slots[i] = pool_slots[order[i]]
-    return k
+    return _stable_top(pool_scores[:count], pool_slots[:count], out_scores, out_slots)
 
 
 @numba.njit(**_JIT)
@@ -158,16 +182,34 @@ def _keyword_top(
     index (the caller's general path scores those from their text)."""
     n = slots.shape[0]
     n_terms = query_terms.shape[0]
-    keyword = np.zeros(n, dtype=np.float32)
-    best = np.float32(0.0)
+    # The postings sit in arrays far larger than the caches: gather every address first, so the
+    # memory reads of all candidates overlap instead of waiting one after the other.
+    begins = np.empty(n, dtype=np.int64)
+    ends = np.empty(n, dtype=np.int64)
     for i in range(n):
         slot = slots[i]
-        if slot < 0 or slot >= rows_by_slot.shape[0] or rows_by_slot[slot] < 0:
+        if slot < 0 or slot >= rows_by_slot.shape[0]:
             return -1
-        row = rows_by_slot[slot]
+        begins[i] = rows_by_slot[slot]
+    for i in range(n):
+        row = begins[i]
+        if row < 0:
+            return -1
+        begins[i], ends[i] = spans[row, 0], spans[row, 1]
+    touched = np.int64(0)
+    for i in range(n):  # one read per cache line (16 entries) of each candidate's postings
+        for p in range(begins[i], ends[i], 16):
+            touched += doc_terms[p] + np.int64(doc_weights[p] != 0)
+    keyword = np.zeros(n, dtype=np.float32)
+    best = np.float32(0.0)
+    first_term = query_terms[0] if n_terms else 0
+    last_term = query_terms[n_terms - 1] if n_terms else -1
+    for i in range(n):
         total = 0.0  # float64 in posting order, like numpy's bincount
-        for p in range(spans[row, 0], spans[row, 1]):
+        for p in range(begins[i], ends[i]):
             term = doc_terms[p]
+            if term < first_term or term > last_term:
+                continue
             lo, hi = 0, n_terms
             while lo < hi:  # binary search in the sorted query terms
                 mid = (lo + hi) >> 1
@@ -175,7 +217,7 @@ def _keyword_top(
                     lo = mid + 1
                 else:
                     hi = mid
-            if lo < n_terms and query_terms[lo] == term:
+            if query_terms[lo] == term:
                 total += doc_weights[p]
         keyword[i] = np.float32(total)
         if keyword[i] > best:
@@ -185,13 +227,111 @@ def _keyword_top(
         scale = np.float32(weight / np.float64(best))
         for i in range(n):
             fused[i] = scores[i] + scale * keyword[i]
-    order = np.argsort(-fused, kind="mergesort")  # stable, like the store's general path
-    k = min(out_scores.shape[0], n)
-    for i in range(k):
-        out_scores[i] = fused[order[i]]
-        out_slots[i] = slots[order[i]]
-    return k
+    count = _stable_top(fused, slots, out_scores, out_slots)  # stable, like the store's general path
+    return count if touched >= -(1 << 62) else -1  # uses ``touched``, so the reads are not optimised away
 
+
+# FNV-1a, 64 bits: the hash of the vocabulary table
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+@numba.njit(**_JIT)
+def term_table(term_bytes: np.ndarray, term_offsets: np.ndarray) -> np.ndarray:
+    """Open-addressing hash table of a vocabulary (term ``t``'s UTF-8 bytes are
+    ``term_bytes[term_offsets[t]:term_offsets[t + 1]]``): (size, 2) uint64 rows of (hash,
+    ``t + 1``), 0 marking empty rows; size a power of two, at most half full."""
+    n = term_offsets.shape[0] - 1
+    size = 2
+    while size < 2 * n:
+        size *= 2
+    table = np.zeros((size, 2), dtype=np.uint64)
+    mask = np.uint64(size - 1)
+    for t in range(n):
+        h = _FNV_OFFSET
+        for p in range(term_offsets[t], term_offsets[t + 1]):
+            h = (h ^ np.uint64(term_bytes[p])) * _FNV_PRIME
+        slot = h & mask
+        while table[slot, 1] != 0:
+            slot = (slot + np.uint64(1)) & mask
+        table[slot, 0] = h
+        table[slot, 1] = np.uint64(t + 1)
+    return table
+
+
+@numba.njit(**_JIT)
+def _is_word_byte(c: int) -> bool:
+    """ASCII letters, digits and ``_``: what ``\\w`` matches among ASCII characters."""
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95
+
+
+@numba.njit(**_JIT)
+def ascii_query_terms(
+    text: bytes,  # an ASCII query text
+    table: np.ndarray,  # from term_table
+    term_bytes: np.ndarray,  # (n_bytes,) uint8
+    term_offsets: np.ndarray,  # (n_terms + 1,) int64
+) -> np.ndarray:
+    """``LexicalIndex.query_term_ids`` of an ASCII text: sorted unique int32 ids of its
+    lowercased ``\\w+`` tokens found in the vocabulary (stop words are not in it)."""
+    n = len(text)
+    found = np.empty(n // 2 + 1, dtype=np.int32)  # tokens are separated, so at most this many
+    token = np.empty(n, dtype=np.uint8)
+    mask = np.uint64(table.shape[0] - 1)
+    count = 0
+    i = 0
+    while i < n:
+        if not _is_word_byte(text[i]):
+            i += 1
+            continue
+        length = 0
+        h = _FNV_OFFSET
+        while i < n and _is_word_byte(text[i]):
+            c = text[i]
+            if 65 <= c <= 90:  # lowercase, as text.lower() does for ASCII
+                c += 32
+            token[length] = c
+            h = (h ^ np.uint64(c)) * _FNV_PRIME
+            length += 1
+            i += 1
+        slot = h & mask
+        while table[slot, 1] != 0:
+            if table[slot, 0] == h:
+                term = np.int64(table[slot, 1]) - 1
+                begin = term_offsets[term]
+                same = term_offsets[term + 1] - begin == length
+                for j in range(length if same else 0):
+                    if term_bytes[begin + j] != token[j]:
+                        same = False
+                        break
+                if same:
+                    found[count] = term
+                    count += 1
+                    break
+            slot = (slot + np.uint64(1)) & mask
+    return _sorted_unique(found[:count])
+
+
+@numba.njit(**_JIT)
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)``, in place for a query's few terms (np.unique's sort costs more there
+    right after a scan than the whole lookup)."""
+    count = values.shape[0]
+    if count > 64:
+        return np.unique(values)
+    for i in range(1, count):  # insertion sort
+        value = values[i]
+        j = i
+        while j > 0 and values[j - 1] > value:
+            values[j] = values[j - 1]
+            j -= 1
+        values[j] = value
+    unique = 0
+    for i in range(count):
+        if unique == 0 or values[unique - 1] != values[i]:
+            values[unique] = values[i]
+            unique += 1
+    return values[:unique]
 
 
 @numba.njit(**_JIT)
@@ -216,23 +356,32 @@ def merge_keyword_top(
     over_slots: np.ndarray,  # (n_over,) int64, all stored
     over_mask: np.ndarray,  # (capacity + 1,) bool
     rows_by_slot: np.ndarray,  # (capacity,) int64
-    spans: np.ndarray,
+    spans: np.ndarray,  # the keyword index's postings (LexicalIndex.postings)...
     doc_terms: np.ndarray,
     doc_weights: np.ndarray,
-    query_terms: np.ndarray,
+    table: np.ndarray,  # ... and its vocabulary (LexicalIndex.term_table)
+    term_bytes: np.ndarray,
+    term_offsets: np.ndarray,
+    text: bytes,  # the query text when it is ASCII (tokenised here), else b""...
+    query_terms: np.ndarray,  # ... and its sorted unique term ids (int32) instead
     weight: float,
-    merged_scores: np.ndarray,  # out (1, n) float32: the merged candidates...
-    merged_slots: np.ndarray,  # out (1, n) int64
-    out_scores: np.ndarray,  # out (1, k) float32: ... and their top k after keyword re-scoring
-    out_slots: np.ndarray,  # out (1, k) int64
-) -> int:
+    k: int,
+) -> tuple[int, np.ndarray, np.ndarray]:
     """:func:`_merge` then :func:`_keyword_top` of one query, in one call.
 
-    Returns the number of results written to ``out_*``; -1 when the merge needs the general
-    path (nothing written), -2 when only the merge succeeded (candidates in ``merged_*``)."""
+    Returns ``(count, scores, slots)``: the top ``count`` after keyword re-scoring (arrays of
+    shape (1, count)); count -2 when only the merge succeeded (the merged candidates, (1, n)),
+    -1 when the merge needs the general path (the arrays mean nothing)."""
+    n = plain_slots.shape[1]
+    merged_scores, merged_slots = np.empty((1, n), dtype=np.float32), np.empty((1, n), dtype=np.int64)
     if _merge(plain_scores[0], plain_slots[0], over_scores[0], over_slots, over_mask,
               merged_scores[0], merged_slots[0]) < 0:
-        return -1
+        return -1, merged_scores, merged_slots
+    terms = ascii_query_terms(text, table, term_bytes, term_offsets) if len(text) else query_terms
+    m = min(k, n)
+    top_scores, top_slots = np.empty((1, m), dtype=np.float32), np.empty((1, m), dtype=np.int64)
     written = _keyword_top(merged_scores[0], merged_slots[0], rows_by_slot, spans, doc_terms, doc_weights,
-                           query_terms, weight, out_scores[0], out_slots[0])
-    return -2 if written < 0 else written
+                           terms, weight, top_scores[0], top_slots[0])
+    if written < 0:
+        return -2, merged_scores, merged_slots
+    return written, top_scores, top_slots

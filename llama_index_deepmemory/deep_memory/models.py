@@ -8,7 +8,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, compiled_kernels
+from llama_index_deepmemory.deep_memory.base import (
+    DeepMemoryModel,
+    checked_transform,
+    checks_own_output,
+    compiled_kernels,
+)
 from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 
 logger = logging.getLogger(__name__)
@@ -223,6 +228,14 @@ class AdapterMemoryModel(DeepMemoryModel):
         self._link_ptr = np.searchsorted(self.link_key[order], np.arange(len(self.key_vectors) + 1))
         self._link_node_by_key = self.link_node[order]
         self._link_weight_by_key = self.link_weight[order]
+        # the compiled single-query kernel's arguments after the query (none without memory nodes)
+        self._single_shape = (1, self.dim)
+        self._kernel_args = (
+            self._residual_codes, self._residual_scales, self._bias, self.metric == "cosine",
+            self._score_codes, self._score_scales, n_mem, self._memory_sq, self.metric == "l2",
+            self._key_weight32, self._key_threshold32, self._link_ptr, self._link_node_by_key,
+            self._link_weight_by_key,
+        ) if n_mem else ()
 
     # --- query time ---------------------------------------------------------------------
     def transform_queries(self, queries: np.ndarray) -> np.ndarray:
@@ -232,22 +245,22 @@ class AdapterMemoryModel(DeepMemoryModel):
             _normalise_rows_inplace(out)
         return out
 
+    @checks_own_output
     def apply(self, queries: np.ndarray) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
-        """``transform_queries`` and ``overrides`` in one compiled pass for a single query (the
-        store's case); batches and installs without numba take the numpy path."""
+        """``transform_queries`` and ``overrides`` in one compiled pass for a single float32 query
+        (the store's case); batches and installs without numba take the numpy path."""
         kernels = compiled_kernels()
-        q = np.asarray(queries)
-        n_mem = len(self.memory_ids)
-        if kernels is None or q.shape != (1, self.dim) or q.dtype != np.float32 or not n_mem:
+        if (
+            kernels is None
+            or type(queries) is not np.ndarray
+            or queries.shape != self._single_shape
+            or queries.dtype != np.float32
+            or not self._kernel_args
+        ):
             return super().apply(queries)
-        transformed = np.empty((1, self.dim), dtype=np.float32)
-        scores = np.empty((1, n_mem), dtype=np.float32)
-        kernels.adapter_memory_scores(
-            np.ascontiguousarray(q), self._residual_codes, self._residual_scales, self._bias, self.metric == "cosine",
-            self._score_codes, self._score_scales, n_mem, self._memory_sq, self.metric == "l2",
-            self._key_weight32, self._key_threshold32,
-            self._link_ptr, self._link_node_by_key, self._link_weight_by_key, transformed, scores,
-        )
+        transformed, scores, finite = kernels.adapter_memory_scores(queries, *self._kernel_args)
+        if not finite:
+            checked_transform(queries, transformed)  # raises the numpy path's error
         return transformed, self.memory_ids, scores
 
     def _add_key_bonus(self, scores: np.ndarray, key_sims: np.ndarray) -> None:
@@ -332,11 +345,13 @@ class AdapterMemoryModel(DeepMemoryModel):
 
     def keyword_plan(self, query_text: str) -> tuple[Any, ...] | None:
         """The arguments of the compiled keyword re-scoring (``deep_memory.kernels``) for
-        ``query_text``: the keyword index's postings, the query's term ids and ``lexical_weight``.
-        None without keyword scores or query text."""
+        ``query_text``: the keyword index's postings and vocabulary, the query (its ASCII text or
+        its term ids, see ``LexicalIndex.compiled_query``) and ``lexical_weight``. None without
+        keyword scores or query text."""
         if not self.rerank_depth or not query_text:
             return None
-        return (*self.lexical.postings, self.lexical.query_term_ids(query_text), self.lexical_weight)
+        lexical = self.lexical
+        return (*lexical.postings, *lexical.term_table(), *lexical.compiled_query(query_text), self.lexical_weight)
 
     # --- persistence --------------------------------------------------------------------
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
