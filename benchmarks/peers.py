@@ -234,23 +234,28 @@ def dense_bm25_hybrid(
 
     index = _keyword_index(doc_texts)
 
-    def ranked(vectors: np.ndarray, texts: list[str], weight: float, k: int) -> np.ndarray:
-        candidates = top_k(vectors @ docs.T, depth)
-        dense = np.take_along_axis(vectors @ docs.T, candidates, axis=1)
-        rows = []
-        for row, text, scores in zip(candidates, texts, dense):
-            keyword = index.scores(text, [index.ids[j] for j in row])
-            fused = scores + (weight / keyword.max() * keyword if keyword.max() > 0 else 0.0)
-            rows.append(row[np.argsort(-fused, kind="stable")[:k]])
-        return np.stack(rows)
+    def candidates(vectors: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each query's plain top ``depth`` rows, their cosine and their BM25 scores (row i = doc i)."""
+        products = vectors @ docs.T
+        rows = top_k(products, depth)
+        keyword = np.stack([index.scores_at(text, row) for row, text in zip(rows, texts)])
+        return rows, np.take_along_axis(products, rows, axis=1), keyword
+
+    def fused_top(rows: np.ndarray, dense: np.ndarray, keyword: np.ndarray, weight: float, k: int) -> np.ndarray:
+        ranked = []
+        for row, scores, words in zip(rows, dense, keyword):
+            fused = scores + (weight / words.max() * words if words.max() > 0 else 0.0)
+            ranked.append(row[np.argsort(-fused, kind="stable")[:k]])
+        return np.stack(ranked)
 
     as_ids = [[(str(j), w) for j, w in rel] for rel in relevance]
+    train = candidates(train_vectors, train_texts)  # the same for every weight
     best = max(
         weights,
-        key=lambda w: ndcg_at_k([[str(j) for j in row] for row in ranked(train_vectors, train_texts, w, 10)], as_ids, 10),
+        key=lambda w: ndcg_at_k([[str(j) for j in row] for row in fused_top(*train, w, 10)], as_ids, 10),
     )
     logger.info("hybrid keyword weight chosen on the training queries: %s", best)
-    return lambda queries, k: ranked(queries, query_texts, best, k)
+    return lambda queries, k: fused_top(*candidates(queries, query_texts), best, k)
 
 
 def import_peer(name: str) -> None:

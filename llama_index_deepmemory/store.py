@@ -715,9 +715,9 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             scores[short], slots[short] = ex_scores, ex_slots
         return scores, slots
 
-    def _override_slots(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, bool, frozenset[int]]:
-        """Slots of Deep Memory override ids (-1 when not stored), a by-slot membership mask,
-        whether every id is stored, and the stored slots as a set.
+    def _override_slots(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Slots of Deep Memory override ids (-1 when not stored), a by-slot membership mask and
+        whether every id is stored.
 
         Cached while the model returns the same id tuple object and the table is unchanged (a
         list could change in place, so lists are looked up on every call).
@@ -731,7 +731,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         mask = np.zeros(self._table.capacity + 1, dtype=bool)  # last cell: the -1 padding slot
         stored = slots >= 0
         mask[slots[stored]] = True
-        result = (slots, mask, bool(stored.all()), frozenset(slots[stored].tolist()))
+        result = (slots, mask, bool(stored.all()))
         self._override_cache = (ids, version, result)
         return result
 
@@ -775,7 +775,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         qt, over_ids, over_scores = model.apply(q)
         if not getattr(model.apply, "checks_own_output", False):  # a subclass's own apply: check its results
             qt, over_scores = checked_transform(q, qt), checked_scores(q, over_ids, over_scores)
-        over_slots, over_mask, all_stored, over_set = self._override_slots(over_ids)
+        over_slots, over_mask, all_stored = self._override_slots(over_ids)
         if candidates is not None:
             allowed = np.zeros(self._table.capacity + 1, dtype=bool)  # last cell: slot -1
             allowed[candidates] = True
@@ -795,7 +795,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                 )
                 if fused is not None:
                     return fused
-            merged = _merge_single(plain_scores, plain_slots, over_scores, over_slots, over_mask, over_set)
+            merged = _merge_single(plain_scores, plain_slots, over_scores, over_slots, over_mask)
             if merged is not None:
                 return (*merged, False)
         # Fetch more plain hits until, per query, at least as many override scores reach the
@@ -856,16 +856,15 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         ``build=False`` only reads the cache (a query that may ask again later)."""
         state = (index.generation, self._version)
         cache = self._keyword_cache
-        if not build:
-            return cache[2] if cache is not None and cache[0] is index and cache[1] == state else None
-        if cache is not None and cache[0] is index and cache[1] == state:
-            rows = cache[2]
-            if rows is None:
-                rows = index.rows_of(self._table.ids)
-                self._keyword_cache = (index, state, rows)
-            return rows  # not self._keyword_cache: a concurrent query of another model may have replaced it
-        self._keyword_cache = (index, state, None)
-        return None
+        if cache is None or cache[0] is not index or cache[1] != state:
+            if build:
+                self._keyword_cache = (index, state, None)
+            return None
+        rows = cache[2]
+        if rows is None and build:
+            rows = index.rows_of(self._table.ids)
+            self._keyword_cache = (index, state, rows)
+        return rows  # not self._keyword_cache: a concurrent query of another model may have replaced it
 
     def _rerank(
         self, model: Any, scores: np.ndarray, slots: np.ndarray, texts: Sequence[str | None], k: int
@@ -1203,40 +1202,23 @@ def _merge_single(
     over_scores: np.ndarray,
     over_slots: np.ndarray,
     over_mask: np.ndarray,
-    over_set: frozenset[int],
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Exact top k of one query from its k plain hits and the override scores, or None when the
-    k plain hits do not suffice (too many of them are override nodes scored lower).
+    """Exact top k of one query from its k plain hits and the override scores in one compiled
+    call, or None when the k plain hits do not suffice (too many of them are override nodes
+    scored lower) or numba is missing: the store's general merge then answers.
 
     Plain hits that are override nodes are replaced by their override scores; override nodes
-    below the k-th plain score cannot enter. One compiled call with numba; else Python on a
-    dozen numbers, which after a FAISS scan has flushed the caches beats a chain of numpy calls.
+    below the k-th plain score cannot enter.
     """
     kernels = compiled_kernels()
-    if kernels is not None:
-        k = plain_slots.shape[1]
-        out_scores, out_slots = np.empty((1, k), dtype=np.float32), np.empty((1, k), dtype=np.int64)
-        written = kernels.merge_overrides(
-            plain_scores, plain_slots, np.ascontiguousarray(over_scores), over_slots, over_mask, out_scores, out_slots
-        )
-        return None if written < 0 else (out_scores, out_slots)
-    row_scores, row_slots = plain_scores[0].tolist(), plain_slots[0].tolist()
-    last = row_scores[-1]
-    if row_slots[-1] < 0:
-        return None  # fewer than k allowed nodes: the general path handles it
-    kept = [i for i, slot in enumerate(row_slots) if slot not in over_set]
-    best = float(over_scores.max())
-    if len(kept) == len(row_slots) and best < last:
-        return plain_scores, plain_slots  # the common case: no override node reaches the top k
-    reach = np.flatnonzero(over_scores[0] >= last).tolist() if best >= last else []
-    if len(kept) + len(reach) < len(row_slots):
+    if kernels is None:
         return None
-    merged = [(row_scores[i], row_slots[i]) for i in kept]
-    merged += [(float(over_scores[0, j]), int(over_slots[j])) for j in reach]
-    merged.sort(key=lambda pair: -pair[0])  # stable: plain hits first on ties, like top_k
-    merged = merged[: len(row_slots)]
-    return (np.array([[score for score, _ in merged]], dtype=np.float32),
-            np.array([[slot for _, slot in merged]], dtype=np.int64))
+    k = plain_slots.shape[1]
+    out_scores, out_slots = np.empty((1, k), dtype=np.float32), np.empty((1, k), dtype=np.int64)
+    written = kernels.merge_overrides(
+        plain_scores, plain_slots, np.ascontiguousarray(over_scores), over_slots, over_mask, out_scores, out_slots
+    )
+    return None if written < 0 else (out_scores, out_slots)
 
 
 def _check_local_fs(fs: Any) -> None:

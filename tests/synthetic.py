@@ -32,9 +32,9 @@ class RotationTask:
         return store
 
 
-def brute_force_top_k(queries: np.ndarray, docs: np.ndarray, ids: list[str], k: int, model=None) -> np.ndarray:
-    """Exact top-k row indices into ``docs`` from the full score matrix; with a Deep Memory model,
-    queries are transformed first and its override columns replace the plain scores."""
+def brute_force_scores(queries: np.ndarray, docs: np.ndarray, ids: list[str], model=None) -> np.ndarray:
+    """The full (queries, docs) score matrix; with a Deep Memory model, queries are transformed
+    first and its override columns replace the plain scores."""
     if model is not None:
         queries = model.transform_queries(queries)
     scores = queries @ docs.T
@@ -43,4 +43,9 @@ def brute_force_top_k(queries: np.ndarray, docs: np.ndarray, ids: list[str], k: 
         over_ids, over_scores = model.overrides(queries)
         for j, node in enumerate(over_ids):
             scores[:, position[node]] = over_scores[:, j]
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return scores
+
+
+def brute_force_top_k(queries: np.ndarray, docs: np.ndarray, ids: list[str], k: int, model=None) -> np.ndarray:
+    """Exact top-k row indices into ``docs`` from :func:`brute_force_scores`."""
+    return np.argsort(-brute_force_scores(queries, docs, ids, model), axis=1, kind="stable")[:, :k]

@@ -17,7 +17,7 @@ from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH
 from llama_index_deepmemory.deep_memory import training
 from llama_index_deepmemory.deep_memory.training import TrainOptions, train_model
 from llama_index_deepmemory.store import DeepMemoryVectorStore
-from synthetic import brute_force_top_k, normalise
+from synthetic import brute_force_scores, normalise
 
 N_DOCS, DIM, N_TRAIN, N_TEST = 80, 64, 100, 40
 OPTIONS = dict(epochs=6, learning_rate=2e-2, batch_size=32, refit=False)
@@ -56,16 +56,20 @@ def trained(task: KeywordTask):
     return store, store.deep_memory.status(job)
 
 
+@pytest.fixture()
+def trained_copy(task: KeywordTask, trained):
+    """A new store holding the trained Deep Memory state (its own model objects: tests may change them)."""
+    store = task.store()
+    store.deep_memory.load_state(*trained[0].deep_memory.to_state())
+    return store
+
+
 def reference_ids(task: KeywordTask, model, q: np.ndarray, text: str | None, k: int) -> list[str]:
     """Dense Deep Memory scores of every node, then (with text) BM25 re-scoring of the top max(k, 50)."""
-    order = brute_force_top_k(q[None, :], task.docs, task.ids, len(task.ids), model)[0]
+    scores = brute_force_scores(q[None, :], task.docs, task.ids, model)[0]
+    order = np.argsort(-scores, kind="stable")
     if text is None:
         return [task.ids[j] for j in order[:k]]
-    qt = model.transform_queries(q[None, :])
-    scores = qt[0] @ task.docs.T
-    over_ids, over = model.overrides(qt)
-    for j, node in enumerate(over_ids):
-        scores[task.ids.index(node)] = over[0, j]
     top = order[: max(k, LEXICAL_DEPTH)]  # the store re-scores at least the top k
     keyword = model.lexical.scores(text, [task.ids[j] for j in top])
     fused = scores[top] + (model.lexical_weight * keyword / keyword.max() if keyword.max() > 0 else 0)
@@ -102,11 +106,10 @@ def test_store_query_matches_the_reference(task: KeywordTask, trained, k: int) -
         assert query_ids(store, q, k) == reference_ids(task, model, q, None, k)
 
 
-def test_keyword_rows_are_cached_by_slot_once_the_store_is_unchanged(task: KeywordTask) -> None:
+def test_keyword_rows_are_cached_by_slot_once_the_store_is_unchanged(task: KeywordTask, trained_copy) -> None:
     """The first keyword query after a change looks candidates up by id; the next one caches the
     index row of every slot. Both rank like the reference, and a change drops the cache."""
-    store = task.store()
-    store.deep_memory.train(task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN], **OPTIONS)
+    store = trained_copy
     model = store.deep_memory.active_model()
     q, text = task.queries[N_TRAIN], task.texts[N_TRAIN]
     expected = reference_ids(task, model, q, text, 10)
@@ -178,12 +181,11 @@ def test_models_saved_before_keyword_scores_still_load(trained) -> None:
 
 
 def test_nodes_added_or_rewritten_after_training_are_scored_from_their_current_text(
-    task: KeywordTask, tmp_path
+    task: KeywordTask, trained_copy, tmp_path
 ) -> None:
     """The keyword index is built at training; a node added later is scored from its text, and a
     node re-added with a new text stops using the text it was indexed with (also after a reload)."""
-    store = task.store()
-    store.deep_memory.train(task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN], **OPTIONS)
+    store = trained_copy
     model = store.deep_memory.active_model()
     assert model.lexical_weight > 0
     j = next(i for i, node in enumerate(task.ids) if node not in model.memory_ids)  # a plain node

@@ -131,14 +131,21 @@ def test_thread_setting_is_restored() -> None:
     assert torch.get_num_threads() == before
 
 
-def test_query_memory_lifts_repeated_queries() -> None:
-    """Paraphrases of training queries find their nodes through the remembered-query keys."""
-    rng = np.random.default_rng(7)
+def _paraphrase_task(seed: int, n_base: int):
+    """``n_base`` queries unrelated to their random docs, each asked twice (a small paraphrase):
+    the store, queries and relevance, plus the base queries, their target rows and the generator."""
+    rng = np.random.default_rng(seed)
     store = ArrayStore(rng.normal(size=(300, 16)))
-    base = normalise(rng.normal(size=(100, 16)))  # queries unrelated to their docs
-    targets = rng.integers(0, 300, size=100)
+    base = normalise(rng.normal(size=(n_base, 16)))
+    targets = rng.integers(0, 300, size=n_base)
     queries = normalise(np.concatenate([base, base + 0.05 * rng.normal(size=base.shape)]))
     relevance = [[(store.ids[t], 1.0)] for t in np.concatenate([targets, targets])]
+    return store, queries, relevance, base, targets, rng
+
+
+def test_query_memory_lifts_repeated_queries() -> None:
+    """Paraphrases of training queries find their nodes through the remembered-query keys."""
+    store, queries, relevance, base, targets, rng = _paraphrase_task(seed=7, n_base=100)
     result = train_model(
         store, queries, relevance, options=TrainOptions(seed=0, validation_fraction=0.3, node_memory=False, **FAST)
     )
@@ -224,20 +231,11 @@ def test_model_scores_match_brute_force(metric: str, n_queries: int, threshold: 
             assert scores[i, j] == pytest.approx(base + 0.7 * bonus, rel=1e-4, abs=1e-4)
 
 
-def _paraphrase_task(seed: int, n_base: int):
-    """``n_base`` queries unrelated to their random docs, each asked twice (a small paraphrase)."""
-    rng = np.random.default_rng(seed)
-    store = ArrayStore(rng.normal(size=(300, 16)))
-    base = normalise(rng.normal(size=(n_base, 16)))
-    targets = rng.integers(0, 300, size=n_base)
-    queries = normalise(np.concatenate([base, base + 0.05 * rng.normal(size=base.shape)]))
-    relevance = [[(store.ids[t], 1.0)] for t in np.concatenate([targets, targets])]
-    return store, queries, relevance
 
 
 def test_small_sets_are_cross_validated_and_activated_when_memory_helps() -> None:
     """20 questions: a 10% split would validate on 2; 5 folds pool all 20 into the gate."""
-    store, queries, relevance = _paraphrase_task(seed=0, n_base=10)
+    store, queries, relevance, *_ = _paraphrase_task(seed=0, n_base=10)
     single = train_model(store, queries, relevance, options=TrainOptions(seed=0, validation_folds=1, **FAST))
     assert not single.improved  # the old single split: too few validation queries for the gate
     result = train_model(store, queries, relevance, options=TrainOptions(seed=0, **FAST))
@@ -262,7 +260,7 @@ def test_small_random_relevance_is_not_activated(seed: int) -> None:
 
 def test_validation_folds_option() -> None:
     """validation_folds=1 is the single validation_fraction split; bad values are refused."""
-    store, queries, relevance = _paraphrase_task(seed=1, n_base=15)
+    store, queries, relevance, *_ = _paraphrase_task(seed=1, n_base=15)
     single = train_model(store, queries, relevance, options=TrainOptions(seed=0, validation_folds=1, **FAST))
     assert single.info["validation"] == "held-out" and single.info["n_val"] == 3  # round(0.1 * 30)
     three = train_model(store, queries, relevance, options=TrainOptions(seed=0, validation_folds=3, **FAST))

@@ -126,20 +126,17 @@ class DeepMemory:
         with self._lock:
             self._rewritten_during[model_name] = rewritten
         try:
-            try:
-                result = train_model(
-                    self._store, vectors, relevance, options=options,
-                    progress=context.progress, should_stop=context.should_stop, query_texts=query_texts,
-                )
-            except TrainingCancelled as exc:
-                raise jobs.JobCancelled(str(exc)) from exc
+            result = train_model(
+                self._store, vectors, relevance, options=options,
+                progress=context.progress, should_stop=context.should_stop, query_texts=query_texts,
+            )
             context.raise_if_cancelled()
             context.progress(1.0, "saving the model")
             model = _saved_copy(result.model)
             with self._lock:  # record and model change together, as to_state sees them
-                lexical = getattr(model, "lexical", None)
+                lexical = model.keyword_index()
                 if lexical is not None and rewritten:  # the job may have indexed their old texts
-                    lexical.forget(sorted(rewritten))
+                    lexical.forget(list(rewritten))
                 context.complete(
                     val_before=_float_dict(result.val_before),
                     val_after=_float_dict(result.val_after),
@@ -151,6 +148,8 @@ class DeepMemory:
                 self._models[model_name] = model
                 if result.improved:
                     self._active = model_name
+        except TrainingCancelled as exc:
+            raise jobs.JobCancelled(str(exc)) from exc
         finally:
             with self._lock:
                 self._rewritten_during.pop(model_name, None)
@@ -252,7 +251,8 @@ class DeepMemory:
         """Called by the store when ``node_ids`` were (re-)added: keyword indexes stop using the
         texts they indexed for them and score their current texts instead."""
         with self._lock:
-            indexes = {id(m.lexical): m.lexical for m in self._models.values() if getattr(m, "lexical", None)}
+            indexes = {id(index): index for index in (m.keyword_index() for m in self._models.values())
+                       if index is not None}
             for rewritten in self._rewritten_during.values():  # a running job may have read the old texts
                 rewritten.update(node_ids)
         for index in indexes.values():
@@ -502,7 +502,7 @@ def _saved_copy(model: DeepMemoryModel) -> DeepMemoryModel:
     """The model as it will be loaded back: a state round trip, checked to be JSON + finite arrays."""
     meta, arrays = model.to_state()
     try:
-        json.dumps(meta)
+        meta_json = json.dumps(meta)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"the trained model's metadata cannot be saved as JSON: {exc}") from exc
     copies: dict[str, np.ndarray] = {}
@@ -512,7 +512,7 @@ def _saved_copy(model: DeepMemoryModel) -> DeepMemoryModel:
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise ValueError(f"the trained model's array {key!r} holds NaN or infinite values")
         copies[key] = np.ascontiguousarray(value).copy()
-    return model_from_state(json.loads(json.dumps(meta)), copies)
+    return model_from_state(json.loads(meta_json), copies)
 
 
 def _check_top_k(top_k: Sequence[int] | int) -> list[int]:

@@ -211,17 +211,15 @@ class AdapterMemoryModel(DeepMemoryModel):
     def _prepare_query_path(self) -> None:
         """Lay the arrays out for few calls per query: the query path runs right after a FAISS
         scan has flushed the caches, where every call and byte counts."""
-        self._weight_rows = np.ascontiguousarray(self.weight)  # q_t = q . rows of W
         self._bias = np.ascontiguousarray(self.bias)
         self._key_weight32, self._key_threshold32 = np.float32(self.key_weight), np.float32(self.key_threshold)
         n_mem = len(self.memory_ids)
         self._use_keys = self.key_weight != 0.0 and len(self.link_key) > 0 and n_mem > 0
-        # one matrix, one product: memory scores in the first n_mem columns, key sims after
-        stacked = [self.memory_vectors] + ([self._unit_keys] if self._use_keys else [])
-        self._score_rows = np.ascontiguousarray(np.concatenate(stacked))  # (n_mem [+ n_keys], d)
-        # the same rows as int8 codes and scales, for the compiled single-query kernel
+        # one matrix, one product: memory vectors in the first n_mem rows, unit keys after, as int8
+        # codes and scales for the compiled single-query kernel and as their float32 values
         self._score_codes = np.concatenate([self._memory_codes] + ([self._key_codes] if self._use_keys else []))
         self._score_scales = np.concatenate([self._memory_scales] + ([self._key_scales] if self._use_keys else []))
+        self._score_rows = self._score_codes * self._score_scales[:, None]  # (n_mem [+ n_keys], d)
         self._memory_sq = np.einsum("ij,ij->i", self.memory_vectors, self.memory_vectors)
         # links grouped by key (CSR): key t links to nodes _link_node[_link_ptr[t]:_link_ptr[t + 1]]
         order = np.argsort(self.link_key, kind="stable")
@@ -239,7 +237,7 @@ class AdapterMemoryModel(DeepMemoryModel):
 
     # --- query time ---------------------------------------------------------------------
     def transform_queries(self, queries: np.ndarray) -> np.ndarray:
-        out = row_products(np.asarray(queries, dtype=np.float32), self._weight_rows)
+        out = row_products(np.asarray(queries, dtype=np.float32), self.weight)  # q_t = q . rows of W
         out += self.bias
         if self.metric == "cosine":
             _normalise_rows_inplace(out)

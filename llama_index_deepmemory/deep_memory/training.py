@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -447,15 +447,33 @@ def _with_lexical(model: AdapterMemoryModel, lexical: LexicalIndex, weight: floa
     return keyed
 
 
+def _lexical_grid(
+    store: StoreView,
+    folds: Sequence[_Fold],
+    models: Sequence[AdapterMemoryModel],
+    caches: Sequence[dict],
+    lexical: LexicalIndex,
+    weights: Sequence[float],
+    ctx: _Context,
+) -> Iterator[tuple[float, _Evaluation]]:
+    """Each keyword weight with the pooled validation result of the fold ``models`` re-scoring
+    with it (``caches``: each fold's plain searches, shared across the weights)."""
+    for weight in weights:
+        ctx.check_stop()
+        yield weight, _pool([
+            _evaluate(store, f.val, _with_lexical(model, lexical, weight), cache)
+            for f, model, cache in zip(folds, models, caches)
+        ])
+
+
 def _keywords_on_plain_store(
     store: StoreView, folds: Sequence[_Fold], lexical: LexicalIndex, weights: Sequence[float], ctx: _Context
 ) -> tuple[_Evaluation, float]:
     """The best validation result (and its weight) of keyword re-scoring on the plain store."""
     plain = AdapterMemoryModel(dim=folds[0].val.queries.shape[1], metric=ctx.metric)
     best, best_weight = None, 0.0
-    for weight in weights:
-        ctx.check_stop()
-        candidate = _pool([_evaluate(store, f.val, _with_lexical(plain, lexical, weight)) for f in folds])
+    caches: list[dict] = [{} for _ in folds]
+    for weight, candidate in _lexical_grid(store, folds, [plain] * len(folds), caches, lexical, weights, ctx):
         if best is None or candidate.metrics["ndcg@10"] > best.metrics["ndcg@10"]:
             best, best_weight = candidate, weight
     return best, best_weight
@@ -742,12 +760,9 @@ def _train(
             _add_keys(store, base, f.train, key_weight, key_threshold) if key_weight > 0 else base
             for f, base in zip(folds, base_models)
         ]
-        for weight in options.lexical_weights:
-            ctx.check_stop()
-            candidate = _pool([
-                _evaluate(store, f.val, _with_lexical(model, lexical, weight), cache)
-                for f, model, cache in zip(folds, keyed, plain_caches)
-            ])
+        for weight, candidate in _lexical_grid(
+            store, folds, keyed, plain_caches, lexical, options.lexical_weights, ctx
+        ):
             if selection.offer(candidate):
                 lexical_weight = weight
         simple, simple_weight = _keywords_on_plain_store(store, folds, lexical, options.lexical_weights, ctx)
