@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -104,53 +105,6 @@ def embed_texts(texts: list[str], tag: str) -> np.ndarray:
     np.save(tmp, vectors)
     os.replace(tmp, path)
     return vectors
-
-
-class ArrayStoreView:
-    """A FAISS flat-index StoreView over fixed vectors (cosine, vectors already normalised)."""
-
-    metric = "cosine"
-    embed_model = None
-
-    def __init__(self, ids: list[str], vectors: np.ndarray, texts: list[str] | None = None) -> None:
-        import faiss
-
-        self.ids = list(ids)
-        self.texts = list(texts) if texts is not None else None
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.position = {node: i for i, node in enumerate(self.ids)}
-        self.index = faiss.IndexFlatIP(self.vectors.shape[1])
-        self.index.add(self.vectors)
-
-    @property
-    def dim(self) -> int:
-        return self.vectors.shape[1]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def missing_ids(self, node_ids):
-        return [node for node in node_ids if node not in self.position]
-
-    def get_vectors(self, node_ids):
-        return self.vectors[[self.position[node] for node in node_ids]]
-
-    def iter_vectors(self, batch_size: int = 65536):
-        for start in range(0, len(self.ids), batch_size):
-            yield self.ids[start : start + batch_size], self.vectors[start : start + batch_size]
-
-    def iter_texts(self, batch_size: int = 65536):
-        if self.texts is None:  # no texts: Deep Memory builds no keyword index
-            return
-        for start in range(0, len(self.ids), batch_size):
-            yield self.ids[start : start + batch_size], self.texts[start : start + batch_size]
-
-    def prepare_queries(self, vectors):
-        return np.asarray(vectors, dtype=np.float32)
-
-    def search_vectors(self, queries, k):
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return scores, [[self.ids[j] for j in row if j >= 0] for row in rows]
 
 
 def score_ranked(ranked: list[list[str]], relevance, subset: list[int] | None = None) -> dict[str, float]:

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_quality import ArrayStoreView
+    from llama_index_deepmemory.engine.array_view import ArrayStoreView
 
     from llama_index_deepmemory.deep_memory.training import TrainOptions, train_model
 

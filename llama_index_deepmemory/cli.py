@@ -1,20 +1,28 @@
-"""The ``deepmemory`` command: ingest docs, generate questions, train, evaluate, query, demo.
+"""The ``deepmemory`` command: ingest docs, generate questions, train, evaluate, query, manage models, demo.
 
 Only the standard library is imported at module level so that ``deepmemory --help`` is fast;
-each subcommand imports what it needs. User errors (bad paths, bad arguments, missing API key)
-print one line and exit with code 2; ``--debug`` shows the traceback instead.
+each subcommand imports what it needs, and checks its inputs (the store folder, query files, the
+embedding model's name) before it loads the embedding model, which takes seconds. User errors
+(bad paths, bad arguments, missing API key, a damaged store) print one line naming the value and
+the fix and exit with code 2; ``--debug`` shows the traceback instead.
+
+Adding a subcommand: write ``cmd_NAME(args)`` and ``_add_NAME(sub)`` (which calls
+``sub.add_parser`` and ``set_defaults(func=cmd_NAME)``), and append ``_add_NAME`` to
+:data:`SUBCOMMANDS`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -22,46 +30,81 @@ PROG = "deepmemory"
 DEFAULT_STORE = "storage/deepmemory"
 SIDE_FILE = "deepmemory-cli.json"  # beside the store's manifest: which embedding model built it
 SIDE_FILE_VERSION = 1
+MANIFEST = "manifest.json"
 USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
+# defaults of TrainOptions shown in --help (tests/test_cli.py checks they match the library)
+TRAIN_DEFAULTS = {"epochs": 40, "learning_rate": 2e-3, "seed": 0}
+LOG_HELP = (
+    "query log: .jsonl lines {\"query\": ..., \"relevant_ids\": [...]} or .csv with columns query, "
+    "relevant_ids (ids separated by ';') and optional weight"
+)
 
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line."""
 
 
-# --- helpers shared by subcommands ------------------------------------------------------------
-def _embed_model(spec: str) -> Any:
-    """``default`` -> the bundled MiniLM; anything else -> a local folder or Hugging Face model name."""
-    from llama_index_deepmemory.embeddings import default_embedding
-
-    if spec == "default":
-        return default_embedding()
-    return default_embedding(model_name=spec)
-
-
-def _cache_dir(args: argparse.Namespace) -> Path | None:
-    from llama_index_deepmemory.embeddings import default_cache_dir
-
-    if args.no_cache:
-        return None
-    return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+# --- the store folder -------------------------------------------------------------------------
+def _check_store_folder(path: str) -> Path:
+    """The store folder, or a UserError saying why it cannot be loaded and what to do."""
+    root = Path(path)
+    if not root.exists():
+        raise UserError(f"no store at {root}: build one with `{PROG} ingest SOURCE --store {root}`")
+    if not root.is_dir():
+        raise UserError(f"--store {root} is a file, not a store folder; pass the folder given to `{PROG} ingest --store`")
+    if not (root / MANIFEST).is_file():
+        raise UserError(_damage_message(root))
+    return root
 
 
-def _open_store(path: str) -> Any:
-    """Load a persisted store with the embedding model it was built with."""
+def _damage_message(root: Path) -> str:
+    """What is wrong with a folder that has no manifest, and the remedies."""
+    snapshots = sorted(p.name for p in root.glob("gen-*") if p.is_dir())
+    if snapshots:
+        what = (f"{root} is a damaged store: {MANIFEST} is missing but {len(snapshots)} snapshot folder(s) "
+                f"({snapshots[-1]}) with its nodes and any trained models are still there")
+    elif any(root.iterdir()):
+        what = f"{root} is not a store ({MANIFEST} is missing) and it is not empty"
+    else:
+        what = f"{root} is an empty folder, not a store"
+    return (f"{what}; restore {MANIFEST} from a backup, choose another --store, or rebuild it with "
+            f"`{PROG} ingest SOURCE --store {root} --replace` (deletes what is there)")
+
+
+def _read_settings(root: Path) -> str:
+    """The embedding model spec the store was built with (``default`` when not recorded)."""
+    side = root / SIDE_FILE
+    if not side.is_file():
+        return "default"
+    try:
+        info = json.loads(side.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{side} is not valid JSON; delete it to use the default embedding model") from None
+    if not isinstance(info, dict) or info.get("format_version") != SIDE_FILE_VERSION:
+        raise UserError(f"{side} is not a version {SIDE_FILE_VERSION} {PROG} settings file; upgrade the package")
+    return str(info.get("embed_model", "default"))
+
+
+def _open_store(path: str) -> tuple[Any, str]:
+    """The persisted store (checksums verified, no embedding model yet) and its model spec."""
+    root = _check_store_folder(path)
+    spec = _read_settings(root)
     from llama_index_deepmemory.store import DeepMemoryVectorStore
 
-    root = Path(path)
-    if not (root / "manifest.json").is_file():
-        raise UserError(f"no store at {root}: build one with `{PROG} ingest SOURCE --store {root}`")
-    spec = "default"
-    side = root / SIDE_FILE
-    if side.is_file():
-        info = json.loads(side.read_text("utf-8"))
-        if not isinstance(info, dict) or info.get("format_version") != SIDE_FILE_VERSION:
-            raise UserError(f"{side} is not a version {SIDE_FILE_VERSION} {PROG} settings file; upgrade the package")
-        spec = str(info.get("embed_model", "default"))
-    return DeepMemoryVectorStore.from_persist_path(str(root), embed_model=_embed_model(spec))
+    return DeepMemoryVectorStore.from_persist_path(str(root)), spec
+
+
+def _attach_embedding(store: Any, spec: str) -> Any:
+    """Load the embedding model the store was built with and give it to the store."""
+    store.embed_model = _embed_model(spec)
+    return store
+
+
+def _embed_model(spec: str) -> Any:
+    """``default`` -> the bundled MiniLM; anything else -> a local folder or cached Hugging Face model."""
+    from llama_index_deepmemory.embeddings import load_embedding
+
+    return load_embedding(spec)
 
 
 def _save_store(store: Any, path: str, embed_spec: str | None = None) -> None:
@@ -72,14 +115,53 @@ def _save_store(store: Any, path: str, embed_spec: str | None = None) -> None:
         write_json_atomic(Path(path) / SIDE_FILE, {"format_version": SIDE_FILE_VERSION, "embed_model": embed_spec})
 
 
-def _load_questions(path: str) -> Any:
-    from llama_index_deepmemory.data.questions import EmbeddingQAFinetuneDataset
+def _cache_dir(args: argparse.Namespace) -> Path | None:
+    from llama_index_deepmemory.embeddings import default_cache_dir
 
-    if not Path(path).is_file():
-        raise UserError(f"question file {path} not found: create it with `{PROG} generate` (or the demo)")
-    return EmbeddingQAFinetuneDataset.from_json(path)
+    if args.no_cache:
+        return None
+    return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
 
 
+# --- relevance inputs (train and evaluate read the same ones) ----------------------------------
+def _read_relevance(args: argparse.Namespace) -> tuple[list[str], list[list[tuple[str, float]]], str]:
+    """``(queries, relevance, description)`` from ``--questions``, ``--query-log`` or ``--beir``."""
+    if args.questions:
+        from llama_index_deepmemory.data.questions import EmbeddingQAFinetuneDataset, create_query_relevance
+
+        if not Path(args.questions).is_file():
+            raise UserError(f"question file {args.questions} not found: create it with `{PROG} generate` (or the demo)")
+        queries, relevance = create_query_relevance(EmbeddingQAFinetuneDataset.from_json(args.questions))
+        return queries, [[(i, float(w)) for i, w in pairs] for pairs in relevance], args.questions
+    if args.query_log:
+        from llama_index_deepmemory.data.datasets import read_query_log
+
+        if not Path(args.query_log).is_file():
+            raise UserError(f"query log {args.query_log} not found; {LOG_HELP}")
+        queries, relevance = read_query_log(args.query_log)
+        return queries, relevance, args.query_log
+    from llama_index_deepmemory.data.datasets import load_beir
+
+    if not Path(args.beir).is_dir():
+        raise UserError(f"BEIR folder {args.beir} not found (it holds corpus.jsonl, queries.jsonl and qrels/*.tsv)")
+    beir = load_beir(args.beir)
+    queries, relevance = beir.query_relevance(args.split)
+    if not queries:
+        raise UserError(f"split {args.split!r} of {args.beir} judges no queries; choose another --split ({beir.splits})")
+    return queries, relevance, f"{args.beir} ({args.split} split)"
+
+
+def _check_ids_in_store(store: Any, relevance: Sequence[Sequence[tuple[str, float]]], source: str, store_path: str) -> None:
+    wanted = sorted({node_id for pairs in relevance for node_id, _ in pairs})
+    missing = store.missing_ids(wanted)
+    if missing:
+        raise UserError(
+            f"{source} refers to {len(missing)} node ids that are not in {store_path} (e.g. {missing[:3]}); "
+            f"was it written for another store? `{PROG} query` shows the stored ids"
+        )
+
+
+# --- output helpers ---------------------------------------------------------------------------
 def _print_table(frame: Any, percent: bool = False) -> None:
     if percent:
         print((frame * 100).round(1).to_string())
@@ -88,41 +170,114 @@ def _print_table(frame: Any, percent: bool = False) -> None:
 
 
 def _shorten(text: str, width: int) -> str:
-    flat = " ".join(text.split())
+    flat = " ".join(str(text).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-# --- subcommands ------------------------------------------------------------------------------
-def cmd_ingest(args: argparse.Namespace) -> None:
-    """HTML folder or URL -> chunked, embedded, persisted store."""
-    from llama_index_deepmemory.data.html import load_html_documents
-    from llama_index_deepmemory.demo import build_store, chunk_documents
+def _source_of(node: Any) -> str:
+    """Where a node came from: its page title and URL/path (whatever its metadata has)."""
+    meta = getattr(node, "metadata", None) or {}
+    where = next((str(meta[k]) for k in ("url", "path", "source", "file_name", "file_path") if meta.get(k)), "")
+    title = str(meta.get("title") or "")
+    if title and where:
+        return f"{title} ({where})"
+    return title or where or "-"
 
-    if (Path(args.store) / "manifest.json").exists() and not args.replace:
-        raise UserError(f"a store already exists at {args.store}; pass --replace to rebuild it or choose another --store")
+
+def _format_results(results: Sequence[Any], width: int = 100) -> list[str]:
+    """Rows of rank, score, node id and source, each followed by an indented text excerpt;
+    columns sized to the longest id/source so long ids never push the others out of line."""
+    rows = [(str(rank), f"{scored.score or 0.0:.3f}", scored.node.node_id, _shorten(_source_of(scored.node), 60))
+            for rank, scored in enumerate(results, start=1)]
+    headers = ("rank", "score", "node id", "source")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) if i < 2 else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths))).rstrip()]
+    for row, scored in zip(rows, results):
+        lines.append("  ".join(c.rjust(w) if i < 2 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+        lines.append(" " * (widths[0] + 2) + _shorten(scored.node.get_content(), width))
+    return lines
+
+
+def _describe_job(job: dict[str, Any]) -> str:
+    """What a trained model contains and the validation score the gate used."""
+    from llama_index_deepmemory.evaluation import gate_scores, model_contents
+
+    scores = gate_scores(job.get("val_before") or {}, job.get("val_after") or {})
+    return model_contents(job.get("info") or {}) + (f"; {scores}" if scores else "")
+
+
+@contextlib.contextmanager
+def _captured_stdout() -> Iterator[io.StringIO]:
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield buffer
+
+
+# --- subcommands ------------------------------------------------------------------------------
+def _is_beir_folder(source: str) -> bool:
+    folder = Path(source)
+    return folder.is_dir() and (folder / "corpus.jsonl").is_file() and (folder / "queries.jsonl").is_file()
+
+
+def _check_new_store_path(path: str, replace: bool) -> None:
+    """Refuse to overwrite anything at ``path`` unless ``--replace`` was given."""
+    root = Path(path)
+    if replace or not root.exists():
+        return
+    if not root.is_dir():
+        raise UserError(f"--store {root} is a file; choose another --store")
+    if (root / MANIFEST).exists():
+        raise UserError(f"a store already exists at {root}; pass --replace to rebuild it or choose another --store")
+    if any(root.iterdir()):
+        raise UserError(_damage_message(root))
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    """HTML folder or URL (or a BEIR folder: one node per document) -> embedded, persisted store."""
+    from llama_index_deepmemory.embeddings import check_embedding_spec
+
+    _check_new_store_path(args.store, args.replace)
+    check_embedding_spec(args.embed_model)
+    remote = args.source.startswith(("http://", "https://"))
+    if not remote and not Path(args.source).exists():
+        raise UserError(f"source {args.source} does not exist; pass an HTML folder, an .html file, a BEIR folder or an http(s) URL")
     start = time.perf_counter()
-    documents = load_html_documents(
-        args.source, max_pages=args.max_pages, max_depth=args.max_depth, exclude=args.exclude, show_progress=not args.quiet
-    )
-    if not documents:
-        raise UserError(f"no HTML pages loaded from {args.source}")
-    nodes = chunk_documents(documents, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap)
+    if _is_beir_folder(args.source):
+        from llama_index_deepmemory.data.datasets import load_beir
+
+        nodes = load_beir(args.source, splits=[]).nodes()
+        what = f"{len(nodes)} documents of the BEIR folder {args.source}"
+    else:
+        from llama_index_deepmemory.data.html import load_html_documents
+        from llama_index_deepmemory.demo import chunk_documents
+
+        documents = load_html_documents(
+            args.source, max_pages=args.max_pages, max_depth=args.max_depth, exclude=args.exclude, show_progress=not args.quiet
+        )
+        if not documents:
+            raise UserError(f"no HTML pages loaded from {args.source}")
+        nodes = chunk_documents(documents, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap)
+        what = f"{len(documents)} pages"
+    from llama_index_deepmemory.demo import build_store
+
     store = build_store(nodes, _embed_model(args.embed_model), cache_dir=_cache_dir(args), show_progress=not args.quiet)
     _save_store(store, args.store, embed_spec=args.embed_model)
-    print(f"Stored {len(store)} nodes from {len(documents)} pages in {args.store} ({time.perf_counter() - start:.1f}s).")
+    print(f"Stored {len(store)} nodes from {what} in {args.store} ({time.perf_counter() - start:.1f}s).")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     """Questions for the stored nodes with an LLM -> train/test EmbeddingQAFinetuneDataset JSON."""
+    from llama_index_deepmemory.demo import GENERATE_WITHOUT_KEY, openai_llm
+
+    _check_store_folder(args.store)
+    llm = openai_llm(args.llm_model, without_key=GENERATE_WITHOUT_KEY)
+    store, _ = _open_store(args.store)
     from llama_index_deepmemory.data.ids import split_nodes
     from llama_index_deepmemory.data.questions import generate_question_context_pairs
-    from llama_index_deepmemory.demo import openai_llm
 
-    store = _open_store(args.store)
     nodes = sorted(store.get_nodes(), key=lambda n: n.node_id)
     if args.max_nodes:
         nodes = nodes[: args.max_nodes]
-    llm = openai_llm(args.llm_model)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_nodes, test_nodes = split_nodes(nodes, train_fraction=1.0 - args.test_fraction, seed=args.seed)
@@ -139,48 +294,61 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """Train Deep Memory on a question dataset or a query log and save the store."""
-    from llama_index_deepmemory.data.questions import create_query_relevance
-
-    store = _open_store(args.store)
-    if args.questions:
-        queries, relevance = create_query_relevance(_load_questions(args.questions))
-    else:
-        from llama_index_deepmemory.data.datasets import read_query_log
-
-        queries, relevance = read_query_log(args.query_log)
+    """Train Deep Memory on a question dataset, a query log or a BEIR split, and save the store."""
+    _check_store_folder(args.store)
+    queries, relevance, source = _read_relevance(args)
+    store, spec = _open_store(args.store)
+    _check_ids_in_store(store, relevance, source, args.store)
+    _attach_embedding(store, spec)
     given = {"epochs": args.epochs, "learning_rate": args.learning_rate, "seed": args.seed}
     options = {name: value for name, value in given.items() if value is not None}
-    store.deep_memory.train(queries, relevance, **options)
-    if args.always_activate and store.deep_memory.get_model() is None:
-        newest = store.deep_memory.list_models()[-1]["name"]
-        store.deep_memory.set_model(newest)
-        print(f"Activated {newest} although it did not beat the plain store on validation (--always-activate).")
+    from llama_index_deepmemory.deep_memory.api import DeepMemoryTrainingError
+
+    with _captured_stdout() as summary:
+        try:
+            job_id = store.deep_memory.train(queries, relevance, **options)
+        except DeepMemoryTrainingError as exc:  # the store on disk is unchanged
+            raise UserError(f"{exc} {args.store} was not changed.") from exc
+    with _captured_stdout():
+        job = store.deep_memory.status(job_id)
+    model = job.get("model_name")
+    if args.always_activate and model and store.deep_memory.get_model() != model:
+        store.deep_memory.set_model(model)
+        print(f"Deep Memory job {job_id} completed: {model} did not beat the plain store on validation, "
+              "activated anyway (--always-activate).")
+    else:
+        print(summary.getvalue().strip())
+    if model:
+        print(f"{model}: {_describe_job(job)}")
     _save_store(store, args.store)
     print(f"Saved {args.store}; active Deep Memory model: {store.deep_memory.get_model() or 'none'}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Recall@k and RetrieverEvaluator metrics with and without Deep Memory."""
+    from llama_index_deepmemory.evaluation import check_metrics
+
+    check_metrics(args.metrics)
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise UserError(f"--plot {args.plot} must end with .png")
+    _check_store_folder(args.store)
+    queries, relevance, source = _read_relevance(args)
+    store, spec = _open_store(args.store)
+    _check_ids_in_store(store, relevance, source, args.store)
+
     from llama_index.core import VectorStoreIndex
 
+    from llama_index_deepmemory.data.questions import dataset_from_query_relevance
     from llama_index_deepmemory.evaluation import evaluate_retrievers, plot_recall_at_k, recall_curves
 
-    store = _open_store(args.store)
-    dataset = _load_questions(args.questions)
-    wanted = sorted({node_id for ids in dataset.relevant_docs.values() for node_id in ids})
-    missing = store.missing_ids(wanted)
-    if missing:
-        raise UserError(
-            f"{args.questions} refers to {len(missing)} node ids that are not in {args.store} (e.g. {missing[:3]}); "
-            "was it written for another store?"
-        )
+    dataset = dataset_from_query_relevance(queries, relevance)
+    _attach_embedding(store, spec)
     index = VectorStoreIndex.from_vector_store(store, embed_model=store.embed_model)
     modes = {"without deep memory": False}
     if store.deep_memory.get_model() is not None:
         modes["with deep memory"] = True
     else:
-        print("No active Deep Memory model in this store: showing the plain store only (train first).")
+        print(f"No active Deep Memory model in this store: showing the plain store only (`{PROG} models` lists kept ones).")
 
     def retrievers(k: int) -> dict[str, Any]:
         return {
@@ -190,7 +358,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     max_k = max(args.recall_k)
     curves = recall_curves(retrievers(max_k), dataset, ks=range(1, max_k + 1), workers=args.workers, show_progress=not args.quiet)
-    print(f"\nRecall@k (%) on {len(dataset.queries)} questions:")
+    print(f"\nRecall@k (%) on {len(dataset.queries)} queries from {source}:")
     _print_table(curves.loc[sorted(set(args.recall_k))], percent=True)
     table = evaluate_retrievers(
         retrievers(args.top_k), dataset, metrics=args.metrics, workers=args.workers, show_progress=not args.quiet
@@ -201,19 +369,113 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"\nRecall@k plot: {plot_recall_at_k(curves, args.plot)}")
 
 
+def _query_texts(args: argparse.Namespace) -> Iterator[str] | None:
+    """The queries to answer: the positional text, the lines of ``--file`` (``-``: stdin), or
+    stdin's lines when it is not a terminal; None means interactive."""
+    if args.text is not None and args.file is not None:
+        raise UserError("give a query text or --file, not both")
+    if args.text is not None:
+        if not args.text.strip():
+            raise UserError("the query text is empty")
+        return iter([args.text])
+    if args.file == "-" or (args.file is None and not sys.stdin.isatty()):
+        return (line.strip() for line in sys.stdin if line.strip())
+    if args.file is not None:
+        path = Path(args.file)
+        if not path.is_file():
+            raise UserError(f"query file {path} not found (one query per line; `-` reads stdin)")
+        lines = [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()]
+        if not lines:
+            raise UserError(f"query file {path} has no queries (one query per line)")
+        return iter(lines)
+    return None
+
+
+def _interactive() -> Iterator[str]:
+    print("Type a question and press Enter; an empty line or Ctrl-D quits.", file=sys.stderr)
+    while True:
+        try:
+            line = input("query> ").strip()
+        except EOFError:
+            return
+        if not line:
+            return
+        yield line
+
+
 def cmd_query(args: argparse.Namespace) -> None:
-    """Top-k nodes for a query, with Deep Memory when the store has an active model."""
+    """Top-k nodes for one query, each line of a file or stdin, or interactively; with Deep Memory
+    when the store has an active model. The embedding model loads once for all queries."""
+    _check_store_folder(args.store)
+    texts = _query_texts(args)
+    store, spec = _open_store(args.store)
+    active = store.deep_memory.get_model()
+    if args.deep_memory and active is None:
+        raise UserError(f"--deep-memory: {args.store} has no active Deep Memory model; train one or `{PROG} activate MODEL`")
+    use_dm = args.deep_memory if args.deep_memory is not None else active is not None
+    _attach_embedding(store, spec)
     from llama_index.core import VectorStoreIndex
 
-    store = _open_store(args.store)
-    use_dm = args.deep_memory if args.deep_memory is not None else store.deep_memory.get_model() is not None
     index = VectorStoreIndex.from_vector_store(store, embed_model=store.embed_model)
     retriever = index.as_retriever(similarity_top_k=args.top_k, vector_store_kwargs={"deep_memory": use_dm})
-    results = retriever.retrieve(args.text)
-    print(f"Top {len(results)} for {args.text!r} ({'with' if use_dm else 'without'} Deep Memory):")
-    print(f"{'rank':>4}  {'score':>6}  {'node id':<24}  text")
-    for rank, scored in enumerate(results, start=1):
-        print(f"{rank:>4}  {scored.score or 0.0:>6.3f}  {scored.node.node_id:<24}  {_shorten(scored.node.get_content(), 90)}")
+    answered = 0
+    for text in texts if texts is not None else _interactive():
+        results = retriever.retrieve(text)
+        mode = f"with Deep Memory ({active})" if use_dm else "without Deep Memory"
+        print(("\n" if answered else "") + f"Top {len(results)} for {text!r} ({mode}):")
+        print("\n".join(_format_results(results)), flush=True)
+        answered += 1
+    if texts is not None and not answered:
+        raise UserError("no queries on stdin: pipe one query per line, pass the question, or use --file")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    """Training jobs of a store (or one job's details) and its active model."""
+    store, _ = _open_store(args.store)
+    if args.job_id:
+        known = [job["job_id"] for job in _jobs(store)]
+        if args.job_id not in known:
+            raise UserError(f"no job {args.job_id!r} in {args.store}; jobs: {known or 'none yet'}")
+        job = store.deep_memory.status(args.job_id)
+        if job.get("model_name"):
+            print(f"{job['model_name']}: {_describe_job(job)}")
+    else:
+        store.deep_memory.list_jobs()
+    print(f"Active Deep Memory model: {store.deep_memory.get_model() or 'none'}")
+
+
+def _jobs(store: Any) -> list[dict[str, Any]]:
+    with _captured_stdout():
+        return store.deep_memory.list_jobs()
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    """Kept Deep Memory models: which is active, what each contains, its validation score."""
+    store, _ = _open_store(args.store)
+    models = store.deep_memory.list_models()
+    if not models:
+        print(f"No Deep Memory models in {args.store} yet: train one with `{PROG} train --store {args.store} ...`.")
+        return
+    by_name = {job.get("model_name"): job for job in _jobs(store)}
+    width = max(len(m["name"]) for m in models)
+    for model in models:
+        job = by_name.get(model["name"], {})
+        mark = "*" if model["active"] else " "
+        print(f"{mark} {model['name']:<{width}}  job {model.get('job_id') or '-'}: {_describe_job(job)}")
+    print("* active (used by `query` and by deep_memory=True); change it with "
+          f"`{PROG} activate MODEL` or `{PROG} activate none`")
+
+
+def cmd_activate(args: argparse.Namespace) -> None:
+    """Make a kept model the active one (``none`` turns Deep Memory off) and save the store."""
+    store, _ = _open_store(args.store)
+    name = None if args.model.lower() == "none" else args.model
+    known = [m["name"] for m in store.deep_memory.list_models()]
+    if name is not None and name not in known:
+        raise UserError(f"no Deep Memory model {name!r} in {args.store}; kept models: {known or 'none yet'} (or 'none')")
+    store.deep_memory.set_model(name)
+    _save_store(store, args.store)
+    print(f"Saved {args.store}; active Deep Memory model: {name or 'none'}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -249,102 +511,184 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _add_common(parser: argparse.ArgumentParser, store: bool = True) -> None:
     if store:
         parser.add_argument("--store", default=DEFAULT_STORE, help=f"store folder (default: {DEFAULT_STORE})")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars (default: shown)")
 
 
 def _add_cache(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", help="embedding cache folder (default: ~/.cache/llama_index_deepmemory)")
-    parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    parser.add_argument("--cache-dir", help="embedding cache folder (default: $LLAMA_INDEX_DEEPMEMORY_CACHE or "
+                        "~/.cache/llama_index_deepmemory)")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache (default: use it)")
+
+
+def _add_relevance_source(parser: argparse.ArgumentParser, split: str) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--questions", help="EmbeddingQAFinetuneDataset JSON (from `generate` or the demo)")
+    source.add_argument("--query-log", help=LOG_HELP)
+    source.add_argument("--beir", metavar="FOLDER", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv); "
+                        "the store must have been built from it with `ingest FOLDER`")
+    parser.add_argument("--split", default=split, help=f"qrels split read with --beir (default: {split})")
+
+
+def _add_ingest(sub: Any) -> None:
+    p = sub.add_parser("ingest", help="load an HTML folder, URL or BEIR folder into a persisted store", description=cmd_ingest.__doc__)
+    p.add_argument("source", help="HTML folder, .html file, http(s) URL to crawl, or BEIR folder (with corpus.jsonl)")
+    _add_common(p)
+    p.add_argument("--chunk-size", type=_positive_int, default=256, help="tokens per chunk (default: 256, MiniLM's window)")
+    p.add_argument("--chunk-overlap", type=int, default=20, help="token overlap between chunks (default: 20)")
+    p.add_argument("--max-pages", type=_positive_int, default=500, help="most pages loaded (default: 500)")
+    p.add_argument("--max-depth", type=int, default=2, help="links followed from a start URL (default: 2)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="leave out matching paths (repeatable; default: none)")
+    p.add_argument("--embed-model", default="default",
+                   help="'default' (the bundled all-MiniLM-L6-v2), a local model folder, or a Hugging Face model "
+                   "name already in the local cache (default: default)")
+    p.add_argument("--replace", action="store_true", help="overwrite whatever is at --store (default: refuse)")
+    _add_cache(p)
+    p.set_defaults(func=cmd_ingest)
+
+
+def _add_generate(sub: Any) -> None:
+    p = sub.add_parser("generate", help="write LLM-generated questions for the stored nodes (needs an API key)",
+                       description=cmd_generate.__doc__)
+    _add_common(p)
+    p.add_argument("--out-dir", default=".", help="where train_dataset.json and test_dataset.json go (default: .)")
+    p.add_argument("--llm-model", default="gpt-4o-mini",
+                   help="OpenAI model; needs OPENAI_API_KEY, and OPENAI_API_BASE for a compatible server (default: gpt-4o-mini)")
+    p.add_argument("--questions-per-chunk", type=_positive_int, default=1, help="questions asked per node (default: 1)")
+    p.add_argument("--test-fraction", type=_fraction, default=0.2,
+                   help="share of nodes whose questions are held out (default: 0.2)")
+    p.add_argument("--max-nodes", type=_positive_int, help="ask about at most this many nodes (default: all)")
+    p.add_argument("--workers", type=_positive_int, default=4, help="concurrent LLM requests (default: 4)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the train/test split of the nodes (default: 42)")
+    p.set_defaults(func=cmd_generate)
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train Deep Memory and save it in the store", description=cmd_train.__doc__)
+    _add_common(p)
+    _add_relevance_source(p, "train")
+    p.add_argument("--epochs", type=_positive_int, help=f"most training epochs (default: {TRAIN_DEFAULTS['epochs']}, early stopping)")
+    p.add_argument("--learning-rate", type=_positive_float, help=f"Adam learning rate (default: {TRAIN_DEFAULTS['learning_rate']})")
+    p.add_argument("--seed", type=int, help=f"random seed of splits and initialisation (default: {TRAIN_DEFAULTS['seed']})")
+    p.add_argument("--always-activate", action="store_true",
+                   help="activate the new model even if it does not beat the plain store on validation (default: off)")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="compare retrieval with and without Deep Memory", description=cmd_evaluate.__doc__)
+    _add_common(p)
+    _add_relevance_source(p, "test")
+    p.add_argument("--top-k", type=_positive_int, default=10, help="retriever top-k for the evaluator metrics (default: 10)")
+    p.add_argument("--metrics", nargs="+", default=["hit_rate", "mrr"],
+                   help="any of hit_rate mrr precision recall ap ndcg (default: hit_rate mrr)")
+    p.add_argument("--recall-k", nargs="+", type=_positive_int, default=[1, 3, 5, 10, 50, 100],
+                   help="k values of the recall table (default: 1 3 5 10 50 100)")
+    p.add_argument("--plot", help="write the recall@k curves (k = 1..max recall-k) to this PNG (default: no plot)")
+    p.add_argument("--workers", type=_positive_int, default=8, help="queries in flight (default: 8)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_query(sub: Any) -> None:
+    p = sub.add_parser("query", help="show the top nodes for questions (one, a file, stdin or interactive)",
+                       description=cmd_query.__doc__)
+    p.add_argument("text", nargs="?", help="the question (default: read --file, piped stdin, or ask interactively)")
+    _add_common(p)
+    p.add_argument("--file", help="answer every line of this file (`-`: stdin) (default: none)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="nodes shown per query (default: 5)")
+    dm = p.add_mutually_exclusive_group()
+    dm.add_argument("--deep-memory", dest="deep_memory", action="store_true", default=None,
+                    help="use Deep Memory (default: when the store has an active model)")
+    dm.add_argument("--no-deep-memory", dest="deep_memory", action="store_false", help="plain vector search")
+    p.set_defaults(func=cmd_query)
+
+
+def _add_status(sub: Any) -> None:
+    p = sub.add_parser("status", help="training jobs of a store, or one job's details", description=cmd_status.__doc__)
+    p.add_argument("job_id", nargs="?", help="a job id such as job_1 (default: list every job)")
+    _add_common(p)
+    p.set_defaults(func=cmd_status)
+
+
+def _add_models(sub: Any) -> None:
+    p = sub.add_parser("models", help="list the kept Deep Memory models and the active one", description=cmd_models.__doc__)
+    _add_common(p)
+    p.set_defaults(func=cmd_models)
+
+
+def _add_activate(sub: Any) -> None:
+    p = sub.add_parser("activate", help="make a kept model active (or 'none')", description=cmd_activate.__doc__)
+    p.add_argument("model", help="a model name from `models`, e.g. model_2, or 'none' to turn Deep Memory off")
+    _add_common(p)
+    p.set_defaults(func=cmd_activate)
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser("demo", help="run the whole pipeline offline on Python's docs", description=cmd_demo.__doc__)
+    p.add_argument("--docs", help="HTML folder or URL (default: /usr/share/doc/python3.11/html from python3.11-doc)")
+    p.add_argument("--questions", choices=("auto", "faq", "openai"), default="auto",
+                   help="faq: the docs' FAQ headings; openai: LLM questions; auto: openai when OPENAI_API_KEY is set "
+                   "(default: auto)")
+    p.add_argument("--max-nodes", type=_positive_int, default=1000,
+                   help="corpus size cap (default: 1000, about 2-3 min to embed on 2 cores)")
+    p.add_argument("--test-fraction", type=_fraction, default=0.3, help="held-out share of the questions (default: 0.3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the question split and of training (default: 0)")
+    p.add_argument("--epochs", type=_positive_int, help=f"most Deep Memory training epochs (default: {TRAIN_DEFAULTS['epochs']})")
+    p.add_argument("--out-dir", default="deepmemory-demo", help="plot, store and datasets go here (default: deepmemory-demo)")
+    p.add_argument("--llm-model", default="gpt-4o-mini", help="OpenAI model for --questions openai (default: gpt-4o-mini)")
+    _add_cache(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (default: shown)")
+    p.set_defaults(func=cmd_demo)
+
+
+def _add_chat(sub: Any) -> None:
+    """``chat``, and ``evaluate --answers`` (both in :mod:`llama_index_deepmemory.chat.cli`, stdlib-only at import)."""
+    from llama_index_deepmemory.chat.cli import register
+
+    register(sub)
+
+
+# Each adds one subcommand; --help lists them in this order.
+SUBCOMMANDS: list[Callable[[Any], None]] = [
+    _add_ingest, _add_generate, _add_train, _add_evaluate, _add_query, _add_status, _add_models, _add_activate, _add_demo,
+    _add_chat,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (standard library only)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Local Deep Memory for LlamaIndex: build a FAISS store from HTML docs, train a query "
-        "adapter on questions, and compare retrieval with and without it.",
-        epilog=f"Start with `{PROG} demo` (offline, Python's docs) or `{PROG} ingest URL --store DIR`.",
+        description="Local Deep Memory for LlamaIndex: build a FAISS store from HTML docs or a BEIR folder, train a "
+        "query adapter on questions or query logs, and compare retrieval with and without it.",
+        epilog=f"Start with `{PROG} demo` (offline, Python's docs) or `{PROG} ingest SOURCE --store DIR`.",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs (default: off)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("ingest", help="load an HTML folder or URL into a persisted store", description=cmd_ingest.__doc__)
-    p.add_argument("source", help="HTML folder, .html file or http(s) URL to crawl")
-    _add_common(p)
-    p.add_argument("--chunk-size", type=_positive_int, default=256, help="tokens per chunk (default 256, MiniLM's window)")
-    p.add_argument("--chunk-overlap", type=int, default=20, help="token overlap between chunks (default 20)")
-    p.add_argument("--max-pages", type=_positive_int, default=500, help="most pages loaded (default 500)")
-    p.add_argument("--max-depth", type=int, default=2, help="links followed from a start URL (default 2)")
-    p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave out matching paths (repeatable)")
-    p.add_argument("--embed-model", default="default", help="'default' (bundled MiniLM) or a local/HF model name")
-    p.add_argument("--replace", action="store_true", help="rebuild an existing store")
-    _add_cache(p)
-    p.set_defaults(func=cmd_ingest)
-
-    p = sub.add_parser("generate", help="write LLM-generated questions for the stored nodes", description=cmd_generate.__doc__)
-    _add_common(p)
-    p.add_argument("--out-dir", default=".", help="where train_dataset.json and test_dataset.json go (default: .)")
-    p.add_argument("--llm-model", default="gpt-4o-mini",
-                   help="OpenAI model (needs OPENAI_API_KEY; OPENAI_API_BASE for a compatible server)")
-    p.add_argument("--questions-per-chunk", type=_positive_int, default=1)
-    p.add_argument("--test-fraction", type=_fraction, default=0.2,
-                   help="share of nodes whose questions are held out (default 0.2)")
-    p.add_argument("--max-nodes", type=_positive_int, help="ask about at most this many nodes")
-    p.add_argument("--workers", type=_positive_int, default=4, help="concurrent LLM requests (default 4)")
-    p.add_argument("--seed", type=int, default=42)
-    p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("train", help="train Deep Memory and save it in the store", description=cmd_train.__doc__)
-    _add_common(p)
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--questions", help="EmbeddingQAFinetuneDataset JSON (e.g. train_dataset.json)")
-    source.add_argument("--query-log", help="query log (.jsonl or .csv with query and relevant_ids)")
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--always-activate", action="store_true",
-                   help="activate the new model even if it does not beat the plain store on validation")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="compare retrieval with and without Deep Memory", description=cmd_evaluate.__doc__)
-    _add_common(p)
-    p.add_argument("--questions", required=True, help="EmbeddingQAFinetuneDataset JSON (e.g. test_dataset.json)")
-    p.add_argument("--top-k", type=_positive_int, default=10, help="retriever top-k for the evaluator metrics (default 10)")
-    p.add_argument("--metrics", nargs="+", default=["hit_rate", "mrr"], help="of hit_rate mrr precision recall ap ndcg")
-    p.add_argument("--recall-k", nargs="+", type=_positive_int, default=[1, 3, 5, 10, 50, 100],
-                   help="k values of the recall table")
-    p.add_argument("--plot", help="write the recall@k curves (k = 1..max recall-k) to this PNG")
-    p.add_argument("--workers", type=_positive_int, default=8, help="queries in flight (default 8)")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("query", help="show the top nodes for a question", description=cmd_query.__doc__)
-    p.add_argument("text", help="the question")
-    _add_common(p)
-    p.add_argument("--top-k", type=_positive_int, default=5)
-    dm = p.add_mutually_exclusive_group()
-    dm.add_argument("--deep-memory", dest="deep_memory", action="store_true", default=None,
-                    help="use Deep Memory (default when trained)")
-    dm.add_argument("--no-deep-memory", dest="deep_memory", action="store_false", help="plain vector search")
-    p.set_defaults(func=cmd_query)
-
-    p = sub.add_parser("demo", help="run the whole pipeline offline on Python's docs", description=cmd_demo.__doc__)
-    p.add_argument("--docs", help="HTML folder or URL (default: /usr/share/doc/python3.11/html from python3.11-doc)")
-    p.add_argument("--questions", choices=("auto", "faq", "openai"), default="auto",
-                   help="faq: the docs' FAQ headings; openai: LLM questions; auto: openai when OPENAI_API_KEY is set")
-    p.add_argument("--max-nodes", type=_positive_int, default=1000,
-                   help="corpus size cap (default 1000: about 2 min to embed on 2 free cores)")
-    p.add_argument("--test-fraction", type=_fraction, default=0.3, help="held-out share of the questions (default 0.3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=_positive_int, help="Deep Memory training epochs")
-    p.add_argument("--out-dir", default="deepmemory-demo", help="plot, store and datasets go here (default: deepmemory-demo)")
-    p.add_argument("--llm-model", default="gpt-4o-mini")
-    _add_cache(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_demo)
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
+
+
+def _quiet_environment() -> None:
+    """Silence every progress bar, including the embedding model's weight-loading bar."""
+    from llama_index_deepmemory.embeddings import quiet_model_loading
+
+    os.environ["TQDM_DISABLE"] = "1"
+    quiet_model_loading()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -354,6 +698,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     func: Callable[[argparse.Namespace], None] = args.func
+    saved_tqdm = os.environ.get("TQDM_DISABLE")
+    if getattr(args, "quiet", False):
+        _quiet_environment()
     try:
         func(args)
     except KeyboardInterrupt:
@@ -365,6 +712,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        if saved_tqdm is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved_tqdm
     return 0
 
 

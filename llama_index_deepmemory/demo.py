@@ -99,12 +99,20 @@ def build_store(
     return store
 
 
-def openai_llm(model: str) -> Any:
-    """LlamaIndex ``OpenAI`` LLM (``OPENAI_API_BASE`` for a compatible server); ValueError without a key."""
+DEMO_WITHOUT_KEY = "or run the demo on the Python docs' FAQ questions (deepmemory demo --questions faq)"
+GENERATE_WITHOUT_KEY = (
+    "or, with no LLM at all, train on questions you already have: `deepmemory train --query-log FILE` "
+    "(.jsonl or .csv) or `--beir FOLDER` (see the README's 'No API key' section)"
+)
+
+
+def openai_llm(model: str, without_key: str = DEMO_WITHOUT_KEY) -> Any:
+    """LlamaIndex ``OpenAI`` LLM (``OPENAI_API_BASE`` for a compatible server); ValueError without a
+    key, ending with ``without_key`` (what to do instead)."""
     if not os.environ.get("OPENAI_API_KEY"):
         raise ValueError(
             "synthetic questions need an LLM: set OPENAI_API_KEY (and OPENAI_API_BASE for an "
-            "OpenAI-compatible server), or use the Python docs' FAQ questions (questions='faq')"
+            f"OpenAI-compatible server), {without_key}"
         )
     from llama_index.llms.openai import OpenAI
 
@@ -196,6 +204,23 @@ def _load_faq_if_any(docs: str | os.PathLike[str] | None, max_nodes: int) -> Any
     return faq
 
 
+def recall_verdict(shown: "pd.DataFrame", without: str = "without deep memory", with_dm: str = "with deep memory") -> str:
+    """One line: Deep Memory's recall gain at each k, in points, and where it wins or loses."""
+    gains = {int(k): 100.0 * float(shown.at[k, with_dm] - shown.at[k, without]) for k in shown.index}
+    listed = ", ".join(f"@{k} {gain:+.1f}" for k, gain in gains.items())
+    losses = [str(k) for k, gain in gains.items() if gain < -0.05]
+    wins = [str(k) for k, gain in gains.items() if gain > 0.05]
+    if losses and wins:
+        story = f"it helps at k={', '.join(wins)} and loses at k={', '.join(losses)}"
+    elif losses:
+        story = f"it loses at k={', '.join(losses)} and never helps"
+    elif wins:
+        story = f"it helps at k={', '.join(wins)} and loses nowhere"
+    else:
+        story = "no change at any k"
+    return f"Deep Memory minus plain store, recall points: {listed}; {story}."
+
+
 def run_demo(
     docs: str | os.PathLike[str] | None = None,
     *,
@@ -270,6 +295,7 @@ def run_demo(
     shown = curves.loc[[k for k in REPORT_KS if k in curves.index]]
     echo(f"\nRecall@k on {len(test_ds.queries)} held-out questions ({len(nodes)} nodes):")
     echo((shown * 100).round(1).to_string())
+    echo(recall_verdict(shown))
     echo(f"\nLlamaIndex RetrieverEvaluator (top {top_k}):")
     echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     echo(f"\nRecall@k plot: {plot}")

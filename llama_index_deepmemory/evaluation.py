@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from llama_index_deepmemory.atomic import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -243,49 +244,105 @@ def recall_curves(
     return recall_at_k_table(rankings, relevance, ks)
 
 
+GATE_METRIC = "ndcg@10"  # the validation metric Deep Memory's activation gate compares
+
+
+def gate_scores(val_before: Mapping[str, float], val_after: Mapping[str, float]) -> str:
+    """``"validation nDCG@10 0.806 -> 0.836 (+0.030); recall@10 93.5% -> 93.5%"``: the gate's
+    metric without and with the model, then recall@10 for reference; ``""`` when unknown."""
+    before, after = val_before.get(GATE_METRIC), val_after.get(GATE_METRIC)
+    if before is None or after is None:
+        return ""
+    text = f"validation nDCG@10 {before:.3f} -> {after:.3f} ({after - before:+.3f})"
+    r_before, r_after = val_before.get("recall@10"), val_after.get("recall@10")
+    if r_before is not None and r_after is not None:
+        text += f"; recall@10 {100 * r_before:.1f}% -> {100 * r_after:.1f}%"
+    return text
+
+
+def model_contents(info: Mapping[str, Any]) -> str:
+    """What a trained model applies at query time, from its training job's ``info``."""
+    if not info:
+        return "contents not recorded"
+    if info.get("keywords_only"):
+        return f"keyword (BM25) re-scoring only, weight {info.get('lexical_weight')}, on the plain store (no adapter, no memory)"
+    parts = ["query adapter"]
+    if info.get("memory_nodes"):
+        parts.append(f"memory of {info['memory_nodes']} nodes")
+    if info.get("key_weight"):
+        parts.append(f"memory of the training queries (weight {info['key_weight']})")
+    parts.append(f"keyword re-scoring (weight {info['lexical_weight']})" if info.get("lexical_weight") else "no keyword re-scoring")
+    return ", ".join(parts)
+
+
+ANNOTATED_KS = (1, 3, 5, 10, 20, 50, 100)
+
+
+def recall_limits(percent: "pd.DataFrame") -> tuple[float, float]:
+    """y-axis limits (in %) zoomed to the curves: a margin around their range, within 0..100."""
+    lo, hi = float(percent.min().min()), float(percent.max().max())
+    pad = max(2.0, 0.08 * (hi - lo))
+    return max(0.0, lo - pad), min(100.0 + pad / 2, hi + pad)
+
+
+def recall_figure(curves: "pd.DataFrame", *, title: str = "Recall@k with and without Deep Memory") -> Any:
+    """A matplotlib ``Figure`` of a :func:`recall_at_k_table`, in % as the printed tables are: one
+    line per column, log-scaled k axis, y-axis zoomed to the data, and with two or more columns the
+    gain of the last column over the first annotated at k = 1, 3, 5, 10, 20, 50, 100 (in points)."""
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg, whatever pyplot's backend
+
+    if curves.empty:
+        raise ValueError("the recall table is empty; compute it with recall_at_k_table first")
+    percent = curves * 100.0
+    figure = Figure(figsize=(7, 4.5), dpi=120)
+    axes = figure.add_subplot()
+    for name in percent.columns:
+        axes.plot(percent.index, percent[name], marker="o" if len(percent) <= 12 else None, markersize=3, label=str(name))
+    if percent.index.min() >= 1 and percent.index.max() / percent.index.min() >= 20:
+        from matplotlib.ticker import ScalarFormatter
+
+        axes.set_xscale("log")
+        lo, hi = percent.index.min(), percent.index.max()
+        axes.set_xticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if lo <= t <= hi])
+        axes.xaxis.set_major_formatter(ScalarFormatter())
+    axes.set_ylim(*recall_limits(percent))
+    if percent.shape[1] >= 2:
+        _annotate_gain(axes, percent)
+    axes.set_xlabel("k (retrieved nodes)")
+    axes.set_ylabel("recall@k (%)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.set_title(title)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def _annotate_gain(axes: Any, percent: "pd.DataFrame") -> None:
+    """Write ``+1.9`` / ``-3.8`` (points, last column minus first) above the curves at a few k."""
+    first, last = percent.columns[0], percent.columns[-1]
+    for k in ANNOTATED_KS:
+        if k not in percent.index:
+            continue
+        gain = float(percent.at[k, last] - percent.at[k, first])
+        top = float(max(percent.at[k, last], percent.at[k, first]))
+        color = "tab:green" if gain > 0.05 else "tab:red" if gain < -0.05 else "dimgray"
+        axes.annotate(f"{gain:+.1f}", (k, top), xytext=(0, 6), textcoords="offset points", ha="center",
+                      fontsize=8, color=color)
+    axes.text(0.01, 0.98, f"labels: {last} minus {first}, in recall points", transform=axes.transAxes,
+              va="top", fontsize=8, color="dimgray")
+
+
 def plot_recall_at_k(
     curves: "pd.DataFrame",
     path: str | os.PathLike[str],
     *,
     title: str = "Recall@k with and without Deep Memory",
 ) -> Path:
-    """Draw a :func:`recall_at_k_table` (one line per column, log-scaled k axis) into a PNG."""
-    from matplotlib.figure import Figure  # a bare Figure renders with Agg, whatever pyplot's backend
-
-    if curves.empty:
-        raise ValueError("the recall table is empty; compute it with recall_at_k_table first")
+    """Draw a :func:`recall_at_k_table` into a PNG with :func:`recall_figure` (atomically)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"plot path must end with .png, got {str(path)!r}")
-    figure = Figure(figsize=(7, 4.5), dpi=120)
-    axes = figure.add_subplot()
-    for name in curves.columns:
-        axes.plot(curves.index, curves[name], marker="o" if len(curves) <= 12 else None, markersize=3, label=str(name))
-    if curves.index.min() >= 1 and curves.index.max() / curves.index.min() >= 20:
-        from matplotlib.ticker import ScalarFormatter
-
-        axes.set_xscale("log")
-        lo, hi = curves.index.min(), curves.index.max()
-        axes.set_xticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if lo <= t <= hi])
-        axes.xaxis.set_major_formatter(ScalarFormatter())
-    axes.set_xlabel("k (retrieved nodes)")
-    axes.set_ylabel("recall@k")
-    axes.set_ylim(0.0, 1.02)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.set_title(title)
-    axes.legend(loc="lower right")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a plot is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    figure = recall_figure(curves, title=title)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
     logger.info("Wrote recall@k plot to %s", path)
     return path

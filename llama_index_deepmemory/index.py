@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from llama_index_deepmemory.deep_memory.models import plain_scores
+from llama_index_deepmemory.scoring import METRICS, plain_scores
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("cosine", "ip", "l2")
 EXACT_SCAN_BATCH = 65536  # rows reconstructed per batch by the exact fallback
 _FAMILIES = ("flat", "hnsw", "ivf")
 

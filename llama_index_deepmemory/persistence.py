@@ -35,6 +35,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from llama_index_deepmemory.atomic import atomic_write, fsync_dir, fsync_file, write_json_atomic  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "llama-index-deepmemory/vector-store"
@@ -50,55 +52,19 @@ class CorruptStoreError(ValueError):
     """A persisted file is missing, truncated or altered."""
 
 
+# appended to damage errors: loading never changes the folder, so these are the ways out
+DAMAGE_REMEDY = (
+    "nothing was changed: restore the store folder from a backup, or rebuild it from its sources "
+    "(deepmemory ingest SOURCE --store DIR --replace, or persist a new store there)"
+)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, fsync it, then ``os.replace`` it
-    into place. On any failure the temporary file is removed and ``path`` is left untouched."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON atomically (see :func:`atomic_write`)."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-
-    atomic_write(path, write)
 
 
 @contextmanager
@@ -162,9 +128,9 @@ def write_generation(persist_path: str | os.PathLike, writers: dict[str, Callabl
             for name, write in writers.items():
                 path = gen_dir / name
                 write(path)
-                _fsync_file(path)
+                fsync_file(path)
                 files[name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-            _fsync_dir(gen_dir)
+            fsync_dir(gen_dir)
             manifest = {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
@@ -242,16 +208,16 @@ def open_generation(
     for name, info in files.items():
         path = gen_dir / name
         if Path(name).name != name or not path.is_file():
-            raise CorruptStoreError(f"persisted store file {str(path)!r} is missing")
+            raise CorruptStoreError(f"persisted store file {str(path)!r} is missing; {DAMAGE_REMEDY}")
         size = path.stat().st_size
         if size != info["bytes"]:
             raise CorruptStoreError(
                 f"persisted store file {str(path)!r} has {size} bytes, the manifest says "
-                f"{info['bytes']} (truncated or modified)"
+                f"{info['bytes']} (truncated or modified); {DAMAGE_REMEDY}"
             )
         if sha256_file(path) != info["sha256"]:
             raise CorruptStoreError(
-                f"persisted store file {str(path)!r} fails its sha256 check (corrupted or modified)"
+                f"persisted store file {str(path)!r} fails its sha256 check (corrupted or modified); {DAMAGE_REMEDY}"
             )
     return gen_dir, manifest
 

@@ -1,34 +1,28 @@
-"""``DeepMemoryVectorStore``: LlamaIndex's vector store protocol over FAISS, with Deep Memory.
+"""``DeepMemoryVectorStore``: LlamaIndex's vector store protocol, with Deep Memory.
 
-* ``stores_text=True``: nodes come back from ``query``/``get_nodes`` with text, metadata and
-  relationships, so no docstore is needed.
-* Scores are "higher is better": ``metric="cosine"`` (default) stores normalised vectors and
-  scores with their inner product (= cosine similarity, the choice of LlamaIndex's
-  ``SimpleVectorStore``); ``"ip"`` scores with the raw inner product; ``"l2"`` with the
-  *negative squared* L2 distance.
-* Filters follow ``SimpleVectorStore`` (see :mod:`llama_index_deepmemory.filters`) and are applied
-  before the top-k, so a filtered query returns ``similarity_top_k`` hits whenever that many match.
-* ``query(..., deep_memory=True)`` applies the active Deep Memory model (error if none).
-* Thread safety: a phase-fair readers-writer lock; any number of concurrent readers (query,
-  get_nodes, persist, vector reads) or one writer (add, delete, clear); readers are never starved
-  by a stream of writes. Persists of one store, and of one folder across processes, run one at a
-  time. Async methods run the sync code in a worker thread.
+The face validates, delegates and answers LlamaIndex's conventions; a backend keeps the nodes:
+
+* the embedded FAISS store (:class:`~llama_index_deepmemory.engine.faiss_store.FaissStore`,
+  default), or
+* any LlamaIndex store that keeps text, e.g. Qdrant (``vector_store=``, see
+  :mod:`llama_index_deepmemory.engine.wrapped`).
+
+``stores_text=True``: nodes come back from ``query``/``get_nodes`` with text, metadata and
+relationships, so no docstore is needed. ``query(..., deep_memory=True)`` applies the active Deep
+Memory model (an error if none). Async methods run the sync code in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import logging
 import os
-import threading
-from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence
 
 import numpy as np
 from llama_index.core.bridge.pydantic import PrivateAttr
-from llama_index.core.schema import BaseNode, Document, ImageNode, IndexNode, MetadataMode, Node, TextNode
+from llama_index.core.schema import BaseNode
 from llama_index.core.vector_stores.types import (
     DEFAULT_PERSIST_DIR,
     DEFAULT_PERSIST_FNAME,
@@ -39,16 +33,7 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryResult,
 )
 
-from llama_index_deepmemory import persistence
-from llama_index_deepmemory.deep_memory.base import (
-    check_query_texts,
-    checked_scores,
-    checked_transform,
-    compiled_kernels,
-)
-from llama_index_deepmemory.filters import MetadataColumns
-from llama_index_deepmemory.index import METRICS, VectorIndex, build_faiss_index, top_k
-from llama_index_deepmemory.node_table import NodeTable
+from llama_index_deepmemory.engine.faiss_store import FaissStore
 
 if TYPE_CHECKING:  # pragma: no cover
     import fsspec
@@ -58,260 +43,37 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-QUERY_KWARGS = ("deep_memory",)
+QUERY_KWARGS = ("deep_memory", "mmr_threshold", "mmr_prefetch_k")
 NAMESPACE_SEP = "__"
 DEFAULT_NAMESPACE = "default"
-EXACT_CANDIDATES = 4096  # restricted queries with at most this many candidates are scored exactly
-_NODE_CLASSES: dict[str, type[BaseNode]] = {
-    cls.class_name(): cls for cls in (TextNode, Node, IndexNode, ImageNode, Document)
-}
-_EXTRA_EXCLUDE = {"id_", "embedding", "metadata", "text", "text_resource"}
-
-
-class ReadWriteLock:
-    """Many readers or one writer; re-entrant per thread (a writer may also read).
-
-    Phase-fair: a waiting writer holds back new readers, but readers already waiting when a
-    writer releases all get in before the next writer, so neither side starves.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer: int | None = None
-        self._writer_depth = 0
-        self._waiting_writers = 0
-        self._waiting_readers = 0
-        self._releases = 0  # writer releases so far
-        self._readers_owed = 0  # readers that waited through the last release and must go first
-        self._local = threading.local()
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        me = threading.get_ident()
-        depth = getattr(self._local, "depth", 0)
-        if self._writer == me or depth:
-            self._local.depth = depth + 1
-            try:
-                yield
-            finally:
-                self._local.depth -= 1
-            return
-        with self._cond:
-            arrived = self._releases
-            self._waiting_readers += 1
-            while self._writer is not None or (self._waiting_writers and self._releases == arrived):
-                self._cond.wait()
-            self._waiting_readers -= 1
-            if self._releases != arrived and self._readers_owed:
-                self._readers_owed -= 1
-            self._readers += 1
-        self._local.depth = 1
-        try:
-            yield
-        finally:
-            self._local.depth = 0
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        me = threading.get_ident()
-        if self._writer == me:
-            self._writer_depth += 1
-            try:
-                yield
-            finally:
-                self._writer_depth -= 1
-            return
-        if getattr(self._local, "depth", 0):
-            raise RuntimeError("cannot write to the store while this thread is reading it")
-        with self._cond:
-            self._waiting_writers += 1
-            while self._writer is not None or self._readers or self._readers_owed:
-                self._cond.wait()
-            self._waiting_writers -= 1
-            self._writer = me
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = None
-                self._releases += 1
-                self._readers_owed = self._waiting_readers
-                self._cond.notify_all()
-
-
-def _jsonable_scalar(value: Any) -> Any:
-    """JSON ``default`` hook: numpy scalars (np.int64, np.float32, np.bool_) become Python ones."""
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-_encode = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), check_circular=False, default=_jsonable_scalar
-).encode  # NaN/inf allowed: metadata floats round-trip as they did
-
-
-def _metadata_json(node_id: str, metadata: dict[str, Any]) -> str:
-    """Compact JSON of a node's metadata; TypeError naming the node, key and type it cannot hold."""
-    try:
-        return _encode(metadata)
-    except (TypeError, ValueError, RecursionError):
-        for key, value in metadata.items():
-            try:
-                _encode({key: value})
-            except (TypeError, ValueError, RecursionError) as exc:
-                raise TypeError(
-                    f"node {node_id!r}: metadata[{key!r}] holds a {type(value).__name__} ({exc}); "
-                    "metadata values must be JSON-compatible (str, int, float, bool, None, lists and "
-                    "dicts of them). Convert it first, e.g. str(value) or value.tolist()."
-                ) from None
-        raise
-
-
-def _extras_json(node_id: str, extras: dict[str, Any]) -> str:
-    """Compact JSON of a node's other fields (pydantic's JSON conversion as the fallback)."""
-    try:
-        return _encode(extras)
-    except (TypeError, ValueError):
-        from pydantic_core import PydanticSerializationError, to_jsonable_python
-
-        try:
-            return _encode(to_jsonable_python(extras))
-        except (TypeError, ValueError, PydanticSerializationError) as exc:
-            raise TypeError(
-                f"node {node_id!r}: fields {sorted(extras)} cannot be saved as JSON ({exc}); "
-                "keep node fields and relationship metadata JSON-compatible."
-            ) from None
-
-
-def _check_saveable(row: tuple[str, str, str, str | None, str, str]) -> None:
-    """ValueError when a row's text cannot be written as UTF-8 (lone surrogates)."""
-    node_id, text, metadata, ref, _node_type, extras = row
-    if node_id.isascii() and text.isascii() and metadata.isascii() and extras.isascii() and (
-        ref is None or ref.isascii()
-    ):
-        return  # the common case: ASCII always encodes
-    for field, value in zip(("id", "text", "metadata", "ref_doc_id", "node type", "other fields"), row):
-        if value is not None and not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise ValueError(
-                    f"node {row[0]!r}: its {field} holds {value[exc.start:exc.end]!r} at position "
-                    f"{exc.start}, a lone surrogate that cannot be saved as UTF-8; fix the text "
-                    "(e.g. decode the source with errors='replace')."
-                ) from None
-
-
-# TextNode fields kept in "extras" when they differ from their defaults (fast path of _node_fields)
-_TEXT_NODE_DEFAULTS = {
-    name: field.get_default(call_default_factory=True)
-    for name, field in TextNode.model_fields.items()
-    if name not in _EXTRA_EXCLUDE and name != "relationships"
-}
-
-
-def _related_json(info: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"node_id": info.node_id}
-    if info.node_type is not None:
-        out["node_type"] = getattr(info.node_type, "value", info.node_type)
-    if info.metadata:
-        out["metadata"] = info.metadata
-    if info.hash is not None:
-        out["hash"] = info.hash
-    return out
-
-
-def _text_node_extras(node: TextNode) -> dict[str, Any]:
-    extras: dict[str, Any] = {}
-    values = node.__dict__  # pydantic keeps field values here; faster than getattr per field
-    for name, default in _TEXT_NODE_DEFAULTS.items():
-        value = values[name]
-        if value != default:
-            extras[name] = value
-    if node.relationships:
-        extras["relationships"] = {
-            getattr(key, "value", key): (
-                [_related_json(i) for i in info] if isinstance(info, list) else _related_json(info)
-            )
-            for key, info in node.relationships.items()
-        }
-    return extras
-
-
-def _node_fields(node: BaseNode) -> tuple[str, str, str, str | None, str, str]:
-    """(id, text, metadata JSON, ref_doc_id, class name, other fields JSON) of a node."""
-    if type(node) is TextNode:  # the common case, ~5x faster than model_dump
-        extras = _text_node_extras(node)
-        metadata = _metadata_json(node.id_, node.metadata)
-        return (node.id_, node.text, metadata, node.ref_doc_id, "TextNode",
-                _extras_json(node.id_, extras) if extras else "{}")
-    node_type = node.class_name()
-    cls = _NODE_CLASSES.get(node_type, TextNode)
-    exclude = set(_EXTRA_EXCLUDE)
-    if cls is TextNode and type(node) is not TextNode:  # unknown subclass: keep TextNode fields
-        exclude |= set(type(node).model_fields) - set(TextNode.model_fields)
-        node_type = TextNode.class_name()
-    extras = node.model_dump(mode="json", exclude=exclude, exclude_defaults=True)
-    extras.pop("class_name", None)
-    text = node.get_content(metadata_mode=MetadataMode.NONE)
-    return (node.node_id, text, _metadata_json(node.node_id, node.metadata), node.ref_doc_id, node_type,
-            _extras_json(node.node_id, extras) if extras else "{}")
-
-
-def _build_node(node_id: str, text: str, metadata: str, node_type: str, extras: str) -> BaseNode:
-    cls = _NODE_CLASSES.get(node_type, TextNode)
-    data = json.loads(extras)
-    data["id_"] = node_id
-    data["metadata"] = json.loads(metadata)
-    if "text" in cls.model_fields:
-        data["text"] = text
-        return cls.model_validate(data)
-    node = cls.model_validate(data)
-    if text:
-        node.set_content(text)
-    return node
 
 
 class DeepMemoryVectorStore(BasePydanticVectorStore):
-    """A local FAISS vector store that keeps node text and supports Deep Memory queries.
+    """A vector store that keeps node text and supports Deep Memory queries.
 
     Args:
         dim: embedding dimension; None (default) takes it from the first ``add``.
-        metric: ``"cosine"`` (default), ``"ip"`` or ``"l2"``; see the module docstring for scores.
+        metric: ``"cosine"`` (default), ``"ip"`` or ``"l2"``: scores are cosine similarity, the
+            inner product, or the *negative squared* L2 distance (higher is always better).
         index_factory: a ``faiss.index_factory`` string: ``"Flat"`` (exact, default),
             ``"HNSW32"`` or ``"IVF1024,Flat"`` (IVF trains on the first add, which must bring at
             least ``nlist`` vectors).
         embed_model: embedding model used by Deep Memory training/evaluation (not persisted).
         nprobe: IVF lists probed per query (FAISS default when None).
         ef_search: HNSW search breadth (FAISS default when None).
+        vector_store: another LlamaIndex vector store that keeps text (e.g. ``QdrantVectorStore``)
+            to keep the vectors in; adds, deletes, ``get_nodes``, ``clear`` and filters pass through
+            to it, and ``deep_memory=True`` ranks over its search (see :mod:`.engine.wrapped`).
+            The FAISS options above do not apply then.
+        model_dir: with ``vector_store``, the local folder the Deep Memory models are saved to after
+            every training or ``set_model`` and loaded from at construction (versioned, atomic).
     """
 
     stores_text: bool = True
     is_embedding_query: bool = True
     flat_metadata: bool = False
 
-    _dim: Optional[int] = PrivateAttr(default=None)
-    _metric: str = PrivateAttr(default="cosine")
-    _index_factory: str = PrivateAttr(default="Flat")
-    _nprobe: Optional[int] = PrivateAttr(default=None)
-    _ef_search: Optional[int] = PrivateAttr(default=None)
-    _index: Any = PrivateAttr(default=None)
-    _table: Any = PrivateAttr(default=None)
-    _columns: Any = PrivateAttr(default=None)
-    _lock: Any = PrivateAttr(default=None)
-    _persist_lock: Any = PrivateAttr(default=None)
-    _deep_memory_lock: Any = PrivateAttr(default=None)
-    _embed_model: Any = PrivateAttr(default=None)
-    _deep_memory: Any = PrivateAttr(default=None)
-    _override_cache: Any = PrivateAttr(default=None)
-    _keyword_cache: Any = PrivateAttr(default=None)  # (keyword index, (generation, version), rows by slot)
-    _version: int = PrivateAttr(default=0)
+    _backend: Any = PrivateAttr(default=None)  # FaissStore, or engine.wrapped.WrappedStore
 
     def __init__(
         self,
@@ -322,34 +84,40 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         *,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        vector_store: Any = None,
+        model_dir: str | os.PathLike | None = None,
     ) -> None:
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0):
-            raise ValueError(f"dim must be a positive int or None (taken from the first add), got {dim!r}")
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-        _check_factory(dim, metric, index_factory)
+        if vector_store is None:
+            if model_dir is not None:
+                raise ValueError(
+                    "model_dir is for stores wrapping another vector_store; the embedded store saves its models "
+                    "with store.persist(path)"
+                )
+            backend: Any = FaissStore(dim, metric, index_factory, embed_model, nprobe, ef_search)
+        else:
+            options = {"dim": (dim, None), "metric": (metric, "cosine"), "index_factory": (index_factory, "Flat"),
+                       "nprobe": (nprobe, None), "ef_search": (ef_search, None)}
+            given = {name: value for name, (value, default) in options.items() if value != default}
+            if given:
+                raise ValueError(
+                    f"{sorted(given)} configure the embedded FAISS index and do not apply with vector_store=; "
+                    f"configure {type(vector_store).__name__} itself (it must rank by cosine similarity)"
+                )
+            backend = _wrapped_backend(vector_store, embed_model, model_dir)
         super().__init__()
-        self._dim = dim
-        self._metric = metric
-        self._index_factory = index_factory
-        self._nprobe = nprobe
-        self._ef_search = ef_search
-        self._table = NodeTable()
-        self._columns = MetadataColumns(self._read_filter_key)
-        self._lock = ReadWriteLock()
-        self._persist_lock = threading.Lock()
-        self._deep_memory_lock = threading.Lock()
-        self._embed_model = embed_model
-        if dim is not None:
-            self._index = self._new_index(dim)
+        self._backend = backend
+
+    def __getstate__(self) -> Any:
+        raise TypeError(
+            "DeepMemoryVectorStore cannot be pickled: it holds a FAISS index (or an engine client), locks and "
+            "training jobs. Save it with store.persist(path) and load it with "
+            "DeepMemoryVectorStore.from_persist_path(path) instead."
+        )
 
     def __getattr__(self, item: str) -> Any:
-        """Private attributes (``self._index``...) straight from pydantic's private dict: pydantic's
+        """Private attributes (``self._backend``) straight from pydantic's private dict: pydantic's
         own ``__getattr__`` first probes each for a descriptor, which raises and catches inside
-        (about 1.7 µs a read, against 0.15 µs here; a query reads a dozen)."""
+        (about 1.7 µs a read, against 0.15 µs here)."""
         try:
             return object.__getattribute__(self, "__pydantic_private__")[item]
         except (AttributeError, KeyError, TypeError):
@@ -362,87 +130,45 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     # --- properties ----------------------------------------------------------------------
     @property
     def client(self) -> Any:
-        """The underlying FAISS index (None until the dimension is known)."""
-        return None if self._index is None else self._index.faiss_index
+        """The FAISS index (None until the dimension is known), or the wrapped store's client."""
+        return self._backend.client
+
+    @property
+    def vector_store(self) -> Any:
+        """The wrapped LlamaIndex vector store, or None for the embedded FAISS store."""
+        return getattr(self._backend, "engine", None)
 
     @property
     def dim(self) -> int | None:
-        return self._dim
+        return self._backend.dim
 
     @property
     def metric(self) -> str:
-        return self._metric
+        return self._backend.metric
 
     @property
-    def index_factory(self) -> str:
-        return self._index_factory
+    def index_factory(self) -> str | None:
+        """The FAISS index factory string (None over a wrapped store)."""
+        return getattr(self._backend, "index_factory", None)
 
     @property
     def embed_model(self) -> "BaseEmbedding | None":
-        return self._embed_model
+        return self._backend.embed_model
 
     @embed_model.setter
     def embed_model(self, value: "BaseEmbedding | None") -> None:
-        self._embed_model = value
+        self._backend.embed_model = value
 
     @property
     def deep_memory(self) -> "DeepMemory":
         """This store's Deep Memory manager (created on first use)."""
-        manager = self._deep_memory
-        if manager is None:
-            with self._deep_memory_lock:
-                if self._deep_memory is None:  # checked again: another thread may have made it
-                    from llama_index_deepmemory.deep_memory.api import DeepMemory
-
-                    self._deep_memory = DeepMemory(self)
-                manager = self._deep_memory
-        return manager
+        return self._backend.deep_memory
 
     def __len__(self) -> int:
-        return len(self._table)
+        return len(self._backend)
 
     def __bool__(self) -> bool:  # an empty store is still a store (LlamaIndex tests `if vector_store:`)
         return True
-
-    def _new_index(self, dim: int) -> VectorIndex:
-        return VectorIndex(dim, self._metric, self._index_factory, self._nprobe, self._ef_search)
-
-    def _read_filter_key(self, key: str) -> list[Any]:
-        return self._table.read_key(key)
-
-    # --- vector validation -----------------------------------------------------------------
-    def _as_matrix(self, vectors: Any, what: str, labels: Sequence[str] | None = None) -> np.ndarray:
-        """(n, d) float32 checked for shape, dimension and finiteness; normalised for cosine."""
-        try:
-            with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
-                matrix = np.array(vectors, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{what} must be numeric vectors of one length ({exc})") from None
-        if matrix.ndim == 1:
-            matrix = matrix[None, :]
-        if matrix.ndim != 2 or matrix.shape[1] == 0:
-            raise ValueError(
-                f"{what} must be non-empty vectors, got an array of shape {matrix.shape} "
-                f"({matrix.shape[-1] if matrix.ndim else 0}-dimensional)"
-            )
-        if self._dim is not None and matrix.shape[1] != self._dim:
-            raise ValueError(
-                f"{what}: got {matrix.shape[1]}-dimensional vectors but this store holds "
-                f"{self._dim}-dimensional ones; embed with the same model the store was built with."
-            )
-        finite = np.isfinite(matrix).all(axis=1)
-        if not finite.all():
-            bad = int(np.flatnonzero(~finite)[0])
-            name = labels[bad] if labels is not None else f"row {bad}"
-            raise ValueError(f"{what}: {name} contains NaN or infinite values")
-        if self._metric == "cosine":
-            norms = np.linalg.norm(matrix, axis=1)
-            if (norms == 0).any():
-                bad = int(np.flatnonzero(norms == 0)[0])
-                name = labels[bad] if labels is not None else f"row {bad}"
-                raise ValueError(f"{what}: {name} is a zero vector, which has no cosine similarity")
-            matrix /= norms[:, None]
-        return matrix
 
     # --- writes ------------------------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> List[str]:
@@ -464,70 +190,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                     f"node {node.node_id!r} has no embedding; embed nodes before adding them "
                     "(VectorStoreIndex does this for you)"
                 )
-        ids = [node.node_id for node in nodes]
-        last = {node_id: i for i, node_id in enumerate(ids)}  # duplicates: the last one wins
-        keep = sorted(last.values())
-        kept = [nodes[i] for i in keep]
-        expected = self._dim or len(kept[0].embedding)
-        for node in kept:
-            if len(node.embedding) != expected or not expected:
-                raise ValueError(
-                    f"node {node.node_id!r} has a {len(node.embedding)}-dimensional embedding, expected "
-                    f"{expected} ({'the store' if self._dim else 'the first node of this batch'}); "
-                    "embed every node with the same model and pass non-empty vectors."
-                )
-        vectors = self._as_matrix([n.embedding for n in kept], "node embeddings", [n.node_id for n in kept])
-        rows = [_node_fields(n) for n in kept]
-        for row in rows:
-            _check_saveable(row)
-        with self._lock.write():
-            self._add_rows(rows, vectors)
-            manager = self._deep_memory
-            if manager is not None:  # re-added nodes may carry new text: keyword scores must follow
-                manager.texts_changed([row[0] for row in rows])
-        return ids
-
-    def _add_rows(self, rows: list[tuple[str, str, str, str | None, str, str]], vectors: np.ndarray) -> None:
-        if self._dim is not None and vectors.shape[1] != self._dim:
-            raise ValueError(f"vectors have dimension {vectors.shape[1]}, store holds {self._dim}")
-        # the first add fixes the dimension (and checks the factory string against it)
-        index = self._index if self._index is not None else self._new_index(int(vectors.shape[1]))
-        first = self._dim is None
-        self._dim = int(vectors.shape[1])
-        table = self._table
-        replaced = table.slots_for(r[0] for r in rows)
-        slots = table.allocate(len(rows))
-        try:
-            index.add(slots, vectors)
-        except BaseException:
-            table.free_slots(slots)
-            if first:
-                self._dim = None
-            raise
-        self._index = index
-        if len(replaced):
-            self._remove_slots(replaced)
-        effective = []
-        track = bool(self._columns.keys)
-        for slot, (node_id, text, meta, ref, node_type, extras) in zip(slots.tolist(), rows):
-            table.put(slot, node_id, text, meta, ref, node_type, extras)
-            if track:
-                effective.append(table.effective_metadata(json.loads(meta), ref, node_type))
-        if track:
-            self._columns.set_rows(slots.tolist(), effective)
-        self._version += 1
-
-    def _remove_slots(self, slots: np.ndarray) -> None:
-        if not len(slots):
-            return
-        index = self._index
-        index.remove(slots)
-        self._table.remove(slots.tolist(), reusable=index.removes_physically)
-        self._columns.set_rows(slots.tolist(), [None] * len(slots))
-        if index.needs_compaction():
-            freed = index.compact()
-            self._table.free_slots(freed.tolist())
-        self._version += 1
+        return self._backend.add(nodes)
 
     async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> List[str]:
         return await asyncio.to_thread(self.add, nodes, **kwargs)
@@ -536,8 +199,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         """Delete every node whose ``ref_doc_id`` is ``ref_doc_id``."""
         if not isinstance(ref_doc_id, str):
             raise TypeError(f"ref_doc_id must be a str, got {type(ref_doc_id).__name__}")
-        with self._lock.write():
-            self._remove_slots(self._table.slots_of_docs([ref_doc_id]))
+        self._backend.delete(ref_doc_id)
 
     async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         await asyncio.to_thread(self.delete, ref_doc_id, **delete_kwargs)
@@ -557,8 +219,9 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                 f"delete_nodes needs node_ids and/or non-empty filters, got node_ids={node_ids!r}, "
                 f"filters={filters!r}; call clear() to delete everything"
             )
-        with self._lock.write():
-            self._remove_slots(self._select(node_ids, None, filters))
+        if isinstance(node_ids, str):
+            raise TypeError("node_ids must be a list of ids, not a single string")
+        self._backend.delete_nodes(node_ids, filters)
 
     async def adelete_nodes(
         self,
@@ -571,57 +234,21 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     def clear(self) -> None:
         """Remove every node (the dimension, metric, a trained IVF index's training and the Deep
         Memory models are kept)."""
-        with self._lock.write():
-            self._table = NodeTable()
-            self._columns = MetadataColumns(self._read_filter_key)
-            if self._index is not None:
-                self._index.reset()
-            self._version += 1
+        self._backend.clear()
 
     async def aclear(self) -> None:
         await asyncio.to_thread(self.clear)
 
     # --- reads -------------------------------------------------------------------------------
-    def _select(
-        self,
-        node_ids: Optional[Sequence[str]],
-        doc_ids: Optional[Sequence[str]],
-        filters: Optional[MetadataFilters],
-    ) -> np.ndarray:
-        """Live slots matching the restrictions (sorted unless ``node_ids`` gives the order)."""
-        table = self._table
-        if node_ids is not None:
-            if isinstance(node_ids, str):
-                raise TypeError("node_ids must be a list of ids, not a single string")
-            slots = table.slots_for(node_ids)
-        else:
-            slots = table.live_slots()
-        if doc_ids is not None:
-            if isinstance(doc_ids, str):
-                raise TypeError("doc_ids must be a list of ids, not a single string")
-            wanted = set(doc_ids)
-            refs = table.refs
-            slots = slots[np.fromiter((refs[s] in wanted for s in slots.tolist()), dtype=bool, count=len(slots))]
-        if filters is not None and getattr(filters, "filters", None) and len(slots):
-            slots = slots[self._columns.evaluate(filters, slots)]
-        return slots
-
-    def _nodes_at(self, slots: Sequence[int]) -> list[BaseNode]:
-        nodes = []
-        row = self._table.row
-        for slot in slots:
-            node_id, text, meta, _ref, node_type, extras = row(int(slot))
-            nodes.append(_build_node(node_id, text, meta, node_type, extras))
-        return nodes
-
     def get_nodes(
         self,
         node_ids: Optional[List[str]] = None,
         filters: Optional[MetadataFilters] = None,
     ) -> List[BaseNode]:
         """Stored nodes by id (in the given order, unknown ids skipped) and/or filters."""
-        with self._lock.read():
-            return self._nodes_at(self._select(node_ids, None, filters))
+        if isinstance(node_ids, str):
+            raise TypeError("node_ids must be a list of ids, not a single string")
+        return self._backend.get_nodes(node_ids, filters)
 
     async def aget_nodes(
         self,
@@ -636,22 +263,22 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         With a model that re-scores with keywords and a ``query_str``, similarities are the fused
         scores (cosine plus up to the model's ``lexical_weight``), so they can exceed 1.
 
-        ``node_ids`` / ``doc_ids`` restrict the search when non-empty (an empty list, which
-        ``VectorStoreIndex.as_retriever`` passes for text-keeping stores, means no restriction).
+        ``node_ids`` restricts the search when non-empty (an empty list, which
+        ``VectorStoreIndex.as_retriever`` passes for text-keeping stores, means no restriction;
+        so does a list naming only image and index nodes, which is what ``as_retriever`` lists for
+        an index holding such nodes: restrict to those with a metadata filter instead).
+        ``doc_ids`` restricts to those documents; an empty list returns nothing.
+
+        ``vector_store_query_mode="mmr"`` re-orders the top ``mmr_prefetch_k`` (default
+        ``max(4 * k, 50)``) candidates, ranked plain or with Deep Memory, by LlamaIndex's maximal
+        marginal relevance (``mmr_threshold``, default 0.5, as ``SimpleVectorStore``); the
+        similarities are then the MMR scores, as there.
         """
-        unknown = sorted(set(kwargs) - set(QUERY_KWARGS))
-        if unknown:
-            raise TypeError(
-                f"DeepMemoryVectorStore.query got unexpected keyword argument(s) {unknown}; "
-                f"accepted: {list(QUERY_KWARGS)} (e.g. vector_store_kwargs={{'deep_memory': True}})"
-            )
-        deep_memory = kwargs.get("deep_memory", False)
-        if not isinstance(deep_memory, bool):
-            raise TypeError(f"deep_memory must be True or False, got {deep_memory!r}")
-        if query.mode != VectorStoreQueryMode.DEFAULT:
+        deep_memory, threshold, prefetch = _query_options(kwargs)
+        if query.mode not in (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.MMR):
             raise ValueError(
                 f"query mode {getattr(query.mode, 'value', query.mode)!r} is not supported; "
-                "DeepMemoryVectorStore answers dense queries (mode='default')"
+                "DeepMemoryVectorStore answers dense queries (mode='default' or 'mmr')"
             )
         k = query.similarity_top_k
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
@@ -659,323 +286,63 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         if query.query_embedding is None:
             raise ValueError("query.query_embedding is None; embed the query first")
         model = self.deep_memory.require_active_model() if deep_memory else None
-        with self._lock.read():
-            if self._dim is None:
-                self._as_matrix(query.query_embedding, "query embedding")  # still validate the input
-                return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
-            q = self._as_matrix(query.query_embedding, "query embedding")
-            if len(q) != 1:
-                raise ValueError(f"query_embedding must be one vector, got {len(q)}")
-            # empty node_ids/doc_ids mean "no restriction": VectorStoreIndex.as_retriever passes
-            # node_ids=[] for stores that keep text (its index struct lists no nodes then)
-            node_ids = query.node_ids or None
-            doc_ids = query.doc_ids or None
-            restricted = node_ids is not None or doc_ids is not None or bool(
-                query.filters is not None and query.filters.filters
-            )
-            candidates = self._select(node_ids, doc_ids, query.filters) if restricted else None
-            if model is None:
-                scores, slots = self._search(q, k, candidates)
-            else:
-                texts = [query.query_str] if query.query_str else None
-                scores, slots = self._search_deep_memory(model, q, k, candidates, texts)
-            scores, slots = scores[0], slots[0]
-            valid = slots >= 0
-            scores, slots = scores[valid], slots[valid]
-            nodes = self._nodes_at(slots.tolist())
-        return VectorStoreQueryResult(
-            nodes=nodes, similarities=[float(s) for s in scores], ids=[n.node_id for n in nodes]
-        )
+        if query.node_ids and self._backend.lists_only_index_nodes(query.node_ids):
+            query = dataclasses.replace(query, node_ids=None)
+        if query.mode == VectorStoreQueryMode.MMR:
+            return self._mmr_query(query, model, threshold, prefetch)
+        return self._backend.query(query, model)
+
+    def _mmr_query(
+        self, query: VectorStoreQuery, model: Any, threshold: float, prefetch: int | None
+    ) -> VectorStoreQueryResult:
+        """Maximal marginal relevance over the top ``prefetch`` candidates (see :meth:`query`)."""
+        k = query.similarity_top_k
+        depth = max(k, prefetch if prefetch is not None else max(4 * k, 50))
+        pool = self._backend.query(dataclasses.replace(query, similarity_top_k=depth), model)
+        if not pool.nodes or k == 0:
+            return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+        vectors = self._backend.get_vectors([n.node_id for n in pool.nodes])
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        picks, scores = mmr_order(np.asarray(pool.similarities, dtype=np.float64), vectors, k, threshold)
+        nodes = [pool.nodes[i] for i in picks]
+        return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=[n.node_id for n in nodes])
 
     async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         return await asyncio.to_thread(self.query, query, **kwargs)
 
-    def _search(
-        self, q: np.ndarray, k: int, candidates: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, slots) of prepared queries among candidate slots (None = all live)."""
-        index, table = self._index, self._table
-        n_allowed = len(table) if candidates is None else len(candidates)
-        kk = min(k, n_allowed)
-        m = len(q)
-        if kk <= 0 or index is None:
-            return np.zeros((m, 0), np.float32), np.zeros((m, 0), np.int64)
-        if candidates is not None and len(candidates) <= EXACT_CANDIDATES:
-            return index.search_exact(q, kk, candidates)
-        allowed = None
-        if candidates is not None:
-            allowed = np.zeros(table.capacity, dtype=bool)
-            allowed[candidates] = True
-        scores, slots = index.search(q, kk, allowed)
-        short = (slots[:, kk - 1] < 0) if kk else np.zeros(m, bool)
-        if short.any():  # approximate index found too few: score the allowed rows exactly
-            pool = table.live_slots() if candidates is None else candidates
-            ex_scores, ex_slots = index.search_exact(q[short], kk, pool)
-            scores, slots = scores.copy(), slots.copy()
-            scores[short], slots[short] = ex_scores, ex_slots
-        return scores, slots
-
-    def _override_slots(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Slots of Deep Memory override ids (-1 when not stored), a by-slot membership mask and
-        whether every id is stored.
-
-        Cached while the model returns the same id tuple object and the table is unchanged (a
-        list could change in place, so lists are looked up on every call).
-        """
-        cache = self._override_cache
-        version = self._version
-        if cache is not None and cache[0] is ids and cache[1] == version and type(ids) is tuple:
-            return cache[2]
-        get = self._table.slot_of.get
-        slots = np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
-        mask = np.zeros(self._table.capacity + 1, dtype=bool)  # last cell: the -1 padding slot
-        stored = slots >= 0
-        mask[slots[stored]] = True
-        result = (slots, mask, bool(stored.all()))
-        self._override_cache = (ids, version, result)
-        return result
-
-    def _search_deep_memory(
-        self,
-        model: Any,
-        q: np.ndarray,
-        k: int,
-        candidates: np.ndarray | None,
-        texts: Sequence[str | None] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` (scores, slots) of prepared queries ranked by ``model``; with ``texts`` (one
-        query string or None per query) a model with ``rerank_depth`` re-scores its top
-        ``max(k, rerank_depth)`` first (see :meth:`_rerank`)."""
-        rerank = texts is not None and model.rerank_depth > 0
-        depth = max(k, model.rerank_depth) if rerank else k
-        text = texts[0] if rerank and len(q) == 1 else None
-        scores, slots, reranked = self._merged_search(model, q, depth, candidates, text, k)
-        if rerank and not reranked:
-            scores, slots = self._rerank(model, scores, slots, texts, k)
-        return scores, slots
-
-    def _merged_search(
-        self, model: Any, q: np.ndarray, k: int, candidates: np.ndarray | None, text: str | None, final_k: int
-    ) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Search with the model's transformed query, then merge its exact override scores.
-
-        Every node outside the model's override set scores ``q_t . v`` (the index); override
-        nodes score what the model says. So the plain top ``k`` *non-override* hits plus the
-        (allowed, stored) override nodes contain the true top ``k``. The common case (no
-        override node reaches the plain top ``k``) costs one search and a handful of calls.
-
-        With ``text`` (one query), merge and keyword re-scoring to the top ``final_k`` may run in
-        one compiled call; the last value says whether they did.
-        """
-        if model.dim != q.shape[1]:
-            raise ValueError(
-                f"the active Deep Memory model was trained for {model.dim}-dimensional vectors but this store "
-                f"holds {q.shape[1]}-dimensional ones; train a new model on this store"
-            )
-        qt, over_ids, over_scores = model.apply(q)
-        if not getattr(model.apply, "checks_own_output", False):  # a subclass's own apply: check its results
-            qt, over_scores = checked_transform(q, qt), checked_scores(q, over_ids, over_scores)
-        over_slots, over_mask, all_stored = self._override_slots(over_ids)
-        if candidates is not None:
-            allowed = np.zeros(self._table.capacity + 1, dtype=bool)  # last cell: slot -1
-            allowed[candidates] = True
-            usable = allowed[over_slots]
-            over_slots, over_scores = over_slots[usable], over_scores[:, usable]
-        elif not all_stored:
-            usable = over_slots >= 0
-            over_slots, over_scores = over_slots[usable], over_scores[:, usable]
-        plain_scores, plain_slots = self._search(qt, k, candidates)
-        if not len(over_slots):
-            return plain_scores, plain_slots, False
-        width = plain_slots.shape[1]
-        if len(q) == 1 and width == k > 0:  # store.query's case, in a few calls
-            if text:
-                fused = self._merge_keyword_single(
-                    model, text, final_k, plain_scores, plain_slots, over_scores, over_slots, over_mask
-                )
-                if fused is not None:
-                    return fused
-            merged = _merge_single(plain_scores, plain_slots, over_scores, over_slots, over_mask)
-            if merged is not None:
-                return (*merged, False)
-        # Fetch more plain hits until, per query, at least as many override scores reach the
-        # last fetched plain score as non-override hits are missing (every unfetched node
-        # scores at most that much), or until every allowed node was fetched.
-        for extra in dict.fromkeys((0, min(len(over_slots), 16), len(over_slots))):
-            if extra:
-                plain_scores, plain_slots = self._search(qt, k + extra, candidates)
-                width = plain_slots.shape[1]
-            dropped = over_mask[plain_slots] | (plain_slots < 0)
-            fetched_all = width < k + extra or width == 0 or bool((plain_slots[:, -1] < 0).all())
-            if fetched_all:
-                break
-            missing = min(k, width) - (~dropped).sum(axis=1)
-            covered = (over_scores >= plain_scores[:, -1:]).sum(axis=1)
-            if ((missing <= 0) | (covered >= missing)).all():
-                break
-        if not fetched_all:  # nodes below the last fetched plain score cannot reach the top k
-            reach = np.flatnonzero((over_scores >= plain_scores[:, -1:]).any(axis=0))
-            over_slots, over_scores = over_slots[reach], over_scores[:, reach]
-        m = len(q)
-        scores = np.concatenate([np.where(dropped, -np.inf, plain_scores), over_scores], axis=1)
-        slots = np.concatenate([np.where(dropped, -1, plain_slots),
-                                np.broadcast_to(over_slots, (m, len(over_slots)))], axis=1)
-        scores, slots = top_k(scores.astype(np.float32, copy=False), slots, min(k, scores.shape[1]))
-        return scores, np.where(np.isneginf(scores), -1, slots), False
-
-    def _merge_keyword_single(
-        self,
-        model: Any,
-        text: str,
-        k: int,
-        plain_scores: np.ndarray,
-        plain_slots: np.ndarray,
-        over_scores: np.ndarray,
-        over_slots: np.ndarray,
-        over_mask: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, bool] | None:
-        """One query's merge and keyword re-scoring in one compiled call (the work after a FAISS
-        scan, where every call costs): the top ``k`` and True, the merged candidates and False
-        when some candidate needs scoring from its text, or None for the general path (no numba,
-        no keyword plan, keyword rows not cached yet, or too few plain hits)."""
-        kernels = compiled_kernels()
-        plan = model.keyword_plan(text) if kernels is not None else None
-        index = model.keyword_index() if plan is not None else None
-        rows_by_slot = self._keyword_rows(index, build=False) if index is not None else None
-        if rows_by_slot is None:  # the general path looks them up (and counts towards caching them)
-            return None
-        written, scores, slots = kernels.merge_keyword_top(
-            plain_scores, plain_slots, over_scores, over_slots, over_mask, rows_by_slot, *plan, k
-        )
-        return None if written == -1 else (scores, slots, written != -2)
-
-    def _keyword_rows(self, index: Any, build: bool = True) -> np.ndarray | None:
-        """Row of every slot in the keyword ``index`` (-1: not indexed), cached while the index
-        and the table are unchanged. None on the first query after a change: the lookup reads
-        every stored id, which a store changing between queries would pay on each of them.
-        ``build=False`` only reads the cache (a query that may ask again later)."""
-        state = (index.generation, self._version)
-        cache = self._keyword_cache
-        if cache is None or cache[0] is not index or cache[1] != state:
-            if build:
-                self._keyword_cache = (index, state, None)
-            return None
-        rows = cache[2]
-        if rows is None and build:
-            rows = index.rows_of(self._table.ids)
-            self._keyword_cache = (index, state, rows)
-        return rows  # not self._keyword_cache: a concurrent query of another model may have replaced it
-
-    def _rerank(
-        self, model: Any, scores: np.ndarray, slots: np.ndarray, texts: Sequence[str | None], k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` per row after the model re-scores each row's candidates with its query text.
-
-        A model with a keyword index gets its candidates as index rows, read from the by-slot cache
-        once the store is unchanged (a FAISS scan has just flushed the caches, so touching 50 id
-        strings costs more than the scoring); the first query after a change looks them up by id."""
-        ids, node_texts = self._table.ids, self._table.texts
-        index = model.keyword_index()
-        rows_by_slot = self._keyword_rows(index) if index is not None else None
-        out_scores = np.full((len(slots), min(k, slots.shape[1])), -np.inf, dtype=np.float32)
-        out_slots = np.full(out_scores.shape, -1, dtype=np.int64)
-        for row, (row_scores, row_slots, text) in enumerate(zip(scores, slots, texts)):
-            valid = row_slots >= 0
-            row_scores, row_slots = row_scores[valid], row_slots[valid]
-            if index is None:  # a model re-scoring without a keyword index: by id
-                cands = row_slots.tolist()
-                fused = np.asarray(
-                    model.rerank(text, [ids[s] for s in cands], row_scores, [node_texts[s] for s in cands])
-                )
-            else:
-                rows = (
-                    rows_by_slot[row_slots] if rows_by_slot is not None
-                    else index.rows_of([ids[s] for s in row_slots.tolist()])
-                )
-                unindexed = rows < 0  # added or re-added since training: scored from their text
-                cand_texts = (
-                    [node_texts[s] if u else None for s, u in zip(row_slots.tolist(), unindexed.tolist())]
-                    if unindexed.any() else None
-                )
-                fused = np.asarray(model.rerank_rows(text, rows, row_scores, cand_texts))
-            if fused.shape != row_scores.shape:
-                raise ValueError(
-                    f"the active Deep Memory model re-scored {len(row_scores)} candidates into shape {fused.shape}"
-                )
-            order = np.argsort(-fused, kind="stable")[: out_scores.shape[1]]
-            out_scores[row, : len(order)] = fused[order]
-            out_slots[row, : len(order)] = row_slots[order]
-        return out_scores, out_slots
-
-    # --- StoreView (what Deep Memory may ask) ----------------------------------------------
+    # --- what Deep Memory reads (the backend's StoreView), for callers that want it directly -------
     def missing_ids(self, node_ids: Sequence[str]) -> list[str]:
-        slot_of = self._table.slot_of
-        return [i for i in node_ids if i not in slot_of]
+        return self._backend.missing_ids(node_ids)
 
     def get_vectors(self, node_ids: Sequence[str]) -> np.ndarray:
         """Stored vectors (n, d) float32 as searched (normalised for cosine); KeyError if missing."""
-        with self._lock.read():
-            missing = self.missing_ids(node_ids)
-            if missing:
-                raise KeyError(f"{len(missing)} node id(s) are not in the store, e.g. {missing[:3]}")
-            if self._index is None:
-                return np.zeros((0, self._dim or 0), dtype=np.float32)
-            slot_of = self._table.slot_of
-            slots = np.fromiter((slot_of[i] for i in node_ids), dtype=np.int64, count=len(node_ids))
-            return self._index.reconstruct(slots)
-
-    def _iter_live(self, batch_size: int, read: Any) -> Iterator[Any]:
-        """``read(live slots)`` of one batch of the stored nodes at a time, each under the read lock."""
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        with self._lock.read():
-            slots = self._table.live_slots()
-        for start in range(0, len(slots), batch_size):
-            with self._lock.read():
-                chunk = slots[start : start + batch_size]
-                result = read(chunk[self._table.live[chunk]].tolist())
-            yield result
+        return self._backend.get_vectors(node_ids)
 
     def iter_texts(self, batch_size: int = 65536) -> Iterator[tuple[list[str], list[str]]]:
-        """All stored (ids, texts) in batches; each batch is read under the lock."""
-
-        def read(chunk: list[int]) -> tuple[list[str], list[str]]:
-            table = self._table
-            return [table.ids[s] for s in chunk], [table.texts[s] or "" for s in chunk]
-
-        return self._iter_live(batch_size, read)
+        return self._backend.iter_texts(batch_size)
 
     def iter_vectors(self, batch_size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
-        """All stored (ids, vectors) in batches; each batch is read under the lock."""
-
-        def read(chunk: list[int]) -> tuple[list[str], np.ndarray]:
-            ids = self._table.ids
-            return [ids[s] for s in chunk], self._index.reconstruct(np.asarray(chunk, dtype=np.int64))
-
-        return self._iter_live(batch_size, read)
+        return self._backend.iter_vectors(batch_size)
 
     def prepare_queries(self, vectors: Any) -> np.ndarray:
-        """Validated (m, d) float32 query vectors, normalised for cosine."""
-        if self._dim is None:
-            raise ValueError("the store is empty, so its dimension is unknown; add nodes first")
-        return self._as_matrix(vectors, "query vectors")
+        return self._backend.prepare_queries(vectors)
 
     def search_vectors(
-        self, queries: np.ndarray, k: int, deep_memory: bool = False, texts: Sequence[str | None] | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        deep_memory: bool = False,
+        texts: Sequence[str | None] | None = None,
+        filters: Optional[MetadataFilters] = None,
     ) -> tuple[np.ndarray, list[list[str]]]:
-        """Batched search of prepared queries: scores (m, k') and node ids, ranked exactly as
-        ``query(..., deep_memory=deep_memory)`` ranks them (plain search by default); ``texts``
-        are the queries' strings (``query_str``), used by a model that re-scores with keywords."""
-        model = self.deep_memory.require_active_model() if deep_memory else None
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        texts = check_query_texts(texts, len(q))
-        with self._lock.read():
-            if model is None:
-                scores, slots = self._search(q, k, None)
-            else:
-                scores, slots = self._search_deep_memory(model, q, k, None, texts)
-            ids = self._table.ids
-            return scores, [[ids[s] for s in row if s >= 0] for row in slots.tolist()]
+        """Batched search of prepared queries, ranked as :meth:`query` ranks them."""
+        return self._backend.search_vectors(queries, k, deep_memory=deep_memory, texts=texts, filters=filters)
+
+    def usable_ids(self, node_ids: Sequence[str], filters: Optional[MetadataFilters] = None) -> np.ndarray:
+        return self._backend.usable_ids(node_ids, filters)
+
+    def texts_of(self, node_ids: Sequence[str]) -> list[str | None]:
+        return self._backend.texts_of(node_ids)
 
     # --- persistence --------------------------------------------------------------------------
     def persist(
@@ -983,44 +350,13 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         persist_path: str = os.path.join(DEFAULT_PERSIST_DIR, DEFAULT_PERSIST_FNAME),
         fs: "fsspec.AbstractFileSystem | None" = None,
     ) -> None:
-        """Write a snapshot to the folder ``persist_path`` (atomic; see :mod:`..persistence`)."""
+        """Write a snapshot to the folder ``persist_path`` (atomic; see :mod:`.persistence`).
+
+        A store wrapping another ``vector_store`` writes only its Deep Memory models there (the
+        engine keeps the nodes); load them with ``DeepMemoryVectorStore(vector_store=...,
+        model_dir=persist_path)``."""
         _check_local_fs(fs)
-        # one persist at a time per store (a lock file in the folder serialises other processes)
-        with self._persist_lock, self._lock.read():
-            persistence.write_generation(persist_path, self._snapshot_writers())
-
-    def _snapshot_writers(self) -> dict[str, Any]:
-        """name -> function writing that file of a snapshot (call under the read lock)."""
-        table = self._table
-        slots = table.live_slots()
-        dead = self._index.dead_ids() if self._index is not None else np.zeros(0, dtype=np.int64)
-        config = {
-            "dim": self._dim,
-            "metric": self._metric,
-            "index_factory": self._index_factory,
-            "nprobe": self._nprobe,
-            "ef_search": self._ef_search,
-            "count": int(len(slots)),
-        }
-        dm_meta, dm_arrays = (
-            self._deep_memory.to_state() if self._deep_memory is not None else ({"active": None, "models": {}}, {})
-        )
-
-        def rows() -> Iterator[list[Any]]:
-            for slot in slots.tolist():
-                yield list(table.row(slot))
-
-        writers = {
-            "store.json": lambda p: persistence.write_json(p, config),
-            "slots.npy": lambda p: persistence.write_npy(p, slots),
-            "dead.npy": lambda p: persistence.write_npy(p, dead),
-            "nodes.jsonl": lambda p: persistence.write_jsonl(p, rows()),
-            "deep_memory.json": lambda p: persistence.write_json(p, dm_meta),
-            "deep_memory.safetensors": lambda p: persistence.write_arrays(p, dm_arrays),
-        }
-        if self._index is not None:
-            writers["index.faiss"] = lambda p: self._index.write(str(p))
-        return writers
+        self._backend.persist(persist_path)
 
     @classmethod
     def from_persist_path(
@@ -1031,96 +367,8 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     ) -> "DeepMemoryVectorStore":
         """Load a snapshot written by :meth:`persist` (checksums and consistency verified)."""
         _check_local_fs(fs)
-        for attempt in (1, 2):
-            seen = persistence.read_manifest(persist_path)["generation"]
-            try:
-                with persistence.reading(persist_path):
-                    gen, manifest = persistence.open_generation(persist_path, _SNAPSHOT_FILES)
-                    return cls._load_generation(gen, manifest, embed_model)
-            except (FileNotFoundError, persistence.CorruptStoreError):
-                # a writer that ignores the folder's lock may have replaced the generation under
-                # us: read the manifest again and retry once if it moved on
-                if attempt == 2 or persistence.read_manifest(persist_path)["generation"] == seen:
-                    raise
-                logger.info("generation %s of %s vanished while loading; retrying", seen, persist_path)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    @classmethod
-    def _load_generation(
-        cls, gen: Path, manifest: dict[str, Any], embed_model: "BaseEmbedding | None"
-    ) -> "DeepMemoryVectorStore":
-        config = persistence.read_json(gen / "store.json")
-        store_json = str(gen / "store.json")
-        if not isinstance(config, dict) or not {"dim", "metric", "index_factory", "count"} <= set(config):
-            raise persistence.CorruptStoreError(f"{store_json!r} is not a store configuration")
-        try:
-            store = cls(
-                dim=config["dim"],
-                metric=config["metric"],
-                index_factory=config["index_factory"],
-                embed_model=embed_model,
-                nprobe=config.get("nprobe"),
-                ef_search=config.get("ef_search"),
-            )
-        except (TypeError, ValueError) as exc:
-            raise persistence.CorruptStoreError(f"{store_json!r} holds an invalid configuration: {exc}") from None
-        slots = _read_ids(gen / "slots.npy")
-        dead = _read_ids(gen / "dead.npy")
-        if config["dim"] is not None:
-            if "index.faiss" not in manifest["files"]:
-                raise persistence.CorruptStoreError(
-                    f"the manifest of {str(gen)!r} does not list index.faiss, which a store of dim "
-                    f"{config['dim']} needs"
-                )
-            index_path = gen / "index.faiss"
-            store._index = persistence.load_file(
-                index_path, "FAISS index",
-                lambda p: VectorIndex.read(
-                    str(p), config["dim"], config["metric"], config["index_factory"],
-                    config.get("nprobe"), config.get("ef_search"), dead,
-                ),
-            )
-            _check_slots(index_path, store._index.all_ids(), slots, dead)
-        elif len(slots) or len(dead):
-            raise persistence.CorruptStoreError(
-                f"{str(gen / 'slots.npy')!r} lists {len(slots)} slots but the store has no index"
-            )
-        table = store._table
-        capacity = int(max(slots.max(initial=-1), dead.max(initial=-1))) + 1
-        table.allocate(capacity)  # empty slots; filled below
-        count = 0
-        nodes_path = gen / "nodes.jsonl"
-        for slot, row in zip(slots.tolist(), persistence.iter_jsonl(nodes_path)):
-            if not _valid_row(row):
-                raise persistence.CorruptStoreError(
-                    f"{str(nodes_path)!r} line {count + 1} is not a node row (id, text, metadata, "
-                    "ref_doc_id, type, fields)"
-                )
-            table.put(slot, *row)
-            count += 1
-        if count != len(slots) or count != config["count"]:
-            raise persistence.CorruptStoreError(
-                f"{str(nodes_path)!r} holds {count} nodes, expected {len(slots)}"
-            )
-        if len(table) != count:
-            raise persistence.CorruptStoreError(f"{str(nodes_path)!r} holds duplicate node ids")
-        holes = np.ones(capacity, dtype=bool)
-        holes[slots] = False
-        holes[dead] = False
-        table.free_slots(np.flatnonzero(holes).tolist())
-        dm_path = gen / "deep_memory.json"
-        dm_meta = persistence.read_json(dm_path)
-        if not isinstance(dm_meta, dict):
-            raise persistence.CorruptStoreError(f"{str(dm_path)!r} is not a Deep Memory state object")
-        if dm_meta.get("models") or dm_meta.get("jobs"):
-            arrays = persistence.read_arrays(gen / "deep_memory.safetensors")
-            try:
-                store.deep_memory.load_state(dm_meta, arrays)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise persistence.CorruptStoreError(
-                    f"{str(dm_path)!r} / deep_memory.safetensors hold an invalid Deep Memory state: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from None
+        store = cls()
+        store._backend = FaissStore.from_persist_path(persist_path, embed_model)
         return store
 
     @classmethod
@@ -1136,89 +384,57 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         return cls.from_persist_path(persist_path, fs=fs, embed_model=embed_model)
 
 
-_SNAPSHOT_FILES = ("store.json", "slots.npy", "dead.npy", "nodes.jsonl", "deep_memory.json",
-                   "deep_memory.safetensors")
-_FACTORY_PROBE_DIMS = (96, 128, 256, 384, 512, 768, 1024, 1536, 3072)
+def _wrapped_backend(vector_store: Any, embed_model: Any, model_dir: str | os.PathLike | None) -> Any:
+    """A wrapped engine as the backend, its models loaded from and saved to ``model_dir``."""
+    from llama_index_deepmemory.deep_memory import model_folder
+    from llama_index_deepmemory.engine.wrapped import WrappedStore
+
+    wrapped = WrappedStore(vector_store, embed_model)
+    if model_dir is not None:
+        model_folder.load(model_dir, wrapped.deep_memory)
+        engine = type(vector_store).__name__
+        wrapped.deep_memory.on_change = lambda: model_folder.save(model_dir, wrapped.deep_memory, engine)
+    return wrapped
 
 
-def _check_factory(dim: int | None, metric: str, factory: str) -> None:
-    """Validate a factory string now: against ``dim``, or (dim=None) against common dimensions,
-    leaving the check for the actual dimension to the first add."""
-    if dim is not None:
-        build_faiss_index(dim, metric, factory)
-        return
-    first_error: ValueError | None = None
-    for probe in _FACTORY_PROBE_DIMS:
-        try:
-            build_faiss_index(probe, metric, factory)
-            return
-        except ValueError as exc:
-            first_error = first_error or exc
-            if "not supported" in str(exc) or "IDMap" in str(exc):
-                break
-    raise ValueError(
-        f"index_factory={factory!r} could not be built for any common embedding dimension "
-        f"{_FACTORY_PROBE_DIMS} ({first_error}). If it needs a particular dimension, pass dim= "
-        "so it is checked against that."
-    ) from None
-
-
-def _read_ids(path: Path) -> np.ndarray:
-    """A 1-D integer ``.npy`` array of slot numbers, as int64."""
-    array = persistence.read_npy(path)
-    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
-        raise persistence.CorruptStoreError(
-            f"persisted store file {str(path)!r} holds a {array.dtype} array of shape {array.shape}, "
-            "expected 1-D integer slot numbers"
+def _query_options(kwargs: dict[str, Any]) -> tuple[bool, float, int | None]:
+    """``deep_memory``, ``mmr_threshold`` and ``mmr_prefetch_k`` of a query, checked."""
+    unknown = sorted(set(kwargs) - set(QUERY_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"DeepMemoryVectorStore.query got unexpected keyword argument(s) {unknown}; "
+            f"accepted: {list(QUERY_KWARGS)} (e.g. vector_store_kwargs={{'deep_memory': True}})"
         )
-    return array.astype(np.int64, copy=False)
+    deep_memory = kwargs.get("deep_memory", False)
+    if not isinstance(deep_memory, bool):
+        raise TypeError(f"deep_memory must be True or False, got {deep_memory!r}")
+    threshold = kwargs.get("mmr_threshold")
+    threshold = 0.5 if threshold is None else threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ValueError(f"mmr_threshold must be a number in [0, 1] (1: relevance only), got {threshold!r}")
+    prefetch = kwargs.get("mmr_prefetch_k")
+    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch <= 0):
+        raise ValueError(f"mmr_prefetch_k must be a positive int (candidates MMR re-orders), got {prefetch!r}")
+    return deep_memory, float(threshold), prefetch
 
 
-def _check_slots(index_path: Path, index_ids: np.ndarray, slots: np.ndarray, dead: np.ndarray) -> None:
-    """The live slots and tombstones must be exactly the FAISS index's row ids, each once."""
-    listed = np.concatenate([slots, dead])
-    if len(listed) != len(index_ids) or not np.array_equal(np.sort(listed), np.sort(index_ids)):
-        raise persistence.CorruptStoreError(
-            f"slots.npy and dead.npy ({len(slots)} + {len(dead)} slots) do not match the "
-            f"{len(index_ids)} row ids of {str(index_path)!r}: the snapshot is inconsistent"
-        )
-    if len(np.unique(listed)) != len(listed):
-        raise persistence.CorruptStoreError(
-            f"slots.npy and dead.npy list a slot twice (inconsistent with {str(index_path)!r})"
-        )
-
-
-def _valid_row(row: Any) -> bool:
-    return (
-        isinstance(row, list) and len(row) == 6
-        and all(isinstance(v, str) for v in (row[0], row[1], row[2], row[4], row[5]))
-        and (row[3] is None or isinstance(row[3], str))
-    )
-
-
-def _merge_single(
-    plain_scores: np.ndarray,
-    plain_slots: np.ndarray,
-    over_scores: np.ndarray,
-    over_slots: np.ndarray,
-    over_mask: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Exact top k of one query from its k plain hits and the override scores in one compiled
-    call, or None when the k plain hits do not suffice (too many of them are override nodes
-    scored lower) or numba is missing: the store's general merge then answers.
-
-    Plain hits that are override nodes are replaced by their override scores; override nodes
-    below the k-th plain score cannot enter.
-    """
-    kernels = compiled_kernels()
-    if kernels is None:
-        return None
-    k = plain_slots.shape[1]
-    out_scores, out_slots = np.empty((1, k), dtype=np.float32), np.empty((1, k), dtype=np.int64)
-    written = kernels.merge_overrides(
-        plain_scores, plain_slots, np.ascontiguousarray(over_scores), over_slots, over_mask, out_scores, out_slots
-    )
-    return None if written < 0 else (out_scores, out_slots)
+def mmr_order(relevance: np.ndarray, unit_vectors: np.ndarray, k: int, threshold: float) -> tuple[list[int], list[float]]:
+    """LlamaIndex's maximal marginal relevance (``get_top_k_mmr_embeddings``): first the most
+    relevant candidate, then each time the one maximising ``threshold * relevance - (1 - threshold)
+    * cosine(candidate, last pick)``. Returns the picks (positions) and their MMR scores."""
+    n = len(relevance)
+    first = int(np.argmax(relevance * threshold))
+    picks, scores = [first], [float(relevance[first] * threshold)]
+    left = np.ones(n, dtype=bool)
+    left[first] = False
+    while len(picks) < min(k, n):
+        overlap = unit_vectors @ unit_vectors[picks[-1]]
+        score = np.where(left, threshold * relevance - (1 - threshold) * overlap, -np.inf)
+        best = int(np.argmax(score))
+        picks.append(best)
+        scores.append(float(score[best]))
+        left[best] = False
+    return picks, scores
 
 
 def _check_local_fs(fs: Any) -> None:

@@ -49,3 +49,34 @@ def brute_force_scores(queries: np.ndarray, docs: np.ndarray, ids: list[str], mo
 def brute_force_top_k(queries: np.ndarray, docs: np.ndarray, ids: list[str], k: int, model=None) -> np.ndarray:
     """Exact top-k row indices into ``docs`` from :func:`brute_force_scores`."""
     return np.argsort(-brute_force_scores(queries, docs, ids, model), axis=1, kind="stable")[:, :k]
+
+
+N_DOCS, DIM, N_TRAIN, N_TEST = 80, 64, 100, 40
+OPTIONS = dict(epochs=6, learning_rate=2e-2, batch_size=32, refit=False)
+
+
+class KeywordTask:
+    """Seeded documents, each with a unique code word its queries name; query vectors are random,
+    so only memory (seen documents) and keyword re-scoring can find the relevant document."""
+
+    def __init__(self, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.docs = normalise(rng.normal(size=(N_DOCS, DIM)))
+        self.ids = [f"node_{i}" for i in range(N_DOCS)]
+        self.doc_texts = [f"report about code{i}x with shared words alpha beta" for i in range(N_DOCS)]
+        targets = rng.integers(0, N_DOCS, size=N_TRAIN + N_TEST)
+        self.queries = normalise(rng.normal(size=(N_TRAIN + N_TEST, DIM)))
+        self.texts = [f"which report mentions code{t}x" for t in targets]
+        self.relevance = [[(self.ids[t], 1.0)] for t in targets]
+
+    def nodes(self, metadata: bool = False) -> list[TextNode]:
+        """The documents as nodes; with ``metadata``, each carries ``{"parity": i % 2}``."""
+        return [
+            TextNode(id_=i, text=t, embedding=v.tolist(), metadata={"parity": j % 2} if metadata else {})
+            for j, (i, t, v) in enumerate(zip(self.ids, self.doc_texts, self.docs))
+        ]
+
+    def store(self, **kwargs) -> DeepMemoryVectorStore:
+        store = DeepMemoryVectorStore(**kwargs)
+        store.add(self.nodes())
+        return store

@@ -200,7 +200,7 @@ def _bad_calls(task: Task):
         ((q2, r2), {}, ValueError, "no way to embed the queries"),
         ((q2, r2), {"embedding": v2, "embedding_function": len}, ValueError, "not both"),
         ((q2, r2), {"embedding_function": lambda texts: [[1.0], [1.0, 2.0]]}, ValueError, "array of shape"),
-        ((q2, r2), {"embedding_function": "minilm"}, TypeError, "BaseEmbedding or a callable"),
+        ((q2, r2), {"embedding_function": "minilm"}, TypeError, "BaseEmbedding, a LangChain Embeddings or a callable"),
     ]
 
 

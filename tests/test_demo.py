@@ -64,7 +64,7 @@ def test_demo_runs_offline_and_reuses_cached_embeddings(tmp_path: Path, capsys: 
     assert result.plot_path.read_bytes()[:4] == b"\x89PNG"
     assert len(DeepMemoryVectorStore.from_persist_path(str(result.store_path))) == 16
     assert (out / "train_dataset.json").is_file() and (out / "test_dataset.json").is_file()
-    for text in ("Recall@k on 3 held-out questions", "RetrieverEvaluator", "Times:", "--docs"):
+    for text in ("Recall@k on 3 held-out questions", "Deep Memory minus plain store", "RetrieverEvaluator", "Times:", "--docs"):
         assert text in printed
 
     cache_files = list((cache / "embeddings").iterdir())
@@ -98,3 +98,19 @@ def test_demo_without_faq_or_key_says_what_to_do(tmp_path: Path, monkeypatch: py
         run_demo(docs, out_dir=tmp_path / "out", show_progress=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_demo(tmp_path / "empty", out_dir=tmp_path / "out", show_progress=False, questions="faq")
+
+
+def test_recall_verdict_says_where_deep_memory_wins_and_loses() -> None:
+    import pandas as pd
+
+    from llama_index_deepmemory.demo import recall_verdict
+
+    def table(without: list[float], with_dm: list[float]) -> pd.DataFrame:
+        return pd.DataFrame({"without deep memory": without, "with deep memory": with_dm}, index=[1, 3, 5, 10])
+
+    mixed = recall_verdict(table([0.596, 0.808, 0.885, 0.923], [0.615, 0.769, 0.846, 0.923]))
+    assert mixed == ("Deep Memory minus plain store, recall points: @1 +1.9, @3 -3.9, @5 -3.9, @10 +0.0; "
+                     "it helps at k=1 and loses at k=3, 5.")
+    assert recall_verdict(table([0.5] * 4, [0.4] * 4)).endswith("it loses at k=1, 3, 5, 10 and never helps.")
+    assert recall_verdict(table([0.5] * 4, [0.6] * 4)).endswith("it helps at k=1, 3, 5, 10 and loses nowhere.")
+    assert recall_verdict(table([0.5] * 4, [0.5] * 4)).endswith("no change at any k.")

@@ -192,3 +192,26 @@ print(json.dumps({
     assert result.returncode == 0, result.stderr[-2000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome == {"dims": [384, 384], "env": {"HF_HUB_OFFLINE": None, "TRANSFORMERS_OFFLINE": None}}
+
+
+def test_embedding_spec_is_checked_without_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llama_index_deepmemory.embeddings import check_embedding_spec, default_model_path, load_embedding
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache
+    assert check_embedding_spec("default") == "default"
+    assert check_embedding_spec(default_model_path()) == str(Path(default_model_path()).resolve())
+    with pytest.raises(ValueError, match=r"'BAAI/bge-small-en-v1.5' is neither a local folder nor in the Hugging Face cache.*'default'"):
+        check_embedding_spec("BAAI/bge-small-en-v1.5")
+    with pytest.raises(ValueError, match=r"folder './models/nothing' does not exist"):
+        check_embedding_spec("./models/nothing")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"is a file; pass the model's folder"):
+        check_embedding_spec(str(tmp_path / "weights.bin"))
+    with pytest.raises(ValueError, match=r"must be 'default'"):
+        check_embedding_spec("  ")
+    (tmp_path / "empty_model").mkdir()
+    with pytest.raises(ValueError, match=r"could not load embedding model .*empty_model.*'default'"):
+        load_embedding(str(tmp_path / "empty_model"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # downloads allowed: a hub name is left to the loader
+    assert check_embedding_spec("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"

@@ -134,3 +134,24 @@ def test_bad_inputs_name_the_fix() -> None:
         evaluate_dataset(make_retriever(QUERY_VECTORS, 3), DATASET, workers=0)
     with pytest.raises(ValueError, match="one name per retriever"):
         display_results(["a", "b"], [[]])
+
+
+def test_plot_is_in_percent_zoomed_to_the_data_and_annotates_the_gain(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from llama_index_deepmemory.evaluation import recall_figure
+
+    ks = list(range(1, 101))
+    without = [min(1.0, 0.596 + 0.004 * (k - 1)) for k in ks]
+    with_dm = [min(1.0, w + (0.019 if k == 1 else -0.038 if k in (3, 5) else 0.0)) for k, w in zip(ks, without)]
+    table = pd.DataFrame({"without deep memory": without, "with deep memory": with_dm}, index=pd.Index(ks, name="k"))
+    axes = recall_figure(table).axes[0]
+    low, high = axes.get_ylim()
+    assert 50.0 < low < 59.6 and 100.0 <= high <= 104.0  # zoomed to 59.6..100 %, not 0..1
+    assert "%" in axes.get_ylabel()
+    assert [line.get_ydata()[0] for line in axes.get_lines()] == pytest.approx([59.6, 61.5])
+    notes = {text.xy[0]: text.get_text() for text in axes.texts if hasattr(text, "xy")}
+    assert any("in recall points" in text.get_text() for text in axes.texts)
+    assert notes[1] == "+1.9" and notes[3] == "-3.8" and notes[5] == "-3.8" and notes[100] == "+0.0"
+    path = plot_recall_at_k(table, tmp_path / "r.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"

@@ -17,30 +17,7 @@ from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH
 from llama_index_deepmemory.deep_memory import training
 from llama_index_deepmemory.deep_memory.training import TrainOptions, train_model
 from llama_index_deepmemory.store import DeepMemoryVectorStore
-from synthetic import brute_force_scores, normalise
-
-N_DOCS, DIM, N_TRAIN, N_TEST = 80, 64, 100, 40
-OPTIONS = dict(epochs=6, learning_rate=2e-2, batch_size=32, refit=False)
-
-
-class KeywordTask:
-    def __init__(self, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        self.docs = normalise(rng.normal(size=(N_DOCS, DIM)))
-        self.ids = [f"node_{i}" for i in range(N_DOCS)]
-        self.doc_texts = [f"report about code{i}x with shared words alpha beta" for i in range(N_DOCS)]
-        targets = rng.integers(0, N_DOCS, size=N_TRAIN + N_TEST)
-        self.queries = normalise(rng.normal(size=(N_TRAIN + N_TEST, DIM)))
-        self.texts = [f"which report mentions code{t}x" for t in targets]
-        self.relevance = [[(self.ids[t], 1.0)] for t in targets]
-
-    def store(self) -> DeepMemoryVectorStore:
-        store = DeepMemoryVectorStore()
-        store.add([
-            TextNode(id_=i, text=t, embedding=v.tolist()) for i, t, v in zip(self.ids, self.doc_texts, self.docs)
-        ])
-        return store
-
+from synthetic import DIM, N_DOCS, N_TRAIN, OPTIONS, KeywordTask, brute_force_scores, normalise
 
 @pytest.fixture(scope="module")
 def task() -> KeywordTask:
@@ -114,14 +91,14 @@ def test_keyword_rows_are_cached_by_slot_once_the_store_is_unchanged(task: Keywo
     q, text = task.queries[N_TRAIN], task.texts[N_TRAIN]
     expected = reference_ids(task, model, q, text, 10)
     assert query_ids(store, q, 10, text) == expected  # by id: nothing cached yet
-    assert store._keyword_cache[2] is None
+    assert store._backend._keyword_cache[2] is None
     assert query_ids(store, q, 10, text) == expected  # rows cached by slot
-    rows = store._keyword_cache[2]
-    assert rows.tolist() == model.lexical.rows_of(store._table.ids).tolist()
-    assert query_ids(store, q, 10, text) == expected and store._keyword_cache[2] is rows  # reused
+    rows = store._backend._keyword_cache[2]
+    assert rows.tolist() == model.lexical.rows_of(store._backend._table.ids).tolist()
+    assert query_ids(store, q, 10, text) == expected and store._backend._keyword_cache[2] is rows  # reused
     store.add([TextNode(id_="late", text="unrelated words", embedding=task.docs[0].tolist())])
     assert query_ids(store, q, 10, text) == query_ids(store, q, 10, text)
-    assert store._keyword_cache[2] is not rows and store._keyword_cache[2][-1] == -1  # "late" is not indexed
+    assert store._backend._keyword_cache[2] is not rows and store._backend._keyword_cache[2][-1] == -1  # "late" is not indexed
 
 
 def test_batched_search_with_texts_equals_store_queries(task: KeywordTask, trained) -> None:

@@ -15,12 +15,13 @@ from llama_index.llms.openai import OpenAI
 from llama_index_deepmemory import (
     DEFAULT_QA_GENERATE_PROMPT_TMPL,
     EmbeddingQAFinetuneDataset,
+    PermanentLLMError,
     QuestionGenerationError,
     create_query_relevance,
     dataset_from_query_relevance,
     generate_question_context_pairs,
 )
-from llama_index_deepmemory.data.questions import parse_questions
+from llama_index_deepmemory.data.questions import is_permanent_error, parse_questions
 from servers import FIXTURES, LocalServer, Response, last_user_message, openai_chat_server
 
 CONTEXT = re.compile(r"---------------------\n(.*)\n---------------------", re.S)
@@ -235,3 +236,73 @@ def test_seed_workflow_end_to_end(tmp_path: Path) -> None:
     train_ids = {n.node_id for n in train_nodes}
     assert [pairs[0][0] for pairs in relevance] == [n.node_id for n in train_nodes]
     assert train_ids.isdisjoint(n.node_id for n in test_nodes) and train_ids <= set(train.corpus)
+
+
+def error_response(status: int, message: str) -> Response:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": None}}).encode()
+    return Response(status, body, {"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_rejected_key_fails_on_the_first_node_without_retrying(tmp_path: Path, workers: int) -> None:
+    with openai_chat_server(lambda messages: error_response(401, "Incorrect API key provided: sk-bad")) as server:
+        with pytest.raises(PermanentLLMError) as caught:
+            generate_question_context_pairs(
+                make_nodes(20), llm=client(server), retry_limit=3, retry_delay=0.01, num_workers=workers,
+                output_path=tmp_path / "partial.json", show_progress=False,
+            )
+        n_requests = len(server.requests)
+    assert 1 <= n_requests <= workers  # one try per node in flight, never a retry, never the other nodes
+    message = str(caught.value)
+    assert "AuthenticationError" in message and "Incorrect API key" in message and "OPENAI_API_KEY" in message
+    assert "nothing was retried" in message and "query log" in message
+    assert len(message.splitlines()) == 1
+    assert isinstance(caught.value, QuestionGenerationError)  # callers catching the old error still do
+
+
+def test_missing_credentials_fail_at_once() -> None:
+    import os
+
+    saved = os.environ.pop("OPENAI_API_KEY", None)
+    try:
+        llm = OpenAI(model="gpt-4o-mini", max_retries=0)
+        with pytest.raises(PermanentLLMError, match=r"node 'node_0'.*Missing credentials.*OPENAI_API_KEY"):
+            generate_question_context_pairs(make_nodes(50), llm=llm, retry_limit=3, retry_delay=1.0, show_progress=False)
+    finally:
+        if saved is not None:
+            os.environ["OPENAI_API_KEY"] = saved
+
+
+def test_unknown_model_is_permanent_but_rate_limits_are_retried() -> None:
+    with openai_chat_server(lambda messages: error_response(404, "The model `gpt-nope` does not exist")) as server:
+        with pytest.raises(PermanentLLMError, match=r"NotFoundError.*model name"):
+            generate_question_context_pairs(make_nodes(3), llm=client(server), retry_limit=3, retry_delay=0, show_progress=False)
+        assert len(server.requests) == 1
+    calls = {"n": 0}
+    lock = threading.Lock()
+
+    def limited(messages: list[dict]):
+        with lock:
+            calls["n"] += 1
+            if calls["n"] <= 2:  # the first node's first two tries hit a rate limit, then it recovers
+                return error_response(429, "Rate limit reached")
+        return numbered_questions(context_of(messages))
+
+    with openai_chat_server(limited) as server:
+        dataset = generate_question_context_pairs(
+            make_nodes(2), llm=client(server), num_questions_per_chunk=1, retry_limit=3, retry_delay=0.01, show_progress=False
+        )
+        assert len(server.requests) == 2 + 2
+    assert sorted(ids[0] for ids in dataset.relevant_docs.values()) == ["node_0", "node_1"]
+
+
+@pytest.mark.parametrize(
+    ("status", "permanent"),
+    [(400, True), (401, True), (403, True), (404, True), (422, True), (408, False), (409, False), (429, False),
+     (500, False), (502, False), (503, False)],
+)
+def test_status_codes_are_classified(status: int, permanent: bool) -> None:
+    class StatusError(Exception):
+        status_code = status
+
+    assert is_permanent_error(StatusError("x")) is permanent

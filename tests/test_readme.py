@@ -57,3 +57,97 @@ def test_readme_usage_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert result["with model"]["recall@1"] >= result["without model"]["recall@1"]
     reloaded = type(store).from_persist_path(str(tmp_path / "storage" / "deepmemory"))
     assert reloaded.deep_memory.get_model() == store.deep_memory.get_model()
+
+
+def keyless_section() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"## No API key[^\n]*\n(.*?)\n## ", text, re.S)
+    assert match, "README.md lost its '## No API key' section"
+    return match.group(1)
+
+
+def keyless_blocks() -> tuple[str, str]:
+    section = keyless_section()
+    python = re.search(r"```python\n(.*?)```", section, re.S)
+    shell = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert python and shell, "the 'No API key' section needs a python and a bash block"
+    return python.group(1), shell.group(1)
+
+
+@pytest.fixture(scope="module")
+def beir_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from keyless import make_beir
+
+    return make_beir(tmp_path_factory.mktemp("keyless") / "scifact")
+
+
+def test_readme_keyless_python_example_runs(
+    beir_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], minilm
+) -> None:
+    code, _ = keyless_blocks()
+    assert len(code.strip().splitlines()) <= 20, "keep the README example short"
+    assert 'load_beir("scifact")' in code
+    monkeypatch.chdir(beir_folder.parent)  # the example's relative "scifact" is the small fixture folder
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    store, test_relevance = namespace["store"], namespace["test_relevance"]
+    assert store.deep_memory.get_model() is not None
+    assert "Evaluating with Deep Memory" in out
+    assert "validation nDCG@10" in out and "model_1 is now the active model" in out  # the training summary
+    # the test queries name each chunk by a code word only the training queries share
+    result = store.deep_memory.evaluate(namespace["test_queries"], test_relevance, top_k=(1, 5))
+    assert result["with model"]["recall@1"] >= result["without model"]["recall@1"] + 0.3
+    top = out.strip().splitlines()[-1]
+    assert top == test_relevance[0][0][0]  # the printed top hit is the first test query's document
+    assert (beir_folder.parent / "storage" / "scifact" / "manifest.json").is_file()
+
+
+def test_readme_keyless_cli_example_runs(
+    beir_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shlex
+
+    from llama_index_deepmemory.cli import main
+
+    _, shell = keyless_blocks()
+    commands = [shlex.split(line, comments=True) for line in shell.strip().splitlines()]
+    assert [c[:2] for c in commands][:3] == [["deepmemory", "ingest"], ["deepmemory", "train"], ["deepmemory", "evaluate"]]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "scifact").symlink_to(beir_folder)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    outputs = []
+    for argv in commands:
+        assert argv[0] == "deepmemory"
+        code = main([*argv[1:], "-q"])
+        captured = capsys.readouterr()
+        assert code == 0, (argv, captured.err)
+        outputs.append(captured.out)
+    ingest, train, evaluate, query, models = outputs
+    n_docs = len((beir_folder / "corpus.jsonl").read_text().splitlines())
+    assert f"Stored {n_docs} nodes from {n_docs} documents of the BEIR folder" in ingest
+    assert "active Deep Memory model: model_1" in train and "validation nDCG@10" in train
+    rows = {line.split()[0]: line.split()[1:] for line in evaluate.splitlines() if re.match(r"^\d+\s", line)}
+    without, with_dm = (float(v) for v in rows["1"])
+    assert with_dm >= without + 30.0  # recall@1 in %, with Deep Memory far ahead on the code-word queries
+    assert "with Deep Memory (model_1)" in query
+    assert models.startswith("* model_1")
+
+
+def test_readme_usage_example_without_a_key_stops_at_the_first_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, minilm
+) -> None:
+    from llama_index_deepmemory import PermanentLLMError
+
+    code = readme_example().replace("/usr/share/doc/python3.11/html/faq", str(DOCS))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(PermanentLLMError) as caught:
+        exec(compile(code, "README.md", "exec"), {})
+    message = str(caught.value)
+    assert "node 'node_0'" in message and "Missing credentials" in message and "nothing was retried" in message
+    assert "'No API key' section" in message
+    assert len(message.splitlines()) == 1

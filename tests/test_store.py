@@ -212,7 +212,7 @@ def test_slots_are_reused_and_hnsw_tombstones_compact():
     for _ in range(3):
         flat.delete_nodes(node_ids=[n.node_id for n in nodes[:1000]])
         flat.add(nodes[:1000])
-    assert flat._table.capacity == 2400
+    assert flat._backend._table.capacity == 2400
     hnsw = DeepMemoryVectorStore(index_factory="HNSW16")
     hnsw.add(nodes)
     hnsw.delete_nodes(node_ids=[n.node_id for n in nodes[:1100]])
@@ -264,7 +264,7 @@ def test_other_input_errors():
     with pytest.raises(ValueError, match="similarity_top_k"):
         query(store, nodes[0].embedding, -1)
     with pytest.raises(ValueError, match="mode"):
-        store.query(VectorStoreQuery(query_embedding=nodes[0].embedding, mode=VectorStoreQueryMode.MMR))
+        store.query(VectorStoreQuery(query_embedding=nodes[0].embedding, mode=VectorStoreQueryMode.SPARSE))
     with pytest.raises(ValueError, match="query_embedding is None"):
         store.query(VectorStoreQuery(query_embedding=None))
     assert query(store, nodes[0].embedding, 0).ids == []
@@ -529,12 +529,12 @@ def test_delete_by_doc_uses_the_doc_index_consistently():
         store.delete(doc)
         expected = {k: v for k, v in expected.items() if v != doc}
         assert {n.node_id: n.ref_doc_id for n in store.get_nodes()} == expected
-    table = store._table
+    table = store._backend._table
     assert {d: sorted(s) for d, s in table.doc_slots.items()} == {
         d: sorted(table.slot_of[k] for k, v in expected.items() if v == d) for d in set(expected.values())
     }
     store.clear()
-    assert store._table.doc_slots == {}
+    assert store._backend._table.doc_slots == {}
 
 
 def test_clear_keeps_a_trained_ivf_index():
@@ -602,7 +602,7 @@ def test_deleted_nodes_free_their_field_strings():
 
 
 def test_reader_waiting_on_a_writer_gets_in_before_the_next_writer():
-    from llama_index_deepmemory.store import ReadWriteLock
+    from llama_index_deepmemory.rwlock import ReadWriteLock
 
     lock, order = ReadWriteLock(), []
     first_writer_in, release_first = threading.Event(), threading.Event()

@@ -48,7 +48,15 @@ class ArrayStore:
     def prepare_queries(self, vectors) -> np.ndarray:
         return normalise(np.asarray(vectors, dtype=np.float32))
 
-    def search_vectors(self, queries: np.ndarray, k: int):
+    def usable_ids(self, node_ids: Sequence[str], filters=None) -> np.ndarray:
+        assert filters is None, "this view has no metadata"
+        return np.asarray([node in self.position for node in node_ids], dtype=bool)
+
+    def texts_of(self, node_ids: Sequence[str]) -> list[None]:
+        return [None] * len(node_ids)
+
+    def search_vectors(self, queries: np.ndarray, k: int, filters=None):
+        assert filters is None, "this view has no metadata"
         scores = queries @ self.vectors.T
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, top, axis=1), [[self.ids[j] for j in row] for row in top]

@@ -22,10 +22,11 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Iterable, Iterator, Literal, Sequence
+
+from llama_index_deepmemory.atomic import write_text_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.schema import Document, TextNode
@@ -168,7 +169,7 @@ def write_query_log(path: str | os.PathLike[str], queries: Sequence[str], releva
         json.dumps({"query": query, "relevant_ids": [[doc_id, weight] for doc_id, weight in pairs]}, ensure_ascii=False)
         for query, pairs in zip(clean_queries, clean_relevance)
     ]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def _jsonl_log_rows(path: Path, query_field: str, ids_field: str, weight_field: str) -> Iterator[_LogRow]:
@@ -458,17 +459,3 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line_number, record
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file beside it, fsync, ``os.replace``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

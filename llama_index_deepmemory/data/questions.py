@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
-from llama_index_deepmemory.data.datasets import atomic_write_text, validate_query_relevance
+from llama_index_deepmemory.atomic import write_text_atomic
+from llama_index_deepmemory.data.datasets import validate_query_relevance
 
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.llms import LLM
@@ -56,6 +57,70 @@ _LEADING_NUMBER = re.compile(r"^\d+[\).\s]")
 
 class QuestionGenerationError(RuntimeError):
     """The LLM failed (errors or no questions) for a chunk after every retry."""
+
+
+class PermanentLLMError(QuestionGenerationError):
+    """The LLM rejected a request in a way retrying cannot fix (credentials, permissions, model
+    name, request format); generation stops at the first such error."""
+
+
+# HTTP statuses worth retrying: timeout, conflict/lock, too early, rate limit (and every 5xx).
+TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
+# Client exceptions (matched by class name, so no client library is imported) that no retry fixes.
+PERMANENT_ERROR_NAMES = frozenset({
+    "AuthenticationError", "PermissionDeniedError", "BadRequestError", "NotFoundError", "UnprocessableEntityError",
+})
+TRANSIENT_ERROR_NAMES = frozenset({
+    "APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError", "TimeoutError",
+    "ConnectionError", "TimeoutException", "TransportError", "ServiceUnavailableError",
+})
+_CREDENTIAL_WORDS = ("missing credentials", "api key", "api_key", "unauthorized", "invalid authentication")
+
+
+def _status_code(error: BaseException) -> int | None:
+    """The HTTP status an LLM client error carries (``status_code`` or ``response.status_code``)."""
+    for holder in (error, getattr(error, "response", None)):
+        status = getattr(holder, "status_code", None)
+        if isinstance(status, int) and not isinstance(status, bool):
+            return status
+    return None
+
+
+def is_permanent_error(error: BaseException) -> bool:
+    """True for LLM errors that retrying cannot fix: HTTP 4xx other than 408/409/425/429,
+    authentication/permission/bad-request/not-found errors, client configuration errors (an
+    ``OpenAIError`` that is not an API error, e.g. missing credentials) and messages about a
+    missing or invalid API key. Timeouts, connection errors, 429 and 5xx are transient."""
+    status = _status_code(error)
+    if status is not None:
+        return 400 <= status < 500 and status not in TRANSIENT_STATUS
+    names = {cls.__name__ for cls in type(error).__mro__}
+    if names & PERMANENT_ERROR_NAMES:
+        return True
+    if names & TRANSIENT_ERROR_NAMES:
+        return False
+    if "OpenAIError" in names and "APIError" not in names:
+        return True
+    message = str(error).lower()
+    return any(word in message for word in _CREDENTIAL_WORDS)
+
+
+def _permanent_message(error: BaseException, node_id: str) -> str:
+    """One line: what failed, why retrying stopped, and what to check."""
+    status = _status_code(error)
+    detail = " ".join(f"{type(error).__name__}: {error}".split())
+    if len(detail) > 300:
+        detail = detail[:299] + "…"
+    hint = (
+        "check OPENAI_API_KEY (or the LLM's api_key) and that the key may use this model"
+        if status in (401, 403) or "credential" in detail.lower() or "api key" in detail.lower() or "api_key" in detail.lower()
+        else "check the LLM's model name, endpoint (OPENAI_API_BASE) and settings"
+    )
+    return (
+        f"question generation stopped at node {node_id!r}: the LLM rejected the request ({detail}); "
+        f"this error is permanent, so nothing was retried and no more nodes were asked; {hint}. "
+        "Without an LLM, train on a query log or a BEIR folder instead (see the README's 'No API key' section)"
+    )
 
 
 class EmbeddingQAFinetuneDataset(BaseModel):
@@ -97,7 +162,7 @@ class EmbeddingQAFinetuneDataset(BaseModel):
 
     def save_json(self, path: str | os.PathLike[str]) -> None:
         """Write the dataset as JSON (atomically: a file beside it, fsync, rename)."""
-        atomic_write_text(path, json.dumps(self.model_dump(), indent=4, ensure_ascii=False))
+        write_text_atomic(path, json.dumps(self.model_dump(), indent=4, ensure_ascii=False))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> "EmbeddingQAFinetuneDataset":
@@ -160,6 +225,9 @@ def generate_question_context_pairs(
         qa_generate_prompt_tmpl: prompt with ``{context_str}`` and ``{num_questions_per_chunk}``.
         num_questions_per_chunk: questions asked (and at most kept) per node.
         retry_limit: attempts per node; an exception or an answer without any question fails one.
+            Only transient errors (timeouts, connection errors, HTTP 429 and 5xx) are retried; a
+            permanent one (missing or rejected credentials, other 4xx, see :func:`is_permanent_error`)
+            raises :class:`PermanentLLMError` at once, whatever ``on_failure`` says.
         retry_delay: seconds before the first retry, doubled after each.
         on_failure: ``"continue"`` skips a node that failed every attempt (with a warning);
             ``"fail"`` raises :class:`QuestionGenerationError` (after saving progress).
@@ -193,9 +261,16 @@ def generate_question_context_pairs(
     if empty:
         logger.warning("%d nodes have no text and get no questions: %s", len(empty), empty[:5])
 
+    permanent: list[PermanentLLMError] = []  # the first permanent error stops every worker
+
     def ask(node_id: str) -> list[str] | QuestionGenerationError:
+        if permanent:
+            return permanent[0]
         prompt = qa_generate_prompt_tmpl.format(context_str=corpus[node_id], num_questions_per_chunk=num_questions_per_chunk)
-        return _ask_with_retries(llm, prompt, node_id, num_questions_per_chunk, retry_limit, retry_delay)
+        result = _ask_with_retries(llm, prompt, node_id, num_questions_per_chunk, retry_limit, retry_delay)
+        if isinstance(result, PermanentLLMError):
+            permanent.append(result)
+        return result
 
     def save() -> None:
         if output_path is not None:
@@ -209,6 +284,9 @@ def generate_question_context_pairs(
     try:
         for count, (node_id, result) in enumerate(zip(todo, pool.map(ask, todo)), start=1):
             progress.update(1)
+            if permanent:
+                save()
+                raise permanent[0]
             if isinstance(result, QuestionGenerationError):
                 if on_failure == "fail":
                     save()
@@ -259,7 +337,9 @@ def _ask_with_retries(
     for attempt in range(1, retry_limit + 1):
         try:
             questions = parse_questions(str(llm.complete(prompt)), per_chunk)
-        except Exception as error:  # noqa: BLE001 - any LLM client error is retried
+        except Exception as error:  # noqa: BLE001 - transient LLM client errors are retried
+            if is_permanent_error(error):
+                return PermanentLLMError(_permanent_message(error, node_id))
             problem = f"{type(error).__name__}: {error}"
         else:
             if questions:

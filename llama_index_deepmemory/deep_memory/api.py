@@ -18,7 +18,7 @@ import dataclasses
 import json
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -51,6 +51,7 @@ class DeepMemory:
         self._active: str | None = None
         self._jobs = jobs.JobBook(prefix="job")
         self._rewritten_during: dict[str, set[str]] = {}  # running job -> ids re-added since it started
+        self.on_change: Callable[[], None] | None = None  # saves the models where a store keeps them apart
 
     def __repr__(self) -> str:
         return f"DeepMemory(models={list(self._models)}, active={self._active!r})"
@@ -126,8 +127,10 @@ class DeepMemory:
         with self._lock:
             self._rewritten_during[model_name] = rewritten
         try:
+            copy = getattr(self._store, "training_view", None)  # an engine's exact in-memory copy
+            store = copy(options.full_softmax_max_nodes) if copy is not None else self._store
             result = train_model(
-                self._store, vectors, relevance, options=options,
+                store, vectors, relevance, options=options,
                 progress=context.progress, should_stop=context.should_stop, query_texts=query_texts,
             )
             context.raise_if_cancelled()
@@ -145,9 +148,16 @@ class DeepMemory:
                     info=_jsonable(dict(result.info)),
                     message="done",
                 )
+                previous_active = self._active
                 self._models[model_name] = model
                 if result.improved:
                     self._active = model_name
+                try:
+                    self._changed()
+                except BaseException:  # a model that cannot be saved is not kept
+                    self._models.pop(model_name, None)
+                    self._active = previous_active
+                    raise
         except TrainingCancelled as exc:
             raise jobs.JobCancelled(str(exc)) from exc
         finally:
@@ -158,7 +168,7 @@ class DeepMemory:
         """Block until the job ends, drawing a tqdm bar; Ctrl-C cancels the job."""
         from tqdm.auto import tqdm
 
-        bar_format = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}"
+        bar_format = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}"
         bar = tqdm(total=100, desc=f"Deep Memory {job_id}", bar_format=bar_format)
         shown: tuple[float, str] | None = None
         try:
@@ -229,8 +239,18 @@ class DeepMemory:
             if name is not None and name not in self._models:
                 known = sorted(self._models) or "none yet: train one first"
                 raise ValueError(f"unknown Deep Memory model {name!r}; kept models: {known}")
-            self._active = name
+            previous, self._active = self._active, name
+            try:
+                self._changed()
+            except BaseException:
+                self._active = previous
+                raise
         logger.info("Deep Memory active model: %s", name)
+
+    def _changed(self) -> None:
+        """Tell the store the models changed (call under the lock)."""
+        if self.on_change is not None:
+            self.on_change()
 
     def list_models(self) -> list[dict[str, Any]]:
         """Kept models: name, kind, whether active, and the job that trained it."""
@@ -369,7 +389,7 @@ class DeepMemory:
                     "no way to embed the queries: pass embedding_function=<a LlamaIndex BaseEmbedding>, "
                     "or embedding=<query vectors>, or create the store with embed_model=..."
                 )
-            embedding = embed_queries(embedder, queries)
+            embedding = embed_with(embedder, queries)
         try:
             raw = np.asarray(embedding, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -427,10 +447,14 @@ class DeepMemory:
         if record.status == jobs.CANCELLED:
             active = self._active or "none"
             return f"Deep Memory job {record.job_id} was cancelled; the active model is unchanged ({active})."
-        line = f"Deep Memory job {record.job_id} completed: {jobs.format_result(record)}."
+        from llama_index_deepmemory.evaluation import gate_scores, model_contents
+
+        scores = gate_scores(record.val_before, record.val_after) or jobs.format_result(record)
+        line = (f"Deep Memory job {record.job_id} completed: {scores}. "
+                f"{record.model_name}: {model_contents(record.info or {})}.")
         if record.note:
             return f"{line} {record.note}"
-        return f"{line} Active model: {record.model_name}."
+        return f"{line} Gain above two standard errors, so {record.model_name} is now the active model."
 
 
 # --- module helpers --------------------------------------------------------------------------
@@ -484,17 +508,21 @@ def _as_list(values: Any, name: str) -> list[Any]:
     return values
 
 
-def embed_queries(embedder: Any, queries: list[str]) -> Any:
-    """Embed queries with a LlamaIndex ``BaseEmbedding`` (query mode) or a ``list[str] -> vectors`` callable."""
+def embed_with(embedder: Any, queries: list[str]) -> Any:
+    """Embed queries with a LlamaIndex ``BaseEmbedding`` (query mode, through
+    :func:`llama_index_deepmemory.embeddings.embed_queries`), a LangChain ``Embeddings`` or a
+    ``list[str] -> vectors`` callable."""
     if hasattr(embedder, "get_query_embedding"):
-        from llama_index_deepmemory.embeddings import embed_queries as embed_query_texts
+        from llama_index_deepmemory.embeddings import embed_queries
 
-        return embed_query_texts(queries, embedder, show_progress=len(queries) >= 64)
+        return embed_queries(queries, embedder, show_progress=len(queries) >= 64)
+    if hasattr(embedder, "embed_query"):  # a LangChain Embeddings: queries embed in query mode
+        return [embedder.embed_query(query) for query in queries]
     if callable(embedder):
         return embedder(queries)  # checked and converted by the caller
     raise TypeError(
-        f"embedding_function must be a LlamaIndex BaseEmbedding or a callable list[str] -> vectors, "
-        f"got {type(embedder).__name__}"
+        f"embedding_function must be a LlamaIndex BaseEmbedding, a LangChain Embeddings or a callable "
+        f"list[str] -> vectors, got {type(embedder).__name__}"
     )
 
 
@@ -532,12 +560,11 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _not_improved_note(result: "TrainResult", model_name: str) -> str:
-    metric = jobs.HEADLINE_METRIC
-    before, after = result.val_before.get(metric), result.val_after.get(metric)
+    before, after = result.val_before.get("ndcg@10"), result.val_after.get("ndcg@10")
     scores = ""
     if before is not None and after is not None:
-        scores = f" ({metric} {100 * before:.2f}% -> {100 * after:.2f}%)"
+        scores = f" (nDCG@10 {before:.3f} -> {after:.3f}, not above two standard errors)"
     return (
-        f"the model did not beat the plain store on validation{scores}; kept as {model_name} but not activated "
+        f"The model did not beat the plain store on validation{scores}; kept as {model_name} but not activated "
         f"(activate anyway with store.deep_memory.set_model({model_name!r}))"
     )

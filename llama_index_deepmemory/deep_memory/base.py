@@ -118,11 +118,23 @@ class StoreView(Protocol):
         """Validate query vectors (dimension, finite) and return ``(m, d) float32`` as searched."""
 
     def search_vectors(
-        self, queries: np.ndarray, k: int, deep_memory: bool = False, texts: Sequence[str | None] | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        deep_memory: bool = False,
+        texts: Sequence[str | None] | None = None,
+        filters: Any = None,
     ) -> tuple[np.ndarray, list[list[str]]]:
         """Batched search of prepared queries: scores ``(m, k')`` and node ids, ranked as
         ``query(..., deep_memory=deep_memory)`` ranks them (plain by default; training uses plain).
-        ``texts`` are the query strings a model with ``rerank_depth`` uses (like ``query_str``)."""
+        ``texts`` are the query strings a model with ``rerank_depth`` uses (like ``query_str``);
+        ``filters`` (LlamaIndex ``MetadataFilters``) restrict every query."""
+
+    def usable_ids(self, node_ids: Sequence[str], filters: Any = None) -> np.ndarray:
+        """Per id, whether it is stored and passes ``filters`` (bool array, input order)."""
+
+    def texts_of(self, node_ids: Sequence[str]) -> list[str | None]:
+        """Current texts of ``node_ids`` (None where not stored)."""
 
     def iter_texts(self, batch_size: int = 65536) -> Iterator[tuple[list[str], list[str]]]:
         """All stored (ids, texts) in batches; Deep Memory builds its keyword index from them."""

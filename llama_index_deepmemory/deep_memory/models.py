@@ -40,16 +40,6 @@ def model_from_state(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Dee
     return cls.from_state(meta, arrays)
 
 
-def plain_scores(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
-    """Store-scale scores (higher is better) of ``queries`` (m, d) against ``vectors`` (n, d)."""
-    dots = queries @ vectors.T
-    if metric == "l2":
-        q_sq = np.einsum("ij,ij->i", queries, queries)[:, None]
-        v_sq = np.einsum("ij,ij->i", vectors, vectors)[None, :]
-        return -(q_sq - 2.0 * dots + v_sq)
-    return dots
-
-
 LEXICAL_PREFIX = "lexical_"  # array names of the keyword index inside a model's state
 LEXICAL_DEPTH = 50  # top candidates a model with keyword scores re-scores (SciFact: 50, 100, 200 score alike)
 SMALL_BATCH = 8  # queries up to which row_products uses FAISS's single-threaded kernel

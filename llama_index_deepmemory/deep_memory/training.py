@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import logging
 import math
 import time
@@ -31,6 +30,7 @@ from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView, 
 from llama_index_deepmemory.deep_memory.losses import CandidateSource, listwise_loss, store_scores
 from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
+from llama_index_deepmemory.deep_memory.ranking import rank
 from llama_index_deepmemory.metrics import ndcg_at_k, recall_at_k
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -193,66 +193,9 @@ def rank_with_model(
     plain_cache: dict[bytes, tuple[np.ndarray, list[list[str]]]] | None = None,
     texts: Sequence[str | None] | None = None,
 ) -> list[list[str]]:
-    """Top-``k`` node ids per query, plain or with ``model`` (transform + merged overrides).
-
-    The merge is the store's: plain search of the transformed queries, overridden nodes dropped
-    from it and re-entered with their override scores. ``forget[i]`` (optional) names nodes whose
-    memory query ``i`` must not use: they score as plain stored vectors, as if the model had never
-    seen them (a counterfactual "unseen" check). ``plain_cache`` reuses plain searches of
-    identical transformed queries (e.g. while only the query memory changes). With ``texts``, a
-    model with ``rerank_depth`` re-scores each query's top candidates as the store does.
-    """
-    n_nodes = len(store)
-    if model is None:
-        _, ids = store.search_vectors(queries, min(k, n_nodes))
-        return [list(row) for row in ids]
-    depth = max(k, model.rerank_depth) if texts is not None and model.rerank_depth else k
-    transformed = np.ascontiguousarray(model.transform_queries(queries), dtype=np.float32)
-    override_ids, override_scores = model.overrides(transformed)
-    overridden = set(override_ids)
-    scores, ids = _plain_search(store, transformed, overridden, depth, plain_cache)
-    ranked: list[list[str]] = []
-    for i, (row_scores, row_ids, over_row) in enumerate(zip(scores, ids, override_scores)):
-        forgotten = forget[i] if forget is not None else set()
-        pairs = [
-            (float(s), node) for s, node in zip(row_scores, row_ids) if node not in overridden or node in forgotten
-        ]
-        if len(override_ids):
-            top = np.argsort(-over_row, kind="stable")[: depth + len(forgotten)]
-            pairs += [(float(over_row[j]), override_ids[j]) for j in top if override_ids[j] not in forgotten][:depth]
-        pairs.sort(key=lambda p: -p[0])
-        nodes = [node for _, node in pairs[:depth]]
-        if depth > k:  # the store's keyword re-scoring of the top `depth`
-            fused = model.rerank(texts[i], nodes, np.asarray([score for score, _ in pairs[:depth]], dtype=np.float32))
-            nodes = [nodes[j] for j in np.argsort(-fused, kind="stable")]
-        ranked.append(nodes[:k])
-    return ranked
-
-
-def _plain_search(
-    store: StoreView,
-    transformed: np.ndarray,
-    overridden: set[str],
-    k: int,
-    cache: dict[bytes, tuple[np.ndarray, list[list[str]]]] | None,
-) -> tuple[np.ndarray, list[list[str]]]:
-    """Plain search deep enough that every row keeps ``k`` nodes outside ``overridden``."""
-    n_nodes = len(store)
-    key = hashlib.sha1(transformed.tobytes()).digest()
-    if cache is not None and key in cache:
-        scores, ids = cache[key]
-        if all(sum(1 for node in row if node not in overridden) >= k for row in ids) or len(ids[0]) >= n_nodes:
-            return scores, ids
-    k_search = min(n_nodes, k + min(len(overridden), k))
-    while True:
-        scores, ids = store.search_vectors(transformed, k_search)
-        short = any(sum(1 for node in row if node not in overridden) < k for row in ids)
-        if not short or k_search >= n_nodes:
-            break
-        k_search = min(n_nodes, k_search * 2)
-    if cache is not None:
-        cache[key] = (scores, ids)
-    return scores, ids
+    """Top-``k`` node ids per query, plain or with ``model``: :func:`ranking.rank`, the ranking
+    that serves queries (``forget`` and ``plain_cache`` as documented there)."""
+    return rank(store, queries, model, k, texts=texts, forget=forget, plain_cache=plain_cache)[1]
 
 
 # ----------------------------------------------------------------------------------------------

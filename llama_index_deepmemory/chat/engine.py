@@ -1,0 +1,329 @@
+"""A chat engine with long-term memory over a Deep Memory store.
+
+Two memories, as in a RAG chat system with long-term memory: the *knowledge memory* is the
+embedded, persisted store (queried with ``deep_memory=True`` when a model is active); the
+*conversation memory* is every turn of the conversation, persisted per conversation id
+(:mod:`~llama_index_deepmemory.chat.history`) and fed back into the prompt, newest turns first,
+within a token budget (older turns are left out of the prompt, and the answer says so).
+
+Each turn runs LlamaIndex's ``CondensePlusContextChatEngine``: the follow-up is rewritten into a
+standalone question from the history ("and how do I undo that?" -> "How do I undo a git
+commit?"), that question retrieves the context, and the LLM answers from it, citing the numbered
+sources. Marking a source helpful (or opting in to log the cited ones) appends the standalone
+question and the source's node id to a query log that Deep Memory trains on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from llama_index_deepmemory.chat.feedback import append_feedback, check_log_path
+from llama_index_deepmemory.chat.history import SNIPPET_CHARS, ConversationStore, Source, Turn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from llama_index.core.llms import LLM
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 5
+DEFAULT_TOKEN_BUDGET = 3000
+TURN_OVERHEAD_TOKENS = 8  # role markers and separators per turn
+
+CONTEXT_PROMPT = """
+  The following is a conversation between a user and an AI assistant that answers from the
+  numbered documents below. Cite the documents you use by their numbers, e.g. [1] or [2][3].
+  If the documents do not contain the answer, say that you don't know.
+
+  Here are the relevant documents for the context:
+
+  {context_str}
+
+  Instruction: Based on the above documents, answer the user's question below, citing document numbers.
+  """
+
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+_PREFIX = re.compile(r"^\[\d+\] ")
+
+
+@dataclass
+class ChatAnswer:
+    """What :meth:`DeepMemoryChatEngine.chat` returns: the saved turn plus what happened to the history."""
+
+    turn: Turn
+    turn_number: int  # 1-based position of the turn in the conversation
+    history_turns_used: int
+    history_turns_trimmed: int
+    notice: str | None = None
+    cited: list[int] = field(default_factory=list)  # source ranks cited in the answer
+
+    @property
+    def answer(self) -> str:
+        return self.turn.assistant
+
+    @property
+    def sources(self) -> list[Source]:
+        return self.turn.sources
+
+    def format(self, width: int = 100) -> str:
+        """The answer with its sources listed under it (what the CLI prints)."""
+        lines = [self.answer, "", "Sources" + (" (with Deep Memory):" if self.turn.deep_memory else ":")]
+        for source in self.sources:
+            mark = "*" if source.rank in self.cited else " "
+            score = f"{source.score:.3f}" if source.score is not None else "  -  "
+            lines.append(f" {mark}[{source.rank}] {source.node_id}  {score}  {_shorten(source.text, width - 30)}")
+        if not self.sources:
+            lines.append("  (none retrieved)")
+        return "\n".join(lines)
+
+
+def _shorten(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    width = max(width, 20)
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def cited_ranks(answer: str, n_sources: int) -> list[int]:
+    """The source numbers ``[n]`` cited in ``answer`` (1..n_sources), in order of first citation."""
+    ranks = [int(m) for m in _CITATION.findall(answer)]
+    return list(dict.fromkeys(r for r in ranks if 1 <= r <= n_sources))
+
+
+def _numbered_sources_postprocessor() -> Any:
+    """A node postprocessor that prefixes each retrieved node's text with ``[rank] `` (on copies)."""
+    from llama_index.core.postprocessor.types import BaseNodePostprocessor
+    from llama_index.core.schema import NodeWithScore
+
+    class NumberedSources(BaseNodePostprocessor):
+        @classmethod
+        def class_name(cls) -> str:
+            return "NumberedSources"
+
+        def _postprocess_nodes(self, nodes: list[NodeWithScore], query_bundle: Any = None) -> list[NodeWithScore]:
+            numbered = []
+            for rank, scored in enumerate(nodes, start=1):
+                copy = scored.node.model_copy()
+                copy.set_content(f"[{rank}] {scored.node.get_content()}")
+                numbered.append(NodeWithScore(node=copy, score=scored.score))
+            return numbered
+
+    return NumberedSources()
+
+
+class DeepMemoryChatEngine:
+    """Condense-plus-context chat over a Deep Memory store, with persisted, resumable conversations.
+
+    Args:
+        source: a ``DeepMemoryVectorStore`` or a ``VectorStoreIndex`` over one.
+        llm: any LlamaIndex LLM (condenses follow-ups and answers).
+        conversation_id: the conversation to start or resume (a safe file name).
+        history_dir: the folder of conversation files (created if missing).
+        top_k: sources retrieved per turn.
+        deep_memory: query with Deep Memory; ``None`` (default) uses it when the store has an
+            active model. ``True`` without a model is an error.
+        token_budget: most tokens of earlier turns put in the prompt; older turns are left out,
+            oldest first, and :attr:`ChatAnswer.notice` says so (they stay in the file).
+        feedback_log: JSONL query log that feedback is appended to (None: feedback is refused).
+        log_citations: also log the sources each answer cites (opt-in), with ``citation_weight``.
+        tokenizer: text -> tokens for the budget (default: LlamaIndex's global tokenizer).
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        llm: "LLM",
+        *,
+        conversation_id: str,
+        history_dir: str | os.PathLike[str],
+        top_k: int = DEFAULT_TOP_K,
+        deep_memory: bool | None = None,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+        feedback_log: str | os.PathLike[str] | None = None,
+        log_citations: bool = False,
+        citation_weight: float = 0.5,
+        system_prompt: str | None = None,
+        tokenizer: Callable[[str], Sequence[Any]] | None = None,
+    ) -> None:
+        from llama_index.core import VectorStoreIndex
+        from llama_index.core.chat_engine import CondensePlusContextChatEngine
+        from llama_index.core.memory import ChatMemoryBuffer
+
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 0:
+            raise ValueError(f"token_budget must be an int >= 0 (tokens of earlier turns in the prompt), got {token_budget!r}")
+        if llm is None:
+            raise ValueError("the chat needs an LLM: pass llm=OpenAI(...) or any LlamaIndex LLM")
+        if isinstance(source, VectorStoreIndex):
+            index, store = source, source.vector_store
+        elif hasattr(source, "deep_memory") and hasattr(source, "query"):
+            store = source
+            index = VectorStoreIndex.from_vector_store(store, embed_model=getattr(store, "embed_model", None))
+        else:
+            raise TypeError(f"the chat needs a DeepMemoryVectorStore or a VectorStoreIndex over one, got {type(source).__name__}")
+        active = store.deep_memory.get_model() if hasattr(store, "deep_memory") else None
+        if deep_memory is None:
+            deep_memory = active is not None
+        elif deep_memory and active is None:
+            raise ValueError(
+                "deep_memory=True but the store has no active Deep Memory model: train one "
+                "(store.deep_memory.train or `deepmemory train`) or pass deep_memory=False"
+            )
+        self.store = store
+        self.deep_memory = bool(deep_memory)
+        self.top_k = top_k
+        self.token_budget = token_budget
+        self.feedback_log = check_log_path(feedback_log) if feedback_log is not None else None
+        self.log_citations = log_citations
+        if log_citations and self.feedback_log is None:
+            raise ValueError("log_citations=True needs feedback_log=PATH.jsonl to write to")
+        self.citation_weight = citation_weight
+        if tokenizer is None:
+            from llama_index.core.utils import get_tokenizer
+
+            tokenizer = get_tokenizer()
+        self._tokenizer = tokenizer
+        self.conversations = ConversationStore(history_dir)
+        self.conversation = self.conversations.load(conversation_id)
+        retriever = index.as_retriever(similarity_top_k=top_k, vector_store_kwargs={"deep_memory": self.deep_memory})
+        self._engine = CondensePlusContextChatEngine.from_defaults(
+            retriever,
+            llm=llm,
+            memory=ChatMemoryBuffer.from_defaults(token_limit=10**9),  # our budget trims, not the buffer
+            system_prompt=system_prompt,
+            context_prompt=CONTEXT_PROMPT,
+            node_postprocessors=[_numbered_sources_postprocessor()],
+        )
+        logger.info(
+            "Chat %r: %d earlier turns, %s Deep Memory, top %d", conversation_id, len(self.conversation.turns),
+            "with" if self.deep_memory else "without", top_k,
+        )
+
+    # --- history ---------------------------------------------------------------------------
+    @property
+    def conversation_id(self) -> str:
+        return self.conversation.conversation_id
+
+    @property
+    def turns(self) -> list[Turn]:
+        return self.conversation.turns
+
+    @property
+    def path(self) -> Path:
+        """The conversation's file."""
+        return self.conversations.path(self.conversation_id)
+
+    def _turn_tokens(self, turn: Turn) -> int:
+        return len(self._tokenizer(turn.user)) + len(self._tokenizer(turn.assistant)) + TURN_OVERHEAD_TOKENS
+
+    def history_window(self) -> tuple[list[Turn], int]:
+        """``(turns that fit the token budget, newest last; how many older turns were left out)``."""
+        kept: list[Turn] = []
+        used = 0
+        for turn in reversed(self.turns):
+            cost = self._turn_tokens(turn)
+            if used + cost > self.token_budget:
+                break
+            kept.append(turn)
+            used += cost
+        kept.reverse()
+        return kept, len(self.turns) - len(kept)
+
+    # --- chatting --------------------------------------------------------------------------
+    def chat(self, message: str) -> ChatAnswer:
+        """Answer ``message`` in this conversation; the turn is saved before this returns."""
+        from llama_index.core.llms import ChatMessage, MessageRole
+
+        if not isinstance(message, str) or not message.strip():
+            raise ValueError(f"the message must be non-empty text, got {message!r}")
+        window, trimmed = self.history_window()
+        history = []
+        for turn in window:
+            history.append(ChatMessage(role=MessageRole.USER, content=turn.user))
+            history.append(ChatMessage(role=MessageRole.ASSISTANT, content=turn.assistant))
+        notice = None
+        if trimmed:
+            notice = (
+                f"History trimmed: the {trimmed} oldest of {len(self.turns)} earlier turns are left out of the prompt "
+                f"to stay within the {self.token_budget}-token budget (they stay saved in {self.path})."
+            )
+            logger.info(notice)
+        response = self._engine.chat(message, chat_history=history)
+        standalone = message
+        for tool_output in response.sources:
+            raw = tool_output.raw_input or {}
+            if tool_output.tool_name == "retriever" and isinstance(raw.get("message"), str) and raw["message"].strip():
+                standalone = raw["message"].strip()
+        sources = [
+            Source(rank, scored.node.node_id, None if scored.score is None else float(scored.score),
+                   _PREFIX.sub("", scored.node.get_content(), count=1)[:SNIPPET_CHARS])
+            for rank, scored in enumerate(response.source_nodes, start=1)
+        ]
+        answer = str(response.response).strip()
+        turn = Turn(user=message, assistant=answer, standalone_question=standalone, sources=sources,
+                    deep_memory=self.deep_memory)
+        self.conversation.turns.append(turn)
+        cited = cited_ranks(answer, len(sources))
+        if self.log_citations and cited:
+            self._log(turn, len(self.turns) - 1, cited, kind="cited", weight=self.citation_weight)
+        self.conversations.save(self.conversation)
+        return ChatAnswer(turn, len(self.turns), len(window), trimmed, notice, cited)
+
+    # --- feedback --------------------------------------------------------------------------
+    def mark_helpful(self, sources: Sequence[int | str], turn: int = -1, weight: float = 1.0) -> dict[str, Any]:
+        """Log that ``sources`` (ranks shown under the answer, or node ids) answered turn ``turn``.
+
+        ``turn`` indexes the conversation's turns (-1: the latest; 1-based numbers as shown by
+        the CLI are ``turn_number - 1``). Appends the turn's standalone question and the node ids
+        to :attr:`feedback_log` and records the feedback in the conversation file; returns the row.
+        """
+        if self.feedback_log is None:
+            raise ValueError("no feedback log: create the engine with feedback_log=PATH.jsonl")
+        if not self.turns:
+            raise ValueError("no answer to give feedback on yet: chat first")
+        try:
+            index = range(len(self.turns))[turn]
+        except (IndexError, TypeError):
+            raise ValueError(f"turn {turn!r} is out of range: the conversation has {len(self.turns)} turns") from None
+        chosen = self.turns[index]
+        if isinstance(sources, (str, int)):
+            sources = [sources]
+        if not sources:
+            raise ValueError("name at least one source (its rank under the answer, e.g. 2, or its node id)")
+        ranks = []
+        for item in sources:
+            ranks.append(self._rank_of(chosen, item))
+        row = self._log(chosen, index, ranks, kind="helpful", weight=weight)
+        self.conversations.save(self.conversation)
+        return row
+
+    def _rank_of(self, turn: Turn, item: int | str) -> int:
+        shown = {s.rank: s for s in turn.sources}
+        if isinstance(item, int) and not isinstance(item, bool):
+            if item not in shown:
+                raise ValueError(f"source {item} was not shown under that answer; choose one of {sorted(shown) or 'none'}")
+            return item
+        if isinstance(item, str):
+            for source in turn.sources:
+                if source.node_id == item:
+                    return source.rank
+            raise ValueError(
+                f"node {item!r} was not among that answer's sources ({[s.node_id for s in turn.sources]}); "
+                "give feedback on a source shown under the answer"
+            )
+        raise TypeError(f"a source is a rank (int) or a node id (str), got {item!r}")
+
+    def _log(self, turn: Turn, index: int, ranks: Sequence[int], kind: str, weight: float) -> dict[str, Any]:
+        assert self.feedback_log is not None
+        by_rank = {s.rank: s for s in turn.sources}
+        node_ids = [by_rank[r].node_id for r in ranks]
+        row = append_feedback(
+            self.feedback_log, turn.standalone_question, node_ids, weight=weight, kind=kind,
+            conversation=self.conversation_id, turn=index + 1,
+        )
+        turn.feedback.append({"kind": kind, "node_ids": node_ids, "weight": float(weight), "at": row["at"]})
+        return row

@@ -1,0 +1,79 @@
+"""A read-only ``StoreView`` over fixed arrays, searched exactly with a FAISS flat index.
+
+Training over a wrapped engine reads the corpus once (it needs every vector for the whole-corpus
+softmax anyway) and validates over this exact copy: the same :func:`deep_memory.ranking.rank`, with
+plain searches that cost a matrix product instead of an engine round trip each. Benchmarks use it
+to rank fixed embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+
+class ArrayStoreView:
+    """Ids, unit vectors (cosine) and optional texts, searched exactly."""
+
+    metric = "cosine"
+    embed_model = None
+
+    def __init__(self, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str] | None = None) -> None:
+        import faiss
+
+        self.ids = list(ids)
+        self.texts = list(texts) if texts is not None else None
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.position = {node: i for i, node in enumerate(self.ids)}
+        self.index = faiss.IndexFlatIP(self.vectors.shape[1])
+        self.index.add(self.vectors)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def missing_ids(self, node_ids: Sequence[str]) -> list[str]:
+        return [node for node in node_ids if node not in self.position]
+
+    def get_vectors(self, node_ids: Sequence[str]) -> np.ndarray:
+        return self.vectors[[self.position[node] for node in node_ids]]
+
+    def iter_vectors(self, batch_size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
+        for start in range(0, len(self.ids), batch_size):
+            yield self.ids[start : start + batch_size], self.vectors[start : start + batch_size]
+
+    def iter_texts(self, batch_size: int = 65536) -> Iterator[tuple[list[str], list[str]]]:
+        if self.texts is None:  # no texts: Deep Memory builds no keyword index
+            return
+        for start in range(0, len(self.ids), batch_size):
+            yield self.ids[start : start + batch_size], self.texts[start : start + batch_size]
+
+    def prepare_queries(self, vectors: Any) -> np.ndarray:
+        return np.asarray(vectors, dtype=np.float32)
+
+    def usable_ids(self, node_ids: Sequence[str], filters: Any = None) -> np.ndarray:
+        _no_filters(filters)
+        return np.asarray([node in self.position for node in node_ids], dtype=bool)
+
+    def texts_of(self, node_ids: Sequence[str]) -> list[str | None]:
+        if self.texts is None:
+            return [None] * len(node_ids)
+        return [self.texts[self.position[n]] if n in self.position else None for n in node_ids]
+
+    def search_vectors(
+        self, queries: np.ndarray, k: int, deep_memory: bool = False, texts: Any = None, filters: Any = None
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        _no_filters(filters)
+        if deep_memory:
+            raise ValueError("ArrayStoreView ranks plain only; rank with deep_memory.ranking.rank(view, model, ...)")
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), int(k))
+        return scores, [[self.ids[j] for j in row if j >= 0] for row in rows]
+
+
+def _no_filters(filters: Any) -> None:
+    if filters is not None:
+        raise ValueError("ArrayStoreView holds no metadata to filter on")

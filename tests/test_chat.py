@@ -1,0 +1,238 @@
+"""The chat with long-term memory: condensed follow-ups, sources, persisted conversations that resume
+in a new process (the real `deepmemory chat` in a subprocess), the token budget, feedback logging.
+Every LLM call goes to a local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from llama_index.llms.openai import OpenAI
+
+import team_docs as td
+from llama_index_deepmemory import read_query_log
+from llama_index_deepmemory.chat import Conversation, ConversationStore, DeepMemoryChatEngine, Source, Turn, append_feedback
+from llama_index_deepmemory.chat.engine import cited_ranks
+from llama_index_deepmemory.chat.history import FORMAT, FORMAT_VERSION
+from scripted_llm import ScriptedLLM, scripted_server, sentences
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLLOW_UP = "and how do I undo that?"
+STANDALONE = "How do I undo a git commit?"
+
+
+def client(server) -> OpenAI:
+    return OpenAI(model="gpt-4o-mini", api_base=server.url("/v1"), api_key="test", max_retries=0, timeout=20.0)
+
+
+@pytest.fixture(scope="module")
+def handbook(minilm):
+    return td.build_index(minilm)
+
+
+# --- conversation files ---------------------------------------------------------------------
+def test_conversation_file_round_trip_versions_and_atomic_writes(tmp_path: Path) -> None:
+    conversations = ConversationStore(tmp_path / "chats")
+    assert conversations.list() == [] and conversations.load("new").turns == []
+    conversation = Conversation("support-1", turns=[
+        Turn(user="hi?", assistant="hello [1]", standalone_question="hi?", sources=[Source(1, "git", 0.5, "To undo")],
+             deep_memory=True, feedback=[{"kind": "helpful", "node_ids": ["git"]}]),
+    ])
+    path = conversations.save(conversation)
+    assert path == tmp_path / "chats" / "support-1.json"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["support-1.json"]  # no temporary file left behind
+    data = json.loads(path.read_text())
+    assert (data["format"], data["format_version"]) == (FORMAT, FORMAT_VERSION)
+    loaded = conversations.load("support-1")
+    assert loaded.turns == conversation.turns and conversations.list() == ["support-1"]
+
+    data["format_version"] = FORMAT_VERSION + 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="upgrade llama-index-deepmemory"):
+        conversations.load("support-1")
+    path.write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="not a llama-index-deepmemory conversation"):
+        conversations.load("support-1")
+    path.write_text("{ half a file")
+    with pytest.raises(ValueError, match="not valid JSON.*move it aside"):
+        conversations.load("support-1")
+    with pytest.raises(FileNotFoundError, match="no conversation 'other'"):
+        conversations.load("other", create=False)
+
+
+@pytest.mark.parametrize("bad", ["", "../escape", "a/b", ".hidden", "x" * 101, "name.json", 7])
+def test_conversation_ids_must_be_safe_file_names(tmp_path: Path, bad) -> None:
+    with pytest.raises(ValueError, match="is not allowed"):
+        ConversationStore(tmp_path).path(bad)
+
+
+def test_feedback_rows_are_a_query_log(tmp_path: Path) -> None:
+    log = tmp_path / "feedback.jsonl"
+    append_feedback(log, "How do I undo a git commit?", ["git"], conversation="c", turn=1)
+    append_feedback(log, "  How do I undo   a git commit? ", ["build"], weight=0.5, kind="cited")
+    append_feedback(log, "What is a bluebird?", ["build", "build"])
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["relevant_ids"] for r in rows] == [["git"], ["build"], ["build"]]
+    assert rows[0]["conversation"] == "c" and rows[1]["kind"] == "cited"
+    queries, relevance = read_query_log(log)  # same question merged, as `deepmemory train --query-log` reads it
+    assert queries == ["How do I undo a git commit?", "What is a bluebird?"]
+    assert relevance == [[("git", 1.0), ("build", 0.5)], [("build", 1.0)]]
+    with pytest.raises(ValueError, match=r"must be a \.jsonl or \.ndjson file"):
+        append_feedback(tmp_path / "log.csv", "q", ["git"])
+    with pytest.raises(ValueError, match="non-empty list of node ids"):
+        append_feedback(log, "q", [])
+    with pytest.raises(ValueError, match="finite number > 0"):
+        append_feedback(log, "q", ["git"], weight=float("nan"))
+    assert len(log.read_text().splitlines()) == 3
+
+
+def test_cited_ranks() -> None:
+    assert cited_ranks("See [2] and [1][2], not [9] or [0].", 3) == [2, 1]
+
+
+# --- the engine -----------------------------------------------------------------------------
+def test_follow_up_is_condensed_before_retrieval_and_sources_are_kept(handbook, tmp_path: Path) -> None:
+    store, index = handbook
+    llm = ScriptedLLM(rewrites={FOLLOW_UP: STANDALONE})
+    with scripted_server(llm) as server:
+        engine = DeepMemoryChatEngine(store, client(server), conversation_id="git", history_dir=tmp_path, top_k=3)
+        assert engine.deep_memory is False  # no trained model: plain search, said in the log
+        first = engine.chat("How do I make a git commit?")
+        second = engine.chat(FOLLOW_UP)
+    assert first.turn.standalone_question == "How do I make a git commit?"  # nothing to condense on turn 1
+    assert llm.calls["condense"] == [{"history": llm.calls["condense"][0]["history"], "follow_up": FOLLOW_UP,
+                                      "standalone": STANDALONE}]
+    assert "How do I make a git commit?" in llm.calls["condense"][0]["history"]
+    assert second.turn.standalone_question == STANDALONE
+    assert [s.node_id for s in second.sources] == td.top_ids(index, STANDALONE, 3, False)
+    assert second.sources[0].node_id == "git" and second.sources[0].rank == 1
+    assert second.answer == sentences(td.PAGES["git"])[0] + " [1]" and second.cited == [1]
+    # the answer step saw the earlier turn, then the user's own words
+    messages = llm.calls["chat"][-1]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[1]["content"] == "How do I make a git commit?" and messages[-1]["content"] == FOLLOW_UP
+    shown = second.format()
+    assert "Sources:" in shown and " *[1] git" in shown and "[3] " in shown
+    saved = json.loads(engine.path.read_text())
+    assert [t["user"] for t in saved["turns"]] == ["How do I make a git commit?", FOLLOW_UP]
+    assert saved["turns"][1]["sources"][0]["node_id"] == "git"
+
+
+def test_token_budget_trims_oldest_turns_and_says_so(handbook, tmp_path: Path) -> None:
+    store, _ = handbook
+    llm = ScriptedLLM()
+    questions = ["How do I bake sourdough?", "How do I fix a flat tire?", "How do I file my tax return?"]
+    with scripted_server(llm) as server:
+        engine = DeepMemoryChatEngine(store, client(server), conversation_id="budget", history_dir=tmp_path, top_k=2,
+                                      token_budget=10**6)
+        answers = [engine.chat(q) for q in questions[:2]]
+        assert all(a.notice is None for a in answers)
+        one_turn = engine._turn_tokens(engine.turns[-1])
+        engine.token_budget = one_turn  # room for the newest earlier turn only
+        third = engine.chat(questions[2])
+    assert (third.history_turns_used, third.history_turns_trimmed) == (1, 1)
+    assert third.notice.startswith("History trimmed: the 1 oldest of 2 earlier turns are left out of the prompt")
+    sent = [m["content"] for m in llm.calls["chat"][-1]["messages"][1:]]
+    assert questions[0] not in sent and sent[0] == questions[1] and sent[-1] == questions[2]
+    assert questions[0] not in llm.calls["condense"][-1]["history"]
+    assert len(ConversationStore(tmp_path).load("budget").turns) == 3  # trimmed from the prompt, not from the file
+    with pytest.raises(ValueError, match="token_budget must be an int >= 0"):
+        DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path, token_budget=-1)
+
+
+def test_feedback_and_opt_in_citations_go_to_the_query_log(handbook, tmp_path: Path) -> None:
+    store, _ = handbook
+    log = tmp_path / "feedback.jsonl"
+    with scripted_server(ScriptedLLM()) as server:
+        engine = DeepMemoryChatEngine(store, client(server), conversation_id="fb", history_dir=tmp_path, top_k=3,
+                                      feedback_log=log, log_citations=True)
+        answer = engine.chat("How do I undo a git commit?")
+    cited = json.loads(log.read_text().splitlines()[0])
+    assert (cited["kind"], cited["relevant_ids"], cited["weight"]) == ("cited", [answer.sources[0].node_id], 0.5)
+    row = engine.mark_helpful([2])
+    assert row["relevant_ids"] == [answer.sources[1].node_id] and row["query"] == "How do I undo a git commit?"
+    assert engine.mark_helpful(answer.sources[2].node_id, turn=0)["relevant_ids"] == [answer.sources[2].node_id]
+    with pytest.raises(ValueError, match="source 7 was not shown"):
+        engine.mark_helpful([7])
+    with pytest.raises(ValueError, match="node 'tax' was not among"):
+        engine.mark_helpful(["tax"] if "tax" not in [s.node_id for s in answer.sources] else ["nope"])
+    with pytest.raises(ValueError, match="turn 5 is out of range"):
+        engine.mark_helpful([1], turn=5)
+    saved = ConversationStore(tmp_path).load("fb").turns[0].feedback
+    assert [f["kind"] for f in saved] == ["cited", "helpful", "helpful"]
+    assert len(read_query_log(log)[0]) == 1  # one question, its ids merged
+
+
+def test_deep_memory_true_needs_a_model(handbook, tmp_path: Path) -> None:
+    store, _ = handbook
+    with scripted_server(ScriptedLLM()) as server:
+        with pytest.raises(ValueError, match="no active Deep Memory model.*deep_memory=False"):
+            DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path, deep_memory=True)
+        with pytest.raises(ValueError, match="log_citations=True needs feedback_log"):
+            DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path, log_citations=True)
+
+
+# --- resuming in a new process, through the CLI ---------------------------------------------
+@pytest.mark.slow
+def test_cli_chat_resumes_the_conversation_in_a_new_process(handbook, tmp_path: Path) -> None:
+    store, _ = handbook
+    store.persist(str(tmp_path / "store"))
+    chats = tmp_path / "chats"
+    llm = ScriptedLLM(rewrites={FOLLOW_UP: STANDALONE})
+    with scripted_server(llm, max_lifetime_s=300) as server:
+        engine = DeepMemoryChatEngine(store, client(server), conversation_id="team", history_dir=chats, top_k=3)
+        engine.chat("How do I make a git commit?")
+        del engine
+        env = {**os.environ, "OPENAI_API_KEY": "test", "OPENAI_API_BASE": server.url("/v1"), "HF_HUB_OFFLINE": "1",
+               "PYTHONPATH": str(ROOT)}
+        child = subprocess.run(
+            [sys.executable, "-m", "llama_index_deepmemory.cli", "chat", "--store", str(tmp_path / "store"),
+             "--conversation", "team", "--history-dir", str(chats), "--top-k", "3"],
+            input=f"/history\n{FOLLOW_UP}\n/good 1\n/good 9\n/quit\n", capture_output=True, text=True, timeout=240,
+            env=env, cwd=tmp_path,
+        )
+    out = child.stdout
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "resumed, 1 earlier turns" in out
+    assert "[1] you: How do I make a git commit?" in out  # /history shows the first process's turn
+    assert f"(searched: {STANDALONE})" in out  # the follow-up was condensed with the loaded history
+    assert "How do I make a git commit?" in llm.calls["condense"][-1]["history"]
+    assert "assistant> " + sentences(td.PAGES["git"])[0] in out and "Sources:" in out and "[1] git" in out
+    assert "Thanks: logged git" in out and "source 9 was not shown" in out
+    turns = ConversationStore(chats).load("team").turns
+    assert [t.user for t in turns] == ["How do I make a git commit?", FOLLOW_UP]
+    assert read_query_log(chats / "feedback.jsonl") == ([STANDALONE], [[("git", 1.0)]])
+
+
+def test_cli_chat_reports_a_failed_answer_and_goes_on(handbook, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys) -> None:
+    import io
+
+    from llama_index_deepmemory.cli import main
+    from servers import Response
+
+    store, _ = handbook
+    store.persist(str(tmp_path / "store"))
+    llm = ScriptedLLM()
+
+    def responder(messages: list[dict]):
+        if "espresso" in json.dumps(messages):  # a request the API refuses (not retried)
+            return Response(400, b'{"error": {"message": "refused"}}', {"Content-Type": "application/json"})
+        return llm(messages)
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Tell me about espresso.\n/good 1\nHow do I bake sourdough?\n/bogus\n"))
+    with scripted_server(responder) as server:
+        monkeypatch.setenv("OPENAI_API_BASE", server.url("/v1"))
+        code = main(["chat", "--store", str(tmp_path / "store"), "--conversation", "bread",
+                     "--history-dir", str(tmp_path / "chats"), "--top-k", "2", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "error: the answer failed (BadRequestError" in out and "nothing was saved" in out
+    assert "feedback not logged: no answer to give feedback on yet" in out
+    assert "assistant> " + sentences(td.PAGES["bread"])[0] in out and "unknown command '/bogus'" in out
+    assert len(ConversationStore(tmp_path / "chats").load("bread").turns) == 1

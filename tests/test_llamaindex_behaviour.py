@@ -1,0 +1,122 @@
+"""LlamaIndex behaviour a new user runs into, checked against ``SimpleVectorStore`` where it has an
+answer: empty ``doc_ids``, indexes holding image or index nodes, MMR, pickling."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from llama_index.core import StorageContext, VectorStoreIndex
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.schema import ImageNode, IndexNode, TextNode
+from llama_index.core.vector_stores import SimpleVectorStore
+from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryMode
+
+from llama_index_deepmemory.store import DeepMemoryVectorStore
+from synthetic import normalise
+
+
+class HashEmbedding(BaseEmbedding):
+    """Deterministic 16-dim bag-of-words vectors (no model needed)."""
+
+    def _vector(self, text: str) -> list[float]:
+        v = np.zeros(16)
+        for word in text.lower().split():
+            v[sum(map(ord, word)) % 16] += 1.0
+        return (v + 1e-3).tolist()
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._vector(text)
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._vector(query)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._vector(query)
+
+
+def mixed_nodes() -> list:
+    return [
+        TextNode(id_="t1", text="cats purr softly"),
+        TextNode(id_="t2", text="dogs bark loudly"),
+        TextNode(id_="t3", text="birds sing early"),
+        ImageNode(id_="img", text="a photo of cats", image_url="file:///cat.png"),
+        IndexNode(id_="idx", text="summary of pets", index_id="pets"),
+    ]
+
+
+def test_empty_doc_ids_return_nothing_while_empty_node_ids_restrict_nothing() -> None:
+    store = DeepMemoryVectorStore()
+    store.add([TextNode(id_=f"n{i}", text=str(i), embedding=[1.0, float(i)]) for i in range(4)])
+    query = VectorStoreQuery(query_embedding=[1.0, 0.0], similarity_top_k=3)
+    query.doc_ids = []
+    assert store.query(query).ids == []
+    query.doc_ids, query.node_ids = None, []
+    assert len(store.query(query).ids) == 3
+
+
+def test_an_index_with_image_and_index_nodes_retrieves_text_nodes_too() -> None:
+    """LlamaIndex lists an index's image/index nodes as ``node_ids`` for text-keeping stores; that
+    must not hide the text nodes (SimpleVectorStore returns all of them)."""
+    embed = HashEmbedding()
+    results = {}
+    for name, store in (("ours", DeepMemoryVectorStore()), ("simple", SimpleVectorStore())):
+        index = VectorStoreIndex(mixed_nodes(), storage_context=StorageContext.from_defaults(vector_store=store),
+                                 embed_model=embed)
+        results[name] = sorted(n.node.node_id for n in index.as_retriever(similarity_top_k=5).retrieve("cats"))
+    assert results["ours"] == results["simple"] == ["idx", "img", "t1", "t2", "t3"]
+    # an explicit restriction that names text nodes still restricts
+    store = DeepMemoryVectorStore()
+    store.add([TextNode(id_=n.node_id, text=n.text, embedding=embed._vector(n.text)) for n in mixed_nodes()[:3]])
+    query = VectorStoreQuery(query_embedding=embed._vector("cats"), similarity_top_k=5, node_ids=["t2", "t3"])
+    assert sorted(store.query(query).ids) == ["t2", "t3"]
+
+
+@pytest.mark.parametrize("threshold", [None, 0.2, 0.8])
+def test_mmr_equals_simple_vector_store(threshold) -> None:
+    rng = np.random.default_rng(7)
+    vectors = normalise(rng.normal(size=(40, 12)))
+    vectors[1] = normalise(vectors[0:1] + 0.05 * rng.normal(size=(1, 12)))[0]  # a near duplicate
+    nodes = [TextNode(id_=f"n{i}", text=f"t{i}", embedding=v.tolist()) for i, v in enumerate(vectors)]
+    ours, simple = DeepMemoryVectorStore(), SimpleVectorStore()
+    ours.add(nodes)
+    simple.add(nodes)
+    kwargs = {} if threshold is None else {"mmr_threshold": threshold}
+    for q in normalise(rng.normal(size=(8, 12))):
+        query = VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=6, mode=VectorStoreQueryMode.MMR)
+        expected = simple.query(query, **kwargs)
+        got = ours.query(query, mmr_prefetch_k=40, **kwargs)
+        assert got.ids == expected.ids
+        np.testing.assert_allclose(got.similarities, expected.similarities, rtol=1e-5, atol=1e-5)
+
+
+def test_mmr_with_deep_memory_reorders_the_deep_memory_ranking() -> None:
+    from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
+
+    rng = np.random.default_rng(3)
+    vectors = normalise(rng.normal(size=(30, 8)))
+    store = DeepMemoryVectorStore()
+    store.add([TextNode(id_=f"n{i}", text=f"t{i}", embedding=v.tolist()) for i, v in enumerate(vectors)])
+    q = vectors[9]
+    # memory scores n5 twice as high as the query's own vector: it leads the Deep Memory ranking
+    store.deep_memory._models["m"] = AdapterMemoryModel(8, memory_ids=["n5"], memory_vectors=2 * q[None, :])
+    store.deep_memory.set_model("m")
+    plain = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=30), deep_memory=True)
+    assert plain.ids[:2] == ["n5", "n9"]
+    mmr = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=5, mode="mmr"),
+                      deep_memory=True, mmr_threshold=1.0)
+    assert mmr.ids == plain.ids[:5]  # threshold 1: relevance alone, i.e. the Deep Memory order
+    diverse = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=5, mode="mmr"),
+                          deep_memory=True)
+    assert diverse.ids[0] == "n5" and diverse.ids != plain.ids[:5]
+    with pytest.raises(ValueError, match="mmr_threshold"):
+        store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=5, mode="mmr"), mmr_threshold=2)
+
+
+def test_pickling_is_refused_with_the_way_to_save() -> None:
+    store = DeepMemoryVectorStore()
+    store.add([TextNode(id_="a", text="x", embedding=[1.0, 0.0])])
+    with pytest.raises(TypeError, match="persist"):
+        pickle.dumps(store)
+    assert store.query(VectorStoreQuery(query_embedding=[1.0, 0.0], similarity_top_k=1)).ids == ["a"]

@@ -1,0 +1,92 @@
+"""One ranking: what training's validation computes (``deep_memory.ranking.rank``) equals what
+``store.query`` serves through the compiled path, for the same model, queries and filters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters, VectorStoreQuery
+
+from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
+from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
+from llama_index_deepmemory.deep_memory.ranking import rank
+from llama_index_deepmemory.deep_memory.training import rank_with_model
+from llama_index_deepmemory.store import DeepMemoryVectorStore
+from synthetic import DIM, KeywordTask, brute_force_scores
+
+EVEN = MetadataFilters(filters=[MetadataFilter(key="parity", value=0)])
+
+
+def hand_model(task: KeywordTask, seed: int = 0) -> AdapterMemoryModel:
+    """A seeded model with every part: a near-identity adapter, memory for 30 documents (some
+    pulled towards other documents) and keyword re-scoring of the stored texts."""
+    rng = np.random.default_rng(seed)
+    memory = rng.choice(len(task.ids), size=30, replace=False)
+    return AdapterMemoryModel(
+        DIM,
+        weight=np.eye(DIM, dtype=np.float32) + 0.2 * rng.normal(size=(DIM, DIM)).astype(np.float32) / np.sqrt(DIM),
+        memory_ids=[task.ids[j] for j in memory],
+        memory_vectors=task.docs[memory] + 0.5 * task.docs[rng.permutation(memory)],
+        lexical=LexicalIndex(task.ids, task.doc_texts),
+        lexical_weight=0.4,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[KeywordTask, DeepMemoryVectorStore]:
+    task = KeywordTask(seed=3)
+    store = DeepMemoryVectorStore()
+    store.add(task.nodes(metadata=True))
+    store.deep_memory._models["hand"] = hand_model(task)  # a hand-made model, registered directly
+    store.deep_memory.set_model("hand")
+    return task, store
+
+
+@pytest.mark.parametrize("filters", [None, EVEN], ids=["all", "filtered"])
+@pytest.mark.parametrize("with_text", [True, False], ids=["keywords", "dense"])
+def test_validation_ranking_equals_store_query(trained, filters, with_text) -> None:
+    task, store = trained
+    model = store.deep_memory.active_model()
+    assert model.rerank_depth > 0 and len(model.overrides(task.queries[:1])[0]) > 0  # memory and keywords
+    queries = store.prepare_queries(task.queries)
+    texts = task.texts if with_text else None
+    scores, ids = rank(store, queries, model, 10, texts=texts, filters=filters)
+    for i, q in enumerate(task.queries):
+        result = store.query(
+            VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=10, filters=filters,
+                             query_str=texts[i] if texts else None),
+            deep_memory=True,
+        )
+        assert result.ids == ids[i], f"query {i}"
+        np.testing.assert_allclose(result.similarities, scores[i], rtol=1e-5, atol=1e-5)
+    if filters is not None:
+        assert all(int(node.split("_")[1]) % 2 == 0 for row in ids for node in row)
+    if texts is None:  # and both equal the brute-force reference of the model's dense parts
+        reference = np.argsort(-brute_force_scores(queries, task.docs, task.ids, model), axis=1, kind="stable")
+        if filters is None:
+            assert ids == [[task.ids[j] for j in row[:10]] for row in reference]
+
+
+def test_training_validation_uses_the_same_ranking(trained) -> None:
+    task, store = trained
+    model = store.deep_memory.active_model()
+    queries = store.prepare_queries(task.queries)
+    assert rank_with_model(store, queries, model, k=10, texts=task.texts) == rank(
+        store, queries, model, 10, texts=task.texts)[1]
+    batched = store.deep_memory.search_ids(task.queries, 10, deep_memory=True, texts=task.texts)
+    assert batched == rank(store, queries, model, 10, texts=task.texts)[1]
+
+
+def test_forgotten_nodes_score_as_plain_vectors(trained) -> None:
+    task, store = trained
+    model = store.deep_memory.active_model()
+    queries = store.prepare_queries(task.queries[:20])
+    forget = [{node for node, _ in pairs} for pairs in task.relevance[:20]]
+    _, ids = rank(store, queries, model, 5, forget=forget)
+    full = brute_force_scores(queries, task.docs, task.ids, model)
+    plain = model.transform_queries(queries) @ task.docs.T
+    for i, nodes in enumerate(forget):
+        for node in nodes:
+            full[i, task.ids.index(node)] = plain[i, task.ids.index(node)]
+    expected = [[task.ids[j] for j in row[:5]] for row in np.argsort(-full, axis=1, kind="stable")]
+    assert ids == expected

@@ -1,0 +1,97 @@
+"""Deep Memory over Chroma (chromadb's embedded client in-process, never a mock or a server).
+
+Plain results through the wrapper equal Chroma's own (its store reports ``exp(-distance)``; the
+wrapper returns the cosine itself); the same model ranks over Chroma as over the embedded FAISS
+store; filters, node and document restrictions, deletes, ``get_nodes`` and model persistence.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("chromadb")
+pytest.importorskip("llama_index.vector_stores.chroma")
+import chromadb  # noqa: E402
+from llama_index.vector_stores.chroma import ChromaVectorStore  # noqa: E402
+
+from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
+from synthetic import KeywordTask  # noqa: E402
+from wrapped_checks import (  # noqa: E402
+    EVEN, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
+    check_listing, check_reopened, check_restrictions, faiss_twin, nodes_with_docs, with_model,
+)
+
+COSINE = {"hnsw:space": "cosine"}
+
+
+def chroma_store(client, task: KeywordTask, name: str = "docs", **kwargs) -> DeepMemoryVectorStore:
+    collection = client.get_or_create_collection(name, metadata=COSINE)
+    store = DeepMemoryVectorStore(vector_store=ChromaVectorStore(chroma_collection=collection), **kwargs)
+    store.add(nodes_with_docs(task))
+    return store
+
+
+@pytest.fixture(scope="module")
+def task() -> KeywordTask:
+    return KeywordTask(seed=5)
+
+
+@pytest.fixture(scope="module")
+def client():
+    return chromadb.EphemeralClient()
+
+
+@pytest.fixture()
+def pair(task, client, request):
+    """The same nodes in the embedded store and in an in-memory Chroma collection, one hand-made model."""
+    name = f"docs-{request.node.name}".replace("[", "-").replace("]", "")[:60]
+    faiss_store, chroma = faiss_twin(task), chroma_store(client, task, name=name)
+    with_model(task, faiss_store, chroma)
+    yield faiss_store, chroma
+    client.delete_collection(name)
+
+
+@pytest.mark.parametrize("filters", [None, EVEN], ids=["all", "filtered"])
+def test_plain_results_equal_chromas_own(task, pair, filters) -> None:
+    check_plain_equals_engine(task, pair[1], filters, to_cosine=lambda s: [1.0 + math.log(x) for x in s])
+
+
+@pytest.mark.parametrize("filters", [None, EVEN], ids=["all", "filtered"])
+@pytest.mark.parametrize("with_text", [True, False], ids=["keywords", "dense"])
+def test_the_same_model_ranks_alike_over_chroma_and_faiss(task, pair, filters, with_text) -> None:
+    check_ranks_like_faiss(task, *pair, filters, with_text, n_queries=25)
+
+
+def test_node_and_doc_restrictions(task, pair) -> None:
+    check_restrictions(task, *pair)  # Chroma's LlamaIndex store ignores both: the wrapper passes ids=/where=
+
+
+
+def test_listing_reads_every_node_a_page_at_a_time(task, pair) -> None:
+    check_listing(task, pair[1])
+
+
+def test_deletes_filters_and_get_nodes_pass_through(task, pair) -> None:
+    check_deletes_filters_and_get_nodes(task, pair[1])
+
+
+def test_models_persist_and_a_reopened_collection_serves_the_same(task, tmp_path) -> None:
+    engine_dir, model_dir = str(tmp_path / "chroma"), tmp_path / "models"
+    first = chroma_store(chromadb.PersistentClient(path=engine_dir), task, model_dir=model_dir)
+
+    def reopen():
+        collection = chromadb.PersistentClient(path=engine_dir).get_collection("docs")
+        return DeepMemoryVectorStore(vector_store=ChromaVectorStore(chroma_collection=collection), model_dir=model_dir)
+
+    check_reopened(task, first, reopen)
+
+
+def test_a_collection_not_ranking_by_cosine_is_refused(client) -> None:
+    for name, kwargs in (("l2-default", {}), ("ip-space", {"metadata": {"hnsw:space": "ip"}})):
+        engine = ChromaVectorStore(chroma_collection=client.get_or_create_collection(name, **kwargs))
+        with pytest.raises(ValueError, match=r"ranks by '(l2|ip)' distance.*hnsw:space': 'cosine'"):
+            DeepMemoryVectorStore(vector_store=engine)
+    configured = client.get_or_create_collection("configured", configuration={"hnsw": {"space": "cosine"}})
+    DeepMemoryVectorStore(vector_store=ChromaVectorStore(chroma_collection=configured))  # cosine either way

@@ -1,0 +1,109 @@
+"""Deep Memory over Milvus Lite (``pymilvus`` with the ``milvus-lite`` wheel: a local ``.db`` file,
+no server to start, never a mock).
+
+Plain results through the wrapper equal Milvus's own; the same model ranks over Milvus as over the
+embedded FAISS store; filters, node and document restrictions, deletes, ``get_nodes`` and model
+persistence. Milvus must rank by COSINE (``MilvusVectorStore``'s default is IP): refused otherwise.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("milvus_lite")
+pytest.importorskip("llama_index.vector_stores.milvus")
+from llama_index.vector_stores.milvus import MilvusVectorStore  # noqa: E402
+
+from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
+from synthetic import DIM, KeywordTask  # noqa: E402
+from wrapped_checks import (  # noqa: E402
+    EVEN, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
+    check_listing, check_reopened, check_restrictions, faiss_twin, nodes_with_docs, with_model,
+)
+
+
+def milvus_engine(uri: str, **kwargs) -> MilvusVectorStore:
+    return MilvusVectorStore(uri=uri, dim=DIM, similarity_metric="COSINE", use_async_client=False, **kwargs)
+
+
+def milvus_store(uri: str, task: KeywordTask, **kwargs) -> DeepMemoryVectorStore:
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(uri, overwrite=True), **kwargs)
+    store.add(nodes_with_docs(task))
+    return store
+
+
+@pytest.fixture(scope="module")
+def task() -> KeywordTask:
+    return KeywordTask(seed=5)
+
+
+@pytest.fixture(scope="module")
+def shared(task, tmp_path_factory):
+    """One Milvus Lite file for the read-only tests (opening one costs about a second)."""
+    faiss_store = faiss_twin(task)
+    milvus = milvus_store(str(tmp_path_factory.mktemp("milvus") / "shared.db"), task)
+    with_model(task, faiss_store, milvus)
+    yield faiss_store, milvus
+    milvus.vector_store.client.close()
+
+
+@pytest.mark.parametrize("filters", [None, EVEN], ids=["all", "filtered"])
+def test_plain_results_equal_milvuss_own(task, shared, filters) -> None:
+    check_plain_equals_engine(task, shared[1], filters)
+
+
+@pytest.mark.parametrize("filters", [None, EVEN], ids=["all", "filtered"])
+@pytest.mark.parametrize("with_text", [True, False], ids=["keywords", "dense"])
+def test_the_same_model_ranks_alike_over_milvus_and_faiss(task, shared, filters, with_text) -> None:
+    check_ranks_like_faiss(task, *shared, filters, with_text, n_queries=15)  # ~20 ms a Milvus Lite search
+
+
+def test_node_and_doc_restrictions(task, shared) -> None:
+    check_restrictions(task, *shared)
+
+
+
+def test_listing_reads_every_node_a_page_at_a_time(task, shared) -> None:
+    check_listing(task, shared[1])
+
+
+def test_deletes_filters_and_get_nodes_pass_through(task, tmp_path) -> None:
+    store = milvus_store(str(tmp_path / "deletes.db"), task)
+    with_model(task, store)
+    try:
+        check_deletes_filters_and_get_nodes(task, store)  # clear keeps the collection: adds work after it
+    finally:
+        store.vector_store.client.close()
+
+
+def test_models_persist_and_a_reopened_file_serves_the_same(task, tmp_path) -> None:
+    uri, model_dir = str(tmp_path / "persist.db"), tmp_path / "models"
+    first = milvus_store(uri, task, model_dir=model_dir)
+    second = []
+
+    def reopen():
+        second.append(DeepMemoryVectorStore(vector_store=milvus_engine(uri), model_dir=model_dir))
+        return second[0]
+
+    try:
+        check_reopened(task, first, reopen, close=first.vector_store.client.close, n_queries=10)
+    finally:
+        for store in second:
+            store.vector_store.client.close()
+
+
+def test_a_collection_not_ranking_by_cosine_is_refused(tmp_path) -> None:
+    uri = str(tmp_path / "ip.db")
+    engine = MilvusVectorStore(uri=uri, dim=DIM, overwrite=True, use_async_client=False)  # IP, its default
+    try:
+        with pytest.raises(ValueError, match=r"ranks by IP.*similarity_metric='COSINE'"):
+            DeepMemoryVectorStore(vector_store=engine)
+    finally:
+        engine.client.close()
+    # the collection's index decides, not the setting of the store that reopens it
+    reopened = milvus_engine(uri)
+    try:
+        with pytest.raises(ValueError, match=r"ranks by IP.*overwrite=True"):
+            DeepMemoryVectorStore(vector_store=reopened)
+    finally:
+        reopened.client.close()

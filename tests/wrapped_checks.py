@@ -1,0 +1,148 @@
+"""Checks every wrapped engine passes (``tests/test_wrapped_chroma.py``, ``_milvus``, ``_generic``).
+
+Each takes the same nodes in the embedded FAISS store and in the engine, with one hand-made model
+registered in both, and compares: the wrapper's plain results with the engine's own, and the Deep
+Memory ranking over the engine with the one over FAISS.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from llama_index.core.schema import NodeRelationship, RelatedNodeInfo
+from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters, VectorStoreQuery
+
+from llama_index_deepmemory.engine.wrapped import ID_KEY, engine_id
+from llama_index_deepmemory.store import DeepMemoryVectorStore
+from synthetic import N_TRAIN, KeywordTask
+from test_ranking import hand_model
+
+EVEN = MetadataFilters(filters=[MetadataFilter(key="parity", value=0)])
+
+
+def nodes_with_docs(task: KeywordTask) -> list:
+    """The task's nodes with ``{"parity": i % 2}`` and a source document ``doc_{i // 10}``."""
+    nodes = task.nodes(metadata=True)
+    for j, node in enumerate(nodes):
+        node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=f"doc_{j // 10}")
+    return nodes
+
+
+def ask(store, q, k=10, text=None, filters=None, deep_memory=False, **kwargs):
+    query = VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=k, query_str=text, filters=filters, **kwargs)
+    return store.query(query, deep_memory=deep_memory)
+
+
+def with_model(task: KeywordTask, *stores: DeepMemoryVectorStore, seed: int = 1) -> None:
+    model = hand_model(task, seed=seed)
+    for store in stores:
+        store.deep_memory._models["hand"] = model  # a hand-made model, registered directly
+        store.deep_memory.set_model("hand")
+
+
+def faiss_twin(task: KeywordTask) -> DeepMemoryVectorStore:
+    store = DeepMemoryVectorStore()
+    store.add(nodes_with_docs(task))
+    return store
+
+
+def check_plain_equals_engine(task, store, filters, to_cosine: Callable[[list[float]], list[float]] = list) -> None:
+    """The wrapper's plain top 7 equal the engine's own query (ids, texts; scores as cosine)."""
+    engine = store.vector_store
+    for q in task.queries[:15]:
+        ours = ask(store, q, k=7, filters=filters)
+        theirs = engine.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=7, filters=filters))
+        assert len(ours.ids) == 7
+        assert [engine_id(i) for i in ours.ids] == [n.node_id for n in theirs.nodes] or \
+            ours.ids == [n.metadata[ID_KEY] for n in theirs.nodes]
+        np.testing.assert_allclose(ours.similarities, to_cosine(theirs.similarities), rtol=1e-5, atol=1e-5)
+        expected = np.sort(task.docs @ q)[::-1] if filters is None else np.sort(task.docs[::2] @ q)[::-1]
+        np.testing.assert_allclose(ours.similarities, expected[:7], atol=1e-5)  # exact cosine, not a proxy
+        assert all(ID_KEY not in n.metadata for n in ours.nodes)  # the engine id travels hidden
+        assert [n.text for n in ours.nodes] == [task.doc_texts[task.ids.index(i)] for i in ours.ids]
+
+
+def check_ranks_like_faiss(task, faiss_store, store, filters, with_text, n_queries: int = 40) -> None:
+    for i, q in enumerate(task.queries[:n_queries]):
+        text = task.texts[i] if with_text else None
+        over_faiss = ask(faiss_store, q, text=text, filters=filters, deep_memory=True)
+        over_engine = ask(store, q, text=text, filters=filters, deep_memory=True)
+        assert over_engine.ids == over_faiss.ids, f"query {i}"
+        np.testing.assert_allclose(over_engine.similarities, over_faiss.similarities, rtol=1e-4, atol=1e-5)
+    if filters is None and with_text:  # and the batched path evaluate uses
+        queries, texts = task.queries[:n_queries], task.texts[:n_queries]
+        batched = store.deep_memory.search_ids(queries, 10, deep_memory=True, texts=texts)
+        assert batched == faiss_store.deep_memory.search_ids(queries, 10, deep_memory=True, texts=texts)
+
+
+def check_restrictions(task, faiss_store, store) -> None:
+    """node_ids and doc_ids restrict plain and Deep Memory queries alike over both stores."""
+    q, text = task.queries[0], task.texts[0]
+    assert ask(store, q, k=3, doc_ids=[]).ids == []
+    assert len(ask(store, q, k=3, node_ids=[]).ids) == 3  # empty node_ids restrict nothing
+    for kwargs in ({"node_ids": ["node_4", "node_9", "node_31"]}, {"doc_ids": ["doc_2", "doc_5"]},
+                   {"node_ids": ["node_4", "node_9", "node_31"], "filters": EVEN},
+                   {"doc_ids": ["doc_2", "doc_5"], "filters": EVEN}):
+        for deep in (False, True):
+            ours = ask(store, q, k=12, text=text, deep_memory=deep, **kwargs)
+            theirs = ask(faiss_store, q, k=12, text=text, deep_memory=deep, **kwargs)
+            assert ours.ids == theirs.ids and ours.ids, (kwargs, deep)
+    assert set(ask(store, q, k=12, doc_ids=["doc_2"]).ids) == {f"node_{j}" for j in range(20, 30)}
+
+
+def check_deletes_filters_and_get_nodes(task, store) -> None:
+    n = len(task.ids)
+    assert len(store) == n
+    got = store.get_nodes(["node_3", "node_1", "nope"])
+    assert [g.node_id for g in got] == ["node_3", "node_1"]
+    np.testing.assert_allclose(got[0].embedding, task.docs[3], atol=1e-6)  # embeddings come back
+    assert [g.node_id for g in store.get_nodes(["node_3", "node_2"], filters=EVEN)] == ["node_2"]
+    store.delete_nodes(["node_0", "node_2"])
+    assert len(store) == n - 2
+    assert [g.node_id for g in store.get_nodes(["node_2", "node_1", "node_0"])] == ["node_1"]
+    assert {g.node_id for g in store.get_nodes(filters=EVEN)} == {i for j, i in enumerate(task.ids) if j % 2 == 0} - {
+        "node_0", "node_2"}
+    hits = ask(store, task.queries[0], k=n, deep_memory=True, text=task.texts[0])
+    assert "node_0" not in hits.ids and "node_2" not in hits.ids and len(hits.ids) == n - 2
+    store.delete("doc_1")  # by source document: node_10 .. node_19
+    assert len(store) == n - 12 and not set(ask(store, task.queries[1], k=n).ids) & {f"node_{j}" for j in range(10, 20)}
+    store.delete_nodes(filters=EVEN)
+    left = ask(store, task.queries[1], k=100).ids
+    assert left and all(int(i.split("_")[1]) % 2 for i in left)
+    store.clear()
+    assert len(store) == 0 and ask(store, task.queries[0]).ids == []
+    store.add(nodes_with_docs(task)[:5])  # still usable after clear
+    assert len(store) == 5 and len(ask(store, task.queries[0], deep_memory=True, text=task.texts[0]).ids) == 5
+
+
+def check_reopened(task, first: DeepMemoryVectorStore, reopen: Callable[[], DeepMemoryVectorStore], close=None,
+                   n_queries: int = 20) -> None:
+    """A hand-made model saved to ``model_dir`` serves the same ranking over a reopened engine."""
+    with_model(task, first, seed=2)  # set_model saves the models to model_dir
+    queries, texts = task.queries[N_TRAIN : N_TRAIN + n_queries], task.texts[N_TRAIN : N_TRAIN + n_queries]
+    expected = [ask(first, q, text=t, deep_memory=True).ids for q, t in zip(queries, texts)]
+    plain = [ask(first, q).ids for q in queries]
+    if close is not None:
+        close()
+    second = reopen()
+    assert second.deep_memory.get_model() == "hand" and len(second) == len(task.ids)
+    assert [ask(second, q).ids for q in queries] == plain
+    got = [ask(second, q, text=t, deep_memory=True).ids for q, t in zip(queries, texts)]
+    assert got == expected
+
+
+def check_listing(task, store) -> None:
+    """The engine's own paging lists every node with its vector and text (keyword statistics and
+    training read the corpus this way), and training copies it whole."""
+    backend = store._backend
+    pages = list(backend.iter_vectors(batch_size=32))
+    assert [len(ids) for ids, _ in pages] == [32, 32, len(task.ids) - 64]
+    ids = [i for page, _ in pages for i in page]
+    assert sorted(ids) == sorted(task.ids)
+    np.testing.assert_allclose(np.concatenate([v for _, v in pages]), task.docs[[task.ids.index(i) for i in ids]],
+                               atol=1e-6)
+    texts = {i: t for page, batch in backend.iter_texts(batch_size=32) for i, t in zip(page, batch)}
+    assert texts == dict(zip(task.ids, task.doc_texts))
+    view = backend.training_view(10_000)
+    assert type(view).__name__ == "ArrayStoreView" and len(view) == len(task.ids)
