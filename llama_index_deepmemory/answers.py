@@ -19,14 +19,15 @@ out of the mean, never scored as zero; failed answers are counted too (``answer_
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+
+from llama_index_deepmemory.evaluation import gather_bounded
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -388,29 +389,6 @@ def _retrievers_for(source: Any, top_k: int) -> tuple[dict[str, "BaseRetriever"]
     return retrievers, store
 
 
-async def _bounded(factories: Sequence[Callable[[], Awaitable[Any]]], workers: int, desc: str, show_progress: bool) -> list[Any]:
-    """Await the factories' coroutines, ``workers`` at a time, with an optional tqdm bar; input order."""
-    semaphore = asyncio.Semaphore(workers)
-    progress = None
-    if show_progress:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=len(factories), desc=desc, unit="question")
-
-    async def one(make: Callable[[], Awaitable[Any]]) -> Any:
-        async with semaphore:
-            result = await make()
-        if progress is not None:
-            progress.update(1)
-        return result
-
-    try:
-        return await asyncio.gather(*(one(make) for make in factories))
-    finally:
-        if progress is not None:
-            progress.close()
-
-
 async def aevaluate_answers(
     source: Any,
     qa_dataset: Any,
@@ -441,7 +419,7 @@ async def aevaluate_answers(
         def factory(row: tuple[str, str, list[str], str | None], name: str = name, retriever: Any = retriever):
             return lambda: _evaluate_one(name, retriever, row, llm, evaluator)
 
-        records.extend(await _bounded([factory(row) for row in rows], workers, name, show_progress))
+        records.extend(await gather_bounded([factory(row) for row in rows], workers, name, show_progress, unit="question"))
     table = answer_table(records, list(retrievers))
     for line in table.to_string(index=False).splitlines():
         logger.info(line)

@@ -70,14 +70,16 @@ def _check_workers(workers: int) -> int:
     return workers
 
 
-async def _gather_bounded(coroutine_factories: Sequence[Any], workers: int, desc: str | None, show_progress: bool) -> list[Any]:
+async def gather_bounded(
+    coroutine_factories: Sequence[Any], workers: int, desc: str | None, show_progress: bool, unit: str = "query"
+) -> list[Any]:
     """Run the coroutines with at most ``workers`` in flight; results in input order."""
     semaphore = asyncio.Semaphore(_check_workers(workers))
     progress = None
     if show_progress:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=len(coroutine_factories), desc=desc, unit="query")
+        progress = tqdm(total=len(coroutine_factories), desc=desc, unit=unit)
 
     async def run_one(make: Any) -> Any:
         async with semaphore:
@@ -111,7 +113,7 @@ async def aevaluate_dataset(
         (lambda query=query, expected=expected: evaluator.aevaluate(query=query, expected_ids=expected))
         for _, query, expected in items
     ]
-    return await _gather_bounded(factories, workers, desc, show_progress)
+    return await gather_bounded(factories, workers, desc, show_progress)
 
 
 def evaluate_dataset(
@@ -186,7 +188,7 @@ async def aretrieve_rankings(
 ) -> list[list[str]]:
     """Node ids retrieved for each query, best first."""
     factories = [(lambda q=q: retriever.aretrieve(q)) for q in queries]
-    results = await _gather_bounded(factories, workers, desc, show_progress)
+    results = await gather_bounded(factories, workers, desc, show_progress)
     return [[scored.node.node_id for scored in nodes] for nodes in results]
 
 

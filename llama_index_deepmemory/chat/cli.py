@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from llama_index_deepmemory.cli import _positive_int  # the CLI's own option parser (stdlib only)
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_HISTORY_DIR = "deepmemory-chats"
@@ -22,16 +24,6 @@ HELP_TEXT = """Commands:
   /history          show the whole conversation
   /help             this help
   /quit             leave (the conversation is saved after every answer)"""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _non_negative_int(text: str) -> int:

@@ -193,7 +193,7 @@ class WrappedStore:
             self._dim = int(vectors.shape[1])
             for node in nodes:
                 self._added_texts[node.node_id] = node.get_content() if hasattr(node, "get_content") else ""
-            self._changed()
+            self._changed(forget_texts=False)  # the added nodes' texts are remembered just below
         self._remember(nodes)
         if self._deep_memory is not None:
             self._deep_memory.texts_changed([n.node_id for n in nodes])
@@ -217,7 +217,8 @@ class WrappedStore:
         with self._lock:
             for node_id in node_ids or ():
                 self._added_texts.pop(node_id, None)
-            self._changed()
+                self._texts.pop(node_id, None)
+            self._changed(forget_texts=filters is not None or node_ids is None)
 
     def clear(self) -> None:
         if _is_milvus(self.engine):  # its clear drops the collection, and its add cannot re-create it
@@ -239,7 +240,8 @@ class WrappedStore:
             if _is_chroma(self.engine):  # its get_nodes requires node_ids and returns no embeddings
                 return _chroma_get(self.engine, None, filters)
             return [from_engine(n) for n in self.engine.get_nodes(filters=filters)]
-        getter = _chroma_get if _is_chroma(self.engine) else _milvus_get if _is_milvus(self.engine) else None
+        getter = (_chroma_get if _is_chroma(self.engine) else _milvus_get if _is_milvus(self.engine)
+                  else _qdrant_get if _is_qdrant(self.engine) and filters is None else None)
         by_id: dict[str, BaseNode] = {}
         for start in range(0, len(node_ids), GET_BATCH):
             chunk = [engine_id(i) for i in node_ids[start : start + GET_BATCH]]
@@ -456,10 +458,13 @@ class WrappedStore:
         return self._deep_memory
 
     # --- helpers ------------------------------------------------------------------------------
-    def _changed(self) -> None:
+    def _changed(self, forget_texts: bool = True) -> None:
+        """A write through this wrapper: cached allow-lists go; cached texts too, unless the
+        caller updates the texts it changed (engine ids stay: they follow from the node ids)."""
         self._version += 1
         self._usable.clear()
-        self._texts.clear()  # engine ids stay: they follow from the node ids
+        if forget_texts:
+            self._texts.clear()
 
     def _get_allowed(self, node_ids: list[str], restriction: Restriction) -> list[BaseNode]:
         nodes = self.get_nodes(node_ids, filters=restriction.filters)
@@ -603,6 +608,13 @@ class _RecordingView:
 
 def _is_qdrant(store: Any) -> bool:
     return type(store).__name__ == "QdrantVectorStore" and hasattr(store, "collection_name")
+
+
+def _qdrant_get(store: Any, ids: list[str], filters: None) -> list[BaseNode]:
+    """Points by id, looked up directly (its store's ``get_nodes`` scrolls with an id filter,
+    which an in-process Qdrant answers by scanning the whole collection)."""
+    points = store.client.retrieve(store.collection_name, ids=ids, with_payload=True, with_vectors=True)
+    return store.parse_to_query_result(points).nodes
 
 
 def _qdrant_pages(store: Any, with_vectors: bool, limit: int) -> Iterator[list[BaseNode]]:
