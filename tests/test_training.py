@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
-
 import numpy as np
 import pytest
 
@@ -14,48 +12,20 @@ from llama_index_deepmemory.deep_memory.training import (
     rank_with_model,
     train_model,
 )
+from llama_index_deepmemory.engine.array_view import ArrayStoreView
 from synthetic import brute_force_top_k, normalise
 
 
-class ArrayStore:
-    """A brute-force NumPy StoreView (cosine): the reference the trainer is checked against."""
-
-    metric = "cosine"
-    embed_model = None
+class ArrayStore(ArrayStoreView):
+    """``ArrayStoreView`` (cosine) searched by brute-force NumPy: the reference the trainer is checked against."""
 
     def __init__(self, vectors: np.ndarray) -> None:
-        self.vectors = normalise(vectors)
-        self.ids = [f"node_{i}" for i in range(len(vectors))]
-        self.position = {node: i for i, node in enumerate(self.ids)}
-
-    @property
-    def dim(self) -> int:
-        return self.vectors.shape[1]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def missing_ids(self, node_ids: Sequence[str]) -> list[str]:
-        return [node for node in node_ids if node not in self.position]
-
-    def get_vectors(self, node_ids: Sequence[str]) -> np.ndarray:
-        return self.vectors[[self.position[node] for node in node_ids]]
-
-    def iter_vectors(self, batch_size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
-        for start in range(0, len(self.ids), batch_size):
-            yield self.ids[start : start + batch_size], self.vectors[start : start + batch_size]
+        super().__init__([f"node_{i}" for i in range(len(vectors))], normalise(vectors))
 
     def prepare_queries(self, vectors) -> np.ndarray:
         return normalise(np.asarray(vectors, dtype=np.float32))
 
-    def usable_ids(self, node_ids: Sequence[str], filters=None) -> np.ndarray:
-        assert filters is None, "this view has no metadata"
-        return np.asarray([node in self.position for node in node_ids], dtype=bool)
-
-    def texts_of(self, node_ids: Sequence[str]) -> list[None]:
-        return [None] * len(node_ids)
-
-    def search_vectors(self, queries: np.ndarray, k: int, filters=None):
+    def search_vectors(self, queries: np.ndarray, k: int, filters=None, **_):
         assert filters is None, "this view has no metadata"
         scores = queries @ self.vectors.T
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
