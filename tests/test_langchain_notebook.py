@@ -12,7 +12,6 @@ import json
 import random
 import re
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ pytest.importorskip("langchain_openai")
 pytest.importorskip("langchain_classic")
 pytest.importorskip("langchain_text_splitters")
 
+from notebook_run import run_notebook  # noqa: E402
 from servers import openai_chat_server  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "langchain_quickstart.ipynb"
@@ -65,17 +65,6 @@ class FakeLLM:
         return "From the docs: " + context[:60].replace("\n", " ")
 
 
-def _text_outputs(notebook: "nbformat.NotebookNode") -> str:
-    parts = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "stream":
-                parts.append(output.get("text", ""))
-            elif "data" in output:
-                parts.append(output["data"].get("text/plain", ""))
-    return "\n".join(parts)
-
-
 def _recall(text: str, title: str, k: int) -> float:
     block = text.split(f"---- Evaluating {title} ----", 1)[1]
     return float(re.search(rf"Recall@{k}:\s+([\d.]+)%", block).group(1))
@@ -87,17 +76,9 @@ def test_langchain_notebook_runs_against_a_local_llm(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("OPENAI_API_BASE", raising=False)
     monkeypatch.setenv("OPENAI_API_KEY", "test")
     llm = FakeLLM()
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
     with openai_chat_server(llm, max_lifetime_s=300) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.url("/v1"))
-        client = nbclient.NotebookClient(
-            notebook, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
-        )
-        started = time.perf_counter()
-        client.execute()  # raises CellExecutionError on the first failing cell
-        elapsed = time.perf_counter() - started
-    assert all(o.get("output_type") != "error" for c in notebook.cells for o in c.get("outputs", []))
-    text = _text_outputs(notebook)
+        text, elapsed = run_notebook(NOTEBOOK)
     for expected in (
         "20 pages",
         "60 training questions, 30 test questions",

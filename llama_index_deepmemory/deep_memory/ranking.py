@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, check_query_texts
+from llama_index_deepmemory.deep_memory.base import (
+    DeepMemoryModel,
+    check_query_texts,
+    checked_scores,
+    checked_transform,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index_deepmemory.deep_memory.base import StoreView
@@ -93,8 +98,6 @@ def rank(
 
 def _applied(model: DeepMemoryModel, queries: np.ndarray) -> tuple[np.ndarray, Sequence[str], np.ndarray]:
     """``model.apply`` with its results checked (a subclass's own ``apply`` included)."""
-    from llama_index_deepmemory.deep_memory.base import checked_scores, checked_transform
-
     if model.dim != queries.shape[1]:
         raise ValueError(
             f"the Deep Memory model was trained for {model.dim}-dimensional vectors but the queries are "
