@@ -124,6 +124,7 @@ class MethodRun:
     ranked: list[list[str]]
     seconds: float
     note: str = ""
+    ranked_embeddings_only: list[list[str]] | None = None  # ours: the same model, queries without text
 
 
 def run_methods(
@@ -177,6 +178,7 @@ def run_methods(
         run = train_ours(doc_ids, doc_texts, docs, train, train_vectors, test_vectors, test_texts, {"seed": seed, **options})
         run.name = f"deep memory (ours, seed {seed})" if len(seeds) > 1 else run.name
         runs.append(run)
+        runs.append(MethodRun(f"deep memory, embeddings only (no query_str; seed {seed})", run.ranked_embeddings_only, 0.0))
     if "lexical" not in options:  # what the keyword re-scoring adds: the same training without it
         run = train_ours(
             doc_ids, doc_texts, docs, train, train_vectors, test_vectors, test_texts,
@@ -216,6 +218,7 @@ def train_ours(
     seconds = time.perf_counter() - start
     active = store.deep_memory.active_model() is not None
     ranked = store.deep_memory.search_ids(test_vectors, 10, deep_memory=active, texts=test_texts)
+    ranked_embeddings_only = store.deep_memory.search_ids(test_vectors, 10, deep_memory=active)
     info = record.get("info") or {}
     before, after = record["val_before"]["ndcg@10"], record["val_after"]["ndcg@10"]
     note = (
@@ -223,7 +226,7 @@ def train_ours(
         f"best epoch {info.get('best_epoch')}, keys w={info.get('key_weight')} t={info.get('key_threshold')}, "
         f"keyword w={info.get('lexical_weight')}{' on the plain store' if info.get('keywords_only') else ''}"
     )
-    return MethodRun("deep memory (ours)", ranked, seconds, note)
+    return MethodRun("deep memory (ours)", ranked, seconds, note, ranked_embeddings_only)
 
 
 PEER_LABELS = {

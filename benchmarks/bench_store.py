@@ -107,10 +107,13 @@ def synthetic_texts(n: int, words: int, rng: np.random.Generator, vocabulary: in
     return [" ".join(f"w{j}" for j in row) for row in draws]
 
 
-def trained_like_model(vectors: np.ndarray, n_memory: int, n_keys: int, rng: np.random.Generator):
+def trained_like_model(vectors: np.ndarray, n_memory: int, n_keys: int, rng: np.random.Generator,
+                       node_id=lambda i: f"node-{i}", gate: float = 0.0):
     """An ``AdapterMemoryModel`` shaped like one trained on ``n_keys`` queries: a near-identity
     adapter, ``n_memory`` memory nodes (stored vector plus a small learned delta), every training
-    query remembered as a key near its relevant node (about 1.3 links per key)."""
+    query remembered as a key near its relevant node (about 1.3 links per key). ``node_id(row)``
+    names the node of a row (``node-{row}`` by default). ``gate`` > 0: the per-query gate of
+    ``TrainOptions.gate_threshold``, with the keys as the training queries."""
     from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
 
     n, dim = vectors.shape
@@ -124,7 +127,7 @@ def trained_like_model(vectors: np.ndarray, n_memory: int, n_keys: int, rng: np.
         dim, "cosine",
         weight=np.eye(dim) + 0.02 * rng.normal(size=(dim, dim)),
         bias=0.01 * rng.normal(size=dim),
-        memory_ids=[f"node-{i}" for i in memory_rows],
+        memory_ids=[node_id(i) for i in memory_rows],
         memory_vectors=unit[memory_rows] + 0.05 * rng.normal(size=(n_mem, dim)) / np.sqrt(dim),
         key_vectors=keys,
         link_key=link_key,
@@ -132,6 +135,8 @@ def trained_like_model(vectors: np.ndarray, n_memory: int, n_keys: int, rng: np.
         link_weight=np.ones(len(link_key), dtype=np.float32),
         key_weight=0.4,
         key_threshold=0.7,
+        gate_threshold=gate,
+        gate_keys=keys if gate else None,
     )
     return model, unit[memory_rows]
 
@@ -147,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-nodes", type=int, default=1000,
                         help="memory nodes of the Deep Memory model (SciFact's trained model has ~900)")
     parser.add_argument("--keys", type=int, default=1000, help="remembered training queries (SciFact: 809)")
+    parser.add_argument("--gate", type=float, default=0.0,
+                        help="the model's per-query gate threshold (TrainOptions.gate_threshold; 0: none)")
     parser.add_argument("--keyword-words", type=int, default=100,
                         help="words per synthetic node text for the keyword re-scoring measurement (0 skips it)")
     parser.add_argument("--simple-n", type=int, default=10_000,
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"query p50: store {ours_q * 1e3:.2f}ms  raw index.search {raw_q * 1e3:.2f}ms  ratio {ours_q / raw_q:.3f}x (target <= 1.2)")
 
-    model, memory_unit = trained_like_model(vectors, args.memory_nodes, args.keys, rng)
+    model, memory_unit = trained_like_model(vectors, args.memory_nodes, args.keys, rng, gate=args.gate)
     store.deep_memory._models["bench"] = model  # a hand-made model, registered directly (no public API for that)
     store.deep_memory._active = "bench"
     # half the queries sit near memory nodes (so overrides and key bonuses really enter the top 10)
@@ -209,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         lexical = LexicalIndex([f"node-{i}" for i in range(args.n)], synthetic_texts(args.n, args.keyword_words, rng))
         print(f"keyword index of {args.n} texts x {args.keyword_words} words built in {time.perf_counter() - t0:.1f}s")
         model.lexical, model.lexical_weight = lexical, 0.1
+        if model.fallback is not None:  # the gate's fallback re-scores too, with its own weight
+            model.fallback.lexical, model.fallback.lexical_weight = lexical, 0.2
         strings = synthetic_texts(len(dm_queries), 8, rng)
         pairs_with_text = list(zip(dm_queries, strings))
         lex_q, plain_q = p50_pair(

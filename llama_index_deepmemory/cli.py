@@ -232,6 +232,19 @@ def _check_new_store_path(path: str, replace: bool) -> None:
         raise UserError(_damage_message(root))
 
 
+def _drop_orphan_snapshots(path: str) -> None:
+    """``--replace`` over a damaged store (snapshot folders but no manifest): delete its snapshots,
+    which the library refuses to write over, once the new store is built and ready to persist."""
+    import shutil
+
+    root = Path(path)
+    if root.is_dir() and not (root / MANIFEST).exists():
+        for snapshot in root.glob("gen-*"):
+            if snapshot.is_dir():
+                logger.info("--replace: deleting %s of the damaged store", snapshot)
+                shutil.rmtree(snapshot)
+
+
 def cmd_ingest(args: argparse.Namespace) -> None:
     """HTML folder or URL (or a BEIR folder: one node per document) -> embedded, persisted store."""
     from llama_index_deepmemory.embeddings import check_embedding_spec
@@ -261,6 +274,8 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     from llama_index_deepmemory.demo import build_store
 
     store = build_store(nodes, _embed_model(args.embed_model), cache_dir=_cache_dir(args), show_progress=not args.quiet)
+    if args.replace:
+        _drop_orphan_snapshots(args.store)
     _save_store(store, args.store, embed_spec=args.embed_model)
     print(f"Stored {len(store)} nodes from {what} in {args.store} ({time.perf_counter() - start:.1f}s).")
 

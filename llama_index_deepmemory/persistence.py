@@ -120,6 +120,7 @@ def write_generation(persist_path: str | os.PathLike, writers: dict[str, Callabl
         )
     root.mkdir(parents=True, exist_ok=True)
     with _flock(root / _WRITE_LOCK, exclusive=True):
+        _refuse_orphan_generations(root)
         gen_name = f"{_GEN_PREFIX}{time.time_ns()}-{uuid.uuid4().hex[:8]}"
         gen_dir = root / gen_name
         gen_dir.mkdir()
@@ -147,6 +148,21 @@ def write_generation(persist_path: str | os.PathLike, writers: dict[str, Callabl
                 if entry.name.startswith(_GEN_PREFIX) and entry.name != gen_name and entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
     return gen_dir
+
+
+def _refuse_orphan_generations(root: Path) -> None:
+    """Refuse to write into a folder holding snapshot folders but no manifest: a damaged store
+    (its manifest lost) whose nodes and models a new snapshot would delete after the switch."""
+    if (root / MANIFEST).exists():
+        return
+    orphans = sorted(p.name for p in root.glob(f"{_GEN_PREFIX}*") if p.is_dir())
+    if orphans:
+        raise ValueError(
+            f"{str(root)!r} holds {len(orphans)} snapshot folder(s) ({orphans[-1]}) but no {MANIFEST}: it is "
+            "a damaged store, and persisting there would delete them. Nothing was changed: restore "
+            f"{MANIFEST} from a backup, persist to another folder, or delete the {_GEN_PREFIX}* folders "
+            "if they are not needed."
+        )
 
 
 def read_manifest(persist_path: str | os.PathLike) -> dict[str, Any]:

@@ -34,7 +34,11 @@ class RotationTask:
 
 def brute_force_scores(queries: np.ndarray, docs: np.ndarray, ids: list[str], model=None) -> np.ndarray:
     """The full (queries, docs) score matrix; with a Deep Memory model, queries are transformed
-    first and its override columns replace the plain scores."""
+    first and its override columns replace the plain scores, except for queries its gate sends to
+    the adapter alone (cosine to every ``gate_keys`` row below ``gate_threshold``)."""
+    open_gate = np.ones(len(queries), dtype=bool)
+    if model is not None and getattr(model, "gate_threshold", 0.0) > 0 and len(model.memory_ids):
+        open_gate = (normalise(queries) @ normalise(model.gate_keys).T).max(axis=1) >= model.gate_threshold
     if model is not None:
         queries = model.transform_queries(queries)
     scores = queries @ docs.T
@@ -42,7 +46,7 @@ def brute_force_scores(queries: np.ndarray, docs: np.ndarray, ids: list[str], mo
         position = {node: j for j, node in enumerate(ids)}
         over_ids, over_scores = model.overrides(queries)
         for j, node in enumerate(over_ids):
-            scores[:, position[node]] = over_scores[:, j]
+            scores[open_gate, position[node]] = over_scores[open_gate, j]
     return scores
 
 

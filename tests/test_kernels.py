@@ -1,7 +1,7 @@
 """Compiled (numba) single-query kernels against the numpy paths they replace.
 
 The numpy paths are the reference: ``transform_queries`` + ``overrides`` for the adapter kernel,
-and the store's general merge + ``rerank_rows`` + stable sort for the merge/keyword kernel. The
+and the store's general merge + ``KeywordPlan.rescore`` + stable sort for the merge/keyword kernel. The
 ``numpy_only`` fixture runs the store as an install without numba would.
 """
 
@@ -116,7 +116,7 @@ def test_store_queries_rank_alike_with_and_without_kernels(metric: str) -> None:
     store, vectors = _keyword_store(rng, 300, 16, metric)
     near = vectors[rng.integers(0, 30, 20)] + 0.05 * rng.normal(size=(20, 16))
     queries = np.concatenate([near, rng.normal(size=(20, 16))]).astype(np.float32)
-    # no text, plain, upper case with punctuation (tokenised in the kernel), non-ASCII (tokenised in Python)
+    # no text, plain, upper case with punctuation, non-ASCII
     variants = [lambda w: None, " ".join, lambda w: ", ".join(w).upper() + "!", lambda w: " ".join(w) + " β–cells"]
     texts = [variants[i % 4](list(rng.choice(WORDS, size=3))) for i in range(len(queries))]
     for k in (1, 10, 60):
@@ -152,62 +152,6 @@ def test_numpy_path_serves_queries_without_numba(numpy_only) -> None:
     for j, node in enumerate(over_ids):
         scores[int(node[1:])] = over[0, j]
     assert ids == [f"n{i}" for i in np.argsort(-scores, kind="stable")[:5]]
-
-
-def _vocabulary_index() -> LexicalIndex:
-    """A keyword index whose vocabulary mixes words, digits, underscores and non-ASCII terms."""
-    texts = [
-        "Alpha beta_2 gamma 42 delta", "the café naïve ALPHA x y z", "über-cool E=mc2 snake_case 007",
-        "zeta eta theta iota kappa lambda", "mu nu xi omicron pi rho sigma tau upsilon", "日本 word Word WORD",
-    ]
-    return LexicalIndex([f"t{i}" for i in range(len(texts))], texts)
-
-
-def test_ascii_query_terms_match_the_python_tokeniser() -> None:
-    """The kernel's tokeniser + hash lookup finds the term ids ``query_term_ids`` finds, for ASCII
-    texts of every kind: case, digits, underscores, punctuation, stop words, unknown and repeated
-    words, texts longer than the in-place sort's limit."""
-    index = _vocabulary_index()
-    words = list(index._vocab) + ["the", "of", "and", "unknown", "ALPHA", "Beta_2", "x_", "_", "0"]
-    ascii_words = [w for w in words if w.isascii()]
-    rng = np.random.default_rng(11)
-    separators = [" ", "  ", ", ", ".", "-", "=", "\t", "\n", "(", ")", "'", "!?"]
-    texts = ["", "   ", "!!!", "alpha", "ALPHA alpha Alpha", "beta_2beta_2", "E=mc2", "42 007 42"]
-    for size in (1, 3, 8, 40, 200):  # 200 tokens: more than the 64 sorted in place
-        for _ in range(30):
-            picked = [[str.lower, str.upper, str.title][rng.integers(3)](w) for w in rng.choice(ascii_words, size=size)]
-            texts.append("".join(w + rng.choice(separators) for w in picked))
-    table = index.term_table()
-    for text in texts:
-        assert text.isascii()
-        found = kernels.ascii_query_terms(text.encode(), *table)
-        assert found.dtype == np.int32
-        np.testing.assert_array_equal(found, index.query_term_ids(text), err_msg=repr(text))
-
-
-def test_term_table_finds_every_ascii_term_at_its_id() -> None:
-    index = _vocabulary_index()
-    table, term_bytes, offsets = index.term_table()
-    assert index.term_table()[0] is table  # built once
-    size = table.shape[0]
-    assert size & (size - 1) == 0 and size >= 2 * len(index._vocab)
-    assert int((table[:, 1] != 0).sum()) == len(index._vocab)
-    for term_id, term in enumerate(index._vocab):
-        assert bytes(term_bytes[offsets[term_id] : offsets[term_id + 1]]).decode() == term
-        if term.isascii():
-            assert kernels.ascii_query_terms(term.encode(), *index.term_table()).tolist() == [term_id]
-    empty = LexicalIndex(["s"], ["the of and"])  # only stop words: an empty vocabulary
-    assert kernels.ascii_query_terms(b"the word", *empty.term_table()).size == 0
-
-
-def test_compiled_query_hands_non_ascii_texts_to_python() -> None:
-    index = _vocabulary_index()
-    text, terms = index.compiled_query("Alpha, 42!")
-    assert text == b"Alpha, 42!" and terms.size == 0
-    text, terms = index.compiled_query("naïve café alpha")
-    assert text == b""
-    np.testing.assert_array_equal(terms, index.query_term_ids("naïve café alpha"))
-    assert len(terms) == 3
 
 
 def test_merge_kernel_keeps_ties_in_the_general_paths_order() -> None:

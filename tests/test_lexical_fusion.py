@@ -91,14 +91,14 @@ def test_keyword_rows_are_cached_by_slot_once_the_store_is_unchanged(task: Keywo
     q, text = task.queries[N_TRAIN], task.texts[N_TRAIN]
     expected = reference_ids(task, model, q, text, 10)
     assert query_ids(store, q, 10, text) == expected  # by id: nothing cached yet
-    assert store._backend._keyword_cache[2] is None
+    assert store._backend._keyword_cache == ((model.lexical.revision, store._backend._version), None)  # the key
     assert query_ids(store, q, 10, text) == expected  # rows cached by slot
-    rows = store._backend._keyword_cache[2]
+    rows = store._backend._keyword_cache[1]
     assert rows.tolist() == model.lexical.rows_of(store._backend._table.ids).tolist()
-    assert query_ids(store, q, 10, text) == expected and store._backend._keyword_cache[2] is rows  # reused
+    assert query_ids(store, q, 10, text) == expected and store._backend._keyword_cache[1] is rows  # reused
     store.add([TextNode(id_="late", text="unrelated words", embedding=task.docs[0].tolist())])
     assert query_ids(store, q, 10, text) == query_ids(store, q, 10, text)
-    assert store._backend._keyword_cache[2] is not rows and store._backend._keyword_cache[2][-1] == -1  # "late" is not indexed
+    assert store._backend._keyword_cache[1] is not rows and store._backend._keyword_cache[1][-1] == -1  # "late" is not indexed
 
 
 def test_batched_search_with_texts_equals_store_queries(task: KeywordTask, trained) -> None:

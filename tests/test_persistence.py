@@ -271,3 +271,24 @@ def test_manifest_without_a_file_entry_is_refused(tmp_path: Path) -> None:
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="generation"):
         DeepMemoryVectorStore.from_persist_path(str(path))
+
+
+def test_persist_refuses_a_folder_with_snapshots_but_no_manifest(tmp_path: Path) -> None:
+    """A store folder whose manifest was lost still holds its snapshot: persisting into it would
+    delete that snapshot after the switch, so it is refused with the folder and the ways out."""
+    path = tmp_path / "store"
+    store = DeepMemoryVectorStore()
+    store.add(make_nodes(30))
+    store.persist(str(path))
+    (path / "manifest.json").unlink()
+    snapshot = next(p for p in path.iterdir() if p.name.startswith("gen-"))
+    before = sorted(p.name for p in snapshot.iterdir())
+    other = DeepMemoryVectorStore()
+    other.add(make_nodes(5, seed=3))
+    with pytest.raises(ValueError, match=r"store'.* holds 1 snapshot folder\(s\) \(gen-.*\) but no manifest\.json.*"
+                                         r"restore manifest\.json from a backup, persist to another folder"):
+        other.persist(str(path))
+    assert sorted(p.name for p in path.iterdir() if p.name.startswith("gen-")) == [snapshot.name]
+    assert sorted(p.name for p in snapshot.iterdir()) == before and not (path / "manifest.json").exists()
+    other.persist(str(tmp_path / "elsewhere"))  # another folder, or one without snapshots, still works
+    assert len(DeepMemoryVectorStore.from_persist_path(str(tmp_path / "elsewhere"))) == 5

@@ -90,3 +90,33 @@ def test_forgotten_nodes_score_as_plain_vectors(trained) -> None:
             full[i, task.ids.index(node)] = plain[i, task.ids.index(node)]
     expected = [[task.ids[j] for j in row[:5]] for row in np.argsort(-full, axis=1, kind="stable")]
     assert ids == expected
+
+
+@pytest.mark.parametrize("metric", ["ip", "cosine"])
+def test_overrides_crowding_the_first_search_are_ranked_exactly(metric) -> None:
+    """rank asks for k plain hits first and more only when overridden hits crowd a row and the
+    override scores do not make up for them: demoted, promoted and untouched rows all rank as
+    brute force does."""
+    from llama_index_deepmemory.engine.array_view import ArrayStoreView
+
+    rng = np.random.default_rng(12)
+    n, d = 400, 16
+    docs = rng.normal(size=(n, d)).astype(np.float32)
+    if metric == "cosine":
+        docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    ids = [f"d{i}" for i in range(n)]
+    view = ArrayStoreView(ids, docs)
+    queries = rng.normal(size=(30, d)).astype(np.float32)
+    if metric == "cosine":
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    crowd = np.argsort(-(queries[0] @ docs.T))[:40]  # query 0's 40 nearest: demoted below everything
+    lifted = rng.choice(np.setdiff1d(np.arange(n), crowd), size=20, replace=False)  # raised a little
+    memory = np.concatenate([crowd, lifted])
+    vectors = np.concatenate([-3.0 * docs[crowd], 1.2 * docs[lifted]])
+    model = AdapterMemoryModel(d, metric, memory_ids=[ids[j] for j in memory], memory_vectors=vectors)
+    for k in (1, 10, 35):
+        scores, got = rank(view, view.prepare_queries(queries), model, k)
+        full = brute_force_scores(view.prepare_queries(queries), docs, ids, model)
+        order = np.argsort(-full, axis=1, kind="stable")[:, :k]
+        assert got == [[ids[j] for j in row] for row in order]
+        np.testing.assert_allclose(np.stack(scores), np.take_along_axis(full, order, axis=1), rtol=1e-4, atol=1e-4)

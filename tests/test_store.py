@@ -394,8 +394,8 @@ def test_deep_memory_overrides_crowding_the_top():
 
 
 def test_override_ids_changed_in_place_are_not_served_from_a_stale_cache():
-    """The store caches override slots by the identity of a model's id tuple; a model that hands
-    out one list and edits it in place must still be merged with its current ids."""
+    """A model without a revision (the default None) promises nothing: a model that hands out one
+    list and edits it in place is merged with its current ids."""
     nodes, vectors = make_nodes(200, seed=22)
     store = DeepMemoryVectorStore(metric="ip")
     store.add(nodes)
@@ -408,16 +408,42 @@ def test_override_ids_changed_in_place_are_not_served_from_a_stale_cache():
     assert query(store, q, 2, deep_memory=True).ids == model.ids
 
 
-def test_adapter_model_hands_out_one_id_tuple():
-    """AdapterMemoryModel returns the same immutable ids on every call, so the store's slot
-    lookup is cached instead of redone per query."""
+def test_override_slots_are_cached_under_the_model_revision():
+    """A model with a revision promises the same override ids until the revision changes: the
+    store's slot lookup is keyed on it (and on the store's contents), not on object identity."""
+    from llama_index_deepmemory.deep_memory.base import new_revision
+
+    nodes, vectors = make_nodes(200, seed=22)
+    store = DeepMemoryVectorStore(metric="ip")
+    store.add(nodes)
+    q = np.random.default_rng(23).normal(size=DIM).astype(np.float32)
+    order = np.argsort(vectors @ q)
+    first, second = [f"n{i}" for i in order[:2]], [f"n{i}" for i in order[2:4]]
+    model = ShiftAndBoost(DIM, matrix=np.eye(DIM), ids=first, boosts=[1e3, 1e3])
+    model.revision = new_revision()
+    install(store, model)
+    assert query(store, q, 2, deep_memory=True).ids == first
+    model.ids = list(second)  # a new list object, same revision: the cached slots (of `first`) serve
+    assert query(store, q, 2, deep_memory=True).ids == first
+    model.revision = new_revision()  # the documented way to say the ids changed
+    assert query(store, q, 2, deep_memory=True).ids == second
+    model.ids = list(first)
+    store.add([nodes[0]])  # a store change also invalidates the cached slots
+    assert query(store, q, 2, deep_memory=True).ids == first
+
+
+def test_adapter_model_keeps_one_revision_and_one_id_tuple():
+    """AdapterMemoryModel is immutable: one revision (unique to it) and the same ids on every
+    call, so the store looks its override slots up once."""
     from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
 
     rng = np.random.default_rng(24)
     model = AdapterMemoryModel(DIM, memory_ids=["n1", "n2"], memory_vectors=rng.normal(size=(2, DIM)))
+    other = AdapterMemoryModel(DIM, memory_ids=["n1", "n2"], memory_vectors=rng.normal(size=(2, DIM)))
     q = model.transform_queries(rng.normal(size=(1, DIM)))
-    first, second = model.overrides(q)[0], model.overrides(q)[0]
-    assert first is second and isinstance(first, tuple)
+    revision = model.revision
+    assert isinstance(revision, int) and revision != other.revision
+    assert model.overrides(q)[0] == model.overrides(q)[0] == ("n1", "n2") and model.revision == revision
 
 
 def test_concurrent_queries_while_writing_stay_consistent():

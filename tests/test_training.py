@@ -248,3 +248,61 @@ def test_validation_folds_option() -> None:
             TrainOptions.from_kwargs({"validation_folds": bad})
     no_holdout = train_model(store, queries, relevance, options=TrainOptions(seed=0, validation_fraction=0.0, **FAST))
     assert no_holdout.info["validation"].startswith("training queries") and no_holdout.info["n_val"] == 0
+
+
+class CountingStore(ArrayStore):
+    """The brute-force reference store, counting the query rows each search depth was asked for."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        super().__init__(vectors)
+        self.searched: dict[int, int] = {}
+
+    def search_vectors(self, queries: np.ndarray, k: int, filters=None, **kwargs):
+        self.searched[k] = self.searched.get(k, 0) + len(queries)
+        return super().search_vectors(queries, k, filters=filters, **kwargs)
+
+
+def test_plain_mining_is_searched_once_per_query_and_equals_brute_force() -> None:
+    import torch
+
+    from llama_index_deepmemory.deep_memory.losses import CandidateSource
+
+    base, queries, relevant = rotated_task(seed=2)
+    store = CountingStore(base.vectors)
+    relevance = [[(node, 1.0)] for node in relevant]
+    shared: dict = {}
+
+    def source(n: int) -> CandidateSource:
+        return CandidateSource(
+            store, queries[:n], relevance[:n], {}, device=torch.device("cpu"), full_softmax_max_nodes=10,
+            num_negatives=20, check_stop=lambda: None, plain_mined=shared,
+        )
+
+    identity = AdapterMemoryModel(dim=queries.shape[1], metric="cosine")
+    first, second = source(150), source(len(queries))
+    first.mine(identity)
+    second.mine(identity)  # a refit over every query: only the 90 new ones are searched
+    assert store.searched == {20: len(queries)}
+    expected = brute_force_top_k(queries, store.vectors, store.ids, 20, identity)
+    assert second.mined == [[store.ids[j] for j in row] for row in expected]
+    assert first.mined == second.mined[:150]
+
+    rotation, _ = np.linalg.qr(np.random.default_rng(3).normal(size=(queries.shape[1],) * 2))
+    trained = AdapterMemoryModel(dim=queries.shape[1], metric="cosine", weight=rotation.astype(np.float32))
+    second.mine(trained)  # a trained adapter is searched afresh, never served from the plain hits
+    assert store.searched == {20: 2 * len(queries)}
+    expected = brute_force_top_k(queries, store.vectors, store.ids, 20, trained)
+    assert second.mined == [[store.ids[j] for j in row] for row in expected]
+
+
+def test_training_stops_once_every_validation_query_is_ranked_perfectly() -> None:
+    rng = np.random.default_rng(4)
+    docs = rng.normal(size=(120, 16))
+    store = ArrayStore(docs)
+    targets = rng.permutation(120)[:100]
+    queries = store.vectors[targets] + 0.01 * rng.normal(size=(100, 16)).astype(np.float32)
+    relevance = [[(store.ids[t], 1.0)] for t in targets]
+    result = train_model(store, queries, relevance, options=TrainOptions(seed=0, validation_folds=1, **FAST))
+    assert result.val_before["ndcg@10"] == 1.0
+    assert result.info["epochs_run"] == 1  # FAST allows 30 epochs and patience 6
+    assert not result.improved

@@ -91,13 +91,16 @@ def test_the_same_model_ranks_alike_over_qdrant_and_faiss(task, pair, filters, w
     assert batched == faiss_store.deep_memory.search_ids(task.queries[:40], 10, deep_memory=True, texts=task.texts[:40])
 
 
-def test_training_over_qdrant_matches_training_over_faiss(task) -> None:
+@pytest.mark.parametrize("full_softmax_max_nodes", [200_000, 40], ids=["corpus-copied", "mined-through-qdrant"])
+def test_training_over_qdrant_matches_training_over_faiss(task, full_softmax_max_nodes) -> None:
     """Same data, same seed: the model trained over Qdrant ranks the held-out queries as the one
-    trained over FAISS, and lifts recall@10 over the plain store alike."""
+    trained over FAISS, and lifts recall@10 over the plain store alike; also when the corpus is
+    too large to copy (negatives mined and validation searched through Qdrant's batched search)."""
     results = {}
+    options = dict(QUICK, full_softmax_max_nodes=full_softmax_max_nodes)
     for name, store in (("faiss", task.store()), ("qdrant", qdrant_store(QdrantClient(":memory:"), task))):
         job = store.deep_memory.train(task.texts[:N_TRAIN], task.relevance[:N_TRAIN],
-                                      embedding=task.queries[:N_TRAIN], **QUICK)
+                                      embedding=task.queries[:N_TRAIN], **options)
         status = store.deep_memory.status(job)
         evaluation = store.deep_memory.evaluate(task.texts[N_TRAIN:], task.relevance[N_TRAIN:],
                                                 embedding=task.queries[N_TRAIN:], top_k=(1, 10))

@@ -24,9 +24,10 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Iterable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Iterator, Literal, Sequence
 
 from llama_index_deepmemory.atomic import write_text_atomic
+from llama_index_deepmemory.relevance import Relevance, validate_relevance
 
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.schema import Document, TextNode
@@ -35,7 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-Relevance = list[list[tuple[str, float]]]
 OnUnknown = Literal["error", "drop"]
 LOG_ID_SEPARATOR = ";"
 
@@ -50,41 +50,10 @@ def validate_query_relevance(
     relevance: Sequence[Sequence[Any]],
     known_ids: Collection[str] | None = None,
 ) -> tuple[list[str], Relevance]:
-    """Check ``queries``/``relevance`` and return them normalised to ``(str, float)`` pairs.
-
-    Each relevance entry may be a node id (weight 1) or an ``(id, weight)`` pair with a finite
-    weight > 0. With ``known_ids``, every id must be one of them. Raises ValueError/TypeError
-    naming the query index and the offending value.
-    """
-    if isinstance(queries, str) or not isinstance(queries, Sequence):
-        raise TypeError(f"queries must be a list of strings, got {type(queries).__name__}")
-    if isinstance(relevance, str) or not isinstance(relevance, Sequence):
-        raise TypeError(f"relevance must be a list of lists of (id, weight), got {type(relevance).__name__}")
-    if len(queries) != len(relevance):
-        raise ValueError(
-            f"queries and relevance must have the same length, got {len(queries)} queries and "
-            f"{len(relevance)} relevance lists"
-        )
-    known = set(known_ids) if known_ids is not None and not isinstance(known_ids, (set, frozenset, dict)) else known_ids
-    clean_queries: list[str] = []
-    clean_relevance: Relevance = []
-    for i, (query, entries) in enumerate(zip(queries, relevance)):
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"queries[{i}] must be a non-empty string, got {query!r}")
-        if isinstance(entries, (str, bytes)) or not isinstance(entries, Iterable):
-            raise TypeError(f"relevance[{i}] must be a list of (id, weight) pairs, got {entries!r}")
-        pairs = [_relevance_pair(entry, f"relevance[{i}][{j}]") for j, entry in enumerate(entries)]
-        if not pairs:
-            raise ValueError(f"relevance[{i}] (query {query!r}) is empty; every query needs at least one relevant id")
-        if known is not None:
-            unknown = [doc_id for doc_id, _ in pairs if doc_id not in known]
-            if unknown:
-                raise ValueError(
-                    f"relevance[{i}] (query {query!r}) names unknown ids {unknown[:5]}; "
-                    "they are not among the known node ids"
-                )
-        clean_queries.append(query)
-        clean_relevance.append(pairs)
+    """Check ``queries``/``relevance`` and return them normalised to ``(str, float)`` pairs
+    (:func:`llama_index_deepmemory.relevance.validate_relevance`; an entry may also be a bare
+    node id, weight 1). With ``known_ids``, every id must be one of them."""
+    clean_queries, clean_relevance = validate_relevance(queries, relevance, known_ids=known_ids, bare_ids=True)
     return clean_queries, clean_relevance
 
 

@@ -25,7 +25,8 @@ import numpy as np
 from llama_index_deepmemory.deep_memory import jobs
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView, check_query_texts
 from llama_index_deepmemory.deep_memory.models import model_from_state
-from llama_index_deepmemory.metrics import recall_at_k, relevance_weights
+from llama_index_deepmemory.metrics import recall_at_k
+from llama_index_deepmemory.relevance import Relevance, validate_relevance
 
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index_deepmemory.deep_memory.training import TrainOptions, TrainResult
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 STATE_FORMAT_VERSION = 1
 DEFAULT_TOP_K = (1, 3, 5, 10, 50, 100)
-Relevance = list[list[tuple[str, float]]]
 
 
 class DeepMemoryTrainingError(RuntimeError):
@@ -137,9 +137,9 @@ class DeepMemory:
             context.progress(1.0, "saving the model")
             model = _saved_copy(result.model)
             with self._lock:  # record and model change together, as to_state sees them
-                lexical = model.keyword_index()
-                if lexical is not None and rewritten:  # the job may have indexed their old texts
-                    lexical.forget(list(rewritten))
+                plan = model.keyword_plan()
+                if plan is not None and rewritten:  # the job may have indexed their old texts
+                    plan.index.forget(list(rewritten))
                 context.complete(
                     val_before=_float_dict(result.val_before),
                     val_after=_float_dict(result.val_after),
@@ -271,8 +271,8 @@ class DeepMemory:
         """Called by the store when ``node_ids`` were (re-)added: keyword indexes stop using the
         texts they indexed for them and score their current texts instead."""
         with self._lock:
-            indexes = {id(index): index for index in (m.keyword_index() for m in self._models.values())
-                       if index is not None}
+            plans = [m.keyword_plan() for m in self._models.values()]
+            indexes = {id(plan.index): plan.index for plan in plans if plan is not None}
             for rewritten in self._rewritten_during.values():  # a running job may have read the old texts
                 rewritten.update(node_ids)
         for index in indexes.values():
@@ -461,51 +461,10 @@ class DeepMemory:
 def check_relevance(
     store: StoreView, queries: Iterable[str], relevance: Iterable[Sequence[tuple[str, float]]]
 ) -> tuple[list[str], Relevance]:
-    """Validate queries and relevance against the store.
-
-    Returns the queries as a list and the relevance as ``(str, float)`` pairs; duplicate ids
-    within one query keep their largest weight (as in :mod:`llama_index_deepmemory.metrics`).
-    """
-    queries, relevance = _as_list(queries, "queries"), _as_list(relevance, "relevance")
-    if len(queries) != len(relevance):
-        raise ValueError(
-            f"got {len(queries)} queries but {len(relevance)} relevance lists; pass one relevance list per query"
-        )
-    for i, query in enumerate(queries):
-        if not isinstance(query, str):
-            raise TypeError(f"queries[{i}] is a {type(query).__name__}, expected a string")
-        if not query.strip():
-            raise ValueError(f"queries[{i}] is an empty string")
-    rows: Relevance = []
-    for i, row in enumerate(relevance):
-        row = list(row) if isinstance(row, Iterable) and not isinstance(row, (str, bytes)) else row
-        if not isinstance(row, list) or not row:
-            raise ValueError(
-                f"relevance[{i}] is {row!r}; each query needs a non-empty list of (node_id, weight) pairs, "
-                "e.g. [('node_1', 1.0)]"
-            )
-        weights = relevance_weights(row, i)
-        if not any(w > 0 for w in weights.values()):
-            raise ValueError(f"relevance[{i}] has no node with a positive weight: {list(row)!r}")
-        rows.append(list(weights.items()))
-    ids = list(dict.fromkeys(node for row in rows for node, _ in row))
-    missing = store.missing_ids(ids)
-    if missing:
-        raise ValueError(
-            f"relevance names {len(missing)} node id(s) that are not in the store, e.g. {missing[:5]}; "
-            "use the ids of stored nodes (node.node_id)"
-        )
-    return queries, rows
-
-
-def _as_list(values: Any, name: str) -> list[Any]:
-    """A non-empty list from a list, tuple, array or other iterable (a lone string is refused)."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise TypeError(f"{name} must be a list, got {type(values).__name__}")
-    values = list(values)
-    if not values:
-        raise ValueError(f"{name} is empty: pass at least one query and its relevant node ids")
-    return values
+    """Queries and relevance validated against the store (:mod:`llama_index_deepmemory.relevance`):
+    the queries as a list, the relevance as ``(str, float)`` pairs, duplicate ids within one
+    query keeping their largest weight (as in :mod:`llama_index_deepmemory.metrics`)."""
+    return validate_relevance(queries, relevance, known_ids=store.missing_ids)
 
 
 def embed_with(embedder: Any, queries: list[str]) -> Any:

@@ -10,9 +10,11 @@ squared L2 distance for ``"l2"``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
+from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
@@ -27,6 +29,14 @@ logger = logging.getLogger(__name__)
 
 _kernels_lock = threading.Lock()
 _kernels: list[ModuleType | None] = []  # filled once by compiled_kernels()
+_revisions = itertools.count(1)
+
+
+def new_revision() -> int:
+    """A revision number never handed out before in this process (thread-safe: ``count`` is
+    advanced under the GIL). Models and keyword indexes take a new one whenever what a store
+    derives from them (override slots, keyword rows) must be derived again."""
+    return next(_revisions)
 
 
 def compiled_kernels() -> ModuleType | None:
@@ -85,6 +95,37 @@ def check_query_texts(texts: Sequence[str | None] | None, n_queries: int) -> lis
     if bad:
         raise TypeError(f"query texts must be strings (or None), got e.g. {bad[0]!r}")
     return texts
+
+
+@dataclass(frozen=True)
+class KeywordPlan:
+    """A model's keyword re-scoring (step 3 of :class:`DeepMemoryModel`): each candidate of a
+    query scores ``score + weight * bm25 / max(bm25 over the query's candidates)``, BM25 from
+    ``index`` (:class:`~llama_index_deepmemory.deep_memory.lexical.LexicalIndex`).
+
+    :meth:`rescore` is the reference. A store may compute the same thing its own way (the FAISS
+    store does it in a compiled kernel over ``index.postings``, with candidates looked up as
+    ``index`` rows once per ``index.revision``)."""
+
+    index: "LexicalIndex"
+    weight: float
+
+    def rescore(
+        self,
+        query_text: str | None,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        node_texts: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
+        """Re-scored ``scores`` of one query's candidates given as ``index`` rows (``rows_of``;
+        -1: not indexed, scored from ``node_texts``); unchanged without query text."""
+        if not query_text or not len(rows):
+            return scores
+        keyword = self.index.scores_at(query_text, rows, node_texts)
+        best = float(keyword.max())
+        if best <= 0:
+            return scores
+        return np.asarray(scores, dtype=np.float32) + np.float32(self.weight / best) * keyword
 
 
 class StoreView(Protocol):
@@ -150,28 +191,40 @@ class DeepMemoryModel:
        small set of nodes (learned per-node memory); every other node scores with the plain
        ``q_t . v`` of the stored index. The store merges both, so stored vectors never change.
     3. When ``rerank_depth > 0`` and the query text is known, the top ``rerank_depth`` merged
-       candidates are re-scored by ``rerank`` (e.g. keyword scores) and the top ``k`` kept.
+       candidates are re-scored by ``rerank`` (e.g. keyword scores) and the top ``k`` kept. A
+       model whose re-scoring is BM25 fusion describes it as a :class:`KeywordPlan`
+       (``keyword_plan``), which stores may compute without per-candidate calls.
+
+    ``revision`` is the key stores cache what they derive from a model under (the slots of its
+    override ids): an int from :func:`new_revision` promises that ``overrides`` returns the same
+    ids, in the same order, on every call until ``revision`` changes (a model that changes its
+    ids sets ``self.revision = new_revision()``). None (the default) promises nothing: the ids
+    are looked up on every query.
 
     Subclasses implement the math and the state round trip; the state is plain JSON plus numpy
     arrays so it can be saved with safetensors (never pickle).
     """
 
     kind: str = "identity"
+    revision: int | None = None
+    fallback: "DeepMemoryModel | None" = None  # the model :meth:`route` sends queries to
 
     def __init__(self, dim: int, metric: str = "cosine") -> None:
         self.dim = int(dim)
         self.metric = metric
+
+    def route(self, queries: np.ndarray) -> np.ndarray | None:
+        """A bool mask of the prepared ``queries`` that :attr:`fallback` ranks instead of this
+        model (a per-query gate), or None: this model ranks every query (the default)."""
+        return None
 
     def transform_queries(self, queries: np.ndarray) -> np.ndarray:
         """(m, d) -> (m, d). Identity here."""
         return queries
 
     def overrides(self, transformed: np.ndarray) -> tuple[Sequence[str], np.ndarray]:
-        """Exact scores for nodes whose score differs from the plain index. None here.
-
-        The store caches its id -> slot lookup by the identity of the returned id sequence, so
-        return the same immutable sequence (e.g. a tuple) on every call.
-        """
+        """Exact scores for nodes whose score differs from the plain index: ``(ids, scores)``,
+        scores float32 (m, len(ids)). None here. See ``revision`` for when ids may change."""
         return (), np.zeros((transformed.shape[0], 0), dtype=np.float32)
 
     @checks_own_output
@@ -198,31 +251,9 @@ class DeepMemoryModel:
         the candidates' current texts), given the query text when the caller has it. Unchanged here."""
         return scores
 
-    def keyword_index(self) -> "LexicalIndex | None":
-        """The keyword index ``rerank`` reads, if any. A caller may look up its rows once per state
-        (``rows_of`` of its ids, valid while ``generation`` is unchanged) and call
-        :meth:`rerank_rows` with them: no per-candidate id lookups after a search. A model that
-        returns an index must rank alike through :meth:`rerank` and :meth:`rerank_rows`. None here."""
-        return None
-
-    def rerank_rows(
-        self,
-        query_text: str | None,
-        rows: np.ndarray,
-        scores: np.ndarray,
-        node_texts: Sequence[str | None] | None = None,
-    ) -> np.ndarray:
-        """:meth:`rerank` with the candidates given as rows of :meth:`keyword_index` (-1: not
-        indexed, scored from ``node_texts``). Unchanged here."""
-        return scores
-
-    def keyword_plan(self, query_text: str) -> tuple[Any, ...] | None:
-        """For a model whose step 3 is ``score + weight * bm25 / max(bm25 over the candidates)``
-        over its :meth:`keyword_index`: ``(spans, terms, weights, table, term_bytes, term_offsets,
-        text, query_terms, weight)`` as ``deep_memory.kernels.merge_keyword_top`` takes them (the
-        index's ``postings`` and ``term_table()``, then its ``compiled_query(text)``: ASCII bytes or
-        b"" with sorted unique int32 term ids), so a single query's merge and re-scoring run in one
-        compiled call. None (here): the store calls :meth:`rerank_rows`."""
+    def keyword_plan(self) -> KeywordPlan | None:
+        """The model's step 3 as BM25 fusion (a model returning a plan must rank alike through
+        :meth:`rerank` and the plan), or None (here): the store calls :meth:`rerank`."""
         return None
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -1,5 +1,5 @@
 """Compiled (numba) kernels for one ``deep_memory=True`` query: adapter and memory scores before
-the FAISS scan; merge, query tokenisation and keyword re-scoring after it.
+the FAISS scan; merge and keyword re-scoring after it.
 
 Why compiled: the scan streams the whole index through the CPU caches, so right after it every
 numpy call costs 5-35 µs to fetch its own code and metadata again; the query path made about 40
@@ -176,7 +176,7 @@ def _keyword_top(
     out_scores: np.ndarray,  # out (k,) float32
     out_slots: np.ndarray,  # out (k,) int64
 ) -> int:
-    """``AdapterMemoryModel.rerank_rows`` of one query's candidates, then their top k (stable).
+    """``KeywordPlan.rescore`` of one query's candidates, then their top k (stable).
 
     Returns the number written, or -1 when a candidate is padding (slot -1) or not in the keyword
     index (the caller's general path scores those from their text)."""
@@ -231,109 +231,6 @@ def _keyword_top(
     return count if touched >= -(1 << 62) else -1  # uses ``touched``, so the reads are not optimised away
 
 
-# FNV-1a, 64 bits: the hash of the vocabulary table
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
-
-
-@numba.njit(**_JIT)
-def term_table(term_bytes: np.ndarray, term_offsets: np.ndarray) -> np.ndarray:
-    """Open-addressing hash table of a vocabulary (term ``t``'s UTF-8 bytes are
-    ``term_bytes[term_offsets[t]:term_offsets[t + 1]]``): (size, 2) uint64 rows of (hash,
-    ``t + 1``), 0 marking empty rows; size a power of two, at most half full."""
-    n = term_offsets.shape[0] - 1
-    size = 2
-    while size < 2 * n:
-        size *= 2
-    table = np.zeros((size, 2), dtype=np.uint64)
-    mask = np.uint64(size - 1)
-    for t in range(n):
-        h = _FNV_OFFSET
-        for p in range(term_offsets[t], term_offsets[t + 1]):
-            h = (h ^ np.uint64(term_bytes[p])) * _FNV_PRIME
-        slot = h & mask
-        while table[slot, 1] != 0:
-            slot = (slot + np.uint64(1)) & mask
-        table[slot, 0] = h
-        table[slot, 1] = np.uint64(t + 1)
-    return table
-
-
-@numba.njit(**_JIT)
-def _is_word_byte(c: int) -> bool:
-    """ASCII letters, digits and ``_``: what ``\\w`` matches among ASCII characters."""
-    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95
-
-
-@numba.njit(**_JIT)
-def ascii_query_terms(
-    text: bytes,  # an ASCII query text
-    table: np.ndarray,  # from term_table
-    term_bytes: np.ndarray,  # (n_bytes,) uint8
-    term_offsets: np.ndarray,  # (n_terms + 1,) int64
-) -> np.ndarray:
-    """``LexicalIndex.query_term_ids`` of an ASCII text: sorted unique int32 ids of its
-    lowercased ``\\w+`` tokens found in the vocabulary (stop words are not in it)."""
-    n = len(text)
-    found = np.empty(n // 2 + 1, dtype=np.int32)  # tokens are separated, so at most this many
-    token = np.empty(n, dtype=np.uint8)
-    mask = np.uint64(table.shape[0] - 1)
-    count = 0
-    i = 0
-    while i < n:
-        if not _is_word_byte(text[i]):
-            i += 1
-            continue
-        length = 0
-        h = _FNV_OFFSET
-        while i < n and _is_word_byte(text[i]):
-            c = text[i]
-            if 65 <= c <= 90:  # lowercase, as text.lower() does for ASCII
-                c += 32
-            token[length] = c
-            h = (h ^ np.uint64(c)) * _FNV_PRIME
-            length += 1
-            i += 1
-        slot = h & mask
-        while table[slot, 1] != 0:
-            if table[slot, 0] == h:
-                term = np.int64(table[slot, 1]) - 1
-                begin = term_offsets[term]
-                same = term_offsets[term + 1] - begin == length
-                for j in range(length if same else 0):
-                    if term_bytes[begin + j] != token[j]:
-                        same = False
-                        break
-                if same:
-                    found[count] = term
-                    count += 1
-                    break
-            slot = (slot + np.uint64(1)) & mask
-    return _sorted_unique(found[:count])
-
-
-@numba.njit(**_JIT)
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
-    """``np.unique(values)``, in place for a query's few terms (np.unique's sort costs more there
-    right after a scan than the whole lookup)."""
-    count = values.shape[0]
-    if count > 64:
-        return np.unique(values)
-    for i in range(1, count):  # insertion sort
-        value = values[i]
-        j = i
-        while j > 0 and values[j - 1] > value:
-            values[j] = values[j - 1]
-            j -= 1
-        values[j] = value
-    unique = 0
-    for i in range(count):
-        if unique == 0 or values[unique - 1] != values[i]:
-            values[unique] = values[i]
-            unique += 1
-    return values[:unique]
-
-
 @numba.njit(**_JIT)
 def merge_overrides(
     plain_scores: np.ndarray,  # (1, k) float32, descending
@@ -356,14 +253,10 @@ def merge_keyword_top(
     over_slots: np.ndarray,  # (n_over,) int64, all stored
     over_mask: np.ndarray,  # (capacity + 1,) bool
     rows_by_slot: np.ndarray,  # (capacity,) int64
-    spans: np.ndarray,  # the keyword index's postings (LexicalIndex.postings)...
+    spans: np.ndarray,  # the keyword index's postings (LexicalIndex.postings)
     doc_terms: np.ndarray,
     doc_weights: np.ndarray,
-    table: np.ndarray,  # ... and its vocabulary (LexicalIndex.term_table)
-    term_bytes: np.ndarray,
-    term_offsets: np.ndarray,
-    text: bytes,  # the query text when it is ASCII (tokenised here), else b""...
-    query_terms: np.ndarray,  # ... and its sorted unique term ids (int32) instead
+    query_terms: np.ndarray,  # the query's sorted unique term ids, int32 (LexicalIndex.query_term_ids)
     weight: float,
     k: int,
 ) -> tuple[int, np.ndarray, np.ndarray]:
@@ -377,11 +270,10 @@ def merge_keyword_top(
     if _merge(plain_scores[0], plain_slots[0], over_scores[0], over_slots, over_mask,
               merged_scores[0], merged_slots[0]) < 0:
         return -1, merged_scores, merged_slots
-    terms = ascii_query_terms(text, table, term_bytes, term_offsets) if len(text) else query_terms
     m = min(k, n)
     top_scores, top_slots = np.empty((1, m), dtype=np.float32), np.empty((1, m), dtype=np.int64)
     written = _keyword_top(merged_scores[0], merged_slots[0], rows_by_slot, spans, doc_terms, doc_weights,
-                           terms, weight, top_scores[0], top_slots[0])
+                           query_terms, weight, top_scores[0], top_slots[0])
     if written < 0:
         return -2, merged_scores, merged_slots
     return written, top_scores, top_slots

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from llama_index_deepmemory.deep_memory.base import new_revision
+
 logger = logging.getLogger(__name__)
 
 # English stop words (the NLTK list; contractions appear as the pieces ``\w+`` splits them into)
@@ -37,8 +39,6 @@ STOP_WORDS: frozenset[str] = frozenset(
 _TOKEN_RE = re.compile(r"\w+")  # str patterns are Unicode-aware: "café" and "日本" are words
 
 _BUILD_CHUNK = 8192  # texts tokenised per chunk (bounds the Python strings alive at once)
-
-_NO_TERMS = np.zeros(0, dtype=np.int32)
 
 
 def tokenize(text: str) -> list[str]:
@@ -203,8 +203,8 @@ class LexicalIndex:
         self._spans = np.zeros((len(ids) + 1, 2), dtype=np.int64)
         self._spans[:-1, 0], self._spans[:-1, 1] = self._doc_ptr[:-1], self._doc_ptr[1:]
         self._scratch = threading.local()  # per-thread query-term mask, see _query_mask
-        self._term_table: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # see term_table
-        self.generation = 0  # bumped by forget(): rows looked up earlier (rows_of) may be stale
+        # a new one on forget(): rows looked up earlier (rows_of) may be stale; stores key caches on it
+        self.revision = new_revision()
 
     # ------------------------------------------------------------------ querying
     def __len__(self) -> int:
@@ -244,32 +244,6 @@ class LexicalIndex:
         found.discard(None)
         return np.array(sorted(found), dtype=np.int32)
 
-    def compiled_query(self, query_text: str) -> tuple[bytes, np.ndarray]:
-        """The query's part of the compiled keyword path (``deep_memory.kernels``): an ASCII
-        ``query_text`` as bytes, which the kernel tokenises with :meth:`term_table`, and no term
-        ids; for any other text ``b""`` and its :meth:`query_term_ids`."""
-        if query_text.isascii():
-            return query_text.encode(), _NO_TERMS
-        return b"", self.query_term_ids(query_text)
-
-    def term_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The vocabulary for the compiled query path: ``(table, term_bytes, offsets)``, term
-        ``t``'s UTF-8 bytes being ``term_bytes[offsets[t]:offsets[t + 1]]`` and ``table`` their
-        hash table (``kernels.term_table``). Built on the first call (numba needed), then kept."""
-        cached = self._term_table
-        if cached is None:
-            from llama_index_deepmemory.deep_memory.base import compiled_kernels
-
-            kernels = compiled_kernels()
-            if kernels is None:
-                raise RuntimeError("LexicalIndex.term_table needs numba; install it with `pip install numba`")
-            encoded = [term.encode() for term in self._vocab]
-            offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-            np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
-            term_bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()  # writable: one compiled type
-            cached = self._term_table = (kernels.term_table(term_bytes, offsets), term_bytes, offsets)
-        return cached
-
     @property
     def postings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(spans, terms, weights)``: row ``r``'s postings are ``terms[b:e]`` (int32 term
@@ -283,11 +257,11 @@ class LexicalIndex:
         row_of = self._row_of
         for node_id in node_ids:
             row_of.pop(node_id, None)
-        self.generation += 1
+        self.revision = new_revision()
 
     def rows_of(self, node_ids: Sequence[str | None]) -> np.ndarray:
         """Row of each of ``node_ids`` in the index, -1 for ids it does not use (never indexed,
-        forgotten, or None). Valid until :attr:`generation` changes."""
+        forgotten, or None). Valid until :attr:`revision` changes."""
         if isinstance(node_ids, str):
             raise TypeError(f"node_ids must be a sequence of node ids, not a single string ({node_ids[:40]!r})")
         return np.fromiter(map(self._row_of.get, node_ids, itertools.repeat(-1)), dtype=np.int64, count=len(node_ids))

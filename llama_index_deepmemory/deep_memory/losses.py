@@ -37,6 +37,24 @@ def listwise_loss(logits: "torch.Tensor", targets: "torch.Tensor", temperature: 
     return -(targets * log_probs).sum(1).mean()
 
 
+MINE_BATCH = 1024  # queries per store search while mining
+PlainMined = dict[tuple[bytes, int], list[str]]  # (query row bytes, k) -> plain hits
+
+
+def _is_identity_adapter(model: DeepMemoryModel) -> bool:
+    """Whether ``model`` transforms queries with the identity (an untrained adapter)."""
+    weight, bias = getattr(model, "weight", None), getattr(model, "bias", None)
+    if weight is None or bias is None:
+        return False
+    weight, bias = np.asarray(weight), np.asarray(bias)
+    return (
+        weight.ndim == 2
+        and weight.shape[0] == weight.shape[1]
+        and not bias.any()
+        and np.array_equal(weight, np.eye(weight.shape[0], dtype=weight.dtype))
+    )
+
+
 class CandidateSource:
     """Candidate nodes and targets of a batch of training queries."""
 
@@ -51,9 +69,11 @@ class CandidateSource:
         full_softmax_max_nodes: int,
         num_negatives: int,
         check_stop: Callable[[], None],
+        plain_mined: PlainMined | None = None,
     ) -> None:
         import torch
 
+        self.plain_mined = {} if plain_mined is None else plain_mined
         self.store = store
         self.queries = queries
         self.relevance = relevance
@@ -75,16 +95,31 @@ class CandidateSource:
             self.memory_pos = torch.tensor([memory_index.get(node, -1) for node in ids], dtype=torch.long, device=device)
 
     def mine(self, model: DeepMemoryModel) -> None:
-        """(Re-)mine hard negatives with the current adapter (large corpora only)."""
+        """(Re-)mine hard negatives with the current adapter (large corpora only), searching the
+        store in batches. With the untrained (identity) adapter the negatives are the plain hits of
+        each query, which every trainer of one run shares (``plain_mined``: the folds' and the
+        refit's first epochs search each query once)."""
         if self.full:
             return
         k = min(len(self.store), self.num_negatives)
-        transformed = model.transform_queries(self.queries)
-        self.mined = []
-        for start in range(0, len(transformed), 1024):
-            _, ids = self.store.search_vectors(transformed[start : start + 1024], k)
-            self.mined.extend(list(row) for row in ids)
+        plain = _is_identity_adapter(model)
+        keys = [row.tobytes() for row in self.queries] if plain else []
+        if plain:
+            todo = [i for i, key in enumerate(keys) if (key, k) not in self.plain_mined]
+        else:
+            todo = list(range(len(self.queries)))
+        mined: dict[int, list[str]] = {}
+        for start in range(0, len(todo), MINE_BATCH):
+            rows = todo[start : start + MINE_BATCH]
+            _, ids = self.store.search_vectors(model.transform_queries(self.queries[rows]), k)
+            mined.update((i, list(row)) for i, row in zip(rows, ids))
             self.check_stop()
+        if plain:
+            self.plain_mined.update(((keys[i], k), row) for i, row in mined.items())
+            self.mined = [self.plain_mined[(key, k)] for key in keys]
+        else:
+            self.mined = [mined[i] for i in range(len(self.queries))]
+        logger.debug("mined %d negatives for %d queries (%d searched)", k, len(self.queries), len(todo))
 
     def batch(self, rows: Sequence[int]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
         """Candidate vectors (c, d), their memory positions (c,) or -1, and targets (b, c)."""

@@ -10,9 +10,11 @@ import numpy as np
 
 from llama_index_deepmemory.deep_memory.base import (
     DeepMemoryModel,
+    KeywordPlan,
     checked_transform,
     checks_own_output,
     compiled_kernels,
+    new_revision,
 )
 from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 
@@ -94,6 +96,23 @@ def _normalise_rows_inplace(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _checked_gate(threshold: Any, keys: np.ndarray | None, n_mem: int, dim: int) -> tuple[float, np.ndarray | None]:
+    """The gate's threshold and the training queries (n, dim) as given, or a clear error."""
+    value = float(threshold)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"gate_threshold must be a cosine in [0, 1] (0: no gate), got {threshold!r}")
+    if keys is not None:
+        keys = np.ascontiguousarray(keys, dtype=np.float32).reshape(-1, dim)
+        if not np.isfinite(keys).all():
+            raise ValueError("gate_keys contain NaN or infinite values; retrain the model")
+    if value > 0 and n_mem and (keys is None or not len(keys)):
+        raise ValueError(
+            f"gate_threshold={value} needs the training queries as gate_keys; train with gate_threshold "
+            "(training supplies them) or pass gate_threshold=0"
+        )
+    return value, keys
+
+
 @register_model
 class AdapterMemoryModel(DeepMemoryModel):
     """Linear query adapter plus learned per-node memory, applied with numpy (and FAISS's
@@ -112,11 +131,12 @@ class AdapterMemoryModel(DeepMemoryModel):
       with text score ``score + lexical_weight * bm25 / max(bm25 over the candidates)``, with
       Okapi BM25 from a keyword index of the stored texts built at training time.
 
-    Treat a model as immutable: its query-time arrays are derived once, at construction.
+    Treat a model as immutable: its query-time arrays are derived once, at construction, and
+    its ``revision`` (the key stores cache its override slots under) is fixed then.
     """
 
     kind = "adapter_memory"
-    format_version = 2  # 2: optional keyword (BM25) index and lexical_weight (written only with one)
+    format_version = 3  # 2: optional keyword (BM25) index and lexical_weight; 3: gate (each written only when used)
 
     def __init__(
         self,
@@ -135,6 +155,9 @@ class AdapterMemoryModel(DeepMemoryModel):
         key_threshold: float = 1.0,
         lexical: LexicalIndex | None = None,
         lexical_weight: float = 0.0,
+        gate_threshold: float = 0.0,
+        gate_keys: np.ndarray | None = None,
+        fallback_lexical_weight: float = 0.0,
     ) -> None:
         super().__init__(dim=dim, metric=metric)
         d = self.dim
@@ -161,6 +184,11 @@ class AdapterMemoryModel(DeepMemoryModel):
         self.lexical_weight = float(lexical_weight)
         if not (math.isfinite(self.lexical_weight) and self.lexical_weight >= 0):
             raise ValueError(f"lexical_weight must be a finite number >= 0, got {lexical_weight!r}")
+        self.gate_threshold, self.gate_keys = _checked_gate(gate_threshold, gate_keys, n_mem, d)
+        self._gate_unit = None if self.gate_keys is None else _normalise_rows_inplace(self.gate_keys.copy())
+        self.fallback_lexical_weight = float(fallback_lexical_weight)
+        if not (math.isfinite(self.fallback_lexical_weight) and self.fallback_lexical_weight >= 0):
+            raise ValueError(f"fallback_lexical_weight must be a finite number >= 0, got {fallback_lexical_weight!r}")
         self._check_shapes()
         # the query path reads the adapter's difference from identity, memory vectors and unit keys
         # as int8 codes (a quarter of the bytes, read right after a FAISS scan has flushed the
@@ -175,6 +203,27 @@ class AdapterMemoryModel(DeepMemoryModel):
         )
         self._unit_keys = self._key_codes * self._key_scales[:, None]
         self._prepare_query_path()
+        self.revision = new_revision()  # memory_ids never change: one revision for the model's life
+        self.fallback = None  # the gate's model (adapter only, own keyword weight), see route()
+        if self.gate_threshold > 0 and n_mem:
+            self.fallback = AdapterMemoryModel(
+                d, self.metric, weight=self.weight, bias=self.bias,
+                lexical=self.lexical if self.fallback_lexical_weight > 0 else None,
+                lexical_weight=self.fallback_lexical_weight,
+            )
+
+    def route(self, queries: np.ndarray) -> np.ndarray | None:
+        """Per-query gate: a bool mask of the queries :attr:`fallback` ranks instead of this model
+        (None: this model ranks all). A query whose cosine to every training query (``gate_keys``,
+        as embedded) is below ``gate_threshold`` goes to the fallback: the same adapter without
+        memory or query keys and with its own keyword weight, so documents never seen in training
+        compete on equal terms."""
+        if self.fallback is None or np.shape(queries)[-1] != self.dim:  # the store reports a wrong dimension
+            return None
+        q = np.array(queries, dtype=np.float32, order="C")
+        norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", q, q)), np.float32(1e-12))
+        routed = row_products(q, self._gate_unit).max(axis=1) < np.float32(self.gate_threshold) * norms
+        return routed if routed.any() else None
 
     @property
     def unit_keys(self) -> np.ndarray:
@@ -297,9 +346,10 @@ class AdapterMemoryModel(DeepMemoryModel):
         """Candidates re-scored with keyword scores (0: this model does not use query texts)."""
         return LEXICAL_DEPTH if self.lexical is not None and self.lexical_weight > 0 else 0
 
-    def keyword_index(self) -> LexicalIndex | None:
-        """The keyword index ``rerank`` scores with (None when this model does not re-score)."""
-        return self.lexical if self.rerank_depth else None
+    def keyword_plan(self) -> KeywordPlan | None:
+        """BM25 fusion with the keyword index built at training time and ``lexical_weight``
+        (None when this model does not re-score)."""
+        return KeywordPlan(self.lexical, self.lexical_weight) if self.rerank_depth else None
 
     def rerank(
         self,
@@ -311,41 +361,19 @@ class AdapterMemoryModel(DeepMemoryModel):
         """``scores`` of one query's candidates plus ``lexical_weight`` times their BM25 scores
         scaled by the best candidate's (unchanged without keyword scores or query text).
         ``node_texts`` (the candidates' current texts) score nodes the keyword index lacks."""
-        if not self.rerank_depth or not query_text or not len(node_ids):
+        plan = self.keyword_plan()
+        if plan is None or not query_text or not len(node_ids):
             return scores
-        return self.rerank_rows(query_text, self.lexical.rows_of(node_ids), scores, node_texts)
-
-    def rerank_rows(
-        self,
-        query_text: str | None,
-        rows: np.ndarray,
-        scores: np.ndarray,
-        node_texts: Sequence[str | None] | None = None,
-    ) -> np.ndarray:
-        """:meth:`rerank` of candidates given by their :meth:`keyword_index` rows (-1: not indexed)."""
-        if not self.rerank_depth or not query_text or not len(rows):
-            return scores
-        keyword = self.lexical.scores_at(query_text, rows, node_texts)
-        best = float(keyword.max())
-        if best <= 0:
-            return scores
-        return np.asarray(scores, dtype=np.float32) + np.float32(self.lexical_weight / best) * keyword
-
-    def keyword_plan(self, query_text: str) -> tuple[Any, ...] | None:
-        """The arguments of the compiled keyword re-scoring (``deep_memory.kernels``) for
-        ``query_text``: the keyword index's postings and vocabulary, the query (its ASCII text or
-        its term ids, see ``LexicalIndex.compiled_query``) and ``lexical_weight``. None without
-        keyword scores or query text."""
-        if not self.rerank_depth or not query_text:
-            return None
-        lexical = self.lexical
-        return (*lexical.postings, *lexical.term_table(), *lexical.compiled_query(query_text), self.lexical_weight)
+        return plan.rescore(query_text, plan.index.rows_of(node_ids), scores, node_texts)
 
     # --- persistence --------------------------------------------------------------------
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta, _ = super().to_state()
         meta.update(
-            format_version=self.format_version if self.lexical is not None else 1,  # older installs load dense models
+            # older installs load what they can: dense models as 1, keyword models as 2
+            format_version=self.format_version if self.gate_threshold > 0 else 2 if self.lexical is not None else 1,
+            gate_threshold=self.gate_threshold,
+            fallback_lexical_weight=self.fallback_lexical_weight,
             memory_ids=list(self.memory_ids),
             key_weight=self.key_weight,
             key_threshold=self.key_threshold,
@@ -360,6 +388,8 @@ class AdapterMemoryModel(DeepMemoryModel):
             "link_node": self.link_node,
             "link_weight": self.link_weight,
         }
+        if self.gate_keys is not None:
+            arrays["gate_keys"] = self.gate_keys
         if self.lexical is not None:
             lexical_meta, lexical_arrays = self.lexical.to_state()
             meta["lexical"] = lexical_meta
@@ -398,4 +428,7 @@ class AdapterMemoryModel(DeepMemoryModel):
             key_threshold=float(meta.get("key_threshold", 1.0)),
             lexical=lexical,
             lexical_weight=float(meta.get("lexical_weight", 0.0)),
+            gate_threshold=float(meta.get("gate_threshold", 0.0)),
+            gate_keys=arrays.get("gate_keys"),
+            fallback_lexical_weight=float(meta.get("fallback_lexical_weight", 0.0)),
         )

@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView, check_query_texts
-from llama_index_deepmemory.deep_memory.losses import CandidateSource, listwise_loss, store_scores
+from llama_index_deepmemory.deep_memory.losses import CandidateSource, PlainMined, listwise_loss, store_scores
 from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
 from llama_index_deepmemory.deep_memory.ranking import rank
 from llama_index_deepmemory.metrics import ndcg_at_k, recall_at_k
+from llama_index_deepmemory.relevance import Relevance, validate_relevance
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 logger = logging.getLogger(__name__)
 
-Relevance = list[list[tuple[str, float]]]
 METRIC_NAMES = ("recall@1", "recall@10", "ndcg@10")
 
 
@@ -85,6 +85,11 @@ class TrainOptions:
     num_negatives: int = 64
     remine_every: int = 5
     refit: bool = True
+    # per-query gate (issue 17): a query whose cosine to every training query is below this is
+    # ranked by the adapter alone (no memory, no query keys) with the plain store's keyword weight;
+    # 0: no gate (the default). 0.5 won on the train-only dev protocol (benchmarks/bench_dev.py) but
+    # validation does not yet judge the gated model that would be served: opt in, see benchmarks/README.md
+    gate_threshold: float = 0.0
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> "TrainOptions":
@@ -116,6 +121,10 @@ class TrainOptions:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if isinstance(self.gate_threshold, bool) or not (
+            isinstance(self.gate_threshold, (int, float)) and 0.0 <= self.gate_threshold <= 1.0
+        ):
+            raise ValueError(f"gate_threshold must be a cosine in [0, 1] (0: no gate), got {self.gate_threshold!r}")
         if not (isinstance(self.validation_fraction, (int, float)) and 0.0 <= self.validation_fraction < 1.0):
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
         if self.validation_folds is not None and (
@@ -221,6 +230,7 @@ class _Context:
         self.metric = store.metric
         self.device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.started = time.perf_counter()
+        self.plain_mined: PlainMined = {}  # untrained adapters' negatives, shared by the folds and the refit
 
     def check_stop(self) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -256,7 +266,7 @@ class _Trainer:
         self.source = CandidateSource(
             ctx.store, split.queries, split.relevance, self.memory_index, device=ctx.device,
             full_softmax_max_nodes=ctx.options.full_softmax_max_nodes,
-            num_negatives=ctx.options.num_negatives, check_stop=ctx.check_stop,
+            num_negatives=ctx.options.num_negatives, check_stop=ctx.check_stop, plain_mined=ctx.plain_mined,
         )
 
     def transform(self, q: "torch.Tensor") -> "torch.Tensor":
@@ -380,6 +390,21 @@ def _add_keys(
         link_weight=np.asarray(link_weight, dtype=np.float32),
         key_weight=key_weight,
         key_threshold=key_threshold,
+    )
+
+
+def _with_gate(model: AdapterMemoryModel, queries: np.ndarray, threshold: float, weight: float) -> AdapterMemoryModel:
+    """``model`` with a per-query gate: queries far from every training query in ``queries`` (cosine
+    below ``threshold``, as embedded) are ranked by the adapter alone, without memory or query
+    keys, with keyword weight ``weight`` (the plain store's, chosen on validation)."""
+    return AdapterMemoryModel(
+        dim=model.dim, metric=model.metric, weight=model.weight, bias=model.bias,
+        memory_ids=list(model.memory_ids), memory_vectors=model.memory_vectors, key_vectors=model.key_vectors,
+        link_key=model.link_key, link_node=model.link_node, link_weight=model.link_weight,
+        key_weight=model.key_weight, key_threshold=model.key_threshold,
+        lexical=model.lexical, lexical_weight=model.lexical_weight, gate_threshold=threshold, gate_keys=queries,
+        # the fallback re-scores only where the model does (one keyword index, one keyword_plan to update)
+        fallback_lexical_weight=weight if model.lexical is not None and model.lexical_weight > 0 else 0.0,
     )
 
 
@@ -528,7 +553,8 @@ def _split_queries(
     return [_Fold(train, take(val_idx), True) if n_val else _Fold(train, train, False)]
 
 
-def _check_inputs(store: StoreView, query_vectors: np.ndarray, relevance: Relevance) -> np.ndarray:
+def _check_inputs(store: StoreView, query_vectors: np.ndarray, relevance: Relevance) -> tuple[np.ndarray, Relevance]:
+    """The query vectors as float32 and the relevance validated against the store."""
     if len(store) == 0:
         raise ValueError("the store is empty: add nodes before training Deep Memory")
     queries = np.asarray(query_vectors, dtype=np.float32)
@@ -542,16 +568,8 @@ def _check_inputs(store: StoreView, query_vectors: np.ndarray, relevance: Releva
         raise ValueError(f"query vectors have dim {queries.shape[1]} but the store holds dim {store.dim}")
     if not np.isfinite(queries).all():
         raise ValueError("query_vectors contain NaN or infinite values")
-    for i, pairs in enumerate(relevance):
-        if not pairs or not any(w > 0 for _, w in pairs):
-            raise ValueError(f"query {i} has no relevant id with a positive weight: {pairs!r}")
-        bad = [w for _, w in pairs if not (math.isfinite(w) and w >= 0)]
-        if bad:
-            raise ValueError(f"query {i} has relevance weights {bad}; weights must be finite and >= 0")
-    missing = store.missing_ids(_memory_ids(relevance))
-    if missing:
-        raise ValueError(f"relevance names {len(missing)} ids not in the store, e.g. {missing[:5]}")
-    return queries
+    _, relevance = validate_relevance(None, relevance, known_ids=store.missing_ids, n_queries=len(queries))
+    return queries, relevance
 
 
 class _Selection:
@@ -644,9 +662,8 @@ def _train(
 ) -> TrainResult:
     import torch
 
-    queries = _check_inputs(store, query_vectors, relevance)
+    queries, relevance = _check_inputs(store, query_vectors, relevance)
     texts = check_query_texts(query_texts, len(queries))
-    relevance = [[(str(node), float(w)) for node, w in pairs] for pairs in relevance]
     ctx = _Context(store, options, progress, should_stop)
     torch.manual_seed(options.seed)
     folds = _split_queries(queries, relevance, options, texts)
@@ -660,12 +677,15 @@ def _train(
     trainers = [_Trainer(ctx, f.train, _memory_ids(f.train.relevance)) for f in folds]
     generators = [torch.Generator().manual_seed(options.seed) for _ in folds]
     best_epoch, best_snapshots, epochs_run, since_best = 0, None, 0, 0
+    plain_caches: list[dict] = [{} for _ in folds]  # the selected adapters' plain searches, reused below
     for epoch in range(options.epochs):
         losses = [t.run_epoch(epoch, g) for t, g in zip(trainers, generators)]
         epochs_run = epoch + 1
-        evaluation = _pool([_evaluate(store, f.val, t.model()) for f, t in zip(folds, trainers)])
+        caches: list[dict] = [{} for _ in folds]
+        evaluation = _pool([_evaluate(store, f.val, t.model(), c) for f, t, c in zip(folds, trainers, caches)])
         if selection.offer(evaluation):
             best_epoch, best_snapshots, since_best = epochs_run, [t.snapshot() for t in trainers], 0
+            plain_caches = caches
         else:
             since_best += 1
         ctx.report(
@@ -675,13 +695,15 @@ def _train(
         )
         if since_best > options.patience:
             break
+        if selection.score >= 1.0:  # every validation query is ranked perfectly: no later epoch can win
+            logger.debug("validation nDCG@10 is 1.0 after epoch %d: stopping", epochs_run)
+            break
     dim = queries.shape[1]
     base_models = [
         t.model(best_snapshots[i] if best_snapshots else _identity_snapshot(t, dim)) for i, t in enumerate(trainers)
     ]
 
     key_weight, key_threshold = 0.0, 1.0
-    plain_caches: list[dict] = [{} for _ in folds]  # adapters are fixed now: one plain search per fold
     if options.query_memory:
         for threshold in options.key_thresholds:
             for weight in options.key_weights:
@@ -693,7 +715,7 @@ def _train(
                 if selection.offer(candidate):
                     key_weight, key_threshold = weight, threshold
         ctx.report(0.85, f"query memory: weight {key_weight}, threshold {key_threshold}")
-    lexical, lexical_weight, keywords_only = None, 0.0, False
+    lexical, lexical_weight, keywords_only, simple_weight = None, 0.0, False, 0.0
     if options.lexical and texts is not None and len(store) <= options.lexical_max_nodes:
         lexical = _build_lexical(store)
     elif options.lexical and texts is not None:
@@ -731,6 +753,8 @@ def _train(
         final = _add_keys(store, final, final_split, key_weight, key_threshold)
     if lexical_weight > 0:
         final = _with_lexical(final, lexical, lexical_weight)
+    if options.gate_threshold > 0 and len(final.memory_ids):
+        final = _with_gate(final, final_split.queries, options.gate_threshold, simple_weight)
 
     info = {
         "epochs_run": epochs_run,
@@ -748,6 +772,7 @@ def _train(
         "key_threshold": key_threshold,
         "lexical_weight": lexical_weight,
         "keywords_only": keywords_only,
+        "gate_threshold": getattr(final, "gate_threshold", 0.0),
         "memory_nodes": len(getattr(final, "memory_ids", [])),
         "softmax": "full corpus" if trainers[0].source.full else f"{options.num_negatives} mined negatives",
         "device": str(ctx.device),

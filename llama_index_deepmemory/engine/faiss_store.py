@@ -87,8 +87,8 @@ class FaissStore:
         self._deep_memory_lock = threading.Lock()
         self.embed_model = embed_model  # embeds queries for Deep Memory training and evaluation
         self._deep_memory: DeepMemory | None = None
-        self._override_cache: Any = None
-        self._keyword_cache: Any = None  # (keyword index, (generation, version), rows by slot)
+        self._override_cache: Any = None  # ((model revision, version), (slots, mask, all stored))
+        self._keyword_cache: Any = None  # ((keyword index revision, version), rows by slot or None)
         self._version = 0  # bumped by every change of the stored nodes
 
     @property
@@ -330,24 +330,25 @@ class FaissStore:
             scores[short], slots[short] = ex_scores, ex_slots
         return scores, slots
 
-    def _override_slots(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Slots of Deep Memory override ids (-1 when not stored), a by-slot membership mask and
-        whether every id is stored.
+    def _override_slots(self, model: Any, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Slots of the ``model``'s override ``ids`` (-1 when not stored), a by-slot membership
+        mask and whether every id is stored.
 
-        Cached while the model returns the same id tuple object and the table is unchanged (a
-        list could change in place, so lists are looked up on every call).
+        Cached under ``(model.revision, store version)``: a model with a revision promises the same
+        ids until it changes (``DeepMemoryModel.revision``); a model without one (None) is looked
+        up on every call.
         """
+        key = (model.revision, self._version)
         cache = self._override_cache
-        version = self._version
-        if cache is not None and cache[0] is ids and cache[1] == version and type(ids) is tuple:
-            return cache[2]
+        if cache is not None and cache[0] == key and key[0] is not None and len(cache[1][0]) == len(ids):
+            return cache[1]
         get = self._table.slot_of.get
         slots = np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
         mask = np.zeros(self._table.capacity + 1, dtype=bool)  # last cell: the -1 padding slot
         stored = slots >= 0
         mask[slots[stored]] = True
         result = (slots, mask, bool(stored.all()))
-        self._override_cache = (ids, version, result)
+        self._override_cache = (key, result)
         return result
 
     def _search_deep_memory(
@@ -360,13 +361,41 @@ class FaissStore:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (scores, slots) of prepared queries ranked by ``model``; with ``texts`` (one
         query string or None per query) a model with ``rerank_depth`` re-scores its top
-        ``max(k, rerank_depth)`` first (see :meth:`_rerank`)."""
+        ``max(k, rerank_depth)`` first (see :meth:`_rerank`). Queries the model's gate routes
+        (``model.route``) are ranked by ``model.fallback``."""
+        routed = model.route(q)
+        if routed is not None and model.fallback is not None:
+            return self._search_routed(model, q, k, candidates, texts, np.asarray(routed, dtype=bool))
         rerank = texts is not None and model.rerank_depth > 0
         depth = max(k, model.rerank_depth) if rerank else k
         text = texts[0] if rerank and len(q) == 1 else None
         scores, slots, reranked = self._merged_search(model, q, depth, candidates, text, k)
         if rerank and not reranked:
             scores, slots = self._rerank(model, scores, slots, texts, k)
+        return scores, slots
+
+    def _search_routed(
+        self,
+        model: Any,
+        q: np.ndarray,
+        k: int,
+        candidates: np.ndarray | None,
+        texts: Sequence[str | None] | None,
+        routed: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_search_deep_memory` with the ``routed`` queries ranked by ``model.fallback``."""
+        if len(q) == 1:
+            return self._search_deep_memory(model.fallback, q, k, candidates, texts)
+        parts = []
+        for rows, ranker in ((np.flatnonzero(~routed), model), (np.flatnonzero(routed), model.fallback)):
+            if len(rows):
+                part_texts = None if texts is None else [texts[i] for i in rows]
+                parts.append((rows, *self._search_deep_memory(ranker, q[rows], k, candidates, part_texts)))
+        width = max(part[2].shape[1] for part in parts)
+        scores = np.full((len(q), width), -np.inf, dtype=np.float32)
+        slots = np.full((len(q), width), -1, dtype=np.int64)
+        for rows, part_scores, part_slots in parts:
+            scores[rows, : part_scores.shape[1]], slots[rows, : part_slots.shape[1]] = part_scores, part_slots
         return scores, slots
 
     def _merged_search(
@@ -390,7 +419,9 @@ class FaissStore:
         qt, over_ids, over_scores = model.apply(q)
         if not getattr(model.apply, "checks_own_output", False):  # a subclass's own apply: check its results
             qt, over_scores = checked_transform(q, qt), checked_scores(q, over_ids, over_scores)
-        over_slots, over_mask, all_stored = self._override_slots(over_ids)
+        if not len(over_ids):  # nothing overridden (e.g. the gate's fallback): keep the override cache
+            return (*self._search(qt, k, candidates), False)
+        over_slots, over_mask, all_stored = self._override_slots(model, over_ids)
         if candidates is not None:
             allowed = np.zeros(self._table.capacity + 1, dtype=bool)  # last cell: slot -1
             allowed[candidates] = True
@@ -452,33 +483,37 @@ class FaissStore:
         """One query's merge and keyword re-scoring in one compiled call (the work after a FAISS
         scan, where every call costs): the top ``k`` and True, the merged candidates and False
         when some candidate needs scoring from its text, or None for the general path (no numba,
-        no keyword plan, keyword rows not cached yet, or too few plain hits)."""
+        no keyword plan, keyword rows not cached yet, or too few plain hits).
+
+        The one place a :class:`~llama_index_deepmemory.deep_memory.base.KeywordPlan` becomes
+        kernel arguments: its index's postings and the query's term ids, its weight."""
         kernels = compiled_kernels()
-        plan = model.keyword_plan(text) if kernels is not None else None
-        index = model.keyword_index() if plan is not None else None
-        rows_by_slot = self._keyword_rows(index, build=False) if index is not None else None
+        plan = model.keyword_plan() if kernels is not None else None
+        rows_by_slot = self._keyword_rows(plan.index, build=False) if plan is not None else None
         if rows_by_slot is None:  # the general path looks them up (and counts towards caching them)
             return None
+        spans, doc_terms, doc_weights = plan.index.postings
         written, scores, slots = kernels.merge_keyword_top(
-            plain_scores, plain_slots, over_scores, over_slots, over_mask, rows_by_slot, *plan, k
+            plain_scores, plain_slots, over_scores, over_slots, over_mask, rows_by_slot,
+            spans, doc_terms, doc_weights, plan.index.query_term_ids(text), plan.weight, k,
         )
         return None if written == -1 else (scores, slots, written != -2)
 
     def _keyword_rows(self, index: Any, build: bool = True) -> np.ndarray | None:
-        """Row of every slot in the keyword ``index`` (-1: not indexed), cached while the index
-        and the table are unchanged. None on the first query after a change: the lookup reads
-        every stored id, which a store changing between queries would pay on each of them.
+        """Row of every slot in the keyword ``index`` (-1: not indexed), cached under
+        ``(index.revision, store version)``. None on the first query after a change: the lookup
+        reads every stored id, which a store changing between queries would pay on each of them.
         ``build=False`` only reads the cache (a query that may ask again later)."""
-        state = (index.generation, self._version)
+        key = (index.revision, self._version)
         cache = self._keyword_cache
-        if cache is None or cache[0] is not index or cache[1] != state:
+        if cache is None or cache[0] != key:
             if build:
-                self._keyword_cache = (index, state, None)
+                self._keyword_cache = (key, None)
             return None
-        rows = cache[2]
+        rows = cache[1]
         if rows is None and build:
             rows = index.rows_of(self._table.ids)
-            self._keyword_cache = (index, state, rows)
+            self._keyword_cache = (key, rows)
         return rows  # not self._keyword_cache: a concurrent query of another model may have replaced it
 
     def _rerank(
@@ -490,7 +525,8 @@ class FaissStore:
         once the store is unchanged (a FAISS scan has just flushed the caches, so touching 50 id
         strings costs more than the scoring); the first query after a change looks them up by id."""
         ids, node_texts = self._table.ids, self._table.texts
-        index = model.keyword_index()
+        plan = model.keyword_plan()
+        index = plan.index if plan is not None else None
         rows_by_slot = self._keyword_rows(index) if index is not None else None
         out_scores = np.full((len(slots), min(k, slots.shape[1])), -np.inf, dtype=np.float32)
         out_slots = np.full(out_scores.shape, -1, dtype=np.int64)
@@ -512,7 +548,7 @@ class FaissStore:
                     [node_texts[s] if u else None for s, u in zip(row_slots.tolist(), unindexed.tolist())]
                     if unindexed.any() else None
                 )
-                fused = np.asarray(model.rerank_rows(text, rows, row_scores, cand_texts))
+                fused = np.asarray(plan.rescore(text, rows, row_scores, cand_texts))
             if fused.shape != row_scores.shape:
                 raise ValueError(
                     f"the active Deep Memory model re-scored {len(row_scores)} candidates into shape {fused.shape}"

@@ -276,8 +276,8 @@ class WrappedStore:
         scores, ids = rank(self._recording(seen), q, model, k,
                            texts=[query.query_str] if query.query_str else None, filters=restriction)
         missing = [i for i in ids[0] if i not in seen]
-        if missing:  # override nodes the plain search did not return
-            seen.update((n.node_id, n) for n in self.get_nodes(missing))
+        if missing:  # Qdrant's search returned ids only, and override nodes are not searched
+            seen.update((n.node_id, n) for n in self._result_nodes(missing))
         pairs = [(float(s), seen[i]) for s, i in zip(scores[0], ids[0]) if i in seen]  # deleted meanwhile: dropped
         return VectorStoreQueryResult(nodes=[n for _, n in pairs], similarities=[s for s, _ in pairs],
                                       ids=[n.node_id for _, n in pairs])
@@ -542,6 +542,14 @@ class WrappedStore:
         scores *= np.float32(np.linalg.norm(q))  # cosine -> q . v for unit stored vectors
         return scores, nodes
 
+    def _result_nodes(self, node_ids: list[str]) -> list[BaseNode]:
+        """The nodes of a query's result, read by id: without their vectors where the engine can
+        leave them out (Qdrant), as its own query returns them."""
+        if not _is_qdrant(self.engine) or self._no_collection():
+            return self.get_nodes(node_ids)
+        nodes = _qdrant_get(self.engine, [engine_id(i) for i in node_ids], None, with_vectors=False)
+        return [from_engine(n) for n in nodes]
+
     def _no_collection(self) -> bool:
         """True for a Qdrant store whose collection is not created yet (or was cleared)."""
         engine = self.engine
@@ -610,10 +618,10 @@ def _is_qdrant(store: Any) -> bool:
     return type(store).__name__ == "QdrantVectorStore" and hasattr(store, "collection_name")
 
 
-def _qdrant_get(store: Any, ids: list[str], filters: None) -> list[BaseNode]:
+def _qdrant_get(store: Any, ids: list[str], filters: None, with_vectors: bool = True) -> list[BaseNode]:
     """Points by id, looked up directly (its store's ``get_nodes`` scrolls with an id filter,
     which an in-process Qdrant answers by scanning the whole collection)."""
-    points = store.client.retrieve(store.collection_name, ids=ids, with_payload=True, with_vectors=True)
+    points = store.client.retrieve(store.collection_name, ids=ids, with_payload=True, with_vectors=with_vectors)
     return store.parse_to_query_result(points).nodes
 
 

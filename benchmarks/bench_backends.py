@@ -1,0 +1,716 @@
+"""Our store beside the LlamaIndex vector stores users pick, side by side in one run.
+
+    python benchmarks/bench_backends.py                       # 100,000 x 384, every backend (Qdrant: ~30 min)
+    python benchmarks/bench_backends.py --n 10000             # quick mode
+    python benchmarks/bench_backends.py --backends ours-flat,ours-hnsw,chroma
+    python benchmarks/bench_backends.py --backends ours-flat@5000,qdrant@5000   # NAME@N: first N nodes
+    python benchmarks/bench_backends.py --table a.json,b.json                   # tables of saved --json runs
+
+Backends (each in its own subprocess, so peak memory is its own):
+
+* ``ours-flat`` / ``ours-hnsw``: ``DeepMemoryVectorStore()`` (exact, the default) and
+  ``DeepMemoryVectorStore(index_factory="HNSW32")`` (FAISS HNSW, ``efSearch`` tuned);
+* ``faiss``: LlamaIndex's ``FaissVectorStore`` over ``faiss.IndexFlatIP`` (keeps no text);
+* ``simple``: LlamaIndex's ``SimpleVectorStore`` (keeps no text; its query scores every stored
+  embedding in Python and its JSON persist/load take seconds per thousand nodes, so it runs on the
+  first ``--simple-n`` nodes unless ``simple@N`` says otherwise);
+* ``chroma``: ``ChromaVectorStore`` over ``chromadb.PersistentClient`` (temp dir), cosine space,
+  ``ef_search`` tuned;
+* ``qdrant``: ``QdrantVectorStore`` over ``QdrantClient(path=...)`` (local mode: an exact NumPy
+  scan, no search parameter to tune; it commits every point to SQLite, ~60 points/s here, so run it
+  as ``qdrant@5000``);
+* ``milvus``: ``MilvusVectorStore(uri=tmp/milvus.db)`` (Milvus Lite), COSINE, an HNSW index
+  (M=16, efConstruction=200), ``ef`` tuned.
+
+Data: seeded Gaussian clusters (``n // 100`` centres, unit-normalised), queries drawn the same way,
+so approximate search has neighbours to miss. Per backend, through the LlamaIndex API:
+
+* add: nodes/s of ``store.add`` in batches of ``--batch`` (building the nodes is not timed);
+* recall@10 against exact NumPy search; an ANN's search breadth is the smallest of ``EF_GRID``
+  reaching ``--recall`` on separate tuning queries, then recall is reported on the measured queries;
+* query p50 (k=10, one query at a time; the slow stores on ``--slow-queries``), interleaved with
+  ``faiss.IndexFlatIP.search`` on the same vectors in the same process: the ratio to raw FAISS cancels the machine's load, and
+  ``x ours-flat`` is that ratio over ours-flat's;
+* open + first query: a fresh process opens the persisted store and answers one query (imports
+  timed apart); for the stores without text, the docstore persisted beside them is loaded too and
+  the answer's nodes read from it, as a retriever would (``docstore.json``);
+* peak memory: the backend process's peak RSS (``VmHWM``, reset just before the store is created,
+  so the benchmark's data generation is left out) after add and queries, plus the RSS of any child
+  processes it starts, and its growth over the process before the store;
+* Deep Memory: a SciFact-sized hand-made model (1,000 memory nodes, 1,000 remembered queries,
+  keyword re-scoring of the top 50) registered on the store (ours) or on
+  ``DeepMemoryVectorStore(vector_store=engine, model_dir=...)`` over the same engine; p50 of
+  ``deep_memory=True`` over a plain query through the same store, dense and with ``query_str``.
+  Stores that keep no text are refused by the wrapper: "n/a (keeps no text)".
+
+Absolute times are the machine's; read the ratios. 1M nodes (``--n 1000000``) needs several GiB per
+backend and hours for some (Qdrant's local mode, SimpleVectorStore): not run by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("ours-flat", "ours-hnsw", "faiss", "simple", "chroma", "qdrant", "milvus")
+SLOW = ("simple", "qdrant", "milvus")  # measured (and tuned) on at most --slow-queries queries
+KEEPS_NO_TEXT = ("faiss", "simple")
+WRAPPED = ("chroma", "qdrant", "milvus")
+EF_GRID = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+K = 10
+MILVUS_INDEX = {"index_type": "HNSW", "metric_type": "COSINE", "params": {"M": 16, "efConstruction": 200}}
+
+warnings.filterwarnings("ignore", message=".*Local mode is not recommended.*")
+warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+
+
+# --- data -------------------------------------------------------------------------------------
+def node_id(row: int) -> str:
+    """Row ``row``'s node id: a UUID (Qdrant accepts only UUIDs or integers as point ids)."""
+    return str(uuid.UUID(int=int(row)))
+
+
+def row_of(node: str) -> int:
+    return uuid.UUID(node).int
+
+
+def clustered(n: int, dim: int, seed: int, stream: int, clusters: int, spread: float = 1.0) -> np.ndarray:
+    """``n`` unit vectors, each a random one of ``clusters`` seeded unit centres plus Gaussian noise of
+    norm about ``spread`` (the centres depend on ``seed`` only: corpus and queries share them)."""
+    centres = np.random.default_rng([seed, 0]).normal(size=(clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    rng = np.random.default_rng([seed, stream])
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 8192):  # small chunks: the float64 temporaries stay small
+        m = min(8192, n - start)
+        x = centres[rng.integers(0, clusters, m)] + spread * rng.normal(size=(m, dim)) / np.sqrt(dim)
+        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
+    """Rows of the ``k`` highest inner products per query (exact, NumPy)."""
+    from peers import top_k
+
+    step = max(1, 20_000_000 // max(1, len(vectors)))
+    return np.concatenate([top_k(queries[s : s + step] @ vectors.T, k) for s in range(0, len(queries), step)])
+
+
+def texts_for(start: int, stop: int, seed: int, words: int) -> list[str]:
+    from bench_store import synthetic_texts
+
+    return synthetic_texts(stop - start, words, np.random.default_rng([seed, 7, start]))
+
+
+def node_batches(vectors: np.ndarray, seed: int, words: int, batch: int):
+    """TextNodes of ``vectors`` (ids from :func:`node_id`, Zipf texts, a ``group`` field), a batch at a time."""
+    from llama_index.core.schema import TextNode
+
+    for start in range(0, len(vectors), batch):
+        stop = min(start + batch, len(vectors))
+        texts = texts_for(start, stop, seed, words)
+        yield [TextNode(id_=node_id(i), text=t, metadata={"group": i % 10}, embedding=vectors[i].tolist())
+               for i, t in zip(range(start, stop), texts)]
+
+
+def query_of(vector: list[float], text: str | None = None):
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    return VectorStoreQuery(query_embedding=vector, similarity_top_k=K, query_str=text)
+
+
+# --- backends -----------------------------------------------------------------------------------
+class Backend:
+    """How one store is built, tuned, persisted and reopened (through the LlamaIndex API)."""
+
+    param: str | None = None  # the search breadth tuned for recall, None: nothing to tune
+
+    def imports(self) -> None:
+        """Import what :meth:`create` and :meth:`reopen` need (timed apart at restart)."""
+
+    def create(self, work: Path, dim: int) -> Any:
+        raise NotImplementedError
+
+    def set_param(self, store: Any, value: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no search parameter")
+
+    def rows(self, result: Any) -> list[int]:
+        return [row_of(i) for i in result.ids]
+
+    def finish(self, store: Any, work: Path) -> None:
+        """Persist and close, so that a fresh process can open the store."""
+
+    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
+        raise NotImplementedError
+
+
+class OursFlat(Backend):
+    def imports(self) -> None:
+        from llama_index_deepmemory import DeepMemoryVectorStore  # noqa: F401
+
+    def create(self, work: Path, dim: int) -> Any:
+        from llama_index_deepmemory import DeepMemoryVectorStore
+
+        return DeepMemoryVectorStore()
+
+    def finish(self, store: Any, work: Path) -> None:
+        store.persist(str(work / "ours"))
+
+    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
+        from llama_index_deepmemory import DeepMemoryVectorStore
+
+        return DeepMemoryVectorStore.from_persist_path(str(work / "ours"))
+
+
+class OursHnsw(OursFlat):
+    param = "efSearch"
+
+    def create(self, work: Path, dim: int) -> Any:
+        from llama_index_deepmemory import DeepMemoryVectorStore
+
+        return DeepMemoryVectorStore(index_factory="HNSW32")
+
+    def set_param(self, store: Any, value: int) -> None:
+        import faiss
+
+        faiss.downcast_index(store.client.index).hnsw.efSearch = int(value)  # IDMap2 over HNSW
+
+    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
+        store = super().reopen(work, dim, param)
+        if param is not None:
+            self.set_param(store, param)
+        return store
+
+
+class LlamaFaiss(Backend):
+    def imports(self) -> None:
+        import faiss  # noqa: F401
+        from llama_index.vector_stores.faiss import FaissVectorStore  # noqa: F401
+
+    def create(self, work: Path, dim: int) -> Any:
+        import faiss
+        from llama_index.vector_stores.faiss import FaissVectorStore
+
+        return FaissVectorStore(faiss_index=faiss.IndexFlatIP(dim))  # unit vectors: cosine
+
+    def rows(self, result: Any) -> list[int]:
+        return [int(i) for i in result.ids]  # its ids are FAISS row numbers
+
+    def finish(self, store: Any, work: Path) -> None:
+        store.persist(str(work / "faiss" / "index.faiss"))
+
+    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
+        from llama_index.vector_stores.faiss import FaissVectorStore
+
+        return FaissVectorStore.from_persist_path(str(work / "faiss" / "index.faiss"))
+
+
+class Simple(Backend):
+    def imports(self) -> None:
+        from llama_index.core.vector_stores import SimpleVectorStore  # noqa: F401
+
+    def create(self, work: Path, dim: int) -> Any:
+        from llama_index.core.vector_stores import SimpleVectorStore
+
+        return SimpleVectorStore()
+
+    def finish(self, store: Any, work: Path) -> None:
+        store.persist(str(work / "simple" / "vector_store.json"))
+
+    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
+        from llama_index.core.vector_stores import SimpleVectorStore
+
+        return SimpleVectorStore.from_persist_path(str(work / "simple" / "vector_store.json"))
+
+
+class Chroma(Backend):
+    param = "ef_search"
+
+    def imports(self) -> None:
+        os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+        import chromadb  # noqa: F401
+        from llama_index.vector_stores.chroma import ChromaVectorStore  # noqa: F401
+
+    def create(self, work: Path, dim: int) -> Any:
+        self.imports()
+        import chromadb
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        client = chromadb.PersistentClient(path=str(work / "chroma"))
+        collection = client.get_or_create_collection("bench", metadata={"hnsw:space": "cosine"})
+        return ChromaVectorStore(chroma_collection=collection)
+
+    def set_param(self, store: Any, value: int) -> None:
+        store._collection.modify(configuration={"hnsw": {"ef_search": int(value)}})
+
+    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
+        import chromadb
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        collection = chromadb.PersistentClient(path=str(work / "chroma")).get_collection("bench")
+        store = ChromaVectorStore(chroma_collection=collection)
+        if param is not None and collection.configuration["hnsw"]["ef_search"] != param:
+            self.set_param(store, param)
+        return store
+
+
+class Qdrant(Backend):
+    def imports(self) -> None:
+        from llama_index.vector_stores.qdrant import QdrantVectorStore  # noqa: F401
+        from qdrant_client import QdrantClient  # noqa: F401
+
+    def create(self, work: Path, dim: int) -> Any:
+        from llama_index.vector_stores.qdrant import QdrantVectorStore
+        from qdrant_client import QdrantClient
+
+        return QdrantVectorStore(client=QdrantClient(path=str(work / "qdrant")), collection_name="bench")
+
+    def finish(self, store: Any, work: Path) -> None:
+        store.client.close()
+
+    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
+        return self.create(work, dim)
+
+
+class Milvus(Backend):
+    param = "ef"
+
+    def imports(self) -> None:
+        from llama_index.vector_stores.milvus import MilvusVectorStore  # noqa: F401
+
+    def _store(self, work: Path, dim: int, ef: int, overwrite: bool) -> Any:
+        from llama_index.vector_stores.milvus import MilvusVectorStore
+
+        return MilvusVectorStore(uri=str(work / "milvus.db"), dim=dim, similarity_metric="COSINE",
+                                 use_async_client=False, overwrite=overwrite, index_config=dict(MILVUS_INDEX),
+                                 search_config={"ef": ef})
+
+    def create(self, work: Path, dim: int) -> Any:
+        return self._store(work, dim, 64, overwrite=True)
+
+    def set_param(self, store: Any, value: int) -> None:
+        store.search_config = {"ef": int(value)}
+
+    def finish(self, store: Any, work: Path) -> None:
+        store.client.close()
+
+    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
+        store = self._store(work, dim, param or 64, overwrite=False)
+        store.client.load_collection(store.collection_name)  # a reopened Milvus Lite file starts released
+        return store
+
+
+BACKEND_TYPES: dict[str, Callable[[], Backend]] = {
+    "ours-flat": OursFlat, "ours-hnsw": OursHnsw, "faiss": LlamaFaiss, "simple": Simple,
+    "chroma": Chroma, "qdrant": Qdrant, "milvus": Milvus,
+}
+
+
+# --- measurements ---------------------------------------------------------------------------------
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory of a process now (MiB), 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def reset_peak() -> bool:
+    """Reset this process's peak RSS (Linux >= 4.0: ``5`` to ``/proc/self/clear_refs``), so that
+    :func:`peak_mib` leaves out what the benchmark's own data generation used."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_mib() -> float:
+    """Peak RSS since :func:`reset_peak` (``VmHWM``), else since the process started (``ru_maxrss``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def descendants_rss_mib() -> float:
+    """Resident memory of this process's child processes, recursively (MiB; Linux /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, total = list(parents.get(os.getpid(), [])), 0.0
+    while todo:
+        pid = todo.pop()
+        total += rss_mib(pid)
+        todo.extend(parents.get(pid, []))
+    return total
+
+
+def recall_at_k(backend: Backend, store: Any, queries: list[list[float]], truth: np.ndarray) -> float:
+    hits = 0
+    for vector, exact in zip(queries, truth):
+        hits += len(set(backend.rows(store.query(query_of(vector)))) & set(exact.tolist()))
+    return hits / (K * len(queries))
+
+
+def tune(backend: Backend, store: Any, queries: list[list[float]], truth: np.ndarray, target: float) -> tuple[int | None, list]:
+    """The smallest ``EF_GRID`` value whose recall@10 on ``queries`` reaches ``target`` (the
+    largest when none does), with every (value, recall) tried."""
+    if backend.param is None:
+        return None, []
+    tried = []
+    for value in EF_GRID:
+        backend.set_param(store, value)
+        tried.append((value, recall_at_k(backend, store, queries, truth)))
+        if tried[-1][1] >= target:
+            break
+    return tried[-1][0], tried
+
+
+def deep_memory_overhead(name: str, backend: Backend, store: Any, vectors: np.ndarray, queries: np.ndarray,
+                         args: argparse.Namespace, work: Path) -> dict:
+    """p50 of ``deep_memory=True`` over a plain query through the same ``DeepMemoryVectorStore``
+    (ours: the store itself; engines: wrapped), dense and with query text."""
+    from bench_store import p50_pair, synthetic_texts, trained_like_model
+
+    from llama_index_deepmemory import DeepMemoryVectorStore
+    from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
+
+    rng = np.random.default_rng([args.seed, 9])
+    n = len(vectors)
+    model, memory_unit = trained_like_model(vectors, args.memory_nodes, args.keys, rng, node_id=node_id)
+    texts = [t for s in range(0, n, args.batch) for t in texts_for(s, min(s + args.batch, n), args.seed, args.words)]
+    model.lexical, model.lexical_weight = LexicalIndex([node_id(i) for i in range(n)], texts), 0.2
+    del texts
+    face = store if name.startswith("ours") else DeepMemoryVectorStore(vector_store=store, model_dir=work / "models")
+    face.deep_memory._models["bench"] = model  # a hand-made model (no public API registers one)
+    t0 = time.perf_counter()
+    face.deep_memory.set_model("bench")  # wrapped: saved to model_dir
+    out: dict[str, Any] = {"set_model_s": time.perf_counter() - t0}
+    dim = vectors.shape[1]
+    # half the queries sit near memory nodes (their overrides and key bonuses enter the top 10)
+    near = memory_unit[rng.integers(0, len(memory_unit), len(queries))] + 0.8 * queries / np.sqrt(dim)
+    vectors_in = [(near[i] if i % 2 == 0 else queries[i]).tolist() for i in range(len(queries))]
+    strings = synthetic_texts(len(queries), 8, rng)
+    for label, items in (("dense", [(v, None) for v in vectors_in]), ("keywords", list(zip(vectors_in, strings)))):
+        def plain(it, face=face):
+            return face.query(query_of(*it))
+
+        def deep(it, face=face):
+            return face.query(query_of(*it), deep_memory=True)
+
+        for it in items[:10]:  # warm up (numba, caches)
+            plain(it), deep(it)
+        p_plain, p_deep = p50_pair(plain, deep, items)
+        out[label] = {"plain_ms": 1e3 * p_plain, "deep_ms": 1e3 * p_deep, "ratio": p_deep / p_plain}
+    if face is not store:  # what the wrapper itself costs on a plain query
+        items = [(v, None) for v in vectors_in]
+        wrapped, engine = p50_pair(lambda it: face.query(query_of(*it)), lambda it: store.query(query_of(*it)), items)
+        out["wrapper_plain_over_engine"] = wrapped / engine
+    return out
+
+
+def measure(name: str, args: argparse.Namespace, work: Path, n: int) -> dict:
+    """Every measurement of one backend on the first ``n`` nodes, in this process (see the module
+    docstring)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    try:
+        return _measure(name, args, work, n)
+    finally:
+        faiss.omp_set_num_threads(threads)  # inline (tests): leave the process as it was
+
+
+def _measure(name: str, args: argparse.Namespace, work: Path, n: int) -> dict:
+    import faiss
+    from bench_store import p50_pair
+
+    backend = BACKEND_TYPES[name]()
+    backend.imports()
+    dim, clusters = args.dim, max(10, args.n // 100)
+    vectors = clustered(args.n, dim, args.seed, 1, clusters)[:n]
+    n_queries = min(args.queries, args.slow_queries) if name in SLOW else args.queries
+    n_tune = min(args.tune_queries, args.slow_queries) if name in SLOW else args.tune_queries
+    tune_q = clustered(n_tune, dim, args.seed, 2, clusters)
+    eval_q = clustered(n_queries, dim, args.seed, 3, clusters)
+    truth_tune, truth_eval = exact_top(vectors, tune_q), exact_top(vectors, eval_q)
+    tune_lists, eval_lists = [q.tolist() for q in tune_q], [q.tolist() for q in eval_q]
+    gc.collect()
+    reset_peak()
+    before_mib = rss_mib()
+    store = backend.create(work, dim)
+    add_s, docstore_s, docstore = 0.0, 0.0, None
+    if name in KEEPS_NO_TEXT:  # what VectorStoreIndex keeps beside a store without text
+        from llama_index.core.storage.docstore import SimpleDocumentStore
+
+        docstore = SimpleDocumentStore()
+    for batch in node_batches(vectors, args.seed, args.words, args.batch):
+        t0 = time.perf_counter()
+        store.add(batch)
+        add_s += time.perf_counter() - t0
+        if docstore is not None:  # as VectorStoreIndex does: the nodes without their embeddings
+            t0 = time.perf_counter()
+            docstore.add_documents([n.model_copy(update={"embedding": None}) for n in batch], allow_update=True)
+            docstore_s += time.perf_counter() - t0
+    del batch
+    param, tried = (None, []) if name == "simple" else tune(backend, store, tune_lists, truth_tune, args.recall)
+    recall = recall_at_k(backend, store, eval_lists, truth_eval)  # also the queries' warm-up
+    peak = peak_mib()
+    children_mib = descendants_rss_mib()
+    raw = faiss.IndexFlatIP(dim)  # the same-process reference
+    raw.add(vectors)
+    items = list(zip(eval_lists, eval_q))
+    p_store, p_raw = p50_pair(lambda it: store.query(query_of(it[0])), lambda it: raw.search(it[1][None, :], K), items)
+    with_texts = None
+    if docstore is not None:  # the query a retriever makes: ids from the store, nodes from the docstore
+        def query_and_read(it):
+            return docstore.get_nodes([node_id(r) for r in backend.rows(store.query(query_of(it[0])))])
+
+        p_text, p_raw2 = p50_pair(query_and_read, lambda it: raw.search(it[1][None, :], K), items)
+        with_texts = p_text / p_raw2
+    result = {
+        "backend": name, "n": len(vectors), "dim": dim, "add_s": add_s, "add_per_s": len(vectors) / add_s,
+        "param": backend.param, "param_value": param, "tuning": tried, "recall": recall, "queries": len(eval_q),
+        "p50_ms": 1e3 * p_store, "raw_p50_ms": 1e3 * p_raw, "p50_over_raw": p_store / p_raw,
+        "peak_mib": peak, "children_mib": children_mib, "before_mib": before_mib,
+        "docstore_add_s": docstore_s if docstore is not None else None, "p50_with_docstore_over_raw": with_texts,
+    }
+    if name in KEEPS_NO_TEXT:
+        result["deep_memory"] = None
+    elif not args.skip_deep_memory:
+        result["deep_memory"] = deep_memory_overhead(name, backend, store, vectors, eval_q, args, work)
+    t0 = time.perf_counter()
+    backend.finish(store, work)
+    if docstore is not None:
+        docstore.persist(str(work / "docstore.json"))
+    result["persist_s"] = time.perf_counter() - t0
+    return result
+
+
+def reopen(name: str, args: argparse.Namespace, work: Path, param: int | None) -> dict:
+    """Open the persisted store and answer one query (run in a fresh process)."""
+    backend = BACKEND_TYPES[name]()
+    query = clustered(1, args.dim, args.seed, 3, max(10, args.n // 100))[0].tolist()
+    t0 = time.perf_counter()
+    backend.imports()
+    t1 = time.perf_counter()
+    store = backend.reopen(work, args.dim, param)
+    found = store.query(query_of(query))
+    if name in KEEPS_NO_TEXT:  # a retriever then reads the nodes from the docstore persisted beside it
+        from llama_index.core.storage.docstore import SimpleDocumentStore
+
+        docstore = SimpleDocumentStore.from_persist_path(str(work / "docstore.json"))
+        nodes = docstore.get_nodes([node_id(r) for r in backend.rows(found)])
+        assert len(nodes) == K
+    t2 = time.perf_counter()
+    if len(found.ids) != K:
+        raise RuntimeError(f"{name} reopened answered {len(found.ids)} ids, expected {K}")
+    return {"import_s": t1 - t0, "open_query_s": t2 - t1}
+
+
+# --- driver -------------------------------------------------------------------------------------
+def run_child(argv: list[str], mode: str, name: str, work: Path, extra: list[str] = ()) -> dict:
+    """Run ``--child``/``--reopen`` for one backend in a fresh Python process; its JSON result."""
+    out = work / f"{mode}.json"
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, f"--{mode}", name, "--work", str(work), *extra]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0 or not out.is_file():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
+        raise RuntimeError(f"{name} --{mode} failed (exit {done.returncode}):\n" + "\n".join(tail))
+    return json.loads(out.read_text())
+
+
+def parse_backends(spec: str, n: int, simple_n: int) -> list[tuple[str, int]]:
+    """``"ours-flat,simple@10000"`` -> ``[("ours-flat", n), ("simple", 10000)]`` (simple: ``simple_n``
+    unless given)."""
+    runs = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        name, _, size = item.partition("@")
+        if name not in BACKENDS:
+            raise SystemExit(f"unknown backend {name!r} in --backends {spec!r}; choose from {','.join(BACKENDS)}")
+        try:
+            count = int(size) if size else (min(simple_n, n) if name == "simple" else n)
+        except ValueError:
+            raise SystemExit(f"{item!r}: the size after @ must be an integer number of nodes") from None
+        if not 0 < count <= n:
+            raise SystemExit(f"{item!r}: the size after @ must be between 1 and --n ({n}), got {count}")
+        runs.append((name, count))
+    return runs
+
+
+def ratio(value: float | None, reference: float | None) -> str:
+    return "" if value is None or not reference else f"{value / reference:.2f}x"
+
+
+def docstore_note(r: dict) -> str:
+    value = r.get("p50_with_docstore_over_raw")
+    return f" ({value:.2f}x with the nodes read from a docstore)" if value else ""
+
+
+def table(results: list[dict]) -> str:
+    """The results as two Markdown tables: speed, recall and memory; Deep Memory overhead."""
+    refs = {r["n"]: r for r in results if r["backend"] == "ours-flat" and "error" not in r}
+    lines = [
+        "| backend | nodes | add nodes/s | add time x ours-flat | search setting | recall@10 | query p50 ms "
+        "| p50 / raw FAISS (same process) | p50 x ours-flat | open + 1st query s | x ours-flat | imports s "
+        "| peak RSS MiB (growth) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['backend']} | failed: {r['error'].splitlines()[0][:120]} |" + " |" * 11)
+            continue
+        ref = refs.get(r["n"])  # ours-flat on as many nodes
+        setting = f"{r['param']}={r['param_value']}" if r["param"] else "exact"
+        peak = r["peak_mib"] + r["children_mib"]
+        restart = r.get("restart") or {}
+        lines.append(
+            f"| {r['backend']} | {r['n']:,} | {r['add_per_s']:,.0f} | "
+            f"{ratio(ref['add_per_s'], r['add_per_s']) if ref else ''} | {setting} | {r['recall']:.3f} | "
+            f"{r['p50_ms']:.2f} | {r['p50_over_raw']:.2f}x{docstore_note(r)} | "
+            f"{ratio(r['p50_over_raw'], ref['p50_over_raw']) if ref else ''} | "
+            f"{restart.get('open_query_s', float('nan')):.2f} | "
+            f"{ratio(restart.get('open_query_s'), (ref.get('restart') or {}).get('open_query_s')) if ref else ''} | "
+            f"{restart.get('import_s', float('nan')):.2f} | {peak:,.0f} (+{peak - r['before_mib']:,.0f}) |"
+        )
+    lines += [
+        "",
+        "| backend | Deep Memory p50 / plain, dense | with keywords (query_str) | wrapper plain / engine plain |",
+        "|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            continue
+        dm = r.get("deep_memory")
+        if dm is None:
+            cells = ["n/a (keeps no text)"] * 2 + [""] if r["backend"] in KEEPS_NO_TEXT else ["not run"] * 2 + [""]
+        else:
+            cells = [f"{dm['dense']['ratio']:.3f}x ({dm['dense']['deep_ms']:.2f} vs {dm['dense']['plain_ms']:.2f} ms)",
+                     f"{dm['keywords']['ratio']:.3f}x ({dm['keywords']['deep_ms']:.2f} vs {dm['keywords']['plain_ms']:.2f} ms)",
+                     f"{dm['wrapper_plain_over_engine']:.3f}x" if "wrapper_plain_over_engine" in dm else "(no wrapper)"]
+        lines.append(f"| {r['backend']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000, help="nodes (default 100000; 10000 is the quick mode)")
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help=f"comma-separated, of {','.join(BACKENDS)}; NAME@N runs NAME on the first N nodes")
+    parser.add_argument("--queries", type=int, default=300, help="measured queries (p50, recall)")
+    parser.add_argument("--tune-queries", type=int, default=100, help="queries that pick each ANN's search breadth")
+    parser.add_argument("--recall", type=float, default=0.95, help="recall@10 an ANN is tuned to reach")
+    parser.add_argument("--simple-n", type=int, default=10_000,
+                        help="nodes for SimpleVectorStore when no simple@N is given (its query and JSON load are slow)")
+    parser.add_argument("--slow-queries", type=int, default=50,
+                        help=f"measured (and tuning) queries for the slow stores ({', '.join(SLOW)})")
+    parser.add_argument("--batch", type=int, default=2048, help="nodes per add call (VectorStoreIndex's default)")
+    parser.add_argument("--words", type=int, default=100, help="words per node text (keyword re-scoring reads them)")
+    parser.add_argument("--memory-nodes", type=int, default=1000, help="memory nodes of the Deep Memory model")
+    parser.add_argument("--keys", type=int, default=1000, help="remembered training queries of the model")
+    parser.add_argument("--threads", type=int, default=1, help="FAISS/OpenMP threads (0 = FAISS default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-deep-memory", action="store_true")
+    parser.add_argument("--skip-restart", action="store_true")
+    parser.add_argument("--inline", action="store_true",
+                        help="run every backend in this process (tests; peak memory is then not per backend)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--table", help="print the tables of these --json files (comma-separated) and exit")
+    parser.add_argument("--tmp", help="folder for the stores (default: the system's temp dir)")
+    parser.add_argument("--child", choices=BACKENDS, help=argparse.SUPPRESS)
+    parser.add_argument("--reopen", choices=BACKENDS, help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--param", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-n", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.child or args.reopen:
+        work = Path(args.work)
+        result = (measure(args.child, args, work, args.child_n) if args.child
+                  else reopen(args.reopen, args, work, args.param))
+        (work / ("child.json" if args.child else "reopen.json")).write_text(json.dumps(result))
+        return 0
+    if args.table:
+        print(table([r for path in args.table.split(",") for r in json.loads(Path(path).read_text())]))
+        return 0
+    runs = parse_backends(args.backends, args.n, args.simple_n)
+    import faiss
+
+    print(f"n={args.n} dim={args.dim} queries={args.queries} threads={args.threads} faiss {faiss.__version__} "
+          f"({'inline' if args.inline else 'one subprocess per backend'}); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+          flush=True)
+    root = Path(tempfile.mkdtemp(prefix="bench_backends_", dir=args.tmp))
+    passed = [a for a in argv if a != "--inline"]
+    results = []
+    try:
+        for name, n in runs:
+            work = root / f"{name}@{n}"
+            work.mkdir()
+            start = time.perf_counter()
+            try:
+                result = (measure(name, args, work, n) if args.inline
+                          else run_child(passed, "child", name, work, ["--child-n", str(n)]))
+                if not args.skip_restart and not args.inline:
+                    extra = ["--param", str(result["param_value"])] if result["param_value"] is not None else []
+                    result["restart"] = run_child(passed, "reopen", name, work, extra)
+            except Exception as error:  # noqa: BLE001 - one backend failing must not hide the others
+                logger.exception("%s failed", name)
+                result = {"backend": name, "n": n, "error": f"{type(error).__name__}: {error}"}
+            result["wall_s"] = time.perf_counter() - start
+            results.append(result)
+            if args.json:  # after every backend, so a stopped run keeps what it measured
+                Path(args.json).write_text(json.dumps(results, indent=1))
+            print(f"{name}: done in {result['wall_s']:.0f} s" + (f" ({result['error']})" if "error" in result else ""),
+                  flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print()
+    print(table(results))
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    raise SystemExit(main())
