@@ -1,4 +1,4 @@
-"""Vector checks shared by every backend: shape, dimension, finiteness, cosine normalisation."""
+"""Vector checks shared by every backend (shape, dimension, finiteness, cosine normalisation) and score-row padding."""
 
 from __future__ import annotations
 
@@ -42,3 +42,11 @@ def as_matrix(
             raise ValueError(f"{what}: {name} is a zero vector, which has no cosine similarity")
         matrix /= norms[:, None]
     return matrix
+
+
+def padded(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """Rows of scores of different lengths as one float32 matrix, padded with -inf."""
+    out = np.full((len(rows), max((len(row) for row in rows), default=0)), -np.inf, dtype=np.float32)
+    for row, values in zip(out, rows):
+        row[: len(values)] = values
+    return out

@@ -1,8 +1,8 @@
-"""Compiled (numba) single-query kernels against the numpy paths they replace.
+"""Compiled (numba) kernels against the numpy paths they replace.
 
 The numpy paths are the reference: ``transform_queries`` + ``overrides`` for the adapter kernel,
-and the store's general merge + ``KeywordPlan.rescore`` + stable sort for the merge/keyword kernel. The
-``numpy_only`` fixture runs the store as an install without numba would.
+a stable sort of the merge pool for ``merge_row``, ``KeywordPlan.rescore`` + a stable sort for the
+keyword kernel. The ``numpy_only`` fixture runs the store as an install without numba would.
 """
 
 from __future__ import annotations
@@ -110,8 +110,9 @@ def _run(store: DeepMemoryVectorStore, queries: np.ndarray, texts: list[str | No
 
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
 def test_store_queries_rank_alike_with_and_without_kernels(metric: str) -> None:
-    """Merge + keyword re-scoring in one compiled call ranks as the numpy path, query by query,
-    including queries near memory nodes (overrides enter the top k) and nodes added since training."""
+    """The ranking with its compiled merge and keyword kernels ranks as its numpy path, query by
+    query, including queries near memory nodes (overrides enter the top k) and nodes added since
+    training."""
     rng = np.random.default_rng(5)
     store, vectors = _keyword_store(rng, 300, 16, metric)
     near = vectors[rng.integers(0, 30, 20)] + 0.05 * rng.normal(size=(20, 16))
@@ -120,7 +121,6 @@ def test_store_queries_rank_alike_with_and_without_kernels(metric: str) -> None:
     variants = [lambda w: None, " ".join, lambda w: ", ".join(w).upper() + "!", lambda w: " ".join(w) + " β–cells"]
     texts = [variants[i % 4](list(rng.choice(WORDS, size=3))) for i in range(len(queries))]
     for k in (1, 10, 60):
-        _run(store, queries[:2], texts[:2], k)  # the second unchanged query caches the keyword rows
         compiled = _run(store, queries, texts, k)
         saved = list(base._kernels)
         base._kernels[:] = [None]
@@ -131,7 +131,7 @@ def test_store_queries_rank_alike_with_and_without_kernels(metric: str) -> None:
         for (ids, sims), (ref_ids, ref_sims) in zip(compiled, reference):
             assert ids == ref_ids
             np.testing.assert_allclose(sims, ref_sims, rtol=1e-4, atol=1e-5)
-    # a node added after training is not in the keyword index: the kernel hands over to the general path
+    # a node added after training is not in the keyword index: scored from its text
     store.add([TextNode(id_="late", text="w1 w2 w3", embedding=queries[0].tolist())])
     for _ in range(2):
         ids, _ = _run(store, queries[:1], ["w1 w2"], 10)[0]
@@ -154,33 +154,48 @@ def test_numpy_path_serves_queries_without_numba(numpy_only) -> None:
     assert ids == [f"n{i}" for i in np.argsort(-scores, kind="stable")[:5]]
 
 
-def test_merge_kernel_keeps_ties_in_the_general_paths_order() -> None:
-    """Integer scores make ties everywhere: plain hits first, then override nodes in their order,
-    as the general path's stable sort ranks them; k above the insertion limit too."""
+def test_merge_kernel_keeps_ties_in_the_reference_order() -> None:
+    """Integer scores make ties everywhere: kept plain hits first, then kept override nodes in
+    their order, as a stable sort of that pool ranks them; depth above the insertion limit too."""
     rng = np.random.default_rng(4)
-    capacity = 300
     for trial in range(400):
-        k = int(rng.integers(1, 8)) if trial % 4 else int(rng.integers(60, 90))
-        plain_slots = rng.choice(capacity, size=k, replace=False).astype(np.int64)
-        plain_scores = -np.sort(-rng.integers(0, 5, size=k)).astype(np.float32)
-        over_slots = rng.choice(capacity, size=int(rng.integers(1, 2 * k + 4)), replace=False).astype(np.int64)
-        over_scores = rng.integers(0, 6, size=over_slots.size).astype(np.float32)
-        mask = np.zeros(capacity + 1, dtype=bool)
-        mask[over_slots] = True
-        out_scores, out_slots = np.empty((1, k), np.float32), np.empty((1, k), np.int64)
-        written = kernels.merge_overrides(plain_scores[None], plain_slots[None], over_scores[None], over_slots, mask,
-                                          out_scores, out_slots)
-        keep = ~mask[plain_slots]
-        enter = over_scores >= plain_scores[-1]
-        pool_scores = np.concatenate([plain_scores[keep], over_scores[enter]])
-        pool_slots = np.concatenate([plain_slots[keep], over_slots[enter]])
-        if len(pool_slots) < k:
-            assert written == -1
-            continue
-        order = np.argsort(-pool_scores, kind="stable")[:k]
-        assert written == k
-        assert out_slots[0].tolist() == pool_slots[order].tolist()
-        np.testing.assert_array_equal(out_scores[0], pool_scores[order])
+        depth = int(rng.integers(1, 8)) if trial % 4 else int(rng.integers(60, 90))
+        n_plain, n_over = int(rng.integers(0, depth + 16)), int(rng.integers(0, 2 * depth + 4))
+        plain = -np.sort(-rng.integers(0, 5, size=n_plain)).astype(np.float32)
+        keep = rng.random(n_plain) < 0.7
+        over = rng.integers(0, 6, size=n_over).astype(np.float32)
+        over_keep = rng.random(n_over) < 0.8
+        out_scores, out_sources = kernels.merge_row(plain, keep, over, over_keep, depth)
+        pool = np.concatenate([plain[keep], over[over_keep]])
+        sources = np.concatenate([np.flatnonzero(keep), -1 - np.flatnonzero(over_keep)])
+        order = np.argsort(-pool, kind="stable")[:depth]
+        assert out_sources.tolist() == sources[order].tolist()
+        np.testing.assert_array_equal(out_scores, pool[order])
+
+
+def test_keyword_kernel_equals_rescore_and_a_stable_sort() -> None:
+    """``KeywordPlan.ranked`` (compiled) against ``rescore`` + ``np.argsort(kind="stable")``,
+    with unindexed candidates scored from their texts and rows outside the index refused."""
+    rng = np.random.default_rng(6)
+    ids = [f"n{i}" for i in range(200)]
+    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 12)))) for _ in ids]
+    plan = base.KeywordPlan(LexicalIndex(ids, texts), 0.3)
+    for trial in range(200):
+        n = int(rng.integers(1, 60))
+        rows = rng.integers(-1, len(ids), size=n)
+        scores = rng.integers(0, 4, size=n).astype(np.float32) / 4  # ties
+        node_texts = [" ".join(rng.choice(WORDS, size=3)) if r < 0 else None for r in rows]
+        query = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 5))))
+        fused = np.asarray(plan.rescore(query, rows, scores, node_texts), dtype=np.float32)
+        order = np.argsort(-fused, kind="stable")
+        positions, ranked = plan.ranked(query, rows, scores, node_texts)
+        assert positions.tolist() == order.tolist()
+        np.testing.assert_array_equal(ranked, fused[order])
+        asked = []  # texts as a function: asked once, for the unindexed positions only
+        positions, ranked = plan.ranked(query, rows, scores, lambda at: asked.append(at) or [node_texts[j] for j in at])
+        assert positions.tolist() == order.tolist() and asked == ([np.flatnonzero(rows < 0).tolist()] if (rows < 0).any() else [])
+    with pytest.raises(ValueError, match="rows of the keyword index"):
+        plan.ranked("w1", np.array([0, 200]), np.zeros(2, np.float32))
 
 
 def test_stable_top_ranks_as_a_stable_descending_sort() -> None:

@@ -83,22 +83,29 @@ def test_store_query_matches_the_reference(task: KeywordTask, trained, k: int) -
         assert query_ids(store, q, k) == reference_ids(task, model, q, None, k)
 
 
-def test_keyword_rows_are_cached_by_slot_once_the_store_is_unchanged(task: KeywordTask, trained_copy) -> None:
-    """The first keyword query after a change looks candidates up by id; the next one caches the
-    index row of every slot. Both rank like the reference, and a change drops the cache."""
+def test_texts_are_read_only_for_candidates_the_keyword_index_lacks(task: KeywordTask, trained_copy) -> None:
+    """Indexed candidates are scored from the keyword index alone; a node added after training
+    is read once, by id, and scored from its text."""
     store = trained_copy
     model = store.deep_memory.active_model()
-    q, text = task.queries[N_TRAIN], task.texts[N_TRAIN]
+    j = next(i for i, node in enumerate(task.ids) if node not in model.memory_ids)
+    q, text = task.docs[j], f"which report mentions code{j}x"
+    backend, asked = store._backend, []
+    read = backend._texts_of
+
+    def recording(node_ids):
+        asked.append(list(node_ids))
+        return read(node_ids)
+
+    backend._texts_of = recording
     expected = reference_ids(task, model, q, text, 10)
-    assert query_ids(store, q, 10, text) == expected  # by id: nothing cached yet
-    assert store._backend._keyword_cache == ((model.lexical.revision, store._backend._version), None)  # the key
-    assert query_ids(store, q, 10, text) == expected  # rows cached by slot
-    rows = store._backend._keyword_cache[1]
-    assert rows.tolist() == model.lexical.rows_of(store._backend._table.ids).tolist()
-    assert query_ids(store, q, 10, text) == expected and store._backend._keyword_cache[1] is rows  # reused
-    store.add([TextNode(id_="late", text="unrelated words", embedding=task.docs[0].tolist())])
-    assert query_ids(store, q, 10, text) == query_ids(store, q, 10, text)
-    assert store._backend._keyword_cache[1] is not rows and store._backend._keyword_cache[1][-1] == -1  # "late" is not indexed
+    for _ in range(3):  # by id, then from the store's per-slot cache of keyword rows
+        assert query_ids(store, q, 10, text) == expected and asked == []
+    store.add([TextNode(id_="late", text=task.doc_texts[j], embedding=q.tolist())])
+    ids = query_ids(store, q, 10, text)
+    assert asked == [["late"]] and set(ids[:2]) == {"late", task.ids[j]}
+    assert query_ids(store, q, 10, text) == query_ids(store, q, 10, text) == ids
+    assert asked == [["late"]] * 3
 
 
 def test_batched_search_with_texts_equals_store_queries(task: KeywordTask, trained) -> None:

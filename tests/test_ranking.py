@@ -1,5 +1,5 @@
-"""One ranking: what training's validation computes (``deep_memory.ranking.rank``) equals what
-``store.query`` serves through the compiled path, for the same model, queries and filters."""
+"""One ranking: ``deep_memory.ranking.rank`` serves ``store.query``, batched search, evaluation and
+training's validation alike; checked against brute force, for the same model, queries and filters."""
 
 from __future__ import annotations
 
@@ -120,3 +120,28 @@ def test_overrides_crowding_the_first_search_are_ranked_exactly(metric) -> None:
         order = np.argsort(-full, axis=1, kind="stable")[:, :k]
         assert got == [[ids[j] for j in row] for row in order]
         np.testing.assert_allclose(np.stack(scores), np.take_along_axis(full, order, axis=1), rtol=1e-4, atol=1e-4)
+
+
+def test_rank_never_counts_the_store() -> None:
+    """Counting is a round trip on some engines (Chroma's ``count()``) and a listing on others:
+    rank learns that a row holds every allowed node when the store returns fewer than asked,
+    also for k beyond the store's size and for an empty store."""
+    from llama_index_deepmemory.engine.array_view import ArrayStoreView
+
+    class Uncountable(ArrayStoreView):
+        def __len__(self) -> int:
+            raise AssertionError("rank counted the store")
+
+    rng = np.random.default_rng(13)
+    n, d = 30, 8
+    docs = rng.normal(size=(n, d)).astype(np.float32)
+    ids = [f"d{i}" for i in range(n)]
+    view = Uncountable(ids, docs)
+    model = AdapterMemoryModel(d, "ip", memory_ids=ids[:5], memory_vectors=-docs[:5])
+    queries = rng.normal(size=(4, d)).astype(np.float32)
+    full = brute_force_scores(queries, docs, ids, model)
+    for k in (3, n, 3 * n):
+        scores, got = rank(view, queries, model, k)
+        assert got == [[ids[j] for j in row[:k]] for row in np.argsort(-full, axis=1, kind="stable")]
+        assert all(len(row) == min(k, n) for row in got)
+    assert rank(view, queries, None, 3 * n)[1] == [[ids[j] for j in row] for row in np.argsort(-(queries @ docs.T), axis=1, kind="stable")]

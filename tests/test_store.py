@@ -404,46 +404,43 @@ def test_override_ids_changed_in_place_are_not_served_from_a_stale_cache():
     model = ShiftAndBoost(DIM, matrix=np.eye(DIM), ids=worst, boosts=[1e3, 1e3])
     install(store, model)
     assert query(store, q, 2, deep_memory=True).ids == worst
-    model.ids[:] = [f"n{i}" for i in np.argsort(vectors @ q)[2:4]]  # same list object, new ids
-    assert query(store, q, 2, deep_memory=True).ids == model.ids
+    for _ in range(2):
+        model.ids[:] = [f"n{i}" for i in np.argsort(vectors @ q)[2:4]]  # same list object, new ids
+        assert query(store, q, 2, deep_memory=True).ids == model.ids
+        model.ids[:] = worst
+        assert query(store, q, 2, deep_memory=True).ids == worst
 
 
-def test_override_slots_are_cached_under_the_model_revision():
-    """A model with a revision promises the same override ids until the revision changes: the
-    store's slot lookup is keyed on it (and on the store's contents), not on object identity."""
-    from llama_index_deepmemory.deep_memory.base import new_revision
-
+def test_override_ids_are_looked_up_again_when_they_or_the_store_change():
+    """The store remembers which override ids it holds per id sequence and store version: a model
+    handing out new ids is merged with them, and a deleted override node is never served."""
     nodes, vectors = make_nodes(200, seed=22)
     store = DeepMemoryVectorStore(metric="ip")
     store.add(nodes)
     q = np.random.default_rng(23).normal(size=DIM).astype(np.float32)
     order = np.argsort(vectors @ q)
     first, second = [f"n{i}" for i in order[:2]], [f"n{i}" for i in order[2:4]]
-    model = ShiftAndBoost(DIM, matrix=np.eye(DIM), ids=first, boosts=[1e3, 1e3])
-    model.revision = new_revision()
+    model = ShiftAndBoost(DIM, matrix=np.eye(DIM), ids=tuple(first), boosts=[1e3, 1e3])
     install(store, model)
     assert query(store, q, 2, deep_memory=True).ids == first
-    model.ids = list(second)  # a new list object, same revision: the cached slots (of `first`) serve
-    assert query(store, q, 2, deep_memory=True).ids == first
-    model.revision = new_revision()  # the documented way to say the ids changed
+    assert query(store, q, 2, deep_memory=True).ids == first  # the same tuple: from the cache
+    model.ids = tuple(second)
     assert query(store, q, 2, deep_memory=True).ids == second
-    model.ids = list(first)
-    store.add([nodes[0]])  # a store change also invalidates the cached slots
-    assert query(store, q, 2, deep_memory=True).ids == first
+    store.delete_nodes([second[0]], None)  # a store change: the deleted node is not served
+    assert query(store, q, 2, deep_memory=True).ids[0] == second[1]
+    assert second[0] not in query(store, q, 10, deep_memory=True).ids
 
 
-def test_adapter_model_keeps_one_revision_and_one_id_tuple():
-    """AdapterMemoryModel is immutable: one revision (unique to it) and the same ids on every
-    call, so the store looks its override slots up once."""
+def test_adapter_model_hands_out_one_id_tuple():
+    """AdapterMemoryModel is immutable and returns the same ids tuple on every call, so stores
+    look its override ids up once."""
     from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
 
     rng = np.random.default_rng(24)
     model = AdapterMemoryModel(DIM, memory_ids=["n1", "n2"], memory_vectors=rng.normal(size=(2, DIM)))
-    other = AdapterMemoryModel(DIM, memory_ids=["n1", "n2"], memory_vectors=rng.normal(size=(2, DIM)))
     q = model.transform_queries(rng.normal(size=(1, DIM)))
-    revision = model.revision
-    assert isinstance(revision, int) and revision != other.revision
-    assert model.overrides(q)[0] == model.overrides(q)[0] == ("n1", "n2") and model.revision == revision
+    assert model.overrides(q)[0] is model.overrides(q)[0] == ("n1", "n2")
+    assert model.apply(q)[1] is model.overrides(q)[0]
 
 
 def test_concurrent_queries_while_writing_stay_consistent():

@@ -10,7 +10,6 @@ squared L2 distance for ``"l2"``.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import threading
@@ -29,14 +28,6 @@ logger = logging.getLogger(__name__)
 
 _kernels_lock = threading.Lock()
 _kernels: list[ModuleType | None] = []  # filled once by compiled_kernels()
-_revisions = itertools.count(1)
-
-
-def new_revision() -> int:
-    """A revision number never handed out before in this process (thread-safe: ``count`` is
-    advanced under the GIL). Models and keyword indexes take a new one whenever what a store
-    derives from them (override slots, keyword rows) must be derived again."""
-    return next(_revisions)
 
 
 def compiled_kernels() -> ModuleType | None:
@@ -103,9 +94,7 @@ class KeywordPlan:
     query scores ``score + weight * bm25 / max(bm25 over the query's candidates)``, BM25 from
     ``index`` (:class:`~llama_index_deepmemory.deep_memory.lexical.LexicalIndex`).
 
-    :meth:`rescore` is the reference. A store may compute the same thing its own way (the FAISS
-    store does it in a compiled kernel over ``index.postings``, with candidates looked up as
-    ``index`` rows once per ``index.revision``)."""
+    :meth:`rescore` is the reference; :meth:`ranked` adds the order, compiled."""
 
     index: "LexicalIndex"
     weight: float
@@ -126,6 +115,58 @@ class KeywordPlan:
         if best <= 0:
             return scores
         return np.asarray(scores, dtype=np.float32) + np.float32(self.weight / best) * keyword
+
+    def ranked(
+        self,
+        query_text: str,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        node_texts: Sequence[str | None] | Callable[[list[int]], Sequence[str | None]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`rescore`, then the candidates' stable descending order: (positions, fused
+        scores in that order), in one compiled call where numba is installed. ``node_texts``
+        may be a function from the positions of the unindexed candidates (row -1) to their texts,
+        called only when there are some."""
+        if len(scores) != len(rows):
+            raise ValueError(f"got {len(scores)} scores for {len(rows)} candidate rows; pass one score per row")
+        kernels = compiled_kernels()
+        if kernels is None or not query_text or not len(rows):
+            fused = np.asarray(self.rescore(query_text, rows, scores, _texts_at(rows, node_texts)), dtype=np.float32)
+            order = np.argsort(-fused, kind="stable")
+            return order, fused[order]
+        index, rows = self.index, np.ascontiguousarray(rows, dtype=np.int64)
+        spans, doc_terms, doc_weights = index.postings
+        terms, scores = index.query_term_ids(query_text), np.ascontiguousarray(scores, dtype=np.float32)
+        given = _NO_TEXT_SCORES if node_texts is None or callable(node_texts) else (
+            index.text_scores(query_text, rows, node_texts))
+        status, fused, positions = kernels.keyword_fused_top(
+            scores, rows, given, spans, doc_terms, doc_weights, terms, float(self.weight))
+        if status == -2:  # unindexed candidates: score them from their texts
+            given = index.text_scores(query_text, rows, _texts_at(rows, node_texts))
+            status, fused, positions = kernels.keyword_fused_top(
+                scores, rows, given, spans, doc_terms, doc_weights, terms, float(self.weight))
+        if status == -1:
+            raise ValueError(
+                f"rows must be rows of the keyword index in [-1, {len(spans) - 1}) (use index.rows_of), "
+                f"got {rows.min()}..{rows.max()}"
+            )
+        return positions, fused
+
+
+_NO_TEXT_SCORES = np.zeros(0, dtype=np.float32)
+
+
+def _texts_at(
+    rows: np.ndarray, node_texts: Sequence[str | None] | Callable[[list[int]], Sequence[str | None]] | None
+) -> Sequence[str | None] | None:
+    """``node_texts`` as one text (or None) per candidate; a function is asked for the unindexed ones."""
+    if not callable(node_texts):
+        return node_texts
+    unindexed = np.flatnonzero(np.asarray(rows) < 0).tolist()
+    texts: list[str | None] = [None] * len(rows)
+    for position, text in zip(unindexed, node_texts(unindexed) if unindexed else []):
+        texts[position] = text
+    return texts
 
 
 class StoreView(Protocol):
@@ -195,18 +236,14 @@ class DeepMemoryModel:
        model whose re-scoring is BM25 fusion describes it as a :class:`KeywordPlan`
        (``keyword_plan``), which stores may compute without per-candidate calls.
 
-    ``revision`` is the key stores cache what they derive from a model under (the slots of its
-    override ids): an int from :func:`new_revision` promises that ``overrides`` returns the same
-    ids, in the same order, on every call until ``revision`` changes (a model that changes its
-    ids sets ``self.revision = new_revision()``). None (the default) promises nothing: the ids
-    are looked up on every query.
+    Stores remember which override ids they hold per id sequence (until they change), so a
+    model that hands out the same tuple on every call is looked up once.
 
     Subclasses implement the math and the state round trip; the state is plain JSON plus numpy
     arrays so it can be saved with safetensors (never pickle).
     """
 
     kind: str = "identity"
-    revision: int | None = None
     fallback: "DeepMemoryModel | None" = None  # the model :meth:`route` sends queries to
 
     def __init__(self, dim: int, metric: str = "cosine") -> None:
@@ -224,7 +261,8 @@ class DeepMemoryModel:
 
     def overrides(self, transformed: np.ndarray) -> tuple[Sequence[str], np.ndarray]:
         """Exact scores for nodes whose score differs from the plain index: ``(ids, scores)``,
-        scores float32 (m, len(ids)). None here. See ``revision`` for when ids may change."""
+        scores float32 (m, len(ids)). None here. Hand out the same ids tuple on every call when
+        they do not change (stores then look them up once)."""
         return (), np.zeros((transformed.shape[0], 0), dtype=np.float32)
 
     @checks_own_output

@@ -1,12 +1,8 @@
-"""Compiled (numba) kernels for one ``deep_memory=True`` query: adapter and memory scores before
-the FAISS scan; merge and keyword re-scoring after it.
-
-Why compiled: the scan streams the whole index through the CPU caches, so right after it every
-numpy call costs 5-35 µs to fetch its own code and metadata again; the query path made about 40
-of them. One kernel per step makes the overhead of ``deep_memory=True`` a few loops over the
-model's arrays. Each kernel computes what a numpy or Python reference in its caller computes
-(tests compare the two). Callers reach this module through ``base.compiled_kernels()``, which
-returns None where numba is not installed (the numpy paths then run).
+"""Compiled (numba) kernel for one ``deep_memory=True`` query: adapter and memory scores before
+the search, in one pass over the model's arrays instead of a dozen numpy calls. It computes what
+the numpy path of ``AdapterMemoryModel`` computes (tests compare the two). Callers reach this
+module through ``base.compiled_kernels()``, which returns None where numba is not installed (the
+numpy path then runs).
 """
 
 from __future__ import annotations
@@ -95,10 +91,13 @@ def adapter_memory_scores(
 _INSERTION_TOP = 64  # a stable top k by insertion up to this k (less code and no sort right after a scan)
 
 
+_INSERTION_TOP = 64  # a stable top k by insertion up to this k (less code and no sort right after a scan)
+
+
 @numba.njit(**_JIT)
-def _stable_top(scores: np.ndarray, slots: np.ndarray, out_scores: np.ndarray, out_slots: np.ndarray) -> int:
-    """The top ``len(out_scores)`` of (scores, slots) in descending score order, ties (and NaN,
-    placed last) in input order, as ``np.argsort(-scores, kind="mergesort")`` ranks them.
+def _stable_top(scores: np.ndarray, sources: np.ndarray, out_scores: np.ndarray, out_sources: np.ndarray) -> int:
+    """The top ``len(out_scores)`` of (scores, sources) in descending score order, ties (and NaN,
+    placed last) in input order, as ``np.argsort(-scores, kind="stable")`` ranks them.
     Returns the number written."""
     n, k = scores.shape[0], out_scores.shape[0]
     if k > _INSERTION_TOP:
@@ -106,7 +105,7 @@ def _stable_top(scores: np.ndarray, slots: np.ndarray, out_scores: np.ndarray, o
         count = min(k, n)
         for i in range(count):
             out_scores[i] = scores[order[i]]
-            out_slots[i] = slots[order[i]]
+            out_sources[i] = sources[order[i]]
         return count
     count = 0
     for i in range(n):
@@ -120,93 +119,76 @@ def _stable_top(scores: np.ndarray, slots: np.ndarray, out_scores: np.ndarray, o
             continue
         for j in range(min(count, k - 1), position, -1):
             out_scores[j] = out_scores[j - 1]
-            out_slots[j] = out_slots[j - 1]
+            out_sources[j] = out_sources[j - 1]
         out_scores[position] = score
-        out_slots[position] = slots[i]
+        out_sources[position] = sources[i]
         count = min(count + 1, k)
     return count
 
 
 @numba.njit(**_JIT)
-def _merge(
-    plain_scores: np.ndarray,  # (k,) float32, descending: the plain top k of the transformed query
-    plain_slots: np.ndarray,  # (k,) int64
+def merge_row(
+    plain_scores: np.ndarray,  # (n_plain,) float32, descending: one query's plain hits
+    plain_keep: np.ndarray,  # (n_plain,) bool: the hit is not an override node (or is forgotten)
     over_scores: np.ndarray,  # (n_over,) float32: the model's scores of its override nodes
-    over_slots: np.ndarray,  # (n_over,) int64, all stored
-    over_mask: np.ndarray,  # (capacity + 1,) bool: slot -> is an override node
-    out_scores: np.ndarray,  # out (k,) float32
-    out_slots: np.ndarray,  # out (k,) int64
-) -> int:
-    """The store's ``_merge_single``: exact top k from k plain hits and the override scores.
-
-    Returns k, or -1 when the k plain hits do not suffice (the caller's general path)."""
-    k = plain_slots.shape[0]
-    if k == 0 or plain_slots[k - 1] < 0:
-        return -1
-    last = plain_scores[k - 1]
-    n_over = over_slots.shape[0]
-    pool_scores = np.empty(k + n_over, dtype=np.float32)
-    pool_slots = np.empty(k + n_over, dtype=np.int64)
+    over_usable: np.ndarray,  # (n_over,) bool: stored and allowed
+    depth: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``ranking.rank``'s merge of one query: the top ``depth`` of the kept plain hits (in their
+    order) followed by the usable override nodes (in the model's order), stable. Returns their
+    scores (float32) and sources (int64: plain position p, or -1 - j for override j)."""
+    n_plain, n_over = plain_scores.shape[0], over_scores.shape[0]
+    pool_scores = np.empty(n_plain + n_over, dtype=np.float32)
+    pool_sources = np.empty(n_plain + n_over, dtype=np.int64)
     count = 0
-    for i in range(k):  # plain hits that are not override nodes keep their score
-        if not over_mask[plain_slots[i]]:
+    for i in range(n_plain):
+        if plain_keep[i]:
             pool_scores[count] = plain_scores[i]
-            pool_slots[count] = plain_slots[i]
+            pool_sources[count] = i
             count += 1
-    for j in range(n_over):  # override nodes below the k-th plain score cannot enter
-        if over_scores[j] >= last:
+    for j in range(n_over):
+        if over_usable[j]:
             pool_scores[count] = over_scores[j]
-            pool_slots[count] = over_slots[j]
+            pool_sources[count] = -1 - j
             count += 1
-    if count < k:
-        return -1
-    return _stable_top(pool_scores[:count], pool_slots[:count], out_scores, out_slots)
+    size = min(depth, count)
+    out_scores = np.empty(size, dtype=np.float32)
+    out_sources = np.empty(size, dtype=np.int64)
+    _stable_top(pool_scores[:count], pool_sources[:count], out_scores, out_sources)
+    return out_scores, out_sources
 
 
 @numba.njit(**_JIT)
-def _keyword_top(
+def keyword_fused_top(
     scores: np.ndarray,  # (n,) float32: the candidates' scores
-    slots: np.ndarray,  # (n,) int64: their slots
-    rows_by_slot: np.ndarray,  # (capacity,) int64: keyword-index row of each slot (-1: not indexed)
-    spans: np.ndarray,  # (n_rows + 1, 2) int64: [begin, end) of each row's postings
+    rows: np.ndarray,  # (n,) int64: their keyword-index rows (-1: not indexed)
+    text_scores: np.ndarray,  # (n,) float32: BM25 of the unindexed candidates from their texts; (0,): none given
+    spans: np.ndarray,  # (n_rows + 1, 2) int64: [begin, end) of each row's postings (row -1: empty)
     doc_terms: np.ndarray,  # (n_postings,) int32
     doc_weights: np.ndarray,  # (n_postings,) float32: BM25 weight of the term in the row
     query_terms: np.ndarray,  # (n_terms,) int32, sorted unique
     weight: float,  # score + weight * bm25 / max(bm25 over the candidates)
-    out_scores: np.ndarray,  # out (k,) float32
-    out_slots: np.ndarray,  # out (k,) int64
-) -> int:
-    """``KeywordPlan.rescore`` of one query's candidates, then their top k (stable).
-
-    Returns the number written, or -1 when a candidate is padding (slot -1) or not in the keyword
-    index (the caller's general path scores those from their text)."""
-    n = slots.shape[0]
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """``KeywordPlan.rescore`` of one query's candidates, then their stable descending order:
+    (status, fused scores in that order, candidate positions). Status 0; -1 when a row is
+    outside the index, -2 when a candidate is unindexed and no text scores were given (nothing
+    computed then)."""
+    n = scores.shape[0]
     n_terms = query_terms.shape[0]
-    # The postings sit in arrays far larger than the caches: gather every address first, so the
-    # memory reads of all candidates overlap instead of waiting one after the other.
-    begins = np.empty(n, dtype=np.int64)
-    ends = np.empty(n, dtype=np.int64)
+    given = text_scores.shape[0] == n
+    empty_scores, empty_positions = np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
     for i in range(n):
-        slot = slots[i]
-        if slot < 0 or slot >= rows_by_slot.shape[0]:
-            return -1
-        begins[i] = rows_by_slot[slot]
-    for i in range(n):
-        row = begins[i]
-        if row < 0:
-            return -1
-        begins[i], ends[i] = spans[row, 0], spans[row, 1]
-    touched = np.int64(0)
-    for i in range(n):  # one read per cache line (16 entries) of each candidate's postings
-        for p in range(begins[i], ends[i], 16):
-            touched += doc_terms[p] + np.int64(doc_weights[p] != 0)
-    keyword = np.zeros(n, dtype=np.float32)
+        if rows[i] < -1 or rows[i] >= spans.shape[0] - 1:
+            return -1, empty_scores, empty_positions
+        if rows[i] == -1 and not given:
+            return -2, empty_scores, empty_positions
+    keyword = text_scores.copy() if given else np.zeros(n, dtype=np.float32)
     best = np.float32(0.0)
     first_term = query_terms[0] if n_terms else 0
     last_term = query_terms[n_terms - 1] if n_terms else -1
     for i in range(n):
         total = 0.0  # float64 in posting order, like numpy's bincount
-        for p in range(begins[i], ends[i]):
+        for p in range(spans[rows[i], 0], spans[rows[i], 1]):
             term = doc_terms[p]
             if term < first_term or term > last_term:
                 continue
@@ -219,7 +201,7 @@ def _keyword_top(
                     hi = mid
             if query_terms[lo] == term:
                 total += doc_weights[p]
-        keyword[i] = np.float32(total)
+        keyword[i] += np.float32(total)
         if keyword[i] > best:
             best = keyword[i]
     fused = scores.copy()
@@ -227,53 +209,7 @@ def _keyword_top(
         scale = np.float32(weight / np.float64(best))
         for i in range(n):
             fused[i] = scores[i] + scale * keyword[i]
-    count = _stable_top(fused, slots, out_scores, out_slots)  # stable, like the store's general path
-    return count if touched >= -(1 << 62) else -1  # uses ``touched``, so the reads are not optimised away
-
-
-@numba.njit(**_JIT)
-def merge_overrides(
-    plain_scores: np.ndarray,  # (1, k) float32, descending
-    plain_slots: np.ndarray,  # (1, k) int64
-    over_scores: np.ndarray,  # (1, n_over) float32
-    over_slots: np.ndarray,  # (n_over,) int64, all stored
-    over_mask: np.ndarray,  # (capacity + 1,) bool
-    out_scores: np.ndarray,  # out (1, k) float32
-    out_slots: np.ndarray,  # out (1, k) int64
-) -> int:
-    """:func:`_merge` of one query, on the store's (1, k) arrays: k, or -1 (general path)."""
-    return _merge(plain_scores[0], plain_slots[0], over_scores[0], over_slots, over_mask, out_scores[0], out_slots[0])
-
-
-@numba.njit(**_JIT)
-def merge_keyword_top(
-    plain_scores: np.ndarray,  # (1, n) float32, descending: the plain top n of the transformed query
-    plain_slots: np.ndarray,  # (1, n) int64
-    over_scores: np.ndarray,  # (1, n_over) float32
-    over_slots: np.ndarray,  # (n_over,) int64, all stored
-    over_mask: np.ndarray,  # (capacity + 1,) bool
-    rows_by_slot: np.ndarray,  # (capacity,) int64
-    spans: np.ndarray,  # the keyword index's postings (LexicalIndex.postings)
-    doc_terms: np.ndarray,
-    doc_weights: np.ndarray,
-    query_terms: np.ndarray,  # the query's sorted unique term ids, int32 (LexicalIndex.query_term_ids)
-    weight: float,
-    k: int,
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """:func:`_merge` then :func:`_keyword_top` of one query, in one call.
-
-    Returns ``(count, scores, slots)``: the top ``count`` after keyword re-scoring (arrays of
-    shape (1, count)); count -2 when only the merge succeeded (the merged candidates, (1, n)),
-    -1 when the merge needs the general path (the arrays mean nothing)."""
-    n = plain_slots.shape[1]
-    merged_scores, merged_slots = np.empty((1, n), dtype=np.float32), np.empty((1, n), dtype=np.int64)
-    if _merge(plain_scores[0], plain_slots[0], over_scores[0], over_slots, over_mask,
-              merged_scores[0], merged_slots[0]) < 0:
-        return -1, merged_scores, merged_slots
-    m = min(k, n)
-    top_scores, top_slots = np.empty((1, m), dtype=np.float32), np.empty((1, m), dtype=np.int64)
-    written = _keyword_top(merged_scores[0], merged_slots[0], rows_by_slot, spans, doc_terms, doc_weights,
-                           query_terms, weight, top_scores[0], top_slots[0])
-    if written < 0:
-        return -2, merged_scores, merged_slots
-    return written, top_scores, top_slots
+    out_scores = np.empty(n, dtype=np.float32)
+    out_positions = np.empty(n, dtype=np.int64)
+    _stable_top(fused, np.arange(n), out_scores, out_positions)
+    return 0, out_scores, out_positions

@@ -18,7 +18,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from llama_index_deepmemory.deep_memory.base import new_revision
 
 logger = logging.getLogger(__name__)
 
@@ -203,8 +202,6 @@ class LexicalIndex:
         self._spans = np.zeros((len(ids) + 1, 2), dtype=np.int64)
         self._spans[:-1, 0], self._spans[:-1, 1] = self._doc_ptr[:-1], self._doc_ptr[1:]
         self._scratch = threading.local()  # per-thread query-term mask, see _query_mask
-        # a new one on forget(): rows looked up earlier (rows_of) may be stale; stores key caches on it
-        self.revision = new_revision()
 
     # ------------------------------------------------------------------ querying
     def __len__(self) -> int:
@@ -227,6 +224,19 @@ class LexicalIndex:
             idf = unseen_idf if term is None else float(self._idf[term])
             total += idf * tf * (self.k1 + 1.0) / (tf + norm)
         return total
+
+    def text_scores(self, query_text: str, rows: np.ndarray, texts: Sequence[str | None] | None) -> np.ndarray:
+        """BM25 of the unindexed candidates (row -1) from ``texts``, 0 for the others: the part of
+        :meth:`scores_at` that is not read from the postings."""
+        out = np.zeros(len(rows), dtype=np.float32)
+        if texts is not None:
+            if isinstance(texts, str):
+                raise TypeError("texts must be a sequence with one text per node id, not a single string")
+            if len(texts) != len(rows):
+                raise ValueError(f"got {len(texts)} texts for {len(rows)} node ids; pass one text per node id")
+            for position in np.flatnonzero(rows < 0).tolist():
+                out[position] = self._score_text(query_text, texts[position])
+        return out
 
     def _query_mask(self) -> np.ndarray:
         """This thread's all-False bool array over the vocabulary (callers restore it)."""
@@ -257,11 +267,10 @@ class LexicalIndex:
         row_of = self._row_of
         for node_id in node_ids:
             row_of.pop(node_id, None)
-        self.revision = new_revision()
 
     def rows_of(self, node_ids: Sequence[str | None]) -> np.ndarray:
         """Row of each of ``node_ids`` in the index, -1 for ids it does not use (never indexed,
-        forgotten, or None). Valid until :attr:`revision` changes."""
+        forgotten, or None). Valid until :meth:`forget`."""
         if isinstance(node_ids, str):
             raise TypeError(f"node_ids must be a sequence of node ids, not a single string ({node_ids[:40]!r})")
         return np.fromiter(map(self._row_of.get, node_ids, itertools.repeat(-1)), dtype=np.int64, count=len(node_ids))
@@ -288,14 +297,7 @@ class LexicalIndex:
                 f"rows must be 1-D rows of this index in [-1, {len(self.ids)}) (use rows_of(node_ids)), "
                 f"got shape {rows.shape}" + (f", range {rows.min()}..{rows.max()}" if rows.ndim == 1 and rows.size else "")
             )
-        out = np.zeros(rows.size, dtype=np.float32)
-        if texts is not None:
-            if isinstance(texts, str):
-                raise TypeError("texts must be a sequence with one text per node id, not a single string")
-            if len(texts) != rows.size:
-                raise ValueError(f"got {len(texts)} texts for {rows.size} node ids; pass one text per node id")
-            for position in np.flatnonzero(rows < 0).tolist():
-                out[position] = self._score_text(query_text, texts[position])
+        out = self.text_scores(query_text, rows, texts)
         query_terms = self.query_term_ids(query_text)
         if query_terms.size == 0 or rows.size == 0:
             return out

@@ -14,7 +14,6 @@ from llama_index_deepmemory.deep_memory.base import (
     checked_transform,
     checks_own_output,
     compiled_kernels,
-    new_revision,
 )
 from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 
@@ -131,8 +130,7 @@ class AdapterMemoryModel(DeepMemoryModel):
       with text score ``score + lexical_weight * bm25 / max(bm25 over the candidates)``, with
       Okapi BM25 from a keyword index of the stored texts built at training time.
 
-    Treat a model as immutable: its query-time arrays are derived once, at construction, and
-    its ``revision`` (the key stores cache its override slots under) is fixed then.
+    Treat a model as immutable: its query-time arrays are derived once, at construction.
     """
 
     kind = "adapter_memory"
@@ -203,7 +201,6 @@ class AdapterMemoryModel(DeepMemoryModel):
         )
         self._unit_keys = self._key_codes * self._key_scales[:, None]
         self._prepare_query_path()
-        self.revision = new_revision()  # memory_ids never change: one revision for the model's life
         self.fallback = None  # the gate's model (adapter only, own keyword weight), see route()
         if self.gate_threshold > 0 and n_mem:
             self.fallback = AdapterMemoryModel(

@@ -4,8 +4,7 @@ override scores, optionally re-scored with keywords, cut to the top ``k``.
 It asks the store only through :class:`~llama_index_deepmemory.deep_memory.base.StoreView`
 (plain ``search_vectors`` with filters, ``usable_ids``, ``texts_of``), so the same code ranks for
 training's validation, for ``evaluate`` and for every wrapped backend's queries (Qdrant, ...).
-The embedded FAISS store serves single queries through compiled kernels that compute the same
-ranking; ``tests/test_ranking.py`` checks that ``store.query`` equals :func:`rank`.
+The embedded FAISS store ranks its ``deep_memory=True`` queries and batches here too.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from llama_index_deepmemory.deep_memory.base import (
     check_query_texts,
     checked_scores,
     checked_transform,
+    compiled_kernels,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,7 +28,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-PlainCache = dict[bytes, tuple[np.ndarray, list[list[str]]]]
+PlainCache = dict[bytes, tuple[np.ndarray, list[list[str]], int]]  # transformed query -> (scores, ids, k asked)
+_last_ids: list[tuple[Sequence[str], frozenset[str]]] = []  # the override ids of the last query, as a set
+
+
+def _id_set(override_ids: Sequence[str]) -> frozenset[str]:
+    """``override_ids`` as a set, kept for the next query naming the same sequence object (a
+    model hands out one tuple; building the set again touches every id string)."""
+    last = _last_ids[0] if _last_ids else None
+    if last is not None and last[0] is override_ids and isinstance(override_ids, tuple):
+        return last[1]
+    ids = frozenset(override_ids)
+    _last_ids[:] = [(override_ids, ids)]
+    return ids
 
 
 def rank(
@@ -61,46 +73,56 @@ def rank(
         plain_cache: plain searches reused for identical transformed queries (training).
     """
     k = int(k)
-    n_nodes = len(store)
-    if model is None or k <= 0 or n_nodes == 0:
-        scores, ids = store.search_vectors(queries, min(k, n_nodes), filters=filters)
+    if model is None or k <= 0:
+        scores, ids = store.search_vectors(queries, max(k, 0), filters=filters)
         return [np.asarray(row, dtype=np.float32)[: len(i)] for row, i in zip(scores, ids)], [list(i) for i in ids]
     texts = check_query_texts(texts, len(queries))
     routed = model.route(queries)
     if routed is not None and model.fallback is not None:  # the gate: some queries go to the fallback
         return _rank_routed(store, queries, model, np.asarray(routed, dtype=bool), k, texts, filters, forget, plain_cache)
-    depth = max(k, model.rerank_depth) if texts is not None and model.rerank_depth else k
+    rescore = texts is not None and model.rerank_depth > 0  # re-scores its top max(k, rerank_depth)
+    depth = max(k, model.rerank_depth) if rescore else k
+    plan = model.keyword_plan() if rescore else None
     transformed, override_ids, override_scores = _applied(model, queries)
-    usable = np.asarray(store.usable_ids(override_ids, filters), dtype=bool) if len(override_ids) else None
-    overridden = set(override_ids)
-    # the override scores each query can use: they can complete a row the overridden hits crowd
-    reach = np.where(usable, override_scores, -np.inf) if usable is not None and forget is None else None
-    plain_scores, plain_ids = _plain_search(store, transformed, overridden, depth, filters, plain_cache, n_nodes,
-                                            reach)
+    usable = np.asarray(store.usable_ids(override_ids, filters), dtype=bool) if len(override_ids) else np.zeros(0, bool)
+    overridden = _id_set(override_ids)
+    # the usable override scores can complete a row the overridden hits crowd (not with forget)
+    reach = (override_scores, usable) if forget is None else None
+    plain_scores, plain_ids = _plain_search(store, transformed, overridden, depth, filters, plain_cache, reach)
+    position = {node: j for j, node in enumerate(override_ids)} if forget is not None else {}
+    kernels = compiled_kernels()
     out_scores: list[np.ndarray] = []
     out_ids: list[list[str]] = []
     for i, (row_scores, row_ids) in enumerate(zip(plain_scores, plain_ids)):
         forgotten = forget[i] if forget is not None else set()
-        pairs = [(float(s), node) for s, node in zip(row_scores, row_ids) if node not in overridden or node in forgotten]
-        if usable is not None and usable.any():
-            over_row = np.where(usable, override_scores[i], -np.inf)
-            top = np.argsort(-over_row, kind="stable")[: depth + len(forgotten)]
-            pairs += [
-                (float(over_row[j]), override_ids[j])
-                for j in top
-                if usable[j] and override_ids[j] not in forgotten
-            ][:depth]
-        pairs.sort(key=lambda p: -p[0])
-        pairs = pairs[:depth]
-        nodes = [node for _, node in pairs]
-        scores = np.asarray([score for score, _ in pairs], dtype=np.float32)
-        if depth > k and texts[i] and nodes:  # keyword re-scoring of the top `depth`
-            fused = np.asarray(model.rerank(texts[i], nodes, scores, store.texts_of(nodes)), dtype=np.float32)
-            order = np.argsort(-fused, kind="stable")
-            nodes, scores = [nodes[j] for j in order], fused[order]
+        keep = np.array([n not in overridden or n in forgotten for n in row_ids], dtype=bool)
+        over_keep = usable
+        if forgotten & overridden:  # forgotten override nodes rank as their stored vectors
+            over_keep = usable.copy()
+            over_keep[[position[n] for n in forgotten & overridden]] = False
+        row_scores = np.ascontiguousarray(np.asarray(row_scores)[: len(row_ids)], dtype=np.float32)
+        picks, scores = _merged_row(kernels, row_scores, keep, override_scores[i], over_keep, depth)
+        nodes = [row_ids[p] if p >= 0 else override_ids[-1 - p] for p in picks]
+        if rescore and texts[i] and nodes:  # keyword re-scoring of the top `depth`
+            nodes, scores = _rescored(store, model, plan, texts[i], nodes, scores)
         out_scores.append(scores[:k])
         out_ids.append(nodes[:k])
     return out_scores, out_ids
+
+
+def _merged_row(
+    kernels: Any, plain_scores: np.ndarray, keep: np.ndarray, over_scores: np.ndarray, over_keep: np.ndarray, depth: int
+) -> tuple[list[int], np.ndarray]:
+    """One query's top ``depth`` of its kept plain hits (in their order) and its kept override
+    scores (in the model's order), stable: (sources, scores), a source being a plain position
+    ``p`` or ``-1 - j`` for override ``j``. One compiled call where numba is installed."""
+    if kernels is not None:
+        out_scores, out_sources = kernels.merge_row(plain_scores, keep, over_scores, over_keep, depth)
+        return out_sources.tolist(), out_scores
+    pool_scores = np.concatenate([plain_scores[keep], over_scores[over_keep]])
+    sources = np.concatenate([np.flatnonzero(keep), -1 - np.flatnonzero(over_keep)])
+    order = np.argsort(-pool_scores, kind="stable")[:depth]
+    return sources[order].tolist(), pool_scores[order].astype(np.float32)
 
 
 def _rank_routed(
@@ -131,6 +153,22 @@ def _rank_routed(
     return out_scores, out_ids
 
 
+def _rescored(
+    store: "StoreView", model: DeepMemoryModel, plan: Any, text: str, nodes: list[str], scores: np.ndarray
+) -> tuple[list[str], np.ndarray]:
+    """One query's candidates re-scored with its ``text`` and re-ordered: through the model's
+    keyword ``plan`` (texts are read only for candidates its index lacks), else ``model.rerank``."""
+    if plan is None:
+        fused = np.asarray(model.rerank(text, nodes, scores, store.texts_of(nodes)), dtype=np.float32)
+        if fused.shape != scores.shape:
+            raise ValueError(f"the Deep Memory model re-scored {len(scores)} candidates into shape {fused.shape}")
+        order = np.argsort(-fused, kind="stable")
+        return [nodes[j] for j in order], fused[order]
+    rows = plan.index.rows_of(nodes)
+    order, fused = plan.ranked(text, rows, scores, lambda at: store.texts_of([nodes[j] for j in at]))
+    return [nodes[j] for j in order.tolist()], fused
+
+
 def _applied(model: DeepMemoryModel, queries: np.ndarray) -> tuple[np.ndarray, Sequence[str], np.ndarray]:
     """``model.apply`` with its results checked (a subclass's own ``apply`` included)."""
     if model.dim != queries.shape[1]:
@@ -141,7 +179,13 @@ def _applied(model: DeepMemoryModel, queries: np.ndarray) -> tuple[np.ndarray, S
     transformed, ids, scores = model.apply(queries)
     if not getattr(model.apply, "checks_own_output", False):
         transformed, scores = checked_transform(queries, transformed), checked_scores(queries, ids, scores)
-    return np.ascontiguousarray(transformed, dtype=np.float32), ids, scores
+    return np.ascontiguousarray(transformed, dtype=np.float32), ids, np.ascontiguousarray(scores, dtype=np.float32)
+
+
+def _reaching(reach: tuple[np.ndarray, np.ndarray], i: int, last: float) -> int:
+    """How many usable override scores of query ``i`` reach ``last``."""
+    override_scores, usable = reach
+    return int((override_scores[i][usable] >= last).sum())
 
 
 def _plain_search(
@@ -151,39 +195,39 @@ def _plain_search(
     k: int,
     filters: Any,
     cache: PlainCache | None,
-    n_nodes: int,
-    reach: np.ndarray | None = None,
+    reach: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[list[str]]]:
     """Plain search deep enough for an exact merged top ``k`` per row (or every node the filters
-    allow); ``n_nodes`` is ``len(store)`` (a round trip for some engines).
+    allow: a row shorter than asked holds them all, so the store is never counted, a round trip
+    for some engines and a listing of every node for others).
 
     A row is complete when its hits outside ``overridden``, plus the override nodes scoring at
-    least its last fetched plain score (``reach``: (m, n_override) usable override scores, -inf
-    where not usable), number ``k``: every unfetched node scores at most that last score. The
+    least its last fetched plain score (``reach``: the (m, n_override) override scores and which
+    overrides are usable), number ``k``: every unfetched node scores at most that last score. The
     first search asks for a margin over ``k`` (asking for ``k`` alone re-searched 10 of 60
     queries of ``bench_wrapped``'s keyword case: a second scan costs more than 16 more ids)."""
     margin = min(len(overridden), max(16, k // 4))
 
-    def complete(scores: np.ndarray, ids: list[list[str]], k_search: int | None) -> bool:
+    def complete(scores: np.ndarray, ids: list[list[str]], k_search: int) -> bool:
         for i, row in enumerate(ids):
-            if k_search is not None and len(row) < k_search:  # every allowed node was fetched
+            if len(row) < k_search:  # every allowed node was fetched
                 continue
             kept = sum(1 for n in row if n not in overridden)
-            if kept < k and (reach is None or not row or kept + int((reach[i] >= scores[i][len(row) - 1]).sum()) < k):
+            if kept < k and (reach is None or not row or kept + _reaching(reach, i, scores[i][len(row) - 1]) < k):
                 return False
         return True
 
     key = hashlib.sha1(transformed.tobytes()).digest() if cache is not None and filters is None else None
     if key is not None and key in cache:
-        scores, ids = cache[key]
-        if len(ids[0]) >= n_nodes or complete(scores, ids, None):
+        scores, ids, k_search = cache[key]
+        if complete(scores, ids, k_search):
             return scores, ids
-    k_search = min(n_nodes, k + margin)
+    k_search = k + margin
     while True:
         scores, ids = store.search_vectors(transformed, k_search, filters=filters)
-        if k_search >= n_nodes or complete(scores, ids, k_search):
+        if complete(scores, ids, k_search):
             break
-        k_search = min(n_nodes, k_search * 2)
+        k_search *= 2
     if key is not None:
-        cache[key] = (scores, ids)
+        cache[key] = (scores, ids, k_search)
     return scores, ids

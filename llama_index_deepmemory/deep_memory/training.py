@@ -199,7 +199,7 @@ def rank_with_model(
     model: DeepMemoryModel | None,
     k: int = 10,
     forget: Sequence[set[str]] | None = None,
-    plain_cache: dict[bytes, tuple[np.ndarray, list[list[str]]]] | None = None,
+    plain_cache: dict[bytes, tuple[np.ndarray, list[list[str]], int]] | None = None,
     texts: Sequence[str | None] | None = None,
 ) -> list[list[str]]:
     """Top-``k`` node ids per query, plain or with ``model``: :func:`ranking.rank`, the ranking

@@ -70,7 +70,8 @@ class ArrayStoreView:
         _no_filters(filters)
         if deep_memory:
             raise ValueError("ArrayStoreView ranks plain only; rank with deep_memory.ranking.rank(view, model, ...)")
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), int(k))
+        k = min(int(k), len(self.ids))  # a row shorter than asked holds every node
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, [[self.ids[j] for j in row if j >= 0] for row in rows]
 
 

@@ -5,9 +5,9 @@
   ``"ip"`` the raw inner product; ``"l2"`` the *negative squared* L2 distance.
 * Filters follow ``SimpleVectorStore`` (:mod:`llama_index_deepmemory.filters`) and are applied
   before the top-k, so a filtered query returns ``k`` hits whenever that many match.
-* Deep Memory queries merge the model's overrides into the plain FAISS hits and re-score with
-  keywords; single queries run in compiled kernels (``deep_memory.kernels``) and rank exactly as
-  :func:`llama_index_deepmemory.deep_memory.ranking.rank` (``tests/test_ranking.py``).
+* Deep Memory queries (``query``, batched ``search_vectors``) are ranked by
+  :func:`llama_index_deepmemory.deep_memory.ranking.rank` over this store's plain search, the one
+  ranking that also serves training's validation and every wrapped backend.
 * Thread safety: a phase-fair readers-writer lock; any number of concurrent readers (query,
   get_nodes, persist, vector reads) or one writer (add, delete, clear). Persists of one store,
   and of one folder across processes, run one at a time.
@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence
 
@@ -30,18 +31,14 @@ from llama_index.core.schema import BaseNode, ImageNode, IndexNode
 from llama_index.core.vector_stores.types import MetadataFilters, VectorStoreQuery, VectorStoreQueryResult
 
 from llama_index_deepmemory import persistence
-from llama_index_deepmemory.deep_memory.base import (
-    check_query_texts,
-    checked_scores,
-    checked_transform,
-    compiled_kernels,
-)
+from llama_index_deepmemory.deep_memory.base import check_query_texts
+from llama_index_deepmemory.engine.usable_cache import UsableCache
 from llama_index_deepmemory.filters import MetadataColumns
-from llama_index_deepmemory.index import METRICS, VectorIndex, build_faiss_index, top_k
+from llama_index_deepmemory.index import METRICS, VectorIndex, build_faiss_index
 from llama_index_deepmemory.node_codec import build_node, check_saveable, node_fields
 from llama_index_deepmemory.node_table import NodeTable
 from llama_index_deepmemory.rwlock import ReadWriteLock
-from llama_index_deepmemory.vectors import as_matrix
+from llama_index_deepmemory.vectors import as_matrix, padded
 
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -87,8 +84,8 @@ class FaissStore:
         self._deep_memory_lock = threading.Lock()
         self.embed_model = embed_model  # embeds queries for Deep Memory training and evaluation
         self._deep_memory: DeepMemory | None = None
-        self._override_cache: Any = None  # ((model revision, version), (slots, mask, all stored))
-        self._keyword_cache: Any = None  # ((keyword index revision, version), rows by slot or None)
+        self._usable = UsableCache(8)  # override ids usable without restriction, per version
+        self._held = _HeldView(self)  # what the ranking reads while a query holds the lock
         self._version = 0  # bumped by every change of the stored nodes
 
     @property
@@ -294,13 +291,18 @@ class FaissStore:
             candidates = self._select(node_ids, doc_ids, query.filters) if restricted else None
             if model is None:
                 scores, slots = self._search(q, k, candidates)
+                scores, slots = scores[0], slots[0]
+                valid = slots >= 0
+                scores, slot_list = scores[valid], slots[valid].tolist()
             else:
+                from llama_index_deepmemory.deep_memory.ranking import rank
+
                 texts = [query.query_str] if query.query_str else None
-                scores, slots = self._search_deep_memory(model, q, k, candidates, texts)
-            scores, slots = scores[0], slots[0]
-            valid = slots >= 0
-            scores, slots = scores[valid], slots[valid]
-            nodes = self._nodes_at(slots.tolist())
+                restriction = _Slots(candidates) if candidates is not None else None
+                ranked_scores, ranked_ids = rank(self._held, q, model, k, texts=texts, filters=restriction)
+                scores, slot_of = ranked_scores[0], self._table.slot_of
+                slot_list = [slot_of[i] for i in ranked_ids[0]]
+            nodes = self._nodes_at(slot_list)
         return VectorStoreQueryResult(
             nodes=nodes, similarities=[float(s) for s in scores], ids=[n.node_id for n in nodes]
         )
@@ -329,236 +331,6 @@ class FaissStore:
             scores, slots = scores.copy(), slots.copy()
             scores[short], slots[short] = ex_scores, ex_slots
         return scores, slots
-
-    def _override_slots(self, model: Any, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Slots of the ``model``'s override ``ids`` (-1 when not stored), a by-slot membership
-        mask and whether every id is stored.
-
-        Cached under ``(model.revision, store version)``: a model with a revision promises the same
-        ids until it changes (``DeepMemoryModel.revision``); a model without one (None) is looked
-        up on every call.
-        """
-        key = (model.revision, self._version)
-        cache = self._override_cache
-        if cache is not None and cache[0] == key and key[0] is not None and len(cache[1][0]) == len(ids):
-            return cache[1]
-        get = self._table.slot_of.get
-        slots = np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
-        mask = np.zeros(self._table.capacity + 1, dtype=bool)  # last cell: the -1 padding slot
-        stored = slots >= 0
-        mask[slots[stored]] = True
-        result = (slots, mask, bool(stored.all()))
-        self._override_cache = (key, result)
-        return result
-
-    def _search_deep_memory(
-        self,
-        model: Any,
-        q: np.ndarray,
-        k: int,
-        candidates: np.ndarray | None,
-        texts: Sequence[str | None] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` (scores, slots) of prepared queries ranked by ``model``; with ``texts`` (one
-        query string or None per query) a model with ``rerank_depth`` re-scores its top
-        ``max(k, rerank_depth)`` first (see :meth:`_rerank`). Queries the model's gate routes
-        (``model.route``) are ranked by ``model.fallback``."""
-        routed = model.route(q)
-        if routed is not None and model.fallback is not None:
-            return self._search_routed(model, q, k, candidates, texts, np.asarray(routed, dtype=bool))
-        rerank = texts is not None and model.rerank_depth > 0
-        depth = max(k, model.rerank_depth) if rerank else k
-        text = texts[0] if rerank and len(q) == 1 else None
-        scores, slots, reranked = self._merged_search(model, q, depth, candidates, text, k)
-        if rerank and not reranked:
-            scores, slots = self._rerank(model, scores, slots, texts, k)
-        return scores, slots
-
-    def _search_routed(
-        self,
-        model: Any,
-        q: np.ndarray,
-        k: int,
-        candidates: np.ndarray | None,
-        texts: Sequence[str | None] | None,
-        routed: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`_search_deep_memory` with the ``routed`` queries ranked by ``model.fallback``."""
-        if len(q) == 1:
-            return self._search_deep_memory(model.fallback, q, k, candidates, texts)
-        parts = []
-        for rows, ranker in ((np.flatnonzero(~routed), model), (np.flatnonzero(routed), model.fallback)):
-            if len(rows):
-                part_texts = None if texts is None else [texts[i] for i in rows]
-                parts.append((rows, *self._search_deep_memory(ranker, q[rows], k, candidates, part_texts)))
-        width = max(part[2].shape[1] for part in parts)
-        scores = np.full((len(q), width), -np.inf, dtype=np.float32)
-        slots = np.full((len(q), width), -1, dtype=np.int64)
-        for rows, part_scores, part_slots in parts:
-            scores[rows, : part_scores.shape[1]], slots[rows, : part_slots.shape[1]] = part_scores, part_slots
-        return scores, slots
-
-    def _merged_search(
-        self, model: Any, q: np.ndarray, k: int, candidates: np.ndarray | None, text: str | None, final_k: int
-    ) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Search with the model's transformed query, then merge its exact override scores.
-
-        Every node outside the model's override set scores ``q_t . v`` (the index); override
-        nodes score what the model says. So the plain top ``k`` *non-override* hits plus the
-        (allowed, stored) override nodes contain the true top ``k``. The common case (no
-        override node reaches the plain top ``k``) costs one search and a handful of calls.
-
-        With ``text`` (one query), merge and keyword re-scoring to the top ``final_k`` may run in
-        one compiled call; the last value says whether they did.
-        """
-        if model.dim != q.shape[1]:
-            raise ValueError(
-                f"the active Deep Memory model was trained for {model.dim}-dimensional vectors but this store "
-                f"holds {q.shape[1]}-dimensional ones; train a new model on this store"
-            )
-        qt, over_ids, over_scores = model.apply(q)
-        if not getattr(model.apply, "checks_own_output", False):  # a subclass's own apply: check its results
-            qt, over_scores = checked_transform(q, qt), checked_scores(q, over_ids, over_scores)
-        if not len(over_ids):  # nothing overridden (e.g. the gate's fallback): keep the override cache
-            return (*self._search(qt, k, candidates), False)
-        over_slots, over_mask, all_stored = self._override_slots(model, over_ids)
-        if candidates is not None:
-            allowed = np.zeros(self._table.capacity + 1, dtype=bool)  # last cell: slot -1
-            allowed[candidates] = True
-            usable = allowed[over_slots]
-            over_slots, over_scores = over_slots[usable], over_scores[:, usable]
-        elif not all_stored:
-            usable = over_slots >= 0
-            over_slots, over_scores = over_slots[usable], over_scores[:, usable]
-        plain_scores, plain_slots = self._search(qt, k, candidates)
-        if not len(over_slots):
-            return plain_scores, plain_slots, False
-        width = plain_slots.shape[1]
-        if len(q) == 1 and width == k > 0:  # store.query's case, in a few calls
-            if text:
-                fused = self._merge_keyword_single(
-                    model, text, final_k, plain_scores, plain_slots, over_scores, over_slots, over_mask
-                )
-                if fused is not None:
-                    return fused
-            merged = _merge_single(plain_scores, plain_slots, over_scores, over_slots, over_mask)
-            if merged is not None:
-                return (*merged, False)
-        # Fetch more plain hits until, per query, at least as many override scores reach the
-        # last fetched plain score as non-override hits are missing (every unfetched node
-        # scores at most that much), or until every allowed node was fetched.
-        for extra in dict.fromkeys((0, min(len(over_slots), 16), len(over_slots))):
-            if extra:
-                plain_scores, plain_slots = self._search(qt, k + extra, candidates)
-                width = plain_slots.shape[1]
-            dropped = over_mask[plain_slots] | (plain_slots < 0)
-            fetched_all = width < k + extra or width == 0 or bool((plain_slots[:, -1] < 0).all())
-            if fetched_all:
-                break
-            missing = min(k, width) - (~dropped).sum(axis=1)
-            covered = (over_scores >= plain_scores[:, -1:]).sum(axis=1)
-            if ((missing <= 0) | (covered >= missing)).all():
-                break
-        if not fetched_all:  # nodes below the last fetched plain score cannot reach the top k
-            reach = np.flatnonzero((over_scores >= plain_scores[:, -1:]).any(axis=0))
-            over_slots, over_scores = over_slots[reach], over_scores[:, reach]
-        m = len(q)
-        scores = np.concatenate([np.where(dropped, -np.inf, plain_scores), over_scores], axis=1)
-        slots = np.concatenate([np.where(dropped, -1, plain_slots),
-                                np.broadcast_to(over_slots, (m, len(over_slots)))], axis=1)
-        scores, slots = top_k(scores.astype(np.float32, copy=False), slots, min(k, scores.shape[1]))
-        return scores, np.where(np.isneginf(scores), -1, slots), False
-
-    def _merge_keyword_single(
-        self,
-        model: Any,
-        text: str,
-        k: int,
-        plain_scores: np.ndarray,
-        plain_slots: np.ndarray,
-        over_scores: np.ndarray,
-        over_slots: np.ndarray,
-        over_mask: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, bool] | None:
-        """One query's merge and keyword re-scoring in one compiled call (the work after a FAISS
-        scan, where every call costs): the top ``k`` and True, the merged candidates and False
-        when some candidate needs scoring from its text, or None for the general path (no numba,
-        no keyword plan, keyword rows not cached yet, or too few plain hits).
-
-        The one place a :class:`~llama_index_deepmemory.deep_memory.base.KeywordPlan` becomes
-        kernel arguments: its index's postings and the query's term ids, its weight."""
-        kernels = compiled_kernels()
-        plan = model.keyword_plan() if kernels is not None else None
-        rows_by_slot = self._keyword_rows(plan.index, build=False) if plan is not None else None
-        if rows_by_slot is None:  # the general path looks them up (and counts towards caching them)
-            return None
-        spans, doc_terms, doc_weights = plan.index.postings
-        written, scores, slots = kernels.merge_keyword_top(
-            plain_scores, plain_slots, over_scores, over_slots, over_mask, rows_by_slot,
-            spans, doc_terms, doc_weights, plan.index.query_term_ids(text), plan.weight, k,
-        )
-        return None if written == -1 else (scores, slots, written != -2)
-
-    def _keyword_rows(self, index: Any, build: bool = True) -> np.ndarray | None:
-        """Row of every slot in the keyword ``index`` (-1: not indexed), cached under
-        ``(index.revision, store version)``. None on the first query after a change: the lookup
-        reads every stored id, which a store changing between queries would pay on each of them.
-        ``build=False`` only reads the cache (a query that may ask again later)."""
-        key = (index.revision, self._version)
-        cache = self._keyword_cache
-        if cache is None or cache[0] != key:
-            if build:
-                self._keyword_cache = (key, None)
-            return None
-        rows = cache[1]
-        if rows is None and build:
-            rows = index.rows_of(self._table.ids)
-            self._keyword_cache = (key, rows)
-        return rows  # not self._keyword_cache: a concurrent query of another model may have replaced it
-
-    def _rerank(
-        self, model: Any, scores: np.ndarray, slots: np.ndarray, texts: Sequence[str | None], k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` per row after the model re-scores each row's candidates with its query text.
-
-        A model with a keyword index gets its candidates as index rows, read from the by-slot cache
-        once the store is unchanged (a FAISS scan has just flushed the caches, so touching 50 id
-        strings costs more than the scoring); the first query after a change looks them up by id."""
-        ids, node_texts = self._table.ids, self._table.texts
-        plan = model.keyword_plan()
-        index = plan.index if plan is not None else None
-        rows_by_slot = self._keyword_rows(index) if index is not None else None
-        out_scores = np.full((len(slots), min(k, slots.shape[1])), -np.inf, dtype=np.float32)
-        out_slots = np.full(out_scores.shape, -1, dtype=np.int64)
-        for row, (row_scores, row_slots, text) in enumerate(zip(scores, slots, texts)):
-            valid = row_slots >= 0
-            row_scores, row_slots = row_scores[valid], row_slots[valid]
-            if index is None:  # a model re-scoring without a keyword index: by id
-                cands = row_slots.tolist()
-                fused = np.asarray(
-                    model.rerank(text, [ids[s] for s in cands], row_scores, [node_texts[s] for s in cands])
-                )
-            else:
-                rows = (
-                    rows_by_slot[row_slots] if rows_by_slot is not None
-                    else index.rows_of([ids[s] for s in row_slots.tolist()])
-                )
-                unindexed = rows < 0  # added or re-added since training: scored from their text
-                cand_texts = (
-                    [node_texts[s] if u else None for s, u in zip(row_slots.tolist(), unindexed.tolist())]
-                    if unindexed.any() else None
-                )
-                fused = np.asarray(plan.rescore(text, rows, row_scores, cand_texts))
-            if fused.shape != row_scores.shape:
-                raise ValueError(
-                    f"the active Deep Memory model re-scored {len(row_scores)} candidates into shape {fused.shape}"
-                )
-            order = np.argsort(-fused, kind="stable")[: out_scores.shape[1]]
-            out_scores[row, : len(order)] = fused[order]
-            out_slots[row, : len(order)] = row_slots[order]
-        return out_scores, out_slots
-
-    # --- StoreView (what Deep Memory may ask) ----------------------------------------------
 
     def missing_ids(self, node_ids: Sequence[str]) -> list[str]:
         slot_of = self._table.slot_of
@@ -628,32 +400,55 @@ class FaissStore:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         texts = check_query_texts(texts, len(q))
         with self._lock.read():
-            restricted = filters is not None and bool(filters.filters)
-            candidates = self._select(None, None, filters) if restricted else None
-            if model is None:
-                scores, slots = self._search(q, k, candidates)
-            else:
-                scores, slots = self._search_deep_memory(model, q, k, candidates, texts)
-            ids = self._table.ids
-            return scores, [[ids[s] for s in row if s >= 0] for row in slots.tolist()]
+            if model is not None:
+                from llama_index_deepmemory.deep_memory.ranking import rank
 
-    def usable_ids(self, node_ids: Sequence[str], filters: Optional[MetadataFilters] = None) -> np.ndarray:
-        """Per id: stored and passing ``filters`` (a bool array in input order)."""
+                scores, ids = rank(self._held, q, model, k, texts=texts, filters=filters)
+                return padded(scores), ids
+            return self._search_ids(q, k, filters)
+
+    def _search_ids(self, q: np.ndarray, k: int, filters: "MetadataFilters | _Slots | None") -> tuple[np.ndarray, list[list[str]]]:
+        """Plain top ``k`` (scores, node ids) of prepared queries; the caller holds the lock."""
+        scores, slots = self._search(q, k, self._candidates(filters))
+        ids = self._table.ids
+        return scores, [[ids[s] for s in row if s >= 0] for row in slots.tolist()]
+
+    def _candidates(self, filters: "MetadataFilters | _Slots | None") -> np.ndarray | None:
+        """The slots a restriction allows (None: every live node)."""
+        if isinstance(filters, _Slots):
+            return filters.slots
+        return self._select(None, None, filters) if filters is not None and filters.filters else None
+
+    def usable_ids(self, node_ids: Sequence[str], filters: "MetadataFilters | _Slots | None" = None) -> np.ndarray:
+        """Per id: stored and passing ``filters`` (a read-only bool array in input order; cached
+        without a restriction until the next change)."""
         with self._lock.read():
-            get = self._table.slot_of.get
-            slots = np.fromiter((get(i, -1) for i in node_ids), dtype=np.int64, count=len(node_ids))
-            usable = slots >= 0
-            if filters is not None and filters.filters and usable.any():
-                allowed = np.zeros(self._table.capacity + 1, dtype=bool)  # last cell: slot -1
-                allowed[self._select(None, None, filters)] = True
-                usable &= allowed[slots]
-            return usable
+            return self._usable_ids(node_ids, filters)
+
+    def _usable_ids(self, node_ids: Sequence[str], filters: "MetadataFilters | _Slots | None") -> np.ndarray:
+        node_ids, version = tuple(node_ids), self._version
+        candidates = self._candidates(filters)
+        if candidates is None and (cached := self._usable.get(node_ids, None, version)) is not None:
+            return cached
+        get = self._table.slot_of.get
+        slots = np.fromiter((get(i, -1) for i in node_ids), dtype=np.int64, count=len(node_ids))
+        usable = slots >= 0
+        if candidates is None:
+            return self._usable.put(node_ids, None, version, usable)
+        if usable.any():
+            allowed = np.zeros(self._table.capacity + 1, dtype=bool)  # last cell: slot -1
+            allowed[candidates] = True
+            usable &= allowed[slots]
+        return usable
 
     def texts_of(self, node_ids: Sequence[str]) -> list[str | None]:
         """Current texts of ``node_ids`` (None for ids not stored)."""
         with self._lock.read():
-            get, texts = self._table.slot_of.get, self._table.texts
-            return [texts[s] if (s := get(i)) is not None else None for i in node_ids]
+            return self._texts_of(node_ids)
+
+    def _texts_of(self, node_ids: Sequence[str]) -> list[str | None]:
+        get, texts = self._table.slot_of.get, self._table.texts
+        return [texts[s] if (s := get(i)) is not None else None for i in node_ids]
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -848,34 +643,41 @@ def _check_slots(index_path: Path, index_ids: np.ndarray, slots: np.ndarray, dea
         )
 
 
+class _HeldView:
+    """The store's ``StoreView`` reads without taking its lock, for the ranking of a query that
+    already holds it (right after a vector scan, each lock round trip costs tens of µs)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: FaissStore) -> None:
+        self._store = store
+
+    def __len__(self) -> int:
+        return len(self._store._table)
+
+    def search_vectors(
+        self, queries: np.ndarray, k: int, filters: "MetadataFilters | _Slots | None" = None
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        return self._store._search_ids(queries, k, filters)
+
+    def usable_ids(self, node_ids: Sequence[str], filters: "MetadataFilters | _Slots | None" = None) -> np.ndarray:
+        return self._store._usable_ids(node_ids, filters)
+
+    def texts_of(self, node_ids: Sequence[str]) -> list[str | None]:
+        return self._store._texts_of(node_ids)
+
+
+@dataclass(frozen=True, eq=False)
+class _Slots:
+    """A query's restriction (node ids, document ids, filters) resolved to the slots it allows:
+    what :meth:`FaissStore.query` hands the ranking as ``filters``."""
+
+    slots: np.ndarray
+
+
 def _valid_row(row: Any) -> bool:
     return (
         isinstance(row, list) and len(row) == 6
         and all(isinstance(v, str) for v in (row[0], row[1], row[2], row[4], row[5]))
         and (row[3] is None or isinstance(row[3], str))
     )
-
-
-def _merge_single(
-    plain_scores: np.ndarray,
-    plain_slots: np.ndarray,
-    over_scores: np.ndarray,
-    over_slots: np.ndarray,
-    over_mask: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Exact top k of one query from its k plain hits and the override scores in one compiled
-    call, or None when the k plain hits do not suffice (too many of them are override nodes
-    scored lower) or numba is missing: the store's general merge then answers.
-
-    Plain hits that are override nodes are replaced by their override scores; override nodes
-    below the k-th plain score cannot enter.
-    """
-    kernels = compiled_kernels()
-    if kernels is None:
-        return None
-    k = plain_slots.shape[1]
-    out_scores, out_slots = np.empty((1, k), dtype=np.float32), np.empty((1, k), dtype=np.int64)
-    written = kernels.merge_overrides(
-        plain_scores, plain_slots, np.ascontiguousarray(over_scores), over_slots, over_mask, out_scores, out_slots
-    )
-    return None if written < 0 else (out_scores, out_slots)

@@ -49,7 +49,8 @@ import numpy as np
 from llama_index.core.schema import BaseNode
 from llama_index.core.vector_stores.types import MetadataFilters, VectorStoreQuery, VectorStoreQueryResult
 
-from llama_index_deepmemory.vectors import as_matrix
+from llama_index_deepmemory.engine.usable_cache import UsableCache
+from llama_index_deepmemory.vectors import as_matrix, padded
 
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -173,7 +174,7 @@ class WrappedStore:
         self._dim: int | None = None
         self._lock = threading.RLock()
         self._added_texts: dict[str, str] = {}  # nodes added through this wrapper (keyword fallback)
-        self._usable: OrderedDict[tuple[int, int, str], tuple[Sequence[str], np.ndarray]] = OrderedDict()
+        self._usable = UsableCache(_USABLE_CACHE)
         self._texts: OrderedDict[str, str] = OrderedDict()  # texts seen in results, until the next write
         self._original: dict[str, str] = {}  # engine id -> node id, of every node seen
         self._version = 0  # bumped by every write through the wrapper
@@ -383,30 +384,19 @@ class WrappedStore:
             scores, ids = rank(self, queries, model, k, texts=texts, filters=restriction)
         else:
             scores, ids, _ = self._search_many(queries, k, restriction)
-        out = np.full((len(ids), max((len(r) for r in ids), default=0)), -np.inf, dtype=np.float32)
-        for row, values in zip(out, scores):
-            row[: len(values)] = values
-        return out, ids
+        return padded(scores), ids
 
     def usable_ids(self, node_ids: Sequence[str], filters: Any = None) -> np.ndarray:
         """Stored and allowed, cached per id sequence and restriction until the next write
         through this wrapper (a node deleted by another process is dropped from results)."""
         restriction = as_restriction(filters)
-        node_ids = tuple(node_ids)
-        key = (hash(node_ids), self._version, restriction.key())
-        with self._lock:
-            cached = self._usable.get(key)
-            if cached is not None and cached[0] == node_ids:
-                return cached[1]
-        found = {
-            n.node_id for n in self._get_allowed(list(node_ids), restriction)
-        }
+        node_ids, version, key = tuple(node_ids), self._version, restriction.key()
+        cached = self._usable.get(node_ids, key, version)
+        if cached is not None:
+            return cached
+        found = {n.node_id for n in self._get_allowed(list(node_ids), restriction)}
         usable = np.fromiter((i in found for i in node_ids), dtype=bool, count=len(node_ids))
-        with self._lock:
-            self._usable[key] = (node_ids, usable)
-            while len(self._usable) > _USABLE_CACHE:
-                self._usable.popitem(last=False)
-        return usable
+        return self._usable.put(node_ids, key, version, usable)
 
     def texts_of(self, node_ids: Sequence[str]) -> list[str | None]:
         """Texts of ``node_ids`` (None: not stored), from the texts recent results carried."""

@@ -1,0 +1,89 @@
+"""Where a ``deep_memory=True`` query's time goes: each step of ``deep_memory.ranking.rank`` timed
+on its own right after a FAISS scan (as in a real query, the scan leaves every cache cold), at
+100,000 x 384 vectors with one FAISS thread and ``bench_store``'s SciFact-sized model with keyword
+re-scoring. Medians over the queries, in µs (a measurement, not a test).
+
+    python benchmarks/bench_rank_steps.py [--n 100000] [--queries 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_store import make_nodes, synthetic_texts, trained_like_model  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300)
+    args = parser.parse_args(argv)
+
+    import faiss
+
+    from llama_index_deepmemory import DeepMemoryVectorStore
+    from llama_index_deepmemory.deep_memory import ranking
+    from llama_index_deepmemory.deep_memory.base import compiled_kernels
+    from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
+
+    faiss.omp_set_num_threads(1)
+    n, dim = args.n, 384
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    store = DeepMemoryVectorStore()
+    nodes = make_nodes(vectors)
+    for start in range(0, n, 2048):
+        store.add(nodes[start : start + 2048])
+    del nodes
+    view = store._backend._held  # the view a query ranks over (the store's lock is not taken here)
+    model, memory_unit = trained_like_model(vectors, 1000, 1000, rng)
+    model.lexical, model.lexical_weight = LexicalIndex([f"node-{i}" for i in range(n)], synthetic_texts(n, 100, rng)), 0.1
+    raw = rng.normal(size=(args.queries, dim)).astype(np.float32)
+    near = memory_unit[rng.integers(0, len(memory_unit), args.queries)] + 0.8 * raw / np.sqrt(dim)
+    queries = [store._backend.prepare_queries(near[i] if i % 2 == 0 else raw[i]) for i in range(args.queries)]
+    texts = synthetic_texts(args.queries, 8, rng)
+    plan, kernels, index = model.keyword_plan(), compiled_kernels(), store.client
+    times: dict[str, list[float]] = {}
+
+    def timed(label, step):
+        index.search(queries[0], 66)  # a scan first: every step starts cold, as in a query
+        t0 = time.perf_counter()
+        result = step()
+        times.setdefault(label, []).append(time.perf_counter() - t0)
+        return result
+
+    for q, text in zip(queries, texts):
+        transformed, ids, scores = timed("adapter + memory scores (apply kernel)", lambda: ranking._applied(model, q))
+        usable = timed("usable override ids (cached)", lambda: view.usable_ids(ids))
+        overridden = ranking._id_set(ids)
+        plain_scores, plain_ids = timed("plain search, 66 ids (FAISS scan)",
+                                        lambda: view.search_vectors(transformed, 66))
+        row = plain_ids[0]
+        keep = timed("which hits are override nodes (66 set lookups)",
+                     lambda: np.array([node not in overridden for node in row], dtype=bool))
+        row_scores = np.ascontiguousarray(plain_scores[0][: len(row)])
+        picks, merged = timed("merge (kernel)",
+                              lambda: ranking._merged_row(kernels, row_scores, keep, scores[0], usable, 50))
+        candidates = [row[p] if p >= 0 else ids[-1 - p] for p in picks]
+        rows = timed("keyword-index rows of 50 candidates", lambda: plan.index.rows_of(candidates))
+        timed("query term ids (regex)", lambda: plan.index.query_term_ids(text))
+        timed("BM25 fusion + order (kernel)", lambda: plan.ranked(text, rows, merged))
+        timed("whole rank(), keywords", lambda: ranking.rank(view, q, model, 10, texts=[text]))
+        timed("whole rank(), dense", lambda: ranking.rank(view, q, model, 10))
+        timed("plain search, 10 ids (FAISS scan)", lambda: view.search_vectors(q, 10))
+    for label, values in times.items():
+        print(f"{label:<48} {statistics.median(values) * 1e6:>10.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
