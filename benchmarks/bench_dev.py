@@ -10,7 +10,10 @@ LlamaIndex retriever passes them) and embeddings only (no ``query_str``). "dev d
 dev-test claims none of whose relevant documents is relevant to any dev-train claim: the unseen
 documents of issue 17. The SciFact test claims are never read. Embeddings come from
 ``bench_quality``'s cache (the same files). ``--variants gate`` also scores per-query fallbacks
-(the measurements of ``benchmarks/README.md``, "Unseen documents").
+(the measurements of ``benchmarks/README.md``, "Unseen documents"); ``--variants fusion`` re-does the
+keyword fusion offline (rerank depth 50/100/200, max / z-score / min-max / reciprocal-rank fusion,
+BM25 k1/b 0.9/0.4 and 1.2/0.75), weights from the library's training or an inner 3-fold
+cross-validation of the dev-train claims.
 """
 
 from __future__ import annotations
@@ -193,7 +196,270 @@ def evaluate_split(view, split: DevSplit, options: dict, variants: set[str], dim
             gated_emb = [a if o else b for a, b, o in zip(ours_emb, adapter_emb, on)]
             out[f"  gate cos>={t}, texts, fallback adapter+kw"] = scores(gated_text)
             out[f"  gate cos>={t}, embeddings, fallback adapter"] = scores(gated_emb)
+    if "fusion" in variants:
+        out.update(fusion_variants(view, split, options, result, scores))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# --variants fusion: offline keyword-fusion alternatives (rerank depth, score normalisation, BM25
+# k1/b). The trained model ranks without keywords to FUSION_MAX_DEPTH; the fusion is re-done here
+# in numpy. Every choice (weight, and the "best family" row) is made by an inner 3-fold
+# cross-validation on the dev-train claims only (never on dev-test), or re-uses the weight the
+# library's own training chose ("library w").
+
+FUSION_DEPTHS = (50, 100, 200)
+FUSION_MAX_DEPTH = max(FUSION_DEPTHS)
+FUSION_BM25 = ((0.9, 0.4), (1.2, 0.75))  # today's (k1, b) and Lucene's defaults
+FUSION_WEIGHTS = {
+    "max": (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0),  # today: score + w * bm25 / max(bm25); the library grid
+    "z": (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0),  # z(score) + w * z(bm25) over the candidates
+    "minmax": (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0),  # mm(score) + w * mm(bm25)
+    "rrf": (0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0),  # 1/(60 + rank) + w/(60 + bm25 rank), bm25 > 0 only
+}
+FUSION_INNER_FOLDS = 3
+FUSION_COS_THRESHOLDS = (0.4, 0.5, 0.6, 0.7)  # per-query weight: w_near if raw cosine to a training query >= t
+# fixed (method, depth, (k1, b), t, w_near, w_far): the medians of the inner-CV choices of splits 0-2 x train
+# seeds 0-2 (dev-train only), to be checked on other splits (3,4,5); w_near == w_far: one weight for all queries
+FUSION_FIXED = (
+    ("max", 50, (0.9, 0.4), 0.6, 0.2, 0.2),
+    ("max", 50, (0.9, 0.4), 0.6, 0.1, 0.2),
+    ("z", 200, (0.9, 0.4), 0.6, 1.0, 1.0),
+    ("z", 50, (0.9, 0.4), 0.7, 0.3, 1.0),
+    ("z", 200, (0.9, 0.4), 0.6, 0.3, 1.0),
+)
+_fusion_indexes: dict[tuple[float, float], object] = {}
+
+
+@dataclass
+class FusionCandidates:
+    """Per query: the model's top FUSION_MAX_DEPTH (no keywords) ids and scores, and the BM25
+    score of each candidate under each (k1, b); ``active`` False where the model is not served."""
+
+    ids: list[list[str]]
+    scores: np.ndarray  # (m, D)
+    bm25: dict[tuple[float, float], np.ndarray]  # (k1, b) -> (m, D)
+    active: np.ndarray  # (m,) bool
+
+
+def fusion_indexes(view) -> dict[tuple[float, float], object]:
+    """One LexicalIndex of the stored texts per (k1, b) of FUSION_BM25 (built once)."""
+    from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
+
+    if not _fusion_indexes:
+        text_of: dict[str, str] = {}
+        for batch_ids, batch_texts in view.iter_texts():
+            text_of.update(zip(batch_ids, batch_texts))
+        for k1, b in FUSION_BM25:
+            _fusion_indexes[(k1, b)] = LexicalIndex(list(text_of), list(text_of.values()), k1=k1, b=b)
+    return _fusion_indexes
+
+
+def fusion_candidates(view, vectors: np.ndarray, model, texts: list[str]) -> FusionCandidates:
+    """``model`` (None: plain) ranking ``vectors`` without keyword re-scoring, FUSION_MAX_DEPTH deep."""
+    from llama_index_deepmemory.deep_memory.ranking import rank
+
+    dense = None
+    if model is not None:
+        dense = copy.copy(model)  # arrays shared; lexical weight 0 = no re-scoring (rerank_depth 0)
+        dense.lexical_weight = 0.0
+        if getattr(dense, "fallback", None) is not None:
+            raise ValueError("--variants fusion measures models without a gate (gate_threshold=0)")
+    scores, ids = rank(view, view.prepare_queries(vectors), dense, FUSION_MAX_DEPTH, texts=None)
+    if any(len(row) < FUSION_MAX_DEPTH for row in ids):
+        raise ValueError(f"a query has fewer than {FUSION_MAX_DEPTH} candidates")
+    bm25 = {}
+    for key, index in fusion_indexes(view).items():
+        bm25[key] = np.stack([index.scores(t, row) for t, row in zip(texts, ids)]).astype(np.float64)
+    active = np.full(len(ids), model is not None)
+    return FusionCandidates([list(r) for r in ids], np.stack(scores).astype(np.float64), bm25, active)
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    std = x.std(axis=1, keepdims=True)
+    return np.where(std > 0, (x - x.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0), 0.0)
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+    return np.where(hi > lo, (x - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
+
+
+def fused_ranking(
+    c: FusionCandidates, method: str, depth: int, bm25_key, weight: float | np.ndarray, k: int = 10
+) -> list[list[str]]:
+    """Top ``k`` ids per query after fusing the top ``depth`` candidates (inactive rows: unchanged);
+    ``weight`` one number or one per query."""
+    s, b = c.scores[:, :depth], c.bm25[bm25_key][:, :depth]
+    if np.ndim(weight):  # one weight per query
+        weight = np.asarray(weight, dtype=np.float64).reshape(-1, 1)
+    if method == "max":
+        best = b.max(axis=1, keepdims=True)
+        fused = s + weight * np.where(best > 0, b / np.where(best > 0, best, 1.0), 0.0)
+    elif method == "z":
+        fused = _zscore(s) + weight * _zscore(b)
+    elif method == "minmax":
+        fused = _minmax(s) + weight * _minmax(b)
+    elif method == "rrf":
+        dense_rank = np.arange(1, depth + 1, dtype=np.float64)[None, :]
+        order = np.argsort(-b, axis=1, kind="stable")
+        kw_rank = np.empty_like(b)
+        np.put_along_axis(kw_rank, order, np.arange(1, depth + 1, dtype=np.float64)[None, :].repeat(len(b), 0), axis=1)
+        fused = 1.0 / (60.0 + dense_rank) + weight * np.where(b > 0, 1.0 / (60.0 + kw_rank), 0.0)
+    else:
+        raise ValueError(method)
+    top = np.argsort(-fused, axis=1, kind="stable")[:, :k]
+    return [
+        [c.ids[i][j] for j in top[i]] if c.active[i] else c.ids[i][:k] for i in range(len(c.ids))
+    ]
+
+
+def fusion_families() -> list[tuple[str, int, tuple[float, float]]]:
+    return [(m, d, kb) for m in FUSION_WEIGHTS for d in FUSION_DEPTHS for kb in FUSION_BM25]
+
+
+def _family_name(method: str, depth: int, bm25_key) -> str:
+    return f"{method}, depth {depth}, k1/b {bm25_key[0]}/{bm25_key[1]}"
+
+
+def inner_fusion_choice(view, split: DevSplit, options: dict) -> tuple[dict, tuple, dict]:
+    """Per fusion family, the weight with the best pooled nDCG@10 of an inner 3-fold
+    cross-validation of the dev-train claims (each fold's model trained like the outer one on
+    the other folds, single validation split like the outer 607-claim training), and the best
+    (family, weight) overall. Returns ({family: (w, inner nDCG)}, best, info)."""
+    from llama_index_deepmemory.deep_memory.training import TrainOptions, train_model
+    from llama_index_deepmemory.metrics import ndcg_at_k
+
+    train = split.train
+    order = np.random.default_rng(2000 + split.seed).permutation(len(train.query_ids))
+    folds = np.array_split(order, FUSION_INNER_FOLDS)
+    inner_options = {"validation_folds": 1, **options}
+    per_family: dict[tuple, list[np.ndarray]] = {}
+    cosines: list[np.ndarray] = []
+    notes = []
+    for f, val_idx in enumerate(folds):
+        fit_idx = np.sort(np.concatenate([g for j, g in enumerate(folds) if j != f]))
+        val_idx = np.sort(val_idx)
+        result = train_model(
+            view, split.train_vectors[fit_idx], [train.relevance[i] for i in fit_idx],
+            options=TrainOptions.from_kwargs(inner_options), query_texts=[train.query_texts[i] for i in fit_idx],
+        )
+        model = result.model if result.improved else None
+        notes.append(f"{'on' if model else 'OFF'} kw {result.info['lexical_weight']}")
+        cands = fusion_candidates(view, split.train_vectors[val_idx], model, [train.query_texts[i] for i in val_idx])
+        rel = [train.relevance[i] for i in val_idx]
+        cosines.append(max_key_cosine(split.train_vectors[val_idx], split.train_vectors[fit_idx]))
+        for family in fusion_families():
+            for w in (0.0,) + FUSION_WEIGHTS[family[0]]:
+                ranked = fused_ranking(cands, *family, w)
+                per_family.setdefault(family + (w,), []).append(np.asarray(ndcg_at_k(ranked, rel, 10, per_query=True)))
+    pooled = {key: float(np.concatenate(parts).mean()) for key, parts in per_family.items()}
+    choice = {}
+    for family in fusion_families():
+        w = max(FUSION_WEIGHTS[family[0]], key=lambda w: pooled[family + (w,)])  # first best on ties
+        choice[family] = (w, pooled[family + (w,)])
+    best = max(choice, key=lambda fam: choice[fam][1])
+    # per-query weight by the raw cosine to the nearest training query: (t, w_near, w_far) per family
+    cos = np.concatenate(cosines)
+    per_query = {key: np.concatenate(parts) for key, parts in per_family.items()}
+    cos_choice = {}
+    for family in fusion_families():
+        grid = (0.0,) + FUSION_WEIGHTS[family[0]]
+        best_key, best_score = None, -1.0
+        for t in FUSION_COS_THRESHOLDS:
+            near = cos >= t
+            for w_near in grid:
+                for w_far in grid:
+                    score = float(np.where(near, per_query[family + (w_near,)], per_query[family + (w_far,)]).mean())
+                    if score > best_score + 1e-12:
+                        best_key, best_score = (t, w_near, w_far), score
+        cos_choice[family] = best_key + (best_score,)
+    return choice, best, {"inner models": ", ".join(notes), "cos": cos_choice}
+
+
+def fusion_variants(view, split: DevSplit, options: dict, result, scores) -> dict[str, tuple]:
+    """The ``--variants fusion`` rows for one (split, train seed): dev-test nDCG@10 (all,
+    doc-disjoint) of each fusion, weights from the library's training or the inner CV."""
+    model = result.model if result.improved else None
+    test = split.test
+    cands = fusion_candidates(view, split.test_vectors, model, test.query_texts)
+    out: dict[str, tuple] = {}
+    lib_w = float(result.info["lexical_weight"])
+    for depth in FUSION_DEPTHS:
+        for kb in FUSION_BM25:
+            ranked = fused_ranking(cands, "max", depth, kb, lib_w) if lib_w > 0 else [r[:10] for r in cands.ids]
+            out[f"  fusion library w: max, depth {depth}, k1/b {kb[0]}/{kb[1]}"] = scores(ranked) + (f"w {lib_w}",)
+    feature = max_key_cosine(split.test_vectors, split.train_vectors)
+    for method, depth, kb, t, w_near, w_far in FUSION_FIXED:
+        weights = np.where(feature >= t, w_near, w_far)
+        label = f"w {w_far}" if w_near == w_far else f"t {t}, w near {w_near}, far {w_far}"
+        out[f"  fusion fixed: {_family_name(method, depth, kb)}, {label}"] = scores(
+            fused_ranking(cands, method, depth, kb, weights))
+    start = time.perf_counter()
+    choice, best, info = inner_fusion_choice(view, split, options)
+    seconds = time.perf_counter() - start
+    for family in fusion_families():
+        w, inner = choice[family]
+        out[f"  fusion inner-CV w: {_family_name(*family)}"] = scores(fused_ranking(cands, *family, w)) + (
+            f"w {w}, inner {inner:.3f}",)
+    for method in FUSION_WEIGHTS:  # the method fixed, its depth, k1/b and weight by the inner CV
+        family = max((fam for fam in fusion_families() if fam[0] == method), key=lambda fam: choice[fam][1])
+        w, inner = choice[family]
+        out[f"  fusion inner-CV: {method}, depth/k1/b/w by inner CV"] = scores(fused_ranking(cands, *family, w)) + (
+            f"{_family_name(*family)}, w {w}, inner {inner:.3f}",)
+    w, inner = choice[best]
+    out["  fusion inner-CV best family and w"] = scores(fused_ranking(cands, *best, w)) + (
+        f"{_family_name(*best)}, w {w}, inner {inner:.3f}; {info['inner models']}; {seconds:.0f}s",)
+    cos_choice = info["cos"]
+    for family in fusion_families():
+        if family[0] == "rrf":
+            continue
+        t, w_near, w_far, inner = cos_choice[family]
+        weights = np.where(feature >= t, w_near, w_far)
+        out[f"  fusion cos-split: {_family_name(*family)}"] = scores(fused_ranking(cands, *family, weights)) + (
+            f"t {t}, w near {w_near}, far {w_far}, inner {inner:.3f}, far {np.mean(feature < t):.2f}",)
+    for method in ("max", "z"):
+        family = max((fam for fam in fusion_families() if fam[0] == method), key=lambda fam: cos_choice[fam][3])
+        t, w_near, w_far, inner = cos_choice[family]
+        weights = np.where(feature >= t, w_near, w_far)
+        out[f"  fusion cos-split: {method}, depth/k1/b/t/weights by inner CV"] = scores(
+            fused_ranking(cands, *family, weights)) + (
+            f"{_family_name(*family)}, t {t}, w near {w_near}, far {w_far}, inner {inner:.3f}",)
+    default = (("max", 50, FUSION_BM25[0]))
+    out["  fusion inner-CV: today's family (max, 50, 0.9/0.4)"] = out[
+        f"  fusion inner-CV w: {_family_name(*default)}"]
+    return out
+
+
+def fusion_latency(view, split: DevSplit, repeats: int = 5) -> str:
+    """Median per-query time of the serving ranking (``ranking.rank``, one query with its text, k 10)
+    of the trained model at keyword re-scoring depth 50 / 100 / 200 (``models.LEXICAL_DEPTH``
+    patched in this process only), interleaved; plus the same model without keywords."""
+    from llama_index_deepmemory.deep_memory import models as models_module
+    from llama_index_deepmemory.deep_memory.ranking import rank
+    from llama_index_deepmemory.deep_memory.training import TrainOptions, train_model
+
+    result = train_model(
+        view, split.train_vectors, split.train.relevance, options=TrainOptions(), query_texts=split.train.query_texts
+    )
+    model = result.model
+    dense = copy.copy(model)
+    dense.lexical_weight = 0.0
+    prepared = view.prepare_queries(split.test_vectors)
+    saved = models_module.LEXICAL_DEPTH
+    times: dict[str, list[float]] = {}
+    try:
+        for _ in range(repeats):
+            for i, text in enumerate(split.test.query_texts):
+                for name, ranker, depth in (("no keywords", dense, saved), ("depth 50", model, 50),
+                                            ("depth 100", model, 100), ("depth 200", model, 200)):
+                    models_module.LEXICAL_DEPTH = depth
+                    start = time.perf_counter()
+                    rank(view, prepared[i : i + 1], ranker, 10, texts=[text])
+                    times.setdefault(name, []).append(time.perf_counter() - start)
+    finally:
+        models_module.LEXICAL_DEPTH = saved
+    return "rank() per query, median: " + ", ".join(f"{n} {1e6 * np.median(t):.0f} us" for n, t in times.items())
 
 
 def gate_latency(store, view, split: DevSplit, repeats: int = 3) -> str:
@@ -235,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
              "training's validation split, which alone moves dev means by up to 0.013 nDCG@10 and 0.026 doc-disjoint",
     )
     parser.add_argument("--options", default="{}", help="JSON TrainOptions, e.g. '{\"lexical\": false}'")
-    parser.add_argument("--variants", default="", help="extra measurements: gate, latency")
+    parser.add_argument("--variants", default="", help="extra measurements: gate, latency, fusion, fusion-latency")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     folder = Path(args.data)
@@ -248,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     store, view = build_store(data.doc_ids, data.doc_texts, docs)
     options = json.loads(args.options)
     variants = {v for v in args.variants.split(",") if v}
+    if "fusion-latency" in variants:
+        print(fusion_latency(view, dev_splits(data.train, train_vectors, [0])[0]))
+        return 0
     if "latency" in variants:
         print(gate_latency(store, view, dev_splits(data.train, train_vectors, [0])[0]))
         return 0

@@ -138,7 +138,38 @@ def test_store_queries_rank_alike_with_and_without_kernels(metric: str) -> None:
     assert "late" in ids
 
 
-def test_numpy_path_serves_queries_without_numba(numpy_only) -> None:
+def test_memory_nodes_crowding_the_plain_hits_are_searched_past() -> None:
+    """The 90 nodes nearest a query are memory nodes the model scores far away, so plain hits hold
+    the top 50 only 264 deep: the one-call path hands its search over to deeper ones (never the
+    same depth twice), and the store ranks as brute force does (BM25 fusion of the top 50)."""
+    rng = np.random.default_rng(12)
+    n, d = 400, 16
+    vectors = rng.normal(size=(n, d)).astype(np.float32)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"n{i}" for i in range(n)]
+    texts = [" ".join(rng.choice(WORDS, size=8)) for _ in ids]
+    q = rng.normal(size=d).astype(np.float32)
+    q /= np.linalg.norm(q)
+    crowd = np.argsort(-(unit @ q), kind="stable")[:90]
+    model = AdapterMemoryModel(dim=d, metric="cosine", memory_ids=[ids[i] for i in crowd], memory_vectors=-unit[crowd],
+                               lexical=LexicalIndex(ids, texts), lexical_weight=0.3)
+    store = DeepMemoryVectorStore(metric="cosine")
+    store.add([TextNode(id_=i, text=t, embedding=v.tolist()) for i, t, v in zip(ids, texts, vectors)])
+    store.deep_memory._models["m"] = model
+    store.deep_memory._active = "m"
+    backend, searched = store._backend, []
+    search = backend._search
+    backend._search = lambda queries, k, candidates: searched.append(k) or search(queries, k, candidates)
+    scores = unit @ q
+    scores[crowd] = -unit[crowd] @ q  # the model's memory scores
+    top = np.argsort(-scores, kind="stable")[:50]
+    keyword = model.lexical.scores("w1 w2 w3", [ids[j] for j in top])
+    fused = scores[top].astype(np.float32) + np.float32(0.3 / keyword.max()) * keyword
+    expected = [ids[top[j]] for j in np.argsort(-fused, kind="stable")[:5]]
+    for _ in range(3):  # the store keeps its keyword rows from the second query on
+        assert _run(store, q[None, :], ["w1 w2 w3"], 5)[0][0] == expected
+    # from the second query on the first search is the one-call path's; each miss searches twice as deep
+    assert searched == [66, 132, 264] * 3 and backend._slot_rows[3] is not None
     """Without numba the store answers from the numpy path, ranked as brute force ranks."""
     rng = np.random.default_rng(8)
     store, vectors = _keyword_store(rng, 120, 8, "cosine")
@@ -196,6 +227,60 @@ def test_keyword_kernel_equals_rescore_and_a_stable_sort() -> None:
         assert positions.tolist() == order.tolist() and asked == ([np.flatnonzero(rows < 0).tolist()] if (rows < 0).any() else [])
     with pytest.raises(ValueError, match="rows of the keyword index"):
         plan.ranked("w1", np.array([0, 200]), np.zeros(2, np.float32))
+
+
+def test_fused_merge_and_keyword_kernel_equals_the_two_steps_in_numpy() -> None:
+    """``merge_keyword_top`` against the numpy merge (a plain hit dropped when its row is an
+    override node's) followed by ``rescore`` + a stable sort, cut to k; with ties, depth above the
+    insertion limit, plain rows longer than the hits; status -2 exactly when an unindexed node
+    reaches the top ``depth``, -3 exactly when ``_plain_search`` would search deeper."""
+    rng = np.random.default_rng(11)
+    ids = [f"n{i}" for i in range(300)]
+    plan = base.KeywordPlan(LexicalIndex(ids, [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 12)))) for _ in ids]), 0.3)
+    spans, doc_terms, doc_weights = plan.index.postings
+    n_unindexed = n_deeper = 0
+    for trial in range(400):
+        depth = int(rng.integers(1, 12)) if trial % 4 else int(rng.integers(60, 90))
+        k = int(rng.integers(1, depth + 3))
+        rows = rng.permutation(len(ids))
+        over_rows = rows[: int(rng.integers(0, 40))]
+        plain_rows = rows[rng.integers(0, 20): ][: int(rng.integers(0, depth + 16))].copy()  # overlaps the overrides
+        if trial % 5 == 0 and len(plain_rows):
+            plain_rows[rng.integers(0, len(plain_rows))] = -1  # a node added after the index was built
+        plain = -np.sort(-rng.integers(0, 5, size=len(plain_rows))).astype(np.float32) / 4
+        over = rng.integers(0, 6, size=len(over_rows)).astype(np.float32) / 4
+        usable = rng.random(len(over_rows)) < 0.8
+        flags = np.zeros(len(ids), bool)
+        flags[over_rows] = True
+        query_terms = plan.index.query_term_ids(" ".join(rng.choice(WORDS, size=int(rng.integers(0, 5)))))
+        longer = np.concatenate([plain, np.full(3, -9.0, np.float32)])  # the kernel reads len(plain_rows) scores
+        asked = len(plain_rows) + int(rng.integers(0, 2))  # fewer hits than asked: every allowed node found
+        status, out_scores, out_sources = kernels.merge_keyword_top(
+            longer, plain_rows, flags, over, usable, over_rows, spans, doc_terms, doc_weights, query_terms, 0.3,
+            depth, k, asked)
+        keep = (plain_rows < 0) | ~flags[np.maximum(plain_rows, 0)]
+        reaching = int((over[usable] >= plain[-1]).sum()) if len(plain) else 0
+        if len(plain_rows) >= asked and keep.sum() < depth and (not len(plain) or keep.sum() + reaching < depth):
+            n_deeper += 1  # an unfetched node may belong to the top `depth`
+            assert status == -3 and len(out_scores) == 0
+            continue
+        pool = np.concatenate([plain[keep], over[usable]])
+        sources = np.concatenate([np.flatnonzero(keep), -1 - np.flatnonzero(usable)])
+        top = np.argsort(-pool, kind="stable")[:depth]
+        top_rows = np.array([plain_rows[s] if s >= 0 else over_rows[-1 - s] for s in sources[top]], dtype=np.int64)
+        if (top_rows < 0).any():
+            n_unindexed += 1
+            assert status == -2 and len(out_scores) == 0
+            continue
+        assert status == 0
+        bm25 = np.array([doc_weights[b:e][np.isin(doc_terms[b:e], query_terms)].astype(np.float64).sum()
+                         for b, e in spans[top_rows]], dtype=np.float32)
+        best = bm25.max(initial=0)
+        fused = pool[top] + (np.float32(0.3 / np.float64(best)) * bm25 if best > 0 else np.float32(0))
+        order = np.argsort(-fused, kind="stable")[:k]
+        assert out_sources.tolist() == sources[top][order].tolist()
+        np.testing.assert_allclose(out_scores, fused[order], rtol=1e-6)
+    assert 10 < n_unindexed < 100 and 10 < n_deeper < 150
 
 
 def test_stable_top_ranks_as_a_stable_descending_sort() -> None:

@@ -124,6 +124,19 @@ def test_rows_of_and_scores_at_rows_match_scores_by_id() -> None:
         index.rows_of("node-1")
 
 
+def test_rows_of_a_tuple_are_kept_until_forget() -> None:
+    """A model's override ids (one tuple, asked on every query) are looked up once, read-only,
+    and looked up again after forget()."""
+    ids, texts = make_corpus()
+    index = LexicalIndex(ids, texts)
+    overrides = tuple(ids[:5])
+    rows = index.rows_of(overrides)
+    assert index.rows_of(overrides) is rows and not rows.flags.writeable
+    assert index.rows_of(list(overrides)) is not rows  # lists are not kept
+    index.forget([ids[2]])
+    assert index.rows_of(overrides).tolist() == [0, 1, -1, 3, 4]
+
+
 def test_hand_computed_scores() -> None:
     ids = ["d0", "d1", "d2"]
     texts = ["Apple banana apple", "banana, cherry!", "The cherry cherry CHERRY"]  # "the" is a stop word

@@ -13,6 +13,7 @@ import pytest
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
+from llama_index_deepmemory.deep_memory.ranking import rank
 from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH
 from llama_index_deepmemory.deep_memory import training
 from llama_index_deepmemory.deep_memory.training import TrainOptions, train_model
@@ -41,10 +42,13 @@ def trained_copy(task: KeywordTask, trained):
     return store
 
 
-def reference_ids(task: KeywordTask, model, q: np.ndarray, text: str | None, k: int) -> list[str]:
-    """Dense Deep Memory scores of every node, then (with text) BM25 re-scoring of the top max(k, 50)."""
+def reference_ids(task: KeywordTask, model, q: np.ndarray, text: str | None, k: int, allowed=None) -> list[str]:
+    """Dense Deep Memory scores of every node (or of those ``allowed``), then (with text) BM25
+    re-scoring of the top max(k, 50)."""
     scores = brute_force_scores(q[None, :], task.docs, task.ids, model)[0]
     order = np.argsort(-scores, kind="stable")
+    if allowed is not None:
+        order = order[np.isin(np.array(task.ids)[order], allowed)]
     if text is None:
         return [task.ids[j] for j in order[:k]]
     top = order[: max(k, LEXICAL_DEPTH)]  # the store re-scores at least the top k
@@ -81,6 +85,63 @@ def test_store_query_matches_the_reference(task: KeywordTask, trained, k: int) -
         assert query_ids(store, q, k, text) == reference_ids(task, model, q, text, k)
         # without query_str the model is applied without keywords
         assert query_ids(store, q, k) == reference_ids(task, model, q, None, k)
+
+
+def test_keyword_queries_rank_in_one_call_from_the_second_at_an_unchanged_store(
+    task: KeywordTask, trained_copy
+) -> None:
+    """From the second keyword query at an unchanged store the embedded store hands out its hits'
+    keyword rows (one compiled call ranks them), with the results of the generic steps; a write
+    that makes the index forget a node starts over."""
+    store = trained_copy
+    backend, model = store._backend, store.deep_memory.active_model()
+    served, search_rows = [], backend._search_rows
+
+    def recording(*args):
+        hits = search_rows(*args)
+        served.append(hits is not None)
+        return hits
+
+    backend._search_rows = recording
+
+    def check(i: int) -> None:  # the store itself offers no search_rows: rank() takes its steps
+        q, text = task.queries[i], task.texts[i]
+        got = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=5, query_str=text),
+                          deep_memory=True)
+        scores, ids = rank(backend, backend.prepare_queries(q), model, 5, texts=[text])
+        assert got.ids == ids[0]
+        np.testing.assert_allclose(got.similarities, scores[0], rtol=1e-6)
+
+    for i in range(N_TRAIN, N_TRAIN + 4):
+        check(i)
+    assert served == [False, True, True, True]
+    allowed = task.ids[::2]  # restricted to half the nodes: 40 hits, fewer than asked
+    q, text = task.queries[N_TRAIN], task.texts[N_TRAIN]
+    got = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=5, query_str=text,
+                                       node_ids=allowed), deep_memory=True)
+    assert served[-1] and got.ids == reference_ids(task, model, q, text, 5, allowed)
+    used = model.lexical.n_used
+    j = next(i for i, node in enumerate(task.ids) if node not in model.memory_ids)  # a plain node
+    store.add([TextNode(id_=task.ids[j], text=task.doc_texts[j], embedding=task.docs[j].tolist())])
+    assert model.lexical.n_used == used - 1  # re-added: scored from its current text from now on
+    for i in range(N_TRAIN + 4, N_TRAIN + 7):
+        check(i)
+    assert served[5:] == [False, True, True]
+
+
+def test_a_top_candidate_missing_from_the_keyword_index_costs_no_second_scan(task: KeywordTask, trained_copy) -> None:
+    """A node added after training reaches the top: the one-call path hands its search to the
+    generic steps, which score the node from its text without scanning again."""
+    store = trained_copy
+    backend, model = store._backend, store.deep_memory.active_model()
+    q, text = task.queries[N_TRAIN], task.texts[N_TRAIN]
+    store.add([TextNode(id_="late", text=text, embedding=q.tolist())])
+    scans, search = [], backend._search
+    backend._search = lambda *args: scans.append(1) or search(*args)
+    for _ in range(3):
+        assert query_ids(store, q, 5, text)[0] == "late"
+    assert backend._slot_rows[3] is not None and len(scans) == 3  # the slot rows were used, one scan a query
+    assert query_ids(store, q, 5, text) == rank(backend, backend.prepare_queries(q), model, 5, texts=[text])[1][0]
 
 
 def test_texts_are_read_only_for_candidates_the_keyword_index_lacks(task: KeywordTask, trained_copy) -> None:
@@ -194,6 +255,27 @@ def test_nodes_added_or_rewritten_after_training_are_scored_from_their_current_t
     store.persist(str(tmp_path / "store"))
     loaded = DeepMemoryVectorStore.from_persist_path(str(tmp_path / "store")).deep_memory.active_model()
     assert loaded.lexical.scores(text, [target])[0] == 0  # still forgotten: no text given, no score
+
+
+def test_a_memory_node_rewritten_after_training_loses_its_keyword_score(task: KeywordTask, trained_copy) -> None:
+    """A memory (override) node re-added with an unrelated text keeps its learned score but no
+    longer earns keyword score from its old text (the compiled one-call ranking steps aside)."""
+    store = trained_copy
+    model = store.deep_memory.active_model()
+    target = next(node for node in model.memory_ids if node in task.ids)
+    j = task.ids.index(target)
+    q, text = task.docs[j], f"which report mentions code{j}x"
+
+    def similarity(query_str):
+        result = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=len(task.ids),
+                                              query_str=query_str), deep_memory=True)
+        return dict(zip(result.ids, result.similarities))[target]
+
+    dense = similarity(None)
+    assert similarity(text) > dense + 1e-3  # its code word earns keyword score
+    store.add([TextNode(id_=target, text="nothing relevant here", embedding=q.tolist())])  # its stored vector
+    assert similarity(None) == pytest.approx(dense, abs=1e-6)
+    assert similarity(text) == pytest.approx(dense, abs=1e-6)
 
 
 def test_nodes_rewritten_while_a_job_trains_are_forgotten_by_its_keyword_index(

@@ -170,7 +170,12 @@ def _texts_at(
 
 
 class StoreView(Protocol):
-    """What Deep Memory may ask of a store."""
+    """What Deep Memory may ask of a store.
+
+    A store may also offer ``search_rows(query, k, filters, index)``: one prepared query's plain
+    top ``k`` as (scores, the hits' rows in the keyword ``index``, a function from a hit's
+    position to its id), or None when it cannot now; the ranking then scores a keyword query
+    in one compiled call without looking up the hits' ids (the embedded store does)."""
 
     @property
     def dim(self) -> int | None:

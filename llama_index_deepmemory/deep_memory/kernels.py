@@ -1,8 +1,10 @@
-"""Compiled (numba) kernel for one ``deep_memory=True`` query: adapter and memory scores before
-the search, in one pass over the model's arrays instead of a dozen numpy calls. It computes what
-the numpy path of ``AdapterMemoryModel`` computes (tests compare the two). Callers reach this
-module through ``base.compiled_kernels()``, which returns None where numba is not installed (the
-numpy path then runs).
+"""Compiled (numba) kernels for one ``deep_memory=True`` query, each one call where numpy would
+make a dozen (right after a vector scan every call is slow): ``adapter_memory_scores`` (adapter
+and memory scores, before the search), ``merge_row`` (plain hits merged with the override scores),
+``keyword_fused_top`` (BM25 fusion and order of given candidates) and ``merge_keyword_top`` (both,
+over hits given as keyword-index rows). Each computes what a numpy path computes (tests compare
+them). Callers reach this module through ``base.compiled_kernels()``, which returns None where
+numba is not installed (the numpy paths then run).
 """
 
 from __future__ import annotations
@@ -174,7 +176,6 @@ def keyword_fused_top(
     outside the index, -2 when a candidate is unindexed and no text scores were given (nothing
     computed then)."""
     n = scores.shape[0]
-    n_terms = query_terms.shape[0]
     given = text_scores.shape[0] == n
     empty_scores, empty_positions = np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
     for i in range(n):
@@ -183,33 +184,113 @@ def keyword_fused_top(
         if rows[i] == -1 and not given:
             return -2, empty_scores, empty_positions
     keyword = text_scores.copy() if given else np.zeros(n, dtype=np.float32)
-    best = np.float32(0.0)
-    first_term = query_terms[0] if n_terms else 0
-    last_term = query_terms[n_terms - 1] if n_terms else -1
     for i in range(n):
-        total = 0.0  # float64 in posting order, like numpy's bincount
-        for p in range(spans[rows[i], 0], spans[rows[i], 1]):
-            term = doc_terms[p]
-            if term < first_term or term > last_term:
-                continue
-            lo, hi = 0, n_terms
-            while lo < hi:  # binary search in the sorted query terms
-                mid = (lo + hi) >> 1
-                if query_terms[mid] < term:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if query_terms[lo] == term:
-                total += doc_weights[p]
-        keyword[i] += np.float32(total)
+        keyword[i] += _bm25(rows[i], spans, doc_terms, doc_weights, query_terms)
+    out_scores = np.empty(n, dtype=np.float32)
+    out_positions = np.empty(n, dtype=np.int64)
+    _fused_top(scores, keyword, np.arange(n), weight, out_scores, out_positions)
+    return 0, out_scores, out_positions
+
+
+@numba.njit(**_JIT)
+def _bm25(row: int, spans: np.ndarray, doc_terms: np.ndarray, doc_weights: np.ndarray, query_terms: np.ndarray) -> np.float32:
+    """BM25 of the sorted unique ``query_terms`` for keyword-index ``row`` (row -1: empty, 0)."""
+    n_terms = query_terms.shape[0]
+    if n_terms == 0:
+        return np.float32(0.0)
+    first_term, last_term = query_terms[0], query_terms[n_terms - 1]
+    total = 0.0  # float64 in posting order, like numpy's bincount
+    for p in range(spans[row, 0], spans[row, 1]):
+        term = doc_terms[p]
+        if term < first_term or term > last_term:
+            continue
+        lo, hi = 0, n_terms
+        while lo < hi:  # binary search in the sorted query terms
+            mid = (lo + hi) >> 1
+            if query_terms[mid] < term:
+                lo = mid + 1
+            else:
+                hi = mid
+        if query_terms[lo] == term:
+            total += doc_weights[p]
+    return np.float32(total)
+
+
+@numba.njit(**_JIT)
+def _fused_top(
+    scores: np.ndarray, keyword: np.ndarray, sources: np.ndarray, weight: float,
+    out_scores: np.ndarray, out_sources: np.ndarray,
+) -> int:
+    """``scores + weight * keyword / max(keyword)`` (``scores`` when no keyword score is
+    positive): its stable top ``len(out_scores)`` with their ``sources``. Returns the number written."""
+    best = np.float32(0.0)
+    for i in range(keyword.shape[0]):
         if keyword[i] > best:
             best = keyword[i]
     fused = scores.copy()
     if best > 0:
         scale = np.float32(weight / np.float64(best))
-        for i in range(n):
+        for i in range(scores.shape[0]):
             fused[i] = scores[i] + scale * keyword[i]
-    out_scores = np.empty(n, dtype=np.float32)
-    out_positions = np.empty(n, dtype=np.int64)
-    _stable_top(fused, np.arange(n), out_scores, out_positions)
-    return 0, out_scores, out_positions
+    return _stable_top(fused, sources, out_scores, out_sources)
+
+
+@numba.njit(**_JIT)
+def merge_keyword_top(
+    plain_scores: np.ndarray,  # (>= n_plain,) float32, descending: one query's plain hits (first n_plain read)
+    plain_rows: np.ndarray,  # (n_plain,) int64: their keyword-index rows (-1: not indexed)
+    overridden_rows: np.ndarray,  # (n_index_rows,) bool: the rows of the override nodes
+    over_scores: np.ndarray,  # (n_over,) float32: the model's scores of its override nodes
+    over_usable: np.ndarray,  # (n_over,) bool: stored and allowed
+    over_rows: np.ndarray,  # (n_over,) int64: their keyword-index rows (all indexed)
+    spans: np.ndarray,  # the postings, as keyword_fused_top reads them
+    doc_terms: np.ndarray,
+    doc_weights: np.ndarray,
+    query_terms: np.ndarray,  # (n_terms,) int32, sorted unique
+    weight: float,
+    depth: int,
+    k: int,
+    asked: int,  # the plain hits the search was asked for (fewer: every allowed node was found)
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """:func:`merge_row` (a plain hit is kept unless its row is an override node's), then
+    :func:`keyword_fused_top` of the merged top ``depth``, cut to the top ``k``, in one call:
+    (status, scores, sources as merge_row's). Status 0; -2 when an unindexed node reaches the
+    top ``depth`` (its keyword score needs its text), -3 when the plain hits may miss one of the
+    top ``depth`` (as ``ranking._plain_search`` judges a row: a deeper search is needed);
+    nothing is computed then."""
+    n_plain, n_over = plain_rows.shape[0], over_scores.shape[0]
+    nothing = (np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64))
+    pool_scores = np.empty(n_plain + n_over, dtype=np.float32)
+    pool_sources = np.empty(n_plain + n_over, dtype=np.int64)
+    count = 0
+    for i in range(n_plain):
+        if plain_rows[i] < 0 or not overridden_rows[plain_rows[i]]:
+            pool_scores[count] = plain_scores[i]
+            pool_sources[count] = i
+            count += 1
+    kept = count
+    reaching = 0  # usable override scores at or above the last plain hit's
+    for j in range(n_over):
+        if over_usable[j]:
+            pool_scores[count] = over_scores[j]
+            pool_sources[count] = -1 - j
+            count += 1
+            if n_plain and over_scores[j] >= plain_scores[n_plain - 1]:
+                reaching += 1
+    if n_plain >= asked and kept < depth and (n_plain == 0 or kept + reaching < depth):
+        return -3, nothing[0], nothing[1]
+    size = min(depth, count)
+    top_scores = np.empty(size, dtype=np.float32)
+    top_sources = np.empty(size, dtype=np.int64)
+    _stable_top(pool_scores[:count], pool_sources[:count], top_scores, top_sources)
+    keyword = np.empty(size, dtype=np.float32)
+    for i in range(size):
+        source = top_sources[i]
+        row = plain_rows[source] if source >= 0 else over_rows[-1 - source]
+        if row < 0:
+            return -2, nothing[0], nothing[1]
+        keyword[i] = _bm25(row, spans, doc_terms, doc_weights, query_terms)
+    out_scores = np.empty(min(k, size), dtype=np.float32)
+    out_sources = np.empty(min(k, size), dtype=np.int64)
+    _fused_top(top_scores, keyword, top_sources, weight, out_scores, out_sources)
+    return 0, out_scores, out_sources

@@ -188,6 +188,7 @@ class LexicalIndex:
         """Install the index arrays and the lookups derived from them."""
         self.ids = ids
         self._row_of = {node_id: row for row, node_id in enumerate(ids)}
+        self._last_rows: tuple[Sequence[str | None], np.ndarray] | None = None  # rows_of's last tuple
         for node_id in forgotten:
             self._row_of.pop(node_id, None)
         self._avg_len = float(avg_len)
@@ -261,19 +262,34 @@ class LexicalIndex:
         reads an empty span."""
         return self._spans, self._doc_terms, self._doc_weights
 
+    @property
+    def n_used(self) -> int:
+        """Ids whose indexed text is used: ``len(self)`` less those forgotten (only ever drops)."""
+        return len(self._row_of)
+
     def forget(self, node_ids: Sequence[str]) -> None:
         """Stop using the indexed text of ``node_ids`` (re-added with a new text, say): from now
         on they are scored from the text passed to :meth:`scores`, like nodes added later."""
         row_of = self._row_of
+        self._last_rows = None
         for node_id in node_ids:
             row_of.pop(node_id, None)
 
     def rows_of(self, node_ids: Sequence[str | None]) -> np.ndarray:
         """Row of each of ``node_ids`` in the index, -1 for ids it does not use (never indexed,
-        forgotten, or None). Valid until :meth:`forget`."""
+        forgotten, or None). Valid until :meth:`forget`. The rows of the last tuple asked for are
+        kept (read-only) for the next call with the same tuple object, such as a model's
+        override ids on every query."""
         if isinstance(node_ids, str):
             raise TypeError(f"node_ids must be a sequence of node ids, not a single string ({node_ids[:40]!r})")
-        return np.fromiter(map(self._row_of.get, node_ids, itertools.repeat(-1)), dtype=np.int64, count=len(node_ids))
+        last = self._last_rows
+        if last is not None and last[0] is node_ids:
+            return last[1]
+        rows = np.fromiter(map(self._row_of.get, node_ids, itertools.repeat(-1)), dtype=np.int64, count=len(node_ids))
+        if isinstance(node_ids, tuple):
+            rows.flags.writeable = False
+            self._last_rows = (node_ids, rows)
+        return rows
 
     def scores(
         self, query_text: str, node_ids: Sequence[str], texts: Sequence[str | None] | None = None

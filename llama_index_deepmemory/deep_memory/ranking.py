@@ -4,7 +4,9 @@ override scores, optionally re-scored with keywords, cut to the top ``k``.
 It asks the store only through :class:`~llama_index_deepmemory.deep_memory.base.StoreView`
 (plain ``search_vectors`` with filters, ``usable_ids``, ``texts_of``), so the same code ranks for
 training's validation, for ``evaluate`` and for every wrapped backend's queries (Qdrant, ...).
-The embedded FAISS store ranks its ``deep_memory=True`` queries and batches here too.
+The embedded FAISS store ranks its ``deep_memory=True`` queries and batches here too; for a
+single keyword query it hands out its hits as keyword-index rows (``search_rows``), and one
+compiled call ranks them (the same ranking, without looking up each hit's id).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from llama_index_deepmemory.deep_memory.base import (
     DeepMemoryModel,
+    KeywordPlan,
     check_query_texts,
     checked_scores,
     checked_transform,
@@ -28,7 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-PlainCache = dict[bytes, tuple[np.ndarray, list[list[str]], int]]  # transformed query -> (scores, ids, k asked)
+Searched = tuple[np.ndarray, list[list[str]], int]  # a plain search: scores (m, k'), ids, k asked
+PlainCache = dict[bytes, Searched]  # transformed query -> its plain search
 _last_ids: list[tuple[Sequence[str], frozenset[str]]] = []  # the override ids of the last query, as a set
 
 
@@ -85,12 +89,18 @@ def rank(
     plan = model.keyword_plan() if rescore else None
     transformed, override_ids, override_scores = _applied(model, queries)
     usable = np.asarray(store.usable_ids(override_ids, filters), dtype=bool) if len(override_ids) else np.zeros(0, bool)
+    kernels = compiled_kernels()
+    searched = None
+    if plan is not None and kernels is not None and len(queries) == 1 and texts[0] and forget is None and plain_cache is None:
+        ranked, searched = _rank_keywords_at_once(
+            store, kernels, plan, transformed, override_ids, override_scores, usable, depth, k, texts[0], filters)
+        if ranked is not None:
+            return ranked
     overridden = _id_set(override_ids)
     # the usable override scores can complete a row the overridden hits crowd (not with forget)
     reach = (override_scores, usable) if forget is None else None
-    plain_scores, plain_ids = _plain_search(store, transformed, overridden, depth, filters, plain_cache, reach)
+    plain_scores, plain_ids = _plain_search(store, transformed, overridden, depth, filters, plain_cache, reach, searched)
     position = {node: j for j, node in enumerate(override_ids)} if forget is not None else {}
-    kernels = compiled_kernels()
     out_scores: list[np.ndarray] = []
     out_ids: list[list[str]] = []
     for i, (row_scores, row_ids) in enumerate(zip(plain_scores, plain_ids)):
@@ -123,6 +133,61 @@ def _merged_row(
     sources = np.concatenate([np.flatnonzero(keep), -1 - np.flatnonzero(over_keep)])
     order = np.argsort(-pool_scores, kind="stable")[:depth]
     return sources[order].tolist(), pool_scores[order].astype(np.float32)
+
+
+_last_flags: list[tuple[np.ndarray, np.ndarray]] = []  # the override nodes' keyword rows -> a flag per row
+
+
+def _override_rows(plan: KeywordPlan, override_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The keyword index's rows of the override nodes and a flag per index row marking them
+    (kept for the same rows), or None when an override node is not indexed: a plain hit then
+    cannot be told an override node by its row."""
+    over_rows = plan.index.rows_of(override_ids)  # the index keeps them per tuple
+    last = _last_flags[0] if _last_flags else None
+    if last is not None and last[0] is over_rows:
+        return last
+    if len(over_rows) and over_rows.min() < 0:
+        return None
+    flags = np.zeros(len(plan.index), dtype=bool)
+    flags[over_rows] = True
+    _last_flags[:] = [(over_rows, flags)]
+    return over_rows, flags
+
+
+def _rank_keywords_at_once(
+    store: "StoreView", kernels: Any, plan: KeywordPlan, transformed: np.ndarray, override_ids: Sequence[str],
+    override_scores: np.ndarray, usable: np.ndarray, depth: int, k: int, text: str, filters: Any,
+) -> tuple[tuple[list[np.ndarray], list[list[str]]] | None, Searched | None]:
+    """One query's keyword ranking in one compiled call (merge, BM25 fusion, top ``k``) over a
+    store that hands out its hits' keyword-index rows (``search_rows``: the embedded store keeps
+    a row per slot), so no hit's id is looked up but the ``k`` returned: (ranking, None). Where
+    the steps of :func:`rank` must run instead (no such store, an override node or a top
+    candidate not indexed, a row that needs a deeper search): (None, the plain search made, if
+    one was, for those steps to start from)."""
+    search_rows = getattr(store, "search_rows", None)
+    marked = _override_rows(plan, override_ids) if search_rows is not None else None
+    if marked is None:
+        return None, None
+    asked = depth + _margin(len(override_ids), depth)
+    hits = search_rows(transformed, asked, filters, plan.index)
+    if hits is None:
+        return None, None
+    plain_scores, plain_rows, id_at = hits
+    over_rows, flags = marked
+    index = plan.index
+    status, scores, sources = kernels.merge_keyword_top(
+        plain_scores, plain_rows, flags, override_scores[0], usable, over_rows, *index.postings,
+        index.query_term_ids(text), float(plan.weight), depth, k, asked)
+    if status != 0:
+        return None, (plain_scores[None, : len(plain_rows)], [[id_at(p) for p in range(len(plain_rows))]], asked)
+    return ([scores], [[id_at(p) if p >= 0 else override_ids[-1 - p] for p in sources.tolist()]]), None
+
+
+def _margin(n_overrides: int, k: int) -> int:
+    """Hits asked beyond ``k`` so the override nodes among them rarely force a second search
+    (asking for ``k`` alone re-searched 10 of 60 queries of ``bench_wrapped``'s keyword case:
+    a second scan costs more than 16 more ids)."""
+    return min(n_overrides, max(16, k // 4))
 
 
 def _rank_routed(
@@ -196,6 +261,7 @@ def _plain_search(
     filters: Any,
     cache: PlainCache | None,
     reach: tuple[np.ndarray, np.ndarray] | None = None,
+    searched: Searched | None = None,
 ) -> tuple[np.ndarray, list[list[str]]]:
     """Plain search deep enough for an exact merged top ``k`` per row (or every node the filters
     allow: a row shorter than asked holds them all, so the store is never counted, a round trip
@@ -204,25 +270,28 @@ def _plain_search(
     A row is complete when its hits outside ``overridden``, plus the override nodes scoring at
     least its last fetched plain score (``reach``: the (m, n_override) override scores and which
     overrides are usable), number ``k``: every unfetched node scores at most that last score. The
-    first search asks for a margin over ``k`` (asking for ``k`` alone re-searched 10 of 60
-    queries of ``bench_wrapped``'s keyword case: a second scan costs more than 16 more ids)."""
-    margin = min(len(overridden), max(16, k // 4))
+    first search asks for :func:`_margin` more than ``k``; a search already ``searched`` is
+    used when it is complete."""
+    margin = _margin(len(overridden), k)
 
     def complete(scores: np.ndarray, ids: list[list[str]], k_search: int) -> bool:
         for i, row in enumerate(ids):
             if len(row) < k_search:  # every allowed node was fetched
                 continue
-            kept = sum(1 for n in row if n not in overridden)
+            kept = len(row) - len(overridden.intersection(row))
             if kept < k and (reach is None or not row or kept + _reaching(reach, i, scores[i][len(row) - 1]) < k):
                 return False
         return True
 
     key = hashlib.sha1(transformed.tobytes()).digest() if cache is not None and filters is None else None
     if key is not None and key in cache:
-        scores, ids, k_search = cache[key]
-        if complete(scores, ids, k_search):
-            return scores, ids
+        searched = cache[key]
     k_search = k + margin
+    if searched is not None:
+        scores, ids, k_searched = searched
+        if complete(scores, ids, k_searched):
+            return scores, ids
+        k_search = max(k_search, 2 * k_searched)  # as deep again: the same depth would miss again
     while True:
         scores, ids = store.search_vectors(transformed, k_search, filters=filters)
         if complete(scores, ids, k_search):

@@ -24,7 +24,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 from llama_index.core.schema import BaseNode, ImageNode, IndexNode
@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
     from llama_index_deepmemory.deep_memory.api import DeepMemory
+    from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class FaissStore:
         self._deep_memory: DeepMemory | None = None
         self._usable = UsableCache(8)  # override ids usable without restriction, per version
         self._held = _HeldView(self)  # what the ranking reads while a query holds the lock
+        # (keyword index, its used rows, store version, its row per slot or None: asked once)
+        self._slot_rows: tuple[Any, int, int, np.ndarray | None] | None = None
         self._version = 0  # bumped by every change of the stored nodes
 
     @property
@@ -413,6 +416,26 @@ class FaissStore:
         ids = self._table.ids
         return scores, [[ids[s] for s in row if s >= 0] for row in slots.tolist()]
 
+    def _search_rows(
+        self, q: np.ndarray, k: int, filters: "MetadataFilters | _Slots | None", index: "LexicalIndex"
+    ) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]] | None:
+        """Plain top ``k`` of one prepared query as (scores, the hits' ``index`` rows, the id at a
+        position), for the ranking's one-call keyword path; the caller holds the lock. None until
+        the same index is asked for twice at this store version: the row of every slot is then
+        kept, and a store that changes between queries never pays the pass over all its ids."""
+        version, used = self._version, index.n_used
+        kept = self._slot_rows
+        if kept is None or kept[0] is not index or kept[1:3] != (used, version):
+            self._slot_rows = (index, used, version, None)
+            return None
+        rows_by_slot = kept[3]
+        if rows_by_slot is None:
+            rows_by_slot = index.rows_of(self._table.ids)
+            self._slot_rows = (index, used, version, rows_by_slot)
+        scores, slots = self._search(q, k, self._candidates(filters))
+        row, ids = slots[0], self._table.ids  # every slot valid: _search fills short rows exactly
+        return scores[0], rows_by_slot[row], lambda position: ids[row[position]]
+
     def _candidates(self, filters: "MetadataFilters | _Slots | None") -> np.ndarray | None:
         """The slots a restriction allows (None: every live node)."""
         if isinstance(filters, _Slots):
@@ -662,6 +685,11 @@ class _HeldView:
 
     def usable_ids(self, node_ids: Sequence[str], filters: "MetadataFilters | _Slots | None" = None) -> np.ndarray:
         return self._store._usable_ids(node_ids, filters)
+
+    def search_rows(
+        self, queries: np.ndarray, k: int, filters: "MetadataFilters | _Slots | None", index: "LexicalIndex"
+    ) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]] | None:
+        return self._store._search_rows(queries, k, filters, index)
 
     def texts_of(self, node_ids: Sequence[str]) -> list[str | None]:
         return self._store._texts_of(node_ids)
