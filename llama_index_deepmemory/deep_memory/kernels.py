@@ -258,31 +258,22 @@ def merge_keyword_top(
     top ``depth`` (its keyword score needs its text), -3 when the plain hits may miss one of the
     top ``depth`` (as ``ranking._plain_search`` judges a row: a deeper search is needed);
     nothing is computed then."""
-    n_plain, n_over = plain_rows.shape[0], over_scores.shape[0]
+    n_plain = plain_rows.shape[0]
     nothing = (np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64))
-    pool_scores = np.empty(n_plain + n_over, dtype=np.float32)
-    pool_sources = np.empty(n_plain + n_over, dtype=np.int64)
-    count = 0
+    keep = np.empty(n_plain, dtype=np.bool_)
+    kept = 0
     for i in range(n_plain):
-        if plain_rows[i] < 0 or not overridden_rows[plain_rows[i]]:
-            pool_scores[count] = plain_scores[i]
-            pool_sources[count] = i
-            count += 1
-    kept = count
-    reaching = 0  # usable override scores at or above the last plain hit's
-    for j in range(n_over):
-        if over_usable[j]:
-            pool_scores[count] = over_scores[j]
-            pool_sources[count] = -1 - j
-            count += 1
-            if n_plain and over_scores[j] >= plain_scores[n_plain - 1]:
+        keep[i] = plain_rows[i] < 0 or not overridden_rows[plain_rows[i]]
+        kept += keep[i]
+    if n_plain >= asked and kept < depth:
+        reaching = 0  # usable override scores at or above the last plain hit's
+        for j in range(over_scores.shape[0]):
+            if n_plain and over_usable[j] and over_scores[j] >= plain_scores[n_plain - 1]:
                 reaching += 1
-    if n_plain >= asked and kept < depth and (n_plain == 0 or kept + reaching < depth):
-        return -3, nothing[0], nothing[1]
-    size = min(depth, count)
-    top_scores = np.empty(size, dtype=np.float32)
-    top_sources = np.empty(size, dtype=np.int64)
-    _stable_top(pool_scores[:count], pool_sources[:count], top_scores, top_sources)
+        if n_plain == 0 or kept + reaching < depth:
+            return -3, nothing[0], nothing[1]
+    top_scores, top_sources = merge_row(plain_scores[:n_plain], keep, over_scores, over_usable, depth)
+    size = top_scores.shape[0]
     keyword = np.empty(size, dtype=np.float32)
     for i in range(size):
         source = top_sources[i]
