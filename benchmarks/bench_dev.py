@@ -1,7 +1,7 @@
 """Train-only dev protocol for Deep Memory quality choices (SciFact *train* claims only).
 
     python benchmarks/bench_dev.py [--data ../shared/data/scifact] [--splits 0,1,2] [--options '{}']
-        [--variants gate] [--train-seeds 0,1,2]
+        [--variants gate|fusion|far-weight] [--train-seeds 0,1,2]
 
 Three seeded random 75/25 splits of the SciFact train claims (``qrels/train.tsv``): Deep Memory
 trains on the 75% ("dev-train", through ``train_model``, the function ``store.deep_memory.train``
@@ -13,7 +13,9 @@ documents of issue 17. The SciFact test claims are never read. Embeddings come f
 (the measurements of ``benchmarks/README.md``, "Unseen documents"); ``--variants fusion`` re-does the
 keyword fusion offline (rerank depth 50/100/200, max / z-score / min-max / reciprocal-rank fusion,
 BM25 k1/b 0.9/0.4 and 1.2/0.75), weights from the library's training or an inner 3-fold
-cross-validation of the dev-train claims.
+cross-validation of the dev-train claims; ``--variants far-weight`` re-does it with the library's
+weight near training queries and a larger one far from them (the rule behind the opt-in
+``TrainOptions.far_keyword_weight``), on three features of "near".
 """
 
 from __future__ import annotations
@@ -198,6 +200,8 @@ def evaluate_split(view, split: DevSplit, options: dict, variants: set[str], dim
             out[f"  gate cos>={t}, embeddings, fallback adapter"] = scores(gated_emb)
     if "fusion" in variants:
         out.update(fusion_variants(view, split, options, result, scores))
+    if "far-weight" in variants:
+        out.update(far_weight_variants(view, split, result, scores))
     return out
 
 
@@ -431,6 +435,55 @@ def fusion_variants(view, split: DevSplit, options: dict, result, scores) -> dic
     return out
 
 
+# per-query keyword weight from the library's own weight w (no inner CV): w where the raw cosine to
+# the nearest training query is >= t, the far weight elsewhere ("max(w, 0.2)": at least 0.2)
+FAR_THRESHOLDS = (0.5, 0.6, 0.7)
+FAR_MEMORY_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)  # on the best memory node's score instead
+FAR_ADAPTED_THRESHOLDS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9)  # on the cosine of adapted query and training queries
+FAR_RULES = {
+    "max(w, 0.2)": lambda w: max(w, 0.2),
+    "max(w, 0.3)": lambda w: max(w, 0.3),
+    "2w": lambda w: 2 * w,
+    "3w": lambda w: 3 * w,
+}
+
+
+def far_weight_variants(view, split: DevSplit, result, scores) -> dict[str, tuple]:
+    """The ``--variants far-weight`` rows: today's fusion (max, top 50) with the library's weight
+    near training queries and a larger one far from them."""
+    model = result.model if result.improved else None
+    if getattr(model, "far_lexical_weight", 0.0) > 0:
+        raise ValueError("--variants far-weight measures models trained without it (far_keyword_weight=0)")
+    lib_w = float(result.info["lexical_weight"])
+    cands = fusion_candidates(view, split.test_vectors, model, split.test.query_texts)
+    feature = max_key_cosine(split.test_vectors, split.train_vectors)
+    out: dict[str, tuple] = {}
+    base = fused_ranking(cands, "max", 50, FUSION_BM25[0], lib_w) if lib_w > 0 else [r[:10] for r in cands.ids]
+    out["  far-weight: library w (check: = ours)"] = scores(base) + (f"w {lib_w}",)
+    for t in FAR_THRESHOLDS:
+        for name, rule in FAR_RULES.items():
+            weights = np.where(feature >= t, lib_w, rule(lib_w)) if lib_w > 0 else np.zeros(len(feature))
+            ranked = fused_ranking(cands, "max", 50, FUSION_BM25[0], weights) if lib_w > 0 else base
+            out[f"  far-weight: t {t}, far {name}"] = scores(ranked) + (f"far {np.mean(feature < t):.2f}",)
+    if model is not None and len(getattr(model, "memory_ids", ())) and lib_w > 0:
+        # the same rule on a feature the query path has for free: the best memory score
+        best_memory = model.apply(view.prepare_queries(split.test_vectors))[2].max(axis=1)
+        for t in FAR_MEMORY_THRESHOLDS:
+            weights = np.where(best_memory >= t, lib_w, max(lib_w, 0.3))
+            ranked = fused_ranking(cands, "max", 50, FUSION_BM25[0], weights)
+            out[f"  far-weight: memory score t {t}, far max(w, 0.3)"] = scores(ranked) + (
+                f"far {np.mean(best_memory < t):.2f}",)
+        # ... and on the adapted query's cosine to the adapted training queries (the query keys' space)
+        adapted = max_key_cosine(model.transform_queries(view.prepare_queries(split.test_vectors)),
+                                 model.transform_queries(view.prepare_queries(split.train_vectors)))
+        for t in FAR_ADAPTED_THRESHOLDS:
+            weights = np.where(adapted >= t, lib_w, max(lib_w, 0.3))
+            ranked = fused_ranking(cands, "max", 50, FUSION_BM25[0], weights)
+            out[f"  far-weight: adapted cosine t {t}, far max(w, 0.3)"] = scores(ranked) + (
+                f"far {np.mean(adapted < t):.2f}",)
+    return out
+
+
 def fusion_latency(view, split: DevSplit, repeats: int = 5) -> str:
     """Median per-query time of the serving ranking (``ranking.rank``, one query with its text, k 10)
     of the trained model at keyword re-scoring depth 50 / 100 / 200 (``models.LEXICAL_DEPTH``
@@ -501,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
              "training's validation split, which alone moves dev means by up to 0.013 nDCG@10 and 0.026 doc-disjoint",
     )
     parser.add_argument("--options", default="{}", help="JSON TrainOptions, e.g. '{\"lexical\": false}'")
-    parser.add_argument("--variants", default="", help="extra measurements: gate, latency, fusion, fusion-latency")
+    parser.add_argument("--variants", default="", help="extra measurements: gate, latency, fusion, fusion-latency, far-weight")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     folder = Path(args.data)

@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=1000, help="remembered training queries (SciFact: 809)")
     parser.add_argument("--gate", type=float, default=0.0,
                         help="the model's per-query gate threshold (TrainOptions.gate_threshold; 0: none)")
+    parser.add_argument("--far-weight", type=float, default=0.0,
+                        help="keyword weight far from the training queries (TrainOptions.far_keyword_weight, "
+                             "opt-in: 0.3; default 0: none)")
     parser.add_argument("--keyword-words", type=int, default=100,
                         help="words per synthetic node text for the keyword re-scoring measurement (0 skips it)")
     parser.add_argument("--simple-n", type=int, default=10_000,
@@ -215,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         lexical = LexicalIndex([f"node-{i}" for i in range(args.n)], synthetic_texts(args.n, args.keyword_words, rng))
         print(f"keyword index of {args.n} texts x {args.keyword_words} words built in {time.perf_counter() - t0:.1f}s")
-        model.lexical, model.lexical_weight = lexical, 0.1
+        # keyword weight 0.1, and (training's opt-in far_keyword_weight) args.far_weight for queries
+        # whose cosine to every training query (the keys) is below 0.6
+        far = dict(far_weight=args.far_weight, far_cosine=0.6, training_queries=model.key_vectors) if args.far_weight else {}
+        model = model.with_keywords(lexical, 0.1, **far)
+        store.deep_memory._models["bench"] = model
         if model.fallback is not None:  # the gate's fallback re-scores too, with its own weight
             model.fallback.lexical, model.fallback.lexical_weight = lexical, 0.2
         strings = synthetic_texts(len(dm_queries), 8, rng)
@@ -226,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             pairs_with_text,
         )
         print(f"deep_memory + keywords p50: {lex_q * 1e3:.2f}ms vs plain {plain_q * 1e3:.2f}ms  ratio {lex_q / plain_q:.3f}x "
-              "(the same model re-scoring its top 50 with BM25)")
+              f"(the same model re-scoring its top 50 with BM25; far weight {args.far_weight})")
     del store.deep_memory._models["bench"]
     store.deep_memory._active = None
 

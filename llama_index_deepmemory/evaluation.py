@@ -273,7 +273,15 @@ def model_contents(info: Mapping[str, Any]) -> str:
         parts.append(f"memory of {info['memory_nodes']} nodes")
     if info.get("key_weight"):
         parts.append(f"memory of the training queries (weight {info['key_weight']})")
-    parts.append(f"keyword re-scoring (weight {info['lexical_weight']})" if info.get("lexical_weight") else "no keyword re-scoring")
+    if not info.get("lexical_weight"):
+        parts.append("no keyword re-scoring")
+    elif info.get("far_lexical_weight", 0) > info["lexical_weight"]:
+        parts.append(
+            f"keyword re-scoring (weight {info['lexical_weight']}; {info['far_lexical_weight']} for queries whose "
+            f"cosine to every training query is below {info.get('far_keyword_cosine')})"
+        )
+    else:
+        parts.append(f"keyword re-scoring (weight {info['lexical_weight']})")
     return ", ".join(parts)
 
 

@@ -50,6 +50,16 @@ def brute_force_scores(queries: np.ndarray, docs: np.ndarray, ids: list[str], mo
     return scores
 
 
+def reference_keyword_weights(model, queries: np.ndarray) -> np.ndarray:
+    """Per query, the keyword weight a model serves: ``far_lexical_weight`` where the largest
+    cosine to a training query (``gate_keys``) is below ``far_cosine``, else ``lexical_weight``."""
+    weights = np.full(len(queries), model.lexical_weight)
+    if getattr(model, "far_lexical_weight", 0.0) > 0:
+        nearest = (normalise(queries) @ normalise(model.gate_keys).T).max(axis=1)
+        weights[nearest < model.far_cosine] = model.far_lexical_weight
+    return weights
+
+
 def brute_force_top_k(queries: np.ndarray, docs: np.ndarray, ids: list[str], k: int, model=None) -> np.ndarray:
     """Exact top-k row indices into ``docs`` from :func:`brute_force_scores`."""
     return np.argsort(-brute_force_scores(queries, docs, ids, model), axis=1, kind="stable")[:, :k]
@@ -84,3 +94,34 @@ class KeywordTask:
         store = DeepMemoryVectorStore(**kwargs)
         store.add(self.nodes())
         return store
+
+
+def gated_model(task: KeywordTask, threshold: float = 0.5, keywords: bool = False) -> tuple:
+    """A hand-made ``AdapterMemoryModel`` over ``task`` and its memory rows: 20 memory documents
+    pulled strongly towards other documents, each linked to one remembered key (the first 20
+    queries, also the gate's keys), a near-identity adapter; with ``keywords``, weight 0.2 (the
+    gate's fallback 0.8)."""
+    from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
+    from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
+
+    rng = np.random.default_rng(5)
+    memory = rng.choice(len(task.ids), size=20, replace=False)
+    keys = task.queries[:20]
+    model = AdapterMemoryModel(
+        DIM,
+        weight=np.eye(DIM, dtype=np.float32) + 0.1 * rng.normal(size=(DIM, DIM)).astype(np.float32) / np.sqrt(DIM),
+        memory_ids=[task.ids[j] for j in memory],
+        memory_vectors=normalise(task.docs[memory] + 2.0 * keys),  # memory pulled towards the keys
+        key_vectors=keys,
+        link_key=np.arange(20),
+        link_node=np.arange(20),
+        link_weight=np.ones(20, np.float32),
+        key_weight=1.0,
+        key_threshold=0.6,
+        gate_threshold=threshold,
+        gate_keys=keys,
+        lexical=LexicalIndex(task.ids, task.doc_texts) if keywords else None,
+        lexical_weight=0.2 if keywords else 0.0,
+        fallback_lexical_weight=0.8 if keywords else 0.0,
+    )
+    return model, memory

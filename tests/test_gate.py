@@ -8,43 +8,14 @@ import numpy as np
 import pytest
 from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters, VectorStoreQuery
 
-from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel, model_from_state
 from llama_index_deepmemory.deep_memory.ranking import rank
 from llama_index_deepmemory.deep_memory.training import TrainOptions, train_model
 from llama_index_deepmemory.store import DeepMemoryVectorStore
-from synthetic import DIM, KeywordTask, RotationTask, normalise
+from synthetic import DIM, KeywordTask, RotationTask, gated_model, normalise
 
 THRESHOLD = 0.5
 EVEN = MetadataFilters(filters=[MetadataFilter(key="parity", value=0)])
-
-
-def gated_model(
-    task: KeywordTask, threshold: float = THRESHOLD, keywords: bool = False
-) -> tuple[AdapterMemoryModel, np.ndarray]:
-    """A hand-made gated model: 20 memory documents pulled strongly towards other documents, each
-    linked to one remembered key (the first 20 queries), and a near-identity adapter."""
-    rng = np.random.default_rng(5)
-    memory = rng.choice(len(task.ids), size=20, replace=False)
-    keys = task.queries[:20]
-    model = AdapterMemoryModel(
-        DIM,
-        weight=np.eye(DIM, dtype=np.float32) + 0.1 * rng.normal(size=(DIM, DIM)).astype(np.float32) / np.sqrt(DIM),
-        memory_ids=[task.ids[j] for j in memory],
-        memory_vectors=normalise(task.docs[memory] + 2.0 * keys),  # memory pulled towards the keys
-        key_vectors=keys,
-        link_key=np.arange(20),
-        link_node=np.arange(20),
-        link_weight=np.ones(20, np.float32),
-        key_weight=1.0,
-        key_threshold=0.6,
-        gate_threshold=threshold,
-        gate_keys=keys,
-        lexical=LexicalIndex(task.ids, task.doc_texts) if keywords else None,
-        lexical_weight=0.2 if keywords else 0.0,
-        fallback_lexical_weight=0.8 if keywords else 0.0,
-    )
-    return model, memory
 
 
 def adapter_only_top(model: AdapterMemoryModel, queries: np.ndarray, docs: np.ndarray, k: int) -> np.ndarray:

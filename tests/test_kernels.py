@@ -349,3 +349,29 @@ def test_non_finite_transformed_queries_are_refused_on_both_paths() -> None:
             model.apply(huge)
     finally:
         base._kernels[:] = saved
+
+
+def test_nearest_training_query_kernel_equals_numpy() -> None:
+    """``nearest_cosine`` (one query, int8 keys) against float64 numpy over the model's
+    ``gate_keys`` (the codes' exact values), zero and scaled key rows included; the model's
+    batch path (numpy) agrees with its single-query path (the kernel)."""
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        d, n = int(rng.integers(2, 70)), int(rng.integers(1, 300))
+        keys = rng.normal(size=(n, d)) * rng.uniform(1e-3, 20, size=(n, 1))
+        keys[rng.random(n) < 0.05] = 0.0
+        model = AdapterMemoryModel(d, gate_threshold=0.5, gate_keys=keys)
+        queries = rng.normal(size=(5, d)).astype(np.float32) * np.float32(rng.uniform(0.1, 10))
+        exact = np.asarray(model.gate_keys, dtype=np.float64)
+        norms = np.linalg.norm(exact, axis=1)
+        unit = np.divide(exact, norms[:, None], out=np.zeros_like(exact), where=norms[:, None] > 0)
+        expected = (queries @ unit.T).max(axis=1) / np.linalg.norm(queries, axis=1)
+        single = [model._nearest_cosines(q[None, :])[0] for q in queries]  # the compiled call
+        np.testing.assert_allclose(single, expected, rtol=1e-5, atol=1e-6, err_msg=f"trial {trial}")
+        ordered = np.sort(expected)
+        enough = float(ordered[1] + ordered[2]) / 2  # asked only whether one reaches it: the answer is unchanged
+        assert ordered[2] - ordered[1] > 1e-5, f"trial {trial}: pick other seeds"
+        answers = [model._nearest_cosines(q[None, :], enough)[0] >= enough for q in queries]
+        assert answers == (expected >= enough).tolist() and 0 < sum(answers) < len(answers)
+        np.testing.assert_allclose(model._nearest_cosines(queries), expected, rtol=1e-5, atol=1e-6)
+        assert np.abs(model.gate_keys - keys).max() <= np.abs(keys).max() / 64  # 8-bit precision

@@ -18,7 +18,7 @@ from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH
 from llama_index_deepmemory.deep_memory import training
 from llama_index_deepmemory.deep_memory.training import TrainOptions, train_model
 from llama_index_deepmemory.store import DeepMemoryVectorStore
-from synthetic import DIM, N_DOCS, N_TRAIN, OPTIONS, KeywordTask, brute_force_scores, normalise
+from synthetic import DIM, N_DOCS, N_TRAIN, OPTIONS, KeywordTask, brute_force_scores, normalise, reference_keyword_weights
 
 @pytest.fixture(scope="module")
 def task() -> KeywordTask:
@@ -44,7 +44,7 @@ def trained_copy(task: KeywordTask, trained):
 
 def reference_ids(task: KeywordTask, model, q: np.ndarray, text: str | None, k: int, allowed=None) -> list[str]:
     """Dense Deep Memory scores of every node (or of those ``allowed``), then (with text) BM25
-    re-scoring of the top max(k, 50)."""
+    re-scoring of the top max(k, 50) with the query's keyword weight."""
     scores = brute_force_scores(q[None, :], task.docs, task.ids, model)[0]
     order = np.argsort(-scores, kind="stable")
     if allowed is not None:
@@ -53,7 +53,8 @@ def reference_ids(task: KeywordTask, model, q: np.ndarray, text: str | None, k: 
         return [task.ids[j] for j in order[:k]]
     top = order[: max(k, LEXICAL_DEPTH)]  # the store re-scores at least the top k
     keyword = model.lexical.scores(text, [task.ids[j] for j in top])
-    fused = scores[top] + (model.lexical_weight * keyword / keyword.max() if keyword.max() > 0 else 0)
+    weight = reference_keyword_weights(model, q[None, :])[0]
+    fused = scores[top] + (weight * keyword / keyword.max() if keyword.max() > 0 else 0)
     return [task.ids[top[j]] for j in np.argsort(-fused, kind="stable")[:k]]
 
 
@@ -217,7 +218,7 @@ def test_models_saved_before_keyword_scores_still_load(trained) -> None:
 
     store, _ = trained
     meta, arrays = store.deep_memory.active_model().to_state()
-    old_meta = {k: v for k, v in meta.items() if k not in ("lexical", "lexical_weight")} | {"format_version": 1}
+    old_meta = {k: v for k, v in meta.items() if k not in ("lexical", "lexical_weight", "far_lexical_weight", "far_cosine")} | {"format_version": 1}
     old_arrays = {k: v for k, v in arrays.items() if not k.startswith("lexical_")}
     old = model_from_state(old_meta, old_arrays)
     assert old.lexical is None and old.rerank_depth == 0

@@ -299,6 +299,11 @@ class DeepMemoryModel:
         :meth:`rerank` and the plan), or None (here): the store calls :meth:`rerank`."""
         return None
 
+    def keyword_plans(self, queries: np.ndarray) -> "list[KeywordPlan | None]":
+        """Each prepared query's keyword plan (here :meth:`keyword_plan` for all); a model may
+        weigh queries apart (``AdapterMemoryModel``: more keyword weight far from training)."""
+        return [self.keyword_plan()] * len(queries)
+
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """JSON-able metadata and named arrays."""
         return {"kind": self.kind, "dim": self.dim, "metric": self.metric}, {}

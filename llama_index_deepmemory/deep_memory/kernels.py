@@ -1,8 +1,9 @@
 """Compiled (numba) kernels for one ``deep_memory=True`` query, each one call where numpy would
 make a dozen (right after a vector scan every call is slow): ``adapter_memory_scores`` (adapter
-and memory scores, before the search), ``merge_row`` (plain hits merged with the override scores),
-``keyword_fused_top`` (BM25 fusion and order of given candidates) and ``merge_keyword_top`` (both,
-over hits given as keyword-index rows). Each computes what a numpy path computes (tests compare
+and memory scores, before the search), ``nearest_cosine`` (the query's nearest training query),
+``merge_row`` (plain hits merged with the override scores), ``keyword_fused_top`` (BM25 fusion
+and order of given candidates) and ``merge_keyword_top`` (both, over hits given as keyword-index
+rows). Each computes what a numpy path computes (tests compare
 them). Callers reach this module through ``base.compiled_kernels()``, which returns None where
 numba is not installed (the numpy paths then run).
 """
@@ -28,6 +29,24 @@ def _dot_codes(codes: np.ndarray, b: np.ndarray) -> float:
     for i in range(codes.shape[0]):
         acc += np.float32(codes[i]) * b[i]
     return acc
+
+
+@numba.njit(**_JIT)
+def nearest_cosine(query: np.ndarray, codes: np.ndarray, factors: np.ndarray, enough: float) -> float:
+    """The largest cosine of a (d,) float32 ``query`` to rows given as (n, d) int8 ``codes``
+    times (n,) float32 ``factors`` (each row's scale over its norm), or the first one reaching
+    ``enough`` (the caller only asks whether one does): the training queries of
+    ``AdapterMemoryModel.keyword_weights`` and ``route``."""
+    sq = np.float32(0.0)
+    for i in range(query.shape[0]):
+        sq += query[i] * query[i]
+    norm = max(math.sqrt(sq), 1e-12)
+    best = -np.inf
+    for r in range(codes.shape[0]):
+        best = max(best, _dot_codes(codes[r], query) * factors[r] / norm)
+        if best >= enough:
+            break
+    return best
 
 
 @numba.njit(**_JIT)

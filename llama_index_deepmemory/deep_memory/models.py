@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from typing import Any, Sequence
@@ -97,9 +98,7 @@ def _normalise_rows_inplace(x: np.ndarray) -> np.ndarray:
 
 def _checked_gate(threshold: Any, keys: np.ndarray | None, n_mem: int, dim: int) -> tuple[float, np.ndarray | None]:
     """The gate's threshold and the training queries (n, dim) as given, or a clear error."""
-    value = float(threshold)
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"gate_threshold must be a cosine in [0, 1] (0: no gate), got {threshold!r}")
+    value = _checked_cosine("gate_threshold", threshold, "0: no gate")
     if keys is not None:
         keys = np.ascontiguousarray(keys, dtype=np.float32).reshape(-1, dim)
         if not np.isfinite(keys).all():
@@ -110,6 +109,22 @@ def _checked_gate(threshold: Any, keys: np.ndarray | None, n_mem: int, dim: int)
             "(training supplies them) or pass gate_threshold=0"
         )
     return value, keys
+
+
+def _checked_cosine(name: str, value: Any, zero: str) -> float:
+    """``value`` as a cosine threshold in [0, 1], or a clear error naming ``name``."""
+    number = float(value)
+    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
+        raise ValueError(f"{name} must be a cosine in [0, 1] ({zero}), got {value!r}")
+    return number
+
+
+def _checked_weight(name: str, value: Any) -> float:
+    """``value`` as a finite keyword weight >= 0, or a clear error naming ``name``."""
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
 
 
 @register_model
@@ -129,12 +144,16 @@ class AdapterMemoryModel(DeepMemoryModel):
     * ``rerank`` (when ``lexical_weight > 0``): the top :data:`LEXICAL_DEPTH` candidates of a query
       with text score ``score + lexical_weight * bm25 / max(bm25 over the candidates)``, with
       Okapi BM25 from a keyword index of the stored texts built at training time.
+    * ``keyword_weights`` (when ``far_lexical_weight > 0``): a query whose cosine to every
+      training query (``gate_keys``, as embedded) is below ``far_cosine`` is re-scored with
+      ``far_lexical_weight`` instead: keywords count more where memory knows less.
 
     Treat a model as immutable: its query-time arrays are derived once, at construction.
     """
 
     kind = "adapter_memory"
-    format_version = 3  # 2: optional keyword (BM25) index and lexical_weight; 3: gate (each written only when used)
+    # 2: optional keyword (BM25) index and lexical_weight; 3: gate; 4: far_lexical_weight (each written only when used)
+    format_version = 4
 
     def __init__(
         self,
@@ -156,6 +175,8 @@ class AdapterMemoryModel(DeepMemoryModel):
         gate_threshold: float = 0.0,
         gate_keys: np.ndarray | None = None,
         fallback_lexical_weight: float = 0.0,
+        far_lexical_weight: float = 0.0,
+        far_cosine: float = 0.0,
     ) -> None:
         super().__init__(dim=dim, metric=metric)
         d = self.dim
@@ -179,14 +200,18 @@ class AdapterMemoryModel(DeepMemoryModel):
         self.key_weight = float(key_weight)
         self.key_threshold = float(key_threshold)
         self.lexical = lexical
-        self.lexical_weight = float(lexical_weight)
-        if not (math.isfinite(self.lexical_weight) and self.lexical_weight >= 0):
-            raise ValueError(f"lexical_weight must be a finite number >= 0, got {lexical_weight!r}")
-        self.gate_threshold, self.gate_keys = _checked_gate(gate_threshold, gate_keys, n_mem, d)
-        self._gate_unit = None if self.gate_keys is None else _normalise_rows_inplace(self.gate_keys.copy())
-        self.fallback_lexical_weight = float(fallback_lexical_weight)
-        if not (math.isfinite(self.fallback_lexical_weight) and self.fallback_lexical_weight >= 0):
-            raise ValueError(f"fallback_lexical_weight must be a finite number >= 0, got {fallback_lexical_weight!r}")
+        self.lexical_weight = _checked_weight("lexical_weight", lexical_weight)
+        self.gate_threshold, gate_keys = _checked_gate(gate_threshold, gate_keys, n_mem, d)
+        self._set_gate_keys(gate_keys)
+        self.fallback_lexical_weight = _checked_weight("fallback_lexical_weight", fallback_lexical_weight)
+        self.far_lexical_weight = _checked_weight("far_lexical_weight", far_lexical_weight)
+        self.far_cosine = _checked_cosine("far_cosine", far_cosine, "0: no query is far")
+        if self.far_lexical_weight > 0 and (self.gate_keys is None or not len(self.gate_keys)):
+            raise ValueError(
+                f"far_lexical_weight={self.far_lexical_weight} needs the training queries as gate_keys; "
+                "train the model (training supplies them) or pass far_lexical_weight=0"
+            )
+        self._plan_cache: tuple | None = None  # see _plans()
         self._check_shapes()
         # the query path reads the adapter's difference from identity, memory vectors and unit keys
         # as int8 codes (a quarter of the bytes, read right after a FAISS scan has flushed the
@@ -217,10 +242,65 @@ class AdapterMemoryModel(DeepMemoryModel):
         compete on equal terms."""
         if self.fallback is None or np.shape(queries)[-1] != self.dim:  # the store reports a wrong dimension
             return None
+        routed = self._nearest_cosines(queries, self.gate_threshold) < np.float32(self.gate_threshold)
+        return routed if routed.any() else None
+
+    def keyword_weights(self, queries: np.ndarray) -> np.ndarray | None:
+        """Per-query keyword weights: ``lexical_weight``, or ``far_lexical_weight`` for a query whose
+        cosine to every training query (``gate_keys``, as embedded) is below ``far_cosine`` (None:
+        ``lexical_weight`` for all). Near a training query memory knows the answer; far from
+        them keywords are the better guide to documents training never saw (issue 17)."""
+        if self.far_lexical_weight <= 0 or not self.rerank_depth:
+            return None
+        return np.array([plan.weight for plan in self.keyword_plans(queries)])
+
+    def with_keywords(
+        self,
+        lexical: LexicalIndex | None,
+        weight: float,
+        *,
+        far_weight: float = 0.0,
+        far_cosine: float = 0.0,
+        training_queries: np.ndarray | None = None,
+    ) -> "AdapterMemoryModel":
+        """A copy sharing every array that re-scores with ``lexical`` at ``weight``, and at
+        ``far_weight`` the queries whose cosine to every row of ``training_queries`` (as embedded)
+        is below ``far_cosine`` (``far_weight`` 0: one weight for all)."""
+        keyed = copy.copy(self)
+        keyed.lexical, keyed.lexical_weight = lexical, _checked_weight("lexical_weight", weight)
+        keyed.far_lexical_weight = _checked_weight("far_lexical_weight", far_weight)
+        keyed.far_cosine = _checked_cosine("far_cosine", far_cosine, "0: no query is far")
+        if keyed.far_lexical_weight > 0:
+            if training_queries is None or not len(training_queries):
+                raise ValueError(f"far_weight={far_weight} needs the training queries; pass training_queries")
+            keyed._set_gate_keys(_checked_gate(0.0, training_queries, 0, self.dim)[1])
+        return keyed
+
+    def _set_gate_keys(self, keys: np.ndarray | None) -> None:
+        """Keep the training queries (n, d) at 8-bit precision (:func:`int8_rows`: ``gate_keys``
+        holds the codes' exact values), as codes with each row's scale over its norm for the
+        compiled kernel and as unit rows for numpy."""
+        self.gate_keys = self._gate_codes = self._gate_factors = self._gate_unit = None
+        if keys is None:
+            return
+        self._gate_codes, scales = int8_rows(keys)
+        self.gate_keys = self._gate_codes * scales[:, None]
+        norms = np.sqrt(np.einsum("ij,ij->i", self.gate_keys, self.gate_keys))
+        self._gate_factors = np.where(norms > 0, scales / np.maximum(norms, np.float32(1e-30)), 0).astype(np.float32)
+        self._gate_unit = np.ascontiguousarray(self._gate_codes * self._gate_factors[:, None], dtype=np.float32)
+
+    def _nearest_cosines(self, queries: np.ndarray, enough: float = np.inf) -> np.ndarray:
+        """(m,) float32: each query's largest cosine to a training query (``gate_keys``), or, for
+        a single float32 query (the store's case, one compiled call), the first reaching ``enough``."""
+        kernels = compiled_kernels()
+        if kernels is not None and type(queries) is np.ndarray and queries.shape == self._single_shape and (
+            queries.dtype == np.float32
+        ):
+            cosine = kernels.nearest_cosine(queries[0], self._gate_codes, self._gate_factors, float(enough))
+            return np.array([cosine], np.float32)
         q = np.array(queries, dtype=np.float32, order="C")
         norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", q, q)), np.float32(1e-12))
-        routed = row_products(q, self._gate_unit).max(axis=1) < np.float32(self.gate_threshold) * norms
-        return routed if routed.any() else None
+        return row_products(q, self._gate_unit).max(axis=1) / norms
 
     @property
     def unit_keys(self) -> np.ndarray:
@@ -346,7 +426,29 @@ class AdapterMemoryModel(DeepMemoryModel):
     def keyword_plan(self) -> KeywordPlan | None:
         """BM25 fusion with the keyword index built at training time and ``lexical_weight``
         (None when this model does not re-score)."""
-        return KeywordPlan(self.lexical, self.lexical_weight) if self.rerank_depth else None
+        return self._plans()[0] if self.rerank_depth else None
+
+    def keyword_plans(self, queries: np.ndarray) -> list[KeywordPlan | None]:
+        """Each query's plan: :meth:`keyword_plan`, or its ``far_lexical_weight`` twin for a query
+        far from every training query (:meth:`keyword_weights`)."""
+        if not self.rerank_depth:
+            return [None] * len(queries)
+        near, far = self._plans()
+        if far is None:
+            return [near] * len(queries)
+        close = self._nearest_cosines(queries, self.far_cosine) >= np.float32(self.far_cosine)
+        return [near if c else far for c in close.tolist()]
+
+    def _plans(self) -> tuple[KeywordPlan, KeywordPlan | None]:
+        """The plans of ``lexical_weight`` and ``far_lexical_weight`` (None when off), made once
+        per setting (a query path with many small objects is slow right after a vector scan)."""
+        setting = (self.lexical, self.lexical_weight, self.far_lexical_weight)
+        cached = self._plan_cache
+        if cached is None or cached[0][0] is not setting[0] or cached[0][1:] != setting[1:]:
+            far = KeywordPlan(self.lexical, self.far_lexical_weight) if self.far_lexical_weight > 0 else None
+            cached = (setting, (KeywordPlan(self.lexical, self.lexical_weight), far))
+            self._plan_cache = cached
+        return cached[1]
 
     def rerank(
         self,
@@ -368,8 +470,12 @@ class AdapterMemoryModel(DeepMemoryModel):
         meta, _ = super().to_state()
         meta.update(
             # older installs load what they can: dense models as 1, keyword models as 2
-            format_version=self.format_version if self.gate_threshold > 0 else 2 if self.lexical is not None else 1,
+            format_version=(
+                4 if self.far_lexical_weight > 0 else 3 if self.gate_threshold > 0 else 2 if self.lexical is not None else 1
+            ),
             gate_threshold=self.gate_threshold,
+            far_lexical_weight=self.far_lexical_weight,
+            far_cosine=self.far_cosine,
             fallback_lexical_weight=self.fallback_lexical_weight,
             memory_ids=list(self.memory_ids),
             key_weight=self.key_weight,
@@ -428,4 +534,6 @@ class AdapterMemoryModel(DeepMemoryModel):
             gate_threshold=float(meta.get("gate_threshold", 0.0)),
             gate_keys=arrays.get("gate_keys"),
             fallback_lexical_weight=float(meta.get("fallback_lexical_weight", 0.0)),
+            far_lexical_weight=float(meta.get("far_lexical_weight", 0.0)),
+            far_cosine=float(meta.get("far_cosine", 0.0)),
         )

@@ -86,14 +86,14 @@ def rank(
         return _rank_routed(store, queries, model, np.asarray(routed, dtype=bool), k, texts, filters, forget, plain_cache)
     rescore = texts is not None and model.rerank_depth > 0  # re-scores its top max(k, rerank_depth)
     depth = max(k, model.rerank_depth) if rescore else k
-    plan = model.keyword_plan() if rescore else None
-    transformed, override_ids, override_scores = _applied(model, queries)
+    transformed, override_ids, override_scores = _applied(model, queries)  # checks the dimension first
+    plans = _query_plans(model, queries) if rescore else [None] * len(queries)
     usable = np.asarray(store.usable_ids(override_ids, filters), dtype=bool) if len(override_ids) else np.zeros(0, bool)
     kernels = compiled_kernels()
     searched = None
-    if plan is not None and kernels is not None and len(queries) == 1 and texts[0] and forget is None and plain_cache is None:
+    if plans[0] is not None and kernels is not None and len(queries) == 1 and texts[0] and forget is None and plain_cache is None:
         ranked, searched = _rank_keywords_at_once(
-            store, kernels, plan, transformed, override_ids, override_scores, usable, depth, k, texts[0], filters)
+            store, kernels, plans[0], transformed, override_ids, override_scores, usable, depth, k, texts[0], filters)
         if ranked is not None:
             return ranked
     overridden = _id_set(override_ids)
@@ -114,10 +114,21 @@ def rank(
         picks, scores = _merged_row(kernels, row_scores, keep, override_scores[i], over_keep, depth)
         nodes = [row_ids[p] if p >= 0 else override_ids[-1 - p] for p in picks]
         if rescore and texts[i] and nodes:  # keyword re-scoring of the top `depth`
-            nodes, scores = _rescored(store, model, plan, texts[i], nodes, scores)
+            nodes, scores = _rescored(store, model, plans[i], texts[i], nodes, scores)
         out_scores.append(scores[:k])
         out_ids.append(nodes[:k])
     return out_scores, out_ids
+
+
+def _query_plans(model: DeepMemoryModel, queries: np.ndarray) -> list[KeywordPlan | None]:
+    """``model.keyword_plans``, checked: one plan (or None: ``model.rerank``) per query."""
+    plans = model.keyword_plans(queries)
+    if len(plans) != len(queries) or not all(p is None or isinstance(p, KeywordPlan) for p in plans):
+        raise ValueError(
+            f"the Deep Memory model gave {len(plans)} keyword plans for {len(queries)} queries; "
+            "keyword_plans must return one KeywordPlan (or None) per query"
+        )
+    return plans
 
 
 def _merged_row(

@@ -16,7 +16,6 @@ with ``improved=False`` so the API never activates it.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -90,6 +89,15 @@ class TrainOptions:
     # 0: no gate (the default). 0.5 won on the train-only dev protocol (benchmarks/bench_dev.py) but
     # validation does not yet judge the gated model that would be served: opt in, see benchmarks/README.md
     gate_threshold: float = 0.0
+    # per-query keyword weight (issue 17, opt-in): a query whose cosine to every training query is
+    # below far_keyword_cosine is re-scored with far_keyword_weight where that exceeds the chosen
+    # weight: where memory knows less, keywords count more. Validation judges it (the fold's training
+    # queries are the keys); models with memory only (not keywords on the plain store). 0.6 / 0.3 won
+    # on the train-only dev protocol (benchmarks/bench_dev.py --variants far-weight), but it costs
+    # ~0.1 ms per keyword query and did not gain on the SciFact test claims: 0 (off) by default, see
+    # benchmarks/README.md, "Unseen documents"
+    far_keyword_cosine: float = 0.6
+    far_keyword_weight: float = 0.0
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> "TrainOptions":
@@ -121,10 +129,13 @@ class TrainOptions:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if isinstance(self.gate_threshold, bool) or not (
-            isinstance(self.gate_threshold, (int, float)) and 0.0 <= self.gate_threshold <= 1.0
-        ):
-            raise ValueError(f"gate_threshold must be a cosine in [0, 1] (0: no gate), got {self.gate_threshold!r}")
+        for name, zero in (("gate_threshold", "0: no gate"), ("far_keyword_cosine", "0: no query is far")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be a cosine in [0, 1] ({zero}), got {value!r}")
+        value = self.far_keyword_weight
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"far_keyword_weight must be a finite number >= 0 (0: off), got {value!r}")
         if not (isinstance(self.validation_fraction, (int, float)) and 0.0 <= self.validation_fraction < 1.0):
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
         if self.validation_folds is not None and (
@@ -403,16 +414,30 @@ def _with_gate(model: AdapterMemoryModel, queries: np.ndarray, threshold: float,
         link_key=model.link_key, link_node=model.link_node, link_weight=model.link_weight,
         key_weight=model.key_weight, key_threshold=model.key_threshold,
         lexical=model.lexical, lexical_weight=model.lexical_weight, gate_threshold=threshold, gate_keys=queries,
+        far_lexical_weight=model.far_lexical_weight, far_cosine=model.far_cosine,  # its keys are these queries too
         # the fallback re-scores only where the model does (one keyword index, one keyword_plan to update)
         fallback_lexical_weight=weight if model.lexical is not None and model.lexical_weight > 0 else 0.0,
     )
 
 
-def _with_lexical(model: AdapterMemoryModel, lexical: LexicalIndex, weight: float) -> AdapterMemoryModel:
-    """``model`` re-scoring its top candidates with ``weight`` times their scaled BM25 scores."""
-    keyed = copy.copy(model)  # every other array is shared, unchanged
-    keyed.lexical, keyed.lexical_weight = lexical, float(weight)
-    return keyed
+@dataclass(frozen=True)
+class _FarKeywords:
+    """The per-query keyword weight validation judges: at least ``weight`` for queries whose
+    cosine to every one of ``queries`` (the fold's training queries) is below ``cosine``."""
+
+    queries: np.ndarray
+    cosine: float
+    weight: float
+
+
+def _with_lexical(
+    model: AdapterMemoryModel, lexical: LexicalIndex, weight: float, far: _FarKeywords | None = None
+) -> AdapterMemoryModel:
+    """``model`` re-scoring its top candidates with ``weight`` times their scaled BM25 scores
+    (with ``far``, and memory to be far from: ``far.weight`` for far queries where it is larger)."""
+    if far is None or far.weight <= weight or not len(model.memory_ids):  # one weight serves every query
+        return model.with_keywords(lexical, weight)
+    return model.with_keywords(lexical, weight, far_weight=far.weight, far_cosine=far.cosine, training_queries=far.queries)
 
 
 def _lexical_grid(
@@ -425,11 +450,15 @@ def _lexical_grid(
     ctx: _Context,
 ) -> Iterator[tuple[float, _Evaluation]]:
     """Each keyword weight with the pooled validation result of the fold ``models`` re-scoring
-    with it (``caches``: each fold's plain searches, shared across the weights)."""
+    with it (``caches``: each fold's plain searches, shared across the weights), far queries
+    weighed as the served model will weigh them (:class:`_FarKeywords`)."""
+    options = ctx.options
     for weight in weights:
         ctx.check_stop()
         yield weight, _pool([
-            _evaluate(store, f.val, _with_lexical(model, lexical, weight), cache)
+            _evaluate(store, f.val, _with_lexical(
+                model, lexical, weight,
+                _FarKeywords(f.train.queries, options.far_keyword_cosine, options.far_keyword_weight)), cache)
             for f, model, cache in zip(folds, models, caches)
         ])
 
@@ -752,7 +781,8 @@ def _train(
     if key_weight > 0:
         final = _add_keys(store, final, final_split, key_weight, key_threshold)
     if lexical_weight > 0:
-        final = _with_lexical(final, lexical, lexical_weight)
+        far = _FarKeywords(final_split.queries, options.far_keyword_cosine, options.far_keyword_weight)
+        final = _with_lexical(final, lexical, lexical_weight, far)
     if options.gate_threshold > 0 and len(final.memory_ids):
         final = _with_gate(final, final_split.queries, options.gate_threshold, simple_weight)
 
@@ -771,6 +801,8 @@ def _train(
         "key_weight": key_weight,
         "key_threshold": key_threshold,
         "lexical_weight": lexical_weight,
+        "far_lexical_weight": getattr(final, "far_lexical_weight", 0.0),
+        "far_keyword_cosine": getattr(final, "far_cosine", 0.0),
         "keywords_only": keywords_only,
         "gate_threshold": getattr(final, "gate_threshold", 0.0),
         "memory_nodes": len(getattr(final, "memory_ids", [])),
