@@ -1,7 +1,7 @@
 """Train-only dev protocol for Deep Memory quality choices (SciFact *train* claims only).
 
     python benchmarks/bench_dev.py [--data ../shared/data/scifact] [--splits 0,1,2] [--options '{}']
-        [--variants gate|fusion|far-weight] [--train-seeds 0,1,2]
+        [--variants gate|fusion|far-weight|term-weights] [--train-seeds 0,1,2]
 
 Three seeded random 75/25 splits of the SciFact train claims (``qrels/train.tsv``): Deep Memory
 trains on the 75% ("dev-train", through ``train_model``, the function ``store.deep_memory.train``
@@ -15,7 +15,8 @@ keyword fusion offline (rerank depth 50/100/200, max / z-score / min-max / recip
 BM25 k1/b 0.9/0.4 and 1.2/0.75), weights from the library's training or an inner 3-fold
 cross-validation of the dev-train claims; ``--variants far-weight`` re-does it with the library's
 weight near training queries and a larger one far from them (the rule behind the opt-in
-``TrainOptions.far_keyword_weight``), on three features of "near".
+``TrainOptions.far_keyword_weight``), on three features of "near"; ``--variants term-weights``
+re-scores with BM25 term contributions times multipliers learned from the dev-train claims.
 """
 
 from __future__ import annotations
@@ -202,6 +203,8 @@ def evaluate_split(view, split: DevSplit, options: dict, variants: set[str], dim
         out.update(fusion_variants(view, split, options, result, scores))
     if "far-weight" in variants:
         out.update(far_weight_variants(view, split, result, scores))
+    if "term-weights" in variants:
+        out.update(term_weight_variants(view, split, result, scores, w_plain))
     return out
 
 
@@ -484,6 +487,69 @@ def far_weight_variants(view, split: DevSplit, result, scores) -> dict[str, tupl
     return out
 
 
+# learned term weights for the keyword part (issue 17): each query term's BM25 contribution times
+# m_t = smoothed P(a relevant document contains t | a training query has t) / the same over all terms;
+# terms no training query has keep 1. alpha: pseudo-count of the smoothing (toward the overall rate)
+TERM_ALPHAS = (2.0, 10.0, 50.0)
+
+
+def term_multipliers(index, split: DevSplit, alpha: float) -> np.ndarray:
+    """(vocabulary,) multipliers learned from the dev-train claims and their relevant documents."""
+    spans, doc_terms, _ = index.postings
+    row_of = {node: r for r, node in enumerate(index.ids)}
+    n_terms = int(doc_terms.max()) + 1 if doc_terms.size else 0  # the vocabulary is the indexed texts' words
+    asked = np.zeros(n_terms)
+    found = np.zeros(n_terms)
+    for text, rel in zip(split.train.query_texts, split.train.relevance):
+        terms = np.unique(index.query_term_ids(text))
+        if not terms.size:
+            continue
+        in_relevant = set()
+        for node, _ in rel:
+            r = row_of.get(node)
+            if r is not None:
+                in_relevant.update(doc_terms[spans[r, 0]:spans[r, 1]].tolist())
+        asked[terms] += 1
+        found[terms] += np.isin(terms, list(in_relevant))
+    rate = found.sum() / max(asked.sum(), 1)
+    return np.where(asked > 0, (found + alpha * rate) / (asked + alpha) / rate, 1.0)
+
+
+def weighted_bm25(index, text: str, ids: list[str], multipliers: np.ndarray) -> np.ndarray:
+    """BM25 of ``text`` for ``ids`` with each term's contribution times its multiplier."""
+    spans, doc_terms, doc_weights = index.postings
+    terms = set(np.unique(index.query_term_ids(text)).tolist())
+    out = np.zeros(len(ids))
+    for j, r in enumerate(index.rows_of(ids)):
+        if r < 0:
+            continue
+        t, w = doc_terms[spans[r, 0]:spans[r, 1]], doc_weights[spans[r, 0]:spans[r, 1]]
+        keep = np.fromiter((x in terms for x in t.tolist()), bool, count=len(t))
+        out[j] = float((w[keep] * multipliers[t[keep]]).sum())
+    return out
+
+
+def term_weight_variants(view, split: DevSplit, result, scores, w_plain: float) -> dict[str, tuple]:
+    """The ``--variants term-weights`` rows: today's fusion (max, top 50, the library's weight; the
+    untrained hybrid with its own) with BM25 from learned term multipliers."""
+    model = result.model if result.improved else None
+    lib_w = float(result.info["lexical_weight"])
+    index = fusion_indexes(view)[FUSION_BM25[0]]
+    out: dict[str, tuple] = {}
+    for name, ranker, weight in (("ours", model, lib_w), ("hybrid", None, w_plain)):
+        if weight <= 0:
+            continue
+        cands = fusion_candidates(view, split.test_vectors, ranker, split.test.query_texts)
+        cands.active[:] = True
+        out[f"  term-weights: {name}, plain BM25 (check)"] = scores(fused_ranking(cands, "max", 50, FUSION_BM25[0], weight))
+        for alpha in TERM_ALPHAS:
+            m = term_multipliers(index, split, alpha)
+            learned = np.stack([weighted_bm25(index, t, ids[:50], m) for t, ids in zip(split.test.query_texts, cands.ids)])
+            custom = FusionCandidates(cands.ids, cands.scores, {FUSION_BM25[0]: learned}, cands.active)
+            out[f"  term-weights: {name}, alpha {alpha}"] = scores(fused_ranking(custom, "max", 50, FUSION_BM25[0], weight))
+    return out
+
+
 def fusion_latency(view, split: DevSplit, repeats: int = 5) -> str:
     """Median per-query time of the serving ranking (``ranking.rank``, one query with its text, k 10)
     of the trained model at keyword re-scoring depth 50 / 100 / 200 (``models.LEXICAL_DEPTH``
@@ -554,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
              "training's validation split, which alone moves dev means by up to 0.013 nDCG@10 and 0.026 doc-disjoint",
     )
     parser.add_argument("--options", default="{}", help="JSON TrainOptions, e.g. '{\"lexical\": false}'")
-    parser.add_argument("--variants", default="", help="extra measurements: gate, latency, fusion, fusion-latency, far-weight")
+    parser.add_argument("--variants", default="", help="extra measurements: gate, latency, fusion, fusion-latency, far-weight, term-weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     folder = Path(args.data)
