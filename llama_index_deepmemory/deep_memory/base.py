@@ -239,7 +239,8 @@ class DeepMemoryModel:
     3. When ``rerank_depth > 0`` and the query text is known, the top ``rerank_depth`` merged
        candidates are re-scored by ``rerank`` (e.g. keyword scores) and the top ``k`` kept. A
        model whose re-scoring is BM25 fusion describes it as a :class:`KeywordPlan`
-       (``keyword_plan``), which stores may compute without per-candidate calls.
+       (``keyword_plan``; ``keyword_plans`` gives one per query where weights differ), which
+       stores may compute without per-candidate calls.
 
     Stores remember which override ids they hold per id sequence (until they change), so a
     model that hands out the same tuple on every call is looked up once.

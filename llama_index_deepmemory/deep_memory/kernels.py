@@ -36,7 +36,7 @@ def nearest_cosine(query: np.ndarray, codes: np.ndarray, factors: np.ndarray, en
     """The largest cosine of a (d,) float32 ``query`` to rows given as (n, d) int8 ``codes``
     times (n,) float32 ``factors`` (each row's scale over its norm), or the first one reaching
     ``enough`` (the caller only asks whether one does): the training queries of
-    ``AdapterMemoryModel.keyword_weights`` and ``route``."""
+    ``AdapterMemoryModel.keyword_plans`` and ``route``."""
     sq = np.float32(0.0)
     for i in range(query.shape[0]):
         sq += query[i] * query[i]

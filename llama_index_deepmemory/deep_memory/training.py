@@ -453,13 +453,12 @@ def _lexical_grid(
     with it (``caches``: each fold's plain searches, shared across the weights), far queries
     weighed as the served model will weigh them (:class:`_FarKeywords`)."""
     options = ctx.options
+    fars = [_FarKeywords(f.train.queries, options.far_keyword_cosine, options.far_keyword_weight) for f in folds]
     for weight in weights:
         ctx.check_stop()
         yield weight, _pool([
-            _evaluate(store, f.val, _with_lexical(
-                model, lexical, weight,
-                _FarKeywords(f.train.queries, options.far_keyword_cosine, options.far_keyword_weight)), cache)
-            for f, model, cache in zip(folds, models, caches)
+            _evaluate(store, f.val, _with_lexical(model, lexical, weight, far), cache)
+            for f, model, cache, far in zip(folds, models, caches, fars)
         ])
 
 
