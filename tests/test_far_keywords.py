@@ -30,7 +30,7 @@ def far_model(task: KeywordTask, far_weight: float = FAR_WEIGHT) -> AdapterMemor
 
 def reference_ids(task: KeywordTask, model, queries: np.ndarray, texts: list[str], k: int, allowed=None) -> list[list[str]]:
     """Brute force: Deep Memory scores of every (allowed) node, BM25 re-scoring of the top
-    max(k, 50) with each query's weight (``reference_keyword_weights``)."""
+    50 with each query's weight (``reference_keyword_weights``), the rest after them in Deep Memory order."""
     scores = brute_force_scores(queries, task.docs, task.ids, model)
     weights = reference_keyword_weights(model, queries)
     out = []
@@ -38,10 +38,10 @@ def reference_ids(task: KeywordTask, model, queries: np.ndarray, texts: list[str
         order = np.argsort(-row, kind="stable")
         if allowed is not None:
             order = order[np.isin(np.array(task.ids)[order], allowed)]
-        top = order[: max(k, LEXICAL_DEPTH)]
+        top, tail = order[:LEXICAL_DEPTH], order[LEXICAL_DEPTH:k]
         keyword = model.lexical.scores(text, [task.ids[j] for j in top])
         fused = row[top] + (weight * keyword / keyword.max() if keyword.max() > 0 else 0)
-        out.append([task.ids[top[j]] for j in np.argsort(-fused, kind="stable")[:k]])
+        out.append(([task.ids[top[j]] for j in np.argsort(-fused, kind="stable")] + [task.ids[j] for j in tail])[:k])
     return out
 
 

@@ -231,9 +231,10 @@ def test_keyword_kernel_equals_rescore_and_a_stable_sort() -> None:
 
 def test_fused_merge_and_keyword_kernel_equals_the_two_steps_in_numpy() -> None:
     """``merge_keyword_top`` against the numpy merge (a plain hit dropped when its row is an
-    override node's) followed by ``rescore`` + a stable sort, cut to k; with ties, depth above the
-    insertion limit, plain rows longer than the hits; status -2 exactly when an unindexed node
-    reaches the top ``depth``, -3 exactly when ``_plain_search`` would search deeper."""
+    override node's) to the top max(k, depth), ``rescore`` + a stable sort of its first ``depth``,
+    the rest after them, cut to k (k above depth too); with ties, depth above the insertion
+    limit, plain rows longer than the hits; status -2 exactly when an unindexed node reaches the
+    top ``depth``, -3 exactly when ``_plain_search`` would search deeper."""
     rng = np.random.default_rng(11)
     ids = [f"n{i}" for i in range(300)]
     plan = base.KeywordPlan(LexicalIndex(ids, [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 12)))) for _ in ids]), 0.3)
@@ -241,7 +242,8 @@ def test_fused_merge_and_keyword_kernel_equals_the_two_steps_in_numpy() -> None:
     n_unindexed = n_deeper = 0
     for trial in range(400):
         depth = int(rng.integers(1, 12)) if trial % 4 else int(rng.integers(60, 90))
-        k = int(rng.integers(1, depth + 3))
+        k = int(rng.integers(1, depth + 3)) if trial % 3 else int(rng.integers(1, 2 * depth + 20))
+        reach = max(k, depth)
         rows = rng.permutation(len(ids))
         over_rows = rows[: int(rng.integers(0, 40))]
         plain_rows = rows[rng.integers(0, 20): ][: int(rng.integers(0, depth + 16))].copy()  # overlaps the overrides
@@ -260,13 +262,14 @@ def test_fused_merge_and_keyword_kernel_equals_the_two_steps_in_numpy() -> None:
             depth, k, asked)
         keep = (plain_rows < 0) | ~flags[np.maximum(plain_rows, 0)]
         reaching = int((over[usable] >= plain[-1]).sum()) if len(plain) else 0
-        if len(plain_rows) >= asked and keep.sum() < depth and (not len(plain) or keep.sum() + reaching < depth):
+        if len(plain_rows) >= asked and keep.sum() < reach and (not len(plain) or keep.sum() + reaching < reach):
             n_deeper += 1  # an unfetched node may belong to the top `depth`
             assert status == -3 and len(out_scores) == 0
             continue
         pool = np.concatenate([plain[keep], over[usable]])
         sources = np.concatenate([np.flatnonzero(keep), -1 - np.flatnonzero(usable)])
-        top = np.argsort(-pool, kind="stable")[:depth]
+        top_all = np.argsort(-pool, kind="stable")[:reach]
+        top, tail = top_all[:depth], top_all[depth:]
         top_rows = np.array([plain_rows[s] if s >= 0 else over_rows[-1 - s] for s in sources[top]], dtype=np.int64)
         if (top_rows < 0).any():
             n_unindexed += 1
@@ -277,9 +280,10 @@ def test_fused_merge_and_keyword_kernel_equals_the_two_steps_in_numpy() -> None:
                          for b, e in spans[top_rows]], dtype=np.float32)
         best = bm25.max(initial=0)
         fused = pool[top] + (np.float32(0.3 / np.float64(best)) * bm25 if best > 0 else np.float32(0))
-        order = np.argsort(-fused, kind="stable")[:k]
-        assert out_sources.tolist() == sources[top][order].tolist()
-        np.testing.assert_allclose(out_scores, fused[order], rtol=1e-6)
+        order = np.argsort(-fused, kind="stable")
+        expected_sources = np.concatenate([sources[top][order], sources[tail]])[:k]
+        assert out_sources.tolist() == expected_sources.tolist()
+        np.testing.assert_allclose(out_scores, np.concatenate([fused[order], pool[tail]])[:k], rtol=1e-6)
     assert 10 < n_unindexed < 100 and 10 < n_deeper < 150
 
 

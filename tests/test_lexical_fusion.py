@@ -44,18 +44,18 @@ def trained_copy(task: KeywordTask, trained):
 
 def reference_ids(task: KeywordTask, model, q: np.ndarray, text: str | None, k: int, allowed=None) -> list[str]:
     """Dense Deep Memory scores of every node (or of those ``allowed``), then (with text) BM25
-    re-scoring of the top max(k, 50) with the query's keyword weight."""
+    re-scoring of the top 50 with the query's keyword weight, the rest after them in dense order."""
     scores = brute_force_scores(q[None, :], task.docs, task.ids, model)[0]
     order = np.argsort(-scores, kind="stable")
     if allowed is not None:
         order = order[np.isin(np.array(task.ids)[order], allowed)]
     if text is None:
         return [task.ids[j] for j in order[:k]]
-    top = order[: max(k, LEXICAL_DEPTH)]  # the store re-scores at least the top k
+    top, tail = order[:LEXICAL_DEPTH], order[LEXICAL_DEPTH:k]  # the store re-scores the top 50, whatever k
     keyword = model.lexical.scores(text, [task.ids[j] for j in top])
     weight = reference_keyword_weights(model, q[None, :])[0]
     fused = scores[top] + (weight * keyword / keyword.max() if keyword.max() > 0 else 0)
-    return [task.ids[top[j]] for j in np.argsort(-fused, kind="stable")[:k]]
+    return ([task.ids[top[j]] for j in np.argsort(-fused, kind="stable")] + [task.ids[j] for j in tail])[:k]
 
 
 def query_ids(store, q, k, text=None):

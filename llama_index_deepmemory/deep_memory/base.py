@@ -237,7 +237,9 @@ class DeepMemoryModel:
        small set of nodes (learned per-node memory); every other node scores with the plain
        ``q_t . v`` of the stored index. The store merges both, so stored vectors never change.
     3. When ``rerank_depth > 0`` and the query text is known, the top ``rerank_depth`` merged
-       candidates are re-scored by ``rerank`` (e.g. keyword scores) and the top ``k`` kept. A
+       candidates are re-scored by ``rerank`` (e.g. keyword scores), whatever ``k`` (places past
+       them keep their merged order, so a top ``k`` is the first ``k`` of any longer top), and
+       the top ``k`` kept. A
        model whose re-scoring is BM25 fusion describes it as a :class:`KeywordPlan`
        (``keyword_plan``; ``keyword_plans`` gives one per query where weights differ), which
        stores may compute without per-candidate calls.

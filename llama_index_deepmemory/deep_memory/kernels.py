@@ -3,7 +3,7 @@ make a dozen (right after a vector scan every call is slow): ``adapter_memory_sc
 and memory scores, before the search), ``nearest_cosine`` (the query's nearest training query),
 ``merge_row`` (plain hits merged with the override scores), ``keyword_fused_top`` (BM25 fusion
 and order of given candidates) and ``merge_keyword_top`` (both, over hits given as keyword-index
-rows). Each computes what a numpy path computes (tests compare
+rows, re-scoring a fixed head so that rankings do not depend on ``k``). Each computes what a numpy path computes (tests compare
 them). Callers reach this module through ``base.compiled_kernels()``, which returns None where
 numba is not installed (the numpy paths then run).
 """
@@ -107,9 +107,6 @@ def adapter_memory_scores(
             for r in range(n_memory):
                 scores[r] += bonus[r] * key_weight
     return transformed_out, scores_out, finite
-
-
-_INSERTION_TOP = 64  # a stable top k by insertion up to this k (less code and no sort right after a scan)
 
 
 _INSERTION_TOP = 64  # a stable top k by insertion up to this k (less code and no sort right after a scan)
@@ -267,16 +264,18 @@ def merge_keyword_top(
     doc_weights: np.ndarray,
     query_terms: np.ndarray,  # (n_terms,) int32, sorted unique
     weight: float,
-    depth: int,
+    depth: int,  # the re-scored candidates: the merged top ``depth``, whatever ``k``
     k: int,
     asked: int,  # the plain hits the search was asked for (fewer: every allowed node was found)
 ) -> tuple[int, np.ndarray, np.ndarray]:
-    """:func:`merge_row` (a plain hit is kept unless its row is an override node's), then
-    :func:`keyword_fused_top` of the merged top ``depth``, cut to the top ``k``, in one call:
-    (status, scores, sources as merge_row's). Status 0; -2 when an unindexed node reaches the
-    top ``depth`` (its keyword score needs its text), -3 when the plain hits may miss one of the
-    top ``depth`` (as ``ranking._plain_search`` judges a row: a deeper search is needed);
-    nothing is computed then."""
+    """:func:`merge_row` (a plain hit is kept unless its row is an override node's) to the top
+    ``max(k, depth)``, :func:`keyword_fused_top` of its first ``depth``, the rest after them in
+    merged order, cut to the top ``k``, in one call (so a top ``k`` is the first ``k`` of any
+    longer top): (status, scores, sources as merge_row's). Status 0; -2 when an unindexed node
+    reaches the top ``depth`` (its keyword score needs its text), -3 when the plain hits may
+    miss one of the merged top ``max(k, depth)`` (as ``ranking._plain_search`` judges a row: a
+    deeper search is needed); nothing is computed then."""
+    reach = max(k, depth)
     n_plain = plain_rows.shape[0]
     nothing = (np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64))
     keep = np.empty(n_plain, dtype=np.bool_)
@@ -284,23 +283,29 @@ def merge_keyword_top(
     for i in range(n_plain):
         keep[i] = plain_rows[i] < 0 or not overridden_rows[plain_rows[i]]
         kept += keep[i]
-    if n_plain >= asked and kept < depth:
+    if n_plain >= asked and kept < reach:
         reaching = 0  # usable override scores at or above the last plain hit's
         for j in range(over_scores.shape[0]):
             if n_plain and over_usable[j] and over_scores[j] >= plain_scores[n_plain - 1]:
                 reaching += 1
-        if n_plain == 0 or kept + reaching < depth:
+        if n_plain == 0 or kept + reaching < reach:
             return -3, nothing[0], nothing[1]
-    top_scores, top_sources = merge_row(plain_scores[:n_plain], keep, over_scores, over_usable, depth)
+    top_scores, top_sources = merge_row(plain_scores[:n_plain], keep, over_scores, over_usable, reach)
     size = top_scores.shape[0]
-    keyword = np.empty(size, dtype=np.float32)
-    for i in range(size):
+    head = min(depth, size)
+    keyword = np.empty(head, dtype=np.float32)
+    for i in range(head):
         source = top_sources[i]
         row = plain_rows[source] if source >= 0 else over_rows[-1 - source]
         if row < 0:
             return -2, nothing[0], nothing[1]
         keyword[i] = _bm25(row, spans, doc_terms, doc_weights, query_terms)
-    out_scores = np.empty(min(k, size), dtype=np.float32)
-    out_sources = np.empty(min(k, size), dtype=np.int64)
-    _fused_top(top_scores, keyword, top_sources, weight, out_scores, out_sources)
+    out_size = min(k, size)
+    out_scores = np.empty(out_size, dtype=np.float32)
+    out_sources = np.empty(out_size, dtype=np.int64)
+    fused = min(head, out_size)
+    _fused_top(top_scores[:head], keyword, top_sources[:head], weight, out_scores[:fused], out_sources[:fused])
+    for i in range(head, out_size):  # past the re-scored head: the merged order
+        out_scores[i] = top_scores[i]
+        out_sources[i] = top_sources[i]
     return 0, out_scores, out_sources

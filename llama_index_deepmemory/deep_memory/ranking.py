@@ -70,7 +70,8 @@ def rank(
         queries: prepared query vectors (m, d), as ``store.prepare_queries`` returns them.
         model: the Deep Memory model, or None for the plain ranking.
         texts: one query string (or None) per query; a model with ``rerank_depth`` re-scores
-            each query's top ``max(k, rerank_depth)`` candidates with it.
+            each query's merged top ``rerank_depth`` candidates with it, whatever ``k`` (places
+            past them keep their merged order), so a top ``k`` is the first ``k`` of any longer top.
         filters: LlamaIndex ``MetadataFilters`` restricting every query (None: no restriction).
         forget: per query, override nodes scored as plain stored vectors (as if the model had
             never seen them: training's check of how it treats unseen documents).
@@ -84,8 +85,9 @@ def rank(
     routed = model.route(queries)
     if routed is not None and model.fallback is not None:  # the gate: some queries go to the fallback
         return _rank_routed(store, queries, model, np.asarray(routed, dtype=bool), k, texts, filters, forget, plain_cache)
-    rescore = texts is not None and model.rerank_depth > 0  # re-scores its top max(k, rerank_depth)
-    depth = max(k, model.rerank_depth) if rescore else k
+    rescore = texts is not None and model.rerank_depth > 0
+    head = int(model.rerank_depth) if rescore else 0  # the re-scored top: fixed, so results do not depend on k
+    depth = max(k, head)
     transformed, override_ids, override_scores = _applied(model, queries)  # checks the dimension first
     plans = _query_plans(model, queries) if rescore else [None] * len(queries)
     usable = np.asarray(store.usable_ids(override_ids, filters), dtype=bool) if len(override_ids) else np.zeros(0, bool)
@@ -93,7 +95,7 @@ def rank(
     searched = None
     if plans[0] is not None and kernels is not None and len(queries) == 1 and texts[0] and forget is None and plain_cache is None:
         ranked, searched = _rank_keywords_at_once(
-            store, kernels, plans[0], transformed, override_ids, override_scores, usable, depth, k, texts[0], filters)
+            store, kernels, plans[0], transformed, override_ids, override_scores, usable, head, k, texts[0], filters)
         if ranked is not None:
             return ranked
     overridden = _id_set(override_ids)
@@ -113,8 +115,9 @@ def rank(
         row_scores = np.ascontiguousarray(np.asarray(row_scores)[: len(row_ids)], dtype=np.float32)
         picks, scores = _merged_row(kernels, row_scores, keep, override_scores[i], over_keep, depth)
         nodes = [row_ids[p] if p >= 0 else override_ids[-1 - p] for p in picks]
-        if rescore and texts[i] and nodes:  # keyword re-scoring of the top `depth`
-            nodes, scores = _rescored(store, model, plans[i], texts[i], nodes, scores)
+        if rescore and texts[i] and nodes:  # keyword re-scoring of the top `head`, the rest after it
+            head_nodes, head_scores = _rescored(store, model, plans[i], texts[i], nodes[:head], scores[:head])
+            nodes, scores = head_nodes + nodes[head:], np.concatenate([head_scores, scores[head:]])
         out_scores.append(scores[:k])
         out_ids.append(nodes[:k])
     return out_scores, out_ids
@@ -167,9 +170,10 @@ def _override_rows(plan: KeywordPlan, override_ids: Sequence[str]) -> tuple[np.n
 
 def _rank_keywords_at_once(
     store: "StoreView", kernels: Any, plan: KeywordPlan, transformed: np.ndarray, override_ids: Sequence[str],
-    override_scores: np.ndarray, usable: np.ndarray, depth: int, k: int, text: str, filters: Any,
+    override_scores: np.ndarray, usable: np.ndarray, head: int, k: int, text: str, filters: Any,
 ) -> tuple[tuple[list[np.ndarray], list[list[str]]] | None, Searched | None]:
-    """One query's keyword ranking in one compiled call (merge, BM25 fusion, top ``k``) over a
+    """One query's keyword ranking in one compiled call (merge, BM25 fusion of the top ``head``,
+    top ``k``) over a
     store that hands out its hits' keyword-index rows (``search_rows``: the embedded store keeps
     a row per slot), so no hit's id is looked up but the ``k`` returned: (ranking, None). Where
     the steps of :func:`rank` must run instead (no such store, an override node or a top
@@ -179,6 +183,7 @@ def _rank_keywords_at_once(
     marked = _override_rows(plan, override_ids) if search_rows is not None else None
     if marked is None:
         return None, None
+    depth = max(k, head)
     asked = depth + _margin(len(override_ids), depth)
     hits = search_rows(transformed, asked, filters, plan.index)
     if hits is None:
@@ -188,7 +193,7 @@ def _rank_keywords_at_once(
     index = plan.index
     status, scores, sources = kernels.merge_keyword_top(
         plain_scores, plain_rows, flags, override_scores[0], usable, over_rows, *index.postings,
-        index.query_term_ids(text), float(plan.weight), depth, k, asked)
+        index.query_term_ids(text), float(plan.weight), head, k, asked)
     if status != 0:
         return None, (plain_scores[None, : len(plain_rows)], [[id_at(p) for p in range(len(plain_rows))]], asked)
     return ([scores], [[id_at(p) if p >= 0 else override_ids[-1 - p] for p in sources.tolist()]]), None
