@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "DeepMemoryVectorStore": "llama_index_deepmemory.store",
     "DeepMemory": "llama_index_deepmemory.deep_memory.api",
+    "DeepMemoryVectorStoreIndex": "llama_index_deepmemory.vector_index",
+    "RetrieverEvaluator": "llama_index_deepmemory.retriever_evaluator",
     "DeepMemoryModel": "llama_index_deepmemory.deep_memory.base",
     "AdapterMemoryModel": "llama_index_deepmemory.deep_memory.models",
     "TrainOptions": "llama_index_deepmemory.deep_memory.training",
@@ -42,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "embed_nodes": "llama_index_deepmemory.embeddings",
     "embed_texts": "llama_index_deepmemory.embeddings",
     "evaluate_dataset": "llama_index_deepmemory.evaluation",
+    "aevaluate_dataset": "llama_index_deepmemory.evaluation",
     "evaluate_retrievers": "llama_index_deepmemory.evaluation",
     "display_results": "llama_index_deepmemory.evaluation",
     "recall_at_k_table": "llama_index_deepmemory.evaluation",

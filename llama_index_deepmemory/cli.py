@@ -91,7 +91,7 @@ def _open_store(path: str) -> tuple[Any, str]:
     spec = _read_settings(root)
     from llama_index_deepmemory.store import DeepMemoryVectorStore
 
-    return DeepMemoryVectorStore.from_persist_path(str(root)), spec
+    return DeepMemoryVectorStore.from_persist_path(str(root), load_recorded_embedding=False), spec
 
 
 def _attach_embedding(store: Any, spec: str) -> Any:
@@ -428,7 +428,7 @@ def cmd_query(args: argparse.Namespace) -> None:
     if args.deep_memory and active is None:
         raise UserError(f"--deep-memory: {args.store} has no active Deep Memory model; train one or `{PROG} activate MODEL`")
     use_dm = args.deep_memory if args.deep_memory is not None else active is not None
-    _attach_embedding(store, spec)
+    _attach_embedding(store, args.embed_model or spec)
     from llama_index.core import VectorStoreIndex
 
     index = VectorStoreIndex.from_vector_store(store, embed_model=store.embed_model)
@@ -624,11 +624,19 @@ def _add_query(sub: Any) -> None:
     _add_common(p)
     p.add_argument("--file", help="answer every line of this file (`-`: stdin) (default: none)")
     p.add_argument("--top-k", type=_positive_int, default=5, help="nodes shown per query (default: 5)")
+    _add_embed_model_override(p)
     dm = p.add_mutually_exclusive_group()
     dm.add_argument("--deep-memory", dest="deep_memory", action="store_true", default=None,
                     help="use Deep Memory (default: when the store has an active model)")
     dm.add_argument("--no-deep-memory", dest="deep_memory", action="store_false", help="plain vector search")
     p.set_defaults(func=cmd_query)
+
+
+def _add_embed_model_override(p: Any) -> None:
+    """``--embed-model`` for commands that open a store (``query``, ``chat``)."""
+    p.add_argument("--embed-model", default=None,
+                   help="embed queries with this model instead of the one the store was built with ('default', a "
+                   "local model folder, or a cached Hugging Face model name; default: the store's own)")
 
 
 def _add_status(sub: Any) -> None:

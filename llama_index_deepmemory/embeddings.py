@@ -147,6 +147,65 @@ def load_embedding(spec: str = DEFAULT_SPEC, **kwargs: Any) -> "BaseEmbedding":
         ) from exc
 
 
+# --- the embedding a persisted store was built with -----------------------------------------
+
+RECORD_FILE = "deepmemory-cli.json"  # beside the store's manifest; the CLI reads and writes the same file
+RECORD_VERSION = 1
+
+
+def embedding_spec(embed_model: "BaseEmbedding") -> str:
+    """What :func:`load_embedding` loads ``embed_model`` from: ``"default"`` for the bundled
+    MiniLM, else a ``HuggingFaceEmbedding``'s model name or folder. Another kind of model is
+    described as ``"python:Class(model_name='...')"``, which no loader accepts: loading such a
+    store needs ``embed_model=`` (the error says so)."""
+    cls = type(embed_model)
+    name = getattr(embed_model, "model_name", None)
+    if cls.__name__ == "HuggingFaceEmbedding" and isinstance(name, str) and name:
+        try:
+            bundled = os.path.realpath(default_model_path())
+        except ImportError:
+            bundled = None
+        return DEFAULT_SPEC if bundled is not None and os.path.realpath(name) == bundled else name
+    return f"python:{cls.__name__}(model_name={name!r})"
+
+
+def write_embedding_record(folder: str | os.PathLike[str], embed_model: "BaseEmbedding") -> None:
+    """Record ``embed_model`` (:func:`embedding_spec`) beside a persisted store, atomically."""
+    from llama_index_deepmemory.atomic import write_json_atomic
+
+    write_json_atomic(Path(folder) / RECORD_FILE, {"format_version": RECORD_VERSION, "embed_model": embedding_spec(embed_model)})
+
+
+def recorded_embedding(folder: str | os.PathLike[str]) -> str | None:
+    """The embedding spec recorded beside a persisted store (None: nothing recorded); ValueError
+    naming the file when it is unreadable."""
+    path = Path(folder) / RECORD_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path} is not valid JSON; delete it and pass embed_model= when loading the store") from None
+    if not isinstance(info, dict) or info.get("format_version") != RECORD_VERSION:
+        raise ValueError(f"{path} is not a version {RECORD_VERSION} embedding record; upgrade the package")
+    spec = info.get("embed_model")
+    return str(spec) if spec else None
+
+
+def load_recorded_embedding(folder: str | os.PathLike[str]) -> "BaseEmbedding | None":
+    """The embedding model recorded beside a persisted store, loaded (None: nothing recorded).
+    A model no loader can rebuild (an API model such as OpenAI's) is a ValueError with the fix."""
+    spec = recorded_embedding(folder)
+    if spec is None:
+        return None
+    if spec.startswith("python:"):
+        raise ValueError(
+            f"{folder} was built with the embedding {spec[len('python:'):]}, which cannot be loaded from its name; "
+            "pass the same model: DeepMemoryVectorStore.from_persist_path(path, embed_model=...)"
+        )
+    return load_embedding(spec)
+
+
 def quiet_model_loading() -> None:
     """Hide the model-loading progress bars of Hugging Face libraries (weights, downloads)."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"

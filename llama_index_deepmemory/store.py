@@ -160,6 +160,12 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         self._backend.embed_model = value
 
     @property
+    def vectorstore(self) -> "DeepMemoryVectorStore":
+        """This store, under the name Deep Lake's LlamaIndex store gives its inner store, so
+        Activeloop's tutorial line ``vector_store.vectorstore.deep_memory.train(...)`` runs as written."""
+        return self
+
+    @property
     def deep_memory(self) -> "DeepMemory":
         """This store's Deep Memory manager (created on first use)."""
         return self._backend.deep_memory
@@ -357,6 +363,10 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         model_dir=persist_path)``."""
         _check_local_fs(fs)
         self._backend.persist(persist_path)
+        if self.vector_store is None and self.embed_model is not None:  # from_persist_path loads it again
+            from llama_index_deepmemory.embeddings import write_embedding_record
+
+            write_embedding_record(persist_path, self.embed_model)
 
     @classmethod
     def from_persist_path(
@@ -364,9 +374,20 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         persist_path: str,
         fs: "fsspec.AbstractFileSystem | None" = None,
         embed_model: "BaseEmbedding | None" = None,
+        *,
+        load_recorded_embedding: bool = True,
     ) -> "DeepMemoryVectorStore":
-        """Load a snapshot written by :meth:`persist` (checksums and consistency verified)."""
+        """Load a snapshot written by :meth:`persist` (checksums and consistency verified).
+
+        Without ``embed_model``, the embedding model recorded at :meth:`persist` (or by the CLI's
+        ``ingest``) is loaded: the bundled default or a sentence-transformers folder or name; an
+        API model (OpenAI's, ...) cannot be rebuilt from its name, and is a ValueError asking
+        for ``embed_model=``. ``load_recorded_embedding=False`` skips loading it (no model then)."""
         _check_local_fs(fs)
+        if embed_model is None and load_recorded_embedding:
+            from llama_index_deepmemory.embeddings import load_recorded_embedding as load_recorded
+
+            embed_model = load_recorded(persist_path)
         store = cls()
         store._backend = FaissStore.from_persist_path(persist_path, embed_model)
         return store

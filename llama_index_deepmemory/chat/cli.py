@@ -50,6 +50,9 @@ def register(sub: Any) -> None:
     p.add_argument("--llm-model", default="gpt-4o-mini",
                    help="OpenAI model; needs OPENAI_API_KEY, and OPENAI_API_BASE for a compatible server (default: gpt-4o-mini)")
     p.add_argument("--top-k", type=_positive_int, default=5, help="sources per answer (default: 5)")
+    p.add_argument("--embed-model", default=None,
+                   help="embed questions with this model instead of the one the store was built with ('default', a "
+                   "local model folder, or a cached Hugging Face model name; default: the store's own)")
     p.add_argument("--token-budget", type=_non_negative_int, default=3000,
                    help="most tokens of earlier turns in the prompt; older turns are left out (default: 3000)")
     dm = p.add_mutually_exclusive_group()
@@ -84,13 +87,15 @@ def register(sub: Any) -> None:
     evaluate.set_defaults(func=evaluate_command)
 
 
-def _open_store(path: str) -> Any:
-    """The persisted store with the embedding it was built with (through the CLI's own loader)."""
+def _open_store(path: str, embed_model: str | None = None) -> Any:
+    """The persisted store with the embedding it was built with, or ``embed_model`` (a spec as
+    ``--embed-model`` takes it), through the CLI's own loader."""
     from llama_index_deepmemory import cli
 
     opened = cli._open_store(path)  # noqa: SLF001 - one loader for every subcommand (settings file, errors)
     if isinstance(opened, tuple):  # (store without embedding, embedding spec)
         store, spec = opened
+        spec = embed_model or spec
         attach = getattr(cli, "_attach_embedding", None)
         if attach is not None:
             return attach(store, spec)
@@ -130,7 +135,7 @@ def run_chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Text
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    store = _open_store(args.store)
+    store = _open_store(args.store, getattr(args, "embed_model", None))
     history_dir = Path(args.history_dir)
     feedback_log = Path(args.feedback_log) if args.feedback_log else history_dir / FEEDBACK_LOG_NAME
     engine = DeepMemoryChatEngine(
