@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "load_beir": "llama_index_deepmemory.data.datasets",
     "BeirDataset": "llama_index_deepmemory.data.datasets",
     "default_embedding": "llama_index_deepmemory.embeddings",
+    "default_cache_dir": "llama_index_deepmemory.embeddings",
     "embed_nodes": "llama_index_deepmemory.embeddings",
     "embed_texts": "llama_index_deepmemory.embeddings",
     "evaluate_dataset": "llama_index_deepmemory.evaluation",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from pathlib import Path
@@ -82,13 +83,15 @@ def beir_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_readme_keyless_python_example_runs(
-    beir_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], minilm
+    beir_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], minilm,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     code, _ = keyless_blocks()
     assert len(code.strip().splitlines()) <= 20, "keep the README example short"
     assert 'load_beir("scifact")' in code
     monkeypatch.chdir(beir_folder.parent)  # the example's relative "scifact" is the small fixture folder
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("LLAMA_INDEX_DEEPMEMORY_CACHE", str(tmp_path / "cache"))  # the embedding cache, here
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     out = capsys.readouterr().out
@@ -101,7 +104,18 @@ def test_readme_keyless_python_example_runs(
     assert result["with model"]["recall@1"] >= result["without model"]["recall@1"] + 0.3
     top = out.strip().splitlines()[-1]
     assert top == test_relevance[0][0][0]  # the printed top hit is the first test query's document
-    assert (beir_folder.parent / "storage" / "scifact" / "manifest.json").is_file()
+    saved = beir_folder.parent / "storage" / "scifact-python"
+    assert (saved / "manifest.json").is_file()
+    from llama_index_deepmemory import DeepMemoryVectorStore
+
+    assert DeepMemoryVectorStore.from_persist_path(str(saved)).embed_model is store.embed_model  # recorded, reloaded
+    # one embedding cache: the command line's ingest of the same folder embeds nothing again
+    from llama_index_deepmemory.cli import main
+
+    with caplog.at_level(logging.INFO, logger="llama_index_deepmemory.embeddings"):
+        assert main(["ingest", "scifact", "--store", str(tmp_path / "cli-store"), "-q"]) == 0
+    n_docs = len(namespace["beir"].nodes())
+    assert f"Embedding 0 texts ({n_docs} cached)" in caplog.text
 
 
 def test_readme_keyless_cli_example_runs(

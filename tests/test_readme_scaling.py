@@ -29,6 +29,7 @@ def test_readme_scaling_out_example_runs(
     assert len(code.strip().splitlines()) <= 20, "keep the README example short"
     make_beir(tmp_path / "scifact")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLAMA_INDEX_DEEPMEMORY_CACHE", str(tmp_path / "cache"))  # the embedding cache, here
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     out = capsys.readouterr().out
