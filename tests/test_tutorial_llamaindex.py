@@ -325,3 +325,21 @@ def test_deep_memory_keyword_is_honoured_or_refused(monkeypatch: pytest.MonkeyPa
                                        embed_model=HashEmbedding())
     with pytest.raises(ValueError, match="needs a store that ranks with Deep Memory"):
         plain.as_retriever(deep_memory=True)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_langchain_tutorials_loaders_come_with_the_langchain_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LangChain tutorial loads pages with langchain-community's AsyncHtmlLoader and
+    Html2TextTransformer: the ``langchain`` extra installs them (here over the local fixture site)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from langchain_community.document_loaders import AsyncHtmlLoader
+    from langchain_community.document_transformers import Html2TextTransformer
+    from servers import fixture_site_server
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["optional-dependencies"]
+    assert any(req.startswith("langchain-community>=0.4") for req in extras["langchain"])
+    monkeypatch.setenv("USER_AGENT", "llama-index-deepmemory-tests")
+    with fixture_site_server() as site:
+        pages = AsyncHtmlLoader([site.url("/docs/index.html")]).load()
+    text = Html2TextTransformer().transform_documents(pages)[0].page_content
+    assert len(pages) == 1 and text.strip() and "<" not in text
