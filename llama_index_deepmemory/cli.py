@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
@@ -73,16 +72,12 @@ def _damage_message(root: Path) -> str:
 
 def _read_settings(root: Path) -> str:
     """The embedding model spec the store was built with (``default`` when not recorded)."""
-    side = root / SIDE_FILE
-    if not side.is_file():
-        return "default"
+    from llama_index_deepmemory.embeddings import recorded_embedding
+
     try:
-        info = json.loads(side.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{side} is not valid JSON; delete it to use the default embedding model") from None
-    if not isinstance(info, dict) or info.get("format_version") != SIDE_FILE_VERSION:
-        raise UserError(f"{side} is not a version {SIDE_FILE_VERSION} {PROG} settings file; upgrade the package")
-    return str(info.get("embed_model", "default"))
+        return recorded_embedding(root) or "default"
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _open_store(path: str) -> tuple[Any, str]:

@@ -185,7 +185,7 @@ def recorded_embedding(folder: str | os.PathLike[str]) -> str | None:
     try:
         info = json.loads(path.read_text("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{path} is not valid JSON; delete it and pass embed_model= when loading the store") from None
+        raise ValueError(f"{path} is not valid JSON; delete it to use the default embedding model") from None
     if not isinstance(info, dict) or info.get("format_version") != RECORD_VERSION:
         raise ValueError(f"{path} is not a version {RECORD_VERSION} embedding record; upgrade the package")
     spec = info.get("embed_model")

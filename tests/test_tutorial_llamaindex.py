@@ -343,3 +343,35 @@ def test_the_langchain_tutorials_loaders_come_with_the_langchain_extra(monkeypat
         pages = AsyncHtmlLoader([site.url("/docs/index.html")]).load()
     text = Html2TextTransformer().transform_documents(pages)[0].page_content
     assert len(pages) == 1 and text.strip() and "<" not in text
+
+
+def test_retriever_evaluator_evaluates_a_dataset_as_llama_index_010_did() -> None:
+    """``RetrieverEvaluator.(a)evaluate_dataset``: one result per query, in order, equal to
+    ``aevaluate`` per query; ``retriever=`` only as the tutorial passes it; other keywords refused."""
+    import asyncio
+
+    from llama_index.core import StorageContext
+    from llama_index.core.schema import TextNode
+
+    from llama_index_deepmemory import (
+        DeepMemoryVectorStore, DeepMemoryVectorStoreIndex, EmbeddingQAFinetuneDataset, RetrieverEvaluator,
+    )
+    from test_llamaindex_behaviour import HashEmbedding
+
+    nodes = [TextNode(id_=f"n{i}", text=f"page {i} about {'x' * (i + 1)}") for i in range(8)]
+    index = DeepMemoryVectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=DeepMemoryVectorStore()),
+                                       embed_model=HashEmbedding())
+    retriever = index.as_retriever(similarity_top_k=3)
+    evaluator = RetrieverEvaluator.from_metric_names(["mrr", "hit_rate"], retriever=retriever)
+    queries = {f"q{i}": f"about {'x' * (i + 1)}" for i in range(8)}
+    dataset = EmbeddingQAFinetuneDataset(queries=queries, corpus={}, relevant_docs={f"q{i}": [f"n{i}"] for i in range(8)})
+    results = evaluator.evaluate_dataset(dataset, retriever=evaluator)
+    assert [r.query for r in results] == list(queries.values())
+    for result, (qid, query) in zip(results, queries.items()):
+        one = asyncio.run(evaluator.aevaluate(query=query, expected_ids=[qid.replace("q", "n")]))
+        assert result.metric_vals_dict == one.metric_vals_dict
+    assert asyncio.run(evaluator.aevaluate_dataset(dataset, workers=3, retriever=retriever))[0].query == queries["q0"]
+    with pytest.raises(ValueError, match="another retriever"):
+        evaluator.evaluate_dataset(dataset, retriever=index.as_retriever())
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        evaluator.evaluate_dataset(dataset, top_k=3)
