@@ -18,6 +18,8 @@ from llama_index.core.base.base_retriever import BaseRetriever
 
 logger = logging.getLogger(__name__)
 
+PROGRESS_FROM = 256  # nodes to embed from which the index shows LlamaIndex's progress bar by default
+
 
 class DeepMemoryVectorStoreIndex(VectorStoreIndex):
     """A ``VectorStoreIndex`` whose ``as_retriever(deep_memory=True)`` reaches the store.
@@ -29,12 +31,15 @@ class DeepMemoryVectorStoreIndex(VectorStoreIndex):
     """
 
     def __init__(self, nodes: Any = None, **kwargs: Any) -> None:
-        """``VectorStoreIndex(nodes, **kwargs)``; without ``embed_model=``, the store's embedding
+        """``VectorStoreIndex(nodes, **kwargs)``, with ``show_progress`` on by default when at least
+        :data:`PROGRESS_FROM` nodes need embedding; without ``embed_model=``, the store's embedding
         model (``DeepMemoryVectorStore(embed_model=...)``, or the one recorded with a persisted
         store) rather than ``Settings.embed_model``. A store without one gets the index's, so
         ``store.deep_memory.train(queries, relevance)`` embeds with it and ``persist`` records it."""
         context = kwargs.get("storage_context")
         store = getattr(context, "vector_store", None)
+        if "show_progress" not in kwargs and nodes is not None:  # embedding many nodes shows a bar
+            kwargs["show_progress"] = sum(getattr(n, "embedding", None) is None for n in nodes) >= PROGRESS_FROM
         if kwargs.get("embed_model") is None and getattr(store, "embed_model", None) is not None:
             kwargs["embed_model"] = store.embed_model
         super().__init__(nodes, **kwargs)

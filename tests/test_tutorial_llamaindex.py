@@ -375,3 +375,18 @@ def test_retriever_evaluator_evaluates_a_dataset_as_llama_index_010_did() -> Non
         evaluator.evaluate_dataset(dataset, retriever=index.as_retriever())
     with pytest.raises(TypeError, match="unexpected keyword"):
         evaluator.evaluate_dataset(dataset, top_k=3)
+
+
+def test_the_index_shows_progress_when_it_embeds_many_nodes(capsys: pytest.CaptureFixture[str]) -> None:
+    from llama_index.core import StorageContext
+    from llama_index.core.schema import TextNode
+
+    from llama_index_deepmemory import DeepMemoryVectorStore, DeepMemoryVectorStoreIndex
+    from llama_index_deepmemory.vector_index import PROGRESS_FROM
+    from test_llamaindex_behaviour import HashEmbedding
+
+    for n, shown in ((PROGRESS_FROM - 1, False), (PROGRESS_FROM, True)):
+        nodes = [TextNode(id_=f"n{i}", text=f"text {i}") for i in range(n)]
+        DeepMemoryVectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=DeepMemoryVectorStore()),
+                                   embed_model=HashEmbedding())
+        assert ("Generating embeddings" in capsys.readouterr().err) == shown
