@@ -41,7 +41,7 @@ def check_log_path(path: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on ``.<name>.lock`` beside ``path`` (no-op where fcntl is missing)."""
     try:
         import fcntl
@@ -80,7 +80,7 @@ def append_feedback(
     row = {"query": " ".join(query.split()), "relevant_ids": list(dict.fromkeys(node_ids)), "weight": float(weight),
            "kind": kind, **context, "at": time.time()}
     line = json.dumps(row, ensure_ascii=False)
-    with _locked(log):
+    with locked(log):
         existing = log.read_text(encoding="utf-8") if log.is_file() else ""
         if existing and not existing.endswith("\n"):
             existing += "\n"
