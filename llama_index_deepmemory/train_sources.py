@@ -22,10 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser, log_help: str, split: str = "
     """The training-source options of ``deepmemory train``."""
     group = parser.add_argument_group("training data (any combination; at least one source)")
     group.add_argument("--questions", action="append", default=[], metavar="FILE",
-                       help="EmbeddingQAFinetuneDataset JSON (from `generate` or the demo); repeatable")
-    group.add_argument("--query-log", action="append", default=[], metavar="LOG", help=log_help + "; repeatable")
+                       help="EmbeddingQAFinetuneDataset JSON (from `generate` or the demo); repeatable (default: none)")
+    group.add_argument("--query-log", action="append", default=[], metavar="LOG", help=log_help + "; repeatable (default: none)")
     group.add_argument("--beir", metavar="FOLDER", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv); "
-                       "the store must have been built from it with `ingest FOLDER`")
+                       "the store must have been built from it with `ingest FOLDER` (default: none)")
     group.add_argument("--split", default=split, help=f"qrels split read with --beir (default: {split})")
     group.add_argument("--fresh", action="store_true",
                        help="train on the given sources only, not also on the data the active model was trained on "
