@@ -286,3 +286,21 @@ def test_cli_chat_reports_a_failed_answer_and_goes_on(handbook, tmp_path: Path, 
     assert "feedback not logged: no answer to give feedback on yet" in out
     assert "assistant> " + sentences(td.PAGES["bread"])[0] in out and "unknown command '/bogus'" in out
     assert len(ConversationStore(tmp_path / "chats").load("bread").turns) == 1
+
+
+def test_a_classic_chat_store_keeps_the_conversation(handbook, tmp_path: Path) -> None:
+    """Any BaseChatStore (here the SQLite one of llama-index-storage-chat-store-sqlite): appended
+    messages, Memory's archive kept as markers, the whole conversation read back."""
+    sqlite_chat_store = pytest.importorskip("llama_index.storage.chat_store.sqlite")
+    classic = sqlite_chat_store.SQLiteChatStore.from_params(database=str(tmp_path / "classic.db"))
+    store, _ = handbook
+    questions = ["How do I bake sourdough?", "How do I fix a flat tire?", "How do I file my tax return?"]
+    with scripted_server(ScriptedLLM()) as server:
+        engine = DeepMemoryChatEngine(store, client(server), conversation_id="classic", history_dir=classic, top_k=2,
+                                      token_budget=4, tokenizer=lambda text: [0], long_term_memory=False)
+        answers = [engine.chat(q) for q in questions]
+    assert [(a.history_turns_used, a.history_turns_trimmed) for a in answers] == [(0, 0), (1, 0), (1, 1)]
+    turns = ConversationStore(classic).load("classic").turns
+    assert [t.user for t in turns] == questions and all(t.sources for t in turns)
+    assert ConversationStore(classic).list() == ["classic"]
+    assert len(classic.get_messages("classic")) == 6  # appended, never rewritten
