@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from llama_index.llms.openai import OpenAI
 
@@ -60,3 +61,14 @@ def test_a_fact_from_30_turns_ago_comes_back_when_needed_and_only_then(minilm, t
         resumed.chat(NEEDS_IT)
         assert "B-17" in _prompt_text(llm.calls["chat"][-1])
     assert needed.turn_number == 31 and len(resumed.turns) == 33
+
+
+def test_the_cutoff_has_a_margin(minilm) -> None:
+    """Archived turns are found by what the user said: the README's cosines (all-MiniLM-L6-v2)."""
+    from llama_index_deepmemory.chat.long_term import DEFAULT_CUTOFF
+
+    fact = np.array(minilm.get_text_embedding(FACT))
+    cosine = {q: float(np.array(minilm.get_query_embedding(q)) @ fact) for q in [NEEDS_IT, UNRELATED, *FILLER]}
+    others = max(v for q, v in cosine.items() if q != NEEDS_IT)
+    assert round(cosine[NEEDS_IT], 2) == 0.65 and round(others, 2) == 0.11
+    assert others + 0.3 < DEFAULT_CUTOFF < cosine[NEEDS_IT] - 0.15

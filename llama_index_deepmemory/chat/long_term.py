@@ -4,8 +4,9 @@
 stores. LlamaIndex's ``Memory`` archives the oldest turns in the chat store when the conversation
 outgrows its token budget; before each question the block indexes every archived turn it has not
 seen yet (read back from the chat store, so turns archived by other processes, or before a
-restart, count too), then returns the earlier turns most similar to the new message, above a
-similarity cutoff, which ``Memory`` puts into the system message. A question about nothing said
+restart, count too), one node per turn embedded by what the user said, then returns the earlier
+turns most similar to the new message, above a similarity cutoff, which ``Memory`` puts into the
+system message. A question about nothing said
 before gets nothing.
 """
 
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 BLOCK_NAME = "earlier_turns"
 DEFAULT_TOP_K = 2
-DEFAULT_CUTOFF = 0.45  # cosine similarity; all-MiniLM-L6-v2 puts unrelated sentences well below
+DEFAULT_CUTOFF = 0.45  # cosine similarity; all-MiniLM-L6-v2 puts unrelated sentences well below (tests)
 
 
 class EarlierTurnsBlock(VectorMemoryBlock):
@@ -54,7 +55,8 @@ class EarlierTurnsBlock(VectorMemoryBlock):
         if not fresh:
             return 0
         texts = [f"user: {t.user}\nassistant: {t.assistant}" for t in fresh]
-        vectors = await self.embed_model.aget_text_embedding_batch(texts)
+        # found by what the user said (the answers come from the knowledge store, which is searched anyway)
+        vectors = await self.embed_model.aget_text_embedding_batch([t.user for t in fresh])
         nodes = [TextNode(id_=f"{session_id}:{t.turn_id}", text=text, embedding=list(vector),
                           metadata={"session_id": session_id})
                  for t, text, vector in zip(fresh, texts, vectors)]
