@@ -5,7 +5,7 @@ opted in) becomes one JSONL row in the format :func:`~llama_index_deepmemory.dat
 reads::
 
     {"query": "<standalone question>", "relevant_ids": ["node_7"], "weight": 1.0,
-     "kind": "helpful", "conversation": "support", "turn": 3, "at": 1733350000.0}
+     "kind": "helpful", "conversation": "support", "turn_id": "3f9c0a7d1e2b4c55", "at": 1733350000.0}
 
 so ``deepmemory train --query-log LOG`` (or :func:`train_on_feedback`) retrains on it. The log is
 rewritten whole through a temporary file and ``os.replace`` under a lock file, so concurrent
