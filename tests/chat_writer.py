@@ -17,14 +17,43 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, LLMMetadata
 from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.llms import CustomLLM
 from llama_index.core.schema import TextNode
-from llama_index.llms.openai import OpenAI
 
 from llama_index_deepmemory import DeepMemoryVectorStore
 from llama_index_deepmemory.chat import DeepMemoryChatEngine
 
 START_WAIT_S = 60.0
+
+
+class ServerLLM(CustomLLM):
+    """The scripted server's chat completions API over plain httpx (the openai package takes seconds to
+    import, and three of these processes start at once)."""
+
+    api_base: str
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(is_chat_model=True)
+
+    def _post(self, messages: list[dict]) -> str:
+        reply = httpx.post(f"{self.api_base}/chat/completions", json={"model": "gpt-test", "messages": messages},
+                           timeout=30.0)
+        reply.raise_for_status()
+        return reply.json()["choices"][0]["message"]["content"]
+
+    def chat(self, messages, **kwargs) -> ChatResponse:
+        content = self._post([{"role": m.role.value, "content": m.content or ""} for m in messages])
+        return ChatResponse(message=ChatMessage(role="assistant", content=content))
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs) -> CompletionResponse:
+        return CompletionResponse(text=self._post([{"role": "user", "content": prompt}]))
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs):
+        raise NotImplementedError
 
 
 def main(locations: list[str], conversation: str, writer: str, turns: int, api_base: str, start_file: str,
@@ -33,7 +62,7 @@ def main(locations: list[str], conversation: str, writer: str, turns: int, api_b
     store = DeepMemoryVectorStore(embed_model=embed)
     store.add([TextNode(id_=f"doc{i}", text=f"Document {i}. It says {i}.", embedding=embed.get_text_embedding(str(i)))
                for i in range(4)])
-    llm = OpenAI(model="gpt-4o-mini", api_base=api_base, api_key="test", max_retries=0, timeout=30.0)
+    llm = ServerLLM(api_base=api_base)
     engines = [DeepMemoryChatEngine(store, llm, conversation_id=conversation, history_dir=location, top_k=2,
                                     token_budget=60) for location in locations]
     _wait(lambda: Path(start_file).exists())

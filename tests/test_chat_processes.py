@@ -17,7 +17,7 @@ from scripted_llm import ScriptedLLM, scripted_server
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("chat_writer.py")
-WRITERS, TURNS = 3, 8
+WRITERS, TURNS = 3, 5
 
 
 def _locations(tmp_path: Path, request: pytest.FixtureRequest) -> list[str]:
