@@ -304,11 +304,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """Train Deep Memory on a question dataset, a query log or a BEIR split, and save the store."""
+    """Train Deep Memory on question datasets, query logs and/or a BEIR split (merged), plus the data the
+    active model was trained on (unless --fresh), and save the store."""
+    from llama_index_deepmemory import train_sources
+
     _check_store_folder(args.store)
-    queries, relevance, source = _read_relevance(args)
+    sources = train_sources.read_sources(args)
     store, spec = _open_store(args.store)
-    _check_ids_in_store(store, relevance, source, args.store)
+    for source, _, relevance in sources:
+        _check_ids_in_store(store, relevance, source, args.store)
+    previous = train_sources.previous_data(store, args.fresh)
+    queries, relevance, source = train_sources.merged(sources + ([previous] if previous else []))
+    print(f"Training on {source}.")
     _attach_embedding(store, spec)
     given = {"epochs": args.epochs, "learning_rate": args.learning_rate, "seed": args.seed}
     options = {name: value for name, value in given.items() if value is not None}
@@ -587,9 +594,11 @@ def _add_generate(sub: Any) -> None:
 
 
 def _add_train(sub: Any) -> None:
+    from llama_index_deepmemory.train_sources import add_arguments
+
     p = sub.add_parser("train", help="train Deep Memory and save it in the store", description=cmd_train.__doc__)
     _add_common(p)
-    _add_relevance_source(p, "train")
+    add_arguments(p, LOG_HELP, "train")
     p.add_argument("--epochs", type=_positive_int, help=f"most training epochs (default: {TRAIN_DEFAULTS['epochs']}, early stopping)")
     p.add_argument("--learning-rate", type=_positive_float, help=f"Adam learning rate (default: {TRAIN_DEFAULTS['learning_rate']})")
     p.add_argument("--seed", type=int, help=f"random seed of splits and initialisation (default: {TRAIN_DEFAULTS['seed']})")

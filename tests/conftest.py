@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from pg_server import postgres_server  # noqa: F401 - the shared PostgreSQL fixture
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -25,6 +25,7 @@ from llama_index_deepmemory.answers import (
     parse_context_recall,
 )
 from llama_index_deepmemory.data.questions import dataset_from_query_relevance
+from llama_index_deepmemory.chat import ConversationStore
 from scripted_llm import ScriptedLLM, scripted_server, sentences
 from servers import Response
 
@@ -293,10 +294,11 @@ def test_readme_chat_and_answers_block_runs(minilm, test_set, tmp_path: Path, mo
         exec(compile(readme_block(), "README.md", "exec"), namespace)
     table = namespace["result"].table.set_index("retrievers")
     assert table.loc["with deep memory", "context_recall"] > table.loc["without deep memory", "context_recall"]
-    saved = json.loads((tmp_path / "chats" / "support-1.json").read_text())
-    assert [t["standalone_question"] for t in saved["turns"]] == [
-        "How do I undo a git commit?", "How do I undo a pushed git commit?"]
+    saved = ConversationStore(tmp_path / "chats").load("support-1").turns
+    assert [t.standalone_question for t in saved] == ["How do I undo a git commit?", "How do I undo a pushed git commit?"]
     queries, relevance = read_query_log(tmp_path / "chats" / "feedback.jsonl")
     assert queries == ["How do I undo a git commit?", "How do I undo a pushed git commit?"]
     assert relevance == [[("git", 1.0)], [("git", 1.0)]]
     assert store.deep_memory.get_model() is not None and llm.calls["unexpected"] == []
+    newest = store.deep_memory.list_models()[-1]["name"]  # trained on the feedback plus model_1's data
+    assert store.deep_memory.training_data(newest)[0] == train_queries + queries

@@ -1,6 +1,7 @@
-"""The chat with long-term memory: condensed follow-ups, sources, persisted conversations that resume
-in a new process (the real `deepmemory chat` in a subprocess), the token budget, feedback logging.
-Every LLM call goes to a local OpenAI-compatible server."""
+"""The chat with long-term memory: condensed follow-ups, sources, conversations in LlamaIndex's SQL
+chat store that resume in a new process (the real `deepmemory chat` in a subprocess), earlier
+versions' JSON files migrated, the token budget, feedback logging. Every LLM call goes to a local
+OpenAI-compatible server."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import team_docs as td
 from llama_index_deepmemory import read_query_log
 from llama_index_deepmemory.chat import Conversation, ConversationStore, DeepMemoryChatEngine, Source, Turn, append_feedback
 from llama_index_deepmemory.chat.engine import cited_ranks
-from llama_index_deepmemory.chat.history import FORMAT, FORMAT_VERSION
+from llama_index_deepmemory.chat.history import FORMAT, FORMAT_VERSION, check_conversation_id
 from scripted_llm import ScriptedLLM, scripted_server, sentences
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,40 +35,87 @@ def handbook(minilm):
     return td.build_index(minilm)
 
 
-# --- conversation files ---------------------------------------------------------------------
-def test_conversation_file_round_trip_versions_and_atomic_writes(tmp_path: Path) -> None:
-    conversations = ConversationStore(tmp_path / "chats")
-    assert conversations.list() == [] and conversations.load("new").turns == []
-    conversation = Conversation("support-1", turns=[
+# --- conversations: earlier versions' JSON files, ids ---------------------------------------
+def _legacy_conversation() -> Conversation:
+    return Conversation("support-1", turns=[
         Turn(user="hi?", assistant="hello [1]", standalone_question="hi?", sources=[Source(1, "git", 0.5, "To undo")],
              deep_memory=True, feedback=[{"kind": "helpful", "node_ids": ["git"]}]),
+        Turn(user="and then?", assistant="then this [2]", standalone_question="What then?",
+             sources=[Source(1, "git", 0.4, "To undo"), Source(2, "build", 0.3, "Recovering")]),
     ])
-    path = conversations.save(conversation)
-    assert path == tmp_path / "chats" / "support-1.json"
-    assert sorted(p.name for p in path.parent.iterdir()) == ["support-1.json"]  # no temporary file left behind
-    data = json.loads(path.read_text())
-    assert (data["format"], data["format_version"]) == (FORMAT, FORMAT_VERSION)
-    loaded = conversations.load("support-1")
-    assert loaded.turns == conversation.turns and conversations.list() == ["support-1"]
 
-    data["format_version"] = FORMAT_VERSION + 1
-    path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="upgrade llama-index-deepmemory"):
-        conversations.load("support-1")
-    path.write_text('{"format": "something else"}')
-    with pytest.raises(ValueError, match="not a llama-index-deepmemory conversation"):
-        conversations.load("support-1")
-    path.write_text("{ half a file")
-    with pytest.raises(ValueError, match="not valid JSON.*move it aside"):
-        conversations.load("support-1")
+
+def test_json_conversation_of_an_earlier_version_is_migrated_on_first_use(tmp_path: Path) -> None:
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    legacy = folder / "support-1.json"
+    old_conversation = _legacy_conversation()
+    legacy.write_text(json.dumps(old_conversation.to_dict()))
+    conversations = ConversationStore(folder)
+    assert conversations.list() == ["support-1"] and conversations.exists("support-1")
+    loaded = conversations.load("support-1")
+    expected = old_conversation.turns
+    for turn, old in zip(loaded.turns, expected):
+        old.turn_id = turn.turn_id
+    assert loaded.turns == expected and [t.turn_id for t in loaded.turns] == ["legacy-1", "legacy-2"]
+    assert not legacy.exists() and (folder / "support-1.json.migrated").is_file()  # kept, renamed once copied
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "conversations.db", "conversations.db-shm", "conversations.db-wal", "support-1.json.migrated"]
+    assert len(ConversationStore(folder).load("support-1").turns) == 2  # read once, never copied twice
+
+
+def test_a_migration_that_stopped_half_way_copies_only_the_rest(tmp_path: Path) -> None:
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    (folder / "support-1.json").write_text(json.dumps(_legacy_conversation().to_dict()))
+    first = _legacy_conversation().turns[0]
+    first.turn_id = "legacy-1"
+    conversations = ConversationStore(folder)
+    conversations.append_turn("support-1", first)  # as if the copy stopped after the first turn
+    assert (folder / "support-1.json").is_file()
+    turns = conversations.load("support-1").turns
+    assert [t.user for t in turns] == ["hi?", "and then?"] and turns[0].feedback == [{"kind": "helpful", "node_ids": ["git"]}]
+
+
+def test_damaged_or_newer_json_conversations_are_refused_and_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    path = folder / "support-1.json"
+    data = _legacy_conversation().to_dict()
+    assert (data["format"], data["format_version"]) == (FORMAT, FORMAT_VERSION)
+    conversations = ConversationStore(folder)
+    for text, error in [
+        (json.dumps({**data, "format_version": FORMAT_VERSION + 1}), "upgrade llama-index-deepmemory"),
+        ('{"format": "something else"}', "not a llama-index-deepmemory conversation"),
+        ("{ half a file", "not valid JSON.*move it aside"),
+        (json.dumps({**data, "conversation_id": "other"}), "holds conversation 'other'"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=error):
+            conversations.load("support-1")
+        assert path.read_text() == text  # refused: the file stays as it was, nothing was copied
+    assert conversations.run(conversations.chat_store.get_keys()) == []
     with pytest.raises(FileNotFoundError, match="no conversation 'other'"):
         conversations.load("other", create=False)
 
 
-@pytest.mark.parametrize("bad", ["", "../escape", "a/b", ".hidden", "x" * 101, "name.json", 7])
-def test_conversation_ids_must_be_safe_file_names(tmp_path: Path, bad) -> None:
+@pytest.mark.parametrize("bad", ["", "../escape", "a/b", ".hidden", "x" * 101, "name.json", 7, "abc\n", "x.json\n",
+                                 "a\x00b", "a\\b", "\nabc", "abc\r"])
+def test_conversation_ids_must_be_safe_names(tmp_path: Path, bad) -> None:
     with pytest.raises(ValueError, match="is not allowed"):
-        ConversationStore(tmp_path).path(bad)
+        ConversationStore(tmp_path).load(bad)
+    with pytest.raises(ValueError, match="is not allowed"):
+        check_conversation_id(bad)
+
+
+def test_conversation_id_errors_name_the_character() -> None:
+    with pytest.raises(ValueError, match=r"conversation id 'abc\\n' is not allowed: it contains a newline"):
+        check_conversation_id("abc\n")
+    with pytest.raises(ValueError, match="it contains a NUL character"):
+        check_conversation_id("a\x00b")
+    with pytest.raises(ValueError, match="it contains a path separator '/'"):
+        check_conversation_id("a/b")
+    assert check_conversation_id("support-2024.v2_x") == "support-2024.v2_x"
 
 
 def test_feedback_rows_are_a_query_log(tmp_path: Path) -> None:
@@ -117,29 +165,31 @@ def test_follow_up_is_condensed_before_retrieval_and_sources_are_kept(handbook, 
     assert messages[1]["content"] == "How do I make a git commit?" and messages[-1]["content"] == FOLLOW_UP
     shown = second.format()
     assert "Sources:" in shown and " *[1] git" in shown and "[3] " in shown
-    saved = json.loads(engine.path.read_text())
-    assert [t["user"] for t in saved["turns"]] == ["How do I make a git commit?", FOLLOW_UP]
-    assert saved["turns"][1]["sources"][0]["node_id"] == "git"
+    saved = ConversationStore(tmp_path).load("git").turns
+    assert [t.user for t in saved] == ["How do I make a git commit?", FOLLOW_UP]
+    assert saved[1].sources[0].node_id == "git" and saved[1].standalone_question == STANDALONE
 
 
 def test_token_budget_trims_oldest_turns_and_says_so(handbook, tmp_path: Path) -> None:
+    """LlamaIndex's Memory keeps the newest turns within the budget and archives older ones (stored still)."""
     store, _ = handbook
     llm = ScriptedLLM()
     questions = ["How do I bake sourdough?", "How do I fix a flat tire?", "How do I file my tax return?"]
+
+    def one_token(text: str) -> list[int]:  # every message text and its turn id count 1 token: a turn is 4
+        return [0]
+
     with scripted_server(llm) as server:
         engine = DeepMemoryChatEngine(store, client(server), conversation_id="budget", history_dir=tmp_path, top_k=2,
-                                      token_budget=10**6)
-        answers = [engine.chat(q) for q in questions[:2]]
-        assert all(a.notice is None for a in answers)
-        one_turn = engine._turn_tokens(engine.turns[-1])
-        engine.token_budget = one_turn  # room for the newest earlier turn only
-        third = engine.chat(questions[2])
-    assert (third.history_turns_used, third.history_turns_trimmed) == (1, 1)
-    assert third.notice.startswith("History trimmed: the 1 oldest of 2 earlier turns are left out of the prompt")
+                                      token_budget=4, tokenizer=one_token, long_term_memory=False)
+        answers = [engine.chat(q) for q in questions]
+    assert [(a.history_turns_used, a.history_turns_trimmed) for a in answers] == [(0, 0), (1, 0), (1, 1)]
+    assert answers[1].notice is None
+    assert answers[2].notice.startswith("History trimmed: the 1 oldest of 2 earlier turns are left out of the prompt")
     sent = [m["content"] for m in llm.calls["chat"][-1]["messages"][1:]]
     assert questions[0] not in sent and sent[0] == questions[1] and sent[-1] == questions[2]
     assert questions[0] not in llm.calls["condense"][-1]["history"]
-    assert len(ConversationStore(tmp_path).load("budget").turns) == 3  # trimmed from the prompt, not from the file
+    assert len(ConversationStore(tmp_path).load("budget").turns) == 3  # trimmed from the prompt, not from the store
     with pytest.raises(ValueError, match="token_budget must be an int >= 0"):
         DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path, token_budget=-1)
 
@@ -236,3 +286,21 @@ def test_cli_chat_reports_a_failed_answer_and_goes_on(handbook, tmp_path: Path, 
     assert "feedback not logged: no answer to give feedback on yet" in out
     assert "assistant> " + sentences(td.PAGES["bread"])[0] in out and "unknown command '/bogus'" in out
     assert len(ConversationStore(tmp_path / "chats").load("bread").turns) == 1
+
+
+def test_a_classic_chat_store_keeps_the_conversation(handbook, tmp_path: Path) -> None:
+    """Any BaseChatStore (here the SQLite one of llama-index-storage-chat-store-sqlite): appended
+    messages, Memory's archive kept as markers, the whole conversation read back."""
+    sqlite_chat_store = pytest.importorskip("llama_index.storage.chat_store.sqlite")
+    classic = sqlite_chat_store.SQLiteChatStore.from_params(database=str(tmp_path / "classic.db"))
+    store, _ = handbook
+    questions = ["How do I bake sourdough?", "How do I fix a flat tire?", "How do I file my tax return?"]
+    with scripted_server(ScriptedLLM()) as server:
+        engine = DeepMemoryChatEngine(store, client(server), conversation_id="classic", history_dir=classic, top_k=2,
+                                      token_budget=4, tokenizer=lambda text: [0], long_term_memory=False)
+        answers = [engine.chat(q) for q in questions]
+    assert [(a.history_turns_used, a.history_turns_trimmed) for a in answers] == [(0, 0), (1, 0), (1, 1)]
+    turns = ConversationStore(classic).load("classic").turns
+    assert [t.user for t in turns] == questions and all(t.sources for t in turns)
+    assert ConversationStore(classic).list() == ["classic"]
+    assert len(classic.get_messages("classic")) == 6  # appended, never rewritten

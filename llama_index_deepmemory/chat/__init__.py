@@ -2,9 +2,11 @@
 
 - :class:`DeepMemoryChatEngine` (``engine``): LlamaIndex's condense-plus-context chat over the
   store with ``deep_memory=True``; a follow-up is rewritten into a standalone question before
-  retrieval, each answer keeps its sources, and the conversation persists per id.
-- :class:`ConversationStore` / :class:`Conversation` (``history``): versioned JSON files, one per
-  conversation, written atomically; resume in any later process.
+  retrieval, each answer keeps its sources, and LlamaIndex's ``Memory`` keeps the conversation
+  (a token budget, and earlier turns brought back when relevant: ``long_term``).
+- :class:`ConversationStore` (``conversations``): conversations in a LlamaIndex SQL chat store
+  (SQLite file by default, PostgreSQL URI for servers), each turn appended as it happens by any
+  number of processes; earlier versions' JSON files are migrated on first use.
 - :func:`append_feedback` (``feedback``): helpful sources -> a JSONL query log that
   ``read_query_log`` and ``deepmemory train --query-log`` read.
 
@@ -20,7 +22,7 @@ _EXPORTS: dict[str, str] = {
     "DeepMemoryChatEngine": "llama_index_deepmemory.chat.engine",
     "ChatAnswer": "llama_index_deepmemory.chat.engine",
     "Conversation": "llama_index_deepmemory.chat.history",
-    "ConversationStore": "llama_index_deepmemory.chat.history",
+    "ConversationStore": "llama_index_deepmemory.chat.conversations",
     "Turn": "llama_index_deepmemory.chat.history",
     "Source": "llama_index_deepmemory.chat.history",
     "append_feedback": "llama_index_deepmemory.chat.feedback",

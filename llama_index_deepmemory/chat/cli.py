@@ -23,7 +23,7 @@ HELP_TEXT = """Commands:
   /good N [N ...]   mark sources N of the last answer helpful (logged for `deepmemory train --query-log`)
   /history          show the whole conversation
   /help             this help
-  /quit             leave (the conversation is saved after every answer)"""
+  /quit             leave (every turn is saved when it is answered)"""
 
 
 def _non_negative_int(text: str) -> int:
@@ -43,7 +43,11 @@ def register(sub: Any) -> None:
     p.add_argument("--store", default="storage/deepmemory", help="store folder (default: storage/deepmemory)")
     p.add_argument("--conversation", required=True, help="conversation id to start or resume (e.g. support-1)")
     p.add_argument("--history-dir", default=DEFAULT_HISTORY_DIR,
-                   help=f"folder of conversation files (default: {DEFAULT_HISTORY_DIR})")
+                   help=f"folder of the conversations' SQLite file, conversations.db; JSON conversations of earlier "
+                        f"versions there are migrated on first use (default: {DEFAULT_HISTORY_DIR})")
+    p.add_argument("--chat-store", metavar="URI",
+                   help="store conversations in this database instead, e.g. postgresql://user:pass@host/db for "
+                        "several servers (default: the SQLite file in --history-dir)")
     p.add_argument("--feedback-log", help=f"JSONL query log for feedback (default: HISTORY_DIR/{FEEDBACK_LOG_NAME})")
     p.add_argument("--log-citations", action="store_true",
                    help="also log the sources each answer cites as (weaker) feedback (default: off)")
@@ -54,7 +58,10 @@ def register(sub: Any) -> None:
                    help="embed questions with this model instead of the one the store was built with ('default', a "
                    "local model folder, or a cached Hugging Face model name; default: the store's own)")
     p.add_argument("--token-budget", type=_non_negative_int, default=3000,
-                   help="most tokens of earlier turns in the prompt; older turns are left out (default: 3000)")
+                   help="most tokens of earlier turns in the prompt; older turns are archived and come back when a "
+                        "question is about them (default: 3000)")
+    p.add_argument("--no-long-term-memory", dest="long_term_memory", action="store_false",
+                   help="never bring archived turns back into the prompt (default: bring back relevant ones)")
     dm = p.add_mutually_exclusive_group()
     dm.add_argument("--deep-memory", dest="deep_memory", action="store_true", default=None,
                     help="use Deep Memory (default: when the store has an active model)")
@@ -129,8 +136,12 @@ def _llm(model: str) -> Any:
 
 def run_chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
     """Chat with the store in the terminal: follow-ups are condensed into standalone questions,
-    answers show their sources, the conversation is saved after every answer and resumes with
-    the same --conversation, and /good N logs source N as helpful for retraining."""
+    answers show their sources, every turn is saved when it is answered (several processes may
+    share a conversation) and resumes with the same --conversation, and /good N logs source N of
+    the last answer as helpful for retraining."""
+    from llama_index_deepmemory.chat.history import check_conversation_id
+
+    check_conversation_id(args.conversation)  # before the store and its embedding model load
     from llama_index_deepmemory.chat.engine import DeepMemoryChatEngine
 
     stdin = stdin or sys.stdin
@@ -139,9 +150,9 @@ def run_chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Text
     history_dir = Path(args.history_dir)
     feedback_log = Path(args.feedback_log) if args.feedback_log else history_dir / FEEDBACK_LOG_NAME
     engine = DeepMemoryChatEngine(
-        store, _llm(args.llm_model), conversation_id=args.conversation, history_dir=history_dir, top_k=args.top_k,
-        deep_memory=args.deep_memory, token_budget=args.token_budget, feedback_log=feedback_log,
-        log_citations=args.log_citations,
+        store, _llm(args.llm_model), conversation_id=args.conversation, history_dir=args.chat_store or history_dir,
+        top_k=args.top_k, deep_memory=args.deep_memory, token_budget=args.token_budget,
+        long_term_memory=args.long_term_memory, feedback_log=feedback_log, log_citations=args.log_citations,
     )
 
     def say(text: str = "") -> None:
@@ -149,7 +160,7 @@ def run_chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Text
 
     if not args.quiet:
         state = f"resumed, {len(engine.turns)} earlier turns" if engine.turns else "new"
-        say(f"Conversation {engine.conversation_id!r} ({state}), saved in {engine.path}; "
+        say(f"Conversation {engine.conversation_id!r} ({state}), saved in {engine.location}; "
             f"{'with' if engine.deep_memory else 'without'} Deep Memory. /help for commands.")
         if engine.turns:
             last = engine.turns[-1]

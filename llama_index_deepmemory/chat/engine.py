@@ -2,9 +2,12 @@
 
 Two memories, as in a RAG chat system with long-term memory: the *knowledge memory* is the
 embedded, persisted store (queried with ``deep_memory=True`` when a model is active); the
-*conversation memory* is every turn of the conversation, persisted per conversation id
-(:mod:`~llama_index_deepmemory.chat.history`) and fed back into the prompt, newest turns first,
-within a token budget (older turns are left out of the prompt, and the answer says so).
+*conversation memory* is LlamaIndex's ``Memory`` (session id = conversation id) over an SQL chat
+store (:mod:`~llama_index_deepmemory.chat.conversations`: SQLite by default, PostgreSQL for
+servers). Its token budget keeps the newest turns in the prompt; older turns are archived, not
+deleted, and the ones relevant to a new message come back through a vector memory block
+(:mod:`~llama_index_deepmemory.chat.long_term`). Every turn is appended when it is answered, so
+several processes can hold the same conversation and each sees every turn.
 
 Each turn runs LlamaIndex's ``CondensePlusContextChatEngine``: the follow-up is rewritten into a
 standalone question from the history ("and how do I undo that?" -> "How do I undo a git
@@ -22,17 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from llama_index_deepmemory.chat import long_term
+from llama_index_deepmemory.chat.conversations import ConversationStore
 from llama_index_deepmemory.chat.feedback import append_feedback, check_log_path
-from llama_index_deepmemory.chat.history import SNIPPET_CHARS, ConversationStore, Source, Turn
+from llama_index_deepmemory.chat.history import SNIPPET_CHARS, Conversation, Source, Turn, check_conversation_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.llms import LLM
+    from llama_index.core.memory import Memory
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
 DEFAULT_TOKEN_BUDGET = 3000
-TURN_OVERHEAD_TOKENS = 8  # role markers and separators per turn
+DEFAULT_HISTORY_DIR = "deepmemory-chats"
 
 CONTEXT_PROMPT = """
   The following is a conversation between a user and an AI assistant that answers from the
@@ -55,7 +61,7 @@ class ChatAnswer:
     """What :meth:`DeepMemoryChatEngine.chat` returns: the saved turn plus what happened to the history."""
 
     turn: Turn
-    turn_number: int  # 1-based position of the turn in the conversation
+    turn_number: int  # 1-based position of the turn in the conversation (as this process saw it)
     history_turns_used: int
     history_turns_trimmed: int
     notice: str | None = None
@@ -120,13 +126,19 @@ class DeepMemoryChatEngine:
     Args:
         source: a ``DeepMemoryVectorStore`` or a ``VectorStoreIndex`` over one.
         llm: any LlamaIndex LLM (condenses follow-ups and answers).
-        conversation_id: the conversation to start or resume (a safe file name).
-        history_dir: the folder of conversation files (created if missing).
+        conversation_id: the conversation to start or resume (letters, digits, ``.``, ``_``, ``-``).
+        history_dir: where conversations are stored: a folder (the SQLite file
+            ``conversations.db`` inside, created if missing), a database URI
+            (``postgresql://...``), a LlamaIndex chat store, or a :class:`ConversationStore`.
         top_k: sources retrieved per turn.
         deep_memory: query with Deep Memory; ``None`` (default) uses it when the store has an
             active model. ``True`` without a model is an error.
-        token_budget: most tokens of earlier turns put in the prompt; older turns are left out,
-            oldest first, and :attr:`ChatAnswer.notice` says so (they stay in the file).
+        token_budget: most tokens of earlier turns put in the prompt (LlamaIndex ``Memory``
+            counts them); older turns are archived, oldest first, and :attr:`ChatAnswer.notice`
+            says so (they stay stored and come back through long-term memory when relevant).
+        long_term_memory: bring archived turns relevant to a new message back into the prompt
+            (needs the store's ``embed_model``); ``long_term_top_k`` turns at most, with a cosine
+            similarity of at least ``long_term_cutoff``.
         feedback_log: JSONL query log that feedback is appended to (None: feedback is refused).
         log_citations: also log the sources each answer cites (opt-in), with ``citation_weight``.
         tokenizer: text -> tokens for the budget (default: LlamaIndex's global tokenizer).
@@ -138,10 +150,13 @@ class DeepMemoryChatEngine:
         llm: "LLM",
         *,
         conversation_id: str,
-        history_dir: str | os.PathLike[str],
+        history_dir: Any = DEFAULT_HISTORY_DIR,
         top_k: int = DEFAULT_TOP_K,
         deep_memory: bool | None = None,
         token_budget: int = DEFAULT_TOKEN_BUDGET,
+        long_term_memory: bool = True,
+        long_term_top_k: int = long_term.DEFAULT_TOP_K,
+        long_term_cutoff: float = long_term.DEFAULT_CUTOFF,
         feedback_log: str | os.PathLike[str] | None = None,
         log_citations: bool = False,
         citation_weight: float = 0.5,
@@ -149,9 +164,11 @@ class DeepMemoryChatEngine:
         tokenizer: Callable[[str], Sequence[Any]] | None = None,
     ) -> None:
         from llama_index.core import VectorStoreIndex
+        from llama_index.core.base.embeddings.base import BaseEmbedding
         from llama_index.core.chat_engine import CondensePlusContextChatEngine
         from llama_index.core.memory import ChatMemoryBuffer
 
+        check_conversation_id(conversation_id)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
         if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 0:
@@ -186,70 +203,81 @@ class DeepMemoryChatEngine:
             from llama_index.core.utils import get_tokenizer
 
             tokenizer = get_tokenizer()
-        self._tokenizer = tokenizer
-        self.conversations = ConversationStore(history_dir)
-        self.conversation = self.conversations.load(conversation_id)
+        self.conversations = history_dir if isinstance(history_dir, ConversationStore) else ConversationStore(history_dir)
+        self._conversation_id = conversation_id
+        self.conversations.migrate(conversation_id)
+        blocks = []
+        embed_model = getattr(store, "embed_model", None)
+        if long_term_memory and isinstance(embed_model, BaseEmbedding):
+            blocks.append(long_term.earlier_turns_block(self.conversations.chat_store, embed_model,
+                                                        top_k=long_term_top_k, cutoff=long_term_cutoff))
+        elif long_term_memory:
+            logger.warning("Long-term chat memory is off: the store has no embed_model to embed earlier turns with")
+        self.memory = conversation_memory(conversation_id, self.conversations.chat_store, token_budget, blocks, tokenizer)
+        self._last: Turn | None = None  # this engine's latest answer (what /good refers to)
         retriever = index.as_retriever(similarity_top_k=top_k, vector_store_kwargs={"deep_memory": self.deep_memory})
         self._engine = CondensePlusContextChatEngine.from_defaults(
             retriever,
             llm=llm,
-            memory=ChatMemoryBuffer.from_defaults(token_limit=10**9),  # our budget trims, not the buffer
+            memory=ChatMemoryBuffer.from_defaults(token_limit=10**9),  # per call; `memory` above keeps the turns
             system_prompt=system_prompt,
             context_prompt=CONTEXT_PROMPT,
             node_postprocessors=[_numbered_sources_postprocessor()],
         )
-        logger.info(
-            "Chat %r: %d earlier turns, %s Deep Memory, top %d", conversation_id, len(self.conversation.turns),
-            "with" if self.deep_memory else "without", top_k,
-        )
+        logger.info("Chat %r in %s: %s Deep Memory, top %d, long-term memory %s", conversation_id,
+                    self.conversations.location, "with" if self.deep_memory else "without", top_k,
+                    "on" if blocks else "off")
 
     # --- history ---------------------------------------------------------------------------
     @property
     def conversation_id(self) -> str:
-        return self.conversation.conversation_id
+        return self._conversation_id
+
+    @property
+    def conversation(self) -> Conversation:
+        """The whole conversation as stored now (every process's turns)."""
+        return self.conversations.load(self._conversation_id)
 
     @property
     def turns(self) -> list[Turn]:
+        """Every turn of the conversation as stored now, oldest first."""
         return self.conversation.turns
 
     @property
-    def path(self) -> Path:
-        """The conversation's file."""
-        return self.conversations.path(self.conversation_id)
+    def path(self) -> Path | None:
+        """The SQLite file the conversation is stored in (None for a database URI or a given chat store)."""
+        return self.conversations.path
 
-    def _turn_tokens(self, turn: Turn) -> int:
-        return len(self._tokenizer(turn.user)) + len(self._tokenizer(turn.assistant)) + TURN_OVERHEAD_TOKENS
+    @property
+    def location(self) -> str:
+        """Where the conversation is stored, in words."""
+        return self.conversations.location
 
-    def history_window(self) -> tuple[list[Turn], int]:
-        """``(turns that fit the token budget, newest last; how many older turns were left out)``."""
-        kept: list[Turn] = []
-        used = 0
-        for turn in reversed(self.turns):
-            cost = self._turn_tokens(turn)
-            if used + cost > self.token_budget:
-                break
-            kept.append(turn)
-            used += cost
-        kept.reverse()
-        return kept, len(self.turns) - len(kept)
+    async def _ahistory(self, message: str) -> tuple[list[Any], int, int]:
+        """``(prompt messages: long-term memory, then the turns within budget; turns used; turns archived)``."""
+        from llama_index.core.llms import ChatMessage
+        from llama_index.core.storage.chat_store.base_db import MessageStatus
+
+        messages = await self.memory.aget(input=message)
+        store = self.conversations.chat_store
+        archived = await store.get_messages(self._conversation_id, status=MessageStatus.ARCHIVED)
+        clean = [ChatMessage(role=m.role, blocks=m.blocks) for m in messages]  # no turn ids for the LLM
+        used = sum(1 for m in messages if getattr(m.role, "value", m.role) == "user")
+        trimmed = sum(1 for m in archived if getattr(m.role, "value", m.role) == "user")
+        return clean, used, trimmed
 
     # --- chatting --------------------------------------------------------------------------
     def chat(self, message: str) -> ChatAnswer:
-        """Answer ``message`` in this conversation; the turn is saved before this returns."""
-        from llama_index.core.llms import ChatMessage, MessageRole
-
+        """Answer ``message`` in this conversation; the turn is stored before this returns."""
         if not isinstance(message, str) or not message.strip():
             raise ValueError(f"the message must be non-empty text, got {message!r}")
-        window, trimmed = self.history_window()
-        history = []
-        for turn in window:
-            history.append(ChatMessage(role=MessageRole.USER, content=turn.user))
-            history.append(ChatMessage(role=MessageRole.ASSISTANT, content=turn.assistant))
+        history, used, trimmed = self.conversations.run(self._ahistory(message))
         notice = None
         if trimmed:
             notice = (
-                f"History trimmed: the {trimmed} oldest of {len(self.turns)} earlier turns are left out of the prompt "
-                f"to stay within the {self.token_budget}-token budget (they stay saved in {self.path})."
+                f"History trimmed: the {trimmed} oldest of {trimmed + used} earlier turns are left out of the prompt "
+                f"to stay within the {self.token_budget}-token budget (they stay stored in {self.location}, "
+                "and come back when a question is about them)."
             )
             logger.info(notice)
         response = self._engine.chat(message, chat_history=history)
@@ -266,30 +294,34 @@ class DeepMemoryChatEngine:
         answer = str(response.response).strip()
         turn = Turn(user=message, assistant=answer, standalone_question=standalone, sources=sources,
                     deep_memory=self.deep_memory)
-        self.conversation.turns.append(turn)
         cited = cited_ranks(answer, len(sources))
+        self.conversations.append_turn(self._conversation_id, turn, memory=self.memory)
+        self._last = turn
         if self.log_citations and cited:
-            self._log(turn, len(self.turns) - 1, cited, kind="cited", weight=self.citation_weight)
-        self.conversations.save(self.conversation)
-        return ChatAnswer(turn, len(self.turns), len(window), trimmed, notice, cited)
+            self._log(turn, cited, kind="cited", weight=self.citation_weight)
+        return ChatAnswer(turn, trimmed + used + 1, used, trimmed, notice, cited)
 
     # --- feedback --------------------------------------------------------------------------
-    def mark_helpful(self, sources: Sequence[int | str], turn: int = -1, weight: float = 1.0) -> dict[str, Any]:
+    def mark_helpful(self, sources: Sequence[int | str], turn: int | None = None, weight: float = 1.0) -> dict[str, Any]:
         """Log that ``sources`` (ranks shown under the answer, or node ids) answered turn ``turn``.
 
-        ``turn`` indexes the conversation's turns (-1: the latest; 1-based numbers as shown by
-        the CLI are ``turn_number - 1``). Appends the turn's standalone question and the node ids
-        to :attr:`feedback_log` and records the feedback in the conversation file; returns the row.
+        ``turn`` None (default) is this engine's latest answer (another process may have added
+        turns since); an int indexes the conversation's turns (-1: the latest; 1-based numbers as
+        shown by ``/history`` are ``number - 1``). Appends the turn's standalone question and the
+        node ids to :attr:`feedback_log` and records the feedback with the conversation; returns the row.
         """
         if self.feedback_log is None:
             raise ValueError("no feedback log: create the engine with feedback_log=PATH.jsonl")
-        if not self.turns:
-            raise ValueError("no answer to give feedback on yet: chat first")
-        try:
-            index = range(len(self.turns))[turn]
-        except (IndexError, TypeError):
-            raise ValueError(f"turn {turn!r} is out of range: the conversation has {len(self.turns)} turns") from None
-        chosen = self.turns[index]
+        if turn is None and self._last is not None:
+            chosen = self._last
+        else:
+            turns = self.turns
+            if not turns:
+                raise ValueError("no answer to give feedback on yet: chat first")
+            try:
+                chosen = turns[range(len(turns))[-1 if turn is None else turn]]
+            except (IndexError, TypeError):
+                raise ValueError(f"turn {turn!r} is out of range: the conversation has {len(turns)} turns") from None
         if isinstance(sources, (str, int)):
             sources = [sources]
         if not sources:
@@ -297,9 +329,7 @@ class DeepMemoryChatEngine:
         ranks = []
         for item in sources:
             ranks.append(self._rank_of(chosen, item))
-        row = self._log(chosen, index, ranks, kind="helpful", weight=weight)
-        self.conversations.save(self.conversation)
-        return row
+        return self._log(chosen, ranks, kind="helpful", weight=weight)
 
     def _rank_of(self, turn: Turn, item: int | str) -> int:
         shown = {s.rank: s for s in turn.sources}
@@ -317,13 +347,29 @@ class DeepMemoryChatEngine:
             )
         raise TypeError(f"a source is a rank (int) or a node id (str), got {item!r}")
 
-    def _log(self, turn: Turn, index: int, ranks: Sequence[int], kind: str, weight: float) -> dict[str, Any]:
+    def _log(self, turn: Turn, ranks: Sequence[int], kind: str, weight: float) -> dict[str, Any]:
         assert self.feedback_log is not None
         by_rank = {s.rank: s for s in turn.sources}
         node_ids = [by_rank[r].node_id for r in ranks]
         row = append_feedback(
             self.feedback_log, turn.standalone_question, node_ids, weight=weight, kind=kind,
-            conversation=self.conversation_id, turn=index + 1,
+            conversation=self.conversation_id, turn_id=turn.turn_id,
         )
-        turn.feedback.append({"kind": kind, "node_ids": node_ids, "weight": float(weight), "at": row["at"]})
+        feedback = {"kind": kind, "node_ids": node_ids, "weight": float(weight), "at": row["at"]}
+        turn.feedback.append(feedback)
+        self.conversations.add_feedback(self._conversation_id, turn.turn_id, feedback)
         return row
+
+
+def conversation_memory(conversation_id: str, chat_store: Any, token_budget: int, blocks: Sequence[Any],
+                        tokenizer: Callable[[str], Sequence[Any]]) -> "Memory":
+    """LlamaIndex ``Memory`` for the conversation: at most ``token_budget`` tokens of turns stay
+    active (older ones are archived a turn at a time), plus ``blocks`` (never truncated)."""
+    from llama_index.core.memory import Memory
+
+    limit = token_budget + 1  # Memory needs a limit >= 1; the ratio makes the history's share exactly the budget
+    return Memory.from_defaults(
+        session_id=conversation_id, chat_store=chat_store, token_limit=limit,
+        chat_history_token_ratio=token_budget / limit, token_flush_size=1, memory_blocks=list(blocks),
+        tokenizer_fn=tokenizer,
+    )

@@ -5,7 +5,7 @@ opted in) becomes one JSONL row in the format :func:`~llama_index_deepmemory.dat
 reads::
 
     {"query": "<standalone question>", "relevant_ids": ["node_7"], "weight": 1.0,
-     "kind": "helpful", "conversation": "support", "turn": 3, "at": 1733350000.0}
+     "kind": "helpful", "conversation": "support", "turn_id": "3f9c0a7d1e2b4c55", "at": 1733350000.0}
 
 so ``deepmemory train --query-log LOG`` (or :func:`train_on_feedback`) retrains on it. The log is
 rewritten whole through a temporary file and ``os.replace`` under a lock file, so concurrent
@@ -41,7 +41,7 @@ def check_log_path(path: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on ``.<name>.lock`` beside ``path`` (no-op where fcntl is missing)."""
     try:
         import fcntl
@@ -80,7 +80,7 @@ def append_feedback(
     row = {"query": " ".join(query.split()), "relevant_ids": list(dict.fromkeys(node_ids)), "weight": float(weight),
            "kind": kind, **context, "at": time.time()}
     line = json.dumps(row, ensure_ascii=False)
-    with _locked(log):
+    with locked(log):
         existing = log.read_text(encoding="utf-8") if log.is_file() else ""
         if existing and not existing.endswith("\n"):
             existing += "\n"
@@ -95,24 +95,30 @@ def train_on_feedback(
     *,
     queries: Sequence[str] = (),
     relevance: Sequence[Sequence[tuple[str, float]]] = (),
+    include_trained: bool = True,
     **options: Any,
 ) -> str:
-    """Train ``store.deep_memory`` on the feedback log (plus any earlier ``queries``/``relevance``).
+    """Train ``store.deep_memory`` on the feedback log, plus what the active model was trained on.
 
-    Rows naming nodes no longer in the store are dropped (with a warning). Same-question rows
-    merge. ``options`` go to ``store.deep_memory.train``. Returns the job id; like any training,
-    the new model is activated only if it beats the plain store on validation.
+    By default (``include_trained=True``) the queries and relevance the active model was trained
+    on (kept with it: ``store.deep_memory.training_data()``) are added, so feedback adds to what
+    was learned instead of replacing it; ``queries``/``relevance`` add more. Same-question rows
+    merge; ids no longer in the store are dropped (with a warning). ``options`` go to
+    ``store.deep_memory.train``. Returns the job id; like any training, the new model is
+    activated only if it beats the plain store on validation.
     """
     from llama_index_deepmemory.data.datasets import read_query_log
+    from llama_index_deepmemory.deep_memory.training_record import drop_missing_ids, merge_query_relevance
 
-    log_queries, log_relevance = read_query_log(check_log_path(log_path))
-    all_ids = sorted({node_id for pairs in log_relevance for node_id, _ in pairs})
-    missing = set(store.missing_ids(all_ids)) if hasattr(store, "missing_ids") else set()
-    if missing:
-        logger.warning("Dropping %d feedback node ids no longer in the store (e.g. %s)", len(missing), sorted(missing)[:3])
-        kept = [(q, [p for p in pairs if p[0] not in missing]) for q, pairs in zip(log_queries, log_relevance)]
-        log_queries = [q for q, pairs in kept if pairs]
-        log_relevance = [pairs for _, pairs in kept if pairs]
-    all_queries = list(queries) + log_queries
-    all_relevance = [list(pairs) for pairs in relevance] + log_relevance
+    parts = []
+    if include_trained:
+        previous = store.deep_memory.training_data()
+        if previous is None and store.deep_memory.get_model() is not None:
+            logger.warning("The active model %s keeps no record of its training data (trained by an earlier version): "
+                           "training on the feedback alone", store.deep_memory.get_model())
+        elif previous is not None:
+            parts.append(previous)
+    parts.append((list(queries), [list(pairs) for pairs in relevance]))
+    parts.append(read_query_log(check_log_path(log_path)))
+    all_queries, all_relevance = drop_missing_ids(store, *merge_query_relevance(*parts))
     return store.deep_memory.train(all_queries, all_relevance, **options)

@@ -1,42 +1,51 @@
-"""Persisted conversations: one versioned JSON file per conversation id, written atomically.
+"""Turns, conversations and their ids; the JSON files of earlier versions, read for migration.
 
-A conversation file (``<folder>/<conversation_id>.json``) holds every turn: the user's message,
-the standalone question it was condensed to, the answer, the sources shown under it and any
-feedback given on them. Writes go to a temporary file beside the target, are fsynced and then
-``os.replace``-d over it, so a crash leaves either the old or the new file, never half of one.
-Two processes writing the same conversation at once: the last write wins (no merge).
+A :class:`Turn` is one exchange: the user's message, the standalone question it was condensed to,
+the answer, the sources shown under it and any feedback given on them. Conversations now live in
+a LlamaIndex SQL chat store (:mod:`~llama_index_deepmemory.chat.conversations`); the versioned
+JSON file per conversation that earlier versions wrote (``<folder>/<conversation_id>.json``) is
+read here, so that the store can migrate it on first use (:func:`read_legacy_file`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llama_index_deepmemory.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "llama-index-deepmemory/conversation"
 FORMAT_VERSION = 1
 SUFFIX = ".json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # always used with fullmatch
+_FORBIDDEN = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL character", "/": "a path separator '/'",
+              "\\": "a path separator '\\'"}
 SNIPPET_CHARS = 300
 
 
+def is_conversation_id(text: str) -> bool:
+    """True when ``text`` is a valid conversation id (see :func:`check_conversation_id`)."""
+    return isinstance(text, str) and _NAME.fullmatch(text) is not None and not text.endswith(SUFFIX)
+
+
 def check_conversation_id(conversation_id: Any) -> str:
-    """The id if it is a safe file name (letters, digits, ``.``, ``_``, ``-``; 1-100 chars), else ValueError."""
-    if not isinstance(conversation_id, str) or not _NAME.match(conversation_id) or conversation_id.endswith(SUFFIX):
-        raise ValueError(
-            f"conversation id {conversation_id!r} is not allowed: use 1-100 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (e.g. 'support-2024')"
-        )
-    return conversation_id
+    """The id if it is a safe name (letters, digits, ``.``, ``_``, ``-``; 1-100 chars, full match), else ValueError."""
+    if is_conversation_id(conversation_id):
+        return conversation_id
+    rule = ("use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit and not ending in "
+            f"{SUFFIX!r} (e.g. 'support-2024')")
+    if isinstance(conversation_id, str):
+        found = [name for char, name in _FORBIDDEN.items() if char in conversation_id]
+        if found:
+            rule = f"it contains {' and '.join(found)}; " + rule
+    raise ValueError(f"conversation id {conversation_id!r} is not allowed: {rule}")
 
 
 @dataclass
@@ -65,9 +74,11 @@ class Turn:
     deep_memory: bool = False
     created_at: float = field(default_factory=time.time)
     feedback: list[dict[str, Any]] = field(default_factory=list)  # {"node_ids": [...], "kind": ..., "at": ...}
+    turn_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])  # links its messages and notes
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Turn":
+        extra = {"turn_id": str(data["turn_id"])} if data.get("turn_id") else {}
         return cls(
             user=str(data["user"]),
             assistant=str(data["assistant"]),
@@ -76,6 +87,7 @@ class Turn:
             deep_memory=bool(data.get("deep_memory", False)),
             created_at=float(data.get("created_at", 0.0)),
             feedback=[dict(f) for f in data.get("feedback", [])],
+            **extra,
         )
 
 
@@ -121,53 +133,28 @@ class Conversation:
             raise ValueError(f"{where} is malformed ({type(exc).__name__}: {exc}); move it aside to start afresh") from exc
 
 
-class ConversationStore:
-    """The conversations in one folder, one ``<conversation_id>.json`` file each."""
+def read_legacy_file(path: Path, conversation_id: str) -> Conversation:
+    """The conversation in an earlier version's JSON file; ValueError (nothing changed) when it is damaged.
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
-        self.folder = Path(folder)
-        if self.folder.exists() and not self.folder.is_dir():
-            raise ValueError(f"conversation folder {self.folder} is a file; name a folder (it is created if missing)")
+    Turns get the ids ``legacy-1``, ``legacy-2``, ... so that a migration that stopped half way
+    can tell which turns it already copied.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); move it aside to start the conversation afresh") from exc
+    conversation = Conversation.from_dict(data, where=str(path))
+    if conversation.conversation_id != conversation_id:
+        raise ValueError(f"{path} holds conversation {conversation.conversation_id!r}, not {conversation_id!r}")
+    for number, turn in enumerate(conversation.turns, start=1):
+        turn.turn_id = f"legacy-{number}"
+    logger.debug("Read %d turns of %s from %s", len(conversation.turns), conversation_id, path)
+    return conversation
 
-    def __repr__(self) -> str:
-        return f"ConversationStore({str(self.folder)!r})"
 
-    def path(self, conversation_id: str) -> Path:
-        """Where the conversation's file lives."""
-        return self.folder / f"{check_conversation_id(conversation_id)}{SUFFIX}"
-
-    def exists(self, conversation_id: str) -> bool:
-        return self.path(conversation_id).is_file()
-
-    def load(self, conversation_id: str, create: bool = True) -> Conversation:
-        """The saved conversation, or a new empty one (``create=True``) when there is none."""
-        path = self.path(conversation_id)
-        if not path.is_file():
-            if not create:
-                raise FileNotFoundError(f"no conversation {conversation_id!r} in {self.folder}; list them with .list()")
-            return Conversation(conversation_id)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc}); move it aside to start the conversation afresh") from exc
-        conversation = Conversation.from_dict(data, where=str(path))
-        if conversation.conversation_id != conversation_id:
-            raise ValueError(f"{path} holds conversation {conversation.conversation_id!r}, not {conversation_id!r}")
-        logger.debug("Loaded conversation %s (%d turns) from %s", conversation_id, len(conversation.turns), path)
-        return conversation
-
-    def save(self, conversation: Conversation) -> Path:
-        """Write the conversation atomically; returns its path."""
-        conversation.updated_at = time.time()
-        path = self.path(conversation.conversation_id)
-        write_json_atomic(path, conversation.to_dict())
-        return path
-
-    def list(self) -> list[str]:
-        """The saved conversation ids, sorted."""
-        if not self.folder.is_dir():
-            return []
-        return sorted(
-            p.name[: -len(SUFFIX)] for p in self.folder.glob(f"*{SUFFIX}")
-            if p.is_file() and _NAME.match(p.name[: -len(SUFFIX)])
-        )
+def legacy_ids(folder: Path) -> list[str]:
+    """The conversation ids that have an earlier version's JSON file in ``folder``, sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(SUFFIX)] for p in folder.glob(f"*{SUFFIX}")
+                  if p.is_file() and is_conversation_id(p.name[: -len(SUFFIX)]))

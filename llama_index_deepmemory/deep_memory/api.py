@@ -25,6 +25,7 @@ import numpy as np
 from llama_index_deepmemory.deep_memory import jobs
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView, check_query_texts
 from llama_index_deepmemory.deep_memory.models import model_from_state
+from llama_index_deepmemory.deep_memory.training_record import TrainingRecord
 from llama_index_deepmemory.metrics import recall_at_k
 from llama_index_deepmemory.relevance import Relevance, validate_relevance
 
@@ -48,6 +49,7 @@ class DeepMemory:
         self._store = store
         self._lock = threading.RLock()
         self._models: dict[str, DeepMemoryModel] = {}
+        self._records: dict[str, TrainingRecord] = {}  # what each model was trained on
         self._active: str | None = None
         self._jobs = jobs.JobBook(prefix="job")
         self._rewritten_during: dict[str, set[str]] = {}  # running job -> ids re-added since it started
@@ -150,12 +152,15 @@ class DeepMemory:
                 )
                 previous_active = self._active
                 self._models[model_name] = model
+                if query_texts is not None:
+                    self._records[model_name] = TrainingRecord.of(query_texts, relevance)
                 if result.improved:
                     self._active = model_name
                 try:
                     self._changed()
                 except BaseException:  # a model that cannot be saved is not kept
                     self._models.pop(model_name, None)
+                    self._records.pop(model_name, None)
                     self._active = previous_active
                     raise
         except TrainingCancelled as exc:
@@ -251,6 +256,12 @@ class DeepMemory:
         """Tell the store the models changed (call under the lock)."""
         if self.on_change is not None:
             self.on_change()
+
+    def training_data(self, name: str | None = None) -> tuple[list[str], Relevance] | None:
+        """``(queries, relevance)`` the named (default: active) model was trained on; None when unknown."""
+        with self._lock:
+            record = self._records.get(name or self._active or "")
+            return None if record is None else (list(record.queries), [list(p) for p in record.relevance])
 
     def list_models(self) -> list[dict[str, Any]]:
         """Kept models: name, kind, whether active, and the job that trained it."""
@@ -418,6 +429,7 @@ class DeepMemory:
                 meta["models"][name] = m_meta
                 for key, arr in m_arrays.items():
                     arrays[f"{name}/{key}"] = arr
+            meta["training_records"] = {name: r.to_json() for name, r in self._records.items() if name in self._models}
         return meta, arrays
 
     def load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -438,8 +450,11 @@ class DeepMemory:
             raise ValueError(
                 f"persisted Deep Memory state names active model {active!r} but holds only {sorted(models)}"
             )
+        records = {name: TrainingRecord.from_json(data, where=f"the training record of {name}")
+                   for name, data in meta.get("training_records", {}).items() if name in models}
         with self._lock:
             self._models = models
+            self._records = records
             self._active = active
             self._jobs.load_state(list(meta.get("jobs", [])))
 
