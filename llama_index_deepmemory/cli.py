@@ -282,13 +282,14 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     """Questions for the stored nodes with an LLM -> train/test EmbeddingQAFinetuneDataset JSON."""
-    from llama_index_deepmemory.demo import GENERATE_WITHOUT_KEY, openai_llm
+    from llama_index_deepmemory.demo import GENERATE_WITHOUT_KEY, QUESTION_LLM_RETRIES, openai_llm
 
     _check_store_folder(args.store)
-    llm = openai_llm(args.llm_model, without_key=GENERATE_WITHOUT_KEY)
+    llm = openai_llm(args.llm_model, GENERATE_WITHOUT_KEY, purpose="`generate` (questions written by an LLM)",
+                     max_retries=QUESTION_LLM_RETRIES)
     store, _ = _open_store(args.store)
     from llama_index_deepmemory.data.ids import split_nodes
-    from llama_index_deepmemory.data.questions import generate_question_context_pairs
+    from llama_index_deepmemory.data.questions import QuestionGenerationError, generate_question_context_pairs
 
     nodes = sorted(store.get_nodes(), key=lambda n: n.node_id)
     if args.max_nodes:
@@ -300,10 +301,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if not part:
             continue
         path = out / f"{name}_dataset.json"
-        dataset = generate_question_context_pairs(
-            part, llm=llm, num_questions_per_chunk=args.questions_per_chunk, num_workers=args.workers,
-            output_path=path, show_progress=not args.quiet,
-        )
+        try:
+            dataset = generate_question_context_pairs(
+                part, llm=llm, num_questions_per_chunk=args.questions_per_chunk, num_workers=args.workers,
+                output_path=path, show_progress=not args.quiet,
+            )
+        except QuestionGenerationError as exc:  # the questions so far are saved in `path`
+            raise UserError(f"{exc} (questions so far are kept in {path}; the same command resumes)") from exc
         dataset.save_json(path)
         print(f"Wrote {len(dataset.queries)} {name} questions to {path}")
 
@@ -494,12 +498,14 @@ def cmd_activate(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The whole pipeline offline on Python's docs (or --docs)."""
+    """The whole pipeline offline on Python's docs (or --docs); an LLM writes the questions only with --llm."""
     from llama_index_deepmemory.demo import run_demo
 
+    if args.llm and args.questions in ("faq", "auto"):
+        raise UserError(f"--llm asks an LLM for the questions and --questions {args.questions} takes the FAQ's: give one of them")
     train_options = {"epochs": args.epochs} if args.epochs else None
     run_demo(
-        args.docs, questions=args.questions, max_nodes=args.max_nodes, test_fraction=args.test_fraction,
+        args.docs, questions="openai" if args.llm else args.questions or "faq", max_nodes=args.max_nodes, test_fraction=args.test_fraction,
         seed=args.seed, cache_dir=args.cache_dir, use_cache=not args.no_cache, out_dir=args.out_dir,
         llm_model=args.llm_model, train_options=train_options, show_progress=not args.quiet,
     )
@@ -654,16 +660,20 @@ def _add_activate(sub: Any) -> None:
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline offline on Python's docs", description=cmd_demo.__doc__)
     p.add_argument("--docs", help="HTML folder or URL (default: /usr/share/doc/python3.11/html from python3.11-doc)")
-    p.add_argument("--questions", choices=("auto", "faq", "openai"), default="auto",
-                   help="faq: the docs' FAQ headings; openai: LLM questions; auto: openai when OPENAI_API_KEY is set "
-                   "(default: auto)")
+    p.add_argument("--llm", action="store_true",
+                   help="have an LLM write the questions (needs OPENAI_API_KEY, and OPENAI_API_BASE for a compatible "
+                   "server); same as --questions openai (default: off: the docs' FAQ questions, offline, "
+                   "even when OPENAI_API_KEY is set)")
+    p.add_argument("--questions", choices=("faq", "openai", "auto"),
+                   help="faq: the docs' FAQ headings, offline; openai: LLM questions (= --llm); auto: same as faq "
+                   "(default: faq)")
     p.add_argument("--max-nodes", type=_positive_int, default=1000,
                    help="corpus size cap (default: 1000, about 2-3 min to embed on 2 cores)")
     p.add_argument("--test-fraction", type=_fraction, default=0.3, help="held-out share of the questions (default: 0.3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the question split and of training (default: 0)")
     p.add_argument("--epochs", type=_positive_int, help=f"most Deep Memory training epochs (default: {TRAIN_DEFAULTS['epochs']})")
     p.add_argument("--out-dir", default="deepmemory-demo", help="plot, store and datasets go here (default: deepmemory-demo)")
-    p.add_argument("--llm-model", default="gpt-4o-mini", help="OpenAI model for --questions openai (default: gpt-4o-mini)")
+    p.add_argument("--llm-model", default="gpt-4o-mini", help="OpenAI model for --llm (default: gpt-4o-mini)")
     _add_cache(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (default: shown)")
     p.set_defaults(func=cmd_demo)
