@@ -218,6 +218,8 @@ def run_answers(args: argparse.Namespace) -> None:
     result = evaluate_answers(
         store, dataset, llm, judge=args.judge, top_k=args.top_k, workers=args.workers, show_progress=not args.quiet,
     )
+    if result.every_answer_failed():  # exit 2 with one line, not a table of NaN
+        raise ValueError(result.every_answer_failed())
     print(f"\nAnswer-level evaluation on {len(dataset.queries)} questions (top {args.top_k}; context recall judged by "
           f"{'RAGAS' if result.judge == 'ragas' else 'the LlamaIndex evaluator'} with {args.llm_model}):")
     print(str(result))
