@@ -136,10 +136,12 @@ def _read_relevance(args: argparse.Namespace) -> tuple[list[str], list[list[tupl
     if args.query_log:
         from llama_index_deepmemory.data.datasets import read_query_log
 
-        if not Path(args.query_log).is_file():
-            raise UserError(f"query log {args.query_log} not found; {LOG_HELP}")
-        queries, relevance = read_query_log(args.query_log)
-        return queries, relevance, args.query_log
+        logs = args.query_log if isinstance(args.query_log, list) else [args.query_log]  # evaluate: several
+        for log in logs:
+            if not Path(log).is_file():
+                raise UserError(f"query log {log} not found; {LOG_HELP}")
+        queries, relevance = read_query_log(logs)
+        return queries, relevance, " + ".join(logs)
     from llama_index_deepmemory.data.datasets import load_beir
 
     if not Path(args.beir).is_dir():
@@ -215,8 +217,9 @@ def _captured_stdout() -> Iterator[io.StringIO]:
 
 # --- subcommands ------------------------------------------------------------------------------
 def _is_beir_folder(source: str) -> bool:
+    """A folder with ``corpus.jsonl`` is meant as BEIR (``load_beir`` then names any file it lacks)."""
     folder = Path(source)
-    return folder.is_dir() and (folder / "corpus.jsonl").is_file() and (folder / "queries.jsonl").is_file()
+    return folder.is_dir() and (folder / "corpus.jsonl").is_file()
 
 
 def _check_new_store_path(path: str, replace: bool) -> None:
@@ -375,10 +378,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             for name, dm in modes.items()
         }
 
-    max_k = max(args.recall_k)
-    curves = recall_curves(retrievers(max_k), dataset, ks=range(1, max_k + 1), workers=args.workers, show_progress=not args.quiet)
+    asked = sorted(set(args.recall_k))
+    depth = max(1, min(asked[-1], len(store)))  # a list never holds more than the store: k above that adds nothing
+    curve_ks = sorted(set(range(1, depth + 1)) | set(asked))
+    curves = recall_curves(retrievers(depth), dataset, ks=curve_ks, workers=args.workers, show_progress=not args.quiet)
     print(f"\nRecall@k (%) on {len(dataset.queries)} queries from {source}:")
-    _print_table(curves.loc[sorted(set(args.recall_k))], percent=True)
+    _print_table(curves.loc[asked], percent=True)
+    if asked[-1] > depth:
+        print(f"(the store holds {len(store)} nodes: recall@k for k >= {len(store)} is recall@{len(store)})")
     table = evaluate_retrievers(
         retrievers(args.top_k), dataset, metrics=args.metrics, workers=args.workers, show_progress=not args.quiet
     )
@@ -554,10 +561,14 @@ def _add_cache(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache (default: use it)")
 
 
-def _add_relevance_source(parser: argparse.ArgumentParser, split: str) -> None:
+def _add_relevance_source(parser: argparse.ArgumentParser, split: str, several_logs: bool = False) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--questions", help="EmbeddingQAFinetuneDataset JSON (from `generate` or the demo)")
-    source.add_argument("--query-log", help=LOG_HELP)
+    if several_logs:
+        source.add_argument("--query-log", action="append", metavar="LOG",
+                            help=f"{LOG_HELP}; repeat it to read several logs as one (a query in two logs counts once)")
+    else:
+        source.add_argument("--query-log", help=LOG_HELP)
     source.add_argument("--beir", metavar="FOLDER", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv); "
                         "the store must have been built from it with `ingest FOLDER`")
     parser.add_argument("--split", default=split, help=f"qrels split read with --beir (default: {split})")
@@ -612,7 +623,7 @@ def _add_train(sub: Any) -> None:
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="compare retrieval with and without Deep Memory", description=cmd_evaluate.__doc__)
     _add_common(p)
-    _add_relevance_source(p, "test")
+    _add_relevance_source(p, "test", several_logs=True)
     p.add_argument("--top-k", type=_positive_int, default=10, help="retriever top-k for the evaluator metrics (default: 10)")
     p.add_argument("--metrics", nargs="+", default=["hit_rate", "mrr"],
                    help="any of hit_rate mrr precision recall ap ndcg (default: hit_rate mrr)")

@@ -112,7 +112,7 @@ def _read_questions(args: argparse.Namespace) -> Any:
     if getattr(args, "query_log", None):
         from llama_index_deepmemory.data.datasets import read_query_log
 
-        return dataset_from_query_relevance(*read_query_log(args.query_log))
+        return dataset_from_query_relevance(*read_query_log(args.query_log))  # one path, or a list (evaluate)
     raise ValueError("--answers reads its questions from --questions FILE.json or --query-log FILE.jsonl")
 
 

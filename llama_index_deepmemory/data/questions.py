@@ -229,6 +229,8 @@ class EmbeddingQAFinetuneDataset(BaseModel):
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: JSON nested deeper than Python's parser allows (about 1,000 levels)") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object with queries/corpus/relevant_docs, got {type(data).__name__}")
         missing = [key for key in ("queries", "corpus", "relevant_docs") if key not in data]

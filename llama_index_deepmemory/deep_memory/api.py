@@ -328,7 +328,8 @@ class DeepMemory:
             if use_model and model is None:
                 print("No active Deep Memory model: train one (store.deep_memory.train) to compare.")
                 break
-            ranked = self._search_prepared(prepared, max(ks), use_model, texts=queries)
+            # a k above the store's size ranks every node: recall@k is then recall@len(store)
+            ranked = self._search_prepared(prepared, min(max(ks), max(1, len(self._store))), use_model, texts=queries)
             results[label] = {f"recall@{k}": float(recall_at_k(ranked, rows, k)) for k in ks}
             print(f"---- Evaluating {title} ---- ")
             for k in ks:
