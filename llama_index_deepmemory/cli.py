@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -208,6 +209,15 @@ def _describe_job(job: dict[str, Any]) -> str:
     return model_contents(job.get("info") or {}) + (f"; {scores}" if scores else "")
 
 
+_SET_MODEL_HINT = re.compile(r"store\.deep_memory\.set_model\((['\"])([^'\"]+)\1\)")
+
+
+def _for_cli(text: str) -> str:
+    """The library's hints for Python users (``store.deep_memory.set_model('model_3')``) as the
+    command that does the same here (``deepmemory activate model_3``)."""
+    return _SET_MODEL_HINT.sub(lambda m: f"`{PROG} activate {m.group(2)}`", text)
+
+
 @contextlib.contextmanager
 def _captured_stdout() -> Iterator[io.StringIO]:
     buffer = io.StringIO()
@@ -339,7 +349,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"Deep Memory job {job_id} completed: {model} did not beat the plain store on validation, "
               "activated anyway (--always-activate).")
     else:
-        print(summary.getvalue().strip())
+        print(_for_cli(summary.getvalue().strip()))
     if model:
         print(f"{model}: {_describe_job(job)}")
     _save_store(store, args.store)
@@ -462,11 +472,15 @@ def cmd_status(args: argparse.Namespace) -> None:
         known = [job["job_id"] for job in _jobs(store)]
         if args.job_id not in known:
             raise UserError(f"no job {args.job_id!r} in {args.store}; jobs: {known or 'none yet'}")
-        job = store.deep_memory.status(args.job_id)
+        with _captured_stdout() as shown:
+            job = store.deep_memory.status(args.job_id)
+        print(_for_cli(shown.getvalue()), end="")
         if job.get("model_name"):
             print(f"{job['model_name']}: {_describe_job(job)}")
     else:
-        store.deep_memory.list_jobs()
+        with _captured_stdout() as shown:
+            store.deep_memory.list_jobs()
+        print(_for_cli(shown.getvalue()), end="")
     print(f"Active Deep Memory model: {store.deep_memory.get_model() or 'none'}")
 
 

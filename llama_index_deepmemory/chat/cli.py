@@ -175,9 +175,11 @@ def run_chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Text
             continue
         if text.startswith("/good"):
             try:
-                ranks = [int(part) for part in text.split()[1:]]
-                if not ranks:
-                    raise ValueError("say which sources, e.g. /good 2")
+                parts = text.split()[1:]
+                if not parts or not all(part.isascii() and part.isdigit() for part in parts):
+                    raise ValueError(f"/good takes the numbers of the sources shown under the answer, e.g. /good 2 "
+                                     f"(got {text!r})")
+                ranks = [int(part) for part in parts]
                 row = engine.mark_helpful(ranks)
             except ValueError as exc:
                 say(f"feedback not logged: {exc}")
