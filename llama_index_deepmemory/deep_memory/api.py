@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from llama_index_deepmemory.deep_memory.training import TrainOptions, TrainResult
 
 logger = logging.getLogger(__name__)
-FEW_QUERIES = 10  # training on fewer queries warns: validation can hardly show a gain
+FEW_QUERIES = 10  # training on fewer queries warns: validation on so few says little
 
 STATE_FORMAT_VERSION = 1
 DEFAULT_TOP_K = (1, 3, 5, 10, 50, 100)
@@ -75,8 +75,8 @@ class DeepMemory:
         vectors. ``options`` are :class:`~llama_index_deepmemory.deep_memory.training.TrainOptions`
         (``epochs``, ``learning_rate``, ``seed``, ...). Blocks with a progress bar unless
         ``background=True``; a failed blocking job raises :class:`DeepMemoryTrainingError`.
-        Fewer than :data:`FEW_QUERIES` (10) queries train, with a warning that the model will
-        hardly beat the plain store on validation.
+        Fewer than :data:`FEW_QUERIES` (10) queries train, with a warning: validation on so few
+        says little.
         """
         from llama_index_deepmemory.deep_memory.training import TrainOptions
 
@@ -87,8 +87,8 @@ class DeepMemory:
             raise ValueError(f"Deep Memory training needs at least 2 queries, got {len(rows)}")
         if len(rows) < FEW_QUERIES:
             logger.warning(
-                "training on %d queries: below %d, validation can hardly show a gain, so the model will most likely "
-                "be kept but not activated; log or generate more questions (hundreds help most)", len(rows), FEW_QUERIES)
+                "training on %d queries, fewer than %d: validation on so few says little (the model may be kept "
+                "off, or a gain may be chance); log or generate more questions (hundreds help most)", len(rows), FEW_QUERIES)
         prepared = self._query_vectors(queries, embedding_function, embedding)
 
         job_id, number = self._jobs.new_id()
