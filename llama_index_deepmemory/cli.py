@@ -520,16 +520,21 @@ def cmd_activate(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The whole pipeline offline on Python's docs (or --docs); an LLM writes the questions only with --llm."""
+    from llama_index_deepmemory.data.questions import QuestionGenerationError
     from llama_index_deepmemory.demo import run_demo
 
     if args.llm and args.questions in ("faq", "auto"):
         raise UserError(f"--llm asks an LLM for the questions and --questions {args.questions} takes the FAQ's: give one of them")
+
     train_options = {"epochs": args.epochs} if args.epochs else None
-    run_demo(
-        args.docs, questions="openai" if args.llm else args.questions or "faq", max_nodes=args.max_nodes, test_fraction=args.test_fraction,
-        seed=args.seed, cache_dir=args.cache_dir, use_cache=not args.no_cache, out_dir=args.out_dir,
-        llm_model=args.llm_model, train_options=train_options, show_progress=not args.quiet,
-    )
+    try:
+        run_demo(
+            args.docs, questions="openai" if args.llm else args.questions or "faq", max_nodes=args.max_nodes,
+            test_fraction=args.test_fraction, seed=args.seed, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+            out_dir=args.out_dir, llm_model=args.llm_model, train_options=train_options, show_progress=not args.quiet,
+        )
+    except QuestionGenerationError as exc:  # --llm: a rejected key or an unreachable server
+        raise UserError(str(exc)) from exc
 
 
 # --- argument parsing -------------------------------------------------------------------------

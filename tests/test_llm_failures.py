@@ -73,13 +73,35 @@ def test_generate_gives_up_on_a_closed_port_naming_it(store_path: Path, tmp_path
     assert seconds < 60, seconds
 
 
-def test_generate_with_a_rejected_key_is_one_line(store_path: Path, tmp_path: Path) -> None:
+def test_generate_with_a_rejected_key_is_one_line(store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from llama_index_deepmemory.cli import main  # in process: main's return value is the exit code
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
     with openai_chat_server(lambda messages: UNAUTHORIZED) as server:
-        result, _ = run_cli(["generate", "--store", str(store_path), "--out-dir", str(tmp_path), "-q"], server.url("/v1"))
+        monkeypatch.setenv("OPENAI_API_BASE", server.url("/v1"))
+        code = main(["generate", "--store", str(store_path), "--out-dir", str(tmp_path), "-q"])
         asked = server.paths_requested("POST")
-    line = error_line(result.stderr, "generate")
-    assert result.returncode == 2 and "401" in line and "OPENAI_API_KEY" in line
+    line = error_line(capsys.readouterr().err, "generate")
+    assert code == 2 and "401" in line and "OPENAI_API_KEY" in line
     assert 1 <= len(asked) <= 4  # stopped at the first rejection (4 workers may each have asked once)
+
+
+def test_demo_with_llm_and_a_closed_port_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from llama_index_deepmemory.cli import main
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(12):
+        (docs / f"p{i}.html").write_text(f"<html><body><p>Page {i} explains topic number {i}.</p></body></html>")
+    port = closed_port()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
+    monkeypatch.setenv("OPENAI_API_BASE", f"http://127.0.0.1:{port}/v1")
+    start = time.perf_counter()
+    assert main(["demo", "--llm", "--docs", str(docs), "--max-nodes", "10", "--out-dir", str(tmp_path / "out"), "-q"]) == 2
+    line = error_line(capsys.readouterr().err, "demo")
+    assert f"127.0.0.1:{port}" in line and time.perf_counter() - start < 60
 
 
 def test_connection_failures_in_a_row_stop_generation_but_answers_reset_the_count() -> None:
