@@ -318,6 +318,15 @@ class AnswerEvaluation:
     def __str__(self) -> str:
         return self.table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
+    def every_answer_failed(self) -> str | None:
+        """One line naming the first error when the LLM failed every answer it was asked for, else None."""
+        asked = [r for r in self.records if r.answer is not None or r.answer_error is not None]
+        failed = [r for r in asked if r.answer_error is not None]
+        if not asked or len(failed) < len(asked):
+            return None
+        return (f"every answer failed ({len(failed)} of {len(asked)}; the first: {failed[0].answer_error}); "
+                "check OPENAI_API_KEY, OPENAI_API_BASE and the model name")
+
 
 def _dataset_rows(
     qa_dataset: Any, references: Mapping[str, str] | None, judged: bool, store: Any = None
@@ -419,7 +428,9 @@ async def aevaluate_answers(
         def factory(row: tuple[str, str, list[str], str | None], name: str = name, retriever: Any = retriever):
             return lambda: _evaluate_one(name, retriever, row, llm, evaluator)
 
-        records.extend(await gather_bounded([factory(row) for row in rows], workers, name, show_progress, unit="question"))
+        mine = await gather_bounded([factory(row) for row in rows], workers, name, show_progress, unit="question")
+        _warn_failures(name, mine)
+        records.extend(mine)
     table = answer_table(records, list(retrievers))
     for line in table.to_string(index=False).splitlines():
         logger.info(line)
@@ -443,15 +454,24 @@ async def _evaluate_one(
             record.answer = str(reply).strip()
         except Exception as exc:  # noqa: BLE001 - counted as an answer failure
             record.answer_error = _clip(f"{type(exc).__name__}: {exc}", 300)
-            logger.warning("answering %r with %s failed: %s", question, name, record.answer_error)
+            logger.info("answering %r with %s failed: %s", question, name, record.answer_error)
     if evaluator is not None:
         result = await evaluator.aevaluate(query=question, response=record.answer, contexts=contexts, reference=reference)
         if result.invalid_result or result.score is None:
             record.judge_error = result.invalid_reason or "the judge gave no score"
-            logger.warning("judging %r with %s failed: %s", question, name, record.judge_error)
+            logger.info("judging %r with %s failed: %s", question, name, record.judge_error)
         else:
             record.context_recall = float(result.score)
     return record
+
+
+def _warn_failures(name: str, records: Sequence[AnswerRecord]) -> None:
+    """One warning per retriever and kind of failure (not one per question), naming the first error."""
+    for what, errors in (("answering", [r.answer_error for r in records if r.answer_error is not None]),
+                         ("judging", [r.judge_error for r in records if r.judge_error is not None])):
+        if errors:
+            logger.warning("%s failed for %d of %d questions with %s (the first: %s)", what, len(errors), len(records),
+                           name, errors[0])
 
 
 def answer_table(records: Sequence[AnswerRecord], names: Sequence[str] | None = None) -> "pd.DataFrame":
@@ -479,7 +499,9 @@ def answer_table(records: Sequence[AnswerRecord], names: Sequence[str] | None = 
             "judge_failures": sum(1 for r in mine if r.judge_error is not None),
             "answer_failures": sum(1 for r in mine if r.answer_error is not None),
         })
-    return pd.DataFrame(rows)
+    from llama_index_deepmemory.tables import FullTable
+
+    return FullTable(rows)
 
 
 def evaluate_answers(

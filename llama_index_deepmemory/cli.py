@@ -18,6 +18,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -131,10 +132,12 @@ def _read_relevance(args: argparse.Namespace) -> tuple[list[str], list[list[tupl
     if args.query_log:
         from llama_index_deepmemory.data.datasets import read_query_log
 
-        if not Path(args.query_log).is_file():
-            raise UserError(f"query log {args.query_log} not found; {LOG_HELP}")
-        queries, relevance = read_query_log(args.query_log)
-        return queries, relevance, args.query_log
+        logs = args.query_log if isinstance(args.query_log, list) else [args.query_log]  # evaluate: several
+        for log in logs:
+            if not Path(log).is_file():
+                raise UserError(f"query log {log} not found; {LOG_HELP}")
+        queries, relevance = read_query_log(logs)
+        return queries, relevance, " + ".join(logs)
     from llama_index_deepmemory.data.datasets import load_beir
 
     if not Path(args.beir).is_dir():
@@ -201,6 +204,15 @@ def _describe_job(job: dict[str, Any]) -> str:
     return model_contents(job.get("info") or {}) + (f"; {scores}" if scores else "")
 
 
+_SET_MODEL_HINT = re.compile(r"store\.deep_memory\.set_model\((['\"])([^'\"]+)\1\)")
+
+
+def _for_cli(text: str) -> str:
+    """The library's hints for Python users (``store.deep_memory.set_model('model_3')``) as the
+    command that does the same here (``deepmemory activate model_3``)."""
+    return _SET_MODEL_HINT.sub(lambda m: f"`{PROG} activate {m.group(2)}`", text)
+
+
 @contextlib.contextmanager
 def _captured_stdout() -> Iterator[io.StringIO]:
     buffer = io.StringIO()
@@ -210,8 +222,9 @@ def _captured_stdout() -> Iterator[io.StringIO]:
 
 # --- subcommands ------------------------------------------------------------------------------
 def _is_beir_folder(source: str) -> bool:
+    """A folder with ``corpus.jsonl`` is meant as BEIR (``load_beir`` then names any file it lacks)."""
     folder = Path(source)
-    return folder.is_dir() and (folder / "corpus.jsonl").is_file() and (folder / "queries.jsonl").is_file()
+    return folder.is_dir() and (folder / "corpus.jsonl").is_file()
 
 
 def _check_new_store_path(path: str, replace: bool) -> None:
@@ -277,13 +290,14 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     """Questions for the stored nodes with an LLM -> train/test EmbeddingQAFinetuneDataset JSON."""
-    from llama_index_deepmemory.demo import GENERATE_WITHOUT_KEY, openai_llm
+    from llama_index_deepmemory.demo import GENERATE_WITHOUT_KEY, QUESTION_LLM_RETRIES, openai_llm
 
     _check_store_folder(args.store)
-    llm = openai_llm(args.llm_model, without_key=GENERATE_WITHOUT_KEY)
+    llm = openai_llm(args.llm_model, GENERATE_WITHOUT_KEY, purpose="`generate` (questions written by an LLM)",
+                     max_retries=QUESTION_LLM_RETRIES)
     store, _ = _open_store(args.store)
     from llama_index_deepmemory.data.ids import split_nodes
-    from llama_index_deepmemory.data.questions import generate_question_context_pairs
+    from llama_index_deepmemory.data.questions import QuestionGenerationError, generate_question_context_pairs
 
     nodes = sorted(store.get_nodes(), key=lambda n: n.node_id)
     if args.max_nodes:
@@ -295,10 +309,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if not part:
             continue
         path = out / f"{name}_dataset.json"
-        dataset = generate_question_context_pairs(
-            part, llm=llm, num_questions_per_chunk=args.questions_per_chunk, num_workers=args.workers,
-            output_path=path, show_progress=not args.quiet,
-        )
+        try:
+            dataset = generate_question_context_pairs(
+                part, llm=llm, num_questions_per_chunk=args.questions_per_chunk, num_workers=args.workers,
+                output_path=path, show_progress=not args.quiet,
+            )
+        except QuestionGenerationError as exc:  # the questions so far are saved in `path`
+            raise UserError(f"{exc} (questions so far are kept in {path}; the same command resumes)") from exc
         dataset.save_json(path)
         print(f"Wrote {len(dataset.queries)} {name} questions to {path}")
 
@@ -334,7 +351,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"Deep Memory job {job_id} completed: {model} did not beat the plain store on validation, "
               "activated anyway (--always-activate).")
     else:
-        print(summary.getvalue().strip())
+        print(_for_cli(summary.getvalue().strip()))
     if model:
         print(f"{model}: {_describe_job(job)}")
     _save_store(store, args.store)
@@ -373,10 +390,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             for name, dm in modes.items()
         }
 
-    max_k = max(args.recall_k)
-    curves = recall_curves(retrievers(max_k), dataset, ks=range(1, max_k + 1), workers=args.workers, show_progress=not args.quiet)
+    asked = sorted(set(args.recall_k))
+    depth = max(1, min(asked[-1], len(store)))  # a list never holds more than the store: k above that adds nothing
+    curve_ks = sorted(set(range(1, depth + 1)) | set(asked))
+    curves = recall_curves(retrievers(depth), dataset, ks=curve_ks, workers=args.workers, show_progress=not args.quiet)
     print(f"\nRecall@k (%) on {len(dataset.queries)} queries from {source}:")
-    _print_table(curves.loc[sorted(set(args.recall_k))], percent=True)
+    _print_table(curves.loc[asked], percent=True)
+    if asked[-1] > depth:
+        print(f"(the store holds {len(store)} nodes: recall@k for k >= {len(store)} is recall@{len(store)})")
     table = evaluate_retrievers(
         retrievers(args.top_k), dataset, metrics=args.metrics, workers=args.workers, show_progress=not args.quiet
     )
@@ -453,11 +474,15 @@ def cmd_status(args: argparse.Namespace) -> None:
         known = [job["job_id"] for job in _jobs(store)]
         if args.job_id not in known:
             raise UserError(f"no job {args.job_id!r} in {args.store}; jobs: {known or 'none yet'}")
-        job = store.deep_memory.status(args.job_id)
+        with _captured_stdout() as shown:
+            job = store.deep_memory.status(args.job_id)
+        print(_for_cli(shown.getvalue()), end="")
         if job.get("model_name"):
             print(f"{job['model_name']}: {_describe_job(job)}")
     else:
-        store.deep_memory.list_jobs()
+        with _captured_stdout() as shown:
+            store.deep_memory.list_jobs()
+        print(_for_cli(shown.getvalue()), end="")
     print(f"Active Deep Memory model: {store.deep_memory.get_model() or 'none'}")
 
 
@@ -496,15 +521,22 @@ def cmd_activate(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The whole pipeline offline on Python's docs (or --docs)."""
+    """The whole pipeline offline on Python's docs (or --docs); an LLM writes the questions only with --llm."""
+    from llama_index_deepmemory.data.questions import QuestionGenerationError
     from llama_index_deepmemory.demo import run_demo
 
+    if args.llm and args.questions in ("faq", "auto"):
+        raise UserError(f"--llm asks an LLM for the questions and --questions {args.questions} takes the FAQ's: give one of them")
+
     train_options = {"epochs": args.epochs} if args.epochs else None
-    run_demo(
-        args.docs, questions=args.questions, max_nodes=args.max_nodes, test_fraction=args.test_fraction,
-        seed=args.seed, cache_dir=args.cache_dir, use_cache=not args.no_cache, out_dir=args.out_dir,
-        llm_model=args.llm_model, train_options=train_options, show_progress=not args.quiet,
-    )
+    try:
+        run_demo(
+            args.docs, questions="openai" if args.llm else args.questions or "faq", max_nodes=args.max_nodes,
+            test_fraction=args.test_fraction, seed=args.seed, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+            out_dir=args.out_dir, llm_model=args.llm_model, train_options=train_options, show_progress=not args.quiet,
+        )
+    except QuestionGenerationError as exc:  # --llm: a rejected key or an unreachable server
+        raise UserError(str(exc)) from exc
 
 
 # --- argument parsing -------------------------------------------------------------------------
@@ -550,10 +582,14 @@ def _add_cache(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache (default: use it)")
 
 
-def _add_relevance_source(parser: argparse.ArgumentParser, split: str) -> None:
+def _add_relevance_source(parser: argparse.ArgumentParser, split: str, several_logs: bool = False) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--questions", help="EmbeddingQAFinetuneDataset JSON (from `generate` or the demo)")
-    source.add_argument("--query-log", help=LOG_HELP)
+    if several_logs:
+        source.add_argument("--query-log", action="append", metavar="LOG",
+                            help=f"{LOG_HELP}; repeat it to read several logs as one (a query in two logs counts once)")
+    else:
+        source.add_argument("--query-log", help=LOG_HELP)
     source.add_argument("--beir", metavar="FOLDER", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv); "
                         "the store must have been built from it with `ingest FOLDER`")
     parser.add_argument("--split", default=split, help=f"qrels split read with --beir (default: {split})")
@@ -610,7 +646,7 @@ def _add_train(sub: Any) -> None:
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="compare retrieval with and without Deep Memory", description=cmd_evaluate.__doc__)
     _add_common(p)
-    _add_relevance_source(p, "test")
+    _add_relevance_source(p, "test", several_logs=True)
     p.add_argument("--top-k", type=_positive_int, default=10, help="retriever top-k for the evaluator metrics (default: 10)")
     p.add_argument("--metrics", nargs="+", default=["hit_rate", "mrr"],
                    help="any of hit_rate mrr precision recall ap ndcg (default: hit_rate mrr)")
@@ -666,16 +702,20 @@ def _add_activate(sub: Any) -> None:
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline offline on Python's docs", description=cmd_demo.__doc__)
     p.add_argument("--docs", help="HTML folder or URL (default: /usr/share/doc/python3.11/html from python3.11-doc)")
-    p.add_argument("--questions", choices=("auto", "faq", "openai"), default="auto",
-                   help="faq: the docs' FAQ headings; openai: LLM questions; auto: openai when OPENAI_API_KEY is set "
-                   "(default: auto)")
+    p.add_argument("--llm", action="store_true",
+                   help="have an LLM write the questions (needs OPENAI_API_KEY, and OPENAI_API_BASE for a compatible "
+                   "server); same as --questions openai (default: off: the docs' FAQ questions, offline, "
+                   "even when OPENAI_API_KEY is set)")
+    p.add_argument("--questions", choices=("faq", "openai", "auto"),
+                   help="faq: the docs' FAQ headings, offline; openai: LLM questions (= --llm); auto: same as faq "
+                   "(default: faq)")
     p.add_argument("--max-nodes", type=_positive_int, default=1000,
                    help="corpus size cap (default: 1000, about 2-3 min to embed on 2 cores)")
     p.add_argument("--test-fraction", type=_fraction, default=0.3, help="held-out share of the questions (default: 0.3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the question split and of training (default: 0)")
     p.add_argument("--epochs", type=_positive_int, help=f"most Deep Memory training epochs (default: {TRAIN_DEFAULTS['epochs']})")
     p.add_argument("--out-dir", default="deepmemory-demo", help="plot, store and datasets go here (default: deepmemory-demo)")
-    p.add_argument("--llm-model", default="gpt-4o-mini", help="OpenAI model for --questions openai (default: gpt-4o-mini)")
+    p.add_argument("--llm-model", default="gpt-4o-mini", help="OpenAI model for --llm (default: gpt-4o-mini)")
     _add_cache(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (default: shown)")
     p.set_defaults(func=cmd_demo)

@@ -4,9 +4,10 @@ By default it uses Python's own HTML docs (Debian's ``python3.11-doc``): the FAQ
 chunks of the tutorial and how-to pages (up to ``max_nodes``, so that embedding stays a couple
 of minutes on two CPU cores), embedded with the bundled MiniLM. The queries are the FAQ's real
 questions, whose text is not in the corpus, split into training and held-out test questions.
-With ``OPENAI_API_KEY`` set (or ``questions="openai"``) an LLM writes synthetic questions for the
-chunks instead, as the seed tutorial does; that is also how other folders or URLs (``docs=``)
-get questions. Embeddings are cached by content hash, so a second run skips re-embedding.
+It never calls an LLM unless asked: with ``questions="openai"`` (``deepmemory demo --llm``) an LLM
+(``OPENAI_API_KEY``) writes synthetic questions for the chunks instead, as the seed tutorial does;
+that is also how other folders or URLs (``docs=``) get questions. ``OPENAI_API_KEY`` being set
+changes nothing by itself. Embeddings are cached by content hash, so a second run skips re-embedding.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ DEFAULT_DISTRACTOR_DIRS = ("tutorial", "howto")
 DEFAULT_OUT_DIR = "deepmemory-demo"
 DEFAULT_LLM_MODEL = "gpt-4o-mini"
 REPORT_KS = (1, 3, 5, 10, 50, 100)
-QUESTION_SOURCES = ("auto", "faq", "openai")
+QUESTION_SOURCES = ("faq", "openai", "auto")  # "auto": the old default, now the same as "faq"
 MIN_FAQ_QUESTIONS = 10
 
 
@@ -99,24 +100,30 @@ def build_store(
     return store
 
 
-DEMO_WITHOUT_KEY = "or run the demo on the Python docs' FAQ questions (deepmemory demo --questions faq)"
+DEMO_WITHOUT_KEY = "or run the demo offline on the Python docs' FAQ questions (deepmemory demo, without --llm)"
 GENERATE_WITHOUT_KEY = (
     "or, with no LLM at all, train on questions you already have: `deepmemory train --query-log FILE` "
     "(.jsonl or .csv) or `--beir FOLDER` (see the README's 'No API key' section)"
 )
 
 
-def openai_llm(model: str, without_key: str = DEMO_WITHOUT_KEY) -> Any:
-    """LlamaIndex ``OpenAI`` LLM (``OPENAI_API_BASE`` for a compatible server); ValueError without a
-    key, ending with ``without_key`` (what to do instead)."""
+def openai_llm(model: str, without_key: str = "", *, purpose: str = "this", max_retries: int | None = None) -> Any:
+    """LlamaIndex ``OpenAI`` LLM (``OPENAI_API_BASE`` for a compatible server); without a key a
+    ValueError saying ``purpose`` needs an LLM, ending with ``without_key`` (what to do instead).
+    ``max_retries``: the client's own retries (default: LlamaIndex's); callers that retry
+    themselves (question generation) pass a small number so a dead server is noticed in seconds."""
     if not os.environ.get("OPENAI_API_KEY"):
+        instead = f", {without_key}" if without_key else ""
         raise ValueError(
-            "synthetic questions need an LLM: set OPENAI_API_KEY (and OPENAI_API_BASE for an "
-            f"OpenAI-compatible server), {without_key}"
+            f"{purpose} needs an LLM: set OPENAI_API_KEY (and OPENAI_API_BASE for an OpenAI-compatible server){instead}"
         )
     from llama_index.llms.openai import OpenAI
 
-    return OpenAI(model=model, api_base=os.environ.get("OPENAI_API_BASE") or None)
+    retries = {} if max_retries is None else {"max_retries": max_retries}
+    return OpenAI(model=model, api_base=os.environ.get("OPENAI_API_BASE") or None, **retries)
+
+
+QUESTION_LLM_RETRIES = 1  # generate_question_context_pairs retries (and counts dead connections) itself
 
 
 def _generate_datasets(
@@ -126,7 +133,8 @@ def _generate_datasets(
     from llama_index_deepmemory.data.ids import split_nodes
     from llama_index_deepmemory.data.questions import generate_question_context_pairs
 
-    llm = openai_llm(llm_model)
+    llm = openai_llm(llm_model, DEMO_WITHOUT_KEY, purpose="questions written by an LLM (--llm)",
+                     max_retries=QUESTION_LLM_RETRIES)
     train_nodes, test_nodes = split_nodes(nodes, train_fraction=1.0 - test_fraction, seed=seed)
     datasets = []
     for name, part in (("train", train_nodes), ("test", test_nodes)):
@@ -142,7 +150,7 @@ def _generate_datasets(
 def load_demo_data(
     docs: str | os.PathLike[str] | None,
     *,
-    questions: str = "auto",
+    questions: str = "faq",
     max_nodes: int = DEFAULT_MAX_NODES,
     test_fraction: float = 0.3,
     seed: int = 0,
@@ -150,12 +158,15 @@ def load_demo_data(
     llm_model: str = DEFAULT_LLM_MODEL,
     show_progress: bool = True,
 ) -> tuple[list["BaseNode"], "EmbeddingQAFinetuneDataset", "EmbeddingQAFinetuneDataset", str]:
-    """The corpus nodes, train and test question datasets, and where the questions came from."""
+    """The corpus nodes, train and test question datasets, and where the questions came from.
+
+    ``questions="faq"`` (``"auto"`` is the same) takes the docs' FAQ questions, offline;
+    ``"openai"`` asks an LLM, whether or not the folder has a FAQ."""
     if questions not in QUESTION_SOURCES:
         raise ValueError(f"questions must be one of {QUESTION_SOURCES}, got {questions!r}")
     if isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 10:
         raise ValueError(f"max_nodes must be an int >= 10, got {max_nodes!r}")
-    use_llm = questions == "openai" or (questions == "auto" and bool(os.environ.get("OPENAI_API_KEY")))
+    use_llm = questions == "openai"
     faq = _load_faq_if_any(docs, max_nodes)
     if faq is not None:
         nodes = faq.nodes
@@ -165,7 +176,7 @@ def load_demo_data(
     elif not use_llm:
         raise ValueError(
             f"{docs} has no FAQ pages (section headings ending with '?') to take questions from; "
-            "set OPENAI_API_KEY to generate synthetic questions for it"
+            "ask an LLM to write questions for it with `deepmemory demo --llm` (questions='openai'; needs OPENAI_API_KEY)"
         )
     else:
         from llama_index_deepmemory.data.html import load_html_documents
@@ -224,7 +235,7 @@ def recall_verdict(shown: "pd.DataFrame", without: str = "without deep memory", 
 def run_demo(
     docs: str | os.PathLike[str] | None = None,
     *,
-    questions: str = "auto",
+    questions: str = "faq",
     max_nodes: int = DEFAULT_MAX_NODES,
     test_fraction: float = 0.3,
     seed: int = 0,
@@ -303,7 +314,7 @@ def run_demo(
     total = sum(watch.timings.values())
     echo("\nTimes: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in watch.timings.items()) + f"; total {total:.1f}s")
     echo("Use your own docs: deepmemory demo --docs PATH_OR_URL "
-         "(questions need OPENAI_API_KEY unless the folder has a Python-style FAQ).")
+         "(add --llm, with OPENAI_API_KEY, unless the folder has a Python-style FAQ).")
     return DemoResult(
         question_source=source, num_nodes=len(nodes), num_train_queries=len(train_ds.queries),
         num_test_queries=len(test_ds.queries), recall=curves, retrievers=table, plot_path=plot,

@@ -153,7 +153,9 @@ def display_results(
         if absent:
             raise ValueError(f"results for {name!r} have no metric(s) {absent}; evaluate with them first")
         rows.append({"retrievers": name, **{m: float(per_query[m].mean()) for m in columns}})
-    return pd.DataFrame(rows)
+    from llama_index_deepmemory.tables import FullTable
+
+    return FullTable(rows)
 
 
 def evaluate_retrievers(

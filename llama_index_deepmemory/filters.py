@@ -37,6 +37,20 @@ _EXACT_INT = 2**53  # ints beyond this are compared in Python, not float64
 _NUMERIC_OPS = {"==", "!=", ">", ">=", "<", "<="}
 OPERATORS = ("==", "!=", ">", ">=", "<", "<=", "in", "nin", "any", "all", "text_match",
              "text_match_insensitive", "contains", "is_empty")
+MAX_FILTER_DEPTH = 32  # MetadataFilters nested deeper are refused with one line, not a RecursionError
+
+
+def check_filter_depth(filters: Any, limit: int = MAX_FILTER_DEPTH) -> None:
+    """ValueError when ``MetadataFilters`` nest more than ``limit`` levels (walked without recursion)."""
+    stack = [(filters, 1)] if filters is not None else []
+    while stack:
+        group, depth = stack.pop()
+        if depth > limit:
+            raise ValueError(
+                f"metadata filters are nested more than {limit} levels deep (MetadataFilters inside "
+                "MetadataFilters); flatten them: an AND/OR of AND/ORs rarely needs more than a few levels"
+            )
+        stack.extend((child, depth + 1) for child in getattr(group, "filters", None) or [] if hasattr(child, "filters"))
 
 
 def _op_name(operator: Any) -> str:
@@ -186,6 +200,7 @@ class MetadataColumns:
         rows = np.asarray(rows, dtype=np.int64)
         if filters is None:
             return np.ones(len(rows), dtype=bool)
+        check_filter_depth(filters)
         match, problem = self._evaluate_group(filters, rows)
         if problem is not None:
             raise TypeError(problem)

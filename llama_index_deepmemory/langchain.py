@@ -21,6 +21,7 @@ ranking and Deep Memory are the wrapped :class:`~llama_index_deepmemory.store.De
 from __future__ import annotations
 
 import logging
+import math
 import os
 import uuid
 from pathlib import Path
@@ -41,15 +42,13 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.schema import BaseNode, MetadataMode, TextNode
 from llama_index.core.vector_stores.types import (
-    FilterCondition,
-    FilterOperator,
-    MetadataFilter,
     MetadataFilters,
     VectorStoreQuery,
     VectorStoreQueryResult,
 )
-from pydantic import ConfigDict, ValidationError, model_validator
+from pydantic import ConfigDict, model_validator
 
+from llama_index_deepmemory.langchain_filters import ACCEPTED_OPERATORS, metadata_filters
 from llama_index_deepmemory.store import DeepMemoryVectorStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,21 +72,6 @@ SEARCH_KWARGS: dict[str, tuple[str, ...]] = {
     "similarity_score_threshold": ("k", "filter", "deep_memory", "score_threshold"),
     "mmr": ("k", "fetch_k", "lambda_mult", "filter", "deep_memory"),
 }
-
-# LangChain's filter operators (Chroma / Qdrant dict form) -> LlamaIndex's
-FIELD_OPERATORS: dict[str, FilterOperator] = {
-    "$eq": FilterOperator.EQ,
-    "$ne": FilterOperator.NE,
-    "$gt": FilterOperator.GT,
-    "$gte": FilterOperator.GTE,
-    "$lt": FilterOperator.LT,
-    "$lte": FilterOperator.LTE,
-    "$in": FilterOperator.IN,
-    "$nin": FilterOperator.NIN,
-}
-LOGICAL_OPERATORS: dict[str, FilterCondition] = {"$and": FilterCondition.AND, "$or": FilterCondition.OR}
-ACCEPTED_OPERATORS = (*FIELD_OPERATORS, *LOGICAL_OPERATORS)
-
 
 # --- embeddings ----------------------------------------------------------------------------------
 class LangChainEmbedding(BaseEmbedding):
@@ -168,94 +152,6 @@ def _llama_index_embedding(embedding: Embeddings) -> BaseEmbedding:
     return LangChainEmbedding(embedding)
 
 
-# --- filters -------------------------------------------------------------------------------------
-def metadata_filters(filter: dict[str, Any] | MetadataFilters | None) -> MetadataFilters | None:
-    """A LangChain filter dict as LlamaIndex ``MetadataFilters`` (a ``MetadataFilters`` passes through).
-
-    Accepted: ``{"field": value}`` (equality; several fields are ANDed), ``{"field": {"$op": value}}``
-    with ``$eq $ne $gt $gte $lt $lte $in $nin`` (several operators on one field are ANDed), and
-    ``{"$and": [filter, ...]}`` / ``{"$or": [filter, ...]}``, nested freely. Semantics are the store's
-    (LlamaIndex ``SimpleVectorStore``'s): a missing field matches only ``$ne`` and ``$nin``.
-    Anything else raises ``ValueError`` naming the operator and the accepted ones.
-    """
-    if filter is None or isinstance(filter, MetadataFilters):
-        return filter
-    if not isinstance(filter, dict):
-        raise TypeError(
-            f"filter must be a dict such as {{'source': 'a.html'}} or {{'year': {{'$gte': 2020}}}}, "
-            f"got {type(filter).__name__}: {filter!r}"
-        )
-    if not filter:
-        return None
-    return _filters_of(filter, "filter")
-
-
-def _filters_of(spec: dict[str, Any], where: str) -> MetadataFilters:
-    """``spec`` (a non-empty dict) as an AND of its entries."""
-    parts: list[MetadataFilter | MetadataFilters] = []
-    for key, value in spec.items():
-        if not isinstance(key, str):
-            raise TypeError(f"{where}: keys must be strings, got {key!r}")
-        if key.startswith("$"):
-            parts.append(_logical(key, value, f"{where}[{key!r}]"))
-        elif isinstance(value, dict):
-            if not value:
-                raise ValueError(
-                    f"{where}[{key!r}] is an empty dict; give an operator, e.g. {{'$eq': 1}}, "
-                    f"one of {list(FIELD_OPERATORS)}"
-                )
-            for op, operand in value.items():
-                parts.append(_leaf(key, op, operand, f"{where}[{key!r}]"))
-        else:
-            parts.append(_leaf(key, "$eq", value, f"{where}[{key!r}]"))
-    return MetadataFilters(filters=parts, condition=FilterCondition.AND)
-
-
-def _logical(op: str, value: Any, where: str) -> MetadataFilters:
-    condition = LOGICAL_OPERATORS.get(op)
-    if condition is None:
-        raise ValueError(
-            f"unsupported filter operator {op!r} at {where}; accepted operators: {list(ACCEPTED_OPERATORS)} "
-            "(plain {'field': value} means $eq)"
-        )
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"{where}: {op} takes a non-empty list of filter dicts, got {value!r}")
-    parts: list[MetadataFilter | MetadataFilters] = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict) or not item:
-            raise ValueError(f"{where}[{i}]: each {op} entry must be a non-empty filter dict, got {item!r}")
-        parts.append(_filters_of(item, f"{where}[{i}]"))
-    return MetadataFilters(filters=parts, condition=condition)
-
-
-def _leaf(key: str, op: Any, value: Any, where: str) -> MetadataFilter:
-    operator = FIELD_OPERATORS.get(op) if isinstance(op, str) else None
-    if operator is None:
-        raise ValueError(
-            f"unsupported filter operator {op!r} on field {key!r} ({where}); accepted operators: "
-            f"{list(ACCEPTED_OPERATORS)} (plain {{'field': value}} means $eq)"
-        )
-    if operator in (FilterOperator.IN, FilterOperator.NIN):
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: {op} takes a list of values, e.g. {{{op!r}: ['a', 'b']}}, got {value!r}")
-        value = list(value)
-        scalars = value
-    else:
-        scalars = [value]
-    for item in scalars:
-        if item is not None and not isinstance(item, (str, int, float, bool)):
-            raise ValueError(
-                f"{where}: {op} compares with str, int, float, bool or None values, got "
-                f"{type(item).__name__} {item!r}"
-            )
-    try:
-        return MetadataFilter(key=key, value=value, operator=operator)
-    except ValidationError:
-        # LlamaIndex's field type refuses booleans and mixed-type lists; the store compares them
-        # with Python's operators like any other value (True == 1, as in SimpleVectorStore)
-        return MetadataFilter.model_construct(key=key, value=value, operator=operator)
-
-
 # --- the vector store ------------------------------------------------------------------------------
 def _check_kwargs(method: str, kwargs: dict[str, Any], accepted: Sequence[str]) -> None:
     if kwargs:
@@ -269,6 +165,14 @@ def _check_deep_memory(deep_memory: Any) -> bool:
     if not isinstance(deep_memory, bool):
         raise TypeError(f"deep_memory must be True or False, got {deep_memory!r}")
     return deep_memory
+
+
+def _check_score_threshold(threshold: Any) -> None:
+    """None, or a finite number (relevance scores are in [0, 1]); NaN would silently match nothing."""
+    if threshold is None:
+        return
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or not math.isfinite(threshold):
+        raise ValueError(f"score_threshold must be a finite number (relevance scores are in [0, 1]), got {threshold!r}")
 
 
 def _document(node: BaseNode) -> Document:
@@ -594,6 +498,18 @@ class DeepMemoryLangChainStore(VectorStore):
         pairs = await self.asimilarity_search_with_score_by_vector(embedding, k, filter, deep_memory=deep_memory)
         return [doc for doc, _ in pairs]
 
+    def similarity_search_with_relevance_scores(self, query: str, k: int = DEFAULT_K, **kwargs: Any) -> list[tuple[Document, float]]:
+        """LangChain's, with ``score_threshold`` checked (a NaN threshold is an error, not ``[]``)."""
+        _check_score_threshold(kwargs.get("score_threshold"))
+        return super().similarity_search_with_relevance_scores(query, k, **kwargs)
+
+    async def asimilarity_search_with_relevance_scores(
+        self, query: str, k: int = DEFAULT_K, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """Async :meth:`similarity_search_with_relevance_scores`."""
+        _check_score_threshold(kwargs.get("score_threshold"))
+        return await super().asimilarity_search_with_relevance_scores(query, k, **kwargs)
+
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         """Store scores -> [0, 1]: ``(1 + s) / 2`` for cosine / inner product, ``1 - sqrt(d2) / sqrt(2)``
         for l2 (scores are negative squared distances); clipped, since Deep Memory's keyword
@@ -800,6 +716,7 @@ class DeepMemoryRetriever(VectorStoreRetriever):
             )
         if "deep_memory" in merged:
             _check_deep_memory(merged["deep_memory"])
+        _check_score_threshold(merged.get("score_threshold"))
         return merged
 
     def _get_relevant_documents(

@@ -58,8 +58,9 @@ def relevance_weights(relevance_row: Iterable[tuple[str, float]], query_index: i
 
 
 def gain_matrix(ranked_ids: RankedIds, relevance: Relevance, k: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Gains ``(m, k)``: the weight of the node at each rank (0 past the end of a short list),
-    and per query the relevance weights sorted best first (for totals and ideal DCG)."""
+    """Gains ``(m, min(k, longest list))``: the weight of the node at each rank (0 past the end of
+    a short list; ranks past every list hold no gain, so a huge ``k`` allocates nothing more), and
+    per query the relevance weights sorted best first (for totals and ideal DCG)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if len(ranked_ids) != len(relevance):
@@ -70,7 +71,8 @@ def gain_matrix(ranked_ids: RankedIds, relevance: Relevance, k: int) -> tuple[np
     if len(relevance) == 0:
         raise ValueError("no queries to score: ranked_ids and relevance are empty")
     k = int(k)
-    gains = np.zeros((len(relevance), k), dtype=np.float64)
+    longest = max((len(ranked) for ranked in ranked_ids if not isinstance(ranked, str)), default=0)
+    gains = np.zeros((len(relevance), max(1, min(k, longest))), dtype=np.float64)
     ideal: list[np.ndarray] = []
     for i, (ranked, row) in enumerate(zip(ranked_ids, relevance)):
         if isinstance(ranked, str):
@@ -130,8 +132,9 @@ def ndcg_at_k(
 ) -> float | np.ndarray:
     """nDCG@k with linear gain (the weight) and ``log2(rank + 1)`` discount."""
     gains, ideal = gain_matrix(ranked_ids, relevance, k)
-    discounts = 1.0 / np.log2(np.arange(2, gains.shape[1] + 2, dtype=np.float64))
-    dcg = gains @ discounts
+    depth = max(gains.shape[1], *(min(row.size, k) for row in ideal))
+    discounts = 1.0 / np.log2(np.arange(2, depth + 2, dtype=np.float64))
+    dcg = gains @ discounts[: gains.shape[1]]
     idcg = np.array([row[:k] @ discounts[: min(row.size, k)] for row in ideal])
     return _mean_or_rows(dcg / idcg, per_query)
 

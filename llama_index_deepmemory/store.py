@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import sys
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -34,6 +35,7 @@ from llama_index.core.vector_stores.types import (
 )
 
 from llama_index_deepmemory.engine.faiss_store import FaissStore
+from llama_index_deepmemory.filters import check_filter_depth
 
 if TYPE_CHECKING:  # pragma: no cover
     import fsspec
@@ -287,8 +289,12 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                 "DeepMemoryVectorStore answers dense queries (mode='default' or 'mmr')"
             )
         k = query.similarity_top_k
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"similarity_top_k must be an int >= 0, got {k!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= sys.maxsize:
+            raise ValueError(
+                f"similarity_top_k must be an int from 0 to sys.maxsize ({sys.maxsize}; a k above the store's size "
+                f"returns every node), got {k!r}"
+            )
+        check_filter_depth(query.filters)
         if query.query_embedding is None:
             raise ValueError("query.query_embedding is None; embed the query first")
         model = self.deep_memory.require_active_model() if deep_memory else None

@@ -85,8 +85,8 @@ def test_demo_with_llm_questions_for_docs_without_faq(tmp_path: Path, monkeypatc
     with openai_chat_server(responder) as server:
         monkeypatch.setenv("OPENAI_API_KEY", "test")
         monkeypatch.setenv("OPENAI_API_BASE", server.url("/v1"))
-        result = run_demo(docs, max_nodes=10, test_fraction=0.5, use_cache=False, out_dir=tmp_path / "out",
-                          train_options={"epochs": 2}, show_progress=False)
+        result = run_demo(docs, questions="openai", max_nodes=10, test_fraction=0.5, use_cache=False,
+                          out_dir=tmp_path / "out", train_options={"epochs": 2}, show_progress=False)
     assert result.question_source.startswith("synthetic questions")
     assert (result.num_nodes, result.num_train_queries, result.num_test_queries) == (4, 2, 2)
 
@@ -98,6 +98,35 @@ def test_demo_without_faq_or_key_says_what_to_do(tmp_path: Path, monkeypatch: py
         run_demo(docs, out_dir=tmp_path / "out", show_progress=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_demo(tmp_path / "empty", out_dir=tmp_path / "out", show_progress=False, questions="faq")
+
+
+def test_demo_stays_offline_with_a_key_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 26: OPENAI_API_KEY alone never makes the demo call an LLM; --llm (questions="openai") does."""
+    from llama_index_deepmemory.cli import main
+    from llama_index_deepmemory.demo import load_demo_data
+
+    requests: list[list[dict]] = []
+
+    def responder(messages: list[dict]) -> str:
+        requests.append(messages)
+        return "1. What is this about?"
+
+    docs = write_docs(tmp_path / "docs")
+    with openai_chat_server(responder) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        monkeypatch.setenv("OPENAI_API_BASE", server.url("/v1"))
+        nodes, train, test, source = load_demo_data(docs, max_nodes=20, out_dir=tmp_path / "out", show_progress=False)
+        assert source == "Python FAQ questions" and len(train.queries) + len(test.queries) == len(FAQ)
+        assert requests == []  # the key was set, the server was up, and nothing asked it
+        # docs without a FAQ: an error naming --llm, still no request
+        assert main(["demo", "--docs", str(docs / "tutorial"), "--out-dir", str(tmp_path / "o2"), "-q"]) == 2
+        assert "--llm" in capsys.readouterr().err and requests == []
+        assert main(["demo", "--llm", "--questions", "faq", "--docs", str(docs)]) == 2
+        assert "give one of them" in capsys.readouterr().err
+        *_, source = load_demo_data(docs / "tutorial", questions="openai", max_nodes=10, test_fraction=0.5,
+                                    out_dir=tmp_path / "o3", show_progress=False)
+    assert source.startswith("synthetic questions") and len(requests) == len(TUTORIAL)
 
 
 def test_recall_verdict_says_where_deep_memory_wins_and_loses() -> None:

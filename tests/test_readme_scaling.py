@@ -33,10 +33,21 @@ def test_readme_scaling_out_example_runs(
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     out = capsys.readouterr().out
-    store, beir = namespace["store"], namespace["beir"]
+    beir = namespace["beir"]
+    assert namespace["client"]._client.closed  # the block closes its client (issue 26: no "Exception ignored" at exit)
+    # the same two lines open the closed folder again, with the trained model from model_dir
+    from llama_index.vector_stores.qdrant import QdrantVectorStore
+    from qdrant_client import QdrantClient
+
+    from llama_index_deepmemory import DeepMemoryVectorStore
+
+    client = QdrantClient(path="qdrant-data")
+    store = DeepMemoryVectorStore(vector_store=QdrantVectorStore(client=client, collection_name="scifact"),
+                                  model_dir="deepmemory-models", embed_model=minilm)
     assert type(store.vector_store).__name__ == "QdrantVectorStore" and len(store) == len(beir.nodes())
     assert store.deep_memory.get_model() is not None and (tmp_path / "deepmemory-models" / "manifest.json").is_file()
     test_queries, test_relevance = beir.query_relevance("test")
     result = store.deep_memory.evaluate(test_queries, test_relevance, top_k=(1,))
+    client.close()
     assert result["with model"]["recall@1"] >= result["without model"]["recall@1"] + 0.3
     assert out.strip().splitlines()[-1] == test_relevance[0][0][0]  # the printed top hit is right

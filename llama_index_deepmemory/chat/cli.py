@@ -124,7 +124,7 @@ def _read_questions(args: argparse.Namespace) -> Any:
     if getattr(args, "query_log", None):
         from llama_index_deepmemory.data.datasets import read_query_log
 
-        return dataset_from_query_relevance(*read_query_log(args.query_log))
+        return dataset_from_query_relevance(*read_query_log(args.query_log))  # one path, or a list (evaluate)
     raise ValueError("--answers reads its questions from --questions FILE.json or --query-log FILE.jsonl")
 
 
@@ -191,9 +191,11 @@ def run_chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Text
             continue
         if text.startswith("/good"):
             try:
-                ranks = [int(part) for part in text.split()[1:]]
-                if not ranks:
-                    raise ValueError("say which sources, e.g. /good 2")
+                parts = text.split()[1:]
+                if not parts or not all(part.isascii() and part.isdigit() for part in parts):
+                    raise ValueError(f"/good takes the numbers of the sources shown under the answer, e.g. /good 2 "
+                                     f"(got {text!r})")
+                ranks = [int(part) for part in parts]
                 row = engine.mark_helpful(ranks)
             except ValueError as exc:
                 say(f"feedback not logged: {exc}")
@@ -234,6 +236,8 @@ def run_answers(args: argparse.Namespace) -> None:
     result = evaluate_answers(
         store, dataset, llm, judge=args.judge, top_k=args.top_k, workers=args.workers, show_progress=not args.quiet,
     )
+    if result.every_answer_failed():  # exit 2 with one line, not a table of NaN
+        raise ValueError(result.every_answer_failed())
     print(f"\nAnswer-level evaluation on {len(dataset.queries)} questions (top {args.top_k}; context recall judged by "
           f"{'RAGAS' if result.judge == 'ragas' else 'the LlamaIndex evaluator'} with {args.llm_model}):")
     print(str(result))

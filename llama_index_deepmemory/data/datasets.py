@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Iterator, Literal, Sequence
@@ -35,6 +36,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from llama_index_deepmemory.data.questions import EmbeddingQAFinetuneDataset
 
 logger = logging.getLogger(__name__)
+
+# a JSON value nested deeper than Python's recursion limit (about 1,000 levels) cannot be parsed
+JSON_TOO_DEEP = (
+    "JSON nested deeper than Python's parser allows (the recursion limit, about 1,000 levels); each line "
+    "must be one flat object such as {\"query\": \"...\", \"relevant_ids\": [\"node_1\"]}"
+)
+BEIR_LAYOUT = "a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv, e.g. qrels/test.tsv"
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 200, 200
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for error messages, shortened (nested values are cut at 3 levels, so a deep
+    one never raises RecursionError)."""
+    return _REPR.repr(value)
 
 OnUnknown = Literal["error", "drop"]
 LOG_ID_SEPARATOR = ";"
@@ -63,15 +79,15 @@ def _relevance_pair(entry: Any, where: str) -> tuple[str, float]:
     elif isinstance(entry, (tuple, list)) and len(entry) == 2:
         doc_id, weight = entry
     else:
-        raise TypeError(f"{where} must be an id or an (id, weight) pair, got {entry!r}")
+        raise TypeError(f"{where} must be an id or an (id, weight) pair, got {_shown(entry)}")
     if not isinstance(doc_id, str) or not doc_id:
-        raise ValueError(f"{where}: the id must be a non-empty string, got {doc_id!r}")
+        raise ValueError(f"{where}: the id must be a non-empty string, got {_shown(doc_id)}")
     return doc_id, _weight(weight, where)
 
 
 def _weight(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: the weight must be a number > 0, got {value!r}")
+        raise ValueError(f"{where}: the weight must be a number > 0, got {_shown(value)}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{where}: the weight must be a finite number > 0, got {value!r}")
     return float(value)
@@ -90,7 +106,7 @@ class _LogRow:
 
 
 def read_query_log(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     known_ids: Collection[str] | None = None,
     on_unknown: OnUnknown = "error",
@@ -102,30 +118,34 @@ def read_query_log(
     """Read a query log (``.jsonl``/``.ndjson`` or ``.csv``) into ``(queries, relevance)``.
 
     Args:
-        path: the log file; the format follows the suffix.
+        path: the log file (the format follows the suffix), or several, read in order as one log.
         known_ids: the valid node ids (e.g. the store's); ids outside it are errors, or are
             dropped with ``on_unknown="drop"`` (queries left without ids are dropped too).
-        merge_duplicates: rows with the same query text become one query (first-seen order)
-            whose ids are the union, keeping the highest weight per id.
+        merge_duplicates: rows with the same query text (in any of the files) become one query
+            (first-seen order) whose ids are the union, keeping the highest weight per id.
         query_field, ids_field, weight_field: the field/column names.
 
     Raises:
         ValueError naming ``path:line`` and the field for malformed rows or unknown ids.
     """
-    path = Path(path)
+    paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(one) for one in path]
+    if not paths:
+        raise ValueError("no query log given: pass a .jsonl/.ndjson or .csv file, or a list of them")
     if on_unknown not in ("error", "drop"):
         raise ValueError(f"on_unknown must be 'error' or 'drop', got {on_unknown!r}")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        rows = list(_jsonl_log_rows(path, query_field, ids_field, weight_field))
-    elif suffix == ".csv":
-        rows = list(_csv_log_rows(path, query_field, ids_field, weight_field))
-    else:
-        raise ValueError(f"unknown query log format {path.name!r}: use a .jsonl/.ndjson or .csv file")
+    rows: list[_LogRow] = []
+    for one in paths:
+        suffix = one.suffix.lower()
+        if suffix in (".jsonl", ".ndjson"):
+            rows.extend(_jsonl_log_rows(one, query_field, ids_field, weight_field))
+        elif suffix == ".csv":
+            rows.extend(_csv_log_rows(one, query_field, ids_field, weight_field))
+        else:
+            raise ValueError(f"unknown query log format {one.name!r}: use a .jsonl/.ndjson or .csv file")
     if known_ids is not None:
         rows = _check_known(rows, known_ids, on_unknown)
     if not rows:
-        raise ValueError(f"{path}: no queries found (empty log)")
+        raise ValueError(f"{', '.join(map(str, paths))}: no queries found (empty log)")
     if merge_duplicates:
         rows = _merge_rows(rows)
     return [row.query for row in rows], [row.pairs for row in rows]
@@ -152,7 +172,7 @@ def _jsonl_log_rows(path: Path, query_field: str, ids_field: str, weight_field: 
 
 def _log_query(value: Any, where: str, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: field {name!r} must be a non-empty string, got {value!r}")
+        raise ValueError(f"{where}: field {name!r} must be a non-empty string, got {_shown(value)}")
     return value.strip()
 
 
@@ -165,7 +185,7 @@ def _log_ids(value: Any, default: float, where: str, name: str) -> list[tuple[st
     elif isinstance(value, list):
         items = value
     else:
-        raise ValueError(f"{label} must be an id, a list of ids, [id, weight] pairs or {{id: weight}}, got {value!r}")
+        raise ValueError(f"{label} must be an id, a list of ids, [id, weight] pairs or {{id: weight}}, got {_shown(value)}")
     pairs = []
     for item in items:
         if isinstance(item, str):
@@ -173,7 +193,7 @@ def _log_ids(value: Any, default: float, where: str, name: str) -> list[tuple[st
         elif isinstance(item, (list, tuple)) and len(item) == 2:
             pairs.append(_relevance_pair(tuple(item), label))
         else:
-            raise ValueError(f"{label}: each entry must be an id or an [id, weight] pair, got {item!r}")
+            raise ValueError(f"{label}: each entry must be an id or an [id, weight] pair, got {_shown(item)}")
     if not pairs:
         raise ValueError(f"{label} is empty; every query needs at least one relevant id")
     return pairs
@@ -335,7 +355,7 @@ def load_beir(
         raise ValueError(f"on_unknown must be 'error' or 'drop', got {on_unknown!r}")
     for name in ("corpus.jsonl", "queries.jsonl", "qrels"):
         if not (folder / name).exists():
-            raise ValueError(f"{folder} is not a BEIR folder: {name} is missing")
+            raise ValueError(f"{folder} is not a BEIR folder: {name} is missing ({BEIR_LAYOUT})")
     corpus: dict[str, tuple[str, str]] = {}
     for line_number, record in _read_jsonl(folder / "corpus.jsonl"):
         where = f"{folder / 'corpus.jsonl'}:{line_number}"
@@ -345,7 +365,7 @@ def load_beir(
         title = record.get("title") or ""
         text = record.get("text")
         if not isinstance(text, str) or not isinstance(title, str):
-            raise ValueError(f"{where}: fields 'text' and 'title' must be strings, got {text!r}, {title!r}")
+            raise ValueError(f"{where}: fields 'text' and 'title' must be strings, got {_shown(text)}, {_shown(title)}")
         corpus[doc_id] = (title, text)
     queries: dict[str, str] = {}
     for line_number, record in _read_jsonl(folder / "queries.jsonl"):
@@ -353,7 +373,7 @@ def load_beir(
         query_id = _beir_id(record, where)
         text = record.get("text")
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{where}: field 'text' must be a non-empty string, got {text!r}")
+            raise ValueError(f"{where}: field 'text' must be a non-empty string, got {_shown(text)}")
         queries[query_id] = text
     names = list(splits) if splits is not None else sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
     qrels = {name: _read_qrels(folder / "qrels" / f"{name}.tsv", corpus, queries, on_unknown) for name in names}
@@ -366,7 +386,7 @@ def _beir_id(record: dict[str, Any], where: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{where}: field '_id' must be a non-empty string, got {value!r}")
+        raise ValueError(f"{where}: field '_id' must be a non-empty string, got {_shown(value)}")
     return value
 
 
@@ -423,6 +443,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg} at column {error.colno})") from None
+            except RecursionError:
+                raise ValueError(f"{path}:{line_number}: {JSON_TOO_DEEP}") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
             yield line_number, record

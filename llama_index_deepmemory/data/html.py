@@ -489,6 +489,11 @@ def _read_folder(root: Path, options: _Options) -> "tuple[list[Document], CrawlR
     from tqdm.auto import tqdm
 
     report = CrawlReport(source=str(root))
+    if root.is_file() and root.suffix.lower() not in HTML_SUFFIXES:  # an image would become nodes of garbage
+        with open(root, "rb") as handle:
+            if not _looks_like_html(handle.read(1024)):
+                raise ValueError(f"{root} is not an HTML file (no HTML suffix or opening tags); pass HTML files, "
+                                 "a folder of them, a BEIR folder or an http(s) URL")
     base = root.parent if root.is_file() else root
     files = []
     for path in [root] if root.is_file() else iter_html_files(root):

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 import warnings
@@ -64,6 +65,11 @@ class PermanentLLMError(QuestionGenerationError):
     name, request format); generation stops at the first such error."""
 
 
+class LLMUnreachableError(PermanentLLMError):
+    """Consecutive LLM calls failed to connect (a wrong address, or the server is down); generation
+    stops instead of retrying every node."""
+
+
 # HTTP statuses worth retrying: timeout, conflict/lock, too early, rate limit (and every 5xx).
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
 # Client exceptions (matched by class name, so no client library is imported) that no retry fixes.
@@ -74,6 +80,11 @@ TRANSIENT_ERROR_NAMES = frozenset({
     "APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError", "TimeoutError",
     "ConnectionError", "TimeoutException", "TransportError", "ServiceUnavailableError",
 })
+# Client exceptions meaning the request never reached a server (a timeout counts: nothing answered).
+CONNECTION_ERROR_NAMES = frozenset({
+    "APIConnectionError", "APITimeoutError", "ConnectError", "ConnectTimeout", "ConnectionError", "TimeoutException",
+})
+DEFAULT_MAX_CONNECTION_FAILURES = 3
 _CREDENTIAL_WORDS = ("missing credentials", "api key", "api_key", "unauthorized", "invalid authentication")
 
 
@@ -103,6 +114,52 @@ def is_permanent_error(error: BaseException) -> bool:
         return True
     message = str(error).lower()
     return any(word in message for word in _CREDENTIAL_WORDS)
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """True when the LLM call never reached a server: connection refused, DNS failure, timeout."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(names & CONNECTION_ERROR_NAMES) and _status_code(error) is None
+
+
+def llm_address(error: BaseException | None, llm: Any = None) -> str:
+    """Where the failed call went: the request URL an HTTP client error carries, else the LLM's
+    ``api_base`` (``OPENAI_API_BASE``), else ``"the LLM's default endpoint"``."""
+    url = getattr(getattr(error, "request", None), "url", None)
+    if url:
+        return str(url)
+    for name in ("api_base", "base_url"):
+        value = getattr(llm, name, None)
+        if value:
+            return str(value)
+    return "the LLM's default endpoint"
+
+
+class _ConnectionFailures:
+    """Consecutive failed connections across every worker; any answer from the server resets it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def failed(self) -> bool:
+        """Count one failure; True when ``limit`` failures in a row are reached."""
+        with self._lock:
+            self._count += 1
+            return self._count >= self.limit
+
+    def answered(self) -> None:
+        with self._lock:
+            self._count = 0
+
+
+def _unreachable_message(error: BaseException, llm: Any, failures: int) -> str:
+    detail = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+    return (
+        f"question generation stopped: {failures} LLM calls in a row could not reach {llm_address(error, llm)} "
+        f"({detail}); check OPENAI_API_BASE (or the LLM's api_base) and that the server is running"
+    )
 
 
 def _permanent_message(error: BaseException, node_id: str) -> str:
@@ -172,6 +229,8 @@ class EmbeddingQAFinetuneDataset(BaseModel):
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: JSON nested deeper than Python's parser allows (about 1,000 levels)") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object with queries/corpus/relevant_docs, got {type(data).__name__}")
         missing = [key for key in ("queries", "corpus", "relevant_docs") if key not in data]
@@ -216,6 +275,7 @@ def generate_question_context_pairs(
     save_every: int = 20,
     num_workers: int = 1,
     show_progress: bool = True,
+    max_connection_failures: int = DEFAULT_MAX_CONNECTION_FAILURES,
 ) -> EmbeddingQAFinetuneDataset:
     """Ask ``llm`` for ``num_questions_per_chunk`` questions about each node.
 
@@ -235,6 +295,9 @@ def generate_question_context_pairs(
             holds a partial dataset for these nodes, nodes with questions there are not asked again.
         num_workers: nodes asked concurrently (the output order stays the node order).
         show_progress: show a tqdm progress bar.
+        max_connection_failures: LLM calls in a row (over every node and worker) that cannot reach
+            the server (connection refused, DNS failure, timeout) before generation stops with
+            :class:`LLMUnreachableError` naming the address, instead of retrying every node.
 
     Returns:
         The dataset: corpus = every node's text, one query per question, each relevant to its node.
@@ -242,6 +305,8 @@ def generate_question_context_pairs(
     from llama_index.core.schema import BaseNode, MetadataMode
 
     _check_generation_args(qa_generate_prompt_tmpl, num_questions_per_chunk, retry_limit, retry_delay, on_failure, save_every, num_workers)
+    if isinstance(max_connection_failures, bool) or not isinstance(max_connection_failures, int) or max_connection_failures < 1:
+        raise ValueError(f"max_connection_failures must be an int >= 1, got {max_connection_failures!r}")
     corpus: dict[str, str] = {}
     for position, node in enumerate(nodes):
         if not isinstance(node, BaseNode):
@@ -262,12 +327,13 @@ def generate_question_context_pairs(
         logger.warning("%d nodes have no text and get no questions: %s", len(empty), empty[:5])
 
     permanent: list[PermanentLLMError] = []  # the first permanent error stops every worker
+    connections = _ConnectionFailures(max_connection_failures)
 
     def ask(node_id: str) -> list[str] | QuestionGenerationError:
         if permanent:
             return permanent[0]
         prompt = qa_generate_prompt_tmpl.format(context_str=corpus[node_id], num_questions_per_chunk=num_questions_per_chunk)
-        result = _ask_with_retries(llm, prompt, node_id, num_questions_per_chunk, retry_limit, retry_delay)
+        result = _ask_with_retries(llm, prompt, node_id, num_questions_per_chunk, retry_limit, retry_delay, connections)
         if isinstance(result, PermanentLLMError):
             permanent.append(result)
         return result
@@ -330,9 +396,11 @@ def _check_generation_args(
 
 
 def _ask_with_retries(
-    llm: "LLM", prompt: str, node_id: str, per_chunk: int, retry_limit: int, retry_delay: float
+    llm: "LLM", prompt: str, node_id: str, per_chunk: int, retry_limit: int, retry_delay: float,
+    connections: _ConnectionFailures | None = None,
 ) -> list[str] | QuestionGenerationError:
-    """The parsed questions, or the error to report after ``retry_limit`` failed attempts."""
+    """The parsed questions, or the error to report after ``retry_limit`` failed attempts (or
+    :class:`LLMUnreachableError` once ``connections`` counts too many failed connections in a row)."""
     problem = ""
     for attempt in range(1, retry_limit + 1):
         try:
@@ -340,8 +408,12 @@ def _ask_with_retries(
         except Exception as error:  # noqa: BLE001 - transient LLM client errors are retried
             if is_permanent_error(error):
                 return PermanentLLMError(_permanent_message(error, node_id))
+            if connections is not None and is_connection_error(error) and connections.failed():
+                return LLMUnreachableError(_unreachable_message(error, llm, connections.limit))
             problem = f"{type(error).__name__}: {error}"
         else:
+            if connections is not None:
+                connections.answered()
             if questions:
                 return questions
             problem = "the LLM answered without any question (empty response)"

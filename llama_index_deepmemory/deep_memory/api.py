@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from llama_index_deepmemory.deep_memory.training import TrainOptions, TrainResult
 
 logger = logging.getLogger(__name__)
+FEW_QUERIES = 10  # training on fewer queries warns: validation on so few says little
 
 STATE_FORMAT_VERSION = 1
 DEFAULT_TOP_K = (1, 3, 5, 10, 50, 100)
@@ -76,6 +77,8 @@ class DeepMemory:
         vectors. ``options`` are :class:`~llama_index_deepmemory.deep_memory.training.TrainOptions`
         (``epochs``, ``learning_rate``, ``seed``, ...). Blocks with a progress bar unless
         ``background=True``; a failed blocking job raises :class:`DeepMemoryTrainingError`.
+        Fewer than :data:`FEW_QUERIES` (10) queries train, with a warning: validation on so few
+        says little.
         """
         from llama_index_deepmemory.deep_memory.training import TrainOptions
 
@@ -84,6 +87,10 @@ class DeepMemory:
         queries, rows = check_relevance(self._store, queries, relevance)
         if len(rows) < 2:
             raise ValueError(f"Deep Memory training needs at least 2 queries, got {len(rows)}")
+        if len(rows) < FEW_QUERIES:
+            logger.warning(
+                "training on %d queries, fewer than %d: validation on so few says little (the model may be kept "
+                "off, or a gain may be chance); log or generate more questions (hundreds help most)", len(rows), FEW_QUERIES)
         prepared = self._query_vectors(queries, embedding_function, embedding)
 
         job_id, number = self._jobs.new_id()
@@ -339,7 +346,8 @@ class DeepMemory:
             if use_model and model is None:
                 print("No active Deep Memory model: train one (store.deep_memory.train) to compare.")
                 break
-            ranked = self._search_prepared(prepared, max(ks), use_model, texts=queries)
+            # a k above the store's size ranks every node: recall@k is then recall@len(store)
+            ranked = self._search_prepared(prepared, min(max(ks), max(1, len(self._store))), use_model, texts=queries)
             results[label] = {f"recall@{k}": float(recall_at_k(ranked, rows, k)) for k in ks}
             print(f"---- Evaluating {title} ---- ")
             for k in ks:
