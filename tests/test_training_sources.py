@@ -100,7 +100,7 @@ def test_feedback_adds_to_what_the_model_learned(tmp_path: Path) -> None:
 
     # the record is persisted with the store
     store.persist(str(tmp_path / "store"))
-    loaded = DeepMemoryVectorStore.from_persist_path(str(tmp_path / "store"))
+    loaded = DeepMemoryVectorStore.from_persist_path(str(tmp_path / "store"), load_recorded_embedding=False)
     assert loaded.deep_memory.training_data("model_2") == store.deep_memory.training_data("model_2")
 
 
@@ -143,7 +143,7 @@ def test_cli_train_merges_sources_and_adds_to_the_active_model(minilm, tmp_path:
     out = capsys.readouterr().out
     assert (f"Training on 17 merged queries (2 from {feedback}, 16 from the 16 queries model_1 was trained on)."
             in out)
-    loaded = DeepMemoryVectorStore.from_persist_path(str(store_dir))
+    loaded = DeepMemoryVectorStore.from_persist_path(str(store_dir), load_recorded_embedding=False)
     queries, relevance = loaded.deep_memory.training_data("model_2")
     assert len(queries) == 17 and dict(relevance[queries.index(rows["vpn"][0])]) == {"vpn": 1.0, "laptop": 1.0}
 
