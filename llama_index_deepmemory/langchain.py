@@ -33,6 +33,7 @@ try:
     from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
     from langchain_core.documents import Document
     from langchain_core.embeddings import Embeddings
+    from langchain_core.runnables.config import run_in_executor
     from langchain_core.vectorstores import VectorStore, VectorStoreRetriever
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -48,7 +49,8 @@ from llama_index.core.vector_stores.types import (
 )
 from pydantic import ConfigDict, model_validator
 
-from llama_index_deepmemory.langchain_filters import ACCEPTED_OPERATORS, metadata_filters
+from llama_index_deepmemory.langchain_filters import metadata_filters
+from llama_index_deepmemory.mmr import langchain_mmr, unit_rows
 from llama_index_deepmemory.store import DeepMemoryVectorStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -307,22 +309,6 @@ class DeepMemoryLangChainStore(VectorStore):
         vectors = self._embedding.embed_documents(texts)
         return self.vectorstore.add(self._text_nodes(ids, texts, metadatas, vectors))
 
-    async def aadd_texts(
-        self,
-        texts: Iterable[str],
-        metadatas: list[dict[str, Any]] | None = None,
-        *,
-        ids: list[str] | None = None,
-        **kwargs: Any,
-    ) -> list[str]:
-        """Async :meth:`add_texts`."""
-        _check_kwargs("aadd_texts", kwargs, ("metadatas", "ids"))
-        ids, texts, metadatas = self._nodes(texts, metadatas, ids)
-        if not texts:
-            return []
-        vectors = await self._embedding.aembed_documents(texts)
-        return await self.vectorstore.async_add(self._text_nodes(ids, texts, metadatas, vectors))
-
     @staticmethod
     def _ids_to_delete(ids: list[str] | None, kwargs: dict[str, Any]) -> list[str]:
         _check_kwargs("delete", kwargs, ("ids",))
@@ -341,25 +327,12 @@ class DeepMemoryLangChainStore(VectorStore):
             self.vectorstore.delete_nodes(node_ids=ids)
         return True
 
-    async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
-        """Async :meth:`delete`."""
-        ids = self._ids_to_delete(ids, kwargs)
-        if ids:
-            await self.vectorstore.adelete_nodes(node_ids=ids)
-        return True
-
     # --- reads -----------------------------------------------------------------------------------
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """Stored documents with these ids, in the given order (unknown ids skipped)."""
         if isinstance(ids, str):
             raise TypeError("ids must be a list of strings, got a single str; wrap it in a list")
         return [_document(node) for node in self.vectorstore.get_nodes(node_ids=list(ids))]
-
-    async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
-        """Async :meth:`get_by_ids`."""
-        if isinstance(ids, str):
-            raise TypeError("ids must be a list of strings, got a single str; wrap it in a list")
-        return [_document(node) for node in await self.vectorstore.aget_nodes(node_ids=list(ids))]
 
     @staticmethod
     def _query(
@@ -397,20 +370,10 @@ class DeepMemoryLangChainStore(VectorStore):
         query = self._query(embedding, k, filter, query_str)
         return self._pairs(self.vectorstore.query(query, deep_memory=_check_deep_memory(deep_memory)))
 
-    async def asimilarity_search_with_score_by_vector(
-        self,
-        embedding: list[float],
-        k: int = DEFAULT_K,
-        filter: dict[str, Any] | MetadataFilters | None = None,
-        *,
-        deep_memory: bool = False,
-        query_str: str | None = None,
-        **kwargs: Any,
-    ) -> list[tuple[Document, float]]:
-        """Async :meth:`similarity_search_with_score_by_vector`."""
-        _check_kwargs("asimilarity_search_with_score_by_vector", kwargs, ("k", "filter", "deep_memory", "query_str"))
-        query = self._query(embedding, k, filter, query_str)
-        return self._pairs(await self.vectorstore.aquery(query, deep_memory=_check_deep_memory(deep_memory)))
+    async def asimilarity_search_with_score_by_vector(self, embedding: list[float], *args: Any, **kwargs: Any) -> list[tuple[Document, float]]:
+        """Async :meth:`similarity_search_with_score_by_vector` (run in an executor, as LangChain's own
+        async methods, which this class inherits, run the sync ones)."""
+        return await run_in_executor(None, self.similarity_search_with_score_by_vector, embedding, *args, **kwargs)
 
     def similarity_search_with_score(
         self,
@@ -427,22 +390,6 @@ class DeepMemoryLangChainStore(VectorStore):
             self._embedding.embed_query(query), k, filter, deep_memory=deep_memory, query_str=query
         )
 
-    async def asimilarity_search_with_score(
-        self,
-        query: str,
-        k: int = DEFAULT_K,
-        filter: dict[str, Any] | MetadataFilters | None = None,
-        *,
-        deep_memory: bool = False,
-        **kwargs: Any,
-    ) -> list[tuple[Document, float]]:
-        """Async :meth:`similarity_search_with_score`."""
-        _check_kwargs("asimilarity_search_with_score", kwargs, SEARCH_KWARGS["similarity"])
-        vector = await self._embedding.aembed_query(query)
-        return await self.asimilarity_search_with_score_by_vector(
-            vector, k, filter, deep_memory=deep_memory, query_str=query
-        )
-
     def similarity_search(
         self,
         query: str,
@@ -456,20 +403,6 @@ class DeepMemoryLangChainStore(VectorStore):
         _check_kwargs("similarity_search", kwargs, SEARCH_KWARGS["similarity"])
         return [doc for doc, _ in self.similarity_search_with_score(query, k, filter, deep_memory=deep_memory)]
 
-    async def asimilarity_search(
-        self,
-        query: str,
-        k: int = DEFAULT_K,
-        filter: dict[str, Any] | MetadataFilters | None = None,
-        *,
-        deep_memory: bool = False,
-        **kwargs: Any,
-    ) -> list[Document]:
-        """Async :meth:`similarity_search`."""
-        _check_kwargs("asimilarity_search", kwargs, SEARCH_KWARGS["similarity"])
-        pairs = await self.asimilarity_search_with_score(query, k, filter, deep_memory=deep_memory)
-        return [doc for doc, _ in pairs]
-
     def similarity_search_by_vector(
         self,
         embedding: list[float],
@@ -482,20 +415,6 @@ class DeepMemoryLangChainStore(VectorStore):
         """Top-``k`` documents for a query vector."""
         _check_kwargs("similarity_search_by_vector", kwargs, SEARCH_KWARGS["similarity"])
         pairs = self.similarity_search_with_score_by_vector(embedding, k, filter, deep_memory=deep_memory)
-        return [doc for doc, _ in pairs]
-
-    async def asimilarity_search_by_vector(
-        self,
-        embedding: list[float],
-        k: int = DEFAULT_K,
-        filter: dict[str, Any] | MetadataFilters | None = None,
-        *,
-        deep_memory: bool = False,
-        **kwargs: Any,
-    ) -> list[Document]:
-        """Async :meth:`similarity_search_by_vector`."""
-        _check_kwargs("asimilarity_search_by_vector", kwargs, SEARCH_KWARGS["similarity"])
-        pairs = await self.asimilarity_search_with_score_by_vector(embedding, k, filter, deep_memory=deep_memory)
         return [doc for doc, _ in pairs]
 
     def similarity_search_with_relevance_scores(self, query: str, k: int = DEFAULT_K, **kwargs: Any) -> list[tuple[Document, float]]:
@@ -539,26 +458,14 @@ class DeepMemoryLangChainStore(VectorStore):
             raise ValueError(f"lambda_mult must be a number in [0, 1], got {lambda_mult!r}")
 
     def _mmr_select(self, pairs: list[tuple[Document, float]], k: int, lambda_mult: float) -> list[Document]:
-        """Greedy MMR over the store's ranked candidates: ``lambda * score - (1 - lambda) * max cosine
-        to the documents already picked``, where ``score`` is the store's (Deep Memory's when on), so
-        ``lambda_mult=1`` keeps the store's order; with plain cosine scores this is LangChain's MMR."""
-        k = min(int(k), len(pairs))
-        if k <= 0:
+        """LangChain's MMR (:func:`~llama_index_deepmemory.mmr.langchain_mmr`) over the store's ranked
+        candidates with the store's scores as relevance (Deep Memory's when on), so ``lambda_mult=1``
+        keeps the store's order; with plain cosine scores this is ``maximal_marginal_relevance``."""
+        if min(int(k), len(pairs)) <= 0:
             return []
         docs = [doc for doc, _ in pairs]
         relevance = np.array([score for _, score in pairs], dtype=np.float64)
-        vectors = self._candidate_vectors(docs).astype(np.float64)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.where(norms == 0, 1.0, norms)
-        picked = [int(np.argmax(relevance))]
-        redundancy = vectors @ vectors[picked[0]]
-        while len(picked) < k:
-            mmr = lambda_mult * relevance - (1.0 - lambda_mult) * redundancy
-            mmr[picked] = -np.inf
-            best = int(np.argmax(mmr))
-            picked.append(best)
-            redundancy = np.maximum(redundancy, vectors @ vectors[best])
-        return [docs[i] for i in picked]
+        return [docs[i] for i in langchain_mmr(relevance, unit_rows(self._candidate_vectors(docs)), k, lambda_mult)]
 
     def max_marginal_relevance_search_by_vector(
         self,
@@ -576,26 +483,6 @@ class DeepMemoryLangChainStore(VectorStore):
         _check_kwargs("max_marginal_relevance_search_by_vector", kwargs, (*SEARCH_KWARGS["mmr"], "query_str"))
         self._mmr_check(k, fetch_k, lambda_mult)
         pairs = self.similarity_search_with_score_by_vector(
-            embedding, max(int(fetch_k), int(k)), filter, deep_memory=deep_memory, query_str=query_str
-        )
-        return self._mmr_select(pairs, k, lambda_mult)
-
-    async def amax_marginal_relevance_search_by_vector(
-        self,
-        embedding: list[float],
-        k: int = DEFAULT_K,
-        fetch_k: int = 20,
-        lambda_mult: float = 0.5,
-        filter: dict[str, Any] | MetadataFilters | None = None,
-        *,
-        deep_memory: bool = False,
-        query_str: str | None = None,
-        **kwargs: Any,
-    ) -> list[Document]:
-        """Async :meth:`max_marginal_relevance_search_by_vector`."""
-        _check_kwargs("amax_marginal_relevance_search_by_vector", kwargs, (*SEARCH_KWARGS["mmr"], "query_str"))
-        self._mmr_check(k, fetch_k, lambda_mult)
-        pairs = await self.asimilarity_search_with_score_by_vector(
             embedding, max(int(fetch_k), int(k)), filter, deep_memory=deep_memory, query_str=query_str
         )
         return self._mmr_select(pairs, k, lambda_mult)
@@ -618,24 +505,6 @@ class DeepMemoryLangChainStore(VectorStore):
             deep_memory=deep_memory, query_str=query,
         )
 
-    async def amax_marginal_relevance_search(
-        self,
-        query: str,
-        k: int = DEFAULT_K,
-        fetch_k: int = 20,
-        lambda_mult: float = 0.5,
-        filter: dict[str, Any] | MetadataFilters | None = None,
-        *,
-        deep_memory: bool = False,
-        **kwargs: Any,
-    ) -> list[Document]:
-        """Async :meth:`max_marginal_relevance_search`."""
-        _check_kwargs("amax_marginal_relevance_search", kwargs, SEARCH_KWARGS["mmr"])
-        vector = await self._embedding.aembed_query(query)
-        return await self.amax_marginal_relevance_search_by_vector(
-            vector, k, fetch_k, lambda_mult, filter, deep_memory=deep_memory, query_str=query
-        )
-
     # --- construction, retrievers, persistence ------------------------------------------------------
     @classmethod
     def from_texts(
@@ -650,21 +519,6 @@ class DeepMemoryLangChainStore(VectorStore):
         """A new store (``kwargs``: the constructor's) holding ``texts``."""
         store = cls(embedding, **kwargs)
         store.add_texts(texts, metadatas, ids=ids)
-        return store
-
-    @classmethod
-    async def afrom_texts(
-        cls,
-        texts: list[str],
-        embedding: Embeddings,
-        metadatas: list[dict[str, Any]] | None = None,
-        *,
-        ids: list[str] | None = None,
-        **kwargs: Any,
-    ) -> "Self":
-        """Async :meth:`from_texts`."""
-        store = cls(embedding, **kwargs)
-        await store.aadd_texts(texts, metadatas, ids=ids)
         return store
 
     def as_retriever(self, **kwargs: Any) -> "DeepMemoryRetriever":

@@ -33,12 +33,12 @@ from langchain_tests.integration_tests import RetrieversIntegrationTests, Vector
 from llama_index.core.vector_stores.types import VectorStoreQuery  # noqa: E402
 
 from llama_index_deepmemory.langchain import (  # noqa: E402
-    ACCEPTED_OPERATORS,
     DeepMemoryLangChainStore,
     DeepMemoryRetriever,
     LangChainEmbedding,
     metadata_filters,
 )
+from llama_index_deepmemory.langchain_filters import ACCEPTED_OPERATORS  # noqa: E402
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import RotationTask, brute_force_scores, brute_force_top_k  # noqa: E402
 
