@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from llama_index_deepmemory.cli import _positive_int  # the CLI's own option parser (stdlib only)
+from llama_index_deepmemory.cli_common import attach_embedding, non_negative_int, open_store, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +24,6 @@ HELP_TEXT = """Commands:
   /history          show the whole conversation
   /help             this help
   /quit             leave (every turn is saved when it is answered)"""
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def register(sub: Any) -> None:
@@ -53,11 +43,11 @@ def register(sub: Any) -> None:
                    help="also log the sources each answer cites as (weaker) feedback (default: off)")
     p.add_argument("--llm-model", default="gpt-4o-mini",
                    help="OpenAI model; needs OPENAI_API_KEY, and OPENAI_API_BASE for a compatible server (default: gpt-4o-mini)")
-    p.add_argument("--top-k", type=_positive_int, default=5, help="sources per answer (default: 5)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="sources per answer (default: 5)")
     p.add_argument("--embed-model", default=None,
                    help="embed questions with this model instead of the one the store was built with ('default', a "
                    "local model folder, or a cached Hugging Face model name; default: the store's own)")
-    p.add_argument("--token-budget", type=_non_negative_int, default=3000,
+    p.add_argument("--token-budget", type=non_negative_int, default=3000,
                    help="most tokens of earlier turns in the prompt; older turns are archived and come back when a "
                         "question is about them (default: 3000)")
     p.add_argument("--no-long-term-memory", dest="long_term_memory", action="store_false",
@@ -96,21 +86,9 @@ def register(sub: Any) -> None:
 
 def _open_store(path: str, embed_model: str | None = None) -> Any:
     """The persisted store with the embedding it was built with, or ``embed_model`` (a spec as
-    ``--embed-model`` takes it), through the CLI's own loader."""
-    from llama_index_deepmemory import cli
-
-    opened = cli._open_store(path)  # noqa: SLF001 - one loader for every subcommand (settings file, errors)
-    if isinstance(opened, tuple):  # (store without embedding, embedding spec)
-        store, spec = opened
-        spec = embed_model or spec
-        attach = getattr(cli, "_attach_embedding", None)
-        if attach is not None:
-            return attach(store, spec)
-        from llama_index_deepmemory.embeddings import load_embedding
-
-        store.embed_model = load_embedding(spec)
-        return store
-    return opened
+    ``--embed-model`` takes it), through the CLI's one loader (settings file, errors)."""
+    store, spec = open_store(path)
+    return attach_embedding(store, embed_model or spec)
 
 
 def _read_questions(args: argparse.Namespace) -> Any:

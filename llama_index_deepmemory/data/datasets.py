@@ -33,7 +33,7 @@ from llama_index_deepmemory.relevance import Relevance, validate_relevance
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.schema import Document, TextNode
 
-    from llama_index_deepmemory.data.questions import EmbeddingQAFinetuneDataset
+    from llama_index_deepmemory.data.qa_dataset import EmbeddingQAFinetuneDataset
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ class BeirDataset:
 
     def qa_dataset(self, split: str, include_title: bool = True) -> "EmbeddingQAFinetuneDataset":
         """``split`` as an :class:`EmbeddingQAFinetuneDataset` (corpus = the whole corpus)."""
-        from llama_index_deepmemory.data.questions import EmbeddingQAFinetuneDataset
+        from llama_index_deepmemory.data.qa_dataset import EmbeddingQAFinetuneDataset
 
         judged = self._split(split)
         return EmbeddingQAFinetuneDataset(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.schema import TextNode
 
-    from llama_index_deepmemory.data.questions import EmbeddingQAFinetuneDataset
+    from llama_index_deepmemory.data.qa_dataset import EmbeddingQAFinetuneDataset
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class PythonFAQ:
 
     def to_qa_dataset(self) -> "EmbeddingQAFinetuneDataset":
         """The LlamaIndex ``EmbeddingQAFinetuneDataset`` (queries, corpus, relevant_docs)."""
-        from llama_index_deepmemory.data.questions import EmbeddingQAFinetuneDataset
+        from llama_index_deepmemory.data.qa_dataset import EmbeddingQAFinetuneDataset
 
         return EmbeddingQAFinetuneDataset(
             queries=dict(zip(self.query_ids, self.queries)),
