@@ -28,6 +28,7 @@ pytest.importorskip("pytest_asyncio")  # the standard suites' async tests need i
 
 from langchain_core.documents import Document  # noqa: E402
 from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings  # noqa: E402
+from langchain_core.vectorstores import VectorStore  # noqa: E402
 from langchain_core.vectorstores.utils import maximal_marginal_relevance  # noqa: E402
 from langchain_tests.integration_tests import RetrieversIntegrationTests, VectorStoreIntegrationTests  # noqa: E402
 from llama_index.core.vector_stores.types import VectorStoreQuery  # noqa: E402
@@ -192,6 +193,27 @@ def test_async_twins_equal_the_sync_methods() -> None:
     assert mmr == db.max_marginal_relevance_search("text 4", k=3, fetch_k=6)
     assert [d.id for d in got] == ["3"]
     assert retrieved == db.similarity_search("text 7", k=2)
+    with_relevance = asyncio.run(db.asimilarity_search_with_relevance_scores("text 4", k=3, score_threshold=0.1))
+    assert with_relevance == db.similarity_search_with_relevance_scores("text 4", k=3, score_threshold=0.1)
+    by_vector_scored = asyncio.run(db.asimilarity_search_with_score_by_vector(emb.embed_query("text 5"), 2, deep_memory=False))
+    assert by_vector_scored == db.similarity_search_with_score_by_vector(emb.embed_query("text 5"), 2)
+    with pytest.raises(ValueError, match="score_threshold must be a finite number"):
+        asyncio.run(db.asimilarity_search_with_relevance_scores("text 4", score_threshold=float("nan")))
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['top_k'\]"):
+        asyncio.run(db.asimilarity_search("text 4", top_k=3))
+
+
+def test_async_methods_are_langchains_delegating_ones() -> None:
+    """The face writes no async twin of a search or write: LangChain's base runs the sync one."""
+    inherited = ("aadd_texts", "aadd_documents", "adelete", "aget_by_ids", "asimilarity_search",
+                 "asimilarity_search_with_score", "asimilarity_search_by_vector", "amax_marginal_relevance_search",
+                 "amax_marginal_relevance_search_by_vector", "afrom_texts", "afrom_documents", "asearch")
+    def function(cls: type, name: str) -> Any:
+        method = getattr(cls, name)
+        return getattr(method, "__func__", method)  # a classmethod is bound to each class
+
+    for name in inherited:
+        assert function(DeepMemoryLangChainStore, name) is function(VectorStore, name), name
 
 
 def test_wraps_an_existing_store_and_persists(tmp_path) -> None:
