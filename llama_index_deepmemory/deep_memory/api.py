@@ -7,9 +7,16 @@ Mirrors Activeloop's ``vectorstore.deep_memory`` so its tutorials port line by l
     store.deep_memory.evaluate(test_queries, test_relevance)      # recall@k without / with model
     retriever = index.as_retriever(vector_store_kwargs={"deep_memory": True})
 
-Jobs run one at a time: a job started while another runs is queued and starts when it ends.
-A job that is cancelled, raises, or produces a model that cannot be saved leaves the active model
-as it was; a model that does not beat the plain store on validation is kept but not activated.
+Jobs run one at a time per process: a job started while another runs is queued and starts when it
+ends. A job that is cancelled, raises, or produces a model that cannot be saved leaves the active
+model as it was; a model that does not beat the plain store on validation is kept but not
+activated, and so is one whose activation someone changed while it trained.
+
+A store loaded from a folder (or built with ``model_dir=``) is *bound* to that model location
+(:mod:`llama_index_deepmemory.deep_memory.state`): trainings, activations and deletions are
+recorded there at once, and every process serving it sees them within
+:data:`~llama_index_deepmemory.deep_memory.state.REFRESH_SECONDS` (or on :meth:`DeepMemory.refresh`).
+A store built in memory keeps its models in memory until it is persisted.
 """
 
 from __future__ import annotations
@@ -18,11 +25,12 @@ import dataclasses
 import json
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+import time
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from llama_index_deepmemory.deep_memory import jobs
+from llama_index_deepmemory.deep_memory import jobs, state
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView, check_query_texts
 from llama_index_deepmemory.deep_memory.models import model_from_state
 from llama_index_deepmemory.metrics import recall_at_k
@@ -51,7 +59,13 @@ class DeepMemory:
         self._active: str | None = None
         self._jobs = jobs.JobBook(prefix="job")
         self._rewritten_during: dict[str, set[str]] = {}  # running job -> ids re-added since it started
-        self.on_change: Callable[[], None] | None = None  # saves the models where a store keeps them apart
+        self._active_version = 0  # counts activation changes (a training activates only if unchanged)
+        self._location: state.ModelLocation | None = None  # where the models are shared, once bound
+        self._folders: dict[str, str] = {}  # model name -> its folder in the location
+        self._stamp: Any = None  # the catalog's stat when last read
+        self._next_check = 0.0  # monotonic time of the next look at the catalog
+        self._sync_lock = threading.Lock()
+        self._jobs.on_status = self._record_job
 
     def __repr__(self) -> str:
         return f"DeepMemory(models={list(self._models)}, active={self._active!r})"
@@ -84,10 +98,13 @@ class DeepMemory:
             raise ValueError(f"Deep Memory training needs at least 2 queries, got {len(rows)}")
         prepared = self._query_vectors(queries, embedding_function, embedding)
 
-        job_id, number = self._jobs.new_id()
-        model_name = f"model_{number}"
         options_json = _jsonable(dataclasses.asdict(train_options))
-        record = jobs.JobRecord(job_id, options=options_json, num_queries=len(rows))
+        record = jobs.JobRecord("", options=options_json, num_queries=len(rows), owner=state.owner())
+        if self._location is not None:  # a number no other process holds, recorded at once
+            job_id, number = self._location.reserve_job(record.to_dict())
+        else:
+            job_id, number = self._jobs.new_id()
+        record.job_id, model_name = job_id, f"model_{number}"
 
         def work(context: jobs.JobContext) -> None:
             self._run_training(context, prepared, rows, train_options, model_name, queries)
@@ -127,6 +144,7 @@ class DeepMemory:
         with self._lock:
             self._rewritten_during[model_name] = rewritten
         try:
+            started_version = self._current_active_version()
             copy = getattr(self._store, "training_view", None)  # an engine's exact in-memory copy
             store = copy(options.full_softmax_max_nodes) if copy is not None else self._store
             result = train_model(
@@ -148,16 +166,12 @@ class DeepMemory:
                     info=_jsonable(dict(result.info)),
                     message="done",
                 )
-                previous_active = self._active
-                self._models[model_name] = model
-                if result.improved:
-                    self._active = model_name
-                try:
-                    self._changed()
-                except BaseException:  # a model that cannot be saved is not kept
-                    self._models.pop(model_name, None)
-                    self._active = previous_active
-                    raise
+                activated = self._keep_model(model_name, model, context.job_id, result.improved, started_version)
+                if result.improved and not activated:
+                    self._jobs.update(context.job_id, note=(
+                        f"{model_name} beat the plain store but was kept without activating it: the active model "
+                        f"was changed (now {self._active or 'none'}) while this job ran, so it was left as is "
+                        f"(activate it with store.deep_memory.set_model({model_name!r}))"))
         except TrainingCancelled as exc:
             raise jobs.JobCancelled(str(exc)) from exc
         finally:
@@ -198,8 +212,9 @@ class DeepMemory:
         return record.to_dict()
 
     def list_jobs(self) -> list[dict[str, Any]]:
-        """Print a table of all jobs (oldest first) and return their states."""
-        records = [self._mark_active(record) for record in self._jobs.records()]
+        """Print a table of all jobs (oldest first; on a bound store every process's) and return their states."""
+        self._maybe_refresh(force=True)
+        records = [self._mark_active(record) for record in self._records()]
         print(jobs.format_jobs(records) if records else "No Deep Memory training jobs yet.")
         return [record.to_dict() for record in records]
 
@@ -222,7 +237,26 @@ class DeepMemory:
         return self._snapshot(job_id).to_dict()
 
     def _snapshot(self, job_id: str) -> jobs.JobRecord:
-        return self._mark_active(self._jobs.get(job_id))
+        self._maybe_refresh()
+        try:
+            return self._mark_active(self._jobs.get(job_id))
+        except ValueError:
+            found = [r for r in self._records() if r.job_id == job_id]
+            if not found:
+                raise
+            return self._mark_active(found[0])
+
+    def _records(self) -> list[jobs.JobRecord]:
+        """This process's job records, and (bound) those other processes recorded, by number."""
+        mine = {r.job_id: r for r in self._jobs.records()}
+        if self._location is None:
+            return list(mine.values())
+        merged = {row["job_id"]: jobs.JobRecord.from_dict(row) for row in self._location.jobs()}
+        for record in merged.values():
+            if record.job_id not in mine:
+                jobs.mark_if_orphaned(record)
+        merged.update(mine)
+        return sorted(merged.values(), key=lambda r: state._number(r.job_id))
 
     def _mark_active(self, record: jobs.JobRecord) -> jobs.JobRecord:
         record.active = record.model_name is not None and record.model_name == self._active
@@ -231,30 +265,148 @@ class DeepMemory:
     # --- models ----------------------------------------------------------------------------
     def get_model(self) -> str | None:
         """Name of the active model (applied by ``deep_memory=True``), or None."""
+        self._maybe_refresh()
         return self._active
 
     def set_model(self, name: str | None) -> None:
-        """Activate the kept model ``name`` (e.g. ``"model_2"``); None deactivates Deep Memory."""
+        """Activate the kept model ``name`` (e.g. ``"model_2"``); None deactivates Deep Memory.
+
+        On a bound store this is one recorded change every process serving it sees."""
+        self._maybe_refresh(force=True)
         with self._lock:
             if name is not None and name not in self._models:
                 known = sorted(self._models) or "none yet: train one first"
                 raise ValueError(f"unknown Deep Memory model {name!r}; kept models: {known}")
-            previous, self._active = self._active, name
-            try:
-                self._changed()
-            except BaseException:
-                self._active = previous
-                raise
+            if self._location is None:
+                self._active, self._active_version = name, self._active_version + 1
+            elif name is not None and name not in self._folders:  # registered in this process only
+                self._location.add_model(name, self._models[name], None, activate=True, expected_active_version=None)
+            else:
+                self._location.set_active(name)
+            self._sync(force=True)
         logger.info("Deep Memory active model: %s", name)
 
-    def _changed(self) -> None:
-        """Tell the store the models changed (call under the lock)."""
-        if self.on_change is not None:
-            self.on_change()
+    def delete_model(self, name: str) -> None:
+        """Delete the kept model ``name`` (never the active one: deactivate or switch first)."""
+        self._maybe_refresh(force=True)
+        with self._lock:
+            if name not in self._models:
+                raise ValueError(f"unknown Deep Memory model {name!r}; kept models: {sorted(self._models) or 'none'}")
+            if self._location is not None and name in self._folders:
+                self._location.delete_models([name])
+                self._sync(force=True)
+            elif name == self._active:
+                raise ValueError(f"{name!r} is the active Deep Memory model and cannot be deleted; activate "
+                                 "another one (or none) first")
+            self._models.pop(name, None)
+        logger.info("deleted Deep Memory model %s", name)
+
+    def prune_models(self, keep: int = 3) -> list[str]:
+        """Delete every kept model but the active one and the ``keep`` newest others; returns the
+        deleted names (oldest first)."""
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise ValueError(f"keep must be an int >= 0 (models kept beside the active one), got {keep!r}")
+        self._maybe_refresh(force=True)
+        with self._lock:
+            order = {name: i for i, name in enumerate(self._models)}
+            others = sorted((n for n in self._models if n != self._active),
+                            key=lambda n: (state._number(n), order[n]))
+            doomed = others[: max(0, len(others) - keep)]
+            shared = [n for n in doomed if self._location is not None and n in self._folders]
+            if shared:
+                self._location.delete_models(shared)
+            for name in doomed:
+                self._models.pop(name, None)
+            self._sync(force=True)
+        return doomed
+
+    def refresh(self) -> str | None:
+        """Read the shared model location now (processes also do so on their own, at most
+        ``REFRESH_SECONDS`` apart); returns the active model's name."""
+        self._maybe_refresh(force=True)
+        return self._active
+
+    @property
+    def location(self) -> "state.ModelLocation | None":
+        """The model location this store's models are shared through (None: in memory only)."""
+        return self._location
+
+    def bind(self, location: "state.ModelLocation") -> None:
+        """Serve and record the models of ``location`` from now on (read at once)."""
+        with self._lock:
+            self._location, self._stamp, self._folders = location, None, {}
+            self._sync(force=True)
+
+    def _current_active_version(self) -> int:
+        self._maybe_refresh(force=True)
+        return self._active_version
+
+    def _keep_model(self, name: str, model: DeepMemoryModel, job_id: str, improved: bool, started: int) -> bool:
+        """Record a trained model (call under the lock); True when it was activated."""
+        if self._location is not None:
+            _, activated = self._location.add_model(name, model, job_id, improved, started)
+            self._sync(force=True)
+            return activated
+        self._models[name] = model
+        activated = improved and self._active_version == started
+        if activated:
+            self._active, self._active_version = name, self._active_version + 1
+        return activated
+
+    def _record_job(self, record: jobs.JobRecord) -> None:
+        """Write a job's record to the location whenever its status changes."""
+        location = self._location
+        if location is not None:
+            try:
+                location.save_job(record.to_dict())
+            except OSError as exc:
+                logger.warning("could not record Deep Memory job %s in %s: %s", record.job_id, location.root, exc)
+
+    def _maybe_refresh(self, force: bool = False) -> None:
+        if self._location is not None and (force or time.monotonic() >= self._next_check):
+            self._sync(force)
+
+    def _sync(self, force: bool = False) -> None:
+        """Take the location's models and activation when its catalog changed."""
+        location = self._location
+        if location is None:
+            return
+        if not self._sync_lock.acquire(blocking=force):
+            return  # another thread is reading it right now
+        try:
+            self._next_check = time.monotonic() + state.REFRESH_SECONDS
+            stamp = location.stamp()
+            if stamp == self._stamp:
+                return
+            if stamp is None:
+                if force:
+                    location.catalog()  # raises LocationGoneError naming the folder
+                logger.warning("the Deep Memory models at %s are gone; serving the last ones read", location.root)
+                self._stamp = None
+                return
+            try:
+                catalog = location.catalog()
+                loaded = {name: (self._models[name] if self._folders.get(name) == entry["folder"] and name in self._models
+                                 else location.load_model(entry["folder"]))
+                          for name, entry in catalog["models"].items()}
+            except (OSError, ValueError) as exc:  # e.g. a model deleted between the two reads
+                if force:
+                    raise
+                logger.warning("could not read the Deep Memory models at %s (%s); trying again later", location.root, exc)
+                return
+            with self._lock:
+                local = {n: m for n, m in self._models.items() if n not in self._folders and n not in loaded}
+                self._models = {**loaded, **local}
+                self._folders = {name: entry["folder"] for name, entry in catalog["models"].items()}
+                self._active, self._active_version = catalog["active"], int(catalog["active_version"])
+                self._stamp = stamp
+        finally:
+            self._sync_lock.release()
 
     def list_models(self) -> list[dict[str, Any]]:
         """Kept models: name, kind, whether active, and the job that trained it."""
-        by_model = {r.model_name: r for r in self._jobs.records() if r.model_name}
+        self._maybe_refresh(force=True)
+        by_model = {r.model_name: r for r in self._records() if r.model_name}
         with self._lock:
             return [
                 {
@@ -280,6 +432,8 @@ class DeepMemory:
 
     def active_model(self) -> DeepMemoryModel | None:
         """The model applied by ``query(..., deep_memory=True)``, or None."""
+        if self._location is not None and time.monotonic() >= self._next_check:
+            self._sync()
         active = self._active
         return self._models.get(active) if active else None
 
@@ -405,12 +559,13 @@ class DeepMemory:
     # --- persistence hooks used by the store ------------------------------------------------
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Everything to persist: JSON metadata (models, active, job history) and named arrays."""
+        self._maybe_refresh(force=True)
         with self._lock:
             meta: dict[str, Any] = {
                 "format_version": STATE_FORMAT_VERSION,
                 "active": self._active,
                 "models": {},
-                "jobs": self._jobs.to_state(),
+                "jobs": [dataclasses.asdict(r) for r in self._records()],
             }
             arrays: dict[str, np.ndarray] = {}
             for name, model in self._models.items():
@@ -421,7 +576,8 @@ class DeepMemory:
         return meta, arrays
 
     def load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        """Inverse of :meth:`to_state`; refuses states from a newer format."""
+        """Inverse of :meth:`to_state`; refuses states from a newer format. A bound store records
+        the state in its location (replacing what was there)."""
         version = int(meta.get("format_version", 1))
         if version > STATE_FORMAT_VERSION:
             raise ValueError(
@@ -439,9 +595,13 @@ class DeepMemory:
                 f"persisted Deep Memory state names active model {active!r} but holds only {sorted(models)}"
             )
         with self._lock:
-            self._models = models
-            self._active = active
             self._jobs.load_state(list(meta.get("jobs", [])))
+            if self._location is not None:
+                self._location.replace({**meta, "jobs": self._jobs.to_state()}, arrays)
+                self._sync(force=True)
+                return
+            self._models = models
+            self._active, self._active_version = active, self._active_version + 1
 
     def _summary(self, record: jobs.JobRecord) -> str:
         if record.status == jobs.CANCELLED:
