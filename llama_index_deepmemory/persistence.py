@@ -51,6 +51,7 @@ ANY = object()  # write_generation(expect=ANY): replace whatever the folder hold
 MANIFEST = "manifest.json"
 _GEN_PREFIX = "gen-"
 _CHUNK = 1 << 22
+_MANIFEST_KEYS = frozenset({"format", "format_version", "generation", "files", "sides"})
 _WRITE_LOCK = ".write.lock"  # held by the one writer of a folder
 _READ_LOCK = ".read.lock"  # shared by loaders; exclusive while old generations are deleted
 
@@ -129,14 +130,15 @@ def write_generation(
     side_fields: Callable[[Path], dict[str, str]] | None = None,
     side_prefixes: tuple[str, ...] = (),
 ) -> Path:
-    """Write one snapshot: each ``writers[name](path)`` writes file ``name``; then switch to it.
+    """Write one snapshot: ``side_fields`` first, then each ``writers[name](path)`` writes file
+    ``name``; then switch to it.
 
     Returns the new generation folder. Writers of one folder are serialised (a lock file in the
     folder). ``expect`` is the generation the caller last saw there (None: no store): when the
     folder now names another one, :class:`StaleStoreError` is raised before anything is written
     (``ANY`` skips the check; a folder without a manifest is always writable). ``side_fields(root)``,
-    called under the lock, may write folders beside the generations and returns manifest fields
-    naming them. Older generations, side folders starting with ``side_prefixes`` that the new
+    called under the lock before the snapshot's files, may write folders beside the generations
+    and returns names for them, kept in the manifest's ``sides`` table. Older generations, side folders starting with ``side_prefixes`` that the new
     manifest does not name, and leftovers of crashed writes are removed only after the manifest
     names the new generation, and only while no reader (see :func:`reading`) is loading.
     """
@@ -156,28 +158,31 @@ def write_generation(
                 f"written: load it again (DeepMemoryVectorStore.from_persist_path({str(root)!r})) and redo "
                 "your change, persist to another path, or pass overwrite=True to replace what is there"
             )
+        named_before = set(_side_names(root)) if current is not None else set()
+        sides = dict(side_fields(root)) if side_fields is not None else {}
         gen_name = f"{_GEN_PREFIX}{time.time_ns()}-{uuid.uuid4().hex[:8]}"
         gen_dir = root / gen_name
-        gen_dir.mkdir()
         files: dict[str, dict[str, Any]] = {}
         try:
+            gen_dir.mkdir()
             for name, write in writers.items():
                 path = gen_dir / name
                 write(path)
                 fsync_file(path)
                 files[name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
             fsync_dir(gen_dir)
-            sides = dict(side_fields(root)) if side_fields is not None else {}
             manifest = {
-                **sides,
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
                 "generation": gen_name,
                 "files": files,
+                "sides": sides,
             }
             write_json_atomic(root / MANIFEST, manifest)
         except BaseException:
             shutil.rmtree(gen_dir, ignore_errors=True)
+            for side in set(sides.values()) - named_before:  # written for this snapshot only
+                shutil.rmtree(root / Path(side).name, ignore_errors=True)
             raise
         # every other generation is the previous one or a crashed write (writers are serialised)
         named = set(sides.values())
@@ -188,6 +193,11 @@ def write_generation(
                 if (old_gen or (old_side and entry.name not in named)) and entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
     return gen_dir
+
+
+def _side_names(root: Path) -> list[str]:
+    """The side folders the folder's (readable) manifest names."""
+    return list(read_manifest(root).get("sides", {}).values())
 
 
 def _current_generation(root: Path) -> str | None:
@@ -244,6 +254,14 @@ def read_manifest(persist_path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(
             f"{str(manifest_path)!r} has format_version {version!r}; this llama-index-deepmemory "
             f"reads versions 1..{FORMAT_VERSION}. Upgrade the package to load it."
+        )
+    unknown = sorted(set(manifest) - _MANIFEST_KEYS)
+    sides = manifest.get("sides", {})
+    if unknown or (version >= 2 and "sides" not in manifest) or not isinstance(sides, dict) or not all(
+        isinstance(v, str) and v and Path(v).name == v and not v.startswith((".", _GEN_PREFIX)) for v in sides.values()
+    ):
+        raise CorruptStoreError(
+            f"{str(manifest_path)!r} has unknown keys {unknown} or an invalid 'sides' table; it was altered"
         )
     generation = manifest.get("generation")
     if not isinstance(generation, str) or not generation.startswith(_GEN_PREFIX) or Path(generation).name != generation:

@@ -424,7 +424,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                                                side_prefixes=(state.SIDE_PREFIX,))
             self._seen[key] = generation
             if self._legacy_folder == key and manager is not None and manager.location is None:
-                area = persistence.read_manifest(persist_path).get(DM_FIELD)
+                area = persistence.read_manifest(persist_path)["sides"].get(DM_FIELD)
                 if area:  # converted: from now on shared like any store loaded from a folder
                     manager.bind(state.ModelLocation(Path(persist_path) / area))
                     self._legacy_folder = None
@@ -448,19 +448,21 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             store._backend = backend
             key = os.path.realpath(persist_path)
             store._seen[key] = manifest["generation"]
-            area = manifest.get(DM_FIELD)
+            area = manifest.get("sides", {}).get(DM_FIELD)
+            where = os.path.join(persist_path, persistence.MANIFEST)
             try:
-                if area is not None:
-                    if not isinstance(area, str) or Path(area).name != area or not area.startswith(state.SIDE_PREFIX):
-                        raise persistence.CorruptStoreError(
-                            f"{os.path.join(persist_path, persistence.MANIFEST)!r} names an invalid model location {area!r}")
+                if manifest["format_version"] >= 2:
+                    if not isinstance(area, str) or not area.startswith(state.SIDE_PREFIX):
+                        raise persistence.CorruptStoreError(f"{where!r} names no valid model location ({area!r})")
                     store.deep_memory.bind(state.ModelLocation(Path(persist_path) / area))
                 elif legacy is not None and (legacy[0].get("models") or legacy[0].get("jobs")):
                     store.deep_memory.load_state(*legacy)
                     store._legacy_folder = key
             except state.LocationGoneError:
                 if attempt == 2:
-                    raise
+                    raise persistence.CorruptStoreError(
+                        f"{where!r} names the model location {area!r}, which is missing; {persistence.DAMAGE_REMEDY}"
+                    ) from None
                 continue  # another writer replaced the store meanwhile: load the new one
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 if isinstance(exc, persistence.CorruptStoreError):

@@ -34,7 +34,7 @@ def test_readme_scaling_out_example_runs(
     out = capsys.readouterr().out
     store, beir = namespace["store"], namespace["beir"]
     assert type(store.vector_store).__name__ == "QdrantVectorStore" and len(store) == len(beir.nodes())
-    assert store.deep_memory.get_model() is not None and (tmp_path / "deepmemory-models" / "manifest.json").is_file()
+    assert store.deep_memory.get_model() is not None and (tmp_path / "deepmemory-models" / "catalog.json").is_file()
     test_queries, test_relevance = beir.query_relevance("test")
     result = store.deep_memory.evaluate(test_queries, test_relevance, top_k=(1,))
     assert result["with model"]["recall@1"] >= result["without model"]["recall@1"] + 0.3

@@ -199,7 +199,7 @@ class ModelLocation:
         """Record ``model`` as ``name`` (its files first); activate it when asked and the activation
         is still the one ``expected_active_version`` names (None: unconditionally). Returns the new
         catalog and whether it was activated."""
-        folder = self._write_model(model)
+        folder = self._write_model(*model.to_state())
         try:
             with self.locked():
                 catalog = self.catalog()
@@ -252,13 +252,13 @@ class ModelLocation:
 
     def _replace(self, meta: dict[str, Any], arrays: dict[str, np.ndarray], old: dict[str, Any]) -> dict[str, Any]:
         models = split_models(meta, arrays)
-        folders = {name: self._write_model(model) for name, model in models.items()}
+        folders = {name: self._write_model(*state) for name, state in models.items()}
         jobs = [dict(row) for row in meta.get("jobs", [])]
         numbers = [_number(n) for n in [*models, *(j.get("job_id", "") for j in jobs)]]
         catalog = {**old, "active": meta.get("active"), "active_version": int(old["active_version"]) + 1,
                    "next_number": max([int(old["next_number"]), *(n + 1 for n in numbers)]),
-                   "models": {name: {"folder": folders[name], "kind": m.kind, "job_id": None, "created_at": time.time()}
-                              for name, m in models.items()}}
+                   "models": {name: {"folder": folders[name], "kind": m_meta.get("kind"), "job_id": None,
+                                     "created_at": time.time()} for name, (m_meta, _) in models.items()}}
         for job in jobs:
             if job.get("model_name") in catalog["models"]:
                 catalog["models"][job["model_name"]]["job_id"] = job["job_id"]
@@ -274,19 +274,19 @@ class ModelLocation:
         return catalog
 
     # --- internals -----------------------------------------------------------------------------
-    def _write_model(self, model: DeepMemoryModel) -> str:
-        """Write a model's files into a new folder (fsynced) and return the folder's name."""
+    def _write_model(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+        """Write a model's state into a new folder (fsynced) and return the folder's name."""
         folder = f"m-{uuid.uuid4().hex[:16]}"
         base = self.root / "models" / folder
         base.mkdir(parents=True)
         try:
-            meta, arrays = model.to_state()
             arrays_path = base / "arrays.safetensors"
             persistence.write_arrays(arrays_path, arrays)
             persistence.fsync_file(arrays_path)
             info = {"format_version": 1, "meta": meta,
                     "arrays": {"bytes": arrays_path.stat().st_size, "sha256": persistence.sha256_file(arrays_path)}}
-            write_json_atomic(base / "model.json", info)
+            persistence.write_json(base / "model.json", info)  # a new folder no catalog names yet
+            persistence.fsync_file(base / "model.json")
             fsync_dir(base)
         except BaseException:
             shutil.rmtree(base, ignore_errors=True)
@@ -309,12 +309,14 @@ class ModelLocation:
         write_json_atomic(self.root / CATALOG, catalog)
 
 
-def split_models(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, DeepMemoryModel]:
-    """The models of a ``DeepMemory.to_state`` pair, rebuilt."""
+def split_models(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, tuple[dict, dict]]:
+    """Each model's (meta, arrays) in a ``DeepMemory.to_state`` pair."""
     models = {}
     for name, m_meta in meta.get("models", {}).items():
+        if not isinstance(m_meta, dict):
+            raise ValueError(f"Deep Memory model {name!r} has no metadata object")
         prefix = f"{name}/"
-        models[name] = model_from_state(m_meta, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        models[name] = (m_meta, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
     return models
 
 
