@@ -335,8 +335,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(summary.getvalue().strip())
     if model:
         print(f"{model}: {_describe_job(job)}")
-    _save_store(store, args.store)
+    _save_models(store, args.store)
     print(f"Saved {args.store}; active Deep Memory model: {store.deep_memory.get_model() or 'none'}")
+
+
+def _save_models(store: Any, path: str) -> None:
+    """Make the models' change durable: a store loaded from a folder records each change there as
+    it happens (so commands on one store at once keep every model); a store written before that
+    layout is persisted (converting it; refused if another command changed it meanwhile)."""
+    if store.deep_memory.location is None:
+        _save_store(store, path)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -465,8 +473,11 @@ def _jobs(store: Any) -> list[dict[str, Any]]:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    """Kept Deep Memory models: which is active, what each contains, its validation score."""
+    """Kept Deep Memory models: which is active, what each contains, its validation score;
+    ``--delete`` and ``--prune`` remove models (never the active one)."""
     store, _ = _open_store(args.store)
+    if args.delete or args.prune is not None:
+        _remove_models(store, args)
     models = store.deep_memory.list_models()
     if not models:
         print(f"No Deep Memory models in {args.store} yet: train one with `{PROG} train --store {args.store} ...`.")
@@ -481,6 +492,22 @@ def cmd_models(args: argparse.Namespace) -> None:
           f"`{PROG} activate MODEL` or `{PROG} activate none`")
 
 
+def _remove_models(store: Any, args: argparse.Namespace) -> None:
+    dm = store.deep_memory
+    for name in args.delete or ():
+        if name == dm.get_model():
+            raise UserError(f"{name} is the active model and cannot be deleted; `{PROG} activate OTHER` (or none) first")
+        if name not in [m["name"] for m in dm.list_models()]:
+            raise UserError(f"no Deep Memory model {name!r} in {args.store}; `{PROG} models --store {args.store}` lists them")
+        dm.delete_model(name)
+        print(f"Deleted {name}.")
+    if args.prune is not None:
+        gone = dm.prune_models(keep=args.prune)
+        print(f"Pruned {len(gone)} model(s){': ' + ', '.join(gone) if gone else ''} "
+              f"(kept the active one and the {args.prune} newest others).")
+    _save_models(store, args.store)
+
+
 def cmd_activate(args: argparse.Namespace) -> None:
     """Make a kept model the active one (``none`` turns Deep Memory off) and save the store."""
     store, _ = _open_store(args.store)
@@ -489,7 +516,7 @@ def cmd_activate(args: argparse.Namespace) -> None:
     if name is not None and name not in known:
         raise UserError(f"no Deep Memory model {name!r} in {args.store}; kept models: {known or 'none yet'} (or 'none')")
     store.deep_memory.set_model(name)
-    _save_store(store, args.store)
+    _save_models(store, args.store)
     print(f"Saved {args.store}; active Deep Memory model: {name or 'none'}")
 
 
@@ -513,6 +540,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 
@@ -639,8 +676,13 @@ def _add_status(sub: Any) -> None:
 
 
 def _add_models(sub: Any) -> None:
-    p = sub.add_parser("models", help="list the kept Deep Memory models and the active one", description=cmd_models.__doc__)
+    p = sub.add_parser("models", help="list the kept Deep Memory models and the active one; delete or prune them",
+                       description=cmd_models.__doc__)
     _add_common(p)
+    p.add_argument("--delete", action="append", metavar="MODEL",
+                   help="delete this model (repeatable; never the active one) (default: none)")
+    p.add_argument("--prune", type=_non_negative_int, metavar="N",
+                   help="delete every model but the active one and the N newest others (default: keep all)")
     p.set_defaults(func=cmd_models)
 
 
