@@ -239,7 +239,7 @@ def _drop_orphan_snapshots(path: str) -> None:
 
     root = Path(path)
     if root.is_dir() and not (root / MANIFEST).exists():
-        for snapshot in root.glob("gen-*"):
+        for snapshot in [*root.glob("gen-*"), *root.glob("dm-*")]:  # nodes, and the models beside them
             if snapshot.is_dir():
                 logger.info("--replace: deleting %s of the damaged store", snapshot)
                 shutil.rmtree(snapshot)

@@ -150,7 +150,7 @@ def write_generation(
         )
     root.mkdir(parents=True, exist_ok=True)
     with _flock(root / _WRITE_LOCK, exclusive=True):
-        current = _current_generation(root)
+        current = _current_generation(root, side_prefixes)
         if expect is not ANY and current is not None and current != expect:
             raise StaleStoreError(
                 f"{str(root)!r} changed since this store was loaded or last persisted there (generation "
@@ -200,11 +200,11 @@ def _side_names(root: Path) -> list[str]:
     return list(read_manifest(root).get("sides", {}).values())
 
 
-def _current_generation(root: Path) -> str | None:
+def _current_generation(root: Path, side_prefixes: tuple[str, ...] = ()) -> str | None:
     """The generation the folder's manifest names (None: no manifest); a manifest that cannot be
     read is refused, since writing would delete the snapshot it may still name."""
     if not (root / MANIFEST).exists():
-        _refuse_orphan_generations(root)
+        _refuse_orphan_generations(root, side_prefixes)
         return None
     try:
         return str(read_manifest(root)["generation"])
@@ -217,12 +217,12 @@ def _current_generation(root: Path) -> str | None:
         ) from None
 
 
-def _refuse_orphan_generations(root: Path) -> None:
-    """Refuse to write into a folder holding snapshot folders but no manifest: a damaged store
-    (its manifest lost) whose nodes and models a new snapshot would delete after the switch."""
+def _refuse_orphan_generations(root: Path, side_prefixes: tuple[str, ...] = ()) -> None:
+    """Refuse to write into a folder holding snapshot (or side) folders but no manifest: a damaged
+    store (its manifest lost) whose nodes and models a new snapshot would delete after the switch."""
     if (root / MANIFEST).exists():
         return
-    orphans = sorted(p.name for p in root.glob(f"{_GEN_PREFIX}*") if p.is_dir())
+    orphans = sorted(p.name for prefix in (_GEN_PREFIX, *side_prefixes) for p in root.glob(f"{prefix}*") if p.is_dir())
     if orphans:
         raise ValueError(
             f"{str(root)!r} holds {len(orphans)} snapshot folder(s) ({orphans[-1]}) but no {MANIFEST}: it is "

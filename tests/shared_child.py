@@ -1,9 +1,9 @@
 """A second (third, ...) process over one store, for the several-process tests of shared models.
 
-``python tests/shared_child.py train FOLDER SEED START`` loads the embedded store persisted at
-``FOLDER``, waits until the wall clock reaches ``START`` (so several children train at once), trains
-on the rotation task and prints ``{"job": ..., "model": ..., "active": ...}``.
-``... train-engine MODEL_DIR SEED START`` does the same over an in-memory Qdrant holding the same
+``python tests/shared_child.py train FOLDER SEED`` loads the embedded store persisted at ``FOLDER``,
+prints ``{"ready": true}``, waits for a line on stdin (so the test trains at the same moment),
+trains on the rotation task and prints ``{"job": ..., "model": ..., "active": ...}``.
+``... train-engine MODEL_DIR SEED`` does the same over an in-memory Qdrant holding the same
 nodes, its models shared through ``MODEL_DIR``.
 ``... serve FOLDER`` loads the store once and answers stdin lines: ``wait NAME`` (``none`` for no
 model) waits up to 5 s until ``get_model()`` says ``NAME`` and prints the seconds it took and the
@@ -30,10 +30,10 @@ def task() -> RotationTask:
     return RotationTask(n_docs=150, dim=16, n_queries=160, seed=0)
 
 
-def train(store, seed: int, start: float) -> None:
+def train(store, seed: int) -> None:
     t = task()
-    while time.time() < start:  # bounded: start is a few seconds away
-        time.sleep(0.01)
+    print(json.dumps({"ready": True}), flush=True)
+    sys.stdin.readline()  # the go signal (or end of input)
     job = store.deep_memory.train(t.texts[:N_TRAIN], t.relevance[:N_TRAIN], embedding=t.queries[:N_TRAIN],
                                   seed=seed, **FAST)
     state = store.deep_memory.status(job)
@@ -82,9 +82,9 @@ def main(argv: list[str]) -> int:
 
     command, where = argv[0], argv[1]
     if command == "train":
-        train(DeepMemoryVectorStore.from_persist_path(where), int(argv[2]), float(argv[3]))
+        train(DeepMemoryVectorStore.from_persist_path(where), int(argv[2]))
     elif command == "train-engine":
-        train(engine_store(where), int(argv[2]), float(argv[3]))
+        train(engine_store(where), int(argv[2]))
     elif command == "serve":
         store = DeepMemoryVectorStore.from_persist_path(where)
         print(json.dumps({"ready": True}), flush=True)

@@ -44,24 +44,30 @@ def train_here(store: DeepMemoryVectorStore, seed: int = 0, **options) -> str:
                                    seed=seed, **{**FAST, **options})
 
 
-def run_at_once(*commands: list[str]) -> list[dict]:
-    """Start the children together (each waits for the same start time) and read their reports."""
-    start = time.time() + 6.0  # past every child's imports
-    children = [subprocess.Popen([sys.executable, str(CHILD), *c, str(start)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=ENV) for c in commands]
-    reports = []
-    for child in children:
+def train_beside_a_child(command: list[str], store: DeepMemoryVectorStore) -> list[dict]:
+    """Train ``store`` here while a child process trains by ``command``, both at the same moment;
+    the two reports (this process's first)."""
+    child = subprocess.Popen([sys.executable, str(CHILD), *command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        ready = child.stdout.readline()
+        assert ready and json.loads(ready)["ready"], child.stderr.read()[-2000:]
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        job = train_here(store, seed=1)
+        mine = {"job": job, "model": store.deep_memory.status(job)["model_name"]}
         out, err = child.communicate(timeout=180)
-        assert child.returncode == 0, err[-2000:]
-        reports.append(json.loads(out.strip().splitlines()[-1]))
-    return reports
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err[-2000:]
+    return [mine, json.loads(out.strip().splitlines()[-1])]
 
 
 @pytest.mark.slow
 def test_two_processes_training_one_store_folder_keep_both_models_and_jobs(tmp_path: Path) -> None:
     path = tmp_path / "store"
-    built(path)
-    reports = run_at_once(["train", str(path), "1"], ["train", str(path), "2"])
+    reports = train_beside_a_child(["train", str(path), "2"], built(path))
     jobs = sorted(r["job"] for r in reports)
     models = sorted(r["model"] for r in reports)
     assert jobs == ["job_1", "job_2"] and models == ["model_1", "model_2"], reports
@@ -81,8 +87,10 @@ def test_two_processes_training_one_store_folder_keep_both_models_and_jobs(tmp_p
 @pytest.mark.slow
 def test_two_processes_training_over_one_model_dir_keep_both(tmp_path: Path) -> None:
     pytest.importorskip("qdrant_client")
+    from shared_child import engine_store
+
     model_dir = tmp_path / "models"
-    reports = run_at_once(["train-engine", str(model_dir), "1"], ["train-engine", str(model_dir), "2"])
+    reports = train_beside_a_child(["train-engine", str(model_dir), "2"], engine_store(str(model_dir)))
     assert sorted(r["model"] for r in reports) == ["model_1", "model_2"], reports
     location = state.ModelLocation.open(model_dir)
     assert sorted(location.catalog()["models"]) == ["model_1", "model_2"]
@@ -177,7 +185,7 @@ def test_delete_and_prune_models_never_the_active_one(tmp_path: Path) -> None:
     store = built(path)
     other = DeepMemoryVectorStore.from_persist_path(str(path))
     for seed in range(4):
-        train_here(store, seed=seed)
+        train_here(store, seed=seed, epochs=2)
     dm = store.deep_memory
     names = [m["name"] for m in dm.list_models()]
     assert names == ["model_1", "model_2", "model_3", "model_4"]
@@ -197,10 +205,11 @@ def test_delete_and_prune_models_never_the_active_one(tmp_path: Path) -> None:
     memory_only = DeepMemoryVectorStore()  # the same rules for a store built in memory
     t = task()
     memory_only.add([TextNode(id_=i, text="d", embedding=v.tolist()) for i, v in zip(t.ids, t.docs)])
-    train_here(memory_only)
+    train_here(memory_only, epochs=2)
+    memory_only.deep_memory.set_model("model_1")
     with pytest.raises(ValueError, match="cannot be deleted"):
         memory_only.deep_memory.delete_model("model_1")
-    train_here(memory_only, seed=1)
+    train_here(memory_only, seed=1, epochs=2)
     memory_only.deep_memory.set_model("model_2")
     assert memory_only.deep_memory.prune_models(keep=0) == ["model_1"]
 
