@@ -25,6 +25,7 @@ from llama_index_deepmemory.deep_memory import state
 from shared_child import FAST, N_TRAIN, ranking, task
 
 CHILD = Path(__file__).with_name("shared_child.py")
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
     [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
 
@@ -123,6 +124,8 @@ def test_a_model_trained_in_one_process_is_served_by_another_without_restart(tmp
     finally:
         server.stdin.close()
         server.wait(timeout=30)
+        server.stdout.close()
+        server.stderr.close()
 
 
 def test_an_activation_made_during_a_training_is_not_undone(tmp_path: Path) -> None:
