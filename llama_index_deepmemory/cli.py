@@ -452,74 +452,6 @@ def cmd_query(args: argparse.Namespace) -> None:
         raise UserError("no queries on stdin: pipe one query per line, pass the question, or use --file")
 
 
-def cmd_status(args: argparse.Namespace) -> None:
-    """Training jobs of a store (or one job's details) and its active model."""
-    store, _ = _open_store(args.store)
-    if args.job_id:
-        known = [job["job_id"] for job in _jobs(store)]
-        if args.job_id not in known:
-            raise UserError(f"no job {args.job_id!r} in {args.store}; jobs: {known or 'none yet'}")
-        job = store.deep_memory.status(args.job_id)
-        if job.get("model_name"):
-            print(f"{job['model_name']}: {_describe_job(job)}")
-    else:
-        store.deep_memory.list_jobs()
-    print(f"Active Deep Memory model: {store.deep_memory.get_model() or 'none'}")
-
-
-def _jobs(store: Any) -> list[dict[str, Any]]:
-    with _captured_stdout():
-        return store.deep_memory.list_jobs()
-
-
-def cmd_models(args: argparse.Namespace) -> None:
-    """Kept Deep Memory models: which is active, what each contains, its validation score;
-    ``--delete`` and ``--prune`` remove models (never the active one)."""
-    store, _ = _open_store(args.store)
-    if args.delete or args.prune is not None:
-        _remove_models(store, args)
-    models = store.deep_memory.list_models()
-    if not models:
-        print(f"No Deep Memory models in {args.store} yet: train one with `{PROG} train --store {args.store} ...`.")
-        return
-    by_name = {job.get("model_name"): job for job in _jobs(store)}
-    width = max(len(m["name"]) for m in models)
-    for model in models:
-        job = by_name.get(model["name"], {})
-        mark = "*" if model["active"] else " "
-        print(f"{mark} {model['name']:<{width}}  job {model.get('job_id') or '-'}: {_describe_job(job)}")
-    print("* active (used by `query` and by deep_memory=True); change it with "
-          f"`{PROG} activate MODEL` or `{PROG} activate none`")
-
-
-def _remove_models(store: Any, args: argparse.Namespace) -> None:
-    dm = store.deep_memory
-    for name in args.delete or ():
-        if name == dm.get_model():
-            raise UserError(f"{name} is the active model and cannot be deleted; `{PROG} activate OTHER` (or none) first")
-        if name not in [m["name"] for m in dm.list_models()]:
-            raise UserError(f"no Deep Memory model {name!r} in {args.store}; `{PROG} models --store {args.store}` lists them")
-        dm.delete_model(name)
-        print(f"Deleted {name}.")
-    if args.prune is not None:
-        gone = dm.prune_models(keep=args.prune)
-        print(f"Pruned {len(gone)} model(s){': ' + ', '.join(gone) if gone else ''} "
-              f"(kept the active one and the {args.prune} newest others).")
-    _save_models(store, args.store)
-
-
-def cmd_activate(args: argparse.Namespace) -> None:
-    """Make a kept model the active one (``none`` turns Deep Memory off) and save the store."""
-    store, _ = _open_store(args.store)
-    name = None if args.model.lower() == "none" else args.model
-    known = [m["name"] for m in store.deep_memory.list_models()]
-    if name is not None and name not in known:
-        raise UserError(f"no Deep Memory model {name!r} in {args.store}; kept models: {known or 'none yet'} (or 'none')")
-    store.deep_memory.set_model(name)
-    _save_models(store, args.store)
-    print(f"Saved {args.store}; active Deep Memory model: {name or 'none'}")
-
-
 def cmd_demo(args: argparse.Namespace) -> None:
     """The whole pipeline offline on Python's docs (or --docs)."""
     from llama_index_deepmemory.demo import run_demo
@@ -540,16 +472,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 
@@ -668,31 +590,6 @@ def _add_query(sub: Any) -> None:
     p.set_defaults(func=cmd_query)
 
 
-def _add_status(sub: Any) -> None:
-    p = sub.add_parser("status", help="training jobs of a store, or one job's details", description=cmd_status.__doc__)
-    p.add_argument("job_id", nargs="?", help="a job id such as job_1 (default: list every job)")
-    _add_common(p)
-    p.set_defaults(func=cmd_status)
-
-
-def _add_models(sub: Any) -> None:
-    p = sub.add_parser("models", help="list the kept Deep Memory models and the active one; delete or prune them",
-                       description=cmd_models.__doc__)
-    _add_common(p)
-    p.add_argument("--delete", action="append", metavar="MODEL",
-                   help="delete this model (repeatable; never the active one) (default: none)")
-    p.add_argument("--prune", type=_non_negative_int, metavar="N",
-                   help="delete every model but the active one and the N newest others (default: keep all)")
-    p.set_defaults(func=cmd_models)
-
-
-def _add_activate(sub: Any) -> None:
-    p = sub.add_parser("activate", help="make a kept model active (or 'none')", description=cmd_activate.__doc__)
-    p.add_argument("model", help="a model name from `models`, e.g. model_2, or 'none' to turn Deep Memory off")
-    _add_common(p)
-    p.set_defaults(func=cmd_activate)
-
-
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline offline on Python's docs", description=cmd_demo.__doc__)
     p.add_argument("--docs", help="HTML folder or URL (default: /usr/share/doc/python3.11/html from python3.11-doc)")
@@ -711,6 +608,13 @@ def _add_demo(sub: Any) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_model_commands(sub: Any) -> None:
+    """``status``, ``models`` and ``activate`` (in :mod:`llama_index_deepmemory.cli_models`, stdlib-only at import)."""
+    from llama_index_deepmemory.cli_models import register
+
+    register(sub)
+
+
 def _add_chat(sub: Any) -> None:
     """``chat``, and ``evaluate --answers`` (both in :mod:`llama_index_deepmemory.chat.cli`, stdlib-only at import)."""
     from llama_index_deepmemory.chat.cli import register
@@ -720,7 +624,7 @@ def _add_chat(sub: Any) -> None:
 
 # Each adds one subcommand; --help lists them in this order.
 SUBCOMMANDS: list[Callable[[Any], None]] = [
-    _add_ingest, _add_generate, _add_train, _add_evaluate, _add_query, _add_status, _add_models, _add_activate, _add_demo,
+    _add_ingest, _add_generate, _add_train, _add_evaluate, _add_query, _add_model_commands, _add_demo,
     _add_chat,
 ]
 

@@ -239,3 +239,16 @@ def test_a_store_persisted_by_an_earlier_version_converts_on_its_next_persist(tm
     assert old.deep_memory.location is not None
     again = DeepMemoryVectorStore.from_persist_path(str(path))
     assert again.deep_memory.get_model() == "model_1" and ranking(again) == ranking(store)
+
+
+def test_a_job_whose_process_died_shows_as_failed(tmp_path: Path) -> None:
+    """A trainer killed mid-job leaves its record 'running'; other processes show it as failed."""
+    path = tmp_path / "store"
+    store = built(path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    job_id, _ = store.deep_memory.location.reserve_job(
+        {"job_id": "", "status": "running", "owner": f"{state.owner().rsplit(':', 1)[0]}:{dead.pid}"})
+    row = next(j for j in store.deep_memory.list_jobs() if j["job_id"] == job_id)
+    assert row["status"] == "failed" and f"process {dead.pid} ended" in row["error"], row
+    assert train_here(store, epochs=2) == "job_2"  # numbering goes on past it
