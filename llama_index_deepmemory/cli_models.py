@@ -79,16 +79,6 @@ def cmd_activate(args: argparse.Namespace) -> None:
     print(f"Saved {args.store}; active Deep Memory model: {name or 'none'}")
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
 def _add_status(sub: Any) -> None:
     p = sub.add_parser("status", help="training jobs of a store, or one job's details", description=cmd_status.__doc__)
     p.add_argument("job_id", nargs="?", help="a job id such as job_1 (default: list every job)")
@@ -102,7 +92,7 @@ def _add_models(sub: Any) -> None:
     cli._add_common(p)
     p.add_argument("--delete", action="append", metavar="MODEL",
                    help="delete this model (repeatable; never the active one) (default: none)")
-    p.add_argument("--prune", type=_non_negative_int, metavar="N",
+    p.add_argument("--prune", type=cli._non_negative_int, metavar="N",
                    help="delete every model but the active one and the N newest others (default: keep all)")
     p.set_defaults(func=cmd_models)
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from llama_index_deepmemory.cli import _positive_int  # the CLI's own option parser (stdlib only)
+from llama_index_deepmemory.cli import _non_negative_int, _positive_int  # the CLI's own option parsers (stdlib only)
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +24,6 @@ HELP_TEXT = """Commands:
   /history          show the whole conversation
   /help             this help
   /quit             leave (the conversation is saved after every answer)"""
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def register(sub: Any) -> None:
