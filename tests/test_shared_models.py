@@ -252,3 +252,19 @@ def test_a_job_whose_process_died_shows_as_failed(tmp_path: Path) -> None:
     row = next(j for j in store.deep_memory.list_jobs() if j["job_id"] == job_id)
     assert row["status"] == "failed" and f"process {dead.pid} ended" in row["error"], row
     assert train_here(store, epochs=2) == "job_2"  # numbering goes on past it
+
+
+def test_a_handle_whose_store_was_replaced_keeps_serving_and_may_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    old = built(path)
+    train_here(old, epochs=2)
+    old.deep_memory.set_model("model_1")
+    DeepMemoryVectorStore().persist(str(path), overwrite=True)  # another store replaces it, models and all
+    assert old.deep_memory.refresh() == "model_1" and old.deep_memory.active_model() is not None
+    with pytest.raises(state.LocationGoneError, match="persisted over by another handle"):
+        old.deep_memory.set_model(None)
+    with pytest.raises(persistence.StaleStoreError):
+        old.persist(str(path))
+    old.persist(str(path), overwrite=True)  # asked for: its nodes and models replace the new store
+    again = DeepMemoryVectorStore.from_persist_path(str(path))
+    assert len(again) == 150 and again.deep_memory.get_model() == "model_1"

@@ -333,6 +333,7 @@ class DeepMemory:
 
     def bind(self, location: "state.ModelLocation") -> None:
         """Serve and record the models of ``location`` from now on (read at once)."""
+        location.catalog()  # a location that is gone is refused here, naming its folder
         with self._lock:
             self._location, self._stamp, self._folders = location, None, {}
             self._sync(force=True)
@@ -378,10 +379,10 @@ class DeepMemory:
             stamp = location.stamp()
             if stamp == self._stamp:
                 return
-            if stamp is None:
-                if force:
-                    location.catalog()  # raises LocationGoneError naming the folder
-                logger.warning("the Deep Memory models at %s are gone; serving the last ones read", location.root)
+            if stamp is None:  # changes are refused there (naming the folder); serve what was read
+                if self._stamp is not None:
+                    logger.warning("the Deep Memory models at %s are gone (the store was persisted over); "
+                                   "serving the last ones read", location.root)
                 self._stamp = None
                 return
             try:
