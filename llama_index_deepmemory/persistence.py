@@ -222,13 +222,16 @@ def _refuse_orphan_generations(root: Path, side_prefixes: tuple[str, ...] = ()) 
     store (its manifest lost) whose nodes and models a new snapshot would delete after the switch."""
     if (root / MANIFEST).exists():
         return
-    orphans = sorted(p.name for prefix in (_GEN_PREFIX, *side_prefixes) for p in root.glob(f"{prefix}*") if p.is_dir())
-    if orphans:
+    groups = [(prefix, sorted(p.name for p in root.glob(f"{prefix}*") if p.is_dir()))
+              for prefix in (_GEN_PREFIX, *side_prefixes)]
+    held = [f"{len(names)} {'snapshot' if prefix == _GEN_PREFIX else 'side'} folder(s) ({names[-1]})"
+            for prefix, names in groups if names]
+    if held:
         raise ValueError(
-            f"{str(root)!r} holds {len(orphans)} snapshot folder(s) ({orphans[-1]}) but no {MANIFEST}: it is "
-            "a damaged store, and persisting there would delete them. Nothing was changed: restore "
-            f"{MANIFEST} from a backup, persist to another folder, or delete the {_GEN_PREFIX}* folders "
-            "if they are not needed."
+            f"{str(root)!r} holds {' and '.join(held)} but no {MANIFEST}: it is a damaged store, and "
+            f"persisting there would delete them. Nothing was changed: restore {MANIFEST} from a backup, "
+            f"persist to another folder, or delete the {'/'.join(p + '*' for p, names in groups if names)} "
+            "folders if they are not needed."
         )
 
 
