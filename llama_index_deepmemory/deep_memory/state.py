@@ -64,7 +64,7 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _number(name: str) -> int:
+def number_of(name: str) -> int:
     match = _NUMBERED.match(name)
     return int(match.group(1)) if match else 0
 
@@ -162,7 +162,7 @@ class ModelLocation:
         """Every job record, oldest number first (unreadable records are skipped with a warning)."""
         folder = self.root / "jobs"
         rows = []
-        for path in sorted(folder.glob("job_*.json"), key=lambda p: _number(p.stem)) if folder.is_dir() else ():
+        for path in sorted(folder.glob("job_*.json"), key=lambda p: number_of(p.stem)) if folder.is_dir() else ():
             try:
                 row = json.loads(path.read_text("utf-8"))
             except (OSError, ValueError) as exc:
@@ -183,7 +183,7 @@ class ModelLocation:
         """A job number no other process holds; the job's record is written at once."""
         with self.locked():
             catalog = self.catalog()
-            used = [_number(p.stem) for p in (self.root / "jobs").glob("job_*.json")] if (self.root / "jobs").is_dir() else []
+            used = [number_of(p.stem) for p in (self.root / "jobs").glob("job_*.json")] if (self.root / "jobs").is_dir() else []
             number = max([int(catalog["next_number"]), *(n + 1 for n in used)])
             catalog["next_number"] = number + 1
             self._write_catalog(catalog)
@@ -210,7 +210,7 @@ class ModelLocation:
                 if activated:
                     catalog["active"] = name
                     catalog["active_version"] += 1
-                catalog["next_number"] = max(int(catalog["next_number"]), _number(name) + 1)
+                catalog["next_number"] = max(int(catalog["next_number"]), number_of(name) + 1)
                 self._commit(catalog, "add", name)
         except BaseException:
             shutil.rmtree(self.root / "models" / folder, ignore_errors=True)
@@ -254,7 +254,7 @@ class ModelLocation:
         models = split_models(meta, arrays)
         folders = {name: self._write_model(*state) for name, state in models.items()}
         jobs = [dict(row) for row in meta.get("jobs", [])]
-        numbers = [_number(n) for n in [*models, *(j.get("job_id", "") for j in jobs)]]
+        numbers = [number_of(n) for n in [*models, *(j.get("job_id", "") for j in jobs)]]
         catalog = {**old, "active": meta.get("active"), "active_version": int(old["active_version"]) + 1,
                    "next_number": max([int(old["next_number"]), *(n + 1 for n in numbers)]),
                    "models": {name: {"folder": folders[name], "kind": m_meta.get("kind"), "job_id": None,
