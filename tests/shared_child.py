@@ -6,7 +6,7 @@ trains on the rotation task and prints ``{"job": ..., "model": ..., "active": ..
 ``... train-engine MODEL_DIR SEED`` does the same over an in-memory Qdrant holding the same
 nodes, its models shared through ``MODEL_DIR``.
 ``... serve FOLDER`` loads the store once and answers stdin lines: ``wait NAME`` (``none`` for no
-model) waits up to 5 s until ``get_model()`` says ``NAME`` and prints the seconds it took and the
+model) waits up to 5 s until ``get_model()`` says ``NAME`` and prints the seconds that took and the
 Deep Memory ranking of the task's test queries; ``quit`` (or end of input) exits.
 """
 
@@ -69,12 +69,12 @@ def serve(store) -> None:
         began = time.monotonic()
         while store.deep_memory.get_model() != want and time.monotonic() - began < WAIT_LIMIT_S:
             time.sleep(0.02)
-        seen = store.deep_memory.get_model()
+        seen, seconds = store.deep_memory.get_model(), time.monotonic() - began
         try:
             ids = ranking(store)
         except ValueError as exc:
             ids = f"error: {exc}"
-        print(json.dumps({"active": seen, "seconds": time.monotonic() - began, "ids": ids}), flush=True)
+        print(json.dumps({"active": seen, "seconds": seconds, "ids": ids}), flush=True)
 
 
 def main(argv: list[str]) -> int:
