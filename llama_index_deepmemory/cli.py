@@ -247,7 +247,7 @@ def _drop_orphan_snapshots(path: str) -> None:
 
     root = Path(path)
     if root.is_dir() and not (root / MANIFEST).exists():
-        for snapshot in root.glob("gen-*"):
+        for snapshot in [*root.glob("gen-*"), *root.glob("dm-*")]:  # nodes, and the models beside them
             if snapshot.is_dir():
                 logger.info("--replace: deleting %s of the damaged store", snapshot)
                 shutil.rmtree(snapshot)
@@ -354,8 +354,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(_for_cli(summary.getvalue().strip()))
     if model:
         print(f"{model}: {_describe_job(job)}")
-    _save_store(store, args.store)
+    _save_models(store, args.store)
     print(f"Saved {args.store}; active Deep Memory model: {store.deep_memory.get_model() or 'none'}")
+
+
+def _save_models(store: Any, path: str) -> None:
+    """Make the models' change durable: a store loaded from a folder records each change there as
+    it happens (so commands on one store at once keep every model); a store written before that
+    layout is persisted (converting it; refused if another command changed it meanwhile)."""
+    if store.deep_memory.location is None:
+        _save_store(store, path)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -467,59 +475,6 @@ def cmd_query(args: argparse.Namespace) -> None:
         raise UserError("no queries on stdin: pipe one query per line, pass the question, or use --file")
 
 
-def cmd_status(args: argparse.Namespace) -> None:
-    """Training jobs of a store (or one job's details) and its active model."""
-    store, _ = _open_store(args.store)
-    if args.job_id:
-        known = [job["job_id"] for job in _jobs(store)]
-        if args.job_id not in known:
-            raise UserError(f"no job {args.job_id!r} in {args.store}; jobs: {known or 'none yet'}")
-        with _captured_stdout() as shown:
-            job = store.deep_memory.status(args.job_id)
-        print(_for_cli(shown.getvalue()), end="")
-        if job.get("model_name"):
-            print(f"{job['model_name']}: {_describe_job(job)}")
-    else:
-        with _captured_stdout() as shown:
-            store.deep_memory.list_jobs()
-        print(_for_cli(shown.getvalue()), end="")
-    print(f"Active Deep Memory model: {store.deep_memory.get_model() or 'none'}")
-
-
-def _jobs(store: Any) -> list[dict[str, Any]]:
-    with _captured_stdout():
-        return store.deep_memory.list_jobs()
-
-
-def cmd_models(args: argparse.Namespace) -> None:
-    """Kept Deep Memory models: which is active, what each contains, its validation score."""
-    store, _ = _open_store(args.store)
-    models = store.deep_memory.list_models()
-    if not models:
-        print(f"No Deep Memory models in {args.store} yet: train one with `{PROG} train --store {args.store} ...`.")
-        return
-    by_name = {job.get("model_name"): job for job in _jobs(store)}
-    width = max(len(m["name"]) for m in models)
-    for model in models:
-        job = by_name.get(model["name"], {})
-        mark = "*" if model["active"] else " "
-        print(f"{mark} {model['name']:<{width}}  job {model.get('job_id') or '-'}: {_describe_job(job)}")
-    print("* active (used by `query` and by deep_memory=True); change it with "
-          f"`{PROG} activate MODEL` or `{PROG} activate none`")
-
-
-def cmd_activate(args: argparse.Namespace) -> None:
-    """Make a kept model the active one (``none`` turns Deep Memory off) and save the store."""
-    store, _ = _open_store(args.store)
-    name = None if args.model.lower() == "none" else args.model
-    known = [m["name"] for m in store.deep_memory.list_models()]
-    if name is not None and name not in known:
-        raise UserError(f"no Deep Memory model {name!r} in {args.store}; kept models: {known or 'none yet'} (or 'none')")
-    store.deep_memory.set_model(name)
-    _save_store(store, args.store)
-    print(f"Saved {args.store}; active Deep Memory model: {name or 'none'}")
-
-
 def cmd_demo(args: argparse.Namespace) -> None:
     """The whole pipeline offline on Python's docs (or --docs); an LLM writes the questions only with --llm."""
     from llama_index_deepmemory.data.questions import QuestionGenerationError
@@ -547,6 +502,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 
@@ -679,26 +644,6 @@ def _add_embed_model_override(p: Any) -> None:
                    "local model folder, or a cached Hugging Face model name; default: the store's own)")
 
 
-def _add_status(sub: Any) -> None:
-    p = sub.add_parser("status", help="training jobs of a store, or one job's details", description=cmd_status.__doc__)
-    p.add_argument("job_id", nargs="?", help="a job id such as job_1 (default: list every job)")
-    _add_common(p)
-    p.set_defaults(func=cmd_status)
-
-
-def _add_models(sub: Any) -> None:
-    p = sub.add_parser("models", help="list the kept Deep Memory models and the active one", description=cmd_models.__doc__)
-    _add_common(p)
-    p.set_defaults(func=cmd_models)
-
-
-def _add_activate(sub: Any) -> None:
-    p = sub.add_parser("activate", help="make a kept model active (or 'none')", description=cmd_activate.__doc__)
-    p.add_argument("model", help="a model name from `models`, e.g. model_2, or 'none' to turn Deep Memory off")
-    _add_common(p)
-    p.set_defaults(func=cmd_activate)
-
-
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline offline on Python's docs", description=cmd_demo.__doc__)
     p.add_argument("--docs", help="HTML folder or URL (default: /usr/share/doc/python3.11/html from python3.11-doc)")
@@ -721,6 +666,13 @@ def _add_demo(sub: Any) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_model_commands(sub: Any) -> None:
+    """``status``, ``models`` and ``activate`` (in :mod:`llama_index_deepmemory.cli_models`, stdlib-only at import)."""
+    from llama_index_deepmemory.cli_models import register
+
+    register(sub)
+
+
 def _add_chat(sub: Any) -> None:
     """``chat``, and ``evaluate --answers`` (both in :mod:`llama_index_deepmemory.chat.cli`, stdlib-only at import)."""
     from llama_index_deepmemory.chat.cli import register
@@ -730,7 +682,7 @@ def _add_chat(sub: Any) -> None:
 
 # Each adds one subcommand; --help lists them in this order.
 SUBCOMMANDS: list[Callable[[Any], None]] = [
-    _add_ingest, _add_generate, _add_train, _add_evaluate, _add_query, _add_status, _add_models, _add_activate, _add_demo,
+    _add_ingest, _add_generate, _add_train, _add_evaluate, _add_query, _add_model_commands, _add_demo,
     _add_chat,
 ]
 

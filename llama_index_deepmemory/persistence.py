@@ -6,11 +6,17 @@
         manifest.json          # names the current generation + sha256/size of each of its files
         .write.lock .read.lock # advisory lock files (see below)
         gen-<time>-<random>/   # one complete snapshot; older generations are deleted after a switch
-            store.json  index.faiss  slots.npy  dead.npy  nodes.jsonl  deep_memory.json  ...
+            store.json  index.faiss  slots.npy  dead.npy  nodes.jsonl
+        dm-<random>/           # side folders a writer names in the manifest (the Deep Memory models,
+                               # see :mod:`llama_index_deepmemory.deep_memory.state`)
 
 A snapshot is written into a fresh generation folder (every file fsynced), then ``manifest.json``
 is replaced atomically (write aside, fsync, ``os.replace``). A crash at any point leaves the
-previous manifest, which names the previous, untouched generation. Loading verifies every file's
+previous manifest, which names the previous, untouched generation. A writer may say which
+generation it expects to replace (the one its handle loaded): when another writer switched the
+folder since, it is refused with :class:`StaleStoreError` before anything is written, as SQLite
+refuses a stale writer. A manifest that cannot be read is never written over: its snapshot may
+still be recoverable. Loading verifies every file's
 size and sha256 (every file it reads must be listed) and names the file that does not match; a
 file that fails to parse is refused with :class:`CorruptStoreError` naming it.
 
@@ -40,16 +46,22 @@ from llama_index_deepmemory.atomic import atomic_write, fsync_dir, fsync_file, w
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "llama-index-deepmemory/vector-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest may name side folders (the Deep Memory models)
+ANY = object()  # write_generation(expect=ANY): replace whatever the folder holds
 MANIFEST = "manifest.json"
 _GEN_PREFIX = "gen-"
 _CHUNK = 1 << 22
+_MANIFEST_KEYS = frozenset({"format", "format_version", "generation", "files", "sides"})
 _WRITE_LOCK = ".write.lock"  # held by the one writer of a folder
 _READ_LOCK = ".read.lock"  # shared by loaders; exclusive while old generations are deleted
 
 
 class CorruptStoreError(ValueError):
     """A persisted file is missing, truncated or altered."""
+
+
+class StaleStoreError(ValueError):
+    """A folder another writer changed since this handle loaded (or last wrote) it."""
 
 
 # appended to damage errors: loading never changes the folder, so these are the ways out
@@ -94,6 +106,11 @@ def _flock(path: Path, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def lock_file(path: Path, exclusive: bool = True) -> Any:
+    """An advisory ``flock`` on ``path`` as a context manager (see :func:`_flock`)."""
+    return _flock(path, exclusive)
+
+
 @contextmanager
 def reading(persist_path: str | os.PathLike) -> Iterator[None]:
     """Hold while loading a snapshot: a writer deletes old generations only between readers."""
@@ -105,12 +122,25 @@ def reading(persist_path: str | os.PathLike) -> Iterator[None]:
         yield
 
 
-def write_generation(persist_path: str | os.PathLike, writers: dict[str, Callable[[Path], None]]) -> Path:
-    """Write one snapshot: each ``writers[name](path)`` writes file ``name``; then switch to it.
+def write_generation(
+    persist_path: str | os.PathLike,
+    writers: dict[str, Callable[[Path], None]],
+    *,
+    expect: Any = ANY,
+    side_fields: Callable[[Path], dict[str, str]] | None = None,
+    side_prefixes: tuple[str, ...] = (),
+) -> Path:
+    """Write one snapshot: ``side_fields`` first, then each ``writers[name](path)`` writes file
+    ``name``; then switch to it.
 
     Returns the new generation folder. Writers of one folder are serialised (a lock file in the
-    folder). Older generations (and leftovers of crashed writes) are removed only after the
-    manifest names the new one, and only while no reader (see :func:`reading`) is loading.
+    folder). ``expect`` is the generation the caller last saw there (None: no store): when the
+    folder now names another one, :class:`StaleStoreError` is raised before anything is written
+    (``ANY`` skips the check; a folder without a manifest is always writable). ``side_fields(root)``,
+    called under the lock before the snapshot's files, may write folders beside the generations
+    and returns names for them, kept in the manifest's ``sides`` table. Older generations, side folders starting with ``side_prefixes`` that the new
+    manifest does not name, and leftovers of crashed writes are removed only after the manifest
+    names the new generation, and only while no reader (see :func:`reading`) is loading.
     """
     root = Path(persist_path)
     if root.exists() and not root.is_dir():
@@ -120,12 +150,21 @@ def write_generation(persist_path: str | os.PathLike, writers: dict[str, Callabl
         )
     root.mkdir(parents=True, exist_ok=True)
     with _flock(root / _WRITE_LOCK, exclusive=True):
-        _refuse_orphan_generations(root)
+        current = _current_generation(root, side_prefixes)
+        if expect is not ANY and current is not None and current != expect:
+            raise StaleStoreError(
+                f"{str(root)!r} changed since this store was loaded or last persisted there (generation "
+                f"{expect or 'none'} -> {current}): another handle or process persisted it. Nothing was "
+                f"written: load it again (DeepMemoryVectorStore.from_persist_path({str(root)!r})) and redo "
+                "your change, persist to another path, or pass overwrite=True to replace what is there"
+            )
+        named_before = set(_side_names(root)) if current is not None else set()
+        sides = dict(side_fields(root)) if side_fields is not None else {}
         gen_name = f"{_GEN_PREFIX}{time.time_ns()}-{uuid.uuid4().hex[:8]}"
         gen_dir = root / gen_name
-        gen_dir.mkdir()
         files: dict[str, dict[str, Any]] = {}
         try:
+            gen_dir.mkdir()
             for name, write in writers.items():
                 path = gen_dir / name
                 write(path)
@@ -137,31 +176,62 @@ def write_generation(persist_path: str | os.PathLike, writers: dict[str, Callabl
                 "format_version": FORMAT_VERSION,
                 "generation": gen_name,
                 "files": files,
+                "sides": sides,
             }
             write_json_atomic(root / MANIFEST, manifest)
         except BaseException:
             shutil.rmtree(gen_dir, ignore_errors=True)
+            for side in set(sides.values()) - named_before:  # written for this snapshot only
+                shutil.rmtree(root / Path(side).name, ignore_errors=True)
             raise
         # every other generation is the previous one or a crashed write (writers are serialised)
+        named = set(sides.values())
         with _flock(root / _READ_LOCK, exclusive=True):
             for entry in root.iterdir():
-                if entry.name.startswith(_GEN_PREFIX) and entry.name != gen_name and entry.is_dir():
+                old_gen = entry.name.startswith(_GEN_PREFIX) and entry.name != gen_name
+                old_side = entry.name.startswith(side_prefixes) if side_prefixes else False
+                if (old_gen or (old_side and entry.name not in named)) and entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
     return gen_dir
 
 
-def _refuse_orphan_generations(root: Path) -> None:
-    """Refuse to write into a folder holding snapshot folders but no manifest: a damaged store
-    (its manifest lost) whose nodes and models a new snapshot would delete after the switch."""
+def _side_names(root: Path) -> list[str]:
+    """The side folders the folder's (readable) manifest names."""
+    return list(read_manifest(root).get("sides", {}).values())
+
+
+def _current_generation(root: Path, side_prefixes: tuple[str, ...] = ()) -> str | None:
+    """The generation the folder's manifest names (None: no manifest); a manifest that cannot be
+    read is refused, since writing would delete the snapshot it may still name."""
+    if not (root / MANIFEST).exists():
+        _refuse_orphan_generations(root, side_prefixes)
+        return None
+    try:
+        return str(read_manifest(root)["generation"])
+    except (ValueError, OSError) as exc:
+        snapshots = sorted(p.name for p in root.glob(f"{_GEN_PREFIX}*") if p.is_dir())
+        raise CorruptStoreError(
+            f"{str(root / MANIFEST)!r} cannot be read ({str(exc)[:160]}), so persisting there could delete "
+            f"the {len(snapshots)} snapshot folder(s) it may still name. Nothing was changed: restore "
+            f"{MANIFEST} from a backup, persist to another folder, or delete the folder if it is not needed."
+        ) from None
+
+
+def _refuse_orphan_generations(root: Path, side_prefixes: tuple[str, ...] = ()) -> None:
+    """Refuse to write into a folder holding snapshot (or side) folders but no manifest: a damaged
+    store (its manifest lost) whose nodes and models a new snapshot would delete after the switch."""
     if (root / MANIFEST).exists():
         return
-    orphans = sorted(p.name for p in root.glob(f"{_GEN_PREFIX}*") if p.is_dir())
-    if orphans:
+    groups = [(prefix, sorted(p.name for p in root.glob(f"{prefix}*") if p.is_dir()))
+              for prefix in (_GEN_PREFIX, *side_prefixes)]
+    held = [f"{len(names)} {'snapshot' if prefix == _GEN_PREFIX else 'side'} folder(s) ({names[-1]})"
+            for prefix, names in groups if names]
+    if held:
         raise ValueError(
-            f"{str(root)!r} holds {len(orphans)} snapshot folder(s) ({orphans[-1]}) but no {MANIFEST}: it is "
-            "a damaged store, and persisting there would delete them. Nothing was changed: restore "
-            f"{MANIFEST} from a backup, persist to another folder, or delete the {_GEN_PREFIX}* folders "
-            "if they are not needed."
+            f"{str(root)!r} holds {' and '.join(held)} but no {MANIFEST}: it is a damaged store, and "
+            f"persisting there would delete them. Nothing was changed: restore {MANIFEST} from a backup, "
+            f"persist to another folder, or delete the {'/'.join(p + '*' for p, names in groups if names)} "
+            "folders if they are not needed."
         )
 
 
@@ -187,6 +257,14 @@ def read_manifest(persist_path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(
             f"{str(manifest_path)!r} has format_version {version!r}; this llama-index-deepmemory "
             f"reads versions 1..{FORMAT_VERSION}. Upgrade the package to load it."
+        )
+    unknown = sorted(set(manifest) - _MANIFEST_KEYS)
+    sides = manifest.get("sides", {})
+    if unknown or (version >= 2 and "sides" not in manifest) or not isinstance(sides, dict) or not all(
+        isinstance(v, str) and v and Path(v).name == v and not v.startswith((".", _GEN_PREFIX)) for v in sides.values()
+    ):
+        raise CorruptStoreError(
+            f"{str(manifest_path)!r} has unknown keys {unknown} or an invalid 'sides' table; it was altered"
         )
     generation = manifest.get("generation")
     if not isinstance(generation, str) or not generation.startswith(_GEN_PREFIX) or Path(generation).name != generation:

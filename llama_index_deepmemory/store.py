@@ -10,6 +10,10 @@ The face validates, delegates and answers LlamaIndex's conventions; a backend ke
 ``stores_text=True``: nodes come back from ``query``/``get_nodes`` with text, metadata and
 relationships, so no docstore is needed. ``query(..., deep_memory=True)`` applies the active Deep
 Memory model (an error if none). Async methods run the sync code in a worker thread.
+
+Over the embedded store the face owns Deep Memory: it hands the backend a ranker for ranked
+queries and keeps the models beside the snapshot, in a model location the manifest names
+(:mod:`llama_index_deepmemory.deep_memory.state`); a store loaded from a folder is bound to it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import dataclasses
 import logging
 import os
 import sys
+import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -34,6 +40,7 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryResult,
 )
 
+from llama_index_deepmemory import persistence
 from llama_index_deepmemory.engine.faiss_store import FaissStore
 from llama_index_deepmemory.filters import check_filter_depth
 
@@ -46,6 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 QUERY_KWARGS = ("deep_memory", "mmr_threshold", "mmr_prefetch_k")
+DM_FIELD = "deep_memory"  # the manifest field naming the store's model location
 NAMESPACE_SEP = "__"
 DEFAULT_NAMESPACE = "default"
 
@@ -67,8 +75,9 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             to keep the vectors in; adds, deletes, ``get_nodes``, ``clear`` and filters pass through
             to it, and ``deep_memory=True`` ranks over its search (see :mod:`.engine.wrapped`).
             The FAISS options above do not apply then.
-        model_dir: with ``vector_store``, the local folder the Deep Memory models are saved to after
-            every training or ``set_model`` and loaded from at construction (versioned, atomic).
+        model_dir: with ``vector_store``, the folder the Deep Memory models are shared through: every
+            training, ``set_model`` and deletion is recorded there at once, and every process opening
+            the same ``model_dir`` sees it within a second (see :mod:`.deep_memory.state`).
     """
 
     stores_text: bool = True
@@ -76,6 +85,11 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     flat_metadata: bool = False
 
     _backend: Any = PrivateAttr(default=None)  # FaissStore, or engine.wrapped.WrappedStore
+    _deep_memory: Any = PrivateAttr(default=None)  # the face's DeepMemory over the embedded store
+    _dm_lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _persist_lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _seen: dict = PrivateAttr(default_factory=dict)  # folder -> the generation this handle last saw there
+    _legacy_folder: Any = PrivateAttr(default=None)  # loaded from a snapshot that kept models inside it
 
     def __init__(
         self,
@@ -170,7 +184,20 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     @property
     def deep_memory(self) -> "DeepMemory":
         """This store's Deep Memory manager (created on first use)."""
-        return self._backend.deep_memory
+        manager = self._deep_memory
+        if manager is not None:
+            return manager
+        backend = self._backend
+        if not isinstance(backend, FaissStore):
+            return backend.deep_memory
+        with self._dm_lock:
+            if self._deep_memory is None:  # checked again: another thread may have made it
+                from llama_index_deepmemory.deep_memory.api import DeepMemory
+
+                manager = DeepMemory(self)
+                backend.on_texts_changed = manager.texts_changed
+                self._deep_memory = manager
+            return self._deep_memory
 
     def __len__(self) -> int:
         return len(self._backend)
@@ -302,7 +329,14 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             query = dataclasses.replace(query, node_ids=None)
         if query.mode == VectorStoreQueryMode.MMR:
             return self._mmr_query(query, model, threshold, prefetch)
-        return self._backend.query(query, model)
+        return self._backend.query(query, self._ranker(model))
+
+    def _ranker(self, model: Any) -> Any:
+        """What the backend's query takes: the embedded store a ranker over its lock-free view
+        (or None: plain), a wrapped store the model itself."""
+        if model is None or not isinstance(self._backend, FaissStore):
+            return model
+        return _Ranker(model)
 
     def _mmr_query(
         self, query: VectorStoreQuery, model: Any, threshold: float, prefetch: int | None
@@ -310,7 +344,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         """Maximal marginal relevance over the top ``prefetch`` candidates (see :meth:`query`)."""
         k = query.similarity_top_k
         depth = max(k, prefetch if prefetch is not None else max(4 * k, 50))
-        pool = self._backend.query(dataclasses.replace(query, similarity_top_k=depth), model)
+        pool = self._backend.query(dataclasses.replace(query, similarity_top_k=depth), self._ranker(model))
         if not pool.nodes or k == 0:
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         vectors = self._backend.get_vectors([n.node_id for n in pool.nodes])
@@ -348,7 +382,13 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         filters: Optional[MetadataFilters] = None,
     ) -> tuple[np.ndarray, list[list[str]]]:
         """Batched search of prepared queries, ranked as :meth:`query` ranks them."""
-        return self._backend.search_vectors(queries, k, deep_memory=deep_memory, texts=texts, filters=filters)
+        if not isinstance(self._backend, FaissStore):
+            return self._backend.search_vectors(queries, k, deep_memory=deep_memory, texts=texts, filters=filters)
+        from llama_index_deepmemory.deep_memory.base import check_query_texts
+
+        model = self.deep_memory.require_active_model() if deep_memory else None
+        texts = check_query_texts(texts, len(queries))
+        return self._backend.search_vectors(queries, k, self._ranker(model), texts=texts, filters=filters)
 
     def usable_ids(self, node_ids: Sequence[str], filters: Optional[MetadataFilters] = None) -> np.ndarray:
         return self._backend.usable_ids(node_ids, filters)
@@ -361,18 +401,53 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         self,
         persist_path: str = os.path.join(DEFAULT_PERSIST_DIR, DEFAULT_PERSIST_FNAME),
         fs: "fsspec.AbstractFileSystem | None" = None,
+        overwrite: bool = False,
     ) -> None:
         """Write a snapshot to the folder ``persist_path`` (atomic; see :mod:`.persistence`).
+
+        The Deep Memory models live beside the nodes: a store loaded from ``persist_path`` keeps
+        sharing its models there (recorded as they change); any other store writes a copy of its own.
+        When another handle or process persisted to ``persist_path`` since this store loaded (or last
+        persisted) it, nothing is written and :class:`~.persistence.StaleStoreError` names the fix;
+        ``overwrite=True`` replaces what is there instead.
 
         A store wrapping another ``vector_store`` writes only its Deep Memory models there (the
         engine keeps the nodes); load them with ``DeepMemoryVectorStore(vector_store=...,
         model_dir=persist_path)``."""
         _check_local_fs(fs)
-        self._backend.persist(persist_path)
-        if self.vector_store is None and self.embed_model is not None:  # from_persist_path loads it again
+        if not isinstance(self._backend, FaissStore):
+            self._backend.persist(persist_path)
+            return
+        self._persist_snapshot(persist_path, overwrite)
+        if self.embed_model is not None:  # from_persist_path loads it again
             from llama_index_deepmemory.embeddings import write_embedding_record
 
             write_embedding_record(persist_path, self.embed_model)
+
+    def _persist_snapshot(self, persist_path: str, overwrite: bool) -> None:
+        """Write the embedded store's snapshot (refused over a folder changed since it was read)."""
+        from llama_index_deepmemory.deep_memory import state
+
+        key = os.path.realpath(persist_path)
+        manager = self._deep_memory
+        with self._persist_lock:
+            expect = persistence.ANY if overwrite else self._seen.get(key, persistence.ANY)
+
+            def sides(root: Path) -> dict[str, str]:
+                location = manager.location if manager is not None else None
+                if location is not None and os.path.realpath(location.root.parent) == key and location.stamp():
+                    return {DM_FIELD: location.root.name}  # already recorded there, change by change
+                meta, arrays = manager.to_state() if manager is not None else (_EMPTY_STATE, {})
+                return {DM_FIELD: state.write_copy(root, meta, arrays)}
+
+            generation = self._backend.persist(persist_path, expect=expect, side_fields=sides,
+                                               side_prefixes=(state.SIDE_PREFIX,))
+            self._seen[key] = generation
+            if self._legacy_folder == key and manager is not None and manager.location is None:
+                area = persistence.read_manifest(persist_path)["sides"].get(DM_FIELD)
+                if area:  # converted: from now on shared like any store loaded from a folder
+                    manager.bind(state.ModelLocation(Path(persist_path) / area))
+                    self._legacy_folder = None
 
     @classmethod
     def from_persist_path(
@@ -383,7 +458,8 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         *,
         load_recorded_embedding: bool = True,
     ) -> "DeepMemoryVectorStore":
-        """Load a snapshot written by :meth:`persist` (checksums and consistency verified).
+        """Load a snapshot written by :meth:`persist` (checksums and consistency verified); its
+        Deep Memory models are those of the folder, shared with every process serving it.
 
         Without ``embed_model``, the embedding model recorded at :meth:`persist` (or by the CLI's
         ``ingest``) is loaded: the bundled default or a sentence-transformers folder or name; an
@@ -394,9 +470,38 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             from llama_index_deepmemory.embeddings import load_recorded_embedding as load_recorded
 
             embed_model = load_recorded(persist_path)
-        store = cls()
-        store._backend = FaissStore.from_persist_path(persist_path, embed_model)
-        return store
+        from llama_index_deepmemory.deep_memory import state
+
+        for attempt in (1, 2):
+            backend, manifest, legacy = FaissStore.from_persist_path(
+                persist_path, embed_model, read_extra=lambda gen, m: state.read_legacy_snapshot(gen, m["files"]))
+            store = cls()
+            store._backend = backend
+            key = os.path.realpath(persist_path)
+            store._seen[key] = manifest["generation"]
+            area = manifest.get("sides", {}).get(DM_FIELD)
+            where = os.path.join(persist_path, persistence.MANIFEST)
+            try:
+                if manifest["format_version"] >= 2:
+                    if not isinstance(area, str) or not area.startswith(state.SIDE_PREFIX):
+                        raise persistence.CorruptStoreError(f"{where!r} names no valid model location ({area!r})")
+                    store.deep_memory.bind(state.ModelLocation(Path(persist_path) / area))
+                elif legacy is not None and (legacy[0].get("models") or legacy[0].get("jobs")):
+                    store.deep_memory.load_state(*legacy)
+                    store._legacy_folder = key
+            except state.LocationGoneError:
+                if attempt == 2:
+                    raise persistence.CorruptStoreError(
+                        f"{where!r} names the model location {area!r}, which is missing; {persistence.DAMAGE_REMEDY}"
+                    ) from None
+                continue  # another writer replaced the store meanwhile: load the new one
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                if isinstance(exc, persistence.CorruptStoreError):
+                    raise
+                raise persistence.CorruptStoreError(
+                    f"{persist_path!r} holds an invalid Deep Memory state: {type(exc).__name__}: {exc}") from None
+            return store
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @classmethod
     def from_persist_dir(
@@ -412,16 +517,42 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
 
 
 def _wrapped_backend(vector_store: Any, embed_model: Any, model_dir: str | os.PathLike | None) -> Any:
-    """A wrapped engine as the backend, its models loaded from and saved to ``model_dir``."""
-    from llama_index_deepmemory.deep_memory import model_folder
+    """A wrapped engine as the backend, its models shared through ``model_dir``."""
     from llama_index_deepmemory.engine.wrapped import WrappedStore
 
     wrapped = WrappedStore(vector_store, embed_model)
     if model_dir is not None:
-        model_folder.load(model_dir, wrapped.deep_memory)
-        engine = type(vector_store).__name__
-        wrapped.deep_memory.on_change = lambda: model_folder.save(model_dir, wrapped.deep_memory, engine)
+        from llama_index_deepmemory.deep_memory import state
+
+        wrapped.deep_memory.bind(state.ModelLocation.open(model_dir))
     return wrapped
+
+
+_EMPTY_STATE: dict[str, Any] = {"format_version": 1, "active": None, "models": {}, "jobs": []}
+
+
+class _Ranker:
+    """The Deep Memory ranking of one query with ``model``, as the embedded backend calls it."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __call__(self, view: Any, queries: np.ndarray, k: int, texts: Any, restriction: Any) -> Any:
+        return _rank()(view, queries, self.model, k, texts=texts, filters=restriction)
+
+
+def _rank() -> Any:
+    global _RANK
+    if _RANK is None:
+        from llama_index_deepmemory.deep_memory.ranking import rank
+
+        _RANK = rank
+    return _RANK
+
+
+_RANK: Any = None
 
 
 def _query_options(kwargs: dict[str, Any]) -> tuple[bool, float, int | None]:

@@ -118,7 +118,7 @@ def _worker(path: str, first: Any, second: Any, counter_fd: int) -> None:
     deadline = time.monotonic() + WORKER_LIFETIME_S
     done = 0
     while time.monotonic() < deadline:
-        (first if done % 2 == 0 else second).persist(path)
+        (first if done % 2 == 0 else second).persist(path, overwrite=True)  # two handles take turns on purpose
         done += 1
         os.write(counter_fd, b".")
 

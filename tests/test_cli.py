@@ -279,7 +279,7 @@ def test_ingest_never_overwrites_a_damaged_store(store: Path, site: Path, capsys
     err = capsys.readouterr().err
     assert "damaged store" in err and "manifest.json is missing" in err and "--replace" in err and "backup" in err
     assert sorted(str(p.relative_to(store)) for p in store.rglob("*")) == before  # nothing touched
-    assert any("deep_memory" in name for name in before)  # the trained model is still there
+    assert any(name.endswith("arrays.safetensors") for name in before)  # the trained model is still there
     other = store.parent / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine", "utf-8")
@@ -418,3 +418,31 @@ def test_a_corrupted_store_file_says_what_to_do(store: Path, capsys: pytest.Capt
     assert main(["models", "--store", str(store)]) == 2
     err = capsys.readouterr().err
     assert "bytes, the manifest says" in err and "backup" in err
+
+
+@pytest.mark.slow
+def test_two_train_commands_on_one_store_at_once_keep_both(store: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Two `deepmemory train` processes on one store at once: both exit 0 and both models and jobs
+    are kept (distinct ids); then `models --delete/--prune` remove models, never the active one."""
+    questions = write_questions(tmp_path / "questions.json", store)
+    command = [sys.executable, "-m", "llama_index_deepmemory.cli", "train", "--store", str(store), "--questions",
+               str(questions), "--epochs", "2", "--always-activate", "-q"]
+    children = [subprocess.Popen(command + ["--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}) for seed in (1, 2)]
+    outputs = [child.communicate(timeout=600) for child in children]
+    assert [child.returncode for child in children] == [0, 0], [err[-1500:] for _, err in outputs]
+    assert main(["status", "--store", str(store)]) == 0
+    status = capsys.readouterr().out
+    assert re.search(r"job_1\s+completed", status) and re.search(r"job_2\s+completed", status), status
+    assert main(["models", "--store", str(store)]) == 0
+    listed = capsys.readouterr().out
+    assert "model_1" in listed and "model_2" in listed, listed
+    active = re.search(r"^\* (model_\d)", listed, re.M).group(1)
+    other = "model_2" if active == "model_1" else "model_1"
+    assert main(["models", "--store", str(store), "--delete", active]) == 2
+    assert "is the active model and cannot be deleted" in capsys.readouterr().err
+    assert main(["models", "--store", str(store), "--delete", other]) == 0
+    assert f"Deleted {other}." in capsys.readouterr().out
+    assert main(["models", "--store", str(store), "--prune", "0"]) == 0
+    assert "Pruned 0 model(s)" in capsys.readouterr().out

@@ -213,8 +213,8 @@ def test_concurrent_persists_and_loads_of_one_folder(tmp_path: Path) -> None:
 
     def persist_loop(store) -> None:
         try:
-            for _ in range(15):
-                store.persist(str(path))
+            for _ in range(15):  # two handles take turns: each replaces the other's snapshot on purpose
+                store.persist(str(path), overwrite=True)
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(repr(exc))
 

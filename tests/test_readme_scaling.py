@@ -45,7 +45,7 @@ def test_readme_scaling_out_example_runs(
     store = DeepMemoryVectorStore(vector_store=QdrantVectorStore(client=client, collection_name="scifact"),
                                   model_dir="deepmemory-models", embed_model=minilm)
     assert type(store.vector_store).__name__ == "QdrantVectorStore" and len(store) == len(beir.nodes())
-    assert store.deep_memory.get_model() is not None and (tmp_path / "deepmemory-models" / "manifest.json").is_file()
+    assert store.deep_memory.get_model() is not None and (tmp_path / "deepmemory-models" / "catalog.json").is_file()
     test_queries, test_relevance = beir.query_relevance("test")
     result = store.deep_memory.evaluate(test_queries, test_relevance, top_k=(1,))
     client.close()

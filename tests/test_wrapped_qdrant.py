@@ -144,7 +144,7 @@ def test_models_persist_in_their_folder_and_a_second_process_serves_the_same(tas
     store.deep_memory._models["hand"] = hand_model(task, seed=2)  # a hand-made model, registered directly
     store.deep_memory.set_model("hand")  # saves the models to model_dir
     active = store.deep_memory.get_model()
-    assert active == "hand" and (model_dir / "manifest.json").is_file()
+    assert active == "hand" and (model_dir / "catalog.json").is_file()
     expected = {
         "active": active,
         "ids": [ask(store, q, text=t, deep_memory=True).ids for q, t in zip(task.queries[N_TRAIN:], task.texts[N_TRAIN:])],

@@ -7,9 +7,16 @@ Mirrors Activeloop's ``vectorstore.deep_memory`` so its tutorials port line by l
     store.deep_memory.evaluate(test_queries, test_relevance)      # recall@k without / with model
     retriever = index.as_retriever(vector_store_kwargs={"deep_memory": True})
 
-Jobs run one at a time: a job started while another runs is queued and starts when it ends.
-A job that is cancelled, raises, or produces a model that cannot be saved leaves the active model
-as it was; a model that does not beat the plain store on validation is kept but not activated.
+Jobs run one at a time per process: a job started while another runs is queued and starts when it
+ends. A job that is cancelled, raises, or produces a model that cannot be saved leaves the active
+model as it was; a model that does not beat the plain store on validation is kept but not
+activated, and so is one whose activation someone changed while it trained.
+
+A store loaded from a folder (or built with ``model_dir=``) is *bound* to that model location
+(:mod:`llama_index_deepmemory.deep_memory.state`): trainings, activations and deletions are
+recorded there at once, and every process serving it sees them within
+:data:`~llama_index_deepmemory.deep_memory.state.REFRESH_SECONDS` (or on :meth:`DeepMemory.refresh`).
+A store built in memory keeps its models in memory until it is persisted.
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ import dataclasses
 import json
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+import time
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from llama_index_deepmemory.deep_memory import jobs
+from llama_index_deepmemory.deep_memory import jobs, state
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView, check_query_texts
+from llama_index_deepmemory.deep_memory.keeping import ModelKeeping
 from llama_index_deepmemory.deep_memory.models import model_from_state
 from llama_index_deepmemory.deep_memory.training_record import TrainingRecord
 from llama_index_deepmemory.metrics import recall_at_k
@@ -43,18 +52,24 @@ class DeepMemoryTrainingError(RuntimeError):
     """A blocking ``train`` call whose job failed (the previously active model stays active)."""
 
 
-class DeepMemory:
+class DeepMemory(ModelKeeping):
     """Trains, evaluates and manages Deep Memory models for one store."""
 
     def __init__(self, store: StoreView) -> None:
         self._store = store
         self._lock = threading.RLock()
         self._models: dict[str, DeepMemoryModel] = {}
-        self._records: dict[str, TrainingRecord] = {}  # what each model was trained on
+        self._trained_on: dict[str, TrainingRecord] = {}  # what each model was trained on
         self._active: str | None = None
         self._jobs = jobs.JobBook(prefix="job")
         self._rewritten_during: dict[str, set[str]] = {}  # running job -> ids re-added since it started
-        self.on_change: Callable[[], None] | None = None  # saves the models where a store keeps them apart
+        self._active_version = 0  # counts activation changes (a training activates only if unchanged)
+        self._location: state.ModelLocation | None = None  # where the models are shared, once bound
+        self._folders: dict[str, str] = {}  # model name -> its folder in the location
+        self._stamp: Any = None  # the catalog's stat when last read
+        self._next_check = 0.0  # monotonic time of the next look at the catalog
+        self._sync_lock = threading.Lock()
+        self._jobs.on_status = self._record_job
 
     def __repr__(self) -> str:
         return f"DeepMemory(models={list(self._models)}, active={self._active!r})"
@@ -93,10 +108,13 @@ class DeepMemory:
                 "off, or a gain may be chance); log or generate more questions (hundreds help most)", len(rows), FEW_QUERIES)
         prepared = self._query_vectors(queries, embedding_function, embedding)
 
-        job_id, number = self._jobs.new_id()
-        model_name = f"model_{number}"
         options_json = _jsonable(dataclasses.asdict(train_options))
-        record = jobs.JobRecord(job_id, options=options_json, num_queries=len(rows))
+        record = jobs.JobRecord("", options=options_json, num_queries=len(rows), owner=state.owner())
+        if self._location is not None:  # a number no other process holds, recorded at once
+            job_id, number = self._location.reserve_job(record.to_dict())
+        else:
+            job_id, number = self._jobs.new_id()
+        record.job_id, model_name = job_id, f"model_{number}"
 
         def work(context: jobs.JobContext) -> None:
             self._run_training(context, prepared, rows, train_options, model_name, queries)
@@ -136,6 +154,7 @@ class DeepMemory:
         with self._lock:
             self._rewritten_during[model_name] = rewritten
         try:
+            started_version = self._current_active_version()
             copy = getattr(self._store, "training_view", None)  # an engine's exact in-memory copy
             store = copy(options.full_softmax_max_nodes) if copy is not None else self._store
             result = train_model(
@@ -157,19 +176,20 @@ class DeepMemory:
                     info=_jsonable(dict(result.info)),
                     message="done",
                 )
-                previous_active = self._active
-                self._models[model_name] = model
-                if query_texts is not None:
-                    self._records[model_name] = TrainingRecord.of(query_texts, relevance)
-                if result.improved:
-                    self._active = model_name
+                trained_on = TrainingRecord.of(query_texts, relevance) if query_texts is not None else None
+                if trained_on is not None:
+                    self._trained_on[model_name] = trained_on
                 try:
-                    self._changed()
+                    activated = self._keep_model(model_name, model, context.job_id, result.improved, started_version,
+                                                 trained_on)
                 except BaseException:  # a model that cannot be saved is not kept
-                    self._models.pop(model_name, None)
-                    self._records.pop(model_name, None)
-                    self._active = previous_active
+                    self._trained_on.pop(model_name, None)
                     raise
+                if result.improved and not activated:
+                    self._jobs.update(context.job_id, note=(
+                        f"{model_name} beat the plain store but was kept without activating it: the active model "
+                        f"was changed (now {self._active or 'none'}) while this job ran, so it was left as is "
+                        f"(activate it with store.deep_memory.set_model({model_name!r}))"))
         except TrainingCancelled as exc:
             raise jobs.JobCancelled(str(exc)) from exc
         finally:
@@ -210,8 +230,9 @@ class DeepMemory:
         return record.to_dict()
 
     def list_jobs(self) -> list[dict[str, Any]]:
-        """Print a table of all jobs (oldest first) and return their states."""
-        records = [self._mark_active(record) for record in self._jobs.records()]
+        """Print a table of all jobs (oldest first; on a bound store every process's) and return their states."""
+        self._maybe_refresh(force=True)
+        records = [self._mark_active(record) for record in self._records()]
         print(jobs.format_jobs(records) if records else "No Deep Memory training jobs yet.")
         return [record.to_dict() for record in records]
 
@@ -234,45 +255,40 @@ class DeepMemory:
         return self._snapshot(job_id).to_dict()
 
     def _snapshot(self, job_id: str) -> jobs.JobRecord:
-        return self._mark_active(self._jobs.get(job_id))
+        self._maybe_refresh()
+        try:
+            return self._mark_active(self._jobs.get(job_id))
+        except ValueError:
+            found = [r for r in self._records() if r.job_id == job_id]
+            if not found:
+                raise
+            return self._mark_active(found[0])
 
     def _mark_active(self, record: jobs.JobRecord) -> jobs.JobRecord:
         record.active = record.model_name is not None and record.model_name == self._active
         return record
 
     # --- models ----------------------------------------------------------------------------
-    def get_model(self) -> str | None:
-        """Name of the active model (applied by ``deep_memory=True``), or None."""
-        return self._active
-
-    def set_model(self, name: str | None) -> None:
-        """Activate the kept model ``name`` (e.g. ``"model_2"``); None deactivates Deep Memory."""
-        with self._lock:
-            if name is not None and name not in self._models:
-                known = sorted(self._models) or "none yet: train one first"
-                raise ValueError(f"unknown Deep Memory model {name!r}; kept models: {known}")
-            previous, self._active = self._active, name
-            try:
-                self._changed()
-            except BaseException:
-                self._active = previous
-                raise
-        logger.info("Deep Memory active model: %s", name)
-
-    def _changed(self) -> None:
-        """Tell the store the models changed (call under the lock)."""
-        if self.on_change is not None:
-            self.on_change()
-
     def training_data(self, name: str | None = None) -> tuple[list[str], Relevance] | None:
         """``(queries, relevance)`` the named (default: active) model was trained on; None when unknown."""
+        record = self._training_record(name or self.get_model() or "")
+        return None if record is None else (list(record.queries), [list(p) for p in record.relevance])
+
+    def _training_record(self, name: str) -> TrainingRecord | None:
+        """What ``name`` was trained on: this process's record, else the one its shared location keeps."""
         with self._lock:
-            record = self._records.get(name or self._active or "")
-            return None if record is None else (list(record.queries), [list(p) for p in record.relevance])
+            record = self._trained_on.get(name)
+            folder = self._folders.get(name) if self._location is not None else None
+        if record is None and folder is not None:
+            data = self._location.load_training_record(folder)
+            if data is not None:
+                record = TrainingRecord.from_json(data, where=f"the training record of {name}")
+        return record
 
     def list_models(self) -> list[dict[str, Any]]:
         """Kept models: name, kind, whether active, and the job that trained it."""
-        by_model = {r.model_name: r for r in self._jobs.records() if r.model_name}
+        self._maybe_refresh(force=True)
+        by_model = {r.model_name: r for r in self._records() if r.model_name}
         with self._lock:
             return [
                 {
@@ -298,6 +314,8 @@ class DeepMemory:
 
     def active_model(self) -> DeepMemoryModel | None:
         """The model applied by ``query(..., deep_memory=True)``, or None."""
+        if self._location is not None and time.monotonic() >= self._next_check:
+            self._sync()
         active = self._active
         return self._models.get(active) if active else None
 
@@ -424,12 +442,13 @@ class DeepMemory:
     # --- persistence hooks used by the store ------------------------------------------------
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Everything to persist: JSON metadata (models, active, job history) and named arrays."""
+        self._maybe_refresh(force=True)
         with self._lock:
             meta: dict[str, Any] = {
                 "format_version": STATE_FORMAT_VERSION,
                 "active": self._active,
                 "models": {},
-                "jobs": self._jobs.to_state(),
+                "jobs": [dataclasses.asdict(r) for r in self._records()],
             }
             arrays: dict[str, np.ndarray] = {}
             for name, model in self._models.items():
@@ -437,11 +456,14 @@ class DeepMemory:
                 meta["models"][name] = m_meta
                 for key, arr in m_arrays.items():
                     arrays[f"{name}/{key}"] = arr
-            meta["training_records"] = {name: r.to_json() for name, r in self._records.items() if name in self._models}
+            names = list(self._models)
+        records = {name: self._training_record(name) for name in names}
+        meta["training_records"] = {name: r.to_json() for name, r in records.items() if r is not None}
         return meta, arrays
 
     def load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        """Inverse of :meth:`to_state`; refuses states from a newer format."""
+        """Inverse of :meth:`to_state`; refuses states from a newer format. A bound store records
+        the state in its location (replacing what was there)."""
         version = int(meta.get("format_version", 1))
         if version > STATE_FORMAT_VERSION:
             raise ValueError(
@@ -461,10 +483,14 @@ class DeepMemory:
         records = {name: TrainingRecord.from_json(data, where=f"the training record of {name}")
                    for name, data in meta.get("training_records", {}).items() if name in models}
         with self._lock:
-            self._models = models
-            self._records = records
-            self._active = active
+            self._trained_on = records
             self._jobs.load_state(list(meta.get("jobs", [])))
+            if self._location is not None:
+                self._location.replace({**meta, "jobs": self._jobs.to_state()}, arrays)
+                self._sync(force=True)
+                return
+            self._models = models
+            self._active, self._active_version = active, self._active_version + 1
 
     def _summary(self, record: jobs.JobRecord) -> str:
         if record.status == jobs.CANCELLED:

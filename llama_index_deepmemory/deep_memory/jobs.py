@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import logging
+import os
 import queue
 import threading
 import time
@@ -54,6 +55,7 @@ class JobRecord:
     error: str | None = None
     note: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    owner: str | None = None  # host:pid of the process running it
 
     def eta_seconds(self, now: float | None = None) -> float | None:
         """Seconds left, extrapolated from the progress so far; None before any progress."""
@@ -126,6 +128,7 @@ class JobBook:
         self._queue: "queue.Queue[tuple[str, Work]]" = queue.Queue()
         self._worker: threading.Thread | None = None
         self._counter = 0
+        self.on_status: Callable[[JobRecord], None] | None = None  # told of each start and end
         _BOOKS.add(self)
 
     # --- records -------------------------------------------------------------------------
@@ -187,6 +190,7 @@ class JobBook:
             if record.status == QUEUED:
                 self.update(job_id, status=CANCELLED, finished_at=time.time(), message="cancelled before start")
                 self._done[job_id].set()
+                self._tell(job_id)
             return True
 
     def stop_all(self, timeout: float) -> None:
@@ -223,6 +227,7 @@ class JobBook:
                 return
             self.update(job_id, status=RUNNING, started_at=time.time(), message="starting")
             context = JobContext(self, job_id, self._cancel[job_id])
+        self._tell(job_id)
         try:
             outcome = work(context)
             with self._lock:
@@ -236,7 +241,16 @@ class JobBook:
             error = f"{type(exc).__name__}: {exc}"
             self.update(job_id, status=FAILED, finished_at=time.time(), error=error, message="failed")
         finally:
+            self._tell(job_id)
             self._done[job_id].set()
+
+    def _tell(self, job_id: str) -> None:
+        hook = self.on_status
+        if hook is not None:
+            try:
+                hook(self.get(job_id))
+            except Exception:  # noqa: BLE001 - recording a status must never break the worker
+                logger.warning("could not record the status of job %s", job_id, exc_info=True)
 
     # --- persistence -----------------------------------------------------------------------
     def to_state(self) -> list[dict[str, Any]]:
@@ -257,6 +271,25 @@ class JobBook:
                 number = record.job_id.rsplit("_", 1)[-1]
                 if number.isdigit():
                     self._counter = max(self._counter, int(number))
+
+
+def mark_if_orphaned(record: JobRecord) -> None:
+    """A record another process left unfinished: marked failed when that process (on this host)
+    is gone, so a crashed trainer does not show as running forever."""
+    if record.status in FINISHED or not record.owner or ":" not in record.owner:
+        return
+    host, _, pid = record.owner.rpartition(":")
+    import socket
+
+    if host != socket.gethostname() or not pid.isdigit():
+        return
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        record.status, record.message = FAILED, "failed"
+        record.error = f"interrupted: process {pid} ended before the job finished"
+    except OSError:  # exists, owned by another user
+        pass
 
 
 # --- status formatting ----------------------------------------------------------------------

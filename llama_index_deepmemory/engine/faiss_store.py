@@ -5,13 +5,14 @@
   ``"ip"`` the raw inner product; ``"l2"`` the *negative squared* L2 distance.
 * Filters follow ``SimpleVectorStore`` (:mod:`llama_index_deepmemory.filters`) and are applied
   before the top-k, so a filtered query returns ``k`` hits whenever that many match.
-* Deep Memory queries (``query``, batched ``search_vectors``) are ranked by
-  :func:`llama_index_deepmemory.deep_memory.ranking.rank` over this store's plain search, the one
-  ranking that also serves training's validation and every wrapped backend.
+* Ranked queries: ``query`` and ``search_vectors`` take an optional ``ranker`` (the face's Deep
+  Memory ranking), called under the read lock with a lock-free view of this store; the backend
+  knows nothing of what it does.
 * Thread safety: a phase-fair readers-writer lock; any number of concurrent readers (query,
   get_nodes, persist, vector reads) or one writer (add, delete, clear). Persists of one store,
   and of one folder across processes, run one at a time.
-* Snapshots: versioned, checksummed, written atomically (:mod:`llama_index_deepmemory.persistence`).
+* Snapshots: versioned, checksummed, written atomically (:mod:`llama_index_deepmemory.persistence`);
+  vectors and nodes only (the face hands the manifest anything else it keeps beside them).
 
 :class:`~llama_index_deepmemory.store.DeepMemoryVectorStore` is the LlamaIndex face over it.
 """
@@ -31,7 +32,6 @@ from llama_index.core.schema import BaseNode, ImageNode, IndexNode
 from llama_index.core.vector_stores.types import MetadataFilters, VectorStoreQuery, VectorStoreQueryResult
 
 from llama_index_deepmemory import persistence
-from llama_index_deepmemory.deep_memory.base import check_query_texts
 from llama_index_deepmemory.engine.usable_cache import UsableCache
 from llama_index_deepmemory.filters import MetadataColumns
 from llama_index_deepmemory.index import METRICS, VectorIndex, build_faiss_index
@@ -43,11 +43,10 @@ from llama_index_deepmemory.vectors import as_matrix, padded
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
-    from llama_index_deepmemory.deep_memory.api import DeepMemory
-    from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
-
 logger = logging.getLogger(__name__)
 
+# (lock-free view, prepared queries, k, query texts, restriction) -> (scores, node ids)
+Ranker = Callable[[Any, np.ndarray, int, Any, Any], tuple[np.ndarray, list[list[str]]]]
 EXACT_CANDIDATES = 4096  # restricted queries with at most this many candidates are scored exactly
 _INDEX_STRUCT_TYPES = frozenset({ImageNode.class_name(), IndexNode.class_name()})
 
@@ -82,9 +81,8 @@ class FaissStore:
         self._columns = MetadataColumns(self._read_filter_key)
         self._lock = ReadWriteLock()
         self._persist_lock = threading.Lock()
-        self._deep_memory_lock = threading.Lock()
         self.embed_model = embed_model  # embeds queries for Deep Memory training and evaluation
-        self._deep_memory: DeepMemory | None = None
+        self.on_texts_changed: Callable[[list[str]], None] | None = None  # told of re-added ids, under the lock
         self._usable = UsableCache(8)  # override ids usable without restriction, per version
         self._held = _HeldView(self)  # what the ranking reads while a query holds the lock
         # (keyword index, its used rows, store version, its row per slot or None: asked once)
@@ -107,19 +105,6 @@ class FaissStore:
     @property
     def index_factory(self) -> str:
         return self._index_factory
-
-    @property
-    def deep_memory(self) -> "DeepMemory":
-        """This store's Deep Memory manager (created on first use)."""
-        manager = self._deep_memory
-        if manager is None:
-            with self._deep_memory_lock:
-                if self._deep_memory is None:  # checked again: another thread may have made it
-                    from llama_index_deepmemory.deep_memory.api import DeepMemory
-
-                    self._deep_memory = DeepMemory(self)
-                manager = self._deep_memory
-        return manager
 
     def __len__(self) -> int:
         return len(self._table)
@@ -157,9 +142,9 @@ class FaissStore:
             check_saveable(row)
         with self._lock.write():
             self._add_rows(rows, vectors)
-            manager = self._deep_memory
-            if manager is not None:  # re-added nodes may carry new text: keyword scores must follow
-                manager.texts_changed([row[0] for row in rows])
+            hook = self.on_texts_changed
+            if hook is not None:  # re-added nodes may carry new text: keyword scores must follow
+                hook([row[0] for row in rows])
         return ids
 
     def _add_rows(self, rows: list[tuple[str, str, str, str | None, str, str]], vectors: np.ndarray) -> None:
@@ -274,8 +259,8 @@ class FaissStore:
             slots = [slot_of.get(i) for i in node_ids]
             return all(s is not None and types[s] in _INDEX_STRUCT_TYPES for s in slots)
 
-    def query(self, query: VectorStoreQuery, model: Any) -> VectorStoreQueryResult:
-        """The top ``similarity_top_k`` of a validated query, plain or ranked with ``model``."""
+    def query(self, query: VectorStoreQuery, ranker: Ranker | None = None) -> VectorStoreQueryResult:
+        """The top ``similarity_top_k`` of a validated query, plain or ranked by ``ranker``."""
         k = query.similarity_top_k
         with self._lock.read():
             if self._dim is None or (query.doc_ids is not None and not query.doc_ids):
@@ -292,17 +277,15 @@ class FaissStore:
                 query.filters is not None and query.filters.filters
             )
             candidates = self._select(node_ids, doc_ids, query.filters) if restricted else None
-            if model is None:
+            if ranker is None:
                 scores, slots = self._search(q, k, candidates)
                 scores, slots = scores[0], slots[0]
                 valid = slots >= 0
                 scores, slot_list = scores[valid], slots[valid].tolist()
             else:
-                from llama_index_deepmemory.deep_memory.ranking import rank
-
                 texts = [query.query_str] if query.query_str else None
                 restriction = _Slots(candidates) if candidates is not None else None
-                ranked_scores, ranked_ids = rank(self._held, q, model, k, texts=texts, filters=restriction)
+                ranked_scores, ranked_ids = ranker(self._held, q, k, texts, restriction)
                 scores, slot_of = ranked_scores[0], self._table.slot_of
                 slot_list = [slot_of[i] for i in ranked_ids[0]]
             nodes = self._nodes_at(slot_list)
@@ -391,22 +374,17 @@ class FaissStore:
         self,
         queries: np.ndarray,
         k: int,
-        deep_memory: bool = False,
+        ranker: Ranker | None = None,
         texts: Sequence[str | None] | None = None,
         filters: Optional[MetadataFilters] = None,
     ) -> tuple[np.ndarray, list[list[str]]]:
-        """Batched search of prepared queries: scores (m, k') and node ids, ranked exactly as
-        ``query(..., deep_memory=deep_memory)`` ranks them (plain search by default); ``texts``
-        are the queries' strings (``query_str``), used by a model that re-scores with keywords;
-        ``filters`` restrict every query as in :meth:`query`."""
-        model = self.deep_memory.require_active_model() if deep_memory else None
+        """Batched search of prepared queries: scores (m, k') and node ids, ranked by ``ranker``
+        exactly as :meth:`query` ranks them (plain search by default); ``texts`` are the queries'
+        strings, handed to the ranker; ``filters`` restrict every query as in :meth:`query`."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        texts = check_query_texts(texts, len(q))
         with self._lock.read():
-            if model is not None:
-                from llama_index_deepmemory.deep_memory.ranking import rank
-
-                scores, ids = rank(self._held, q, model, k, texts=texts, filters=filters)
+            if ranker is not None:
+                scores, ids = ranker(self._held, q, k, texts, filters)
                 return padded(scores), ids
             return self._search_ids(q, k, filters)
 
@@ -417,7 +395,7 @@ class FaissStore:
         return scores, [[ids[s] for s in row if s >= 0] for row in slots.tolist()]
 
     def _search_rows(
-        self, q: np.ndarray, k: int, filters: "MetadataFilters | _Slots | None", index: "LexicalIndex"
+        self, q: np.ndarray, k: int, filters: "MetadataFilters | _Slots | None", index: Any
     ) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]] | None:
         """Plain top ``k`` of one prepared query as (scores, the hits' ``index`` rows, the id at a
         position), for the ranking's one-call keyword path; the caller holds the lock. None until
@@ -475,11 +453,20 @@ class FaissStore:
 
     # --- snapshots ------------------------------------------------------------------------
 
-    def persist(self, persist_path: str | os.PathLike) -> None:
-        """Write a snapshot to the folder ``persist_path`` (atomic; see :mod:`...persistence`)."""
+    def persist(
+        self,
+        persist_path: str | os.PathLike,
+        expect: Any = persistence.ANY,
+        side_fields: Callable[[Path], dict[str, str]] | None = None,
+        side_prefixes: tuple[str, ...] = (),
+    ) -> str:
+        """Write a snapshot to the folder ``persist_path`` (atomic; see :mod:`...persistence`,
+        which explains ``expect``, ``side_fields`` and ``side_prefixes``); returns its generation."""
         # one persist at a time per store (a lock file in the folder serialises other processes)
         with self._persist_lock, self._lock.read():
-            persistence.write_generation(persist_path, self._snapshot_writers())
+            gen = persistence.write_generation(persist_path, self._snapshot_writers(), expect=expect,
+                                               side_fields=side_fields, side_prefixes=side_prefixes)
+        return gen.name
 
     def _snapshot_writers(self) -> dict[str, Any]:
         """name -> function writing that file of a snapshot (call under the read lock)."""
@@ -494,9 +481,6 @@ class FaissStore:
             "ef_search": self._ef_search,
             "count": int(len(slots)),
         }
-        dm_meta, dm_arrays = (
-            self._deep_memory.to_state() if self._deep_memory is not None else ({"active": None, "models": {}}, {})
-        )
 
         def rows() -> Iterator[list[Any]]:
             for slot in slots.tolist():
@@ -507,8 +491,6 @@ class FaissStore:
             "slots.npy": lambda p: persistence.write_npy(p, slots),
             "dead.npy": lambda p: persistence.write_npy(p, dead),
             "nodes.jsonl": lambda p: persistence.write_jsonl(p, rows()),
-            "deep_memory.json": lambda p: persistence.write_json(p, dm_meta),
-            "deep_memory.safetensors": lambda p: persistence.write_arrays(p, dm_arrays),
         }
         if self._index is not None:
             writers["index.faiss"] = lambda p: self._index.write(str(p))
@@ -519,14 +501,18 @@ class FaissStore:
         cls,
         persist_path: str,
         embed_model: "BaseEmbedding | None" = None,
-    ) -> "FaissStore":
-        """Load a snapshot written by :meth:`persist` (checksums and consistency verified)."""
+        read_extra: Callable[[Path, dict[str, Any]], Any] | None = None,
+    ) -> tuple["FaissStore", dict[str, Any], Any]:
+        """Load a snapshot written by :meth:`persist` (checksums and consistency verified):
+        the store, its manifest and ``read_extra(generation folder, manifest)`` (called while the
+        generation cannot vanish, for what the face keeps beside the nodes)."""
         for attempt in (1, 2):
             seen = persistence.read_manifest(persist_path)["generation"]
             try:
                 with persistence.reading(persist_path):
                     gen, manifest = persistence.open_generation(persist_path, _SNAPSHOT_FILES)
-                    return cls._load_generation(gen, manifest, embed_model)
+                    store = cls._load_generation(gen, manifest, embed_model)
+                    return store, manifest, read_extra(gen, manifest) if read_extra is not None else None
             except (FileNotFoundError, persistence.CorruptStoreError):
                 # a writer that ignores the folder's lock may have replaced the generation under
                 # us: read the manifest again and retry once if it moved on
@@ -598,24 +584,10 @@ class FaissStore:
         holes[slots] = False
         holes[dead] = False
         table.free_slots(np.flatnonzero(holes).tolist())
-        dm_path = gen / "deep_memory.json"
-        dm_meta = persistence.read_json(dm_path)
-        if not isinstance(dm_meta, dict):
-            raise persistence.CorruptStoreError(f"{str(dm_path)!r} is not a Deep Memory state object")
-        if dm_meta.get("models") or dm_meta.get("jobs"):
-            arrays = persistence.read_arrays(gen / "deep_memory.safetensors")
-            try:
-                store.deep_memory.load_state(dm_meta, arrays)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise persistence.CorruptStoreError(
-                    f"{str(dm_path)!r} / deep_memory.safetensors hold an invalid Deep Memory state: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from None
         return store
 
 
-_SNAPSHOT_FILES = ("store.json", "slots.npy", "dead.npy", "nodes.jsonl", "deep_memory.json",
-                   "deep_memory.safetensors")
+_SNAPSHOT_FILES = ("store.json", "slots.npy", "dead.npy", "nodes.jsonl")
 _FACTORY_PROBE_DIMS = (96, 128, 256, 384, 512, 768, 1024, 1536, 3072)
 
 
@@ -687,7 +659,7 @@ class _HeldView:
         return self._store._usable_ids(node_ids, filters)
 
     def search_rows(
-        self, queries: np.ndarray, k: int, filters: "MetadataFilters | _Slots | None", index: "LexicalIndex"
+        self, queries: np.ndarray, k: int, filters: "MetadataFilters | _Slots | None", index: Any
     ) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]] | None:
         return self._store._search_rows(queries, k, filters, index)
 

@@ -292,9 +292,9 @@ class WrappedStore:
 
     def persist(self, persist_path: str | os.PathLike) -> None:
         """Save the Deep Memory models to ``persist_path`` (the engine keeps the nodes)."""
-        from llama_index_deepmemory.deep_memory import model_folder
+        from llama_index_deepmemory.deep_memory import state
 
-        model_folder.save(persist_path, self.deep_memory, type(self.engine).__name__)
+        state.save_to(persist_path, self.deep_memory)
 
     @property
     def client(self) -> Any:
