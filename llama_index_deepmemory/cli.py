@@ -14,101 +14,41 @@ Adding a subcommand: write ``cmd_NAME(args)`` and ``_add_NAME(sub)`` (which call
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from llama_index_deepmemory.cli_common import (  # shared with chat/cli.py (stdlib only at import)
+    MANIFEST,
+    PROG,
+    UserError,
+)
+from llama_index_deepmemory.cli_common import LOG_HELP  # shared with cli_models and train_sources
+from llama_index_deepmemory.cli_common import save_store as _save_store
+from llama_index_deepmemory.cli_common import save_models as _save_models
+from llama_index_deepmemory.cli_common import read_relevance as _read_relevance
+from llama_index_deepmemory.cli_common import describe_job as _describe_job
+from llama_index_deepmemory.cli_common import for_cli as _for_cli
+from llama_index_deepmemory.cli_common import captured_stdout as _captured_stdout
+from llama_index_deepmemory.cli_common import add_common as _add_common
+from llama_index_deepmemory.cli_common import attach_embedding as _attach_embedding
+from llama_index_deepmemory.cli_common import check_store_folder as _check_store_folder
+from llama_index_deepmemory.cli_common import damage_message as _damage_message
+from llama_index_deepmemory.cli_common import embed_model as _embed_model
+from llama_index_deepmemory.cli_common import fraction as _fraction
+from llama_index_deepmemory.cli_common import open_store as _open_store
+from llama_index_deepmemory.cli_common import positive_float as _positive_float
+from llama_index_deepmemory.cli_common import positive_int as _positive_int
+
 logger = logging.getLogger(__name__)
 
-PROG = "deepmemory"
-DEFAULT_STORE = "storage/deepmemory"
-SIDE_FILE = "deepmemory-cli.json"  # beside the store's manifest: which embedding model built it
-SIDE_FILE_VERSION = 1
-MANIFEST = "manifest.json"
 USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
 # defaults of TrainOptions shown in --help (tests/test_cli.py checks they match the library)
 TRAIN_DEFAULTS = {"epochs": 40, "learning_rate": 2e-3, "seed": 0}
-LOG_HELP = (
-    "query log: .jsonl lines {\"query\": ..., \"relevant_ids\": [...]} or .csv with columns query, "
-    "relevant_ids (ids separated by ';') and optional weight"
-)
 
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line."""
-
-
-# --- the store folder -------------------------------------------------------------------------
-def _check_store_folder(path: str) -> Path:
-    """The store folder, or a UserError saying why it cannot be loaded and what to do."""
-    root = Path(path)
-    if not root.exists():
-        raise UserError(f"no store at {root}: build one with `{PROG} ingest SOURCE --store {root}`")
-    if not root.is_dir():
-        raise UserError(f"--store {root} is a file, not a store folder; pass the folder given to `{PROG} ingest --store`")
-    if not (root / MANIFEST).is_file():
-        raise UserError(_damage_message(root))
-    return root
-
-
-def _damage_message(root: Path) -> str:
-    """What is wrong with a folder that has no manifest, and the remedies."""
-    snapshots = sorted(p.name for p in root.glob("gen-*") if p.is_dir())
-    if snapshots:
-        what = (f"{root} is a damaged store: {MANIFEST} is missing but {len(snapshots)} snapshot folder(s) "
-                f"({snapshots[-1]}) with its nodes and any trained models are still there")
-    elif any(root.iterdir()):
-        what = f"{root} is not a store ({MANIFEST} is missing) and it is not empty"
-    else:
-        what = f"{root} is an empty folder, not a store"
-    return (f"{what}; restore {MANIFEST} from a backup, choose another --store, or rebuild it with "
-            f"`{PROG} ingest SOURCE --store {root} --replace` (deletes what is there)")
-
-
-def _read_settings(root: Path) -> str:
-    """The embedding model spec the store was built with (``default`` when not recorded)."""
-    from llama_index_deepmemory.embeddings import recorded_embedding
-
-    try:
-        return recorded_embedding(root) or "default"
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-
-
-def _open_store(path: str) -> tuple[Any, str]:
-    """The persisted store (checksums verified, no embedding model yet) and its model spec."""
-    root = _check_store_folder(path)
-    spec = _read_settings(root)
-    from llama_index_deepmemory.store import DeepMemoryVectorStore
-
-    return DeepMemoryVectorStore.from_persist_path(str(root), load_recorded_embedding=False), spec
-
-
-def _attach_embedding(store: Any, spec: str) -> Any:
-    """Load the embedding model the store was built with and give it to the store."""
-    store.embed_model = _embed_model(spec)
-    return store
-
-
-def _embed_model(spec: str) -> Any:
-    """``default`` -> the bundled MiniLM; anything else -> a local folder or cached Hugging Face model."""
-    from llama_index_deepmemory.embeddings import load_embedding
-
-    return load_embedding(spec)
-
-
-def _save_store(store: Any, path: str, embed_spec: str | None = None) -> None:
-    from llama_index_deepmemory.persistence import write_json_atomic
-
-    store.persist(persist_path=path)
-    if embed_spec is not None:
-        write_json_atomic(Path(path) / SIDE_FILE, {"format_version": SIDE_FILE_VERSION, "embed_model": embed_spec})
 
 
 def _cache_dir(args: argparse.Namespace) -> Path | None:
@@ -117,36 +57,6 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
     if args.no_cache:
         return None
     return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-
-
-# --- relevance inputs (train and evaluate read the same ones) ----------------------------------
-def _read_relevance(args: argparse.Namespace) -> tuple[list[str], list[list[tuple[str, float]]], str]:
-    """``(queries, relevance, description)`` from ``--questions``, ``--query-log`` or ``--beir``."""
-    if args.questions:
-        from llama_index_deepmemory.data.questions import EmbeddingQAFinetuneDataset, create_query_relevance
-
-        if not Path(args.questions).is_file():
-            raise UserError(f"question file {args.questions} not found: create it with `{PROG} generate` (or the demo)")
-        queries, relevance = create_query_relevance(EmbeddingQAFinetuneDataset.from_json(args.questions))
-        return queries, [[(i, float(w)) for i, w in pairs] for pairs in relevance], args.questions
-    if args.query_log:
-        from llama_index_deepmemory.data.datasets import read_query_log
-
-        logs = args.query_log if isinstance(args.query_log, list) else [args.query_log]  # evaluate: several
-        for log in logs:
-            if not Path(log).is_file():
-                raise UserError(f"query log {log} not found; {LOG_HELP}")
-        queries, relevance = read_query_log(logs)
-        return queries, relevance, " + ".join(logs)
-    from llama_index_deepmemory.data.datasets import load_beir
-
-    if not Path(args.beir).is_dir():
-        raise UserError(f"BEIR folder {args.beir} not found (it holds corpus.jsonl, queries.jsonl and qrels/*.tsv)")
-    beir = load_beir(args.beir)
-    queries, relevance = beir.query_relevance(args.split)
-    if not queries:
-        raise UserError(f"split {args.split!r} of {args.beir} judges no queries; choose another --split ({beir.splits})")
-    return queries, relevance, f"{args.beir} ({args.split} split)"
 
 
 def _check_ids_in_store(store: Any, relevance: Sequence[Sequence[tuple[str, float]]], source: str, store_path: str) -> None:
@@ -194,30 +104,6 @@ def _format_results(results: Sequence[Any], width: int = 100) -> list[str]:
         lines.append("  ".join(c.rjust(w) if i < 2 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
         lines.append(" " * (widths[0] + 2) + _shorten(scored.node.get_content(), width))
     return lines
-
-
-def _describe_job(job: dict[str, Any]) -> str:
-    """What a trained model contains and the validation score the gate used."""
-    from llama_index_deepmemory.evaluation import gate_scores, model_contents
-
-    scores = gate_scores(job.get("val_before") or {}, job.get("val_after") or {})
-    return model_contents(job.get("info") or {}) + (f"; {scores}" if scores else "")
-
-
-_SET_MODEL_HINT = re.compile(r"store\.deep_memory\.set_model\((['\"])([^'\"]+)\1\)")
-
-
-def _for_cli(text: str) -> str:
-    """The library's hints for Python users (``store.deep_memory.set_model('model_3')``) as the
-    command that does the same here (``deepmemory activate model_3``)."""
-    return _SET_MODEL_HINT.sub(lambda m: f"`{PROG} activate {m.group(2)}`", text)
-
-
-@contextlib.contextmanager
-def _captured_stdout() -> Iterator[io.StringIO]:
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        yield buffer
 
 
 # --- subcommands ------------------------------------------------------------------------------
@@ -358,14 +244,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"Saved {args.store}; active Deep Memory model: {store.deep_memory.get_model() or 'none'}")
 
 
-def _save_models(store: Any, path: str) -> None:
-    """Make the models' change durable: a store loaded from a folder records each change there as
-    it happens (so commands on one store at once keep every model); a store written before that
-    layout is persisted (converting it; refused if another command changed it meanwhile)."""
-    if store.deep_memory.location is None:
-        _save_store(store, path)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Recall@k and RetrieverEvaluator metrics with and without Deep Memory."""
     from llama_index_deepmemory.evaluation import check_metrics
@@ -495,52 +373,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 # --- argument parsing -------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0.0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _add_common(parser: argparse.ArgumentParser, store: bool = True) -> None:
-    if store:
-        parser.add_argument("--store", default=DEFAULT_STORE, help=f"store folder (default: {DEFAULT_STORE})")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars (default: shown)")
-
-
 def _add_cache(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="embedding cache folder (default: $LLAMA_INDEX_DEEPMEMORY_CACHE or "
                         "~/.cache/llama_index_deepmemory)")

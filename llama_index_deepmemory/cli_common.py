@@ -9,9 +9,12 @@ store is opened), so ``deepmemory --help`` stays fast. :mod:`llama_index_deepmem
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -111,3 +114,89 @@ def fraction(text: str) -> float:
 
 def positive_float(text: str) -> float:
     return _number(text, float, lambda value: 0.0 < value < float("inf"), "a positive number")
+
+
+# --- shared by the subcommand modules (cli.py, cli_models.py, train_sources.py) ----------------
+DEFAULT_STORE = "storage/deepmemory"
+SIDE_FILE = "deepmemory-cli.json"  # beside the store's manifest: which embedding model built it
+SIDE_FILE_VERSION = 1
+LOG_HELP = (
+    "query log: .jsonl lines {\"query\": ..., \"relevant_ids\": [...]} or .csv with columns query, "
+    "relevant_ids (ids separated by ';') and optional weight"
+)
+
+
+def save_store(store: Any, path: str, embed_spec: str | None = None) -> None:
+    from llama_index_deepmemory.persistence import write_json_atomic
+
+    store.persist(persist_path=path)
+    if embed_spec is not None:
+        write_json_atomic(Path(path) / SIDE_FILE, {"format_version": SIDE_FILE_VERSION, "embed_model": embed_spec})
+
+
+# --- relevance inputs (train and evaluate read the same ones) ----------------------------------
+def read_relevance(args: argparse.Namespace) -> tuple[list[str], list[list[tuple[str, float]]], str]:
+    """``(queries, relevance, description)`` from ``--questions``, ``--query-log`` or ``--beir``."""
+    if args.questions:
+        from llama_index_deepmemory.data.questions import EmbeddingQAFinetuneDataset, create_query_relevance
+
+        if not Path(args.questions).is_file():
+            raise UserError(f"question file {args.questions} not found: create it with `{PROG} generate` (or the demo)")
+        queries, relevance = create_query_relevance(EmbeddingQAFinetuneDataset.from_json(args.questions))
+        return queries, [[(i, float(w)) for i, w in pairs] for pairs in relevance], args.questions
+    if args.query_log:
+        from llama_index_deepmemory.data.datasets import read_query_log
+
+        logs = args.query_log if isinstance(args.query_log, list) else [args.query_log]  # evaluate: several
+        for log in logs:
+            if not Path(log).is_file():
+                raise UserError(f"query log {log} not found; {LOG_HELP}")
+        queries, relevance = read_query_log(logs)
+        return queries, relevance, " + ".join(logs)
+    from llama_index_deepmemory.data.datasets import load_beir
+
+    if not Path(args.beir).is_dir():
+        raise UserError(f"BEIR folder {args.beir} not found (it holds corpus.jsonl, queries.jsonl and qrels/*.tsv)")
+    beir = load_beir(args.beir)
+    queries, relevance = beir.query_relevance(args.split)
+    if not queries:
+        raise UserError(f"split {args.split!r} of {args.beir} judges no queries; choose another --split ({beir.splits})")
+    return queries, relevance, f"{args.beir} ({args.split} split)"
+
+
+def describe_job(job: dict[str, Any]) -> str:
+    """What a trained model contains and the validation score the gate used."""
+    from llama_index_deepmemory.evaluation import gate_scores, model_contents
+
+    scores = gate_scores(job.get("val_before") or {}, job.get("val_after") or {})
+    return model_contents(job.get("info") or {}) + (f"; {scores}" if scores else "")
+
+
+_SET_MODEL_HINT = re.compile(r"store\.deep_memory\.set_model\((['\"])([^'\"]+)\1\)")
+
+
+def for_cli(text: str) -> str:
+    """The library's hints for Python users (``store.deep_memory.set_model('model_3')``) as the
+    command that does the same here (``deepmemory activate model_3``)."""
+    return _SET_MODEL_HINT.sub(lambda m: f"`{PROG} activate {m.group(2)}`", text)
+
+
+@contextlib.contextmanager
+def captured_stdout() -> Iterator[io.StringIO]:
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield buffer
+
+
+def save_models(store: Any, path: str) -> None:
+    """Make the models' change durable: a store loaded from a folder records each change there as
+    it happens (so commands on one store at once keep every model); a store written before that
+    layout is persisted (converting it; refused if another command changed it meanwhile)."""
+    if store.deep_memory.location is None:
+        save_store(store, path)
+
+
+def add_common(parser: argparse.ArgumentParser, store: bool = True) -> None:
+    if store:
+        parser.add_argument("--store", default=DEFAULT_STORE, help=f"store folder (default: {DEFAULT_STORE})")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars (default: shown)")

@@ -43,6 +43,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index_deepmemory import persistence
 from llama_index_deepmemory.engine.faiss_store import FaissStore
 from llama_index_deepmemory.filters import check_filter_depth
+from llama_index_deepmemory.mmr import llama_index_mmr
 
 if TYPE_CHECKING:  # pragma: no cover
     import fsspec
@@ -349,7 +350,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         vectors = self._backend.get_vectors([n.node_id for n in pool.nodes])
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        picks, scores = mmr_order(np.asarray(pool.similarities, dtype=np.float64), vectors, k, threshold)
+        picks, scores = llama_index_mmr(np.asarray(pool.similarities, dtype=np.float64), vectors, k, threshold)
         nodes = [pool.nodes[i] for i in picks]
         return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=[n.node_id for n in nodes])
 
@@ -574,25 +575,6 @@ def _query_options(kwargs: dict[str, Any]) -> tuple[bool, float, int | None]:
     if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch <= 0):
         raise ValueError(f"mmr_prefetch_k must be a positive int (candidates MMR re-orders), got {prefetch!r}")
     return deep_memory, float(threshold), prefetch
-
-
-def mmr_order(relevance: np.ndarray, unit_vectors: np.ndarray, k: int, threshold: float) -> tuple[list[int], list[float]]:
-    """LlamaIndex's maximal marginal relevance (``get_top_k_mmr_embeddings``): first the most
-    relevant candidate, then each time the one maximising ``threshold * relevance - (1 - threshold)
-    * cosine(candidate, last pick)``. Returns the picks (positions) and their MMR scores."""
-    n = len(relevance)
-    first = int(np.argmax(relevance * threshold))
-    picks, scores = [first], [float(relevance[first] * threshold)]
-    left = np.ones(n, dtype=bool)
-    left[first] = False
-    while len(picks) < min(k, n):
-        overlap = unit_vectors @ unit_vectors[picks[-1]]
-        score = np.where(left, threshold * relevance - (1 - threshold) * overlap, -np.inf)
-        best = int(np.argmax(score))
-        picks.append(best)
-        scores.append(float(score[best]))
-        left[best] = False
-    return picks, scores
 
 
 def _check_local_fs(fs: Any) -> None:

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser, log_help: str, split: str = "
 
 def read_sources(args: argparse.Namespace) -> list[Source]:
     """Every source given, read and checked (files first, so errors come before any loading)."""
-    from llama_index_deepmemory.cli import _read_relevance  # one reader per kind, shared with `evaluate`
+    from llama_index_deepmemory.cli_common import read_relevance as _read_relevance  # shared with `evaluate`
 
     if not (args.questions or args.query_log or args.beir):
         raise ValueError("train needs training data: --questions FILE.json, --query-log LOG (both repeatable) "

@@ -33,12 +33,8 @@ UPWARD_RULES = (
 # (importer, imported, why it is still there): the lead deletes an entry once it XPASSes
 KNOWN: tuple[tuple[str, str, str], ...] = (
     ("engine.wrapped", "store", "the store <-> engine/wrapped cycle: the many-processes issue (25) removes it"),
-    ("train_sources", "cli", "the cli <-> train_sources cycle (train_sources reads relevance through cli._read_relevance)"),
-    ("engine.faiss_store", "deep_memory.api", "the engine builds the DeepMemory facade: issue 25 / 28"),
-    ("engine.faiss_store", "deep_memory.base", "check_query_texts lives in deep_memory: issue 28"),
-    ("engine.faiss_store", "deep_memory.ranking", "the engine calls rank(): one ranking shape, issue 28 item 1"),
     ("engine.wrapped", "deep_memory.api", "the engine builds the DeepMemory facade: issue 25 / 28"),
-    ("engine.wrapped", "deep_memory.model_folder", "shared model locations: issue 25"),
+    ("engine.wrapped", "deep_memory.state", "shared model locations: the engine split (issue 25) removes it"),
     ("engine.wrapped", "deep_memory.ranking", "the engine calls rank(): one ranking shape, issue 28 item 1"),
 )
 

@@ -16,7 +16,8 @@ from keyless import write_csv_log
 from scripted_llm import ScriptedLLM, scripted_server
 
 import team_docs as td
-from llama_index_deepmemory.cli import _for_cli, main
+from llama_index_deepmemory.cli import main
+from llama_index_deepmemory.cli_common import for_cli as _for_cli
 
 
 @pytest.fixture(scope="module")
