@@ -21,7 +21,7 @@ pytest.importorskip("qdrant_client")
 from llama_index.vector_stores.qdrant import QdrantVectorStore  # noqa: E402
 from qdrant_client import QdrantClient  # noqa: E402
 
-from llama_index_deepmemory.engine.wrapped import ID_KEY, engine_id  # noqa: E402
+from llama_index_deepmemory.engine.ids import ID_KEY, engine_id  # noqa: E402
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
 from test_ranking import hand_model  # noqa: E402

@@ -13,7 +13,7 @@ import numpy as np
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo
 from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters, VectorStoreQuery
 
-from llama_index_deepmemory.engine.wrapped import ID_KEY, engine_id
+from llama_index_deepmemory.engine.ids import ID_KEY, engine_id
 from llama_index_deepmemory.store import DeepMemoryVectorStore
 from synthetic import N_TRAIN, KeywordTask
 from test_ranking import hand_model
