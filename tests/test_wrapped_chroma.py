@@ -22,7 +22,8 @@ from chroma_server import chroma_server  # noqa: E402,F401
 from synthetic import KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
     EVEN, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
-    check_listing, check_reopened, check_restrictions, faiss_twin, nodes_with_docs, with_model,
+    check_ids_cannot_impersonate, check_listing, check_reopened, check_restrictions, check_threads, faiss_twin,
+    nodes_with_docs, with_model,
 )
 
 COSINE = {"hnsw:space": "cosine"}
@@ -112,3 +113,11 @@ def test_a_collection_not_ranking_by_cosine_is_refused(client) -> None:
             DeepMemoryVectorStore(vector_store=engine)
     configured = client.get_or_create_collection("configured", configuration={"hnsw": {"space": "cosine"}})
     DeepMemoryVectorStore(vector_store=ChromaVectorStore(chroma_collection=configured))  # cosine either way
+
+
+def test_ids_cannot_replace_hide_or_impersonate_a_node(task, pair) -> None:
+    check_ids_cannot_impersonate(task, pair[1])
+
+
+def test_queries_under_threads_while_adding_and_deleting(task, pair) -> None:
+    check_threads(task, pair[1])

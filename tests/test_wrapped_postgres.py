@@ -20,7 +20,7 @@ from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from pg_server import postgres_server  # noqa: E402,F401
 from synthetic import DIM, N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
-    EVEN, check_deletes_filters_and_get_nodes, check_listing, check_plain_equals_engine, check_ranks_like_faiss,
+    EVEN, check_deletes_filters_and_get_nodes, check_ids_cannot_impersonate, check_listing, check_threads, check_plain_equals_engine, check_ranks_like_faiss,
     check_reopened, check_restrictions, faiss_twin, nodes_with_docs, with_model,
 )
 
@@ -95,6 +95,16 @@ def test_models_persist_and_a_reopened_table_serves_the_same(task, postgres_serv
         return DeepMemoryVectorStore(vector_store=pg_engine(postgres_server, "reopened"), model_dir=model_dir)
 
     check_reopened(task, first, reopen)
+
+
+def test_ids_cannot_replace_hide_or_impersonate_a_node(task, postgres_server) -> None:
+    check_ids_cannot_impersonate(task, pg_store(postgres_server, task))
+
+
+def test_queries_under_threads_while_adding_and_deleting(task, postgres_server) -> None:
+    store = pg_store(postgres_server, task)
+    with_model(task, store)
+    check_threads(task, store)
 
 
 @pytest.mark.slow

@@ -146,3 +146,100 @@ def check_listing(task, store) -> None:
     assert texts == dict(zip(task.ids, task.doc_texts))
     view = backend.training_view(10_000)
     assert type(view).__name__ == "ArrayStoreView" and len(view) == len(task.ids)
+
+
+def check_ids_cannot_impersonate(task, store) -> None:
+    """No user id or metadata can replace, hide or impersonate another node (``store`` holds the
+    task's nodes): a UUID equal to the id ``node_7`` is stored under is refused, so is metadata
+    named ``deepmemory_id``, and a node written straight into the engine with that metadata comes
+    back under its own id."""
+    import uuid
+
+    import pytest
+    from llama_index.core.schema import TextNode
+
+    n, original = len(task.ids), task.doc_texts[7]
+    impostor = TextNode(id_=engine_id("node_7"), text="impostor", embedding=task.docs[7].tolist())
+    with pytest.raises(ValueError, match="already holds node 'node_7'"):
+        store.add([impostor])
+    twin = TextNode(id_="node_new", text="twin", embedding=task.docs[8].tolist())
+    with pytest.raises(ValueError, match="already holds node 'node_new'"):  # within one batch, too
+        store.add([twin, TextNode(id_=engine_id("node_new"), text="impostor", embedding=task.docs[8].tolist())])
+    with pytest.raises(ValueError, match=f"metadata key '{ID_KEY}'"):
+        store.add([TextNode(id_="node_x", text="x", metadata={ID_KEY: "node_3"}, embedding=task.docs[3].tolist())])
+    assert len(store) == n and store.get_nodes(["node_7"])[0].text == original
+    assert store.get_nodes(["node_new", "node_x"]) == []  # nothing of a refused batch was stored
+    sneaky = str(uuid.uuid4())
+    store.vector_store.add([TextNode(id_=sneaky, text="sneaky", metadata={ID_KEY: "node_3", "parity": 1},
+                                     embedding=task.docs[3].tolist())])  # straight into the engine
+    hits = ask(store, task.docs[3], k=3)
+    assert hits.ids.count("node_3") == 1 and sneaky in hits.ids, hits.ids
+    by_id = dict(zip(hits.ids, hits.nodes))
+    assert by_id["node_3"].text == task.doc_texts[3] and by_id[sneaky].text == "sneaky"
+    assert [g.text for g in store.get_nodes(["node_3", sneaky])] == [task.doc_texts[3], "sneaky"]
+
+
+def check_threads(task, store, seconds: float = 3.0, readers: int = 2) -> dict:
+    """Queries (plain and Deep Memory, with keywords) from ``readers`` threads while one thread adds
+    and deletes nodes near the queries: no error, and no node comes back from a query that started
+    after its delete returned. ``store`` holds the task's nodes and an active model. Returns counts."""
+    import threading
+    import time
+
+    from llama_index.core.schema import TextNode
+
+    errors: list[BaseException] = []
+    deleted: dict[str, float] = {}  # id -> when its delete returned
+    results: list[tuple[float, list[str]]] = []
+    stop = time.monotonic() + seconds
+    counts = {"queries": 0, "writes": 0}
+
+    def write() -> None:
+        cycle, alive = 0, None  # each batch lives until the next one is added
+        try:
+            while time.monotonic() < stop:
+                ids = [f"extra_{cycle}_{j}" for j in range(4)]
+                nodes = [TextNode(id_=i, text=f"extra {task.texts[j]}", embedding=task.queries[j].tolist(),
+                                  metadata={"parity": j % 2}) for j, i in enumerate(ids)]
+                for node in nodes:
+                    node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=f"extra_doc_{cycle}")
+                store.add(nodes)
+                time.sleep(0.02)
+                if alive is not None:
+                    if cycle % 2:
+                        store.delete(f"extra_doc_{cycle - 1}")
+                    else:
+                        store.delete_nodes(alive)
+                    done = time.monotonic()
+                    deleted.update((i, done) for i in alive)
+                alive = ids
+                counts["writes"] += 1
+                cycle += 1
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    def read(which: int) -> None:
+        i = 0
+        try:
+            while time.monotonic() < stop:
+                j = i % 4
+                start = time.monotonic()
+                hits = ask(store, task.queries[j], k=10, text=task.texts[j] if which % 2 else None,
+                           deep_memory=bool(which % 2) or i % 3 == 0)
+                results.append((start, hits.ids))
+                i += 1
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write)] + [threading.Thread(target=read, args=(r,)) for r in range(readers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 120)
+    assert not errors, f"{len(errors)} error(s), first: {errors[0]!r}"
+    late = [(i, start - deleted[i]) for start, ids in results for i in ids if i in deleted and deleted[i] < start]
+    assert not late, f"nodes returned after their delete returned: {late[:5]}"
+    counts["queries"] = len(results)
+    assert counts["writes"] > 0 and counts["queries"] > 0, counts
+    assert any(i.startswith("extra_") for _, ids in results for i in ids)  # the writes were seen
+    return counts

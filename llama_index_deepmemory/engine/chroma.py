@@ -68,9 +68,14 @@ def chroma_space(collection: Any) -> str:
     return str((collection.metadata or {}).get("hnsw:space", "l2")).lower()
 
 
-def _nodes(ids: list, texts: list, metadatas: list, embeddings: Any = None) -> list[BaseNode]:
-    nodes = []
+def _nodes(ids: list, texts: list, metadatas: list, embeddings: Any = None) -> list[Optional[BaseNode]]:
+    """Nodes of a ``query`` or ``get`` result; None for a row that lost its metadata (deleted while
+    the search ran: Chroma updates its vector index and its metadata apart)."""
+    nodes: list[Optional[BaseNode]] = []
     for j, (metadata, text) in enumerate(zip(metadatas, texts)):
+        if metadata is None:
+            nodes.append(None)
+            continue
         node = metadata_dict_to_node(metadata, text=text)
         if embeddings is not None:
             node.embedding = [float(x) for x in embeddings[j]]
@@ -112,17 +117,17 @@ class ChromaAdapter(GenericAdapter):
         hits = Hits([], [])
         for ids, texts, metadatas, distances in zip(result["ids"], result["documents"], result["metadatas"],
                                                      result["distances"]):
-            nodes = _nodes(ids, texts, metadatas)
-            hits.handles.append([n.node_id for n in nodes])
-            hits.scores.append(1.0 - np.asarray(distances, dtype=np.float32))
-            hits.nodes.update((n.node_id, n) for n in nodes)
+            found = [(n, d) for n, d in zip(_nodes(ids, texts, metadatas), distances) if n is not None]
+            hits.handles.append([n.node_id for n, _ in found])
+            hits.scores.append(1.0 - np.asarray([d for _, d in found], dtype=np.float32))
+            hits.nodes.update((n.node_id, n) for n, _ in found)
         return hits
 
     def _get(self, stored_ids: list[str], filters: Optional[MetadataFilters], with_vectors: bool) -> list[BaseNode]:
         include = INCLUDE + (["embeddings"] if with_vectors else [])
         result = self.collection.get(ids=stored_ids, where=chroma_where(filters), include=include)
-        return _nodes(result["ids"], result["documents"], result["metadatas"],
-                      result.get("embeddings") if with_vectors else None)
+        return [n for n in _nodes(result["ids"], result["documents"], result["metadatas"],
+                                  result.get("embeddings") if with_vectors else None) if n is not None]
 
     def _owners(self, stored_ids: list[str]) -> dict[str, str]:
         if not stored_ids:
@@ -133,7 +138,8 @@ class ChromaAdapter(GenericAdapter):
     def filtered(self, filters: MetadataFilters) -> list[BaseNode]:
         with self._serial:
             result = self.collection.get(where=chroma_where(filters), include=INCLUDE + ["embeddings"])
-        return _nodes(result["ids"], result["documents"], result["metadatas"], result.get("embeddings"))
+        return [n for n in _nodes(result["ids"], result["documents"], result["metadatas"], result.get("embeddings"))
+                if n is not None]
 
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         where = chroma_where(filters)  # the store deletes by filters only together with ids
@@ -153,8 +159,8 @@ class ChromaAdapter(GenericAdapter):
                 result = self.collection.get(limit=limit, offset=offset, include=include)
             if not result["ids"]:
                 return
-            yield _nodes(result["ids"], result["documents"], result["metadatas"],
-                         result.get("embeddings") if with_vectors else None)
+            yield [n for n in _nodes(result["ids"], result["documents"], result["metadatas"],
+                                     result.get("embeddings") if with_vectors else None) if n is not None]
             if len(result["ids"]) < limit:
                 return
             offset += len(result["ids"])
