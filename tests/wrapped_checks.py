@@ -7,6 +7,8 @@ Memory ranking over the engine with the one over FAISS.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -18,6 +20,7 @@ from llama_index_deepmemory.store import DeepMemoryVectorStore
 from synthetic import N_TRAIN, KeywordTask
 from test_ranking import hand_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # bench_threads.hammer
 EVEN = MetadataFilters(filters=[MetadataFilter(key="parity", value=0)])
 
 
@@ -179,67 +182,16 @@ def check_ids_cannot_impersonate(task, store) -> None:
     assert [g.text for g in store.get_nodes(["node_3", sneaky])] == [task.doc_texts[3], "sneaky"]
 
 
-def check_threads(task, store, seconds: float = 3.0, readers: int = 2) -> dict:
+def check_threads(task, store, seconds: float = 2.0, readers: int = 2) -> dict:
     """Queries (plain and Deep Memory, with keywords) from ``readers`` threads while one thread adds
-    and deletes nodes near the queries: no error, and no node comes back from a query that started
-    after its delete returned. ``store`` holds the task's nodes and an active model. Returns counts."""
-    import threading
-    import time
+    and deletes nodes near the queries (``benchmarks/bench_threads.py``'s loop): no error, and no
+    node comes back from a query that started after its delete returned. ``store`` holds the
+    task's nodes and an active model."""
+    from bench_threads import hammer
 
-    from llama_index.core.schema import TextNode
-
-    errors: list[BaseException] = []
-    deleted: dict[str, float] = {}  # id -> when its delete returned
-    results: list[tuple[float, list[str]]] = []
-    stop = time.monotonic() + seconds
-    counts = {"queries": 0, "writes": 0}
-
-    def write() -> None:
-        cycle, alive = 0, None  # each batch lives until the next one is added
-        try:
-            while time.monotonic() < stop:
-                ids = [f"extra_{cycle}_{j}" for j in range(4)]
-                nodes = [TextNode(id_=i, text=f"extra {task.texts[j]}", embedding=task.queries[j].tolist(),
-                                  metadata={"parity": j % 2}) for j, i in enumerate(ids)]
-                for node in nodes:
-                    node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=f"extra_doc_{cycle}")
-                store.add(nodes)
-                time.sleep(0.02)
-                if alive is not None:
-                    if cycle % 2:
-                        store.delete(f"extra_doc_{cycle - 1}")
-                    else:
-                        store.delete_nodes(alive)
-                    done = time.monotonic()
-                    deleted.update((i, done) for i in alive)
-                alive = ids
-                counts["writes"] += 1
-                cycle += 1
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
-
-    def read(which: int) -> None:
-        i = 0
-        try:
-            while time.monotonic() < stop:
-                j = i % 4
-                start = time.monotonic()
-                hits = ask(store, task.queries[j], k=10, text=task.texts[j] if which % 2 else None,
-                           deep_memory=bool(which % 2) or i % 3 == 0)
-                results.append((start, hits.ids))
-                i += 1
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=write)] + [threading.Thread(target=read, args=(r,)) for r in range(readers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(seconds + 120)
-    assert not errors, f"{len(errors)} error(s), first: {errors[0]!r}"
-    late = [(i, start - deleted[i]) for start, ids in results for i in ids if i in deleted and deleted[i] < start]
-    assert not late, f"nodes returned after their delete returned: {late[:5]}"
-    counts["queries"] = len(results)
-    assert counts["writes"] > 0 and counts["queries"] > 0, counts
-    assert any(i.startswith("extra_") for _, ids in results for i in ids)  # the writes were seen
-    return counts
+    out = hammer(store, task.queries, task.texts, seconds, readers)
+    assert not out["errors"], f"{len(out['errors'])} error(s), first: {out['errors'][0]!r}"
+    assert not out["late"], f"nodes returned after their delete returned: {out['late'][:5]}"
+    assert out["writes"] > 0 and out["queries"] > 0, out
+    assert out["extras_seen"] > 0, out  # the writes were seen
+    return out

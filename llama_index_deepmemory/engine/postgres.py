@@ -108,10 +108,12 @@ class PostgresAdapter(GenericAdapter):
         schema, table = self.engine.schema_name, f"data_{self.engine.table_name}"
         return '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
 
-    def _rows(self, statement: str, values: dict[str, Any]) -> list[Any]:
+    def _rows(self, statement: str, values: dict[str, Any], ef_search: int | None = None) -> list[Any]:
         from sqlalchemy import text
 
-        with self._sql().connect() as connection:
+        with self._sql().connect() as connection, connection.begin():
+            if ef_search is not None:  # as the store's query sets it; pgvector's HNSW returns at most ef_search rows
+                connection.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef_search)}"))
             return list(connection.execute(text(statement), values))
 
     def search(self, queries: np.ndarray, k: int, restriction: Restriction) -> Hits:
@@ -127,14 +129,17 @@ class PostgresAdapter(GenericAdapter):
             where.append(f"node_id = ANY({bind([engine_id(i) for i in restriction.node_ids])})")
         if restriction.doc_ids:
             where.append(f"metadata_->>'ref_doc_id' = ANY({bind(list(restriction.doc_ids))})")
-        vectors = ", ".join(f"({i}, CAST({bind(_vector(q))} AS vector))" for i, q in enumerate(queries))
+        kind = "halfvec" if getattr(self.engine, "use_halfvec", False) else "vector"
+        vectors = ", ".join(f"({i}, CAST({bind(_vector(q))} AS {kind}))" for i, q in enumerate(queries))
         statement = (
             f"SELECT q.i, r.node_id, r.text, r.metadata_, r.distance FROM (VALUES {vectors}) AS q(i, v) "
             f"CROSS JOIN LATERAL (SELECT node_id, text, metadata_, embedding <=> q.v AS distance FROM {self._table} "
             f"WHERE {' AND '.join(where)} ORDER BY embedding <=> q.v LIMIT {int(k)}) AS r ORDER BY q.i, r.distance"
         )
+        hnsw = self.engine.hnsw_kwargs
+        ef_search = max(int(hnsw.get("hnsw_ef_search", 40)), int(k)) if hnsw else None
         with self._serial:
-            rows = self._rows(statement, bind.values)
+            rows = self._rows(statement, bind.values, ef_search)
         hits = Hits.none(len(queries))
         handles: list[list[str]] = [[] for _ in queries]
         scores: list[list[float]] = [[] for _ in queries]
