@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 LIST_BATCH = 1024  # nodes per page when listing the corpus
 _USABLE_CACHE = 64  # (model overrides, restriction) entries kept
 TEXT_CACHE = 100_000  # node texts kept from results (keyword re-scoring reads them)
-BODY_CACHE = 4096  # node bodies kept from reads (a Deep Memory result's override nodes)
 
 
 def as_restriction(filters: Any) -> Restriction:
@@ -68,8 +67,6 @@ class WrappedStore:
         self._added_texts: dict[str, str] = {}  # nodes added through this object (keyword fallback)
         self._usable = UsableCache(_USABLE_CACHE)
         self._texts: OrderedDict[str, str] = OrderedDict()  # texts seen in results, until the next write
-        self._bodies: OrderedDict[str, BaseNode] = OrderedDict()  # nodes read by id, until the next write
-        self._seen_version = 0
         self._deep_memory: DeepMemory | None = None
 
     # --- the face's operations ----------------------------------------------------------------
@@ -129,7 +126,7 @@ class WrappedStore:
             raise ValueError(f"query_embedding must be one vector, got {len(q)}")
         seen: dict[str, BaseNode] = {}
         if model is None:
-            rows, ids = self._search(q, query.similarity_top_k, restriction, seen)
+            rows, ids = self._search(q, query.similarity_top_k, restriction, seen, bodies=True)
             scores, ids = rows[0], ids[0]
         else:
             from llama_index_deepmemory.deep_memory.ranking import rank
@@ -138,8 +135,8 @@ class WrappedStore:
                                       texts=[query.query_str] if query.query_str else None, filters=restriction)
             scores, ids = ranked[0], ranked_ids[0]
         missing = [i for i in ids if i not in seen]
-        if missing:  # override nodes are not searched: read by id (remembered until the next write)
-            seen.update((n.node_id, n) for n in self._bodies_of(missing))
+        if missing:  # searched without bodies, or override nodes: built from rows read before, else one read
+            seen.update((n.node_id, n) for n in self.backend.bodies(missing))
         pairs = [(float(s), seen[i]) for s, i in zip(scores, ids) if i in seen]  # deleted meanwhile: dropped
         return VectorStoreQueryResult(nodes=[n for _, n in pairs], similarities=[s for s, _ in pairs],
                                       ids=[n.node_id for _, n in pairs])
@@ -221,7 +218,7 @@ class WrappedStore:
             model = self.deep_memory.require_active_model()
             scores, ids = rank(self, queries, model, k, texts=texts, filters=restriction)
         else:
-            scores, ids = self._search(queries, k, restriction, None)
+            scores, ids = self._search(queries, k, restriction, None, bodies=False)
         return padded(scores), ids
 
     def usable_ids(self, node_ids: Sequence[str], filters: Any = None) -> np.ndarray:
@@ -233,7 +230,7 @@ class WrappedStore:
         if cached is not None:
             return cached
         nodes = self.backend.get(list(node_ids), filters=restriction.filters, with_vectors=False)
-        self._remember(nodes, bodies=True)
+        self._remember(nodes)
         found = {n.node_id for n in nodes if restriction.allows(n)}
         usable = np.fromiter((i in found for i in node_ids), dtype=bool, count=len(node_ids))
         return self._usable.put(node_ids, key, version, usable)
@@ -277,11 +274,12 @@ class WrappedStore:
         return self._deep_memory
 
     # --- helpers ------------------------------------------------------------------------------
-    def _search(self, queries: np.ndarray, k: int, restriction: Restriction,
-                seen: Optional[dict[str, BaseNode]]) -> tuple[list[np.ndarray], list[list[str]]]:
-        """Plain top ``k`` per prepared (or transformed) query, scores as ``q . v``."""
+    def _search(self, queries: np.ndarray, k: int, restriction: Restriction, seen: Optional[dict[str, BaseNode]],
+                bodies: bool) -> tuple[list[np.ndarray], list[list[str]]]:
+        """Plain top ``k`` per prepared (or transformed) query, scores as ``q . v`` (and, with
+        ``bodies``, the nodes into ``seen``; a deep search asks ids and scores only)."""
         queries = np.asarray(queries, dtype=np.float32)
-        hits = self.backend.search(queries, int(k), restriction)
+        hits = self.backend.search(queries, int(k), restriction, bodies=bodies)
         if hits.nodes:
             self._remember(list(hits.nodes.values()))
             if seen is not None:
@@ -289,45 +287,21 @@ class WrappedStore:
         norms = np.linalg.norm(queries, axis=1).astype(np.float32)
         return [s * n for s, n in zip(hits.scores, norms)], [self.backend.ids(h) for h in hits.handles]
 
-    def _bodies_of(self, node_ids: list[str]) -> list[BaseNode]:
-        """Nodes by id, from the bodies read since the last write (copies), else one read."""
-        with self._lock:
-            self._check_version()
-            known = {i: self._bodies[i] for i in node_ids if i in self._bodies}
-        unknown = [i for i in node_ids if i not in known]
-        if unknown:
-            read = self.backend.get(unknown, with_vectors=False)
-            self._remember(read, bodies=True)
-            known.update((n.node_id, n) for n in read)
-        return [known[i].model_copy() for i in node_ids if i in known]
-
-    def _check_version(self) -> None:
-        if self._seen_version != self.backend.version:
-            self._seen_version = self.backend.version
-            self._bodies.clear()
-
     def _forget(self, keep_texts: bool = False) -> None:
-        """A write through this object: cached allow-lists and bodies go; cached texts too, unless
-        the caller updates the texts it changed."""
+        """A write through this object: cached allow-lists go; cached texts too, unless the caller
+        updates the texts it changed."""
         with self._lock:
             self._usable.clear()
-            self._bodies.clear()
             if not keep_texts:
                 self._texts.clear()
 
-    def _remember(self, nodes: Sequence[BaseNode], bodies: bool = False) -> None:
-        """Keep the texts (and, read by id, the bodies) of nodes the engine returned (bounded)."""
+    def _remember(self, nodes: Sequence[BaseNode]) -> None:
+        """Keep the texts of nodes the engine returned (bounded)."""
         with self._lock:
-            if bodies:
-                self._check_version()
             for node in nodes:
                 self._texts[node.node_id] = node.get_content()
-                if bodies:
-                    self._bodies[node.node_id] = node
             while len(self._texts) > TEXT_CACHE:
                 self._texts.popitem(last=False)
-            while len(self._bodies) > BODY_CACHE:
-                self._bodies.popitem(last=False)
 
     def _pages_or_added(self, limit: int) -> Iterator[list[BaseNode]]:
         """Every node with its vector, a page at a time; where the store cannot list its nodes,
@@ -359,5 +333,5 @@ class _RecordingView:
         return getattr(self._store, name)
 
     def search_vectors(self, queries: np.ndarray, k: int, filters: Any = None, **_: Any) -> tuple[np.ndarray, list[list[str]]]:
-        scores, ids = self._store._search(queries, k, as_restriction(filters), self._seen)
+        scores, ids = self._store._search(queries, k, as_restriction(filters), self._seen, bodies=False)
         return padded(scores), ids

@@ -7,13 +7,20 @@ argument (the server's URI, ``postgresql://postgres:@/postgres?host=<socket dir>
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory):
+def postgres_server():
     pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="delete")
+    # not under pytest's temp root: it is private to this user (0700), and under root pgserver runs
+    # PostgreSQL as its own user, which must reach the folder
+    folder = tempfile.mkdtemp(prefix="deepmemory-pg-")
+    os.chmod(folder, 0o755)
+    server = pgserver.get_server(folder, cleanup_mode="delete")
     try:
         server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
         yield server.get_uri()

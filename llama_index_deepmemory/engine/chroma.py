@@ -101,8 +101,11 @@ class ChromaAdapter(GenericAdapter):
                 "cannot be changed: re-create it under a new name)"
             )
 
-    def search(self, queries: np.ndarray, k: int, restriction: Restriction) -> Hits:
-        """Every query in one ``collection.query``."""
+    keeps_rows = True
+
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+        """Every query in one ``collection.query``; without ``bodies``, ids and distances only (the
+        rows of a deep search cost more to read than the search itself)."""
         if k <= 0 or restriction.empty or len(queries) == 0:
             return Hits.none(len(queries))
         kwargs: dict[str, Any] = {}
@@ -111,29 +114,48 @@ class ChromaAdapter(GenericAdapter):
             kwargs["where"] = where
         if restriction.node_ids:
             kwargs["ids"] = [engine_id(i) for i in restriction.node_ids]
+        version = self.version
         with self._serial:
             result = self.collection.query(query_embeddings=np.asarray(queries, dtype=np.float32).tolist(),
-                                           n_results=int(k), include=INCLUDE + ["distances"], **kwargs)
+                                           n_results=int(k), include=["distances"] + (INCLUDE if bodies else []),
+                                           **kwargs)
         hits = Hits([], [])
+        if not bodies:
+            names = self._named([i for row in result["ids"] for i in row])
+            for ids, distances in zip(result["ids"], result["distances"]):
+                found = [(names[i], d) for i, d in zip(ids, distances) if i in names]  # deleted meanwhile: dropped
+                hits.handles.append([i for i, _ in found])
+                hits.scores.append(1.0 - np.asarray([d for _, d in found], dtype=np.float32))
+            return hits
         for ids, texts, metadatas, distances in zip(result["ids"], result["documents"], result["metadatas"],
                                                      result["distances"]):
-            found = [(n, d) for n, d in zip(_nodes(ids, texts, metadatas), distances) if n is not None]
-            hits.handles.append([n.node_id for n, _ in found])
-            hits.scores.append(1.0 - np.asarray([d for _, d in found], dtype=np.float32))
-            hits.nodes.update((n.node_id, n) for n, _ in found)
+            found = [(n, d, t, m) for n, d, t, m in zip(_nodes(ids, texts, metadatas), distances, texts, metadatas)
+                     if n is not None]
+            hits.handles.append([n.node_id for n, *_ in found])
+            hits.scores.append(1.0 - np.asarray([d for _, d, *_ in found], dtype=np.float32))
+            hits.nodes.update((n.node_id, n) for n, *_ in found)
+            self._keep([(n.node_id, (t, m)) for n, _, t, m in found], version)
         return hits
+
+    def _build(self, row: Any) -> BaseNode:
+        return _nodes([None], [row[0]], [row[1]])[0]
 
     def _get(self, stored_ids: list[str], filters: Optional[MetadataFilters], with_vectors: bool) -> list[BaseNode]:
         include = INCLUDE + (["embeddings"] if with_vectors else [])
+        version = self.version
         result = self.collection.get(ids=stored_ids, where=chroma_where(filters), include=include)
-        return [n for n in _nodes(result["ids"], result["documents"], result["metadatas"],
-                                  result.get("embeddings") if with_vectors else None) if n is not None]
+        nodes = _nodes(result["ids"], result["documents"], result["metadatas"],
+                       result.get("embeddings") if with_vectors else None)
+        found = [(n, t, m) for n, t, m in zip(nodes, result["documents"], result["metadatas"]) if n is not None]
+        self._keep([(n.node_id, (t, m)) for n, t, m in found], version)
+        return [n for n, _, _ in found]
 
     def _owners(self, stored_ids: list[str]) -> dict[str, str]:
         if not stored_ids:
             return {}
-        result = self.collection.get(ids=list(dict.fromkeys(stored_ids)), include=["metadatas"])
-        return {i: owner(i, m or {}) for i, m in zip(result["ids"], result["metadatas"])}
+        with self._serial:
+            result = self.collection.get(ids=list(dict.fromkeys(stored_ids)), include=["metadatas"])
+        return {i: owner(i, m) for i, m in zip(result["ids"], result["metadatas"]) if m is not None}
 
     def filtered(self, filters: MetadataFilters) -> list[BaseNode]:
         with self._serial:

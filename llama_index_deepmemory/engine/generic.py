@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections import OrderedDict
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
@@ -26,6 +27,8 @@ from llama_index_deepmemory.engine.ids import check_owners, check_reserved, engi
 logger = logging.getLogger(__name__)
 
 GET_BATCH = 256  # ids per read
+ROWS = 4096  # rows kept from reads, to build a Deep Memory result's nodes without another read
+NAMES = 400_000  # stored id -> node id entries kept
 
 
 class GenericAdapter:
@@ -39,6 +42,8 @@ class GenericAdapter:
         self._lock = threading.RLock()
         self._added: dict[str, None] = {}  # ids added through this adapter (listing fallback)
         self._serial: Any = contextlib.nullcontext()  # a lock where the client is not thread safe
+        self._rows: OrderedDict[str, Any] = OrderedDict()  # node id -> the engine's row, until the next write
+        self._names: dict[str, str] = {}  # stored id -> node id, of every row seen
 
     # --- checks ---------------------------------------------------------------------------------
     def check(self) -> None:
@@ -94,11 +99,57 @@ class GenericAdapter:
         with self._lock:
             if forget_added:
                 self._added.clear()
+            self._rows.clear()
+            self._names.clear()  # a deleted stored id may next hold another node
             self.version += 1
 
+    # --- rows kept between reads (adapters that set keeps_rows) ----------------------------------
+    keeps_rows = False
+
+    def _keep(self, rows: Sequence[tuple[str, Any]], version: int) -> None:
+        """Keep the engine's rows (node id, row) read at ``version`` (dropped if a write came since)."""
+        with self._lock:
+            if version != self.version:
+                return
+            for node_id, row in rows:
+                self._rows[node_id] = row
+                self._rows.move_to_end(node_id)
+            while len(self._rows) > ROWS:
+                self._rows.popitem(last=False)
+
+    def _build(self, row: Any) -> BaseNode:
+        """A fresh node from a kept row."""
+        raise NotImplementedError
+
+    def bodies(self, node_ids: Sequence[str]) -> list[BaseNode]:
+        """Fresh nodes (without vectors) for ``node_ids`` (unknown ids skipped): built from the rows
+        read since this adapter's last write, the rest in one read."""
+        with self._lock:
+            rows = {i: self._rows[i] for i in node_ids if i in self._rows}
+        built = {i: self._build(row) for i, row in rows.items()}
+        unknown = [i for i in node_ids if i not in built]
+        if unknown:
+            built.update((n.node_id, n) for n in self.get(unknown, with_vectors=False))
+        return [built[i] for i in dict.fromkeys(node_ids) if i in built]
+
+    def _named(self, stored_ids: Sequence[str]) -> dict[str, str]:
+        """Node ids of stored ids (remembered; unknown ones read in one call; gone ones left out)."""
+        with self._lock:
+            names = {i: self._names[i] for i in stored_ids if i in self._names}
+        unknown = [i for i in dict.fromkeys(stored_ids) if i not in names]
+        if unknown:
+            found = self._owners(unknown)
+            with self._lock:
+                if len(self._names) > NAMES:
+                    self._names.clear()
+                self._names.update(found)
+            names.update(found)
+        return names
+
     # --- reads ----------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, restriction: Restriction) -> Hits:
-        """Top ``k`` per query as cosine scores, node ids and the nodes returned with them."""
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+        """Top ``k`` per query as cosine scores, node ids and (``bodies``; an adapter may return
+        them anyway) the nodes returned with them."""
         if k <= 0 or restriction.empty:
             return Hits.none(len(queries))
         hits = Hits([], [])

@@ -25,7 +25,7 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
 from llama_index_deepmemory.engine.backend import Hits, Restriction
 from llama_index_deepmemory.engine.generic import GenericAdapter
-from llama_index_deepmemory.engine.ids import engine_id, from_engine
+from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine, owner
 
 _COMPARE = {FilterOperator.EQ: "=", FilterOperator.NE: "!=", FilterOperator.GT: ">", FilterOperator.LT: "<",
             FilterOperator.GTE: ">=", FilterOperator.LTE: "<="}
@@ -108,7 +108,7 @@ class PostgresAdapter(GenericAdapter):
         schema, table = self.engine.schema_name, f"data_{self.engine.table_name}"
         return '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
 
-    def _rows(self, statement: str, values: dict[str, Any], ef_search: int | None = None) -> list[Any]:
+    def _execute(self, statement: str, values: dict[str, Any], ef_search: int | None = None) -> list[Any]:
         from sqlalchemy import text
 
         with self._sql().connect() as connection, connection.begin():
@@ -116,8 +116,10 @@ class PostgresAdapter(GenericAdapter):
                 connection.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef_search)}"))
             return list(connection.execute(text(statement), values))
 
-    def search(self, queries: np.ndarray, k: int, restriction: Restriction) -> Hits:
-        """Every query's top ``k`` in one statement."""
+    keeps_rows = True
+
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+        """Every query's top ``k`` in one statement (without ``bodies``: ids and distances only)."""
         queries = np.asarray(queries, dtype=np.float32)
         if k <= 0 or restriction.empty or len(queries) == 0:
             return Hits.none(len(queries))
@@ -131,26 +133,37 @@ class PostgresAdapter(GenericAdapter):
             where.append(f"metadata_->>'ref_doc_id' = ANY({bind(list(restriction.doc_ids))})")
         kind = "halfvec" if getattr(self.engine, "use_halfvec", False) else "vector"
         vectors = ", ".join(f"({i}, CAST({bind(_vector(q))} AS {kind}))" for i, q in enumerate(queries))
+        columns = "text AS a, metadata_ AS b" if bodies else f"metadata_->>'{ID_KEY}' AS a, NULL AS b"
         statement = (
-            f"SELECT q.i, r.node_id, r.text, r.metadata_, r.distance FROM (VALUES {vectors}) AS q(i, v) "
-            f"CROSS JOIN LATERAL (SELECT node_id, text, metadata_, embedding <=> q.v AS distance FROM {self._table} "
+            f"SELECT q.i, r.node_id, r.a, r.b, r.distance FROM (VALUES {vectors}) AS q(i, v) "
+            f"CROSS JOIN LATERAL (SELECT node_id, {columns}, embedding <=> q.v AS distance FROM {self._table} "
             f"WHERE {' AND '.join(where)} ORDER BY embedding <=> q.v LIMIT {int(k)}) AS r ORDER BY q.i, r.distance"
         )
+        version = self.version
         hnsw = self.engine.hnsw_kwargs
         ef_search = max(int(hnsw.get("hnsw_ef_search", 40)), int(k)) if hnsw else None
         with self._serial:
-            rows = self._rows(statement, bind.values, ef_search)
+            rows = self._execute(statement, bind.values, ef_search)
         hits = Hits.none(len(queries))
         handles: list[list[str]] = [[] for _ in queries]
         scores: list[list[float]] = [[] for _ in queries]
-        for i, node_id, text, metadata, distance in rows:
-            node = _node(node_id, text, metadata)
-            handles[i].append(node.node_id)
+        kept = []
+        for i, stored_id, a, b, distance in rows:
+            if bodies:
+                node = _node(stored_id, a, b)
+                hits.nodes[node.node_id] = node
+                kept.append((node.node_id, (stored_id, a, b)))
+                handles[i].append(node.node_id)
+            else:
+                handles[i].append(owner(stored_id, {ID_KEY: a} if a is not None else {}))
             scores[i].append(1.0 - float(distance))
-            hits.nodes[node.node_id] = node
+        self._keep(kept, version)
         hits.handles = handles
         hits.scores = [np.asarray(s, dtype=np.float32) for s in scores]
         return hits
+
+    def _build(self, row: Any) -> BaseNode:
+        return _node(*row)
 
     def _get(self, stored_ids: list[str], filters: Optional[MetadataFilters], with_vectors: bool) -> list[BaseNode]:
         if not stored_ids:  # its get_nodes(node_ids=[]) returns every row
@@ -171,7 +184,7 @@ class PostgresAdapter(GenericAdapter):
         columns = "id, node_id, text, metadata_" + (", embedding::text" if with_vectors else "")
         while True:
             with self._serial:
-                rows = self._rows(f"SELECT {columns} FROM {self._table} WHERE id > :last ORDER BY id LIMIT :n",
+                rows = self._execute(f"SELECT {columns} FROM {self._table} WHERE id > :last ORDER BY id LIMIT :n",
                                   {"last": last, "n": int(limit)})
             if not rows:
                 return
@@ -182,4 +195,4 @@ class PostgresAdapter(GenericAdapter):
 
     def count(self) -> int:
         with self._serial:
-            return int(self._rows(f"SELECT count(*) FROM {self._table}", {})[0][0])
+            return int(self._execute(f"SELECT count(*) FROM {self._table}", {})[0][0])

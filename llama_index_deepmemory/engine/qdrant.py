@@ -21,8 +21,6 @@ from llama_index_deepmemory.engine.backend import Hits, Restriction
 from llama_index_deepmemory.engine.generic import GenericAdapter
 from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine, owner
 
-ORIGINALS = 400_000  # stored id -> node id entries kept
-
 
 def is_qdrant(store: Any) -> bool:
     return type(store).__name__ == "QdrantVectorStore" and hasattr(store, "collection_name")
@@ -88,7 +86,6 @@ class QdrantAdapter(GenericAdapter):
         if local or not options:  # the local modes are not thread safe: one call at a time
             self._serial = threading.RLock()
         self._exists = False
-        self._original: dict[str, str] = {}  # stored id -> node id, of every point seen
 
     @property
     def _collection(self) -> str:
@@ -103,8 +100,7 @@ class QdrantAdapter(GenericAdapter):
 
     def _wrote(self, forget_added: bool = False) -> None:
         with self._lock:
-            self._original.clear()  # a deleted stored id may next hold another node
-            self._exists = False
+            self._exists = False  # a clear drops the collection
         super()._wrote(forget_added)
 
     def delete(self, ref_doc_id: str) -> None:
@@ -115,7 +111,10 @@ class QdrantAdapter(GenericAdapter):
         if self._ready():
             super().delete_nodes(node_ids, filters)
 
-    def search(self, queries: np.ndarray, k: int, restriction: Restriction) -> Hits:
+    keeps_rows = True
+
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+        """Every query in one ``query_batch_points``; without ``bodies``, ids and scores only."""
         if k <= 0 or restriction.empty or not self._ready():
             return Hits.none(len(queries))
         from qdrant_client.http import models as rest
@@ -123,38 +122,41 @@ class QdrantAdapter(GenericAdapter):
         where = qdrant_filter(restriction.filters, [engine_id(i) for i in restriction.node_ids or ()],
                               restriction.doc_ids)
         requests = [rest.QueryRequest(query=q.astype(np.float64).tolist(), using=self.engine.dense_vector_name,
-                                      limit=int(k), filter=where, with_payload=False)
+                                      limit=int(k), filter=where, with_payload=bodies)
                     for q in np.asarray(queries, dtype=np.float32)]
+        version = self.version
         with self._serial:
             responses = self.engine.client.query_batch_points(self._collection, requests=requests)
-        rows = [[(str(p.id), float(p.score)) for p in r.points] for r in responses]
-        with self._lock:
-            unknown = sorted({i for row in rows for i, _ in row if i not in self._original})
         hits = Hits([], [])
-        if unknown:  # payloads of points not seen before (added by another process): one read
-            hits.nodes = {n.node_id: n for n in self._nodes(unknown, with_vectors=False)}
-        with self._lock:
-            for row in rows:
-                row = [(self._original[i], s) for i, s in row if i in self._original]  # deleted meanwhile: dropped
-                hits.handles.append([i for i, _ in row])
-                hits.scores.append(np.asarray([s for _, s in row], dtype=np.float32))
+        if bodies:
+            for response in responses:
+                nodes = [from_engine(n) for n in self.engine.parse_to_query_result(response.points).nodes]
+                hits.handles.append([n.node_id for n in nodes])
+                hits.scores.append(np.asarray([p.score for p in response.points], dtype=np.float32))
+                hits.nodes.update((n.node_id, n) for n in nodes)
+                self._keep([(n.node_id, p) for n, p in zip(nodes, response.points)], version)
+            return hits
+        rows = [[(str(p.id), float(p.score)) for p in r.points] for r in responses]
+        names = self._named([i for row in rows for i, _ in row])
+        for row in rows:
+            row = [(names[i], s) for i, s in row if i in names]  # deleted meanwhile: dropped
+            hits.handles.append([i for i, _ in row])
+            hits.scores.append(np.asarray([s for _, s in row], dtype=np.float32))
         return hits
 
+    def _build(self, row: Any) -> BaseNode:
+        return from_engine(self.engine.parse_to_query_result([row]).nodes[0])
+
     def _nodes(self, stored_ids: list[str], with_vectors: bool) -> list[BaseNode]:
-        """Points by id as nodes under their own ids (remembering each point's node id)."""
+        """Points by id as nodes under their own ids."""
+        version = self.version
         with self._serial:
             points = self.engine.client.retrieve(self._collection, ids=stored_ids, with_payload=True,
                                                  with_vectors=with_vectors)
         nodes = [from_engine(n) for n in self.engine.parse_to_query_result(points).nodes]
-        self._remember_points(nodes)
+        if not with_vectors:
+            self._keep([(n.node_id, p) for n, p in zip(nodes, points)], version)
         return nodes
-
-    def _remember_points(self, nodes: Sequence[BaseNode]) -> None:
-        with self._lock:
-            if len(self._original) > ORIGINALS:
-                self._original.clear()
-            for node in nodes:
-                self._original[engine_id(node.node_id)] = node.node_id
 
     def get(self, node_ids: Sequence[str], filters: Optional[MetadataFilters] = None,
             with_vectors: bool = True) -> list[BaseNode]:
