@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Optional
 
+import numpy as np
 from llama_index.core.schema import BaseNode
-from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
+from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters, VectorStoreQuery
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
+from llama_index_deepmemory.engine.backend import Hits, Restriction
 from llama_index_deepmemory.engine.generic import GenericAdapter
-from llama_index_deepmemory.engine.ids import from_engine
+from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine
 
 
 def is_milvus(store: Any) -> bool:
@@ -51,6 +53,27 @@ class MilvusAdapter(GenericAdapter):
                 "MilvusVectorStore(..., similarity_metric='COSINE') (an existing collection keeps its index's "
                 "metric: re-create it with overwrite=True or under a new collection_name)"
             )
+
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+        """Without ``bodies``, each query asks only the ids (``VectorStoreQuery.output_fields``; the
+        store then fills no metadata, so stored ids are named as remembered, else in one read)."""
+        if bodies or k <= 0 or restriction.empty:
+            return super().search(queries, k, restriction, bodies)
+        hits = Hits([], [])
+        for q in np.asarray(queries, dtype=np.float32):
+            query = VectorStoreQuery(
+                query_embedding=q.astype(np.float64).tolist(), similarity_top_k=int(k), filters=restriction.filters,
+                node_ids=[engine_id(i) for i in restriction.node_ids] if restriction.node_ids else None,
+                doc_ids=list(restriction.doc_ids) if restriction.doc_ids is not None else None,
+                output_fields=[ID_KEY])
+            with self._serial:
+                result = self.engine.query(query)
+            row = list(zip([str(i) for i in result.ids or []], result.similarities or []))
+            names = self._named([i for i, _ in row])
+            row = [(names[i], s) for i, s in row if i in names]  # deleted meanwhile: dropped
+            hits.handles.append([i for i, _ in row])
+            hits.scores.append(np.asarray([s for _, s in row], dtype=np.float32))
+        return hits
 
     def _node(self, row: dict) -> BaseNode:
         node = metadata_dict_to_node(row, text=row.get(self.engine.text_key))
