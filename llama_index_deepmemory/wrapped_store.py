@@ -284,6 +284,9 @@ class WrappedStore:
             self._remember(list(hits.nodes.values()))
             if seen is not None:
                 seen.update(hits.nodes)
+        if hits.texts:  # texts that came without bodies (keyword re-scoring reads them)
+            with self._lock:
+                self._texts.update(hits.texts)
         norms = np.linalg.norm(queries, axis=1).astype(np.float32)
         return [s * n for s, n in zip(hits.scores, norms)], [self.backend.ids(h) for h in hits.handles]
 

@@ -45,11 +45,13 @@ class Restriction:
 @dataclass
 class Hits:
     """One search: per query, cosine scores (best first) and handles; plus the node bodies the
-    engine returned with them (by node id; empty where it returned ids only)."""
+    engine returned with them (by node id; empty where it returned ids only) and any node texts
+    it returned without bodies."""
 
     scores: list[np.ndarray]
     handles: list[list[str]]
     nodes: dict[str, Any] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def none(cls, n_queries: int) -> "Hits":

@@ -16,6 +16,7 @@ a bound parameter:
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
@@ -87,7 +88,7 @@ def _vector(q: np.ndarray) -> str:
 
 
 def _node(node_id: str, text: str, metadata: Any, embedding: Any = None) -> BaseNode:
-    node = metadata_dict_to_node(metadata)
+    node = metadata_dict_to_node(json.loads(metadata) if isinstance(metadata, str) else metadata)
     node.set_content(str(text))
     if embedding is not None:
         node.embedding = [float(x) for x in (embedding if not isinstance(embedding, str) else embedding[1:-1].split(","))]
@@ -133,10 +134,13 @@ class PostgresAdapter(GenericAdapter):
             where.append(f"metadata_->>'ref_doc_id' = ANY({bind(list(restriction.doc_ids))})")
         kind = "halfvec" if getattr(self.engine, "use_halfvec", False) else "vector"
         vectors = ", ".join(f"({i}, CAST({bind(_vector(q))} AS {kind}))" for i, q in enumerate(queries))
-        columns = "text AS a, metadata_ AS b" if bodies else f"metadata_->>'{ID_KEY}' AS a, NULL AS b"
+        # without bodies the rows still come (reading them by id later would scan the table: the store
+        # indexes no node_id), kept unparsed; only the k a result returns are built into nodes
+        columns = "metadata_ AS b" if bodies else "metadata_::text AS b"
         statement = (
-            f"SELECT q.i, r.node_id, r.a, r.b, r.distance FROM (VALUES {vectors}) AS q(i, v) "
-            f"CROSS JOIN LATERAL (SELECT node_id, {columns}, embedding <=> q.v AS distance FROM {self._table} "
+            f"SELECT q.i, r.node_id, r.text, r.b, r.original, r.distance FROM (VALUES {vectors}) AS q(i, v) "
+            f"CROSS JOIN LATERAL (SELECT node_id, text, {columns}, metadata_->>'{ID_KEY}' AS original, "
+            f"embedding <=> q.v AS distance FROM {self._table} "
             f"WHERE {' AND '.join(where)} ORDER BY embedding <=> q.v LIMIT {int(k)}) AS r ORDER BY q.i, r.distance"
         )
         version = self.version
@@ -148,14 +152,13 @@ class PostgresAdapter(GenericAdapter):
         handles: list[list[str]] = [[] for _ in queries]
         scores: list[list[float]] = [[] for _ in queries]
         kept = []
-        for i, stored_id, a, b, distance in rows:
+        for i, stored_id, text, metadata, original, distance in rows:
+            node_id = owner(stored_id, {ID_KEY: original} if original is not None else {})
             if bodies:
-                node = _node(stored_id, a, b)
-                hits.nodes[node.node_id] = node
-                kept.append((node.node_id, (stored_id, a, b)))
-                handles[i].append(node.node_id)
-            else:
-                handles[i].append(owner(stored_id, {ID_KEY: a} if a is not None else {}))
+                hits.nodes[node_id] = _node(stored_id, text, metadata)
+            hits.texts[node_id] = text
+            kept.append((node_id, (stored_id, text, metadata)))
+            handles[i].append(node_id)
             scores[i].append(1.0 - float(distance))
         self._keep(kept, version)
         hits.handles = handles
