@@ -181,8 +181,8 @@ class ChromaAdapter(GenericAdapter):
                 result = self.collection.get(limit=limit, offset=offset, include=include)
             if not result["ids"]:
                 return
-            yield [n for n in _nodes(result["ids"], result["documents"], result["metadatas"],
-                                     result.get("embeddings") if with_vectors else None) if n is not None]
+            yield self._listed([n for n in _nodes(result["ids"], result["documents"], result["metadatas"],
+                                                  result.get("embeddings") if with_vectors else None) if n is not None])
             if len(result["ids"]) < limit:
                 return
             offset += len(result["ids"])

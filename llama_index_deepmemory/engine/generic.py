@@ -43,7 +43,9 @@ class GenericAdapter:
         self._added: dict[str, None] = {}  # ids added through this adapter (listing fallback)
         self._serial: Any = contextlib.nullcontext()  # a lock where the client is not thread safe
         self._rows: OrderedDict[str, Any] = OrderedDict()  # node id -> the engine's row, until the next write
-        self._names: dict[str, str] = {}  # stored id -> node id, of every row seen
+        # stored id -> node id, of every row seen; a stored id changes owner only by an add (which
+        # sets it here) after a delete, so deletes need not forget (another process's: see README)
+        self._names: dict[str, str] = {}
 
     # --- checks ---------------------------------------------------------------------------------
     def check(self) -> None:
@@ -74,6 +76,8 @@ class GenericAdapter:
             self._add([to_engine(n) for n in nodes])
         with self._lock:
             self._added.update(dict.fromkeys(n.node_id for n in nodes))
+            self._name({engine_id(n.node_id): n.node_id for n in nodes})
+            self._rows.clear()
             self.version += 1
 
     def delete(self, ref_doc_id: str) -> None:
@@ -100,7 +104,6 @@ class GenericAdapter:
             if forget_added:
                 self._added.clear()
             self._rows.clear()
-            self._names.clear()  # a deleted stored id may next hold another node
             self.version += 1
 
     # --- rows kept between reads (adapters that set keeps_rows) ----------------------------------
@@ -139,12 +142,20 @@ class GenericAdapter:
         unknown = [i for i in dict.fromkeys(stored_ids) if i not in names]
         if unknown:
             found = self._owners(unknown)
-            with self._lock:
-                if len(self._names) > NAMES:
-                    self._names.clear()
-                self._names.update(found)
+            self._name(found)
             names.update(found)
         return names
+
+    def _listed(self, nodes: list[BaseNode]) -> list[BaseNode]:
+        """A listed page, its stored ids named on the way (a deep search then needs no lookup)."""
+        self._name({engine_id(n.node_id): n.node_id for n in nodes})
+        return nodes
+
+    def _name(self, names: dict[str, str]) -> None:
+        with self._lock:
+            if len(self._names) + len(names) > NAMES:
+                self._names.clear()
+            self._names.update(names)
 
     # --- reads ----------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:

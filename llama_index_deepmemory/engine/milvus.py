@@ -114,6 +114,6 @@ class MilvusAdapter(GenericAdapter):
                     rows = iterator.next()
                 if not rows:
                     return
-                yield [from_engine(self._node(row)) for row in rows]
+                yield self._listed([from_engine(self._node(row)) for row in rows])
         finally:
             iterator.close()

@@ -192,7 +192,7 @@ class QdrantAdapter(GenericAdapter):
                 points, offset = self.engine.client.scroll(collection_name=self._collection, limit=limit,
                                                            offset=offset, with_payload=True, with_vectors=with_vectors)
             if points:
-                yield [from_engine(n) for n in self.engine.parse_to_query_result(points).nodes]
+                yield self._listed([from_engine(n) for n in self.engine.parse_to_query_result(points).nodes])
             if offset is None:
                 return
 
