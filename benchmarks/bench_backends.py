@@ -46,8 +46,9 @@ so approximate search has neighbours to miss. Per backend, through the LlamaInde
   processes it starts, and its growth over the process before the store;
 * Deep Memory: a SciFact-sized hand-made model (1,000 memory nodes, 1,000 remembered queries,
   keyword re-scoring of the top 50) registered on the store (ours) or on
-  ``DeepMemoryVectorStore(vector_store=engine, model_dir=...)`` over the same engine; p50 of
-  ``deep_memory=True`` over a plain query through the same store, dense and with ``query_str``.
+  ``DeepMemoryVectorStore(vector_store=engine, model_dir=...)`` over the same engine (its keyword index
+  built from the wrapped store's own listing, as training reads it); p50 of ``deep_memory=True`` over a
+  plain query through the same store, dense and with ``query_str``.
   Stores that keep no text are refused by the wrapper: "n/a (keeps no text)".
 
 Absolute times are the machine's; read the ratios. 1M nodes (``--n 1000000``) needs several GiB per
@@ -525,10 +526,15 @@ def deep_memory_overhead(name: str, backend: Backend, store: Any, vectors: np.nd
     rng = np.random.default_rng([args.seed, 9])
     n = len(vectors)
     model, memory_unit = trained_like_model(vectors, args.memory_nodes, args.keys, rng, node_id=node_id)
-    texts = [t for s in range(0, n, args.batch) for t in texts_for(s, min(s + args.batch, n), args.seed, args.words)]
-    model.lexical, model.lexical_weight = LexicalIndex([node_id(i) for i in range(n)], texts), 0.2
-    del texts
     face = store if name.startswith("ours") else DeepMemoryVectorStore(vector_store=store, model_dir=work / "models")
+    if face is store:
+        ids = [node_id(i) for i in range(n)]
+        texts = [t for s in range(0, n, args.batch) for t in texts_for(s, min(s + args.batch, n), args.seed, args.words)]
+    else:  # as training reads them: the engine's own listing (which also names its stored ids)
+        pages = list(face.iter_texts())
+        ids, texts = [i for p, _ in pages for i in p], [t for _, batch in pages for t in batch]
+    model.lexical, model.lexical_weight = LexicalIndex(ids, texts), 0.2
+    del texts, ids
     face.deep_memory._models["bench"] = model  # a hand-made model (no public API registers one)
     t0 = time.perf_counter()
     face.deep_memory.set_model("bench")  # wrapped: saved to model_dir
