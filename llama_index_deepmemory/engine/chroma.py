@@ -21,6 +21,7 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from llama_index_deepmemory.engine.backend import Hits, Restriction
 from llama_index_deepmemory.engine.generic import GenericAdapter
 from llama_index_deepmemory.engine.ids import engine_id, from_engine, owner
+from llama_index_deepmemory.rwlock import ReadWriteLock
 
 INCLUDE = ["documents", "metadatas"]
 _OPERATORS = {FilterOperator.EQ: "$eq", FilterOperator.NE: "$ne", FilterOperator.GT: "$gt", FilterOperator.LT: "$lt",
@@ -86,6 +87,18 @@ def _nodes(ids: list, texts: list, metadatas: list, embeddings: Any = None) -> l
 class ChromaAdapter(GenericAdapter):
     name = "chroma"
 
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        # chromadb fails a query that runs while rows it finds are deleted ("Error finding id",
+        # or rows without metadata): reads run together, a write alone
+        self._lock_rw = ReadWriteLock()
+
+    def _reading(self) -> Any:
+        return self._lock_rw.read()
+
+    def _writing(self) -> Any:
+        return self._lock_rw.write()
+
     @property
     def collection(self) -> Any:
         return self.engine.client
@@ -115,7 +128,7 @@ class ChromaAdapter(GenericAdapter):
         if restriction.node_ids:
             kwargs["ids"] = [engine_id(i) for i in restriction.node_ids]
         version = self.version
-        with self._serial:
+        with self._reading():
             result = self.collection.query(query_embeddings=np.asarray(queries, dtype=np.float32).tolist(),
                                            n_results=int(k), include=["distances"] + (INCLUDE if bodies else []),
                                            **kwargs)
@@ -153,12 +166,12 @@ class ChromaAdapter(GenericAdapter):
     def _owners(self, stored_ids: list[str]) -> dict[str, str]:
         if not stored_ids:
             return {}
-        with self._serial:
+        with self._reading():
             result = self.collection.get(ids=list(dict.fromkeys(stored_ids)), include=["metadatas"])
         return {i: owner(i, m) for i, m in zip(result["ids"], result["metadatas"]) if m is not None}
 
     def filtered(self, filters: MetadataFilters) -> list[BaseNode]:
-        with self._serial:
+        with self._reading():
             result = self.collection.get(where=chroma_where(filters), include=INCLUDE + ["embeddings"])
         return [n for n in _nodes(result["ids"], result["documents"], result["metadatas"], result.get("embeddings"))
                 if n is not None]
@@ -177,7 +190,7 @@ class ChromaAdapter(GenericAdapter):
         include = INCLUDE + (["embeddings"] if with_vectors else [])
         offset = 0
         while True:
-            with self._serial:
+            with self._reading():
                 result = self.collection.get(limit=limit, offset=offset, include=include)
             if not result["ids"]:
                 return
@@ -188,5 +201,5 @@ class ChromaAdapter(GenericAdapter):
             offset += len(result["ids"])
 
     def count(self) -> int:
-        with self._serial:
+        with self._reading():
             return int(self.collection.count())

@@ -68,11 +68,19 @@ class GenericAdapter:
     def client(self) -> Any:
         return getattr(self.engine, "client", None)
 
+    def _reading(self) -> Any:
+        """Held around every read of the engine (see :meth:`_writing`)."""
+        return self._serial
+
+    def _writing(self) -> Any:
+        """Held around every write to the engine: by default the same serialisation as reads."""
+        return self._serial
+
     # --- writes ---------------------------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode]) -> None:
         check_reserved(nodes)
         check_owners(nodes, self._owners([engine_id(n.node_id) for n in nodes]))
-        with self._serial:
+        with self._writing():
             self._add([to_engine(n) for n in nodes])
         with self._lock:
             self._added.update(dict.fromkeys(n.node_id for n in nodes))
@@ -81,13 +89,13 @@ class GenericAdapter:
             self.version += 1
 
     def delete(self, ref_doc_id: str) -> None:
-        with self._serial:
+        with self._writing():
             self.engine.delete(ref_doc_id)
         self._wrote()
 
     def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         ids = None if node_ids is None else [engine_id(i) for i in node_ids]
-        with self._serial:
+        with self._writing():
             self._delete_nodes(ids, filters)
         with self._lock:
             for node_id in node_ids or ():
@@ -95,7 +103,7 @@ class GenericAdapter:
         self._wrote()
 
     def clear(self) -> None:
-        with self._serial:
+        with self._writing():
             self._clear()
         self._wrote(forget_added=True)
 
@@ -165,7 +173,7 @@ class GenericAdapter:
             return Hits.none(len(queries))
         hits = Hits([], [])
         for q in np.asarray(queries, dtype=np.float32):
-            with self._serial:
+            with self._reading():
                 nodes, scores = self._query_one(q, int(k), restriction)
             pairs = [(from_engine(n), s) for n, s in zip(nodes, scores)]
             pairs = [(n, s) for n, s in pairs if restriction.allows(n)]  # for stores that ignore ids
@@ -184,7 +192,7 @@ class GenericAdapter:
         node_ids = list(node_ids)
         for start in range(0, len(node_ids), GET_BATCH):
             chunk = [engine_id(i) for i in node_ids[start : start + GET_BATCH]]
-            with self._serial:
+            with self._reading():
                 found = self._get(chunk, filters, with_vectors)
             for node in found:
                 node = from_engine(node)
@@ -196,13 +204,13 @@ class GenericAdapter:
 
     def filtered(self, filters: MetadataFilters) -> list[BaseNode]:
         """Every stored node passing ``filters``."""
-        with self._serial:
+        with self._reading():
             return [from_engine(n) for n in self.engine.get_nodes(filters=filters)]
 
     def pages(self, with_vectors: bool, limit: int) -> Iterator[list[BaseNode]]:
         """Every node, a page at a time; NotImplementedError when the engine cannot list."""
         try:
-            with self._serial:
+            with self._reading():
                 nodes = self.engine.get_nodes()
         except (NotImplementedError, TypeError, ValueError, AssertionError) as error:
             raise NotImplementedError(f"{type(self.engine).__name__} cannot list its nodes ({error})") from None
@@ -236,7 +244,7 @@ class GenericAdapter:
 
     def _owners(self, stored_ids: list[str]) -> dict[str, str]:
         """Which node each stored id holds now (for the add guard), one read."""
-        with self._serial:
+        with self._reading():
             found = self._get(list(dict.fromkeys(stored_ids)), None, False) if stored_ids else []
         return {n.node_id: owner(n.node_id, n.metadata) for n in found}
 

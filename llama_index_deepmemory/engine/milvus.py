@@ -28,7 +28,7 @@ class MilvusAdapter(GenericAdapter):
     name = "milvus"
 
     def _has(self) -> bool:
-        with self._serial:
+        with self._reading():
             return bool(self.engine.client.has_collection(self.engine.collection_name))
 
     def metric(self) -> str:
@@ -66,7 +66,7 @@ class MilvusAdapter(GenericAdapter):
                 node_ids=[engine_id(i) for i in restriction.node_ids] if restriction.node_ids else None,
                 doc_ids=list(restriction.doc_ids) if restriction.doc_ids is not None else None,
                 output_fields=[ID_KEY])
-            with self._serial:
+            with self._reading():
                 result = self.engine.query(query)
             row = list(zip([str(i) for i in result.ids or []], result.similarities or []))
             names = self._named([i for i, _ in row])
@@ -98,7 +98,7 @@ class MilvusAdapter(GenericAdapter):
     def count(self) -> int:
         if not self._has():
             return 0
-        with self._serial:
+        with self._reading():
             rows = self.engine.client.query(self.engine.collection_name, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
 
@@ -110,7 +110,7 @@ class MilvusAdapter(GenericAdapter):
         iterator = client.query_iterator(name, batch_size=limit, filter="", output_fields=["*"])
         try:
             while True:
-                with self._serial:
+                with self._reading():
                     rows = iterator.next()
                 if not rows:
                     return

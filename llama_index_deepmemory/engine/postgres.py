@@ -146,7 +146,7 @@ class PostgresAdapter(GenericAdapter):
         version = self.version
         hnsw = self.engine.hnsw_kwargs
         ef_search = max(int(hnsw.get("hnsw_ef_search", 40)), int(k)) if hnsw else None
-        with self._serial:
+        with self._reading():
             rows = self._execute(statement, bind.values, ef_search)
         hits = Hits.none(len(queries))
         handles: list[list[str]] = [[] for _ in queries]
@@ -186,7 +186,7 @@ class PostgresAdapter(GenericAdapter):
         last = -1
         columns = "id, node_id, text, metadata_" + (", embedding::text" if with_vectors else "")
         while True:
-            with self._serial:
+            with self._reading():
                 rows = self._execute(f"SELECT {columns} FROM {self._table} WHERE id > :last ORDER BY id LIMIT :n",
                                   {"last": last, "n": int(limit)})
             if not rows:
@@ -197,5 +197,5 @@ class PostgresAdapter(GenericAdapter):
                 return
 
     def count(self) -> int:
-        with self._serial:
+        with self._reading():
             return int(self._execute(f"SELECT count(*) FROM {self._table}", {})[0][0])

@@ -94,7 +94,7 @@ class QdrantAdapter(GenericAdapter):
     def _ready(self) -> bool:
         """Whether the collection exists (remembered once it does; LlamaIndex creates it lazily)."""
         if not self._exists:
-            with self._serial:
+            with self._reading():
                 self._exists = bool(self.engine.client.collection_exists(self._collection))
         return self._exists
 
@@ -125,7 +125,7 @@ class QdrantAdapter(GenericAdapter):
                                       limit=int(k), filter=where, with_payload=bodies)
                     for q in np.asarray(queries, dtype=np.float32)]
         version = self.version
-        with self._serial:
+        with self._reading():
             responses = self.engine.client.query_batch_points(self._collection, requests=requests)
         hits = Hits([], [])
         if bodies:
@@ -150,7 +150,7 @@ class QdrantAdapter(GenericAdapter):
     def _nodes(self, stored_ids: list[str], with_vectors: bool) -> list[BaseNode]:
         """Points by id as nodes under their own ids."""
         version = self.version
-        with self._serial:
+        with self._reading():
             points = self.engine.client.retrieve(self._collection, ids=stored_ids, with_payload=True,
                                                  with_vectors=with_vectors)
         nodes = [from_engine(n) for n in self.engine.parse_to_query_result(points).nodes]
@@ -173,7 +173,7 @@ class QdrantAdapter(GenericAdapter):
     def _owners(self, stored_ids: list[str]) -> dict[str, str]:
         if not stored_ids or not self._ready():
             return {}
-        with self._serial:
+        with self._reading():
             points = self.engine.client.retrieve(self._collection, ids=list(dict.fromkeys(stored_ids)),
                                                  with_payload=[ID_KEY], with_vectors=False)
         return {str(p.id): owner(str(p.id), p.payload or {}) for p in points}
@@ -188,7 +188,7 @@ class QdrantAdapter(GenericAdapter):
             return
         offset = None
         while True:
-            with self._serial:
+            with self._reading():
                 points, offset = self.engine.client.scroll(collection_name=self._collection, limit=limit,
                                                            offset=offset, with_payload=True, with_vectors=with_vectors)
             if points:
@@ -199,5 +199,5 @@ class QdrantAdapter(GenericAdapter):
     def count(self) -> int:
         if not self._ready():
             return 0
-        with self._serial:
+        with self._reading():
             return int(self.engine.client.count(self._collection, exact=True).count)
