@@ -8,6 +8,8 @@ rank by COSINE (``MilvusVectorStore(..., similarity_metric="COSINE")``; the stor
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -24,8 +26,15 @@ def is_milvus(store: Any) -> bool:
     return type(store).__name__ == "MilvusVectorStore" and hasattr(store, "collection_name")
 
 
+_FIRST_SEARCH = threading.RLock()  # pymilvus imports scipy.sparse lazily on the first search, racily
+
+
 class MilvusAdapter(GenericAdapter):
     name = "milvus"
+    _searched = False  # in this process: until then reads run one at a time (KeyError: 'scipy.sparse')
+
+    def _reading(self) -> Any:
+        return contextlib.nullcontext() if MilvusAdapter._searched else _FIRST_SEARCH
 
     def _has(self) -> bool:
         with self._reading():
@@ -58,7 +67,9 @@ class MilvusAdapter(GenericAdapter):
         """Without ``bodies``, each query asks only the ids (``VectorStoreQuery.output_fields``; the
         store then fills no metadata, so stored ids are named as remembered, else in one read)."""
         if bodies or k <= 0 or restriction.empty:
-            return super().search(queries, k, restriction, bodies)
+            hits = super().search(queries, k, restriction, bodies)
+            MilvusAdapter._searched = MilvusAdapter._searched or k > 0
+            return hits
         hits = Hits([], [])
         for q in np.asarray(queries, dtype=np.float32):
             query = VectorStoreQuery(
@@ -73,6 +84,7 @@ class MilvusAdapter(GenericAdapter):
             row = [(names[i], s) for i, s in row if i in names]  # deleted meanwhile: dropped
             hits.handles.append([i for i, _ in row])
             hits.scores.append(np.asarray([s for _, s in row], dtype=np.float32))
+        MilvusAdapter._searched = True
         return hits
 
     def _node(self, row: dict) -> BaseNode:
