@@ -20,7 +20,14 @@ Backends (each in its own subprocess, so peak memory is its own):
   scan, no search parameter to tune; it commits every point to SQLite, ~60 points/s here, so run it
   as ``qdrant@5000``);
 * ``milvus``: ``MilvusVectorStore(uri=tmp/milvus.db)`` (Milvus Lite), COSINE, an HNSW index
-  (M=16, efConstruction=200), ``ef`` tuned.
+  (M=16, efConstruction=200), ``ef`` tuned;
+* ``chroma-server``: ``ChromaVectorStore`` over ``chromadb.HttpClient`` to a ``chroma run`` server
+  on 127.0.0.1 (started by the backend process, data in the temp dir), ``ef_search`` tuned;
+* ``postgres``: ``PGVectorStore`` over PostgreSQL + pgvector (``pgserver``: a server on a Unix
+  socket in the temp dir), an HNSW index (m=16, ef_construction=64, cosine), ``hnsw.ef_search`` tuned.
+
+Server and client run on this machine, so a server row's p50 holds the round trip through the
+local socket but no network; its peak memory counts the server processes (children).
 
 Data: seeded Gaussian clusters (``n // 100`` centres, unit-normalised), queries drawn the same way,
 so approximate search has neighbours to miss. Per backend, through the LlamaIndex API:
@@ -39,8 +46,9 @@ so approximate search has neighbours to miss. Per backend, through the LlamaInde
   processes it starts, and its growth over the process before the store;
 * Deep Memory: a SciFact-sized hand-made model (1,000 memory nodes, 1,000 remembered queries,
   keyword re-scoring of the top 50) registered on the store (ours) or on
-  ``DeepMemoryVectorStore(vector_store=engine, model_dir=...)`` over the same engine; p50 of
-  ``deep_memory=True`` over a plain query through the same store, dense and with ``query_str``.
+  ``DeepMemoryVectorStore(vector_store=engine, model_dir=...)`` over the same engine (its keyword index
+  built from the wrapped store's own listing, as training reads it); p50 of ``deep_memory=True`` over a
+  plain query through the same store, dense and with ``query_str``.
   Stores that keep no text are refused by the wrapper: "n/a (keeps no text)".
 
 Absolute times are the machine's; read the ratios. 1M nodes (``--n 1000000``) needs several GiB per
@@ -50,6 +58,7 @@ backend and hours for some (Qdrant's local mode, SimpleVectorStore): not run by 
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
 import logging
@@ -74,10 +83,11 @@ for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("ours-flat", "ours-hnsw", "faiss", "simple", "chroma", "qdrant", "milvus")
+BACKENDS = ("ours-flat", "ours-hnsw", "faiss", "simple", "chroma", "qdrant", "milvus", "chroma-server", "postgres")
 SLOW = ("simple", "qdrant", "milvus")  # measured (and tuned) on at most --slow-queries queries
 KEEPS_NO_TEXT = ("faiss", "simple")
-WRAPPED = ("chroma", "qdrant", "milvus")
+WRAPPED = ("chroma", "qdrant", "milvus", "chroma-server", "postgres")
+READY_S = 120.0  # a server backend's bounded start
 EF_GRID = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 K = 10
 MILVUS_INDEX = {"index_type": "HNSW", "metric_type": "COSINE", "params": {"M": 16, "efConstruction": 200}}
@@ -164,6 +174,12 @@ class Backend:
 
     def reopen(self, work: Path, dim: int, param: int | None) -> Any:
         raise NotImplementedError
+
+    def start(self, work: Path) -> None:
+        """Start the backend's server (a server backend; not timed)."""
+
+    def stop(self) -> None:
+        """Stop the server :meth:`start` started."""
 
 
 class OursFlat(Backend):
@@ -322,9 +338,108 @@ class Milvus(Backend):
         return store
 
 
+class ChromaServer(Chroma):
+    """``chroma run`` on 127.0.0.1 (data in the work folder), through ``chromadb.HttpClient``."""
+
+    server: Any = None
+    port = 0
+
+    def start(self, work: Path) -> None:
+        import socket
+
+        import chromadb
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        command = [shutil.which("chroma") or "chroma", "run", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--path", str(work / "chroma-server")]
+        self.server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        atexit.register(self.stop)  # also when the measurement fails
+        deadline = time.monotonic() + READY_S
+        while True:
+            try:
+                chromadb.HttpClient(host="127.0.0.1", port=self.port).heartbeat()
+                return
+            except Exception:  # noqa: BLE001 - not listening yet
+                if self.server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("chroma run did not become ready") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait(30)
+            self.server = None
+
+    def _collection(self, create: bool) -> Any:
+        import chromadb
+
+        client = chromadb.HttpClient(host="127.0.0.1", port=self.port)
+        return (client.get_or_create_collection("bench", metadata={"hnsw:space": "cosine"}) if create
+                else client.get_collection("bench"))
+
+    def create(self, work: Path, dim: int) -> Any:
+        self.imports()
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        self.start(work)
+        return ChromaVectorStore(chroma_collection=self._collection(create=True))
+
+    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        collection = self._collection(create=False)
+        store = ChromaVectorStore(chroma_collection=collection)
+        if param is not None and collection.configuration["hnsw"]["ef_search"] != param:
+            self.set_param(store, param)
+        return store
+
+
+class Postgres(Backend):
+    """PostgreSQL + pgvector (``pgserver``, a Unix socket in the work folder) through
+    ``PGVectorStore`` with an HNSW index (m=16, ef_construction=64), ``hnsw.ef_search`` tuned."""
+
+    param = "hnsw.ef_search"
+    server: Any = None
+
+    def imports(self) -> None:
+        import pgserver  # noqa: F401
+        from llama_index.vector_stores.postgres import PGVectorStore  # noqa: F401
+
+    def start(self, work: Path) -> None:
+        import pgserver
+
+        self.server = pgserver.get_server(work / "pgdata", cleanup_mode="stop")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.cleanup()
+            self.server = None
+
+    def _store(self, dim: int, ef: int) -> Any:
+        from llama_index.vector_stores.postgres import PGVectorStore
+
+        rest = self.server.get_uri().split("://", 1)[1]
+        return PGVectorStore(connection_string=f"postgresql+psycopg2://{rest}",
+                             async_connection_string=f"postgresql+asyncpg://{rest}", table_name="bench",
+                             embed_dim=dim, hnsw_kwargs={"hnsw_m": 16, "hnsw_ef_construction": 64,
+                                                         "hnsw_ef_search": ef, "hnsw_dist_method": "vector_cosine_ops"})
+
+    def create(self, work: Path, dim: int) -> Any:
+        self.start(work)
+        return self._store(dim, 40)
+
+    def set_param(self, store: Any, value: int) -> None:
+        store.hnsw_kwargs["hnsw_ef_search"] = int(value)
+
+    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
+        return self._store(dim, param or 40)
+
+
 BACKEND_TYPES: dict[str, Callable[[], Backend]] = {
     "ours-flat": OursFlat, "ours-hnsw": OursHnsw, "faiss": LlamaFaiss, "simple": Simple,
-    "chroma": Chroma, "qdrant": Qdrant, "milvus": Milvus,
+    "chroma": Chroma, "qdrant": Qdrant, "milvus": Milvus, "chroma-server": ChromaServer, "postgres": Postgres,
 }
 
 
@@ -411,10 +526,15 @@ def deep_memory_overhead(name: str, backend: Backend, store: Any, vectors: np.nd
     rng = np.random.default_rng([args.seed, 9])
     n = len(vectors)
     model, memory_unit = trained_like_model(vectors, args.memory_nodes, args.keys, rng, node_id=node_id)
-    texts = [t for s in range(0, n, args.batch) for t in texts_for(s, min(s + args.batch, n), args.seed, args.words)]
-    model.lexical, model.lexical_weight = LexicalIndex([node_id(i) for i in range(n)], texts), 0.2
-    del texts
     face = store if name.startswith("ours") else DeepMemoryVectorStore(vector_store=store, model_dir=work / "models")
+    if face is store:
+        ids = [node_id(i) for i in range(n)]
+        texts = [t for s in range(0, n, args.batch) for t in texts_for(s, min(s + args.batch, n), args.seed, args.words)]
+    else:  # as training reads them: the engine's own listing (which also names its stored ids)
+        pages = list(face.iter_texts())
+        ids, texts = [i for p, _ in pages for i in p], [t for _, batch in pages for t in batch]
+    model.lexical, model.lexical_weight = LexicalIndex(ids, texts), 0.2
+    del texts, ids
     face.deep_memory._models["bench"] = model  # a hand-made model (no public API registers one)
     t0 = time.perf_counter()
     face.deep_memory.set_model("bench")  # wrapped: saved to model_dir
@@ -519,6 +639,7 @@ def _measure(name: str, args: argparse.Namespace, work: Path, n: int) -> dict:
     if docstore is not None:
         docstore.persist(str(work / "docstore.json"))
     result["persist_s"] = time.perf_counter() - t0
+    backend.stop()
     return result
 
 
@@ -526,18 +647,24 @@ def reopen(name: str, args: argparse.Namespace, work: Path, param: int | None) -
     """Open the persisted store and answer one query (run in a fresh process)."""
     backend = BACKEND_TYPES[name]()
     query = clustered(1, args.dim, args.seed, 3, max(10, args.n // 100))[0].tolist()
+    backend.start(work)  # a server backend's server (not timed: it runs before the app)
     t0 = time.perf_counter()
     backend.imports()
     t1 = time.perf_counter()
-    store = backend.reopen(work, args.dim, param)
-    found = store.query(query_of(query))
+    try:
+        store = backend.reopen(work, args.dim, param)
+        found = store.query(query_of(query))
+    finally:
+        if name not in KEEPS_NO_TEXT:
+            t2 = time.perf_counter()
+            backend.stop()
     if name in KEEPS_NO_TEXT:  # a retriever then reads the nodes from the docstore persisted beside it
         from llama_index.core.storage.docstore import SimpleDocumentStore
 
         docstore = SimpleDocumentStore.from_persist_path(str(work / "docstore.json"))
         nodes = docstore.get_nodes([node_id(r) for r in backend.rows(found)])
         assert len(nodes) == K
-    t2 = time.perf_counter()
+        t2 = time.perf_counter()
     if len(found.ids) != K:
         raise RuntimeError(f"{name} reopened answered {len(found.ids)} ids, expected {K}")
     return {"import_s": t1 - t0, "open_query_s": t2 - t1}

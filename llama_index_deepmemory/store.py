@@ -4,8 +4,9 @@ The face validates, delegates and answers LlamaIndex's conventions; a backend ke
 
 * the embedded FAISS store (:class:`~llama_index_deepmemory.engine.faiss_store.FaissStore`,
   default), or
-* any LlamaIndex store that keeps text, e.g. Qdrant (``vector_store=``, see
-  :mod:`llama_index_deepmemory.engine.wrapped`).
+* any LlamaIndex store that keeps text, e.g. Qdrant, Chroma, Milvus or PostgreSQL
+  (``vector_store=``, see :mod:`llama_index_deepmemory.wrapped_store`; one adapter per engine
+  in :mod:`llama_index_deepmemory.engine`).
 
 ``stores_text=True``: nodes come back from ``query``/``get_nodes`` with text, metadata and
 relationships, so no docstore is needed. ``query(..., deep_memory=True)`` applies the active Deep
@@ -74,7 +75,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         ef_search: HNSW search breadth (FAISS default when None).
         vector_store: another LlamaIndex vector store that keeps text (e.g. ``QdrantVectorStore``)
             to keep the vectors in; adds, deletes, ``get_nodes``, ``clear`` and filters pass through
-            to it, and ``deep_memory=True`` ranks over its search (see :mod:`.engine.wrapped`).
+            to it, and ``deep_memory=True`` ranks over its search (see :mod:`.wrapped_store`).
             The FAISS options above do not apply then.
         model_dir: with ``vector_store``, the folder the Deep Memory models are shared through: every
             training, ``set_model`` and deletion is recorded there at once, and every process opening
@@ -85,7 +86,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     is_embedding_query: bool = True
     flat_metadata: bool = False
 
-    _backend: Any = PrivateAttr(default=None)  # FaissStore, or engine.wrapped.WrappedStore
+    _backend: Any = PrivateAttr(default=None)  # FaissStore, or wrapped_store.WrappedStore
     _deep_memory: Any = PrivateAttr(default=None)  # the face's DeepMemory over the embedded store
     _dm_lock: Any = PrivateAttr(default_factory=threading.Lock)
     _persist_lock: Any = PrivateAttr(default_factory=threading.Lock)
@@ -519,8 +520,10 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
 
 def _wrapped_backend(vector_store: Any, embed_model: Any, model_dir: str | os.PathLike | None) -> Any:
     """A wrapped engine as the backend, its models shared through ``model_dir``."""
-    from llama_index_deepmemory.engine.wrapped import WrappedStore
+    from llama_index_deepmemory.wrapped_store import WrappedStore
 
+    if isinstance(vector_store, DeepMemoryVectorStore):
+        raise ValueError("vector_store is already a DeepMemoryVectorStore; pass the engine's own store")
     wrapped = WrappedStore(vector_store, embed_model)
     if model_dir is not None:
         from llama_index_deepmemory.deep_memory import state

@@ -1,23 +1,28 @@
-"""A throwaway PostgreSQL server for tests: ``postgres_server`` (session scope) yields its URI.
+"""A real PostgreSQL server (with pgvector) for tests: ``pgserver`` starts one in about a second,
+listening only on a Unix socket in a temp folder; stopped and deleted at the end of the session.
 
-pgserver runs a real postgres from its wheel on a Unix socket in a temporary folder (nothing
-listens on the network); it starts in a few seconds and stops when the session ends. Tests that
-need it are skipped where pgserver is not installed. Give each test its own table, schema or key.
+Use it with ``from pg_server import postgres_server  # noqa: F401`` and a ``postgres_server``
+argument (the server's URI, ``postgresql://postgres:@/postgres?host=<socket dir>``).
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import os
+import tempfile
 
 import pytest
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``postgresql://postgres:@/postgres?host=<socket folder>``, for SQLAlchemy, psycopg or asyncpg."""
+def postgres_server():
     pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    # not under pytest's temp root: it is private to this user (0700), and under root pgserver runs
+    # PostgreSQL as its own user, which must reach the folder
+    folder = tempfile.mkdtemp(prefix="deepmemory-pg-")
+    os.chmod(folder, 0o755)
+    server = pgserver.get_server(folder, cleanup_mode="delete")
     try:
+        server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
         yield server.get_uri()
     finally:
         server.cleanup()

@@ -1,4 +1,5 @@
-"""Deep Memory over Chroma (chromadb's embedded client in-process, never a mock or a server).
+"""Deep Memory over Chroma: chromadb's embedded client in-process, and a real ``chroma run`` server
+through ``chromadb.HttpClient`` (``tests/chroma_server.py``), never a mock; the same checks on both.
 
 Plain results through the wrapper equal Chroma's own (its store reports ``exp(-distance)``; the
 wrapper returns the cosine itself); the same model ranks over Chroma as over the embedded FAISS
@@ -17,10 +18,12 @@ import chromadb  # noqa: E402
 from llama_index.vector_stores.chroma import ChromaVectorStore  # noqa: E402
 
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
+from chroma_server import chroma_server  # noqa: E402,F401
 from synthetic import KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
     EVEN, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
-    check_listing, check_reopened, check_restrictions, faiss_twin, nodes_with_docs, with_model,
+    check_ids_cannot_impersonate, check_listing, check_reopened, check_restrictions, check_threads, faiss_twin,
+    nodes_with_docs, with_model,
 )
 
 COSINE = {"hnsw:space": "cosine"}
@@ -38,15 +41,18 @@ def task() -> KeywordTask:
     return KeywordTask(seed=5)
 
 
-@pytest.fixture(scope="module")
-def client():
-    return chromadb.EphemeralClient()
+@pytest.fixture(scope="module", params=["embedded", "server"])
+def client(request):
+    if request.param == "embedded":
+        return chromadb.EphemeralClient()
+    host, port = request.getfixturevalue("chroma_server")
+    return chromadb.HttpClient(host=host, port=port)
 
 
 @pytest.fixture()
 def pair(task, client, request):
     """The same nodes in the embedded store and in an in-memory Chroma collection, one hand-made model."""
-    name = f"docs-{request.node.name}".replace("[", "-").replace("]", "")[:60]
+    name = f"docs-{request.node.name}".replace("[", "-").replace("]", "")[:60].rstrip("-_")
     faiss_store, chroma = faiss_twin(task), chroma_store(client, task, name=name)
     with_model(task, faiss_store, chroma)
     yield faiss_store, chroma
@@ -88,6 +94,18 @@ def test_models_persist_and_a_reopened_collection_serves_the_same(task, tmp_path
     check_reopened(task, first, reopen)
 
 
+def test_models_persist_and_another_client_of_the_server_serves_the_same(task, chroma_server, tmp_path) -> None:
+    host, port = chroma_server
+    model_dir = tmp_path / "models"
+    first = chroma_store(chromadb.HttpClient(host=host, port=port), task, name="reopened", model_dir=model_dir)
+
+    def reopen():
+        collection = chromadb.HttpClient(host=host, port=port).get_collection("reopened")
+        return DeepMemoryVectorStore(vector_store=ChromaVectorStore(chroma_collection=collection), model_dir=model_dir)
+
+    check_reopened(task, first, reopen)
+
+
 def test_a_collection_not_ranking_by_cosine_is_refused(client) -> None:
     for name, kwargs in (("l2-default", {}), ("ip-space", {"metadata": {"hnsw:space": "ip"}})):
         engine = ChromaVectorStore(chroma_collection=client.get_or_create_collection(name, **kwargs))
@@ -95,3 +113,11 @@ def test_a_collection_not_ranking_by_cosine_is_refused(client) -> None:
             DeepMemoryVectorStore(vector_store=engine)
     configured = client.get_or_create_collection("configured", configuration={"hnsw": {"space": "cosine"}})
     DeepMemoryVectorStore(vector_store=ChromaVectorStore(chroma_collection=configured))  # cosine either way
+
+
+def test_ids_cannot_replace_hide_or_impersonate_a_node(task, pair) -> None:
+    check_ids_cannot_impersonate(task, pair[1])
+
+
+def test_queries_under_threads_while_adding_and_deleting(task, pair) -> None:
+    check_threads(task, pair[1])

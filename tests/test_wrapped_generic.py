@@ -25,8 +25,8 @@ from llama_index_deepmemory.store import DeepMemoryVectorStore
 from synthetic import N_TRAIN, OPTIONS, KeywordTask
 from test_ranking import hand_model
 from wrapped_checks import (
-    EVEN, ask, check_plain_equals_engine, check_ranks_like_faiss, check_restrictions, faiss_twin, nodes_with_docs,
-    with_model,
+    EVEN, ask, check_ids_cannot_impersonate, check_plain_equals_engine, check_ranks_like_faiss, check_restrictions,
+    faiss_twin, nodes_with_docs, with_model,
 )
 
 
@@ -182,3 +182,7 @@ def test_a_store_without_get_nodes_is_refused_naming_it() -> None:
 
     with pytest.raises(ValueError, match=r"NoGetNodes does not implement get_nodes\(node_ids=\.\.\.\)"):
         DeepMemoryVectorStore(vector_store=NoGetNodes())
+
+
+def test_ids_cannot_replace_hide_or_impersonate_a_node(task, pair) -> None:
+    check_ids_cannot_impersonate(task, pair[1])

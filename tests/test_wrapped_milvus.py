@@ -18,7 +18,8 @@ from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
     EVEN, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
-    check_listing, check_reopened, check_restrictions, faiss_twin, nodes_with_docs, with_model,
+    check_ids_cannot_impersonate, check_listing, check_reopened, check_restrictions, check_threads, faiss_twin,
+    nodes_with_docs, with_model,
 )
 
 
@@ -107,3 +108,20 @@ def test_a_collection_not_ranking_by_cosine_is_refused(tmp_path) -> None:
             DeepMemoryVectorStore(vector_store=reopened)
     finally:
         reopened.client.close()
+
+
+def test_ids_cannot_replace_hide_or_impersonate_a_node(task, tmp_path) -> None:
+    store = milvus_store(str(tmp_path / "ids.db"), task)
+    try:
+        check_ids_cannot_impersonate(task, store)
+    finally:
+        store.vector_store.client.close()
+
+
+def test_queries_under_threads_while_adding_and_deleting(task, tmp_path) -> None:
+    store = milvus_store(str(tmp_path / "threads.db"), task)
+    with_model(task, store)
+    try:
+        check_threads(task, store)
+    finally:
+        store.vector_store.client.close()

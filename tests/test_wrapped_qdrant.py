@@ -21,10 +21,11 @@ pytest.importorskip("qdrant_client")
 from llama_index.vector_stores.qdrant import QdrantVectorStore  # noqa: E402
 from qdrant_client import QdrantClient  # noqa: E402
 
-from llama_index_deepmemory.engine.wrapped import ID_KEY, engine_id  # noqa: E402
+from llama_index_deepmemory.engine.ids import ID_KEY, engine_id  # noqa: E402
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
 from test_ranking import hand_model  # noqa: E402
+from wrapped_checks import check_ids_cannot_impersonate, check_threads  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect")
 EVEN = MetadataFilters(filters=[MetadataFilter(key="parity", value=0)])
@@ -189,3 +190,11 @@ def test_bad_wrapping_is_refused_clearly(tmp_path) -> None:
     store = DeepMemoryVectorStore(vector_store=engine)
     with pytest.raises(ValueError, match="no active Deep Memory model|train"):
         store.query(VectorStoreQuery(query_embedding=[1.0, 0.0], similarity_top_k=1), deep_memory=True)
+
+
+def test_ids_cannot_replace_hide_or_impersonate_a_node(task, pair) -> None:
+    check_ids_cannot_impersonate(task, pair[1])
+
+
+def test_queries_under_threads_while_adding_and_deleting(task, pair) -> None:
+    check_threads(task, pair[1], readers=3)  # in-process Qdrant alone raises 'operands could not be broadcast'

@@ -7,17 +7,20 @@ Memory ranking over the engine with the one over FAISS.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo
 from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters, VectorStoreQuery
 
-from llama_index_deepmemory.engine.wrapped import ID_KEY, engine_id
+from llama_index_deepmemory.engine.ids import ID_KEY, engine_id
 from llama_index_deepmemory.store import DeepMemoryVectorStore
 from synthetic import N_TRAIN, KeywordTask
 from test_ranking import hand_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # bench_threads.hammer
 EVEN = MetadataFilters(filters=[MetadataFilter(key="parity", value=0)])
 
 
@@ -146,3 +149,49 @@ def check_listing(task, store) -> None:
     assert texts == dict(zip(task.ids, task.doc_texts))
     view = backend.training_view(10_000)
     assert type(view).__name__ == "ArrayStoreView" and len(view) == len(task.ids)
+
+
+def check_ids_cannot_impersonate(task, store) -> None:
+    """No user id or metadata can replace, hide or impersonate another node (``store`` holds the
+    task's nodes): a UUID equal to the id ``node_7`` is stored under is refused, so is metadata
+    named ``deepmemory_id``, and a node written straight into the engine with that metadata comes
+    back under its own id."""
+    import uuid
+
+    import pytest
+    from llama_index.core.schema import TextNode
+
+    n, original = len(task.ids), task.doc_texts[7]
+    impostor = TextNode(id_=engine_id("node_7"), text="impostor", embedding=task.docs[7].tolist())
+    with pytest.raises(ValueError, match="already holds node 'node_7'"):
+        store.add([impostor])
+    twin = TextNode(id_="node_new", text="twin", embedding=task.docs[8].tolist())
+    with pytest.raises(ValueError, match="already holds node 'node_new'"):  # within one batch, too
+        store.add([twin, TextNode(id_=engine_id("node_new"), text="impostor", embedding=task.docs[8].tolist())])
+    with pytest.raises(ValueError, match=f"metadata key '{ID_KEY}'"):
+        store.add([TextNode(id_="node_x", text="x", metadata={ID_KEY: "node_3"}, embedding=task.docs[3].tolist())])
+    assert len(store) == n and store.get_nodes(["node_7"])[0].text == original
+    assert store.get_nodes(["node_new", "node_x"]) == []  # nothing of a refused batch was stored
+    sneaky = str(uuid.uuid4())
+    store.vector_store.add([TextNode(id_=sneaky, text="sneaky", metadata={ID_KEY: "node_3", "parity": 1},
+                                     embedding=task.docs[3].tolist())])  # straight into the engine
+    hits = ask(store, task.docs[3], k=3)
+    assert hits.ids.count("node_3") == 1 and sneaky in hits.ids, hits.ids
+    by_id = dict(zip(hits.ids, hits.nodes))
+    assert by_id["node_3"].text == task.doc_texts[3] and by_id[sneaky].text == "sneaky"
+    assert [g.text for g in store.get_nodes(["node_3", sneaky])] == [task.doc_texts[3], "sneaky"]
+
+
+def check_threads(task, store, seconds: float = 2.0, readers: int = 2) -> dict:
+    """Queries (plain and Deep Memory, with keywords) from ``readers`` threads while one thread adds
+    and deletes nodes near the queries (``benchmarks/bench_threads.py``'s loop): no error, and no
+    node comes back from a query that started after its delete returned. ``store`` holds the
+    task's nodes and an active model."""
+    from bench_threads import hammer
+
+    out = hammer(store, task.queries, task.texts, seconds, readers)
+    assert not out["errors"], f"{len(out['errors'])} error(s), first: {out['errors'][0]!r}"
+    assert not out["late"], f"nodes returned after their delete returned: {out['late'][:5]}"
+    assert out["writes"] > 0 and out["queries"] > 0, out
+    assert out["extras_seen"] > 0, out  # the writes were seen
+    return out

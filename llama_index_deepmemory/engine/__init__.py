@@ -1,2 +1,3 @@
-"""Backends Deep Memory ranks over: the embedded FAISS store (``store.py``) and wrapped
-LlamaIndex vector stores (:mod:`.wrapped`)."""
+"""Backends Deep Memory ranks over: the embedded FAISS store (:mod:`.faiss_store`) and one adapter
+per LlamaIndex vector store (:mod:`.qdrant`, :mod:`.chroma`, :mod:`.milvus`, :mod:`.postgres`,
+:mod:`.generic`), all behind the protocol in :mod:`.backend`."""

@@ -1,0 +1,258 @@
+"""Any LlamaIndex vector store that keeps text, as a :class:`~.backend.Backend`.
+
+Everything goes through the store's public API: ``query`` (one call per query vector),
+``get_nodes``, ``add``, ``delete``, ``delete_nodes`` and ``clear``. The engine adapters
+(:mod:`.qdrant`, :mod:`.chroma`, :mod:`.milvus`, :mod:`.postgres`) subclass it and replace what
+their engine does better or differently. Scores are cosine similarity (the store must rank by it).
+
+A store that cannot list its nodes (``get_nodes()`` without ids raises) lists the nodes added
+through this adapter, read back by id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import OrderedDict
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+from llama_index.core.schema import BaseNode
+from llama_index.core.vector_stores.types import BasePydanticVectorStore, MetadataFilters, VectorStoreQuery
+
+from llama_index_deepmemory.engine.backend import Hits, Restriction
+from llama_index_deepmemory.engine.ids import check_owners, check_reserved, engine_id, from_engine, owner, to_engine
+
+logger = logging.getLogger(__name__)
+
+GET_BATCH = 256  # ids per read
+ROWS = 4096  # rows kept from reads, to build a Deep Memory result's nodes without another read
+NAMES = 400_000  # stored id -> node id entries kept
+
+
+class GenericAdapter:
+    """A LlamaIndex vector store (``engine``) as a backend."""
+
+    name = "generic"
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.version = 0
+        self._lock = threading.RLock()
+        self._added: dict[str, None] = {}  # ids added through this adapter (listing fallback)
+        self._serial: Any = contextlib.nullcontext()  # a lock where the client is not thread safe
+        self._rows: OrderedDict[str, Any] = OrderedDict()  # node id -> the engine's row, until the next write
+        # stored id -> node id, of every row seen; a stored id changes owner only by an add (which
+        # sets it here) after a delete, so deletes need not forget (another process's: see README)
+        self._names: dict[str, str] = {}
+
+    # --- checks ---------------------------------------------------------------------------------
+    def check(self) -> None:
+        """A clear error when the engine cannot serve (it must keep text and read nodes by id)."""
+        name = type(self.engine).__name__
+        if not getattr(self.engine, "stores_text", False):
+            raise ValueError(
+                f"{name} keeps no node text (stores_text=False), so Deep Memory could not return nodes or score "
+                "keywords; wrap a store that keeps text (Qdrant, Milvus, Chroma, PostgreSQL, ...), or use the "
+                "embedded DeepMemoryVectorStore() without vector_store="
+            )
+        if type(self.engine).get_nodes is BasePydanticVectorStore.get_nodes:
+            raise ValueError(
+                f"{name} does not implement get_nodes(node_ids=...): Deep Memory reads the nodes its model "
+                "names (memory, keyword re-scoring, training) by id; implement it (listing every node with "
+                "node_ids=None is optional), or use the embedded DeepMemoryVectorStore() without vector_store="
+            )
+
+    @property
+    def client(self) -> Any:
+        return getattr(self.engine, "client", None)
+
+    def _reading(self) -> Any:
+        """Held around every read of the engine (see :meth:`_writing`)."""
+        return self._serial
+
+    def _writing(self) -> Any:
+        """Held around every write to the engine: by default the same serialisation as reads."""
+        return self._serial
+
+    # --- writes ---------------------------------------------------------------------------------
+    def add(self, nodes: Sequence[BaseNode]) -> None:
+        check_reserved(nodes)
+        check_owners(nodes, self._owners([engine_id(n.node_id) for n in nodes]))
+        with self._writing():
+            self._add([to_engine(n) for n in nodes])
+        with self._lock:
+            self._added.update(dict.fromkeys(n.node_id for n in nodes))
+            self._name({engine_id(n.node_id): n.node_id for n in nodes})
+            self._rows.clear()
+            self.version += 1
+
+    def delete(self, ref_doc_id: str) -> None:
+        with self._writing():
+            self.engine.delete(ref_doc_id)
+        self._wrote()
+
+    def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
+        ids = None if node_ids is None else [engine_id(i) for i in node_ids]
+        with self._writing():
+            self._delete_nodes(ids, filters)
+        with self._lock:
+            for node_id in node_ids or ():
+                self._added.pop(node_id, None)
+        self._wrote()
+
+    def clear(self) -> None:
+        with self._writing():
+            self._clear()
+        self._wrote(forget_added=True)
+
+    def _wrote(self, forget_added: bool = False) -> None:
+        with self._lock:
+            if forget_added:
+                self._added.clear()
+            self._rows.clear()
+            self.version += 1
+
+    # --- rows kept between reads (adapters that set keeps_rows) ----------------------------------
+    keeps_rows = False
+
+    def _keep(self, rows: Sequence[tuple[str, Any]], version: int) -> None:
+        """Keep the engine's rows (node id, row) read at ``version`` (dropped if a write came since)."""
+        with self._lock:
+            if version != self.version:
+                return
+            for node_id, row in rows:
+                self._rows[node_id] = row
+                self._rows.move_to_end(node_id)
+            while len(self._rows) > ROWS:
+                self._rows.popitem(last=False)
+
+    def _build(self, row: Any) -> BaseNode:
+        """A fresh node from a kept row."""
+        raise NotImplementedError
+
+    def bodies(self, node_ids: Sequence[str]) -> list[BaseNode]:
+        """Fresh nodes (without vectors) for ``node_ids`` (unknown ids skipped): built from the rows
+        read since this adapter's last write, the rest in one read."""
+        with self._lock:
+            rows = {i: self._rows[i] for i in node_ids if i in self._rows}
+        built = {i: self._build(row) for i, row in rows.items()}
+        unknown = [i for i in node_ids if i not in built]
+        if unknown:
+            built.update((n.node_id, n) for n in self.get(unknown, with_vectors=False))
+        return [built[i] for i in dict.fromkeys(node_ids) if i in built]
+
+    def _named(self, stored_ids: Sequence[str]) -> dict[str, str]:
+        """Node ids of stored ids (remembered; unknown ones read in one call; gone ones left out)."""
+        with self._lock:
+            names = {i: self._names[i] for i in stored_ids if i in self._names}
+        unknown = [i for i in dict.fromkeys(stored_ids) if i not in names]
+        if unknown:
+            found = self._owners(unknown)
+            self._name(found)
+            names.update(found)
+        return names
+
+    def _listed(self, nodes: list[BaseNode]) -> list[BaseNode]:
+        """A listed page, its stored ids named on the way (a deep search then needs no lookup)."""
+        self._name({engine_id(n.node_id): n.node_id for n in nodes})
+        return nodes
+
+    def _name(self, names: dict[str, str]) -> None:
+        with self._lock:
+            if len(self._names) + len(names) > NAMES:
+                self._names.clear()
+            self._names.update(names)
+
+    # --- reads ----------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+        """Top ``k`` per query as cosine scores, node ids and (``bodies``; an adapter may return
+        them anyway) the nodes returned with them."""
+        if k <= 0 or restriction.empty:
+            return Hits.none(len(queries))
+        hits = Hits([], [])
+        for q in np.asarray(queries, dtype=np.float32):
+            with self._reading():
+                nodes, scores = self._query_one(q, int(k), restriction)
+            pairs = [(from_engine(n), s) for n, s in zip(nodes, scores)]
+            pairs = [(n, s) for n, s in pairs if restriction.allows(n)]  # for stores that ignore ids
+            hits.scores.append(np.asarray([s for _, s in pairs], dtype=np.float32))
+            hits.handles.append([n.node_id for n, _ in pairs])
+            hits.nodes.update((n.node_id, n) for n, _ in pairs)
+        return hits
+
+    def ids(self, handles: Sequence[str]) -> list[str]:
+        return list(handles)  # a handle is the node id
+
+    def get(self, node_ids: Sequence[str], filters: Optional[MetadataFilters] = None,
+            with_vectors: bool = True) -> list[BaseNode]:
+        """Stored nodes by id, in the given order (unknown ids skipped), one read per batch."""
+        by_id: dict[str, BaseNode] = {}
+        node_ids = list(node_ids)
+        for start in range(0, len(node_ids), GET_BATCH):
+            chunk = [engine_id(i) for i in node_ids[start : start + GET_BATCH]]
+            with self._reading():
+                found = self._get(chunk, filters, with_vectors)
+            for node in found:
+                node = from_engine(node)
+                by_id[node.node_id] = node
+        return [by_id[i] for i in dict.fromkeys(node_ids) if i in by_id]
+
+    def texts(self, node_ids: Sequence[str]) -> dict[str, str]:
+        return {n.node_id: n.get_content() for n in self.get(node_ids, with_vectors=False)}
+
+    def filtered(self, filters: MetadataFilters) -> list[BaseNode]:
+        """Every stored node passing ``filters``."""
+        with self._reading():
+            return [from_engine(n) for n in self.engine.get_nodes(filters=filters)]
+
+    def pages(self, with_vectors: bool, limit: int) -> Iterator[list[BaseNode]]:
+        """Every node, a page at a time; NotImplementedError when the engine cannot list."""
+        try:
+            with self._reading():
+                nodes = self.engine.get_nodes()
+        except (NotImplementedError, TypeError, ValueError, AssertionError) as error:
+            raise NotImplementedError(f"{type(self.engine).__name__} cannot list its nodes ({error})") from None
+        nodes = [from_engine(n) for n in nodes]
+        for start in range(0, len(nodes), limit):
+            yield nodes[start : start + limit]
+
+    def added_ids(self) -> list[str]:
+        """The ids added through this adapter and not deleted through it."""
+        with self._lock:
+            return list(self._added)
+
+    def count(self) -> int:
+        try:
+            return sum(len(page) for page in self.pages(with_vectors=False, limit=4096))
+        except NotImplementedError:  # a store that cannot list: the nodes added through this adapter
+            return len(self.added_ids())
+
+    # --- engine specifics (subclasses replace these) --------------------------------------------
+    def _add(self, nodes: list[BaseNode]) -> None:
+        self.engine.add(nodes)
+
+    def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
+        self.engine.delete_nodes(ids, filters=filters)
+
+    def _clear(self) -> None:
+        self.engine.clear()
+
+    def _get(self, stored_ids: list[str], filters: Optional[MetadataFilters], with_vectors: bool) -> list[BaseNode]:
+        return self.engine.get_nodes(node_ids=stored_ids, filters=filters)
+
+    def _owners(self, stored_ids: list[str]) -> dict[str, str]:
+        """Which node each stored id holds now (for the add guard), one read."""
+        with self._reading():
+            found = self._get(list(dict.fromkeys(stored_ids)), None, False) if stored_ids else []
+        return {n.node_id: owner(n.node_id, n.metadata) for n in found}
+
+    def _query_one(self, q: np.ndarray, k: int, restriction: Restriction) -> tuple[list[BaseNode], list[float]]:
+        result = self.engine.query(VectorStoreQuery(
+            query_embedding=q.astype(np.float64).tolist(), similarity_top_k=k, filters=restriction.filters,
+            node_ids=[engine_id(i) for i in restriction.node_ids] if restriction.node_ids else None,
+            doc_ids=list(restriction.doc_ids) if restriction.doc_ids is not None else None,
+        ))
+        nodes = result.nodes or []
+        return nodes, list(result.similarities or [1.0] * len(nodes))

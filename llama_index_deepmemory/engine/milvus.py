@@ -1,0 +1,131 @@
+"""Milvus (``MilvusVectorStore``: Milvus Lite or a server) as a backend, through ``pymilvus``.
+
+The store's ``get_nodes`` takes ids or filters but not both (combined here into one filter) and
+cannot list without either (``query_iterator`` pages instead); its ``clear`` drops the collection,
+after which its ``add`` cannot re-create it (the rows are deleted instead). The collection must
+rank by COSINE (``MilvusVectorStore(..., similarity_metric="COSINE")``; the store's default is IP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Iterator, Optional
+
+import numpy as np
+from llama_index.core.schema import BaseNode
+from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters, VectorStoreQuery
+from llama_index.core.vector_stores.utils import metadata_dict_to_node
+
+from llama_index_deepmemory.engine.backend import Hits, Restriction
+from llama_index_deepmemory.engine.generic import GenericAdapter
+from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine
+
+
+def is_milvus(store: Any) -> bool:
+    return type(store).__name__ == "MilvusVectorStore" and hasattr(store, "collection_name")
+
+
+_FIRST_SEARCH = threading.RLock()  # pymilvus imports scipy.sparse lazily on the first search, racily
+
+
+class MilvusAdapter(GenericAdapter):
+    name = "milvus"
+    _searched = False  # in this process: until then reads run one at a time (KeyError: 'scipy.sparse')
+
+    def _reading(self) -> Any:
+        return contextlib.nullcontext() if MilvusAdapter._searched else _FIRST_SEARCH
+
+    def _has(self) -> bool:
+        with self._reading():
+            return bool(self.engine.client.has_collection(self.engine.collection_name))
+
+    def metric(self) -> str:
+        """The metric the collection's dense index ranks by (the store's setting when unreadable)."""
+        store = self.engine
+        metric = (store.index_config or {}).get("metric_type", store.similarity_metric)
+        try:
+            if self._has():
+                index = (store.index_config or {}).get("index_name", store.embedding_field)
+                metric = store.client.describe_index(store.collection_name, index).get("metric_type", metric)
+        except Exception:  # noqa: BLE001 - no index yet: the store's setting
+            pass
+        return str(metric).upper()
+
+    def check(self) -> None:
+        super().check()
+        metric = self.metric()
+        if metric != "COSINE":
+            raise ValueError(
+                f"the Milvus collection {self.engine.collection_name!r} ranks by {metric} (MilvusVectorStore's "
+                "default is IP), but Deep Memory needs cosine similarity; pass "
+                "MilvusVectorStore(..., similarity_metric='COSINE') (an existing collection keeps its index's "
+                "metric: re-create it with overwrite=True or under a new collection_name)"
+            )
+
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+        """Without ``bodies``, each query asks only the ids (``VectorStoreQuery.output_fields``; the
+        store then fills no metadata, so stored ids are named as remembered, else in one read)."""
+        if bodies or k <= 0 or restriction.empty:
+            hits = super().search(queries, k, restriction, bodies)
+            MilvusAdapter._searched = MilvusAdapter._searched or k > 0
+            return hits
+        hits = Hits([], [])
+        for q in np.asarray(queries, dtype=np.float32):
+            query = VectorStoreQuery(
+                query_embedding=q.astype(np.float64).tolist(), similarity_top_k=int(k), filters=restriction.filters,
+                node_ids=[engine_id(i) for i in restriction.node_ids] if restriction.node_ids else None,
+                doc_ids=list(restriction.doc_ids) if restriction.doc_ids is not None else None,
+                output_fields=[ID_KEY])
+            with self._reading():
+                result = self.engine.query(query)
+            row = list(zip([str(i) for i in result.ids or []], result.similarities or []))
+            names = self._named([i for i, _ in row])
+            row = [(names[i], s) for i, s in row if i in names]  # deleted meanwhile: dropped
+            hits.handles.append([i for i, _ in row])
+            hits.scores.append(np.asarray([s for _, s in row], dtype=np.float32))
+        MilvusAdapter._searched = True
+        return hits
+
+    def _node(self, row: dict) -> BaseNode:
+        node = metadata_dict_to_node(row, text=row.get(self.engine.text_key))
+        embedding = row.get(self.engine.embedding_field)
+        node.embedding = [float(x) for x in embedding] if embedding is not None else None
+        return node
+
+    def _get(self, stored_ids: list[str], filters: Optional[MetadataFilters], with_vectors: bool) -> list[BaseNode]:
+        if not stored_ids:
+            return []
+        by_id = MetadataFilter(key="id", value=list(stored_ids), operator=FilterOperator.IN)
+        both = MetadataFilters(filters=[filters, by_id]) if filters is not None and filters.filters else None
+        return self.engine.get_nodes(filters=both) if both is not None else self.engine.get_nodes(node_ids=stored_ids)
+
+    def filtered(self, filters: MetadataFilters) -> list[BaseNode]:
+        return super().filtered(filters) if self._has() else []
+
+    def _clear(self) -> None:  # its clear drops the collection, and its add cannot re-create it
+        if self.engine.client.has_collection(self.engine.collection_name):
+            self.engine.client.delete(self.engine.collection_name, filter='id != ""')
+
+    def count(self) -> int:
+        if not self._has():
+            return 0
+        with self._reading():
+            rows = self.engine.client.query(self.engine.collection_name, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def pages(self, with_vectors: bool, limit: int) -> Iterator[list[BaseNode]]:
+        """Every node, a page at a time (``query_iterator``)."""
+        if not self._has():
+            return
+        client, name = self.engine.client, self.engine.collection_name
+        iterator = client.query_iterator(name, batch_size=limit, filter="", output_fields=["*"])
+        try:
+            while True:
+                with self._reading():
+                    rows = iterator.next()
+                if not rows:
+                    return
+                yield self._listed([from_engine(self._node(row)) for row in rows])
+        finally:
+            iterator.close()

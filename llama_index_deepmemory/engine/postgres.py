@@ -1,0 +1,201 @@
+"""PostgreSQL with pgvector (LlamaIndex's ``PGVectorStore``) as a backend.
+
+Writes and reads by id go through the store (``add``, ``delete``, ``delete_nodes``, ``clear``,
+``get_nodes(node_ids=...)``); what the store cannot do runs as this module's own SQL over the
+store's table (``<schema>.data_<table_name>``, through the store's SQLAlchemy engine), every value
+a bound parameter:
+
+* searching: the store's ``query`` ignores ``node_ids`` and ``doc_ids`` and asks one query per
+  call; here every query vector of a search goes out in one statement (a ``LATERAL`` top ``k`` per
+  vector, pgvector's cosine distance ``<=>``, so an HNSW index serves it), restricted by ids,
+  documents and metadata filters;
+* listing and counting: its ``get_nodes()`` needs ids or filters
+  ("AssertionError: Either node_ids or filters must be provided");
+* re-adding an id: its ``add`` inserts a second row, so the old row is deleted first.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+from llama_index.core.schema import BaseNode
+from llama_index.core.vector_stores.types import FilterOperator, MetadataFilters
+from llama_index.core.vector_stores.utils import metadata_dict_to_node
+
+from llama_index_deepmemory.engine.backend import Hits, Restriction
+from llama_index_deepmemory.engine.generic import GenericAdapter
+from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine, owner
+
+_COMPARE = {FilterOperator.EQ: "=", FilterOperator.NE: "!=", FilterOperator.GT: ">", FilterOperator.LT: "<",
+            FilterOperator.GTE: ">=", FilterOperator.LTE: "<="}
+
+
+def is_postgres(store: Any) -> bool:
+    return type(store).__name__ == "PGVectorStore"
+
+
+class _Params:
+    """Bound parameters of one statement (``:p0``, ``:p1``, ...)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def __call__(self, value: Any) -> str:
+        name = f"p{len(self.values)}"
+        self.values[name] = value
+        return f":{name}"
+
+
+def sql_where(filters: MetadataFilters, bind: _Params) -> str:
+    """LlamaIndex filters as a SQL condition over ``metadata_`` (as ``PGVectorStore`` compares:
+    numbers as float, everything else as text)."""
+    parts = []
+    for f in filters.filters:
+        if isinstance(f, MetadataFilters):
+            if f.filters:
+                parts.append(f"({sql_where(f, bind)})")
+            continue
+        op, value, field = f.operator or FilterOperator.EQ, f.value, f"metadata_->>{bind(f.key)}"
+        if op in _COMPARE and isinstance(value, (int, float)) and not isinstance(value, bool):
+            parts.append(f"({field})::float {_COMPARE[op]} {bind(float(value))}")
+        elif op in _COMPARE:
+            parts.append(f"{field} {_COMPARE[op]} {bind(_text(value))}")
+        elif op in (FilterOperator.IN, FilterOperator.NIN):
+            test = f"{field} = ANY({bind([_text(v) for v in value])})"
+            parts.append(test if op == FilterOperator.IN else f"NOT ({test})")
+        elif op in (FilterOperator.TEXT_MATCH, FilterOperator.TEXT_MATCH_INSENSITIVE):
+            like = "LIKE" if op == FilterOperator.TEXT_MATCH else "ILIKE"
+            parts.append(f"{field} {like} {bind('%' + str(value) + '%')}")
+        elif op == FilterOperator.IS_EMPTY:
+            parts.append(f"{field} IS NULL")
+        else:
+            raise ValueError(f"filter operator {op.value!r} on {f.key!r} is not supported over PostgreSQL; use "
+                             "EQ, NE, GT, GTE, LT, LTE, IN, NIN, TEXT_MATCH or IS_EMPTY")
+    condition = str(getattr(filters.condition, "value", filters.condition) or "and").lower()
+    if condition not in ("and", "or"):
+        raise ValueError(f"filter condition {condition!r} is not supported over PostgreSQL; use 'and' or 'or'")
+    return f" {condition.upper()} ".join(parts) or "TRUE"
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _vector(q: np.ndarray) -> str:
+    return "[" + ",".join(repr(float(x)) for x in q) + "]"
+
+
+def _node(node_id: str, text: str, metadata: Any, embedding: Any = None) -> BaseNode:
+    node = metadata_dict_to_node(json.loads(metadata) if isinstance(metadata, str) else metadata)
+    node.set_content(str(text))
+    if embedding is not None:
+        node.embedding = [float(x) for x in (embedding if not isinstance(embedding, str) else embedding[1:-1].split(","))]
+    return from_engine(node)
+
+
+class PostgresAdapter(GenericAdapter):
+    name = "postgres"
+
+    def _sql(self) -> Any:
+        """The store's SQLAlchemy engine (the store connects and creates its table on first use)."""
+        if self.engine.client is None:
+            self.engine.get_nodes(node_ids=["\x01"])  # any public call initialises the store
+        return self.engine.client
+
+    @property
+    def _table(self) -> str:
+        schema, table = self.engine.schema_name, f"data_{self.engine.table_name}"
+        return '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
+
+    def _execute(self, statement: str, values: dict[str, Any], ef_search: int | None = None) -> list[Any]:
+        from sqlalchemy import text
+
+        with self._sql().connect() as connection, connection.begin():
+            if ef_search is not None:  # as the store's query sets it; pgvector's HNSW returns at most ef_search rows
+                connection.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef_search)}"))
+            return list(connection.execute(text(statement), values))
+
+    keeps_rows = True
+
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+        """Every query's top ``k`` in one statement (without ``bodies``: ids and distances only)."""
+        queries = np.asarray(queries, dtype=np.float32)
+        if k <= 0 or restriction.empty or len(queries) == 0:
+            return Hits.none(len(queries))
+        bind = _Params()
+        where = ["TRUE"]
+        if restriction.filters is not None:
+            where.append(f"({sql_where(restriction.filters, bind)})")
+        if restriction.node_ids:
+            where.append(f"node_id = ANY({bind([engine_id(i) for i in restriction.node_ids])})")
+        if restriction.doc_ids:
+            where.append(f"metadata_->>'ref_doc_id' = ANY({bind(list(restriction.doc_ids))})")
+        kind = "halfvec" if getattr(self.engine, "use_halfvec", False) else "vector"
+        vectors = ", ".join(f"({i}, CAST({bind(_vector(q))} AS {kind}))" for i, q in enumerate(queries))
+        # without bodies the rows still come (reading them by id later would scan the table: the store
+        # indexes no node_id), kept unparsed; only the k a result returns are built into nodes
+        columns = "metadata_ AS b" if bodies else "metadata_::text AS b"
+        statement = (
+            f"SELECT q.i, r.node_id, r.text, r.b, r.original, r.distance FROM (VALUES {vectors}) AS q(i, v) "
+            f"CROSS JOIN LATERAL (SELECT node_id, text, {columns}, metadata_->>'{ID_KEY}' AS original, "
+            f"embedding <=> q.v AS distance FROM {self._table} "
+            f"WHERE {' AND '.join(where)} ORDER BY embedding <=> q.v LIMIT {int(k)}) AS r ORDER BY q.i, r.distance"
+        )
+        version = self.version
+        hnsw = self.engine.hnsw_kwargs
+        ef_search = max(int(hnsw.get("hnsw_ef_search", 40)), int(k)) if hnsw else None
+        with self._reading():
+            rows = self._execute(statement, bind.values, ef_search)
+        hits = Hits.none(len(queries))
+        handles: list[list[str]] = [[] for _ in queries]
+        scores: list[list[float]] = [[] for _ in queries]
+        kept = []
+        for i, stored_id, text, metadata, original, distance in rows:
+            node_id = owner(stored_id, {ID_KEY: original} if original is not None else {})
+            if bodies:
+                hits.nodes[node_id] = _node(stored_id, text, metadata)
+            hits.texts[node_id] = text
+            kept.append((node_id, (stored_id, text, metadata)))
+            handles[i].append(node_id)
+            scores[i].append(1.0 - float(distance))
+        self._keep(kept, version)
+        hits.handles = handles
+        hits.scores = [np.asarray(s, dtype=np.float32) for s in scores]
+        return hits
+
+    def _build(self, row: Any) -> BaseNode:
+        return _node(*row)
+
+    def _get(self, stored_ids: list[str], filters: Optional[MetadataFilters], with_vectors: bool) -> list[BaseNode]:
+        if not stored_ids:  # its get_nodes(node_ids=[]) returns every row
+            return []
+        nodes = self.engine.get_nodes(node_ids=stored_ids, filters=filters)
+        for node in nodes:
+            if node.embedding is not None and not isinstance(node.embedding, list):
+                node.embedding = [float(x) for x in node.embedding]  # pgvector hands out numpy arrays
+        return nodes
+
+    def _add(self, nodes: list[BaseNode]) -> None:
+        self.engine.delete_nodes([n.node_id for n in nodes])  # its add would keep the old row beside the new
+        self.engine.add(nodes)
+
+    def pages(self, with_vectors: bool, limit: int) -> Iterator[list[BaseNode]]:
+        """Every row, a page at a time (keyset on the table's ``id``)."""
+        last = -1
+        columns = "id, node_id, text, metadata_" + (", embedding::text" if with_vectors else "")
+        while True:
+            with self._reading():
+                rows = self._execute(f"SELECT {columns} FROM {self._table} WHERE id > :last ORDER BY id LIMIT :n",
+                                  {"last": last, "n": int(limit)})
+            if not rows:
+                return
+            yield [_node(r[1], r[2], r[3], r[4] if with_vectors else None) for r in rows]
+            last = int(rows[-1][0])
+            if len(rows) < limit:
+                return
+
+    def count(self) -> int:
+        with self._reading():
+            return int(self._execute(f"SELECT count(*) FROM {self._table}", {})[0][0])

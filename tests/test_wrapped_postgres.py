@@ -1,0 +1,122 @@
+"""Deep Memory over PostgreSQL with pgvector (LlamaIndex's ``PGVectorStore``; a real server that
+``tests/pg_server.py`` starts on a Unix socket, never a mock).
+
+Plain results through the wrapper equal the store's own; the same model ranks over PostgreSQL as
+over the embedded FAISS store; filters, node and document restrictions, deletes, listing (the
+store's ``get_nodes()`` cannot list), training and model persistence.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+pytest.importorskip("pgserver")
+pytest.importorskip("llama_index.vector_stores.postgres")
+from llama_index.vector_stores.postgres import PGVectorStore  # noqa: E402
+
+from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
+from pg_server import postgres_server  # noqa: E402,F401
+from synthetic import DIM, N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
+from wrapped_checks import (  # noqa: E402
+    EVEN, check_deletes_filters_and_get_nodes, check_ids_cannot_impersonate, check_listing, check_threads, check_plain_equals_engine, check_ranks_like_faiss,
+    check_reopened, check_restrictions, faiss_twin, nodes_with_docs, with_model,
+)
+
+_tables = itertools.count()
+
+
+def pg_engine(uri: str, table: str) -> PGVectorStore:
+    """A ``PGVectorStore`` on the test server (sync psycopg2 and async asyncpg URLs, one socket)."""
+    rest = uri.split("://", 1)[1]
+    return PGVectorStore(connection_string=f"postgresql+psycopg2://{rest}",
+                         async_connection_string=f"postgresql+asyncpg://{rest}", table_name=table, embed_dim=DIM)
+
+
+def pg_store(uri: str, task: KeywordTask, table: str | None = None, **kwargs) -> DeepMemoryVectorStore:
+    store = DeepMemoryVectorStore(vector_store=pg_engine(uri, table or f"docs{next(_tables)}"), **kwargs)
+    store.add(nodes_with_docs(task))
+    return store
+
+
+@pytest.fixture(scope="module")
+def task() -> KeywordTask:
+    return KeywordTask(seed=5)
+
+
+@pytest.fixture(scope="module")
+def shared(task, postgres_server):
+    """One table for the read-only tests."""
+    faiss_store, pg = faiss_twin(task), pg_store(postgres_server, task)
+    with_model(task, faiss_store, pg)
+    return faiss_store, pg
+
+
+@pytest.mark.parametrize("filters", [None, EVEN], ids=["all", "filtered"])
+def test_plain_results_equal_the_stores_own(task, shared, filters) -> None:
+    check_plain_equals_engine(task, shared[1], filters)
+
+
+@pytest.mark.parametrize("filters", [None, EVEN], ids=["all", "filtered"])
+@pytest.mark.parametrize("with_text", [True, False], ids=["keywords", "dense"])
+def test_the_same_model_ranks_alike_over_postgres_and_faiss(task, shared, filters, with_text) -> None:
+    check_ranks_like_faiss(task, *shared, filters, with_text, n_queries=25)
+
+
+def test_node_and_doc_restrictions(task, shared) -> None:
+    check_restrictions(task, *shared)  # the store's query ignores both: the adapter's SQL applies them
+
+
+def test_listing_reads_every_node_a_page_at_a_time(task, shared) -> None:
+    check_listing(task, shared[1])  # its get_nodes() cannot list ("Either node_ids or filters must be provided")
+
+
+def test_deletes_filters_and_get_nodes_pass_through(task, postgres_server) -> None:
+    store = pg_store(postgres_server, task)
+    with_model(task, store)
+    check_deletes_filters_and_get_nodes(task, store)
+
+
+def test_re_adding_an_id_replaces_the_node(task, postgres_server) -> None:
+    store = pg_store(postgres_server, task)
+    again = nodes_with_docs(task)[:3]
+    again[0].text = "replaced text"
+    store.add(again)  # the store's own add would keep a second row per id
+    assert len(store) == len(task.ids)
+    assert store.get_nodes(["node_0"])[0].text == "replaced text"
+
+
+def test_models_persist_and_a_reopened_table_serves_the_same(task, postgres_server, tmp_path) -> None:
+    model_dir = tmp_path / "models"
+    first = pg_store(postgres_server, task, table="reopened", model_dir=model_dir)
+
+    def reopen():
+        return DeepMemoryVectorStore(vector_store=pg_engine(postgres_server, "reopened"), model_dir=model_dir)
+
+    check_reopened(task, first, reopen)
+
+
+def test_ids_cannot_replace_hide_or_impersonate_a_node(task, postgres_server) -> None:
+    check_ids_cannot_impersonate(task, pg_store(postgres_server, task))
+
+
+def test_queries_under_threads_while_adding_and_deleting(task, postgres_server) -> None:
+    store = pg_store(postgres_server, task)
+    with_model(task, store)
+    check_threads(task, store)
+
+
+@pytest.mark.slow
+def test_training_over_postgres_matches_training_over_faiss(task, postgres_server) -> None:
+    """Same data, same seed: the model trained over PostgreSQL evaluates as the one trained over FAISS."""
+    options = dict(OPTIONS, epochs=3, validation_folds=2, key_thresholds=(0.8,), key_weights=(0.4,),
+                   lexical_weights=(0.2, 0.5))
+    results = {}
+    for name, store in (("faiss", task.store()), ("postgres", pg_store(postgres_server, task))):
+        store.deep_memory.train(task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN],
+                                **options)
+        results[name] = store.deep_memory.evaluate(task.texts[N_TRAIN:], task.relevance[N_TRAIN:],
+                                                   embedding=task.queries[N_TRAIN:], top_k=(1, 10))
+    assert results["postgres"] == results["faiss"]
+    assert results["postgres"]["with model"]["recall@10"] > results["postgres"]["without model"]["recall@10"] + 0.2
