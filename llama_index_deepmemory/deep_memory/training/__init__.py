@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView, check_query_texts
-from llama_index_deepmemory.deep_memory.losses import CandidateSource, PlainMined, listwise_loss, store_scores
+from llama_index_deepmemory.deep_memory.training.losses import CandidateSource, PlainMined, listwise_loss, store_scores
 from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
 from llama_index_deepmemory.deep_memory.ranking import rank
