@@ -265,7 +265,7 @@ class CountingStore(ArrayStore):
 def test_plain_mining_is_searched_once_per_query_and_equals_brute_force() -> None:
     import torch
 
-    from llama_index_deepmemory.deep_memory.training.losses import CandidateSource
+    from llama_index_deepmemory.deep_memory.training.mining import CandidateSource
 
     base, queries, relevant = rotated_task(seed=2)
     store = CountingStore(base.vectors)
