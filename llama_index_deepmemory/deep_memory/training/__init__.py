@@ -12,6 +12,13 @@ the model is then refit on all queries. Small sets are cross-validated (K folds 
 lockstep, every query validates once, predictions pooled across folds); large sets use one
 ``validation_fraction`` split. A model whose validation gain is not significant is returned
 with ``improved=False`` so the API never activates it.
+
+One job per module: :mod:`.options` (the options and their validation), :mod:`.splits` (inputs
+checked, folds), :mod:`.trainer` (the torch loop), :mod:`.losses` (the loss as torch modules),
+:mod:`.mining` (candidates and hard negatives), :mod:`.selection` (validation through the serving
+ranking, the admissible best, the significance gate), :mod:`.grids` (query keys, keyword weights,
+far keywords, gate) and :mod:`.run` (:func:`train_model`, step by step). Importing the package does
+not import torch.
 """
 
 from llama_index_deepmemory.deep_memory.training.grids import (  # noqa: F401 - used by tests and benchmarks
@@ -25,7 +32,6 @@ from llama_index_deepmemory.deep_memory.training.run import TrainResult, train_m
 from llama_index_deepmemory.deep_memory.training.selection import (  # noqa: F401
     METRIC_NAMES,
     _evaluate,
-    rank_with_model,
     ranking_metrics,
     significant_gain,
 )

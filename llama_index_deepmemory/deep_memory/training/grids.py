@@ -57,6 +57,21 @@ def _add_keys(
     )
 
 
+def _key_grid(
+    ctx: _Context, folds: Sequence[_Fold], models: Sequence[AdapterMemoryModel], caches: Sequence[dict]
+) -> Iterator[tuple[tuple[float, float], _Evaluation]]:
+    """Each (key weight, key threshold) of the options' grid with the pooled validation result of
+    the fold ``models`` plus their training queries as keys (``caches``: each fold's plain searches)."""
+    options = ctx.options
+    for threshold in options.key_thresholds:
+        for weight in options.key_weights:
+            ctx.check_stop()
+            yield (weight, threshold), _pool([
+                _evaluate(ctx.store, f.val, _add_keys(ctx.store, model, f.train, weight, threshold), cache)
+                for f, model, cache in zip(folds, models, caches)
+            ])
+
+
 def _with_gate(model: AdapterMemoryModel, queries: np.ndarray, threshold: float, weight: float) -> AdapterMemoryModel:
     """``model`` with a per-query gate: queries far from every training query in ``queries`` (cosine
     below ``threshold``, as embedded) are ranked by the adapter alone, without memory or query

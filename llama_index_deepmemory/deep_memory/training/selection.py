@@ -40,20 +40,6 @@ def significant_gain(before: np.ndarray, after: np.ndarray, min_improvement: flo
     return mean > min_improvement and mean > gate_z * stderr
 
 
-def rank_with_model(
-    store: StoreView,
-    queries: np.ndarray,
-    model: DeepMemoryModel | None,
-    k: int = 10,
-    forget: Sequence[set[str]] | None = None,
-    plain_cache: dict[bytes, tuple[np.ndarray, list[list[str]], int]] | None = None,
-    texts: Sequence[str | None] | None = None,
-) -> list[list[str]]:
-    """Top-``k`` node ids per query, plain or with ``model``: :func:`ranking.rank`, the ranking
-    that serves queries (``forget`` and ``plain_cache`` as documented there)."""
-    return rank(store, queries, model, k, texts=texts, forget=forget, plain_cache=plain_cache)[1]
-
-
 def _not_clearly_better(chosen: _Evaluation, simple: _Evaluation, floor: float) -> bool:
     """One-standard-error rule: the simpler candidate wins unless ``chosen`` beats it by more than
     one standard error of the per-query differences (with few queries, picking the best of many
@@ -78,15 +64,15 @@ class _Evaluation:
 def _evaluate(
     store: StoreView, split: _Split, model: DeepMemoryModel | None, cache: dict | None = None
 ) -> _Evaluation:
+    """``model`` (None: the plain store) on ``split`` through :func:`ranking.rank`, the ranking that
+    serves queries (``cache``: plain searches shared by candidates with the same adapter)."""
     cache = {} if cache is None else cache
-    ranked = rank_with_model(store, split.queries, model, plain_cache=cache, texts=split.texts)
+    ranked = rank(store, split.queries, model, 10, texts=split.texts, plain_cache=cache)[1]
     per_query = np.asarray(ndcg_at_k(ranked, split.relevance, 10, per_query=True))
     per_query_unseen = per_query
     if model is not None:
         forget = [{node for node, _ in pairs} for pairs in split.relevance]
-        ranked_unseen = rank_with_model(
-            store, split.queries, model, forget=forget, plain_cache=cache, texts=split.texts
-        )
+        ranked_unseen = rank(store, split.queries, model, 10, texts=split.texts, forget=forget, plain_cache=cache)[1]
         per_query_unseen = np.asarray(ndcg_at_k(ranked_unseen, split.relevance, 10, per_query=True))
     return _Evaluation(ranking_metrics(ranked, split.relevance), per_query, per_query_unseen)
 

@@ -1,5 +1,7 @@
-"""The torch loop: one run's shared context (options, device, callbacks) and a trainer per fold
-holding the adapter and memory parameters, running epochs over the listwise loss."""
+"""The torch loop: one run's shared context (options, device, callbacks, cancellation) and a
+trainer per fold holding the adapter and memory parameters (:mod:`.losses`), its optimiser and its
+candidates (:mod:`.mining`), running epochs. torch is imported inside functions only (the torch
+modules of :mod:`.losses` when a trainer is built), so importing the package stays light."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import numpy as np
 
 from llama_index_deepmemory.deep_memory.base import StoreView
 from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
-from llama_index_deepmemory.deep_memory.training.losses import listwise_loss, store_scores
 from llama_index_deepmemory.deep_memory.training.mining import CandidateSource, PlainMined
 from llama_index_deepmemory.deep_memory.training.options import TrainOptions
 from llama_index_deepmemory.deep_memory.training.splits import _Split
@@ -52,72 +53,57 @@ class _Context:
 
 
 class _Trainer:
-    """Parameters (adapter + node deltas) and the epoch loop with early stopping."""
+    """One fold's parameters (:class:`~.losses.AdapterMemory`), its loss, optimiser and candidate
+    source, and the epoch loop."""
 
     def __init__(self, ctx: _Context, split: _Split, memory_ids: list[str]) -> None:
         import torch
+
+        from llama_index_deepmemory.deep_memory.training.losses import AdapterMemory, ListwiseLoss
 
         self.ctx = ctx
         self.split = split
         self.memory_ids = memory_ids
         self.memory_index = {node: i for i, node in enumerate(memory_ids)}
         d = split.queries.shape[1]
-        dev = ctx.device
-        self.base_memory = torch.from_numpy(
+        opts, dev = ctx.options, ctx.device
+        base_memory = torch.from_numpy(
             np.asarray(ctx.store.get_vectors(memory_ids), dtype=np.float32).reshape(len(memory_ids), d)
         ).to(dev)
-        self.weight = torch.nn.Parameter(torch.eye(d, device=dev))
-        self.bias = torch.nn.Parameter(torch.zeros(d, device=dev))
-        self.delta = torch.nn.Parameter(torch.zeros((len(memory_ids), d), device=dev))
-        params = [self.weight, self.bias] + ([self.delta] if ctx.options.node_memory and memory_ids else [])
-        self.optimizer = torch.optim.Adam(params, lr=ctx.options.learning_rate)
+        self.params = AdapterMemory(base_memory, ctx.metric, opts.normalize_memory)
+        self.loss = ListwiseLoss(
+            self.params, temperature=opts.temperature, adapter_regularization=opts.adapter_regularization,
+            memory_regularization=opts.memory_regularization, node_memory=opts.node_memory,
+        )
+        trained = [self.params.weight, self.params.bias] + ([self.params.delta] if opts.node_memory and memory_ids else [])
+        self.optimizer = torch.optim.Adam(trained, lr=opts.learning_rate)
         self.queries = torch.from_numpy(np.asarray(split.queries, dtype=np.float32)).to(dev)
         self.source = CandidateSource(
-            ctx.store, split.queries, split.relevance, self.memory_index, device=ctx.device,
-            full_softmax_max_nodes=ctx.options.full_softmax_max_nodes,
-            num_negatives=ctx.options.num_negatives, check_stop=ctx.check_stop, plain_mined=ctx.plain_mined,
+            ctx.store, split.queries, split.relevance, self.memory_index, device=dev,
+            full_softmax_max_nodes=opts.full_softmax_max_nodes,
+            num_negatives=opts.num_negatives, check_stop=ctx.check_stop, plain_mined=ctx.plain_mined,
         )
 
-    def transform(self, q: "torch.Tensor") -> "torch.Tensor":
-        import torch
-
-        out = q @ self.weight.T + self.bias
-        return torch.nn.functional.normalize(out, dim=1) if self.ctx.metric == "cosine" else out
-
-    def memory_vectors(self) -> "torch.Tensor":
-        import torch
-
-        vectors = self.base_memory + self.delta
-        if self.ctx.metric == "cosine" and self.ctx.options.normalize_memory:
-            vectors = torch.nn.functional.normalize(vectors, dim=1)
-        return vectors
-
-    def loss(self, rows: Sequence[int]) -> "torch.Tensor":
-        import torch
-
-        opts = self.ctx.options
+    def batch_loss(self, rows: Sequence[int]) -> "torch.Tensor":
+        """The loss of the training queries at ``rows`` against their candidates."""
         vectors, memory_pos, targets = self.source.batch(rows)
-        qt = self.transform(self.queries[list(rows)])
-        logits = store_scores(qt, vectors, self.ctx.metric)
-        has_memory = memory_pos >= 0
-        if opts.node_memory and bool(has_memory.any()):
-            cols = torch.nonzero(has_memory).squeeze(1)
-            mem_scores = store_scores(qt, self.memory_vectors()[memory_pos[cols]], self.ctx.metric)
-            logits = logits.index_copy(1, cols, mem_scores)
-        loss = listwise_loss(logits, targets, opts.temperature)
-        eye = torch.eye(self.weight.shape[0], device=self.weight.device)
-        loss = loss + opts.adapter_regularization * ((self.weight - eye) ** 2).sum() / self.weight.shape[0]
-        loss = loss + opts.adapter_regularization * (self.bias**2).sum()
-        if opts.node_memory and len(self.memory_ids):
-            drift = self.memory_vectors() - self.base_memory
-            loss = loss + opts.memory_regularization * (drift**2).sum(1).mean()
-        return loss
+        return self.loss(self.queries[list(rows)], vectors, memory_pos, targets)
 
     def snapshot(self) -> dict[str, np.ndarray]:
+        """The current parameters as NumPy arrays (adapter weight, bias, memory vectors)."""
         return {
-            "weight": self.weight.detach().cpu().numpy().copy(),
-            "bias": self.bias.detach().cpu().numpy().copy(),
-            "memory_vectors": self.memory_vectors().detach().cpu().numpy().copy(),
+            "weight": self.params.weight.detach().cpu().numpy().copy(),
+            "bias": self.params.bias.detach().cpu().numpy().copy(),
+            "memory_vectors": self.params.memory_vectors().detach().cpu().numpy().copy(),
+        }
+
+    def identity_snapshot(self) -> dict[str, np.ndarray]:
+        """The untrained parameters: identity adapter, memory at the stored vectors."""
+        dim = self.params.weight.shape[0]
+        return {
+            "weight": np.eye(dim, dtype=np.float32),
+            "bias": np.zeros(dim, np.float32),
+            "memory_vectors": self.params.base_memory.cpu().numpy(),
         }
 
     def model(self, snapshot: dict[str, np.ndarray] | None = None) -> AdapterMemoryModel:
@@ -134,6 +120,8 @@ class _Trainer:
         )
 
     def run_epoch(self, epoch: int, generator: "torch.Generator") -> float:
+        """One pass over the training queries in a seeded order (re-mining negatives every
+        ``remine_every`` epochs); the mean batch loss."""
         import torch
 
         opts = self.ctx.options
@@ -145,17 +133,9 @@ class _Trainer:
             self.ctx.check_stop()
             rows = order[start : start + opts.batch_size]
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss(rows)
+            loss = self.batch_loss(rows)
             loss.backward()
             self.optimizer.step()
             total += float(loss.detach())
             batches += 1
         return total / max(1, batches)
-
-
-def _identity_snapshot(trainer: _Trainer, dim: int) -> dict[str, np.ndarray]:
-    return {
-        "weight": np.eye(dim, dtype=np.float32),
-        "bias": np.zeros(dim, np.float32),
-        "memory_vectors": trainer.base_memory.cpu().numpy(),
-    }
