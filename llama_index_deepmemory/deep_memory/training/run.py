@@ -113,12 +113,12 @@ def _train(
     selection = _Selection(before, options.unseen_tolerance)
     choices = _Choices()
     trainers = [_Trainer(ctx, f.train, _memory_ids(f.train.relevance)) for f in folds]
-    base_models, plain_caches = _train_epochs(ctx, folds, trainers, selection, choices)
-    _choose_query_keys(ctx, folds, base_models, plain_caches, selection, choices)
-    _choose_keywords(ctx, folds, base_models, plain_caches, selection, choices, texts)
+    trained = _Trained(folds, *_train_epochs(ctx, folds, trainers, selection, choices), selection)
+    _choose_query_keys(ctx, trained, choices)
+    _choose_keywords(ctx, trained, choices, texts)
     improved = significant_gain(before.per_query, selection.best.per_query, options.min_improvement, options.gate_z)
 
-    final_split, final, refitted = _final_model(ctx, folds, _Split(queries, relevance), base_models[0], choices)
+    final_split, final, refitted = _final_model(ctx, folds, _Split(queries, relevance), trained.models[0], choices)
     info = {
         "epochs_run": choices.epochs_run,
         "best_epoch": choices.best_epoch,
@@ -180,32 +180,28 @@ def _train_epochs(
     return models, plain_caches
 
 
-def _choose_query_keys(
-    ctx: _Context,
-    folds: Sequence[_Fold],
-    models: Sequence[AdapterMemoryModel],
-    caches: Sequence[dict],
-    selection: _Selection,
-    choices: _Choices,
-) -> None:
+@dataclass
+class _Trained:
+    """What the grids after the epochs start from: the folds, their models at the best epoch, those
+    models' plain searches (shared by every candidate built on them) and the selection so far."""
+
+    folds: Sequence[_Fold]
+    models: Sequence[AdapterMemoryModel]
+    caches: Sequence[dict]
+    selection: _Selection
+
+
+def _choose_query_keys(ctx: _Context, trained: _Trained, choices: _Choices) -> None:
     """The query keys' weight and threshold (when ``query_memory``): the grid's admissible best."""
     if not ctx.options.query_memory:
         return
-    for (weight, threshold), candidate in _key_grid(ctx, folds, models, caches):
-        if selection.offer(candidate):
+    for (weight, threshold), candidate in _key_grid(ctx, trained.folds, trained.models, trained.caches):
+        if trained.selection.offer(candidate):
             choices.key_weight, choices.key_threshold = weight, threshold
     ctx.report(0.85, f"query memory: weight {choices.key_weight}, threshold {choices.key_threshold}")
 
 
-def _choose_keywords(
-    ctx: _Context,
-    folds: Sequence[_Fold],
-    models: Sequence[AdapterMemoryModel],
-    caches: Sequence[dict],
-    selection: _Selection,
-    choices: _Choices,
-    texts: list[str] | None,
-) -> None:
+def _choose_keywords(ctx: _Context, trained: _Trained, choices: _Choices, texts: list[str] | None) -> None:
     """The keyword (BM25) weight, on the keyed models or on the plain store (the simpler one wins
     unless the trained one is clearly better), when query texts are known and the store small enough."""
     store, options = ctx.store, ctx.options
@@ -217,11 +213,12 @@ def _choose_keywords(
     choices.lexical = lexical = _build_lexical(store)
     if lexical is None:
         return
+    folds, selection = trained.folds, trained.selection
     keyed = [
         _add_keys(store, model, f.train, choices.key_weight, choices.key_threshold) if choices.key_weight > 0 else model
-        for f, model in zip(folds, models)
+        for f, model in zip(folds, trained.models)
     ]
-    for weight, candidate in _lexical_grid(store, folds, keyed, caches, lexical, options.lexical_weights, ctx):
+    for weight, candidate in _lexical_grid(store, folds, keyed, trained.caches, lexical, options.lexical_weights, ctx):
         if selection.offer(candidate):
             choices.lexical_weight = weight
     simple, choices.plain_keyword_weight = _keywords_on_plain_store(store, folds, lexical, options.lexical_weights, ctx)
