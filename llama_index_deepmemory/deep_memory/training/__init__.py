@@ -38,4 +38,6 @@ from llama_index_deepmemory.deep_memory.training.selection import (  # noqa: F40
 from llama_index_deepmemory.deep_memory.training.splits import _Fold, _Split  # noqa: F401
 from llama_index_deepmemory.deep_memory.training.trainer import TrainingCancelled, _Context  # noqa: F401
 
-__all__ = ["METRIC_NAMES", "TrainOptions", "TrainResult", "TrainingCancelled", "ranking_metrics", "significant_gain", "train_model"]
+__all__ = [
+    "METRIC_NAMES", "TrainOptions", "TrainResult", "TrainingCancelled", "ranking_metrics", "significant_gain", "train_model",
+]

@@ -1,4 +1,5 @@
-"""Training options: :class:`TrainOptions`, the keywords of ``store.deep_memory.train(**options)``, and their validation."""
+"""Training options: :class:`TrainOptions`, the keywords of ``store.deep_memory.train(**options)``,
+and their validation."""
 
 from __future__ import annotations
 

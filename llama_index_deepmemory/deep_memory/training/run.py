@@ -23,7 +23,13 @@ from llama_index_deepmemory.deep_memory.training.grids import (
     _with_lexical,
 )
 from llama_index_deepmemory.deep_memory.training.options import TrainOptions
-from llama_index_deepmemory.deep_memory.training.selection import _evaluate, _not_clearly_better, _pool, _Selection, significant_gain
+from llama_index_deepmemory.deep_memory.training.selection import (
+    _evaluate,
+    _not_clearly_better,
+    _pool,
+    _Selection,
+    significant_gain,
+)
 from llama_index_deepmemory.deep_memory.training.splits import _check_inputs, _Fold, _memory_ids, _split_queries, _Split
 from llama_index_deepmemory.deep_memory.training.trainer import _Context, _Trainer
 from llama_index_deepmemory.relevance import Relevance

@@ -75,7 +75,9 @@ class _Trainer:
             self.params, temperature=opts.temperature, adapter_regularization=opts.adapter_regularization,
             memory_regularization=opts.memory_regularization, node_memory=opts.node_memory,
         )
-        trained = [self.params.weight, self.params.bias] + ([self.params.delta] if opts.node_memory and memory_ids else [])
+        trained = [self.params.weight, self.params.bias]
+        if opts.node_memory and memory_ids:
+            trained.append(self.params.delta)
         self.optimizer = torch.optim.Adam(trained, lr=opts.learning_rate)
         self.queries = torch.from_numpy(np.asarray(split.queries, dtype=np.float32)).to(dev)
         self.source = CandidateSource(
