@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EMBEDDING_DIM = 384
 # texts per forward pass: 32 embeds the demo's 256-token chunks about 17% faster on 2 CPU cores than
 # LlamaIndex's default of 10 (same vectors; batching is not part of the cache fingerprint)
 DEFAULT_EMBED_BATCH_SIZE = 32

@@ -21,10 +21,11 @@ Every function returns the mean over queries, or one value per query with ``per_
 from __future__ import annotations
 
 import logging
-import math
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from llama_index_deepmemory.relevance import check_pair
 
 logger = logging.getLogger(__name__)
 
@@ -35,25 +36,12 @@ METRIC_NAMES = ("recall", "hit_rate", "mrr", "ndcg")
 
 
 def relevance_weights(relevance_row: Iterable[tuple[str, float]], query_index: int = 0) -> dict[str, float]:
-    """``{id: weight}`` of one query's relevance list, checking weights are finite and >= 0."""
+    """``{id: weight}`` of one query's relevance list, each entry checked by
+    :func:`llama_index_deepmemory.relevance.check_pair` (the one relevance rule: weights finite and >= 0)."""
     weights: dict[str, float] = {}
-    for item in relevance_row:
-        try:
-            if isinstance(item, (str, bytes)) or len(item) != 2:
-                raise ValueError
-            node_id, weight = item
-            weight = float(weight)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"relevance[{query_index}] holds {item!r}; each entry must be a (node_id, weight) pair "
-                "with a numeric weight"
-            ) from None
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(
-                f"relevance[{query_index}] gives node {node_id!r} the weight {weight!r}; weights must be "
-                "finite and >= 0 (use 1.0 for plain relevance)"
-            )
-        weights[str(node_id)] = max(weight, weights.get(str(node_id), 0.0))
+    for j, item in enumerate(relevance_row):
+        node_id, weight = check_pair(item, f"relevance[{query_index}][{j}]")
+        weights[node_id] = max(weight, weights.get(node_id, 0.0))
     return weights
 
 

@@ -12,6 +12,12 @@ everywhere:
 * each query has at least one weight > 0; an id listed twice keeps its largest weight;
 * with ``known_ids``, every id must be known (a collection, or a ``missing_ids`` function
   such as ``StoreView.missing_ids``).
+
+Why a weight of 0 is accepted (>= 0, not > 0): it means "judged, not relevant", as in TREC and
+BEIR qrels and in :mod:`llama_index_deepmemory.metrics`, so judgements can be passed on as they
+are; a 0-weight node is neither a training target nor a hit. A relevance list written with such a
+node (``write_query_log``) reads back unchanged (:func:`check_pair` serves the query-log readers
+and the metrics as well, with the same rule and messages).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import reprlib
 from typing import Any, Callable, Collection, Iterable, Sequence
 
 logger = logging.getLogger(__name__)
@@ -27,6 +34,15 @@ Relevance = list[list[tuple[str, float]]]
 """Per query, its relevant ``(node_id, weight)`` pairs (validated: see the module docstring)."""
 
 KnownIds = Collection[str] | Callable[[Sequence[str]], list[str]]
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 200, 200
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for error messages, shortened (nested values are cut at 3 levels, so a deep
+    one never raises RecursionError)."""
+    return _REPR.repr(value)
 
 
 def validate_relevance(
@@ -85,6 +101,40 @@ def _check_query(query: Any, i: int) -> None:
         raise ValueError(f"queries[{i}] is an empty string ({query!r}); pass the question's text")
 
 
+def check_weight(weight: Any, where: str, node_id: str | None = None) -> float:
+    """``weight`` as a float when it is a finite number >= 0, else ValueError naming ``where``."""
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight < 0:
+        node = f" gives node {node_id!r}" if node_id is not None else " gives"
+        raise ValueError(
+            f"{where}{node} the weight {shown(weight)}; weights must be numbers, finite and >= 0 in each "
+            "(node_id, weight) pair (0: listed but not relevant; use 1.0 for plain relevance)"
+        )
+    return float(weight)
+
+
+def check_pair(entry: Any, where: str, bare_ids: bool = False) -> tuple[str, float]:
+    """One entry as ``(node_id, weight)``: a pair (or, with ``bare_ids``, a bare id: weight 1)
+    with a non-empty string id and a weight :func:`check_weight` accepts."""
+    if bare_ids and isinstance(entry, str):
+        node_id, weight = entry, 1.0
+    elif isinstance(entry, (tuple, list)) and len(entry) == 2:
+        node_id, weight = entry
+    else:
+        bare = " or a node id" if bare_ids else ""
+        raise ValueError(
+            f"{where} is {shown(entry)}; each entry must be a (node_id, weight) pair{bare} with a numeric weight, "
+            "e.g. ('node_1', 1.0)"
+        )
+    if not isinstance(node_id, str) or not node_id:
+        raise ValueError(f"{where}: the node id must be a non-empty string, got {shown(node_id)}")
+    return node_id, check_weight(weight, where, node_id)
+
+
+def has_relevant(weights: Iterable[float]) -> bool:
+    """Whether any weight is > 0 (a query needs at least one relevant node)."""
+    return any(w > 0 for w in weights)
+
+
 def _check_row(row: Any, i: int, bare_ids: bool) -> list[tuple[str, float]]:
     """One query's entries as ``(id, weight)`` pairs, duplicates merged (largest weight kept)."""
     entries = list(row) if isinstance(row, Iterable) and not isinstance(row, (str, bytes)) else row
@@ -95,35 +145,14 @@ def _check_row(row: Any, i: int, bare_ids: bool) -> list[tuple[str, float]]:
         )
     weights: dict[str, float] = {}
     for j, entry in enumerate(entries):
-        node_id, weight = _check_entry(entry, f"relevance[{i}][{j}]", bare_ids)
+        node_id, weight = check_pair(entry, f"relevance[{i}][{j}]", bare_ids)
         weights[node_id] = max(weight, weights.get(node_id, 0.0))
-    if not any(w > 0 for w in weights.values()):
+    if not has_relevant(weights.values()):
         raise ValueError(
             f"relevance[{i}] has no node with a positive weight: {entries!r}; give at least one relevant "
             "node a weight > 0"
         )
     return list(weights.items())
-
-
-def _check_entry(entry: Any, where: str, bare_ids: bool) -> tuple[str, float]:
-    if bare_ids and isinstance(entry, str):
-        node_id, weight = entry, 1.0
-    elif isinstance(entry, (tuple, list)) and len(entry) == 2:
-        node_id, weight = entry
-    else:
-        bare = " or a node id" if bare_ids else ""
-        raise ValueError(
-            f"{where} is {entry!r}; each entry must be a (node_id, weight) pair{bare} with a numeric weight, "
-            "e.g. ('node_1', 1.0)"
-        )
-    if not isinstance(node_id, str) or not node_id:
-        raise ValueError(f"{where}: the node id must be a non-empty string, got {node_id!r}")
-    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight < 0:
-        raise ValueError(
-            f"{where} gives node {node_id!r} the weight {weight!r}; weights must be numbers, finite and >= 0 "
-            "(use 1.0 for plain relevance)"
-        )
-    return node_id, float(weight)
 
 
 def _check_known(rows: Relevance, known_ids: KnownIds, queries: list[str] | None) -> None:

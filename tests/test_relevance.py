@@ -55,3 +55,15 @@ def test_the_data_readers_accept_bare_ids_and_share_the_rules() -> None:
     assert validate_query_relevance(["q"], [["a", ("a", 2), ("b", 0)]]) == (["q"], [[("a", 2.0), ("b", 0.0)]])
     with pytest.raises(ValueError, match=r"relevance\[0\] has no node with a positive weight"):
         validate_query_relevance(["q"], [[("a", 0)]])
+
+
+def test_metrics_use_the_same_rule_and_message() -> None:
+    from llama_index_deepmemory.metrics import recall_at_k
+
+    for bad in ([[("a", -1.0)]], [[("a", "1")]], [["a"]], [[("", 1.0)]]):
+        with pytest.raises(ValueError) as from_validator:
+            validate_relevance(["q"], bad)
+        with pytest.raises(ValueError) as from_metrics:
+            recall_at_k([["a"]], bad, 1)
+        assert str(from_metrics.value) == str(from_validator.value)
+    assert recall_at_k([["b", "a"]], [[("a", 1.0), ("b", 0.0)]], 1) == 0.0  # weight 0: judged, not relevant

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel, model_from_state
+from llama_index_deepmemory.deep_memory.ranking import rank
 from llama_index_deepmemory.deep_memory.training import (
     TrainingCancelled,
     TrainOptions,
-    rank_with_model,
     train_model,
 )
 from llama_index_deepmemory.engine.array_view import ArrayStoreView
@@ -67,7 +67,7 @@ def test_training_learns_a_rotation_on_held_out_queries(full_softmax_max_nodes: 
     assert result.val_after["ndcg@10"] > result.val_before["ndcg@10"]
     assert after > before + 0.3, (before, after)
     # the trainer's own store-merge ranking agrees with the brute-force reference
-    ranked = rank_with_model(store, test_q, result.model, k=5)
+    ranked = rank(store, test_q, result.model, 5)[1]
     merged = float(np.mean([rel in row for rel, row in zip(relevant[200:], ranked)]))
     assert merged == pytest.approx(after)
 
@@ -221,7 +221,7 @@ def test_small_sets_are_cross_validated_and_activated_when_memory_helps() -> Non
     assert result.info["n_val"] == len(relevance)  # every query validated exactly once
     assert result.info["refit_on_all_queries"]
     assert result.improved, (result.val_before, result.val_after)
-    ranked = rank_with_model(store, queries, result.model, k=1)
+    ranked = rank(store, queries, result.model, 1)[1]
     assert np.mean([pairs[0][0] in row for pairs, row in zip(relevance, ranked)]) == 1.0
 
 
@@ -265,7 +265,7 @@ class CountingStore(ArrayStore):
 def test_plain_mining_is_searched_once_per_query_and_equals_brute_force() -> None:
     import torch
 
-    from llama_index_deepmemory.deep_memory.losses import CandidateSource
+    from llama_index_deepmemory.deep_memory.training.mining import CandidateSource
 
     base, queries, relevant = rotated_task(seed=2)
     store = CountingStore(base.vectors)

@@ -7,7 +7,9 @@ Query log formats (one query per line/row):
 
 * JSONL: ``{"query": "...", "relevant_ids": ["node_3", "node_7"], "weight": 0.5}``; the ids may
   also be one string, ``[[id, weight], ...]`` pairs or ``{id: weight}``; ``weight`` is optional
-  (default 1) and applies to ids given without their own weight.
+  (default 1) and applies to ids given without their own weight. Weights follow the one relevance
+  rule (:mod:`llama_index_deepmemory.relevance`): finite and >= 0 (0: judged, not relevant), at least
+  one > 0 per query.
 * CSV (header row): columns ``query``, ``relevant_ids`` (ids separated by ``;``) and optional
   ``weight`` (one number, or one per id separated by ``;``).
 
@@ -22,13 +24,12 @@ import json
 import logging
 import math
 import os
-import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Iterator, Literal, Sequence
 
 from llama_index_deepmemory.atomic import write_text_atomic
-from llama_index_deepmemory.relevance import Relevance, validate_relevance
+from llama_index_deepmemory.relevance import Relevance, check_pair, check_weight, has_relevant, shown, validate_relevance
 
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.schema import Document, TextNode
@@ -43,14 +44,6 @@ JSON_TOO_DEEP = (
     "must be one flat object such as {\"query\": \"...\", \"relevant_ids\": [\"node_1\"]}"
 )
 BEIR_LAYOUT = "a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv, e.g. qrels/test.tsv"
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 200, 200
-
-
-def _shown(value: Any) -> str:
-    """``repr(value)`` for error messages, shortened (nested values are cut at 3 levels, so a deep
-    one never raises RecursionError)."""
-    return _REPR.repr(value)
 
 OnUnknown = Literal["error", "drop"]
 LOG_ID_SEPARATOR = ";"
@@ -71,26 +64,6 @@ def validate_query_relevance(
     node id, weight 1). With ``known_ids``, every id must be one of them."""
     clean_queries, clean_relevance = validate_relevance(queries, relevance, known_ids=known_ids, bare_ids=True)
     return clean_queries, clean_relevance
-
-
-def _relevance_pair(entry: Any, where: str) -> tuple[str, float]:
-    if isinstance(entry, str):
-        doc_id, weight = entry, 1.0
-    elif isinstance(entry, (tuple, list)) and len(entry) == 2:
-        doc_id, weight = entry
-    else:
-        raise TypeError(f"{where} must be an id or an (id, weight) pair, got {_shown(entry)}")
-    if not isinstance(doc_id, str) or not doc_id:
-        raise ValueError(f"{where}: the id must be a non-empty string, got {_shown(doc_id)}")
-    return doc_id, _weight(weight, where)
-
-
-def _weight(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: the weight must be a number > 0, got {_shown(value)}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{where}: the weight must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,14 +138,16 @@ def _jsonl_log_rows(path: Path, query_field: str, ids_field: str, weight_field: 
     for line_number, record in _read_jsonl(path):
         where = f"{path}:{line_number}"
         query = _log_query(record.get(query_field), where, query_field)
-        default = _weight(record[weight_field], f"{where}: field {weight_field!r}") if record.get(weight_field) is not None else 1.0
+        default = 1.0
+        if record.get(weight_field) is not None:
+            default = check_weight(record[weight_field], f"{where}: field {weight_field!r}")
         pairs = _log_ids(record.get(ids_field), default, where, ids_field)
         yield _LogRow(where, query, pairs)
 
 
 def _log_query(value: Any, where: str, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: field {name!r} must be a non-empty string, got {_shown(value)}")
+        raise ValueError(f"{where}: field {name!r} must be a non-empty string, got {shown(value)}")
     return value.strip()
 
 
@@ -185,17 +160,24 @@ def _log_ids(value: Any, default: float, where: str, name: str) -> list[tuple[st
     elif isinstance(value, list):
         items = value
     else:
-        raise ValueError(f"{label} must be an id, a list of ids, [id, weight] pairs or {{id: weight}}, got {_shown(value)}")
+        raise ValueError(f"{label} must be an id, a list of ids, [id, weight] pairs or {{id: weight}}, got {shown(value)}")
     pairs = []
     for item in items:
         if isinstance(item, str):
-            pairs.append(_relevance_pair((item, default), label))
+            pairs.append(check_pair((item, default), label))
         elif isinstance(item, (list, tuple)) and len(item) == 2:
-            pairs.append(_relevance_pair(tuple(item), label))
+            pairs.append(check_pair(tuple(item), label))
         else:
-            raise ValueError(f"{label}: each entry must be an id or an [id, weight] pair, got {_shown(item)}")
+            raise ValueError(f"{label}: each entry must be an id or an [id, weight] pair, got {shown(item)}")
     if not pairs:
         raise ValueError(f"{label} is empty; every query needs at least one relevant id")
+    return _with_relevant(pairs, label)
+
+
+def _with_relevant(pairs: list[tuple[str, float]], label: str) -> list[tuple[str, float]]:
+    """``pairs``, or ValueError when none has a weight > 0 (a query needs a relevant id)."""
+    if not has_relevant(w for _, w in pairs):
+        raise ValueError(f"{label} gives every id the weight 0; give at least one relevant id a weight > 0")
     return pairs
 
 
@@ -214,8 +196,9 @@ def _csv_log_rows(path: Path, query_field: str, ids_field: str, weight_field: st
             ids = [part.strip() for part in (row.get(ids_field) or "").split(LOG_ID_SEPARATOR) if part.strip()]
             if not ids:
                 raise ValueError(f"{where}: column {ids_field!r} is empty; list ids separated by {LOG_ID_SEPARATOR!r}")
-            weights = _csv_weights(row.get(weight_field), len(ids), f"{where}: column {weight_field!r}")
-            yield _LogRow(where, query, [(doc_id, weight) for doc_id, weight in zip(ids, weights)])
+            label = f"{where}: column {weight_field!r}"
+            weights = _csv_weights(row.get(weight_field), len(ids), label)
+            yield _LogRow(where, query, _with_relevant(list(zip(ids, weights)), label))
 
 
 def _csv_weights(cell: str | None, count: int, where: str) -> list[float]:
@@ -227,8 +210,8 @@ def _csv_weights(cell: str | None, count: int, where: str) -> list[float]:
     try:
         numbers = [float(part) for part in parts]
     except ValueError:
-        raise ValueError(f"{where}: the weight must be a number > 0, got {cell!r}") from None
-    values = [_weight(number, where) for number in numbers]
+        raise ValueError(f"{where}: the weight must be a number >= 0, got {cell!r}") from None
+    values = [check_weight(number, where) for number in numbers]
     return values * count if len(values) == 1 else values
 
 
@@ -245,7 +228,7 @@ def _check_known(rows: list[_LogRow], known_ids: Collection[str], on_unknown: On
             )
         dropped += len(unknown)
         pairs = [pair for pair in row.pairs if pair[0] in known]
-        if pairs:
+        if has_relevant(w for _, w in pairs):  # a query left with only 0-weight ids is dropped too
             kept.append(_LogRow(row.where, row.query, pairs))
     if dropped:
         logger.warning("dropped %d unknown ids; %d of %d queries left", dropped, len(kept), len(rows))
@@ -365,7 +348,7 @@ def load_beir(
         title = record.get("title") or ""
         text = record.get("text")
         if not isinstance(text, str) or not isinstance(title, str):
-            raise ValueError(f"{where}: fields 'text' and 'title' must be strings, got {_shown(text)}, {_shown(title)}")
+            raise ValueError(f"{where}: fields 'text' and 'title' must be strings, got {shown(text)}, {shown(title)}")
         corpus[doc_id] = (title, text)
     queries: dict[str, str] = {}
     for line_number, record in _read_jsonl(folder / "queries.jsonl"):
@@ -373,7 +356,7 @@ def load_beir(
         query_id = _beir_id(record, where)
         text = record.get("text")
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{where}: field 'text' must be a non-empty string, got {_shown(text)}")
+            raise ValueError(f"{where}: field 'text' must be a non-empty string, got {shown(text)}")
         queries[query_id] = text
     names = list(splits) if splits is not None else sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
     qrels = {name: _read_qrels(folder / "qrels" / f"{name}.tsv", corpus, queries, on_unknown) for name in names}
@@ -386,7 +369,7 @@ def _beir_id(record: dict[str, Any], where: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{where}: field '_id' must be a non-empty string, got {_shown(value)}")
+        raise ValueError(f"{where}: field '_id' must be a non-empty string, got {shown(value)}")
     return value
 
 

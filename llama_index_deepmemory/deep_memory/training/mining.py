@@ -1,9 +1,7 @@
-"""The training objective: a listwise softmax over candidate nodes, and where candidates come from.
-
-Candidates are the whole corpus when it is small enough (exact softmax), otherwise each batch's
-relevant nodes plus hard negatives mined from the store with ``search_vectors`` (bounded memory:
-the corpus is never loaded into torch). torch is imported inside functions only.
-"""
+"""Where a training batch's candidates come from: the whole corpus when it is small enough (exact
+softmax), otherwise each batch's relevant nodes plus hard negatives mined from the store with
+``search_vectors`` (bounded memory: the corpus is never loaded into torch). torch is imported
+inside functions only."""
 
 from __future__ import annotations
 
@@ -18,23 +16,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 logger = logging.getLogger(__name__)
-
-
-def store_scores(queries: "torch.Tensor", vectors: "torch.Tensor", metric: str) -> "torch.Tensor":
-    """Store-scale scores in torch; the query-norm term of l2 is dropped (constant per query)."""
-    dots = queries @ vectors.T
-    if metric == "l2":
-        return 2.0 * dots - (vectors * vectors).sum(1)[None, :]
-    return dots
-
-
-def listwise_loss(logits: "torch.Tensor", targets: "torch.Tensor", temperature: float) -> "torch.Tensor":
-    """Cross-entropy between each row's target distribution over candidates (relevance weights,
-    summing to 1) and the softmax of its scores divided by ``temperature``."""
-    import torch
-
-    log_probs = torch.log_softmax(logits / temperature, dim=1)
-    return -(targets * log_probs).sum(1).mean()
 
 
 MINE_BATCH = 1024  # queries per store search while mining
