@@ -99,14 +99,29 @@ def _plant(pristine: Path, target: Path, name: str, data: bytes) -> Path:
     if name == persistence.MANIFEST:
         (target / name).write_bytes(data)
         return target
+    if name in MODEL_LOCATION_FILES:  # the models' shared location beside the snapshot (dm-*/)
+        location = next(target.glob("dm-*"))
+        if name == "catalog.json":
+            (location / name).write_bytes(data)
+            return target
+        model = next((location / "models").glob("m-*"))
+        if name == "model.json":
+            (model / name).write_bytes(data)
+            return target
+        (model / name).write_bytes(data)  # the arrays: their size and sha256 in model.json fixed up
+        info = json.loads((model / "model.json").read_text())
+        info["arrays"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (model / "model.json").write_text(json.dumps(info))
+        return target
     (target / manifest["generation"] / name).write_bytes(data)
     manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (target / persistence.MANIFEST).write_text(json.dumps(manifest))
     return target
 
 
+MODEL_LOCATION_FILES = ["catalog.json", "model.json", "arrays.safetensors"]
 PERSISTED_FILES = ["slots.npy", "dead.npy", "index.faiss", "nodes.jsonl", "store.json",
-                   "deep_memory.json", "deep_memory.safetensors", persistence.MANIFEST]
+                   *MODEL_LOCATION_FILES, persistence.MANIFEST]
 
 
 def test_planted_pickles_in_a_persisted_store_are_refused(persisted: Path, tmp_path: Path) -> None:
