@@ -211,7 +211,6 @@ class AdapterMemoryModel(DeepMemoryModel):
                 f"far_lexical_weight={self.far_lexical_weight} needs the training queries as gate_keys; "
                 "train the model (training supplies them) or pass far_lexical_weight=0"
             )
-        self._plan_cache: tuple | None = None  # see _plans()
         self._check_shapes()
         # the query path reads the adapter's difference from identity, memory vectors and unit keys
         # as int8 codes (a quarter of the bytes, read right after a FAISS scan has flushed the
@@ -226,6 +225,7 @@ class AdapterMemoryModel(DeepMemoryModel):
         )
         self._unit_keys = self._key_codes * self._key_scales[:, None]
         self._prepare_query_path()
+        self._make_plans()
         self.fallback = None  # the gate's model (adapter only, own keyword weight), see route()
         if self.gate_threshold > 0 and n_mem:
             self.fallback = AdapterMemoryModel(
@@ -274,6 +274,7 @@ class AdapterMemoryModel(DeepMemoryModel):
             if training_queries is None or not len(training_queries):
                 raise ValueError(f"far_weight={far_weight} needs the training queries; pass training_queries")
             keyed._set_gate_keys(_checked_gate(0.0, training_queries, 0, self.dim)[1])
+        keyed._make_plans()
         return keyed
 
     def _set_gate_keys(self, keys: np.ndarray | None) -> None:
@@ -342,14 +343,15 @@ class AdapterMemoryModel(DeepMemoryModel):
         self._link_ptr = np.searchsorted(self.link_key[order], np.arange(len(self.key_vectors) + 1))
         self._link_node_by_key = self.link_node[order]
         self._link_weight_by_key = self.link_weight[order]
-        # the compiled single-query kernel's arguments after the query (none without memory nodes)
+        # the compiled kernel's arguments after the queries
         self._single_shape = (1, self.dim)
+        self._memory_set = frozenset(self.memory_ids)
         self._kernel_args = (
             self._residual_codes, self._residual_scales, self._bias, self.metric == "cosine",
             self._score_codes, self._score_scales, n_mem, self._memory_sq, self.metric == "l2",
             self._key_weight32, self._key_threshold32, self._link_ptr, self._link_node_by_key,
             self._link_weight_by_key,
-        ) if n_mem else ()
+        )
 
     # --- query time ---------------------------------------------------------------------
     def transform_queries(self, queries: np.ndarray) -> np.ndarray:
@@ -361,21 +363,22 @@ class AdapterMemoryModel(DeepMemoryModel):
 
     @checks_own_output
     def apply(self, queries: np.ndarray) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
-        """``transform_queries`` and ``overrides`` in one compiled pass for a single float32 query
-        (the store's case); batches and installs without numba take the numpy path."""
+        """``transform_queries`` and ``overrides`` in one compiled pass over the query rows
+        (single queries and batches alike; ``transform_queries`` and ``overrides`` are the numpy
+        reference); installs without numba take the numpy path."""
         kernels = compiled_kernels()
-        if (
-            kernels is None
-            or type(queries) is not np.ndarray
-            or queries.shape != self._single_shape
-            or queries.dtype != np.float32
-            or not self._kernel_args
-        ):
+        queries = np.asarray(queries)
+        if kernels is None or queries.ndim != 2 or queries.shape[1] != self.dim:
             return super().apply(queries)
-        transformed, scores, finite = kernels.adapter_memory_scores(queries, *self._kernel_args)
+        transformed, scores, finite = kernels.adapter_memory_scores(
+            np.ascontiguousarray(queries, dtype=np.float32), *self._kernel_args)
         if not finite:
             checked_transform(queries, transformed)  # raises the numpy path's error
         return transformed, self.memory_ids, scores
+
+    def override_set(self, ids: Sequence[str]) -> frozenset[str]:
+        """The memory ids as a set (made once)."""
+        return self._memory_set if ids is self.memory_ids or tuple(ids) == self.memory_ids else frozenset(ids)
 
     def _add_key_bonus(self, scores: np.ndarray, key_sims: np.ndarray) -> None:
         """Add ``key_weight * max_t w_tn * relu(sim(q, k_t) - threshold)`` to ``scores`` (m, n_mem).
@@ -440,15 +443,15 @@ class AdapterMemoryModel(DeepMemoryModel):
         return [near if c else far for c in close.tolist()]
 
     def _plans(self) -> tuple[KeywordPlan, KeywordPlan | None]:
-        """The plans of ``lexical_weight`` and ``far_lexical_weight`` (None when off), made once
-        per setting (a query path with many small objects is slow right after a vector scan)."""
-        setting = (self.lexical, self.lexical_weight, self.far_lexical_weight)
-        cached = self._plan_cache
-        if cached is None or cached[0][0] is not setting[0] or cached[0][1:] != setting[1:]:
-            far = KeywordPlan(self.lexical, self.far_lexical_weight) if self.far_lexical_weight > 0 else None
-            cached = (setting, (KeywordPlan(self.lexical, self.lexical_weight), far))
-            self._plan_cache = cached
-        return cached[1]
+        """The plans of ``lexical_weight`` and ``far_lexical_weight`` (None when off)."""
+        return self._keyword_plans
+
+    def _make_plans(self) -> None:
+        """Make the keyword plans once per setting (a model is not changed after its making)."""
+        far = (KeywordPlan(self.lexical, self.far_lexical_weight, self.memory_ids)
+               if self.far_lexical_weight > 0 and self.lexical is not None else None)
+        near = KeywordPlan(self.lexical, self.lexical_weight, self.memory_ids) if self.lexical is not None else None
+        self._keyword_plans = (near, far)
 
     def rerank(
         self,
