@@ -412,7 +412,7 @@ def deep_memory_overhead(name: str, backend: Backend, store: Any, vectors: np.nd
     n = len(vectors)
     model, memory_unit = trained_like_model(vectors, args.memory_nodes, args.keys, rng, node_id=node_id)
     texts = [t for s in range(0, n, args.batch) for t in texts_for(s, min(s + args.batch, n), args.seed, args.words)]
-    model.lexical, model.lexical_weight = LexicalIndex([node_id(i) for i in range(n)], texts), 0.2
+    model = model.replace(lexical=LexicalIndex([node_id(i) for i in range(n)], texts), lexical_weight=0.2)
     del texts
     face = store if name.startswith("ours") else DeepMemoryVectorStore(vector_store=store, model_dir=work / "models")
     face.deep_memory._models["bench"] = model  # a hand-made model (no public API registers one)
