@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         transformed, ids, scores = timed("adapter + memory scores (apply kernel)", lambda: ranking._applied(model, q))
         usable = timed("usable override ids (cached)", lambda: view.usable_ids(ids))
         overridden = model.override_set(ids)
-        over_rows, flags = plan.override_rows(ids)
+        over_rows, flags, _ = plan.override_rows(ids)
         hit_scores, hit_rows, id_at = timed("keywords: plain search as keyword rows, 66 hits (FAISS scan)",
                                             lambda: view.search_rows(transformed, 66, None, plan.index))
         terms = timed("keywords: query term ids (regex)", lambda: plan.index.query_term_ids(text))

@@ -118,10 +118,10 @@ class KeywordPlan:
             return scores
         return np.asarray(scores, dtype=np.float32) + np.float32(self.weight / best) * keyword
 
-    def override_rows(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def override_rows(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(the index rows of override ``ids`` (-1: unindexed), a flag per index row marking
-        them, plus a last cell for row -1, False). Kept for :attr:`override_ids` while the index
-        uses the same nodes (``n_used``, which only drops)."""
+        them, plus a last cell for row -1, False; the positions of the unindexed ids). Kept for
+        :attr:`override_ids` while the index uses the same nodes (``n_used``, which only drops)."""
         own = ids is self.override_ids or tuple(ids) == self.override_ids
         used = self.index.n_used
         kept = self._rows.get(used) if own else None
@@ -129,7 +129,7 @@ class KeywordPlan:
             rows = np.asarray(self.index.rows_of(list(ids)), dtype=np.int64)
             flags = np.zeros(len(self.index) + 1, dtype=bool)
             flags[rows[rows >= 0]] = True
-            kept = (rows, flags)
+            kept = (rows, flags, np.flatnonzero(rows < 0))
             if own:
                 self._rows.clear()
                 self._rows[used] = kept

@@ -134,7 +134,7 @@ class _Row:
         if search_rows is None:
             return None
         index = plan.index
-        over_rows, flags = plan.override_rows(self.override_ids)
+        over_rows, flags, unindexed = plan.override_rows(self.override_ids)
         asked = self.depth + _margin(len(self.override_ids), self.depth)
         terms = index.query_term_ids(text)
         while True:
@@ -143,10 +143,10 @@ class _Row:
                 return None
             scores, rows, id_at = hits
             keep = ~flags[rows]  # flags' last cell (row -1) is False
-            if len(over_rows) and over_rows.min() < 0:  # an override node unindexed: tell it by id
+            if len(unindexed):  # an override node unindexed: tell it by id
                 for p in np.flatnonzero(rows < 0).tolist():
                     keep[p] = id_at(p) not in self.overridden
-            given = self._text_scores(plan, text, rows, keep, self.usable, over_rows, id_at)
+            given = self._text_scores(plan, text, rows, keep, self.usable, unindexed, id_at)
             out_scores, sources, complete = self.rank_row(
                 scores, keep, rows, self.override_scores[0], self.usable, over_rows, given, *index.postings,
                 terms, float(plan.weight), self.head, self.depth, self.k, asked)
@@ -173,8 +173,8 @@ class _Row:
         depth, k = self.depth, (self.k if keywords or not self.head else self.depth)
         if keywords:
             index = plan.index
-            rows, (over_rows, _) = index.rows_of(ids), plan.override_rows(self.override_ids)
-            given = self._text_scores(plan, text, rows, keep, over_keep, over_rows, ids.__getitem__)
+            rows, (over_rows, _, unindexed) = index.rows_of(ids), plan.override_rows(self.override_ids)
+            given = self._text_scores(plan, text, rows, keep, over_keep, unindexed, ids.__getitem__)
             postings, terms, weight = index.postings, index.query_term_ids(text), float(plan.weight)
         else:
             rows = over_rows = _NO_ROWS
@@ -190,18 +190,20 @@ class _Row:
         return out_scores[: self.k], nodes[: self.k]
 
     def _text_scores(self, plan: KeywordPlan, text: str, rows: np.ndarray, keep: np.ndarray, over_keep: np.ndarray,
-                     over_rows: np.ndarray, id_at: Callable[[int], str]) -> np.ndarray:
+                     unindexed: np.ndarray, id_at: Callable[[int], str]) -> np.ndarray:
         """BM25 from their current texts of the unindexed candidates that may reach the re-scored
         head (plain hits among the first ``head`` kept, usable override nodes), aligned to the
         kernel's pool (plain hits, then override nodes); empty when there are none (the usual case)."""
+        if not len(unindexed) and (not len(rows) or rows.min() >= 0):
+            return _NO_SCORES
         plain_at = np.flatnonzero(keep)[: self.head]
         plain_at = plain_at[rows[plain_at] < 0]
-        over_at = np.flatnonzero(over_keep & (over_rows < 0)) if len(over_rows) else _NO_ROWS
+        over_at = unindexed[over_keep[unindexed]]
         if not len(plain_at) and not len(over_at):
             return _NO_SCORES
         ids = [id_at(p) for p in plain_at.tolist()] + [self.override_ids[j] for j in over_at.tolist()]
         positions = np.concatenate([plain_at, len(rows) + over_at])
-        out = np.zeros(len(rows) + len(over_rows), dtype=np.float32)
+        out = np.zeros(len(rows) + len(over_keep), dtype=np.float32)
         out[positions] = plan.index.text_scores(text, np.full(len(ids), -1, np.int64), self.store.texts_of(ids))
         return out
 
