@@ -40,11 +40,16 @@ _NO_SCORES = np.zeros(0, dtype=np.float32)
 _NO_POSTINGS = (np.zeros((1, 2), dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
 
 
+_loaded: list[Any] = []  # the kernels module, once imported
+
+
 def _kernels() -> Any:
     """The ranking kernels (imported on first use: plain queries never load numba)."""
-    from llama_index_deepmemory.deep_memory import kernels
+    if not _loaded:
+        from llama_index_deepmemory.deep_memory import kernels
 
-    return kernels
+        _loaded.append(kernels)
+    return _loaded[0]
 
 
 def rank(
@@ -257,7 +262,8 @@ def _search_rows_of(store: "StoreView", transformed: np.ndarray, rows: list[int]
                     filters: Any) -> list[Hits]:
     """The plain top ``asked[j]`` of query row ``rows[j]``, in one batched search."""
     deepest = max(asked)
-    scores, ids = store.search_vectors(transformed[rows], deepest, filters=filters)
+    asked_rows = transformed if len(rows) == len(transformed) else transformed[rows]
+    scores, ids = store.search_vectors(asked_rows, deepest, filters=filters)
     out = []
     for j, wanted in enumerate(asked):
         row_ids = list(ids[j])[:wanted]
