@@ -271,6 +271,16 @@ def test_ranking_kernel_equals_merge_rescore_and_stable_sorts_in_numpy() -> None
     assert 10 < n_unindexed < 200 and 10 < n_deeper < 150
 
 
+def test_kept_rows_equals_numpy() -> None:
+    """``kept_rows``: a hit is kept unless its row is flagged (row -1 reads the last flag, False)."""
+    rng = np.random.default_rng(14)
+    for _ in range(50):
+        flags = np.concatenate([rng.random(30) < 0.3, [False]])
+        rows = rng.integers(-1, 30, size=int(rng.integers(0, 40)))
+        keep, unindexed = kernels.kept_rows(rows, flags)
+        assert keep.tolist() == (~flags[rows]).tolist() and unindexed == bool((rows < 0).any())
+
+
 def test_stable_top_ranks_as_a_stable_descending_sort() -> None:
     """Ties in input order and NaN last, by insertion (small k) or by sorting (large k)."""
     rng = np.random.default_rng(9)

@@ -130,7 +130,8 @@ class _Row:
         self.override_ids, self.override_scores, self.usable = override_ids, override_scores, usable
         self.overridden = model.override_set(override_ids)
         self.head, self.depth, self.k = head, depth, k
-        self.rank_row = _kernels().rank_row
+        self.kernels = _kernels()
+        self.rank_row = self.kernels.rank_row
 
     def by_keyword_rows(self, transformed: np.ndarray, plan: KeywordPlan, text: str) -> tuple[np.ndarray, list[str]] | None:
         """One keyword query over a store that hands out its hits' keyword-index rows
@@ -147,11 +148,12 @@ class _Row:
             if hits is None:
                 return None
             scores, rows, id_at = hits
-            keep = ~flags[rows]  # flags' last cell (row -1) is False
+            keep, unindexed_hit = self.kernels.kept_rows(rows, flags)
             if len(unindexed):  # an override node unindexed: tell it by id
                 for p in np.flatnonzero(rows < 0).tolist():
                     keep[p] = id_at(p) not in self.overridden
-            given = self._text_scores(plan, text, rows, keep, self.usable, unindexed, id_at)
+            given = (self._text_scores(plan, text, rows, keep, self.usable, unindexed, id_at)
+                     if unindexed_hit or len(unindexed) else _NO_SCORES)
             out_scores, sources, complete = self.rank_row(
                 scores, keep, rows, self.override_scores[0], self.usable, over_rows, given, *index.postings,
                 terms, float(plan.weight), self.head, self.depth, self.k, asked)
