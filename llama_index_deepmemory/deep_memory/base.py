@@ -31,8 +31,8 @@ _kernels: list[ModuleType | None] = []  # filled once by compiled_kernels()
 
 
 def compiled_kernels() -> ModuleType | None:
-    """The compiled single-query kernels (``deep_memory.kernels``), or None without numba: the
-    numpy paths then compute the same results, slower. Imported on first use, so importing the
+    """The compiled kernels (``deep_memory.kernels``), or None without numba: models then apply
+    on numpy (the ranking runs the kernels as plain Python), the same results, slower. Imported on first use, so importing the
     package and querying without Deep Memory never load numba."""
     if not _kernels:
         with _kernels_lock:

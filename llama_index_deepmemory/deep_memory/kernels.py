@@ -6,7 +6,8 @@
 * ``rank_row``: THE ranking of one query row (merge of plain hits and override scores, the
   "searched deep enough" test, BM25 fusion of the fixed re-scored head, top k). Every ranking
   (``deep_memory.ranking.rank``: single queries, batches, training's validation, every backend)
-  runs it; numpy references live in the tests only.
+  runs it; numpy references live in the tests only;
+* ``kept_rows``: which plain hits given as keyword-index rows are not override nodes (its input).
 
 Without numba (an install that cannot import it) the same functions run as plain Python: the
 same results, slower.
