@@ -533,7 +533,7 @@ def deep_memory_overhead(name: str, backend: Backend, store: Any, vectors: np.nd
     else:  # as training reads them: the engine's own listing (which also names its stored ids)
         pages = list(face.iter_texts())
         ids, texts = [i for p, _ in pages for i in p], [t for _, batch in pages for t in batch]
-    model.lexical, model.lexical_weight = LexicalIndex(ids, texts), 0.2
+    model = model.replace(lexical=LexicalIndex(ids, texts), lexical_weight=0.2)
     del texts, ids
     face.deep_memory._models["bench"] = model  # a hand-made model (no public API registers one)
     t0 = time.perf_counter()

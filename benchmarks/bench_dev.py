@@ -268,8 +268,7 @@ def fusion_candidates(view, vectors: np.ndarray, model, texts: list[str]) -> Fus
 
     dense = None
     if model is not None:
-        dense = copy.copy(model)  # arrays shared; lexical weight 0 = no re-scoring (rerank_depth 0)
-        dense.lexical_weight = 0.0
+        dense = model.replace(lexical_weight=0.0)  # lexical weight 0 = no re-scoring (rerank_depth 0)
         if getattr(dense, "fallback", None) is not None:
             raise ValueError("--variants fusion measures models without a gate (gate_threshold=0)")
     scores, ids = rank(view, view.prepare_queries(vectors), dense, FUSION_MAX_DEPTH, texts=None)
@@ -562,8 +561,7 @@ def fusion_latency(view, split: DevSplit, repeats: int = 5) -> str:
         view, split.train_vectors, split.train.relevance, options=TrainOptions(), query_texts=split.train.query_texts
     )
     model = result.model
-    dense = copy.copy(model)
-    dense.lexical_weight = 0.0
+    dense = model.replace(lexical_weight=0.0)
     prepared = view.prepare_queries(split.test_vectors)
     saved = models_module.LEXICAL_DEPTH
     times: dict[str, list[float]] = {}

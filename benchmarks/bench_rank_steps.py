@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from llama_index_deepmemory import DeepMemoryVectorStore
     from llama_index_deepmemory.deep_memory import ranking
-    from llama_index_deepmemory.deep_memory.base import compiled_kernels
+    from llama_index_deepmemory.deep_memory import kernels
     from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 
     faiss.omp_set_num_threads(1)
@@ -46,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     del nodes
     view = store._backend._held  # the view a query ranks over (the store's lock is not taken here)
     model, memory_unit = trained_like_model(vectors, 1000, 1000, rng)
-    model.lexical, model.lexical_weight = LexicalIndex([f"node-{i}" for i in range(n)], synthetic_texts(n, 100, rng)), 0.1
+    model = model.replace(lexical=LexicalIndex([f"node-{i}" for i in range(n)], synthetic_texts(n, 100, rng)), lexical_weight=0.1)
     raw = rng.normal(size=(args.queries, dim)).astype(np.float32)
     near = memory_unit[rng.integers(0, len(memory_unit), args.queries)] + 0.8 * raw / np.sqrt(dim)
     queries = [store._backend.prepare_queries(near[i] if i % 2 == 0 else raw[i]) for i in range(args.queries)]
     texts = synthetic_texts(args.queries, 8, rng)
-    plan, kernels, index = model.keyword_plan(), compiled_kernels(), store.client
+    plan, index = model.keyword_plan(), store.client
     times: dict[str, list[float]] = {}
 
     def timed(label, step):
@@ -63,25 +63,29 @@ def main(argv: list[str] | None = None) -> int:
 
     for _ in range(2):  # the store keeps its row per slot from the second ask at an unchanged store
         view.search_rows(queries[0], 66, None, plan.index)
+    none = np.zeros(0, np.int64)
     for q, text in zip(queries, texts):
         transformed, ids, scores = timed("adapter + memory scores (apply kernel)", lambda: ranking._applied(model, q))
         usable = timed("usable override ids (cached)", lambda: view.usable_ids(ids))
-        overridden = ranking._id_set(ids)
-        marked = ranking._override_rows(plan, ids)
+        overridden = model.override_set(ids)
+        over_rows, flags, _ = plan.override_rows(ids)
         hit_scores, hit_rows, id_at = timed("keywords: plain search as keyword rows, 66 hits (FAISS scan)",
                                             lambda: view.search_rows(transformed, 66, None, plan.index))
         terms = timed("keywords: query term ids (regex)", lambda: plan.index.query_term_ids(text))
-        status, _, picks = timed("keywords: merge + BM25 fusion + top 10 (one kernel call)", lambda: kernels.merge_keyword_top(
-            hit_scores, hit_rows, marked[1], scores[0], usable, marked[0], *plan.index.postings, terms, plan.weight, 50, 10, 66))
+        keep = timed("keywords: which hits are override nodes (by row)", lambda: ~flags[hit_rows])
+        _, picks, _ = timed("keywords: rank_row (merge + BM25 fusion + top 10)", lambda: kernels.rank_row(
+            hit_scores, keep, hit_rows, scores[0], usable, over_rows, np.zeros(0, np.float32), *plan.index.postings,
+            terms, plan.weight, 50, 50, 10, 66))
         timed("keywords: ids of the 10 returned", lambda: [id_at(p) if p >= 0 else ids[-1 - p] for p in picks.tolist()])
         plain_scores, plain_ids = timed("dense: plain search, 26 ids (FAISS scan)",
                                         lambda: view.search_vectors(transformed, 26))
         row = plain_ids[0]
-        timed("dense: completeness check (26 set lookups)", lambda: len(row) - len(overridden.intersection(row)))
         keep = timed("dense: which hits are override nodes (26 set lookups)",
-                     lambda: np.array([node not in overridden for node in row], dtype=bool))
-        timed("dense: merge (kernel)",
-              lambda: ranking._merged_row(kernels, plain_scores[0][: len(row)], keep, scores[0], usable, 10))
+                     lambda: np.fromiter((node not in overridden for node in row), dtype=bool, count=len(row)))
+        timed("dense: rank_row (merge + top 10)", lambda: kernels.rank_row(
+            plain_scores[0], keep, none, scores[0], usable, none, np.zeros(0, np.float32),
+            np.zeros((1, 2), np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32),
+            0.0, 0, 10, 10, 26))
         timed("whole rank(), keywords", lambda: ranking.rank(view, q, model, 10, texts=[text]))
         timed("whole rank(), dense", lambda: ranking.rank(view, q, model, 10))
         timed("plain search, 10 ids (FAISS scan)", lambda: view.search_vectors(q, 10))

@@ -220,11 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"keyword index of {args.n} texts x {args.keyword_words} words built in {time.perf_counter() - t0:.1f}s")
         # keyword weight 0.1, and (training's opt-in far_keyword_weight) args.far_weight for queries
         # whose cosine to every training query (the keys) is below 0.6
-        far = dict(far_weight=args.far_weight, far_cosine=0.6, training_queries=model.key_vectors) if args.far_weight else {}
-        model = model.with_keywords(lexical, 0.1, **far)
+        far = dict(far_lexical_weight=args.far_weight, far_cosine=0.6, gate_keys=model.key_vectors) if args.far_weight else {}
+        # the gate's fallback (if any) re-scores too, with its own weight
+        model = model.replace(lexical=lexical, lexical_weight=0.1, **far,
+                              fallback_lexical_weight=0.2 if model.fallback is not None else 0.0)
         store.deep_memory._models["bench"] = model
-        if model.fallback is not None:  # the gate's fallback re-scores too, with its own weight
-            model.fallback.lexical, model.fallback.lexical_weight = lexical, 0.2
         strings = synthetic_texts(len(dm_queries), 8, rng)
         pairs_with_text = list(zip(dm_queries, strings))
         lex_q, plain_q = p50_pair(

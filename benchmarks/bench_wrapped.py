@@ -104,7 +104,7 @@ def bench_overhead(n: int, dim: int, n_queries: int, seed: int) -> None:
     texts = synthetic_texts(n, 100, rng)
     nodes = text_nodes(ids, texts, vectors)
     model, _ = trained_like_model(vectors, 1000, 1000, rng)
-    model.lexical, model.lexical_weight = LexicalIndex(ids, texts), 0.2
+    model = model.replace(lexical=LexicalIndex(ids, texts), lexical_weight=0.2)
     queries = rng.normal(size=(n_queries, dim)).astype(np.float32)
     query_texts = synthetic_texts(n_queries, 8, rng)
     embedded = DeepMemoryVectorStore()

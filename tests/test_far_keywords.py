@@ -24,8 +24,8 @@ def far_model(task: KeywordTask, far_weight: float = FAR_WEIGHT) -> AdapterMemor
     """The hand-made memory model of the gate tests without a gate: memory pulled towards the
     first 20 queries (the "training queries"), a small keyword weight near them, a large one far."""
     model, _ = gated_model(task, threshold=0.0, keywords=True)
-    return model.with_keywords(
-        model.lexical, NEAR_WEIGHT, far_weight=far_weight, far_cosine=FAR_COSINE, training_queries=task.queries[:20])
+    return model.replace(lexical_weight=NEAR_WEIGHT, far_lexical_weight=far_weight, far_cosine=FAR_COSINE,
+                         gate_keys=task.queries[:20])
 
 
 def reference_ids(task: KeywordTask, model, queries: np.ndarray, texts: list[str], k: int, allowed=None) -> list[list[str]]:
@@ -80,7 +80,7 @@ def test_store_query_batches_and_rank_equal_brute_force(served, filters, k: int)
                 query_embedding=task.queries[i].tolist(), similarity_top_k=k, query_str=task.texts[i], filters=filters)
             assert store.query(query, deep_memory=True).ids == expected[i], f"query {i}"
     # the rule changes rankings: one weight for every query ranks differently
-    one_weight = model.with_keywords(model.lexical, NEAR_WEIGHT)
+    one_weight = model.replace(far_lexical_weight=0.0, far_cosine=0.0)
     assert rank(store, prepared, one_weight, k, texts=task.texts, filters=filters)[1] != expected
 
 
@@ -100,11 +100,11 @@ def test_bad_far_settings_are_refused(served) -> None:
     with pytest.raises(ValueError, match="needs the training queries as gate_keys"):
         AdapterMemoryModel(DIM, lexical=model.lexical, lexical_weight=0.1, far_lexical_weight=0.3, far_cosine=0.6)
     with pytest.raises(ValueError, match="far_cosine must be a cosine in \\[0, 1\\].*1.5"):
-        model.with_keywords(model.lexical, 0.1, far_weight=0.3, far_cosine=1.5, training_queries=task.queries)
+        model.replace(lexical_weight=0.1, far_lexical_weight=0.3, far_cosine=1.5, gate_keys=task.queries)
     with pytest.raises(ValueError, match="far_lexical_weight must be a finite number >= 0, got -1"):
-        model.with_keywords(model.lexical, 0.1, far_weight=-1, training_queries=task.queries)
+        model.replace(lexical_weight=0.1, far_lexical_weight=-1, gate_keys=task.queries)
     with pytest.raises(ValueError, match="needs the training queries"):
-        model.with_keywords(model.lexical, 0.1, far_weight=0.3, far_cosine=0.6)
+        model.replace(lexical_weight=0.1, far_lexical_weight=0.3, far_cosine=0.6, gate_keys=None)
     with pytest.raises(ValueError, match="far_keyword_weight must be a finite number >= 0.*nan"):
         TrainOptions.from_kwargs({"far_keyword_weight": float("nan")})
     with pytest.raises(ValueError, match="far_keyword_cosine must be a cosine in \\[0, 1\\].*-0.2"):
@@ -126,7 +126,7 @@ def test_validation_judges_the_far_rule_it_serves(served) -> None:
     ctx = training._Context(store, options, None, None)
     (weight, judged), = training._lexical_grid(store, [fold], [model], [{}], model.lexical, [NEAR_WEIGHT], ctx)
     served_rule = training._evaluate(store, fold.val, model)  # the model's keys are these 20 queries
-    one_weight = training._evaluate(store, fold.val, model.with_keywords(model.lexical, NEAR_WEIGHT))
+    one_weight = training._evaluate(store, fold.val, model.replace(far_lexical_weight=0.0, far_cosine=0.0))
     np.testing.assert_array_equal(judged.per_query, served_rule.per_query)
     assert not np.array_equal(judged.per_query, one_weight.per_query)
     # a chosen weight at least the far weight serves every query alike: no rule, no per-query cost

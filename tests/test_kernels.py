@@ -1,8 +1,9 @@
 """Compiled (numba) kernels against the numpy paths they replace.
 
 The numpy paths are the reference: ``transform_queries`` + ``overrides`` for the adapter kernel,
-a stable sort of the merge pool for ``merge_row``, ``KeywordPlan.rescore`` + a stable sort for the
-keyword kernel. The ``numpy_only`` fixture runs the store as an install without numba would.
+a stable sort of the merge pool and ``KeywordPlan.rescore`` + a stable sort of its head for the
+ranking kernel ``rank_row``. The ``numpy_only`` fixture applies models on numpy, as an install
+without numba would.
 """
 
 from __future__ import annotations
@@ -185,6 +186,15 @@ def test_memory_nodes_crowding_the_plain_hits_are_searched_past() -> None:
     assert ids == [f"n{i}" for i in np.argsort(-scores, kind="stable")[:5]]
 
 
+def _rank_row(plain, keep, over, over_keep, depth, k=None, asked=None):
+    """``rank_row`` without keywords: the merge alone."""
+    none = np.zeros(0, np.int64)
+    return kernels.rank_row(plain, keep, none, over, over_keep, none, np.zeros(0, np.float32),
+                            np.zeros((1, 2), np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32),
+                            np.zeros(0, np.int32), 0.0, 0, depth, depth if k is None else k,
+                            len(plain) + 1 if asked is None else asked)
+
+
 def test_merge_kernel_keeps_ties_in_the_reference_order() -> None:
     """Integer scores make ties everywhere: kept plain hits first, then kept override nodes in
     their order, as a stable sort of that pool ranks them; depth above the insertion limit too."""
@@ -196,95 +206,79 @@ def test_merge_kernel_keeps_ties_in_the_reference_order() -> None:
         keep = rng.random(n_plain) < 0.7
         over = rng.integers(0, 6, size=n_over).astype(np.float32)
         over_keep = rng.random(n_over) < 0.8
-        out_scores, out_sources = kernels.merge_row(plain, keep, over, over_keep, depth)
+        out_scores, out_sources, complete = _rank_row(plain, keep, over, over_keep, depth)
         pool = np.concatenate([plain[keep], over[over_keep]])
         sources = np.concatenate([np.flatnonzero(keep), -1 - np.flatnonzero(over_keep)])
         order = np.argsort(-pool, kind="stable")[:depth]
-        assert out_sources.tolist() == sources[order].tolist()
+        assert complete and out_sources.tolist() == sources[order].tolist()
         np.testing.assert_array_equal(out_scores, pool[order])
 
 
-def test_keyword_kernel_equals_rescore_and_a_stable_sort() -> None:
-    """``KeywordPlan.ranked`` (compiled) against ``rescore`` + ``np.argsort(kind="stable")``,
-    with unindexed candidates scored from their texts and rows outside the index refused."""
-    rng = np.random.default_rng(6)
-    ids = [f"n{i}" for i in range(200)]
-    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 12)))) for _ in ids]
-    plan = base.KeywordPlan(LexicalIndex(ids, texts), 0.3)
-    for trial in range(200):
-        n = int(rng.integers(1, 60))
-        rows = rng.integers(-1, len(ids), size=n)
-        scores = rng.integers(0, 4, size=n).astype(np.float32) / 4  # ties
-        node_texts = [" ".join(rng.choice(WORDS, size=3)) if r < 0 else None for r in rows]
-        query = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 5))))
-        fused = np.asarray(plan.rescore(query, rows, scores, node_texts), dtype=np.float32)
-        order = np.argsort(-fused, kind="stable")
-        positions, ranked = plan.ranked(query, rows, scores, node_texts)
-        assert positions.tolist() == order.tolist()
-        np.testing.assert_array_equal(ranked, fused[order])
-        asked = []  # texts as a function: asked once, for the unindexed positions only
-        positions, ranked = plan.ranked(query, rows, scores, lambda at: asked.append(at) or [node_texts[j] for j in at])
-        assert positions.tolist() == order.tolist() and asked == ([np.flatnonzero(rows < 0).tolist()] if (rows < 0).any() else [])
-    with pytest.raises(ValueError, match="rows of the keyword index"):
-        plan.ranked("w1", np.array([0, 200]), np.zeros(2, np.float32))
-
-
-def test_fused_merge_and_keyword_kernel_equals_the_two_steps_in_numpy() -> None:
-    """``merge_keyword_top`` against the numpy merge (a plain hit dropped when its row is an
-    override node's) to the top max(k, depth), ``rescore`` + a stable sort of its first ``depth``,
-    the rest after them, cut to k (k above depth too); with ties, depth above the insertion
-    limit, plain rows longer than the hits; status -2 exactly when an unindexed node reaches the
-    top ``depth``, -3 exactly when ``_plain_search`` would search deeper."""
+def test_ranking_kernel_equals_merge_rescore_and_stable_sorts_in_numpy() -> None:
+    """``rank_row`` against the numpy steps: merge (a plain hit dropped when it is an override
+    node) to the top max(k, head), ``KeywordPlan.rescore`` (unindexed candidates scored from
+    their texts) + a stable sort of its first ``head``, the rest after them, cut to k (k above
+    head too); with ties, head above the insertion limit, plain scores longer than the hits;
+    incomplete exactly when the plain hits may miss a merged top candidate."""
     rng = np.random.default_rng(11)
     ids = [f"n{i}" for i in range(300)]
     plan = base.KeywordPlan(LexicalIndex(ids, [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 12)))) for _ in ids]), 0.3)
     spans, doc_terms, doc_weights = plan.index.postings
     n_unindexed = n_deeper = 0
     for trial in range(400):
-        depth = int(rng.integers(1, 12)) if trial % 4 else int(rng.integers(60, 90))
-        k = int(rng.integers(1, depth + 3)) if trial % 3 else int(rng.integers(1, 2 * depth + 20))
-        reach = max(k, depth)
+        head = int(rng.integers(1, 12)) if trial % 4 else int(rng.integers(60, 90))
+        k = int(rng.integers(1, head + 3)) if trial % 3 else int(rng.integers(1, 2 * head + 20))
+        depth = max(k, head)
         rows = rng.permutation(len(ids))
-        over_rows = rows[: int(rng.integers(0, 40))]
+        over_rows = rows[: int(rng.integers(0, 40))].copy()
         plain_rows = rows[rng.integers(0, 20): ][: int(rng.integers(0, depth + 16))].copy()  # overlaps the overrides
         if trial % 5 == 0 and len(plain_rows):
             plain_rows[rng.integers(0, len(plain_rows))] = -1  # a node added after the index was built
+        if trial % 7 == 0 and len(over_rows):
+            over_rows[rng.integers(0, len(over_rows))] = -1  # a memory node rewritten since
         plain = -np.sort(-rng.integers(0, 5, size=len(plain_rows))).astype(np.float32) / 4
         over = rng.integers(0, 6, size=len(over_rows)).astype(np.float32) / 4
         usable = rng.random(len(over_rows)) < 0.8
         flags = np.zeros(len(ids), bool)
-        flags[over_rows] = True
-        query_terms = plan.index.query_term_ids(" ".join(rng.choice(WORDS, size=int(rng.integers(0, 5)))))
-        longer = np.concatenate([plain, np.full(3, -9.0, np.float32)])  # the kernel reads len(plain_rows) scores
-        asked = len(plain_rows) + int(rng.integers(0, 2))  # fewer hits than asked: every allowed node found
-        status, out_scores, out_sources = kernels.merge_keyword_top(
-            longer, plain_rows, flags, over, usable, over_rows, spans, doc_terms, doc_weights, query_terms, 0.3,
-            depth, k, asked)
+        flags[over_rows[over_rows >= 0]] = True
         keep = (plain_rows < 0) | ~flags[np.maximum(plain_rows, 0)]
+        query = " ".join(rng.choice(WORDS, size=int(rng.integers(0, 5))))
+        all_rows = np.concatenate([plain_rows, over_rows]).astype(np.int64)
+        texts = [" ".join(rng.choice(WORDS, size=3)) if r < 0 else None for r in all_rows]
+        given = plan.index.text_scores(query, all_rows, texts)
+        longer = np.concatenate([plain, np.full(3, -9.0, np.float32)])  # the kernel reads len(keep) scores
+        asked = len(plain_rows) + int(rng.integers(0, 2))  # fewer hits than asked: every allowed node found
+        out_scores, out_sources, complete = kernels.rank_row(
+            longer, keep, plain_rows, over, usable, over_rows, given, spans, doc_terms, doc_weights,
+            plan.index.query_term_ids(query), 0.3, head, depth, k, asked)
         reaching = int((over[usable] >= plain[-1]).sum()) if len(plain) else 0
-        if len(plain_rows) >= asked and keep.sum() < reach and (not len(plain) or keep.sum() + reaching < reach):
-            n_deeper += 1  # an unfetched node may belong to the top `depth`
-            assert status == -3 and len(out_scores) == 0
+        if len(plain_rows) >= asked and keep.sum() < depth and (not len(plain) or keep.sum() + reaching < depth):
+            n_deeper += 1  # an unfetched node may belong to the merged top
+            assert not complete and len(out_scores) == 0
             continue
+        assert complete
         pool = np.concatenate([plain[keep], over[usable]])
         sources = np.concatenate([np.flatnonzero(keep), -1 - np.flatnonzero(usable)])
-        top_all = np.argsort(-pool, kind="stable")[:reach]
-        top, tail = top_all[:depth], top_all[depth:]
-        top_rows = np.array([plain_rows[s] if s >= 0 else over_rows[-1 - s] for s in sources[top]], dtype=np.int64)
-        if (top_rows < 0).any():
-            n_unindexed += 1
-            assert status == -2 and len(out_scores) == 0
-            continue
-        assert status == 0
-        bm25 = np.array([doc_weights[b:e][np.isin(doc_terms[b:e], query_terms)].astype(np.float64).sum()
-                         for b, e in spans[top_rows]], dtype=np.float32)
-        best = bm25.max(initial=0)
-        fused = pool[top] + (np.float32(0.3 / np.float64(best)) * bm25 if best > 0 else np.float32(0))
+        top_all = np.argsort(-pool, kind="stable")[:depth]
+        top, tail = top_all[:head], top_all[head:]
+        at = [s if s >= 0 else len(plain_rows) - 1 - s for s in sources[top]]
+        n_unindexed += bool((all_rows[at] < 0).any())
+        fused = np.asarray(plan.rescore(query, all_rows[at], pool[top], [texts[j] for j in at]), dtype=np.float32)
         order = np.argsort(-fused, kind="stable")
         expected_sources = np.concatenate([sources[top][order], sources[tail]])[:k]
         assert out_sources.tolist() == expected_sources.tolist()
         np.testing.assert_allclose(out_scores, np.concatenate([fused[order], pool[tail]])[:k], rtol=1e-6)
-    assert 10 < n_unindexed < 100 and 10 < n_deeper < 150
+    assert 10 < n_unindexed < 200 and 10 < n_deeper < 150
+
+
+def test_kept_rows_equals_numpy() -> None:
+    """``kept_rows``: a hit is kept unless its row is flagged (row -1 reads the last flag, False)."""
+    rng = np.random.default_rng(14)
+    for _ in range(50):
+        flags = np.concatenate([rng.random(30) < 0.3, [False]])
+        rows = rng.integers(-1, 30, size=int(rng.integers(0, 40)))
+        keep, unindexed = kernels.kept_rows(rows, flags)
+        assert keep.tolist() == (~flags[rows]).tolist() and unindexed == bool((rows < 0).any())
 
 
 def test_stable_top_ranks_as_a_stable_descending_sort() -> None:

@@ -147,3 +147,32 @@ def test_rank_never_counts_the_store() -> None:
         assert got == [[ids[j] for j in row[:k]] for row in np.argsort(-full, axis=1, kind="stable")]
         assert all(len(row) == min(k, n) for row in got)
     assert rank(view, queries, None, 3 * n)[1] == [[ids[j] for j in row] for row in np.argsort(-(queries @ docs.T), axis=1, kind="stable")]
+
+
+def test_validation_and_serving_run_the_same_kernel(monkeypatch) -> None:
+    """Training's validation and a store query both rank every row with ``kernels.rank_row``:
+    the one kernel is wrapped and its calls counted on each path."""
+    from llama_index_deepmemory.deep_memory import kernels
+    from llama_index_deepmemory.deep_memory.training import TrainOptions, train_model
+    from synthetic import N_TRAIN, OPTIONS
+
+    calls = {"n": 0}
+    serving = kernels.rank_row
+
+    def counted(*args):
+        calls["n"] += 1
+        return serving(*args)
+
+    monkeypatch.setattr(kernels, "rank_row", counted)
+    task = KeywordTask(seed=5)
+    store = task.store()
+    result = train_model(store, task.queries[:N_TRAIN], task.relevance[:N_TRAIN],
+                         options=TrainOptions(seed=0, **OPTIONS), query_texts=task.texts[:N_TRAIN])
+    trained_calls = calls["n"]
+    assert trained_calls >= N_TRAIN  # every validated query row went through the kernel
+    store.deep_memory._models["m"] = result.model  # the trained model, served
+    store.deep_memory.set_model("m")
+    for i in range(N_TRAIN, N_TRAIN + 3):  # dense and keyword queries alike
+        store.query(VectorStoreQuery(query_embedding=task.queries[i].tolist(), similarity_top_k=5,
+                                     query_str=task.texts[i] if i % 2 else None), deep_memory=True)
+    assert calls["n"] - trained_calls >= 3

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
@@ -31,8 +31,8 @@ _kernels: list[ModuleType | None] = []  # filled once by compiled_kernels()
 
 
 def compiled_kernels() -> ModuleType | None:
-    """The compiled single-query kernels (``deep_memory.kernels``), or None without numba: the
-    numpy paths then compute the same results, slower. Imported on first use, so importing the
+    """The compiled kernels (``deep_memory.kernels``), or None without numba: models then apply
+    on numpy (the ranking runs the kernels as plain Python), the same results, slower. Imported on first use, so importing the
     package and querying without Deep Memory never load numba."""
     if not _kernels:
         with _kernels_lock:
@@ -93,11 +93,13 @@ class KeywordPlan:
     """A model's keyword re-scoring (step 3 of :class:`DeepMemoryModel`): each candidate of a
     query scores ``score + weight * bm25 / max(bm25 over the query's candidates)``, BM25 from
     ``index`` (:class:`~llama_index_deepmemory.deep_memory.lexical.LexicalIndex`).
-
-    :meth:`rescore` is the reference; :meth:`ranked` adds the order, compiled."""
+    ``override_ids``: the model's override ids, whose index rows the plan keeps
+    (:meth:`override_rows`). :meth:`rescore` is the reference; the ranking kernel computes it."""
 
     index: "LexicalIndex"
     weight: float
+    override_ids: tuple[str, ...] = ()
+    _rows: dict = field(default_factory=dict, compare=False, repr=False)  # index.n_used -> override_rows
 
     def rescore(
         self,
@@ -116,57 +118,22 @@ class KeywordPlan:
             return scores
         return np.asarray(scores, dtype=np.float32) + np.float32(self.weight / best) * keyword
 
-    def ranked(
-        self,
-        query_text: str,
-        rows: np.ndarray,
-        scores: np.ndarray,
-        node_texts: Sequence[str | None] | Callable[[list[int]], Sequence[str | None]] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`rescore`, then the candidates' stable descending order: (positions, fused
-        scores in that order), in one compiled call where numba is installed. ``node_texts``
-        may be a function from the positions of the unindexed candidates (row -1) to their texts,
-        called only when there are some."""
-        if len(scores) != len(rows):
-            raise ValueError(f"got {len(scores)} scores for {len(rows)} candidate rows; pass one score per row")
-        kernels = compiled_kernels()
-        if kernels is None or not query_text or not len(rows):
-            fused = np.asarray(self.rescore(query_text, rows, scores, _texts_at(rows, node_texts)), dtype=np.float32)
-            order = np.argsort(-fused, kind="stable")
-            return order, fused[order]
-        index, rows = self.index, np.ascontiguousarray(rows, dtype=np.int64)
-        spans, doc_terms, doc_weights = index.postings
-        terms, scores = index.query_term_ids(query_text), np.ascontiguousarray(scores, dtype=np.float32)
-        given = _NO_TEXT_SCORES if node_texts is None or callable(node_texts) else (
-            index.text_scores(query_text, rows, node_texts))
-        status, fused, positions = kernels.keyword_fused_top(
-            scores, rows, given, spans, doc_terms, doc_weights, terms, float(self.weight))
-        if status == -2:  # unindexed candidates: score them from their texts
-            given = index.text_scores(query_text, rows, _texts_at(rows, node_texts))
-            status, fused, positions = kernels.keyword_fused_top(
-                scores, rows, given, spans, doc_terms, doc_weights, terms, float(self.weight))
-        if status == -1:
-            raise ValueError(
-                f"rows must be rows of the keyword index in [-1, {len(spans) - 1}) (use index.rows_of), "
-                f"got {rows.min()}..{rows.max()}"
-            )
-        return positions, fused
-
-
-_NO_TEXT_SCORES = np.zeros(0, dtype=np.float32)
-
-
-def _texts_at(
-    rows: np.ndarray, node_texts: Sequence[str | None] | Callable[[list[int]], Sequence[str | None]] | None
-) -> Sequence[str | None] | None:
-    """``node_texts`` as one text (or None) per candidate; a function is asked for the unindexed ones."""
-    if not callable(node_texts):
-        return node_texts
-    unindexed = np.flatnonzero(np.asarray(rows) < 0).tolist()
-    texts: list[str | None] = [None] * len(rows)
-    for position, text in zip(unindexed, node_texts(unindexed) if unindexed else []):
-        texts[position] = text
-    return texts
+    def override_rows(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(the index rows of override ``ids`` (-1: unindexed), a flag per index row marking
+        them, plus a last cell for row -1, False; the positions of the unindexed ids). Kept for
+        :attr:`override_ids` while the index uses the same nodes (``n_used``, which only drops)."""
+        own = ids is self.override_ids or tuple(ids) == self.override_ids
+        used = self.index.n_used
+        kept = self._rows.get(used) if own else None
+        if kept is None:
+            rows = np.asarray(self.index.rows_of(list(ids)), dtype=np.int64)
+            flags = np.zeros(len(self.index) + 1, dtype=bool)
+            flags[rows[rows >= 0]] = True
+            kept = (rows, flags, np.flatnonzero(rows < 0))
+            if own:
+                self._rows.clear()
+                self._rows[used] = kept
+        return kept
 
 
 class StoreView(Protocol):
@@ -174,8 +141,8 @@ class StoreView(Protocol):
 
     A store may also offer ``search_rows(query, k, filters, index)``: one prepared query's plain
     top ``k`` as (scores, the hits' rows in the keyword ``index``, a function from a hit's
-    position to its id), or None when it cannot now; the ranking then scores a keyword query
-    in one compiled call without looking up the hits' ids (the embedded store does)."""
+    position to its id), or None when it cannot now; the ranking then ranks a keyword query
+    without looking up the hits' ids (the embedded store does)."""
 
     @property
     def dim(self) -> int | None:
@@ -245,7 +212,8 @@ class DeepMemoryModel:
        stores may compute without per-candidate calls.
 
     Stores remember which override ids they hold per id sequence (until they change), so a
-    model that hands out the same tuple on every call is looked up once.
+    model that hands out the same tuple on every call is looked up once; :meth:`override_set`
+    gives them as a set.
 
     Subclasses implement the math and the state round trip; the state is plain JSON plus numpy
     arrays so it can be saved with safetensors (never pickle).
@@ -283,6 +251,11 @@ class DeepMemoryModel:
         transformed = checked_transform(queries, self.transform_queries(queries))
         ids, scores = self.overrides(transformed)
         return transformed, ids, checked_scores(queries, ids, scores)
+
+    def override_set(self, ids: Sequence[str]) -> frozenset[str]:
+        """The override ``ids`` (from :meth:`apply`) as a set; a model with fixed override ids
+        may keep it."""
+        return frozenset(ids)
 
     rerank_depth: int = 0  # > 0: the store re-scores this many top candidates of queries with text
 

@@ -1,28 +1,49 @@
-"""Compiled (numba) kernels for one ``deep_memory=True`` query, each one call where numpy would
-make a dozen (right after a vector scan every call is slow): ``adapter_memory_scores`` (adapter
-and memory scores, before the search), ``nearest_cosine`` (the query's nearest training query),
-``merge_row`` (plain hits merged with the override scores), ``keyword_fused_top`` (BM25 fusion
-and order of given candidates) and ``merge_keyword_top`` (both, over hits given as keyword-index
-rows, re-scoring a fixed head so that rankings do not depend on ``k``). Each computes what a numpy path computes (tests compare
-them). Callers reach this module through ``base.compiled_kernels()``, which returns None where
-numba is not installed (the numpy paths then run).
+"""Compiled (numba) kernels of Deep Memory ranking, over plain arrays:
+
+* ``adapter_memory_scores``: a model's transformed queries and memory scores (``AdapterMemoryModel.apply``,
+  single queries and batches alike);
+* ``nearest_cosine``: a query's nearest training query (the gate, far keywords);
+* ``rank_row``: THE ranking of one query row (merge of plain hits and override scores, the
+  "searched deep enough" test, BM25 fusion of the fixed re-scored head, top k). Every ranking
+  (``deep_memory.ranking.rank``: single queries, batches, training's validation, every backend)
+  runs it; numpy references live in the tests only;
+* ``kept_rows``: which plain hits given as keyword-index rows are not override nodes (its input).
+
+Without numba (an install that cannot import it) the same functions run as plain Python: the
+same results, slower.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import numba
+from typing import Any, Callable
+
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-_JIT = {"cache": True, "nogil": True}
+try:
+    import numba
+
+    COMPILED = True
+except ImportError as _error:  # pragma: no cover - numba is a dependency
+    numba = None
+    COMPILED = False
+    logger.warning("Deep Memory ranking runs as plain Python (slow): cannot import numba (%s)", _error)
+
 # reassociation lets LLVM vectorise the dot products; NaN and infinity keep their meaning
 _FASTMATH = {"reassoc", "contract"}
 
 
-@numba.njit(fastmath=_FASTMATH, **_JIT)
+def _jit(fastmath: bool = False) -> Callable[[Any], Any]:
+    """``numba.njit`` (cached, without the GIL), or the plain function without numba."""
+    if numba is None:  # pragma: no cover
+        return lambda function: function
+    return numba.njit(cache=True, nogil=True, **({"fastmath": _FASTMATH} if fastmath else {}))
+
+
+@_jit(fastmath=True)
 def _dot_codes(codes: np.ndarray, b: np.ndarray) -> float:
     """float32 inner product of (d,) int8 codes and a (d,) float32 vector."""
     acc = np.float32(0.0)
@@ -31,7 +52,7 @@ def _dot_codes(codes: np.ndarray, b: np.ndarray) -> float:
     return acc
 
 
-@numba.njit(**_JIT)
+@_jit()
 def nearest_cosine(query: np.ndarray, codes: np.ndarray, factors: np.ndarray, enough: float) -> float:
     """The largest cosine of a (d,) float32 ``query`` to rows given as (n, d) int8 ``codes``
     times (n,) float32 ``factors`` (each row's scale over its norm), or the first one reaching
@@ -49,9 +70,9 @@ def nearest_cosine(query: np.ndarray, codes: np.ndarray, factors: np.ndarray, en
     return best
 
 
-@numba.njit(**_JIT)
+@_jit()
 def adapter_memory_scores(
-    queries: np.ndarray,  # (1, d) float32, as searched
+    queries: np.ndarray,  # (m, d) float32, as searched
     residual_codes: np.ndarray,  # (d, d) int8: W = I + residual_codes * residual_scales[:, None]
     residual_scales: np.ndarray,  # (d,) float32 (powers of two)
     bias: np.ndarray,  # (d,) float32
@@ -67,52 +88,55 @@ def adapter_memory_scores(
     link_node: np.ndarray,  # (n_links,) int64
     link_weight: np.ndarray,  # (n_links,) float32
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """``AdapterMemoryModel.transform_queries`` and ``overrides`` of one query: the transformed
-    query (1, d), the memory scores (1, n_memory), and whether the transformed query is finite."""
-    query = queries[0]
-    d = query.shape[0]
-    transformed_out = np.empty((1, d), dtype=np.float32)
-    scores_out = np.empty((1, n_memory), dtype=np.float32)
-    transformed, scores = transformed_out[0], scores_out[0]
-    sq = np.float32(0.0)
-    finite = True
-    for i in range(d):
-        value = query[i] + _dot_codes(residual_codes[i], query) * residual_scales[i] + bias[i]
-        transformed[i] = value
-        sq += value * value
-        finite = finite and math.isfinite(value)
-    if unit and sq > 0:
-        inverse = np.float32(1.0 / math.sqrt(sq))
-        for i in range(d):
-            transformed[i] *= inverse
-    for r in range(n_memory):
-        scores[r] = _dot_codes(score_codes[r], transformed) * score_scales[r]
-    if l2:  # -(|q|^2 - 2 q.m + |m|^2)
-        for r in range(n_memory):
-            scores[r] = scores[r] * np.float32(2.0) - memory_sq[r] - sq
+    """``AdapterMemoryModel.transform_queries`` and ``overrides`` of each query row: the
+    transformed queries (m, d), the memory scores (m, n_memory), and whether every transformed
+    query is finite."""
+    m, d = queries.shape
+    transformed_out = np.empty((m, d), dtype=np.float32)
+    scores_out = np.empty((m, n_memory), dtype=np.float32)
     n_keys = score_codes.shape[0] - n_memory
-    if n_keys > 0:
-        norm = np.float32(1.0) if unit else np.float32(max(math.sqrt(sq), 1e-12))
-        bonus = np.zeros(n_memory, dtype=np.float32)
-        hit = False
-        for t in range(n_keys):
-            sim = _dot_codes(score_codes[n_memory + t], transformed) * score_scales[n_memory + t] / norm
-            if sim > key_threshold:
-                hit = True
-                for p in range(link_ptr[t], link_ptr[t + 1]):
-                    value = (sim - key_threshold) * link_weight[p]
-                    if value > bonus[link_node[p]]:
-                        bonus[link_node[p]] = value
-        if hit:
+    bonus = np.zeros(n_memory, dtype=np.float32)
+    finite = True
+    for row in range(m):
+        query, transformed, scores = queries[row], transformed_out[row], scores_out[row]
+        sq = np.float32(0.0)
+        for i in range(d):
+            value = query[i] + _dot_codes(residual_codes[i], query) * residual_scales[i] + bias[i]
+            transformed[i] = value
+            sq += value * value
+            finite = finite and math.isfinite(value)
+        if unit and sq > 0:
+            inverse = np.float32(1.0 / math.sqrt(sq))
+            for i in range(d):
+                transformed[i] *= inverse
+        for r in range(n_memory):
+            scores[r] = _dot_codes(score_codes[r], transformed) * score_scales[r]
+        if l2:  # -(|q|^2 - 2 q.m + |m|^2)
             for r in range(n_memory):
-                scores[r] += bonus[r] * key_weight
+                scores[r] = scores[r] * np.float32(2.0) - memory_sq[r] - sq
+        if n_keys > 0:
+            norm = np.float32(1.0) if unit else np.float32(max(math.sqrt(sq), 1e-12))
+            hit = False
+            for t in range(n_keys):
+                sim = _dot_codes(score_codes[n_memory + t], transformed) * score_scales[n_memory + t] / norm
+                if sim > key_threshold:
+                    if not hit:
+                        bonus[:] = 0
+                    hit = True
+                    for p in range(link_ptr[t], link_ptr[t + 1]):
+                        value = (sim - key_threshold) * link_weight[p]
+                        if value > bonus[link_node[p]]:
+                            bonus[link_node[p]] = value
+            if hit:
+                for r in range(n_memory):
+                    scores[r] += bonus[r] * key_weight
     return transformed_out, scores_out, finite
 
 
 _INSERTION_TOP = 64  # a stable top k by insertion up to this k (less code and no sort right after a scan)
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _stable_top(scores: np.ndarray, sources: np.ndarray, out_scores: np.ndarray, out_sources: np.ndarray) -> int:
     """The top ``len(out_scores)`` of (scores, sources) in descending score order, ties (and NaN,
     placed last) in input order, as ``np.argsort(-scores, kind="stable")`` ranks them.
@@ -144,71 +168,7 @@ def _stable_top(scores: np.ndarray, sources: np.ndarray, out_scores: np.ndarray,
     return count
 
 
-@numba.njit(**_JIT)
-def merge_row(
-    plain_scores: np.ndarray,  # (n_plain,) float32, descending: one query's plain hits
-    plain_keep: np.ndarray,  # (n_plain,) bool: the hit is not an override node (or is forgotten)
-    over_scores: np.ndarray,  # (n_over,) float32: the model's scores of its override nodes
-    over_usable: np.ndarray,  # (n_over,) bool: stored and allowed
-    depth: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``ranking.rank``'s merge of one query: the top ``depth`` of the kept plain hits (in their
-    order) followed by the usable override nodes (in the model's order), stable. Returns their
-    scores (float32) and sources (int64: plain position p, or -1 - j for override j)."""
-    n_plain, n_over = plain_scores.shape[0], over_scores.shape[0]
-    pool_scores = np.empty(n_plain + n_over, dtype=np.float32)
-    pool_sources = np.empty(n_plain + n_over, dtype=np.int64)
-    count = 0
-    for i in range(n_plain):
-        if plain_keep[i]:
-            pool_scores[count] = plain_scores[i]
-            pool_sources[count] = i
-            count += 1
-    for j in range(n_over):
-        if over_usable[j]:
-            pool_scores[count] = over_scores[j]
-            pool_sources[count] = -1 - j
-            count += 1
-    size = min(depth, count)
-    out_scores = np.empty(size, dtype=np.float32)
-    out_sources = np.empty(size, dtype=np.int64)
-    _stable_top(pool_scores[:count], pool_sources[:count], out_scores, out_sources)
-    return out_scores, out_sources
-
-
-@numba.njit(**_JIT)
-def keyword_fused_top(
-    scores: np.ndarray,  # (n,) float32: the candidates' scores
-    rows: np.ndarray,  # (n,) int64: their keyword-index rows (-1: not indexed)
-    text_scores: np.ndarray,  # (n,) float32: BM25 of the unindexed candidates from their texts; (0,): none given
-    spans: np.ndarray,  # (n_rows + 1, 2) int64: [begin, end) of each row's postings (row -1: empty)
-    doc_terms: np.ndarray,  # (n_postings,) int32
-    doc_weights: np.ndarray,  # (n_postings,) float32: BM25 weight of the term in the row
-    query_terms: np.ndarray,  # (n_terms,) int32, sorted unique
-    weight: float,  # score + weight * bm25 / max(bm25 over the candidates)
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """``KeywordPlan.rescore`` of one query's candidates, then their stable descending order:
-    (status, fused scores in that order, candidate positions). Status 0; -1 when a row is
-    outside the index, -2 when a candidate is unindexed and no text scores were given (nothing
-    computed then)."""
-    n = scores.shape[0]
-    given = text_scores.shape[0] == n
-    empty_scores, empty_positions = np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
-    for i in range(n):
-        if rows[i] < -1 or rows[i] >= spans.shape[0] - 1:
-            return -1, empty_scores, empty_positions
-        if rows[i] == -1 and not given:
-            return -2, empty_scores, empty_positions
-    keyword = text_scores.copy() if given else np.zeros(n, dtype=np.float32)
-    for i in range(n):
-        keyword[i] += _bm25(rows[i], spans, doc_terms, doc_weights, query_terms)
-    out_scores = np.empty(n, dtype=np.float32)
-    out_positions = np.empty(n, dtype=np.int64)
-    _fused_top(scores, keyword, np.arange(n), weight, out_scores, out_positions)
-    return 0, out_scores, out_positions
-
-
-@numba.njit(**_JIT)
+@_jit()
 def _bm25(row: int, spans: np.ndarray, doc_terms: np.ndarray, doc_weights: np.ndarray, query_terms: np.ndarray) -> np.float32:
     """BM25 of the sorted unique ``query_terms`` for keyword-index ``row`` (row -1: empty, 0)."""
     n_terms = query_terms.shape[0]
@@ -232,7 +192,7 @@ def _bm25(row: int, spans: np.ndarray, doc_terms: np.ndarray, doc_weights: np.nd
     return np.float32(total)
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _fused_top(
     scores: np.ndarray, keyword: np.ndarray, sources: np.ndarray, weight: float,
     out_scores: np.ndarray, out_sources: np.ndarray,
@@ -251,61 +211,94 @@ def _fused_top(
     return _stable_top(fused, sources, out_scores, out_sources)
 
 
-@numba.njit(**_JIT)
-def merge_keyword_top(
+
+
+_NO_SCORES = np.zeros(0, dtype=np.float32)
+
+
+@_jit()
+def rank_row(
     plain_scores: np.ndarray,  # (>= n_plain,) float32, descending: one query's plain hits (first n_plain read)
-    plain_rows: np.ndarray,  # (n_plain,) int64: their keyword-index rows (-1: not indexed)
-    overridden_rows: np.ndarray,  # (n_index_rows,) bool: the rows of the override nodes
+    plain_keep: np.ndarray,  # (n_plain,) bool: the hit is not an override node (or is forgotten)
+    plain_rows: np.ndarray,  # (n_plain,) int64: the hits' keyword-index rows (-1: not indexed); read for the head only
     over_scores: np.ndarray,  # (n_over,) float32: the model's scores of its override nodes
-    over_usable: np.ndarray,  # (n_over,) bool: stored and allowed
-    over_rows: np.ndarray,  # (n_over,) int64: their keyword-index rows (all indexed)
-    spans: np.ndarray,  # the postings, as keyword_fused_top reads them
-    doc_terms: np.ndarray,
-    doc_weights: np.ndarray,
+    over_keep: np.ndarray,  # (n_over,) bool: stored, allowed (and not forgotten)
+    over_rows: np.ndarray,  # (n_over,) int64: their keyword-index rows; read for the head only
+    text_scores: np.ndarray,  # (n_plain + n_over,) float32: BM25 of unindexed candidates from their texts; (0,): none
+    spans: np.ndarray,  # (n_index_rows + 1, 2) int64: [begin, end) of each row's postings (row -1: empty)
+    doc_terms: np.ndarray,  # (n_postings,) int32
+    doc_weights: np.ndarray,  # (n_postings,) float32: BM25 weight of the term in the row
     query_terms: np.ndarray,  # (n_terms,) int32, sorted unique
-    weight: float,
-    depth: int,  # the re-scored candidates: the merged top ``depth``, whatever ``k``
-    k: int,
-    asked: int,  # the plain hits the search was asked for (fewer: every allowed node was found)
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """:func:`merge_row` (a plain hit is kept unless its row is an override node's) to the top
-    ``max(k, depth)``, :func:`keyword_fused_top` of its first ``depth``, the rest after them in
-    merged order, cut to the top ``k``, in one call (so a top ``k`` is the first ``k`` of any
-    longer top): (status, scores, sources as merge_row's). Status 0; -2 when an unindexed node
-    reaches the top ``depth`` (its keyword score needs its text), -3 when the plain hits may
-    miss one of the merged top ``max(k, depth)`` (as ``ranking._plain_search`` judges a row: a
-    deeper search is needed); nothing is computed then."""
-    reach = max(k, depth)
-    n_plain = plain_rows.shape[0]
-    nothing = (np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64))
-    keep = np.empty(n_plain, dtype=np.bool_)
+    weight: float,  # head scores + weight * bm25 / max(bm25 over the head)
+    head: int,  # candidates re-scored with keywords: the merged top ``head``, whatever ``k`` (0: none)
+    depth: int,  # merged candidates needed (>= head, >= k)
+    k: int,  # returned
+    asked: int,  # plain hits the search was asked for (fewer came: every allowed node was found)
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The ranking of one query: the stable top ``depth`` of the kept plain hits (in their order)
+    and the kept override nodes (in the model's order); its first ``head`` re-scored with BM25
+    fusion and re-ordered, the rest after them in merged order; cut to ``k``, so a top ``k`` is
+    the first ``k`` of any longer top. Returns (scores float32, sources int64: plain position
+    ``p`` or ``-1 - j`` for override ``j``, complete). ``complete`` is False (nothing computed)
+    when an unfetched node may belong to the merged top ``depth``: fewer than ``depth`` kept hits
+    came back from a full search and the usable override scores reaching the last hit's score
+    do not make up the difference (every unfetched node scores at most that): search deeper."""
+    n_plain, n_over = plain_keep.shape[0], over_scores.shape[0]
     kept = 0
     for i in range(n_plain):
-        keep[i] = plain_rows[i] < 0 or not overridden_rows[plain_rows[i]]
-        kept += keep[i]
-    if n_plain >= asked and kept < reach:
-        reaching = 0  # usable override scores at or above the last plain hit's
-        for j in range(over_scores.shape[0]):
-            if n_plain and over_usable[j] and over_scores[j] >= plain_scores[n_plain - 1]:
+        kept += plain_keep[i]
+    if n_plain >= asked and kept < depth:
+        reaching = 0
+        for j in range(n_over):
+            if n_plain and over_keep[j] and over_scores[j] >= plain_scores[n_plain - 1]:
                 reaching += 1
-        if n_plain == 0 or kept + reaching < reach:
-            return -3, nothing[0], nothing[1]
-    top_scores, top_sources = merge_row(plain_scores[:n_plain], keep, over_scores, over_usable, reach)
-    size = top_scores.shape[0]
-    head = min(depth, size)
-    keyword = np.empty(head, dtype=np.float32)
-    for i in range(head):
-        source = top_sources[i]
-        row = plain_rows[source] if source >= 0 else over_rows[-1 - source]
-        if row < 0:
-            return -2, nothing[0], nothing[1]
-        keyword[i] = _bm25(row, spans, doc_terms, doc_weights, query_terms)
+        if n_plain == 0 or kept + reaching < depth:
+            return _NO_SCORES.copy(), np.empty(0, dtype=np.int64), False
+    pool_scores = np.empty(n_plain + n_over, dtype=np.float32)
+    pool_sources = np.empty(n_plain + n_over, dtype=np.int64)
+    count = 0
+    for i in range(n_plain):
+        if plain_keep[i]:
+            pool_scores[count] = plain_scores[i]
+            pool_sources[count] = i
+            count += 1
+    for j in range(n_over):
+        if over_keep[j]:
+            pool_scores[count] = over_scores[j]
+            pool_sources[count] = -1 - j
+            count += 1
+    size = min(depth, count)
+    top_scores = np.empty(size, dtype=np.float32)
+    top_sources = np.empty(size, dtype=np.int64)
+    _stable_top(pool_scores[:count], pool_sources[:count], top_scores, top_sources)
     out_size = min(k, size)
     out_scores = np.empty(out_size, dtype=np.float32)
     out_sources = np.empty(out_size, dtype=np.int64)
     fused = min(head, out_size)
-    _fused_top(top_scores[:head], keyword, top_sources[:head], weight, out_scores[:fused], out_sources[:fused])
-    for i in range(head, out_size):  # past the re-scored head: the merged order
+    if fused > 0:
+        n_head = min(head, size)
+        given = text_scores.shape[0] == n_plain + n_over
+        keyword = np.empty(n_head, dtype=np.float32)
+        for i in range(n_head):
+            source = top_sources[i]
+            at = source if source >= 0 else n_plain - 1 - source
+            row = plain_rows[source] if source >= 0 else over_rows[-1 - source]
+            keyword[i] = _bm25(row, spans, doc_terms, doc_weights, query_terms) + (text_scores[at] if given else np.float32(0.0))
+        _fused_top(top_scores[:n_head], keyword, top_sources[:n_head], weight, out_scores[:fused], out_sources[:fused])
+    for i in range(fused, out_size):  # past the re-scored head: the merged order
         out_scores[i] = top_scores[i]
         out_sources[i] = top_sources[i]
-    return 0, out_scores, out_sources
+    return out_scores, out_sources, True
+
+
+@_jit()
+def kept_rows(rows: np.ndarray, overridden: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Which plain hits, given as keyword-index ``rows``, ``rank_row`` keeps: those whose row is
+    not flagged in ``overridden`` (one flag per index row and a last one, False, that row -1
+    reads); and whether a hit is unindexed (row -1). One call where numpy would make three."""
+    keep = np.empty(rows.shape[0], dtype=np.bool_)
+    unindexed = False
+    for i in range(rows.shape[0]):
+        keep[i] = not overridden[rows[i]]
+        unindexed = unindexed or rows[i] < 0
+    return keep, unindexed

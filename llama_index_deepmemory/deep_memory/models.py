@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,6 +15,19 @@ from llama_index_deepmemory.deep_memory.base import (
     compiled_kernels,
 )
 from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
+from llama_index_deepmemory.deep_memory.model_parts import (  # noqa: F401 (int8_rows: imported from here)
+    _STATE_ARRAYS,
+    _STATE_META,
+    FIELDS,
+    PARTS,
+    Adapter,
+    Gate,
+    Keys,
+    Keywords,
+    Memory,
+    _normalised,
+    int8_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +81,6 @@ def row_products(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def int8_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(n, d)`` rows as int8 codes ``(n, d)`` times a power-of-two scale per row ``(n,)``.
-
-    ``codes * scales[:, None]`` is exact in float32 and rounding it again returns the same codes
-    and scales (the largest code of a non-zero row lies in [64, 127]). Relative error per entry at
-    most 1/128 of the row's largest entry.
-    """
-    rows = np.asarray(rows, dtype=np.float32)
-    peak = np.abs(rows).max(axis=1) if rows.size else np.zeros(len(rows), dtype=np.float32)
-    exponent = np.ceil(np.log2(np.where(peak > 0, peak / np.float32(127.0), np.float32(1.0))))
-    scales = np.exp2(np.clip(exponent, -126, 127)).astype(np.float32)
-    codes = np.clip(np.rint(rows / scales[:, None]), -127, 127).astype(np.int8)
-    return np.ascontiguousarray(codes), scales
-
-
 def _normalise_rows_inplace(x: np.ndarray) -> np.ndarray:
     """C-contiguous float32 ``x`` with unit rows, in place (zero rows stay zero): one FAISS call."""
     import faiss
@@ -94,37 +90,6 @@ def _normalise_rows_inplace(x: np.ndarray) -> np.ndarray:
 
     faiss.fvec_renorm_L2(x.shape[1], x.shape[0], faiss.swig_ptr(x))
     return x
-
-
-def _checked_gate(threshold: Any, keys: np.ndarray | None, n_mem: int, dim: int) -> tuple[float, np.ndarray | None]:
-    """The gate's threshold and the training queries (n, dim) as given, or a clear error."""
-    value = _checked_cosine("gate_threshold", threshold, "0: no gate")
-    if keys is not None:
-        keys = np.ascontiguousarray(keys, dtype=np.float32).reshape(-1, dim)
-        if not np.isfinite(keys).all():
-            raise ValueError("gate_keys contain NaN or infinite values; retrain the model")
-    if value > 0 and n_mem and (keys is None or not len(keys)):
-        raise ValueError(
-            f"gate_threshold={value} needs the training queries as gate_keys; train with gate_threshold "
-            "(training supplies them) or pass gate_threshold=0"
-        )
-    return value, keys
-
-
-def _checked_cosine(name: str, value: Any, zero: str) -> float:
-    """``value`` as a cosine threshold in [0, 1], or a clear error naming ``name``."""
-    number = float(value)
-    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
-        raise ValueError(f"{name} must be a cosine in [0, 1] ({zero}), got {value!r}")
-    return number
-
-
-def _checked_weight(name: str, value: Any) -> float:
-    """``value`` as a finite keyword weight >= 0, or a clear error naming ``name``."""
-    number = float(value)
-    if not (math.isfinite(number) and number >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return number
 
 
 @register_model
@@ -148,7 +113,10 @@ class AdapterMemoryModel(DeepMemoryModel):
       training query (``gate_keys``, as embedded) is below ``far_cosine`` is re-scored with
       ``far_lexical_weight`` instead: keywords count more where memory knows less.
 
-    Treat a model as immutable: its query-time arrays are derived once, at construction.
+    Its parts are frozen value objects (:class:`Adapter`, :class:`Memory`, :class:`Keys`,
+    :class:`Gate`, :class:`Keywords`), each field also readable by its state name
+    (``model.lexical_weight``); a changed model is made with :meth:`replace`. The query-time
+    arrays are derived once, at construction.
     """
 
     kind = "adapter_memory"
@@ -160,79 +128,36 @@ class AdapterMemoryModel(DeepMemoryModel):
         dim: int,
         metric: str = "cosine",
         *,
-        weight: np.ndarray | None = None,
-        bias: np.ndarray | None = None,
-        memory_ids: list[str] | None = None,
-        memory_vectors: np.ndarray | None = None,
-        key_vectors: np.ndarray | None = None,
-        link_key: np.ndarray | None = None,
-        link_node: np.ndarray | None = None,
-        link_weight: np.ndarray | None = None,
-        key_weight: float = 0.0,
-        key_threshold: float = 1.0,
-        lexical: LexicalIndex | None = None,
-        lexical_weight: float = 0.0,
-        gate_threshold: float = 0.0,
-        gate_keys: np.ndarray | None = None,
-        fallback_lexical_weight: float = 0.0,
-        far_lexical_weight: float = 0.0,
-        far_cosine: float = 0.0,
+        adapter: Adapter | None = None,
+        memory: Memory | None = None,
+        keys: Keys | None = None,
+        gate: Gate | None = None,
+        keywords: Keywords | None = None,
+        **fields: Any,
     ) -> None:
+        """Parts as value objects, and/or their fields by state name (``weight``, ``memory_ids``,
+        ``lexical``, ``gate_threshold``, ... see :data:`FIELDS`), which win over the parts' own."""
         super().__init__(dim=dim, metric=metric)
-        d = self.dim
-        self.weight = np.eye(d, dtype=np.float32) if weight is None else np.asarray(weight, dtype=np.float32)
-        self.bias = np.zeros(d, dtype=np.float32) if bias is None else np.asarray(bias, dtype=np.float32)
-        self.memory_ids: tuple[str, ...] = tuple(memory_ids or ())
-        n_mem = len(self.memory_ids)
-        self.memory_vectors = (
-            np.zeros((n_mem, d), dtype=np.float32) if memory_vectors is None
-            else np.asarray(memory_vectors, dtype=np.float32).reshape(n_mem, d)
-        )
-        self.key_vectors = (
-            np.zeros((0, d), dtype=np.float32) if key_vectors is None
-            else np.asarray(key_vectors, dtype=np.float32).reshape(-1, d)
-        )
-        self.link_key = np.zeros(0, np.int64) if link_key is None else np.asarray(link_key, dtype=np.int64)
-        self.link_node = np.zeros(0, np.int64) if link_node is None else np.asarray(link_node, dtype=np.int64)
-        self.link_weight = (
-            np.zeros(0, np.float32) if link_weight is None else np.asarray(link_weight, dtype=np.float32)
-        )
-        self.key_weight = float(key_weight)
-        self.key_threshold = float(key_threshold)
-        self.lexical = lexical
-        self.lexical_weight = _checked_weight("lexical_weight", lexical_weight)
-        self.gate_threshold, gate_keys = _checked_gate(gate_threshold, gate_keys, n_mem, d)
-        self._set_gate_keys(gate_keys)
-        self.fallback_lexical_weight = _checked_weight("fallback_lexical_weight", fallback_lexical_weight)
-        self.far_lexical_weight = _checked_weight("far_lexical_weight", far_lexical_weight)
-        self.far_cosine = _checked_cosine("far_cosine", far_cosine, "0: no query is far")
-        if self.far_lexical_weight > 0 and (self.gate_keys is None or not len(self.gate_keys)):
-            raise ValueError(
-                f"far_lexical_weight={self.far_lexical_weight} needs the training queries as gate_keys; "
-                "train the model (training supplies them) or pass far_lexical_weight=0"
-            )
-        self._plan_cache: tuple | None = None  # see _plans()
-        self._check_shapes()
-        # the query path reads the adapter's difference from identity, memory vectors and unit keys
-        # as int8 codes (a quarter of the bytes, read right after a FAISS scan has flushed the
-        # caches); the model's values are those of the codes, exactly
-        eye = np.eye(d, dtype=np.float32)
-        self._residual_codes, self._residual_scales = int8_rows(self.weight - eye)
-        self.weight = eye + self._residual_codes * self._residual_scales[:, None]
-        self._memory_codes, self._memory_scales = int8_rows(self.memory_vectors)
-        self.memory_vectors = self._memory_codes * self._memory_scales[:, None]
-        self._key_codes, self._key_scales = int8_rows(
-            _normalise_rows_inplace(np.array(self.key_vectors, dtype=np.float32, order="C"))
-        )
-        self._unit_keys = self._key_codes * self._key_scales[:, None]
+        parts = _normalised(self.dim, {"adapter": adapter, "memory": memory, "keys": keys, "gate": gate,
+                                       "keywords": keywords}, fields)
+        self.adapter: Adapter = parts["adapter"]
+        self.memory: Memory = parts["memory"]
+        self.keys: Keys = parts["keys"]
+        self.gate: Gate = parts["gate"]
+        self.keywords: Keywords = parts["keywords"]
         self._prepare_query_path()
         self.fallback = None  # the gate's model (adapter only, own keyword weight), see route()
-        if self.gate_threshold > 0 and n_mem:
+        if self.gate_threshold > 0 and self.memory_ids:
             self.fallback = AdapterMemoryModel(
-                d, self.metric, weight=self.weight, bias=self.bias,
-                lexical=self.lexical if self.fallback_lexical_weight > 0 else None,
-                lexical_weight=self.fallback_lexical_weight,
+                self.dim, self.metric, adapter=self.adapter,
+                keywords=Keywords(self.lexical if self.fallback_lexical_weight > 0 else None, self.fallback_lexical_weight),
             )
+
+    def replace(self, **changes: Any) -> "AdapterMemoryModel":
+        """A new model with ``changes``: whole parts (``memory=Memory(...)``) or fields by state
+        name (``lexical=index, lexical_weight=0.3``); everything else shared with this one."""
+        parts = {name: changes.pop(name, getattr(self, name)) for name in PARTS}
+        return type(self)(self.dim, self.metric, **parts, **changes)
 
     def route(self, queries: np.ndarray) -> np.ndarray | None:
         """Per-query gate: a bool mask of the queries :attr:`fallback` ranks instead of this model
@@ -254,41 +179,6 @@ class AdapterMemoryModel(DeepMemoryModel):
             return None
         return np.array([plan.weight for plan in self.keyword_plans(queries)])
 
-    def with_keywords(
-        self,
-        lexical: LexicalIndex | None,
-        weight: float,
-        *,
-        far_weight: float = 0.0,
-        far_cosine: float = 0.0,
-        training_queries: np.ndarray | None = None,
-    ) -> "AdapterMemoryModel":
-        """A copy sharing every array that re-scores with ``lexical`` at ``weight``, and at
-        ``far_weight`` the queries whose cosine to every row of ``training_queries`` (as embedded)
-        is below ``far_cosine`` (``far_weight`` 0: one weight for all)."""
-        keyed = copy.copy(self)
-        keyed.lexical, keyed.lexical_weight = lexical, _checked_weight("lexical_weight", weight)
-        keyed.far_lexical_weight = _checked_weight("far_lexical_weight", far_weight)
-        keyed.far_cosine = _checked_cosine("far_cosine", far_cosine, "0: no query is far")
-        if keyed.far_lexical_weight > 0:
-            if training_queries is None or not len(training_queries):
-                raise ValueError(f"far_weight={far_weight} needs the training queries; pass training_queries")
-            keyed._set_gate_keys(_checked_gate(0.0, training_queries, 0, self.dim)[1])
-        return keyed
-
-    def _set_gate_keys(self, keys: np.ndarray | None) -> None:
-        """Keep the training queries (n, d) at 8-bit precision (:func:`int8_rows`: ``gate_keys``
-        holds the codes' exact values), as codes with each row's scale over its norm for the
-        compiled kernel and as unit rows for numpy."""
-        self.gate_keys = self._gate_codes = self._gate_factors = self._gate_unit = None
-        if keys is None:
-            return
-        self._gate_codes, scales = int8_rows(keys)
-        self.gate_keys = self._gate_codes * scales[:, None]
-        norms = np.sqrt(np.einsum("ij,ij->i", self.gate_keys, self.gate_keys))
-        self._gate_factors = np.where(norms > 0, scales / np.maximum(norms, np.float32(1e-30)), 0).astype(np.float32)
-        self._gate_unit = np.ascontiguousarray(self._gate_codes * self._gate_factors[:, None], dtype=np.float32)
-
     def _nearest_cosines(self, queries: np.ndarray, enough: float = np.inf) -> np.ndarray:
         """(m,) float32: each query's largest cosine to a training query (``gate_keys``), or, for
         a single float32 query (the store's case, one compiled call), the first reaching ``enough``."""
@@ -307,26 +197,24 @@ class AdapterMemoryModel(DeepMemoryModel):
         """The remembered keys as queries meet them: unit rows of ``key_vectors`` at 8-bit precision."""
         return self._unit_keys
 
-    def _check_shapes(self) -> None:
-        d = self.dim
-        if self.weight.shape != (d, d) or self.bias.shape != (d,):
-            raise ValueError(f"adapter shapes {self.weight.shape}/{self.bias.shape} do not match dim={d}")
-        n_links = self.link_key.shape[0]
-        if self.link_node.shape[0] != n_links or self.link_weight.shape[0] != n_links:
-            raise ValueError("memory link arrays must have equal lengths")
-        if n_links and (self.link_key.max() >= len(self.key_vectors) or self.link_node.max() >= len(self.memory_ids)):
-            raise ValueError("memory links point outside the stored keys or memory nodes")
-        if len(set(self.memory_ids)) != len(self.memory_ids):
-            raise ValueError("memory node ids must be unique")
-        arrays = (self.weight, self.bias, self.memory_vectors, self.key_vectors, self.link_weight)
-        if not all(np.isfinite(a).all() for a in arrays) or not math.isfinite(self.key_weight):
-            raise ValueError("Deep Memory model arrays contain NaN or infinite values; retrain the model")
-        if n_links and (self.link_key.min() < 0 or self.link_node.min() < 0):
-            raise ValueError("memory links must be non-negative indices")
-
     def _prepare_query_path(self) -> None:
         """Lay the arrays out for few calls per query: the query path runs right after a FAISS
-        scan has flushed the caches, where every call and byte counts."""
+        scan has flushed the caches, where every call and byte counts. The adapter's difference
+        from identity, memory vectors, unit keys and training queries are read as int8 codes
+        times a scale per row (a quarter of the bytes; the parts hold the codes' exact values)."""
+        eye = np.eye(self.dim, dtype=np.float32)
+        self._residual_codes, self._residual_scales = int8_rows(self.weight - eye)
+        self._memory_codes, self._memory_scales = int8_rows(self.memory_vectors)
+        self._key_codes, self._key_scales = int8_rows(
+            _normalise_rows_inplace(np.array(self.key_vectors, dtype=np.float32, order="C")))
+        self._unit_keys = self._key_codes * self._key_scales[:, None]
+        self._gate_codes = self._gate_factors = self._gate_unit = None
+        if self.gate_keys is not None:  # codes with each row's scale over its norm (kernel), unit rows (numpy)
+            self._gate_codes, scales = int8_rows(self.gate_keys)
+            norms = np.sqrt(np.einsum("ij,ij->i", self.gate_keys, self.gate_keys))
+            self._gate_factors = np.where(norms > 0, scales / np.maximum(norms, np.float32(1e-30)), 0).astype(np.float32)
+            self._gate_unit = np.ascontiguousarray(self._gate_codes * self._gate_factors[:, None], dtype=np.float32)
+        self._make_plans()
         self._bias = np.ascontiguousarray(self.bias)
         self._key_weight32, self._key_threshold32 = np.float32(self.key_weight), np.float32(self.key_threshold)
         n_mem = len(self.memory_ids)
@@ -342,14 +230,15 @@ class AdapterMemoryModel(DeepMemoryModel):
         self._link_ptr = np.searchsorted(self.link_key[order], np.arange(len(self.key_vectors) + 1))
         self._link_node_by_key = self.link_node[order]
         self._link_weight_by_key = self.link_weight[order]
-        # the compiled single-query kernel's arguments after the query (none without memory nodes)
+        # the compiled kernel's arguments after the queries
         self._single_shape = (1, self.dim)
+        self._memory_set = frozenset(self.memory_ids)
         self._kernel_args = (
             self._residual_codes, self._residual_scales, self._bias, self.metric == "cosine",
             self._score_codes, self._score_scales, n_mem, self._memory_sq, self.metric == "l2",
             self._key_weight32, self._key_threshold32, self._link_ptr, self._link_node_by_key,
             self._link_weight_by_key,
-        ) if n_mem else ()
+        )
 
     # --- query time ---------------------------------------------------------------------
     def transform_queries(self, queries: np.ndarray) -> np.ndarray:
@@ -361,21 +250,22 @@ class AdapterMemoryModel(DeepMemoryModel):
 
     @checks_own_output
     def apply(self, queries: np.ndarray) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
-        """``transform_queries`` and ``overrides`` in one compiled pass for a single float32 query
-        (the store's case); batches and installs without numba take the numpy path."""
+        """``transform_queries`` and ``overrides`` in one compiled pass over the query rows
+        (single queries and batches alike; ``transform_queries`` and ``overrides`` are the numpy
+        reference); installs without numba take the numpy path."""
         kernels = compiled_kernels()
-        if (
-            kernels is None
-            or type(queries) is not np.ndarray
-            or queries.shape != self._single_shape
-            or queries.dtype != np.float32
-            or not self._kernel_args
-        ):
+        queries = np.asarray(queries)
+        if kernels is None or queries.ndim != 2 or queries.shape[1] != self.dim:
             return super().apply(queries)
-        transformed, scores, finite = kernels.adapter_memory_scores(queries, *self._kernel_args)
+        transformed, scores, finite = kernels.adapter_memory_scores(
+            np.ascontiguousarray(queries, dtype=np.float32), *self._kernel_args)
         if not finite:
             checked_transform(queries, transformed)  # raises the numpy path's error
         return transformed, self.memory_ids, scores
+
+    def override_set(self, ids: Sequence[str]) -> frozenset[str]:
+        """The memory ids as a set (made once)."""
+        return self._memory_set if ids is self.memory_ids or tuple(ids) == self.memory_ids else frozenset(ids)
 
     def _add_key_bonus(self, scores: np.ndarray, key_sims: np.ndarray) -> None:
         """Add ``key_weight * max_t w_tn * relu(sim(q, k_t) - threshold)`` to ``scores`` (m, n_mem).
@@ -426,29 +316,25 @@ class AdapterMemoryModel(DeepMemoryModel):
     def keyword_plan(self) -> KeywordPlan | None:
         """BM25 fusion with the keyword index built at training time and ``lexical_weight``
         (None when this model does not re-score)."""
-        return self._plans()[0] if self.rerank_depth else None
+        return self._keyword_plans[0] if self.rerank_depth else None
 
     def keyword_plans(self, queries: np.ndarray) -> list[KeywordPlan | None]:
         """Each query's plan: :meth:`keyword_plan`, or its ``far_lexical_weight`` twin for a query
         far from every training query (:meth:`keyword_weights`)."""
         if not self.rerank_depth:
             return [None] * len(queries)
-        near, far = self._plans()
+        near, far = self._keyword_plans
         if far is None:
             return [near] * len(queries)
         close = self._nearest_cosines(queries, self.far_cosine) >= np.float32(self.far_cosine)
         return [near if c else far for c in close.tolist()]
 
-    def _plans(self) -> tuple[KeywordPlan, KeywordPlan | None]:
-        """The plans of ``lexical_weight`` and ``far_lexical_weight`` (None when off), made once
-        per setting (a query path with many small objects is slow right after a vector scan)."""
-        setting = (self.lexical, self.lexical_weight, self.far_lexical_weight)
-        cached = self._plan_cache
-        if cached is None or cached[0][0] is not setting[0] or cached[0][1:] != setting[1:]:
-            far = KeywordPlan(self.lexical, self.far_lexical_weight) if self.far_lexical_weight > 0 else None
-            cached = (setting, (KeywordPlan(self.lexical, self.lexical_weight), far))
-            self._plan_cache = cached
-        return cached[1]
+    def _make_plans(self) -> None:
+        """The keyword plans of ``lexical_weight`` and ``far_lexical_weight`` (None when off)."""
+        words = self.keywords
+        near = KeywordPlan(words.index, words.weight, self.memory_ids) if words.index is not None else None
+        far = KeywordPlan(words.index, words.far_weight, self.memory_ids) if near and words.far_weight > 0 else None
+        self._keyword_plans = (near, far)
 
     def rerank(
         self,
@@ -465,7 +351,7 @@ class AdapterMemoryModel(DeepMemoryModel):
             return scores
         return plan.rescore(query_text, plan.index.rows_of(node_ids), scores, node_texts)
 
-    # --- persistence --------------------------------------------------------------------
+    # --- persistence: one table (FIELDS) names every field in the state ---------------------
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta, _ = super().to_state()
         meta.update(
@@ -473,26 +359,10 @@ class AdapterMemoryModel(DeepMemoryModel):
             format_version=(
                 4 if self.far_lexical_weight > 0 else 3 if self.gate_threshold > 0 else 2 if self.lexical is not None else 1
             ),
-            gate_threshold=self.gate_threshold,
-            far_lexical_weight=self.far_lexical_weight,
-            far_cosine=self.far_cosine,
-            fallback_lexical_weight=self.fallback_lexical_weight,
             memory_ids=list(self.memory_ids),
-            key_weight=self.key_weight,
-            key_threshold=self.key_threshold,
-            lexical_weight=self.lexical_weight,
+            **{name: getattr(self, name) for name in _STATE_META},
         )
-        arrays = {
-            "weight": self.weight,
-            "bias": self.bias,
-            "memory_vectors": self.memory_vectors,
-            "key_vectors": self.key_vectors,
-            "link_key": self.link_key,
-            "link_node": self.link_node,
-            "link_weight": self.link_weight,
-        }
-        if self.gate_keys is not None:
-            arrays["gate_keys"] = self.gate_keys
+        arrays = {name: getattr(self, name) for name in _STATE_ARRAYS if getattr(self, name) is not None}
         if self.lexical is not None:
             lexical_meta, lexical_arrays = self.lexical.to_state()
             meta["lexical"] = lexical_meta
@@ -510,30 +380,20 @@ class AdapterMemoryModel(DeepMemoryModel):
         missing = [k for k in ("weight", "bias", "memory_vectors") if k not in arrays]
         if missing:
             raise ValueError(f"adapter_memory state lacks arrays {missing}")
-        lexical = None
+        fields: dict[str, Any] = {name: arrays[name] for name in _STATE_ARRAYS if name in arrays}
+        fields.update({name: float(meta[name]) for name in _STATE_META if name in meta})
+        fields["memory_ids"] = [str(i) for i in meta.get("memory_ids", [])]
         if meta.get("lexical") is not None:
             n = len(LEXICAL_PREFIX)
-            lexical = LexicalIndex.from_state(
+            fields["lexical"] = LexicalIndex.from_state(
                 meta["lexical"], {k[n:]: v for k, v in arrays.items() if k.startswith(LEXICAL_PREFIX)}
             )
-        return cls(
-            dim=int(meta["dim"]),
-            metric=str(meta.get("metric", "cosine")),
-            weight=arrays["weight"],
-            bias=arrays["bias"],
-            memory_ids=[str(i) for i in meta.get("memory_ids", [])],
-            memory_vectors=arrays["memory_vectors"],
-            key_vectors=arrays.get("key_vectors"),
-            link_key=arrays.get("link_key"),
-            link_node=arrays.get("link_node"),
-            link_weight=arrays.get("link_weight"),
-            key_weight=float(meta.get("key_weight", 0.0)),
-            key_threshold=float(meta.get("key_threshold", 1.0)),
-            lexical=lexical,
-            lexical_weight=float(meta.get("lexical_weight", 0.0)),
-            gate_threshold=float(meta.get("gate_threshold", 0.0)),
-            gate_keys=arrays.get("gate_keys"),
-            fallback_lexical_weight=float(meta.get("fallback_lexical_weight", 0.0)),
-            far_lexical_weight=float(meta.get("far_lexical_weight", 0.0)),
-            far_cosine=float(meta.get("far_cosine", 0.0)),
-        )
+        return cls(dim=int(meta["dim"]), metric=str(meta.get("metric", "cosine")), **fields)
+
+
+def _field(part: str, name: str) -> property:
+    return property(lambda self: getattr(getattr(self, part), name), doc=f"``{part}.{name}``")
+
+
+for _name, (_part, _attr) in FIELDS.items():  # model.weight, model.memory_ids, model.lexical, ...
+    setattr(AdapterMemoryModel, _name, _field(_part, _attr))

@@ -1,19 +1,21 @@
 """The one Deep Memory ranking: plain hits of the transformed queries, merged with the model's
 override scores, optionally re-scored with keywords, cut to the top ``k``.
 
-It asks the store only through :class:`~llama_index_deepmemory.deep_memory.base.StoreView`
-(plain ``search_vectors`` with filters, ``usable_ids``, ``texts_of``), so the same code ranks for
-training's validation, for ``evaluate`` and for every wrapped backend's queries (Qdrant, ...).
-The embedded FAISS store ranks its ``deep_memory=True`` queries and batches here too; for a
-single keyword query it hands out its hits as keyword-index rows (``search_rows``), and one
-compiled call ranks them (the same ranking, without looking up each hit's id).
+The plain search is batched; each query row is then ranked by one compiled kernel,
+:func:`~llama_index_deepmemory.deep_memory.kernels.rank_row` (merge, the "searched deep enough"
+test, BM25 fusion of the fixed re-scored head, top k), whatever asked: ``store.query``, batched
+search, ``evaluate``, training's validation, every backend. It asks the store only through
+:class:`~llama_index_deepmemory.deep_memory.base.StoreView` (``search_vectors`` with filters,
+``usable_ids``, ``texts_of``). A store that offers ``search_rows`` (the embedded one) hands out a
+single keyword query's hits as keyword-index rows, so no hit's id is looked up but the ``k``
+returned; the same kernel ranks them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -23,7 +25,6 @@ from llama_index_deepmemory.deep_memory.base import (
     check_query_texts,
     checked_scores,
     checked_transform,
-    compiled_kernels,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,20 +32,24 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-Searched = tuple[np.ndarray, list[list[str]], int]  # a plain search: scores (m, k'), ids, k asked
-PlainCache = dict[bytes, Searched]  # transformed query -> its plain search
-_last_ids: list[tuple[Sequence[str], frozenset[str]]] = []  # the override ids of the last query, as a set
+Hits = tuple[np.ndarray, list[str], int]  # one row's plain search: scores, ids, hits asked
+PlainCache = dict[bytes, list[Hits]]  # transformed queries -> their plain searches (training)
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_TERMS = np.zeros(0, dtype=np.int32)
+_NO_SCORES = np.zeros(0, dtype=np.float32)
+_NO_POSTINGS = (np.zeros((1, 2), dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
 
 
-def _id_set(override_ids: Sequence[str]) -> frozenset[str]:
-    """``override_ids`` as a set, kept for the next query naming the same sequence object (a
-    model hands out one tuple; building the set again touches every id string)."""
-    last = _last_ids[0] if _last_ids else None
-    if last is not None and last[0] is override_ids and isinstance(override_ids, tuple):
-        return last[1]
-    ids = frozenset(override_ids)
-    _last_ids[:] = [(override_ids, ids)]
-    return ids
+_loaded: list[Any] = []  # the kernels module, once imported
+
+
+def _kernels() -> Any:
+    """The ranking kernels (imported on first use: plain queries never load numba)."""
+    if not _loaded:
+        from llama_index_deepmemory.deep_memory import kernels
+
+        _loaded.append(kernels)
+    return _loaded[0]
 
 
 def rank(
@@ -91,36 +96,135 @@ def rank(
     transformed, override_ids, override_scores = _applied(model, queries)  # checks the dimension first
     plans = _query_plans(model, queries) if rescore else [None] * len(queries)
     usable = np.asarray(store.usable_ids(override_ids, filters), dtype=bool) if len(override_ids) else np.zeros(0, bool)
-    kernels = compiled_kernels()
-    searched = None
-    if plans[0] is not None and kernels is not None and len(queries) == 1 and texts[0] and forget is None and plain_cache is None:
-        ranked, searched = _rank_keywords_at_once(
-            store, kernels, plans[0], transformed, override_ids, override_scores, usable, head, k, texts[0], filters)
+    row = _Row(store, model, override_ids, override_scores, usable, head, depth, k, filters)
+    if len(queries) == 1 and plans[0] is not None and texts[0] and forget is None and plain_cache is None:
+        ranked = row.by_keyword_rows(transformed, plans[0], texts[0])  # the embedded store's hits as rows
         if ranked is not None:
-            return ranked
-    overridden = _id_set(override_ids)
-    # the usable override scores can complete a row the overridden hits crowd (not with forget)
-    reach = (override_scores, usable) if forget is None else None
-    plain_scores, plain_ids = _plain_search(store, transformed, overridden, depth, filters, plain_cache, reach, searched)
-    position = {node: j for j, node in enumerate(override_ids)} if forget is not None else {}
-    out_scores: list[np.ndarray] = []
-    out_ids: list[list[str]] = []
-    for i, (row_scores, row_ids) in enumerate(zip(plain_scores, plain_ids)):
-        forgotten = forget[i] if forget is not None else set()
-        keep = np.array([n not in overridden or n in forgotten for n in row_ids], dtype=bool)
-        over_keep = usable
-        if forgotten & overridden:  # forgotten override nodes rank as their stored vectors
-            over_keep = usable.copy()
-            over_keep[[position[n] for n in forgotten & overridden]] = False
-        row_scores = np.ascontiguousarray(np.asarray(row_scores)[: len(row_ids)], dtype=np.float32)
-        picks, scores = _merged_row(kernels, row_scores, keep, override_scores[i], over_keep, depth)
-        nodes = [row_ids[p] if p >= 0 else override_ids[-1 - p] for p in picks]
-        if rescore and texts[i] and nodes:  # keyword re-scoring of the top `head`, the rest after it
-            head_nodes, head_scores = _rescored(store, model, plans[i], texts[i], nodes[:head], scores[:head])
-            nodes, scores = head_nodes + nodes[head:], np.concatenate([head_scores, scores[head:]])
-        out_scores.append(scores[:k])
-        out_ids.append(nodes[:k])
-    return out_scores, out_ids
+            return [ranked[0]], [ranked[1]]
+    searched = _plain_searches(store, transformed, depth + _margin(len(override_ids), depth), filters, plain_cache)
+    out: list[tuple[np.ndarray, list[str]] | None] = [None] * len(queries)
+    while True:
+        deeper = []
+        for i, hits in enumerate(searched):
+            if out[i] is None:
+                out[i] = row.by_ids(i, hits, plans[i], texts[i] if texts is not None else None,
+                                    forget[i] if forget is not None else None)
+                if out[i] is None:
+                    deeper.append(i)
+        if not deeper:
+            break
+        # as deep again where a row may miss a merged top candidate (the same depth would miss again)
+        for i, hits in zip(deeper, _search_rows_of(store, transformed, deeper, [2 * searched[i][2] for i in deeper], filters)):
+            searched[i] = hits
+    if plain_cache is not None and filters is None:
+        plain_cache[_key(transformed)] = searched
+    return [scores for scores, _ in out], [ids for _, ids in out]  # type: ignore[misc]
+
+
+class _Row:
+    """One ranking's shared inputs, and each query row ranked by ``kernels.rank_row``."""
+
+    def __init__(self, store: "StoreView", model: DeepMemoryModel, override_ids: Sequence[str],
+                 override_scores: np.ndarray, usable: np.ndarray, head: int, depth: int, k: int, filters: Any) -> None:
+        self.store, self.model, self.filters = store, model, filters
+        self.override_ids, self.override_scores, self.usable = override_ids, override_scores, usable
+        self.overridden = model.override_set(override_ids)
+        self.head, self.depth, self.k = head, depth, k
+        self.kernels = _kernels()
+        self.rank_row = self.kernels.rank_row
+
+    def by_keyword_rows(self, transformed: np.ndarray, plan: KeywordPlan, text: str) -> tuple[np.ndarray, list[str]] | None:
+        """One keyword query over a store that hands out its hits' keyword-index rows
+        (``search_rows``), searched deeper until complete; None where the store cannot now."""
+        search_rows = getattr(self.store, "search_rows", None)
+        if search_rows is None:
+            return None
+        index = plan.index
+        over_rows, flags, unindexed = plan.override_rows(self.override_ids)
+        asked = self.depth + _margin(len(self.override_ids), self.depth)
+        terms = index.query_term_ids(text)
+        while True:
+            hits = search_rows(transformed, asked, self.filters, index)
+            if hits is None:
+                return None
+            scores, rows, id_at = hits
+            keep, unindexed_hit = self.kernels.kept_rows(rows, flags)
+            if len(unindexed):  # an override node unindexed: tell it by id
+                for p in np.flatnonzero(rows < 0).tolist():
+                    keep[p] = id_at(p) not in self.overridden
+            given = (self._text_scores(plan, text, rows, keep, self.usable, unindexed, id_at)
+                     if unindexed_hit or len(unindexed) else _NO_SCORES)
+            out_scores, sources, complete = self.rank_row(
+                scores, keep, rows, self.override_scores[0], self.usable, over_rows, given, *index.postings,
+                terms, float(plan.weight), self.head, self.depth, self.k, asked)
+            if complete:
+                return out_scores, [id_at(p) if p >= 0 else self.override_ids[-1 - p] for p in sources.tolist()]
+            asked *= 2
+
+    def by_ids(self, i: int, hits: Hits, plan: KeywordPlan | None, text: str | None,
+               forgotten: set[str] | None) -> tuple[np.ndarray, list[str]] | None:
+        """Query row ``i`` ranked from its plain ``hits``, or None: search it deeper."""
+        scores, ids, asked = hits
+        overridden = self.overridden
+        over_keep = self.usable
+        if forgotten:
+            keep = np.fromiter((n not in overridden or n in forgotten for n in ids), dtype=bool, count=len(ids))
+            lost = [j for j, node in enumerate(self.override_ids) if node in forgotten]
+            if lost:  # forgotten override nodes rank as their stored vectors
+                over_keep = over_keep.copy()
+                over_keep[lost] = False
+        else:
+            keep = np.fromiter((n not in overridden for n in ids), dtype=bool, count=len(ids))
+        keywords = plan is not None and bool(text)
+        head = self.head if keywords else 0
+        depth, k = self.depth, (self.k if keywords or not self.head else self.depth)
+        if keywords:
+            index = plan.index
+            rows, (over_rows, _, unindexed) = index.rows_of(ids), plan.override_rows(self.override_ids)
+            given = self._text_scores(plan, text, rows, keep, over_keep, unindexed, ids.__getitem__)
+            postings, terms, weight = index.postings, index.query_term_ids(text), float(plan.weight)
+        else:
+            rows = over_rows = _NO_ROWS
+            given, postings, terms, weight = _NO_SCORES, _NO_POSTINGS, _NO_TERMS, 0.0
+        out_scores, sources, complete = self.rank_row(
+            scores, keep, rows, self.override_scores[i], over_keep, over_rows, given, *postings, terms, weight,
+            head, depth, k, asked)
+        if not complete:
+            return None
+        nodes = [ids[p] if p >= 0 else self.override_ids[-1 - p] for p in sources.tolist()]
+        if self.head and not keywords and text:  # a model's own re-scoring of the top `head`, the rest after it
+            nodes, out_scores = _reranked(self.store, self.model, text, nodes, out_scores, self.head)
+        return out_scores[: self.k], nodes[: self.k]
+
+    def _text_scores(self, plan: KeywordPlan, text: str, rows: np.ndarray, keep: np.ndarray, over_keep: np.ndarray,
+                     unindexed: np.ndarray, id_at: Callable[[int], str]) -> np.ndarray:
+        """BM25 from their current texts of the unindexed candidates that may reach the re-scored
+        head (plain hits among the first ``head`` kept, usable override nodes), aligned to the
+        kernel's pool (plain hits, then override nodes); empty when there are none (the usual case)."""
+        if not len(unindexed) and (not len(rows) or rows.min() >= 0):
+            return _NO_SCORES
+        plain_at = np.flatnonzero(keep)[: self.head]
+        plain_at = plain_at[rows[plain_at] < 0]
+        over_at = unindexed[over_keep[unindexed]]
+        if not len(plain_at) and not len(over_at):
+            return _NO_SCORES
+        ids = [id_at(p) for p in plain_at.tolist()] + [self.override_ids[j] for j in over_at.tolist()]
+        positions = np.concatenate([plain_at, len(rows) + over_at])
+        out = np.zeros(len(rows) + len(over_keep), dtype=np.float32)
+        out[positions] = plan.index.text_scores(text, np.full(len(ids), -1, np.int64), self.store.texts_of(ids))
+        return out
+
+
+def _reranked(store: "StoreView", model: DeepMemoryModel, text: str, nodes: list[str], scores: np.ndarray,
+              head: int) -> tuple[list[str], np.ndarray]:
+    """The top ``head`` candidates re-scored by ``model.rerank`` (a model without a keyword plan)
+    and re-ordered, the rest after them."""
+    top = nodes[:head]
+    fused = np.asarray(model.rerank(text, top, scores[:head], store.texts_of(top)), dtype=np.float32)
+    if fused.shape != scores[:head].shape:
+        raise ValueError(f"the Deep Memory model re-scored {len(top)} candidates into shape {fused.shape}")
+    order = np.argsort(-fused, kind="stable")
+    return [top[j] for j in order] + nodes[head:], np.concatenate([fused[order], scores[head:]])
 
 
 def _query_plans(model: DeepMemoryModel, queries: np.ndarray) -> list[KeywordPlan | None]:
@@ -134,76 +238,39 @@ def _query_plans(model: DeepMemoryModel, queries: np.ndarray) -> list[KeywordPla
     return plans
 
 
-def _merged_row(
-    kernels: Any, plain_scores: np.ndarray, keep: np.ndarray, over_scores: np.ndarray, over_keep: np.ndarray, depth: int
-) -> tuple[list[int], np.ndarray]:
-    """One query's top ``depth`` of its kept plain hits (in their order) and its kept override
-    scores (in the model's order), stable: (sources, scores), a source being a plain position
-    ``p`` or ``-1 - j`` for override ``j``. One compiled call where numba is installed."""
-    if kernels is not None:
-        out_scores, out_sources = kernels.merge_row(plain_scores, keep, over_scores, over_keep, depth)
-        return out_sources.tolist(), out_scores
-    pool_scores = np.concatenate([plain_scores[keep], over_scores[over_keep]])
-    sources = np.concatenate([np.flatnonzero(keep), -1 - np.flatnonzero(over_keep)])
-    order = np.argsort(-pool_scores, kind="stable")[:depth]
-    return sources[order].tolist(), pool_scores[order].astype(np.float32)
-
-
-_last_flags: list[tuple[np.ndarray, np.ndarray]] = []  # the override nodes' keyword rows -> a flag per row
-
-
-def _override_rows(plan: KeywordPlan, override_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """The keyword index's rows of the override nodes and a flag per index row marking them
-    (kept for the same rows), or None when an override node is not indexed: a plain hit then
-    cannot be told an override node by its row."""
-    over_rows = plan.index.rows_of(override_ids)  # the index keeps them per tuple
-    last = _last_flags[0] if _last_flags else None
-    if last is not None and last[0] is over_rows:
-        return last
-    if len(over_rows) and over_rows.min() < 0:
-        return None
-    flags = np.zeros(len(plan.index), dtype=bool)
-    flags[over_rows] = True
-    _last_flags[:] = [(over_rows, flags)]
-    return over_rows, flags
-
-
-def _rank_keywords_at_once(
-    store: "StoreView", kernels: Any, plan: KeywordPlan, transformed: np.ndarray, override_ids: Sequence[str],
-    override_scores: np.ndarray, usable: np.ndarray, head: int, k: int, text: str, filters: Any,
-) -> tuple[tuple[list[np.ndarray], list[list[str]]] | None, Searched | None]:
-    """One query's keyword ranking in one compiled call (merge, BM25 fusion of the top ``head``,
-    top ``k``) over a
-    store that hands out its hits' keyword-index rows (``search_rows``: the embedded store keeps
-    a row per slot), so no hit's id is looked up but the ``k`` returned: (ranking, None). Where
-    the steps of :func:`rank` must run instead (no such store, an override node or a top
-    candidate not indexed, a row that needs a deeper search): (None, the plain search made, if
-    one was, for those steps to start from)."""
-    search_rows = getattr(store, "search_rows", None)
-    marked = _override_rows(plan, override_ids) if search_rows is not None else None
-    if marked is None:
-        return None, None
-    depth = max(k, head)
-    asked = depth + _margin(len(override_ids), depth)
-    hits = search_rows(transformed, asked, filters, plan.index)
-    if hits is None:
-        return None, None
-    plain_scores, plain_rows, id_at = hits
-    over_rows, flags = marked
-    index = plan.index
-    status, scores, sources = kernels.merge_keyword_top(
-        plain_scores, plain_rows, flags, override_scores[0], usable, over_rows, *index.postings,
-        index.query_term_ids(text), float(plan.weight), head, k, asked)
-    if status != 0:
-        return None, (plain_scores[None, : len(plain_rows)], [[id_at(p) for p in range(len(plain_rows))]], asked)
-    return ([scores], [[id_at(p) if p >= 0 else override_ids[-1 - p] for p in sources.tolist()]]), None
-
-
 def _margin(n_overrides: int, k: int) -> int:
     """Hits asked beyond ``k`` so the override nodes among them rarely force a second search
     (asking for ``k`` alone re-searched 10 of 60 queries of ``bench_wrapped``'s keyword case:
     a second scan costs more than 16 more ids)."""
     return min(n_overrides, max(16, k // 4))
+
+
+def _key(transformed: np.ndarray) -> bytes:
+    return hashlib.sha1(transformed.tobytes()).digest()
+
+
+def _plain_searches(store: "StoreView", transformed: np.ndarray, asked: int, filters: Any,
+                    cache: PlainCache | None) -> list[Hits]:
+    """Each row's plain top ``asked`` (one batched search), or the searches ``cache`` kept for
+    these transformed queries (rows searched deeper there stay deeper)."""
+    if cache is not None and filters is None:
+        kept = cache.get(_key(transformed))
+        if kept is not None:
+            return list(kept)
+    return _search_rows_of(store, transformed, list(range(len(transformed))), [asked] * len(transformed), filters)
+
+
+def _search_rows_of(store: "StoreView", transformed: np.ndarray, rows: list[int], asked: list[int],
+                    filters: Any) -> list[Hits]:
+    """The plain top ``asked[j]`` of query row ``rows[j]``, in one batched search."""
+    deepest = max(asked)
+    asked_rows = transformed if len(rows) == len(transformed) else transformed[rows]
+    scores, ids = store.search_vectors(asked_rows, deepest, filters=filters)
+    out = []
+    for j, wanted in enumerate(asked):
+        row_ids = list(ids[j])[:wanted]
+        out.append((np.ascontiguousarray(np.asarray(scores[j])[: len(row_ids)], dtype=np.float32), row_ids, wanted))
+    return out
 
 
 def _rank_routed(
@@ -234,22 +301,6 @@ def _rank_routed(
     return out_scores, out_ids
 
 
-def _rescored(
-    store: "StoreView", model: DeepMemoryModel, plan: Any, text: str, nodes: list[str], scores: np.ndarray
-) -> tuple[list[str], np.ndarray]:
-    """One query's candidates re-scored with its ``text`` and re-ordered: through the model's
-    keyword ``plan`` (texts are read only for candidates its index lacks), else ``model.rerank``."""
-    if plan is None:
-        fused = np.asarray(model.rerank(text, nodes, scores, store.texts_of(nodes)), dtype=np.float32)
-        if fused.shape != scores.shape:
-            raise ValueError(f"the Deep Memory model re-scored {len(scores)} candidates into shape {fused.shape}")
-        order = np.argsort(-fused, kind="stable")
-        return [nodes[j] for j in order], fused[order]
-    rows = plan.index.rows_of(nodes)
-    order, fused = plan.ranked(text, rows, scores, lambda at: store.texts_of([nodes[j] for j in at]))
-    return [nodes[j] for j in order.tolist()], fused
-
-
 def _applied(model: DeepMemoryModel, queries: np.ndarray) -> tuple[np.ndarray, Sequence[str], np.ndarray]:
     """``model.apply`` with its results checked (a subclass's own ``apply`` included)."""
     if model.dim != queries.shape[1]:
@@ -261,58 +312,3 @@ def _applied(model: DeepMemoryModel, queries: np.ndarray) -> tuple[np.ndarray, S
     if not getattr(model.apply, "checks_own_output", False):
         transformed, scores = checked_transform(queries, transformed), checked_scores(queries, ids, scores)
     return np.ascontiguousarray(transformed, dtype=np.float32), ids, np.ascontiguousarray(scores, dtype=np.float32)
-
-
-def _reaching(reach: tuple[np.ndarray, np.ndarray], i: int, last: float) -> int:
-    """How many usable override scores of query ``i`` reach ``last``."""
-    override_scores, usable = reach
-    return int((override_scores[i][usable] >= last).sum())
-
-
-def _plain_search(
-    store: "StoreView",
-    transformed: np.ndarray,
-    overridden: set[str],
-    k: int,
-    filters: Any,
-    cache: PlainCache | None,
-    reach: tuple[np.ndarray, np.ndarray] | None = None,
-    searched: Searched | None = None,
-) -> tuple[np.ndarray, list[list[str]]]:
-    """Plain search deep enough for an exact merged top ``k`` per row (or every node the filters
-    allow: a row shorter than asked holds them all, so the store is never counted, a round trip
-    for some engines and a listing of every node for others).
-
-    A row is complete when its hits outside ``overridden``, plus the override nodes scoring at
-    least its last fetched plain score (``reach``: the (m, n_override) override scores and which
-    overrides are usable), number ``k``: every unfetched node scores at most that last score. The
-    first search asks for :func:`_margin` more than ``k``; a search already ``searched`` is
-    used when it is complete."""
-    margin = _margin(len(overridden), k)
-
-    def complete(scores: np.ndarray, ids: list[list[str]], k_search: int) -> bool:
-        for i, row in enumerate(ids):
-            if len(row) < k_search:  # every allowed node was fetched
-                continue
-            kept = len(row) - len(overridden.intersection(row))
-            if kept < k and (reach is None or not row or kept + _reaching(reach, i, scores[i][len(row) - 1]) < k):
-                return False
-        return True
-
-    key = hashlib.sha1(transformed.tobytes()).digest() if cache is not None and filters is None else None
-    if key is not None and key in cache:
-        searched = cache[key]
-    k_search = k + margin
-    if searched is not None:
-        scores, ids, k_searched = searched
-        if complete(scores, ids, k_searched):
-            return scores, ids
-        k_search = max(k_search, 2 * k_searched)  # as deep again: the same depth would miss again
-    while True:
-        scores, ids = store.search_vectors(transformed, k_search, filters=filters)
-        if complete(scores, ids, k_search):
-            break
-        k_search *= 2
-    if key is not None:
-        cache[key] = (scores, ids, k_search)
-    return scores, ids

@@ -41,11 +41,7 @@ def _add_keys(
                 link_key.append(q)
                 link_node.append(index[node])
                 link_weight.append(w / top)
-    return AdapterMemoryModel(
-        dim=model.dim,
-        metric=model.metric,
-        weight=model.weight,
-        bias=model.bias,
+    return model.replace(
         memory_ids=memory_ids,
         memory_vectors=np.concatenate(vectors),
         key_vectors=model.transform_queries(split.queries),
@@ -76,13 +72,8 @@ def _with_gate(model: AdapterMemoryModel, queries: np.ndarray, threshold: float,
     """``model`` with a per-query gate: queries far from every training query in ``queries`` (cosine
     below ``threshold``, as embedded) are ranked by the adapter alone, without memory or query
     keys, with keyword weight ``weight`` (the plain store's, chosen on validation)."""
-    return AdapterMemoryModel(
-        dim=model.dim, metric=model.metric, weight=model.weight, bias=model.bias,
-        memory_ids=list(model.memory_ids), memory_vectors=model.memory_vectors, key_vectors=model.key_vectors,
-        link_key=model.link_key, link_node=model.link_node, link_weight=model.link_weight,
-        key_weight=model.key_weight, key_threshold=model.key_threshold,
-        lexical=model.lexical, lexical_weight=model.lexical_weight, gate_threshold=threshold, gate_keys=queries,
-        far_lexical_weight=model.far_lexical_weight, far_cosine=model.far_cosine,  # its keys are these queries too
+    return model.replace(
+        gate_threshold=threshold, gate_keys=queries,  # the far keywords' training queries are these too
         # the fallback re-scores only where the model does (one keyword index, one keyword_plan to update)
         fallback_lexical_weight=weight if model.lexical is not None and model.lexical_weight > 0 else 0.0,
     )
@@ -104,8 +95,9 @@ def _with_lexical(
     """``model`` re-scoring its top candidates with ``weight`` times their scaled BM25 scores
     (with ``far``, and memory to be far from: ``far.weight`` for far queries where it is larger)."""
     if far is None or far.weight <= weight or not len(model.memory_ids):  # one weight serves every query
-        return model.with_keywords(lexical, weight)
-    return model.with_keywords(lexical, weight, far_weight=far.weight, far_cosine=far.cosine, training_queries=far.queries)
+        return model.replace(lexical=lexical, lexical_weight=weight, far_lexical_weight=0.0, far_cosine=0.0)
+    return model.replace(lexical=lexical, lexical_weight=weight, far_lexical_weight=far.weight, far_cosine=far.cosine,
+                         gate_keys=far.queries)
 
 
 def _lexical_grid(
