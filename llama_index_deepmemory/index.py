@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from llama_index_deepmemory.scoring import METRICS, plain_scores
+from llama_index_deepmemory.topk import top_k
 
 logger = logging.getLogger(__name__)
 
@@ -334,17 +335,6 @@ class VectorIndex:
             index._dead[dead_ids] = True
             index.n_dead = len(np.unique(dead_ids))
         return index
-
-
-def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row top ``k`` of (m, n) scores, sorted descending (stable), with their ids."""
-    n = scores.shape[1]
-    if n > k:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k > 0 else np.zeros((len(scores), 0), int)
-        scores = np.take_along_axis(scores, part, axis=1)
-        ids = np.take_along_axis(ids, part, axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
 def pad_results(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

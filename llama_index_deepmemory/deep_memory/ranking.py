@@ -26,6 +26,7 @@ from llama_index_deepmemory.deep_memory.base import (
     checked_scores,
     checked_transform,
 )
+from llama_index_deepmemory.topk import stable_order
 
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index_deepmemory.deep_memory.base import StoreView
@@ -223,7 +224,7 @@ def _reranked(store: "StoreView", model: DeepMemoryModel, text: str, nodes: list
     fused = np.asarray(model.rerank(text, top, scores[:head], store.texts_of(top)), dtype=np.float32)
     if fused.shape != scores[:head].shape:
         raise ValueError(f"the Deep Memory model re-scored {len(top)} candidates into shape {fused.shape}")
-    order = np.argsort(-fused, kind="stable")
+    order = stable_order(fused)
     return [top[j] for j in order] + nodes[head:], np.concatenate([fused[order], scores[head:]])
 
 
