@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from llama_index.core.schema import TextNode
 
+from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
+from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
 from llama_index_deepmemory.store import DeepMemoryVectorStore
 
 
@@ -125,3 +127,29 @@ def gated_model(task: KeywordTask, threshold: float = 0.5, keywords: bool = Fals
         fallback_lexical_weight=0.8 if keywords else 0.0,
     )
     return model, memory
+
+
+def hand_model(task: KeywordTask, seed: int = 0) -> AdapterMemoryModel:
+    """A seeded model with every part: a near-identity adapter, memory for 30 documents (some
+    pulled towards other documents) and keyword re-scoring of the stored texts."""
+    rng = np.random.default_rng(seed)
+    memory = rng.choice(len(task.ids), size=30, replace=False)
+    return AdapterMemoryModel(
+        DIM,
+        weight=np.eye(DIM, dtype=np.float32) + 0.2 * rng.normal(size=(DIM, DIM)).astype(np.float32) / np.sqrt(DIM),
+        memory_ids=[task.ids[j] for j in memory],
+        memory_vectors=task.docs[memory] + 0.5 * task.docs[rng.permutation(memory)],
+        lexical=LexicalIndex(task.ids, task.doc_texts),
+        lexical_weight=0.4,
+    )
+
+
+NEAR_WEIGHT, FAR_WEIGHT, FAR_COSINE = 0.02, 0.8, 0.5  # the far-keyword model's weights and cut-off
+
+
+def far_model(task: KeywordTask, far_weight: float = FAR_WEIGHT) -> AdapterMemoryModel:
+    """The hand-made memory model of the gate tests without a gate: memory pulled towards the
+    first 20 queries (the "training queries"), a small keyword weight near them, a large one far."""
+    model, _ = gated_model(task, threshold=0.0, keywords=True)
+    return model.replace(lexical_weight=NEAR_WEIGHT, far_lexical_weight=far_weight, far_cosine=FAR_COSINE,
+                         gate_keys=task.queries[:20])

@@ -18,7 +18,7 @@ from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
 from llama_index_deepmemory.engine.ids import ID_KEY, engine_id
 from llama_index_deepmemory.store import DeepMemoryVectorStore
 from synthetic import N_TRAIN, KeywordTask
-from test_ranking import hand_model
+from synthetic import hand_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # bench_threads.hammer
 EVEN = MetadataFilters(filters=[MetadataFilter(key="parity", value=0)])

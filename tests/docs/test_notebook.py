@@ -11,7 +11,7 @@ nbclient = pytest.importorskip("nbclient")
 
 from notebook_run import run_notebook  # noqa: E402
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
 
 
 def test_quickstart_notebook_runs_offline(monkeypatch: pytest.MonkeyPatch) -> None:

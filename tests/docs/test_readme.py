@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from servers import last_user_message, openai_chat_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "notebooks" / "data" / "docs"  # small local HTML pages, instead of Python's FAQ folder
 CONTEXT = re.compile(r"---------------------\n(.*)\n---------------------", re.S)
 

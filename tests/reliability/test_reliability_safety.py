@@ -25,7 +25,7 @@ from crash_child import install_model
 from llama_index_deepmemory import persistence
 from llama_index_deepmemory.store import DeepMemoryVectorStore
 
-PACKAGE = Path(__file__).resolve().parents[1] / "llama_index_deepmemory"
+PACKAGE = Path(__file__).resolve().parents[2] / "llama_index_deepmemory"
 
 
 class MarkerPayload:

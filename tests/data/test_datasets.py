@@ -18,7 +18,7 @@ from llama_index_deepmemory import (
     write_query_log,
 )
 
-SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
+SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "data" / "scifact"
 
 
 def write_lines(path: Path, records: list) -> Path:

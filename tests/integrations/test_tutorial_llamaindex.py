@@ -22,7 +22,7 @@ pytest.importorskip("langchain_openai")
 
 from tutorial_server import hashed_embedding, tutorial_server  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 ORIGINAL = '''
 from llama_index.core.node_parser import SimpleNodeParser
@@ -309,7 +309,7 @@ def test_deep_memory_keyword_is_honoured_or_refused(monkeypatch: pytest.MonkeyPa
     from llama_index.core.vector_stores import SimpleVectorStore
 
     from llama_index_deepmemory import DeepMemoryVectorStore, DeepMemoryVectorStoreIndex
-    from test_llamaindex_behaviour import HashEmbedding
+    from hash_embedding import HashEmbedding
 
     nodes = [TextNode(id_=f"n{i}", text=f"page {i} about topic{i}") for i in range(6)]
     store = DeepMemoryVectorStore()
@@ -356,7 +356,7 @@ def test_retriever_evaluator_evaluates_a_dataset_as_llama_index_010_did() -> Non
     from llama_index_deepmemory import (
         DeepMemoryVectorStore, DeepMemoryVectorStoreIndex, EmbeddingQAFinetuneDataset, RetrieverEvaluator,
     )
-    from test_llamaindex_behaviour import HashEmbedding
+    from hash_embedding import HashEmbedding
 
     nodes = [TextNode(id_=f"n{i}", text=f"page {i} about {'x' * (i + 1)}") for i in range(8)]
     index = DeepMemoryVectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=DeepMemoryVectorStore()),
@@ -383,7 +383,7 @@ def test_the_index_shows_progress_when_it_embeds_many_nodes(capsys: pytest.Captu
 
     from llama_index_deepmemory import DeepMemoryVectorStore, DeepMemoryVectorStoreIndex
     from llama_index_deepmemory.vector_index import PROGRESS_FROM
-    from test_llamaindex_behaviour import HashEmbedding
+    from hash_embedding import HashEmbedding
 
     for n, shown in ((PROGRESS_FROM - 1, False), (PROGRESS_FROM, True)):
         nodes = [TextNode(id_=f"n{i}", text=f"text {i}") for i in range(n)]

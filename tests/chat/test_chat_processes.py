@@ -15,8 +15,8 @@ import pytest
 from llama_index_deepmemory.chat import ConversationStore
 from scripted_llm import ScriptedLLM, scripted_server
 
-ROOT = Path(__file__).resolve().parents[1]
-WRITER = Path(__file__).with_name("chat_writer.py")
+ROOT = Path(__file__).resolve().parents[2]
+WRITER = Path(__file__).resolve().parents[1] / "chat_writer.py"
 WRITERS, TURNS = 3, 5
 
 

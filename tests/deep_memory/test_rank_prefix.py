@@ -18,8 +18,8 @@ from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH, AdapterMemoryModel
 from llama_index_deepmemory.store import DeepMemoryVectorStore
 from synthetic import DIM, N_DOCS, KeywordTask, gated_model
-from test_far_keywords import far_model
-from test_ranking import hand_model
+from synthetic import far_model
+from synthetic import hand_model
 from wrapped_checks import ask, faiss_twin, nodes_with_docs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect")
@@ -77,7 +77,7 @@ def _milvus(task: KeywordTask, tmp) -> DeepMemoryVectorStore:
 
 
 def _generic(task: KeywordTask, tmp) -> DeepMemoryVectorStore:
-    from test_wrapped_generic import TinyTextStore
+    from tiny_store import TinyTextStore
 
     return DeepMemoryVectorStore(vector_store=TinyTextStore())
 

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("qdrant_client")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect")
 
 

@@ -272,7 +272,7 @@ def test_cli_evaluate_answers(trained, test_set, tmp_path: Path, monkeypatch: py
 
 
 def readme_block() -> str:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     match = re.search(r"## Answers with and without Deep Memory[^\n]*\n\n```python\n(.*?)```", text, re.S)
     assert match, "README.md lost its answer-level/chat python block"
     return match.group(1)

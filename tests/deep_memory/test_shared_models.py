@@ -24,10 +24,10 @@ from llama_index_deepmemory import DeepMemoryVectorStore, persistence
 from llama_index_deepmemory.deep_memory import state
 from shared_child import FAST, N_TRAIN, ranking, task
 
-CHILD = Path(__file__).with_name("shared_child.py")
+CHILD = Path(__file__).resolve().parents[1] / "shared_child.py"
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-    [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
 
 
 def built(path: Path) -> DeepMemoryVectorStore:

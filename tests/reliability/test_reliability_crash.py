@@ -26,7 +26,7 @@ from crash_child import build_states, install_model, store_fingerprint
 from llama_index_deepmemory import persistence
 from llama_index_deepmemory.store import DeepMemoryVectorStore
 
-CHILD = Path(__file__).with_name("crash_child.py")
+CHILD = Path(__file__).resolve().parents[1] / "crash_child.py"
 CRASH_NODES = 2000
 CRASH_TRIALS = 24
 MAX_KILL_DELAY_S = 0.4

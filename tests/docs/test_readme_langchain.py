@@ -26,7 +26,7 @@ from langchain_core.embeddings import Embeddings  # noqa: E402
 
 from servers import openai_chat_server  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "notebooks" / "data" / "docs"
 CONTEXT_HEADER = "Use the following pieces of context to answer the user's question."
 TRAIN_WORDINGS = ("What does the {} section explain?", "Where is {} documented?", "How do I use {}?")

@@ -14,18 +14,10 @@ from llama_index_deepmemory.deep_memory.ranking import rank
 from llama_index_deepmemory.deep_memory.training import TrainOptions
 from llama_index_deepmemory.evaluation import model_contents
 from llama_index_deepmemory.store import DeepMemoryVectorStore
-from synthetic import DIM, N_TRAIN, OPTIONS, KeywordTask, brute_force_scores, gated_model, reference_keyword_weights
+from synthetic import (DIM, FAR_COSINE, FAR_WEIGHT, N_TRAIN, NEAR_WEIGHT, OPTIONS, KeywordTask, brute_force_scores,
+                       far_model, reference_keyword_weights)
 
-NEAR_WEIGHT, FAR_WEIGHT, FAR_COSINE = 0.02, 0.8, 0.5
 EVEN = MetadataFilters(filters=[MetadataFilter(key="parity", value=0)])
-
-
-def far_model(task: KeywordTask, far_weight: float = FAR_WEIGHT) -> AdapterMemoryModel:
-    """The hand-made memory model of the gate tests without a gate: memory pulled towards the
-    first 20 queries (the "training queries"), a small keyword weight near them, a large one far."""
-    model, _ = gated_model(task, threshold=0.0, keywords=True)
-    return model.replace(lexical_weight=NEAR_WEIGHT, far_lexical_weight=far_weight, far_cosine=FAR_COSINE,
-                         gate_keys=task.queries[:20])
 
 
 def reference_ids(task: KeywordTask, model, queries: np.ndarray, texts: list[str], k: int, allowed=None) -> list[list[str]]:

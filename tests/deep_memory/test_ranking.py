@@ -7,30 +7,14 @@ import numpy as np
 import pytest
 from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters, VectorStoreQuery
 
-from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
 from llama_index_deepmemory.deep_memory.ranking import rank
 from llama_index_deepmemory.deep_memory.training import _evaluate, _Split
 from llama_index_deepmemory.metrics import ndcg_at_k
 from llama_index_deepmemory.store import DeepMemoryVectorStore
-from synthetic import DIM, KeywordTask, brute_force_scores
+from synthetic import KeywordTask, brute_force_scores, hand_model
 
 EVEN = MetadataFilters(filters=[MetadataFilter(key="parity", value=0)])
-
-
-def hand_model(task: KeywordTask, seed: int = 0) -> AdapterMemoryModel:
-    """A seeded model with every part: a near-identity adapter, memory for 30 documents (some
-    pulled towards other documents) and keyword re-scoring of the stored texts."""
-    rng = np.random.default_rng(seed)
-    memory = rng.choice(len(task.ids), size=30, replace=False)
-    return AdapterMemoryModel(
-        DIM,
-        weight=np.eye(DIM, dtype=np.float32) + 0.2 * rng.normal(size=(DIM, DIM)).astype(np.float32) / np.sqrt(DIM),
-        memory_ids=[task.ids[j] for j in memory],
-        memory_vectors=task.docs[memory] + 0.5 * task.docs[rng.permutation(memory)],
-        lexical=LexicalIndex(task.ids, task.doc_texts),
-        lexical_weight=0.4,
-    )
 
 
 @pytest.fixture(scope="module")

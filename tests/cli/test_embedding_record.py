@@ -13,7 +13,7 @@ from llama_index.core.schema import TextNode
 from llama_index_deepmemory import DeepMemoryVectorStore, default_embedding
 from llama_index_deepmemory.cli import main
 from llama_index_deepmemory.embeddings import RECORD_FILE, embedding_spec
-from test_llamaindex_behaviour import HashEmbedding
+from hash_embedding import HashEmbedding
 
 
 def small_store(path: Path, embed) -> DeepMemoryVectorStore:

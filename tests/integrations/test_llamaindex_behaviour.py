@@ -8,32 +8,13 @@ import pickle
 import numpy as np
 import pytest
 from llama_index.core import StorageContext, VectorStoreIndex
-from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.schema import ImageNode, IndexNode, TextNode
 from llama_index.core.vector_stores import SimpleVectorStore
 from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryMode
 
 from llama_index_deepmemory.store import DeepMemoryVectorStore
+from hash_embedding import HashEmbedding
 from synthetic import normalise
-
-
-class HashEmbedding(BaseEmbedding):
-    """Deterministic 16-dim bag-of-words vectors (no model needed)."""
-
-    def _vector(self, text: str) -> list[float]:
-        v = np.zeros(16)
-        for word in text.lower().split():
-            v[sum(map(ord, word)) % 16] += 1.0
-        return (v + 1e-3).tolist()
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self._vector(text)
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._vector(query)
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._vector(query)
 
 
 def mixed_nodes() -> list:

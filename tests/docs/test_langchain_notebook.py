@@ -25,7 +25,7 @@ pytest.importorskip("langchain_text_splitters")
 from notebook_run import run_notebook  # noqa: E402
 from servers import openai_chat_server  # noqa: E402
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "langchain_quickstart.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "langchain_quickstart.ipynb"
 INPUT = "generate a question from the following input: "
 CONTEXT_HEADER = "Use the following pieces of context to answer the user's question."
 WORDINGS = ("What does the {} section explain?", "Where is {} documented?", "How do I use {}?",

@@ -162,7 +162,7 @@ def test_failed_save_keeps_the_previous_model_on_disk_and_in_memory(task: Task, 
     limit = max(p.stat().st_size for p in model_files) - 1
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-c", CHILD_SAVE, str(newer), str(saved), str(Path(__file__).parent), str(limit)],
+        [sys.executable, "-c", CHILD_SAVE, str(newer), str(saved), str(Path(__file__).resolve().parents[1]), str(limit)],
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert out.returncode == 0, out.stderr

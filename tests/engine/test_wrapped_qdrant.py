@@ -24,7 +24,7 @@ from qdrant_client import QdrantClient  # noqa: E402
 from llama_index_deepmemory.engine.ids import ID_KEY, engine_id  # noqa: E402
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
-from test_ranking import hand_model  # noqa: E402
+from synthetic import hand_model  # noqa: E402
 from wrapped_checks import check_ids_cannot_impersonate, check_threads  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect")
@@ -167,7 +167,7 @@ def test_models_persist_in_their_folder_and_a_second_process_serves_the_same(tas
         print(json.dumps({{"active": store.deep_memory.get_model(), "ids": ids}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
-                         cwd=Path(__file__).parent)
+                         cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == expected
 

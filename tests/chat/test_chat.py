@@ -21,7 +21,7 @@ from llama_index_deepmemory.chat.engine import cited_ranks
 from llama_index_deepmemory.chat.history import FORMAT, FORMAT_VERSION, check_conversation_id
 from scripted_llm import ScriptedLLM, scripted_server, sentences
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FOLLOW_UP = "and how do I undo that?"
 STANDALONE = "How do I undo a git commit?"
 
