@@ -46,7 +46,7 @@ from llama_index_deepmemory.cli_common import positive_int as _positive_int
 logger = logging.getLogger(__name__)
 
 USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
-# defaults of TrainOptions shown in --help (tests/test_cli.py checks they match the library)
+# defaults of TrainOptions shown in --help (tests/cli/test_cli.py checks they match the library)
 TRAIN_DEFAULTS = {"epochs": 40, "learning_rate": 2e-3, "seed": 0}
 
 

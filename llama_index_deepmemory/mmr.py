@@ -9,7 +9,7 @@ the store's score, not a fresh cosine to the query; redundancy is the cosine bet
 * :func:`langchain_mmr`: LangChain's rule (``maximal_marginal_relevance``): redundancy is the
   *largest* similarity to any pick. LangChain's utility computes relevance as the cosine to the
   query embedding and takes no scores, so the same greedy loop is written here once; with plain
-  cosine scores it picks what LangChain's picks (tests/test_mmr.py compares the two).
+  cosine scores it picks what LangChain's picks (tests/integrations/test_mmr.py compares the two).
 """
 
 from __future__ import annotations

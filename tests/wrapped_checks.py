@@ -1,4 +1,4 @@
-"""Checks every wrapped engine passes (``tests/test_wrapped_chroma.py``, ``_milvus``, ``_generic``).
+"""Checks every wrapped engine passes (``tests/engine/test_wrapped_chroma.py``, ``_milvus``, ``_generic``).
 
 Each takes the same nodes in the embedded FAISS store and in the engine, with one hand-made model
 registered in both, and compares: the wrapper's plain results with the engine's own, and the Deep

@@ -29,7 +29,7 @@ def keyword_store():
     store = DeepMemoryVectorStore()
     store.add(task.nodes(metadata=True))
     model, _ = gated_model(task, keywords=True)
-    store.deep_memory._models["gated"] = model  # registered directly, as tests/test_gate.py does
+    store.deep_memory._models["gated"] = model  # registered directly, as tests/deep_memory/test_gate.py does
     store.deep_memory.set_model("gated")
     return task, store
 

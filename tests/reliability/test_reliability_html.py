@@ -1,4 +1,4 @@
-"""The HTML loader against hostile input served from 127.0.0.1 (what tests/test_html_loader.py
+"""The HTML loader against hostile input served from 127.0.0.1 (what tests/data/test_html_loader.py
 does not cover yet): redirect chains and redirects to other schemes/hosts, obfuscated
 ``javascript:``/``file:``/``data:`` links and ``<base>`` hijacks, a gzip bomb, malformed and lying
 responses, many slow pages at once, crawler traps, unusual encodings and deep/malformed markup.
