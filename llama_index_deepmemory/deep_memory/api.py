@@ -381,7 +381,11 @@ class DeepMemory(ModelKeeping):
         texts: Sequence[str | None] | None = None,
     ) -> list[list[str]]:
         """Top-``k`` node ids per raw query vector, batched, ranked as ``store.query(deep_memory=...)``
-        ranks queries whose ``query_str`` is the matching entry of ``texts`` (None: no query text)."""
+        ranks queries whose ``query_str`` is the matching entry of ``texts`` (None: no query text).
+        A ``k`` above the store's size returns every node."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"k must be an int >= 0, got {k!r}")
+        k = min(int(k), len(self._store))  # no search asks for more than there is (k=2**63 stays an int64)
         if deep_memory:
             self.require_active_model()
         return self._search_prepared(self._store.prepare_queries(vectors), k, deep_memory, batch_size, texts)

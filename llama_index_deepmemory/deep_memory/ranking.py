@@ -102,7 +102,7 @@ def rank(
         ranked = row.by_keyword_rows(transformed, plans[0], texts[0])  # the embedded store's hits as rows
         if ranked is not None:
             return [ranked[0]], [ranked[1]]
-    searched = _plain_searches(store, transformed, depth + _margin(len(override_ids), depth), filters, plain_cache)
+    searched = _plain_searches(store, transformed, _deeper(depth, _margin(len(override_ids), depth)), filters, plain_cache)
     out: list[tuple[np.ndarray, list[str]] | None] = [None] * len(queries)
     while True:
         deeper = []
@@ -115,7 +115,7 @@ def rank(
         if not deeper:
             break
         # as deep again where a row may miss a merged top candidate (the same depth would miss again)
-        for i, hits in zip(deeper, _search_rows_of(store, transformed, deeper, [2 * searched[i][2] for i in deeper], filters)):
+        for i, hits in zip(deeper, _search_rows_of(store, transformed, deeper, [_deeper(searched[i][2], searched[i][2]) for i in deeper], filters)):
             searched[i] = hits
     if plain_cache is not None and filters is None:
         plain_cache[_key(transformed)] = searched
@@ -142,7 +142,7 @@ class _Row:
             return None
         index = plan.index
         over_rows, flags, unindexed = plan.override_rows(self.override_ids)
-        asked = self.depth + _margin(len(self.override_ids), self.depth)
+        asked = _deeper(self.depth, _margin(len(self.override_ids), self.depth))
         terms = index.query_term_ids(text)
         while True:
             hits = search_rows(transformed, asked, self.filters, index)
@@ -160,7 +160,7 @@ class _Row:
                 terms, float(plan.weight), self.head, self.depth, self.k, asked)
             if complete:
                 return out_scores, [id_at(p) if p >= 0 else self.override_ids[-1 - p] for p in sources.tolist()]
-            asked *= 2
+            asked = _deeper(asked, asked)
 
     def by_ids(self, i: int, hits: Hits, plan: KeywordPlan | None, text: str | None,
                forgotten: set[str] | None) -> tuple[np.ndarray, list[str]] | None:
@@ -237,6 +237,15 @@ def _query_plans(model: DeepMemoryModel, queries: np.ndarray) -> list[KeywordPla
             "keyword_plans must return one KeywordPlan (or None) per query"
         )
     return plans
+
+
+def _deeper(depth: int, more: int) -> int:
+    """``depth + more`` hits to ask for, at most the largest int64 (a k near ``sys.maxsize`` asks for
+    every node, and the compiled kernels take int64)."""
+    return min(depth + more, _MOST_HITS)
+
+
+_MOST_HITS = 2**63 - 1
 
 
 def _margin(n_overrides: int, k: int) -> int:

@@ -79,6 +79,17 @@ def test_top_k_above_sys_maxsize_is_one_clear_error(keyword_store) -> None:
     assert everything.ids == store.query(query, deep_memory=True).ids and len(everything.ids) == len(task.ids)
 
 
+
+def test_search_ids_with_a_huge_k_returns_every_node_ranked(keyword_store) -> None:
+    task, store = keyword_store
+    queries = task.queries[:3]
+    for deep_memory in (True, False):
+        every = store.deep_memory.search_ids(queries, 2**63, deep_memory, texts=task.texts[:3])
+        assert every == store.deep_memory.search_ids(queries, len(task.ids), deep_memory, texts=task.texts[:3])
+        assert all(len(ids) == len(task.ids) for ids in every)
+    with pytest.raises(ValueError, match="k must be an int >= 0, got -1"):
+        store.deep_memory.search_ids(queries, -1, True)
+
 # --- filters ------------------------------------------------------------------------------------
 def test_filters_nested_past_the_limit_are_refused_and_up_to_it_work(keyword_store) -> None:
     task, store = keyword_store
