@@ -498,13 +498,13 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         from llama_index_deepmemory.deep_memory import state
 
         area, where = manifest.get("sides", {}).get(DM_FIELD), os.path.join(persist_path, persistence.MANIFEST)
+        legacy = state.read_legacy_snapshot(gen, manifest["files"])  # verified whenever listed
         try:
             if manifest["format_version"] >= 2:
                 if not isinstance(area, str) or not area.startswith(state.SIDE_PREFIX):
                     raise persistence.CorruptStoreError(f"{where!r} names no valid model location ({area!r})")
                 self.deep_memory.bind(state.ModelLocation(Path(persist_path) / area))
-            elif (legacy := state.read_legacy_snapshot(gen, manifest["files"])) and (
-                    legacy[0].get("models") or legacy[0].get("jobs")):
+            elif legacy is not None and (legacy[0].get("models") or legacy[0].get("jobs")):
                 self.deep_memory.load_state(*legacy)
                 self._legacy_folder = os.path.realpath(persist_path)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
