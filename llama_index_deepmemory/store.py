@@ -55,7 +55,6 @@ logger = logging.getLogger(__name__)
 
 QUERY_KWARGS = ("deep_memory", "mmr_threshold", "mmr_prefetch_k")
 DM_FIELD = "deep_memory"  # the manifest field naming the store's model location
-_LOAD_ATTEMPTS = 3  # loads retried when a writer ignoring the folder's locks replaced the models
 NAMESPACE_SEP = "__"
 DEFAULT_NAMESPACE = "default"
 
@@ -441,16 +440,14 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                 if location is not None and os.path.realpath(location.root.parent) == key and location.stamp():
                     written[DM_FIELD] = location.root.name  # already recorded there, change by change
                 else:
-                    meta, arrays = manager.to_state() if manager is not None else (_EMPTY_STATE, {})
-                    written[DM_FIELD] = state.write_copy(root, meta, arrays)
+                    written[DM_FIELD] = state.write_copy(root, *(manager.to_state() if manager is not None else (_EMPTY_STATE, {})))
                 return dict(written)
 
             generation = self._backend.persist(persist_path, expect=expect, side_fields=sides,
                                                side_prefixes=(state.SIDE_PREFIX,))
             self._seen[key] = generation
             if self._legacy_folder == key and manager is not None and manager.location is None:
-                # converted: from now on shared like any store loaded from a folder
-                manager.bind(state.ModelLocation(Path(persist_path) / written[DM_FIELD]))
+                manager.bind(state.ModelLocation(Path(persist_path) / written[DM_FIELD]))  # converted: shared now
                 self._legacy_folder = None
 
     @classmethod
@@ -476,13 +473,13 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             embed_model = load_recorded(persist_path)
         from llama_index_deepmemory.deep_memory import state
 
-        for attempt in range(1, _LOAD_ATTEMPTS + 1):
+        for attempt in (1, 2, 3):  # retried only when a writer ignoring the folder's locks replaced the models
             store = cls()
             try:  # the models are read under the folder's read lock, with the generation naming them
                 backend, manifest, _ = FaissStore.from_persist_path(
                     persist_path, embed_model, read_extra=lambda gen, m: store._read_models(persist_path, gen, m))
             except state.LocationGoneError as exc:  # only a writer ignoring the folder's locks does that
-                if attempt == _LOAD_ATTEMPTS:
+                if attempt == 3:
                     raise persistence.CorruptStoreError(
                         f"{os.path.join(persist_path, persistence.MANIFEST)!r} names the model location "
                         f"{exc.root.name!r}, which is missing; {persistence.DAMAGE_REMEDY}") from None
