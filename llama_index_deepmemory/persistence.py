@@ -22,7 +22,8 @@ file that fails to parse is refused with :class:`CorruptStoreError` naming it.
 
 Concurrency: writers of one folder are serialised by ``flock`` on ``.write.lock``; loaders hold a
 shared ``flock`` on ``.read.lock``, which a writer takes exclusively only to delete the previous
-generation, so a loader never sees its generation vanish. Nothing is pickled: JSON, ``.npy`` read
+generation and side folders, so a loader never sees what its manifest names vanish (it reads the
+side folders under that lock too). Nothing is pickled: JSON, ``.npy`` read
 with ``allow_pickle=False``, safetensors, and FAISS's own binary index format.
 """
 

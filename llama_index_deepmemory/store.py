@@ -434,22 +434,22 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         manager = self._deep_memory
         with self._persist_lock:
             expect = persistence.ANY if overwrite else self._seen.get(key, persistence.ANY)
+            written: dict[str, str] = {}  # the sides this snapshot names (another writer may follow at once)
 
             def sides(root: Path) -> dict[str, str]:
                 location = manager.location if manager is not None else None
                 if location is not None and os.path.realpath(location.root.parent) == key and location.stamp():
-                    return {DM_FIELD: location.root.name}  # already recorded there, change by change
-                meta, arrays = manager.to_state() if manager is not None else (_EMPTY_STATE, {})
-                return {DM_FIELD: state.write_copy(root, meta, arrays)}
+                    written[DM_FIELD] = location.root.name  # already recorded there, change by change
+                else:
+                    written[DM_FIELD] = state.write_copy(root, *(manager.to_state() if manager is not None else (_EMPTY_STATE, {})))
+                return dict(written)
 
             generation = self._backend.persist(persist_path, expect=expect, side_fields=sides,
                                                side_prefixes=(state.SIDE_PREFIX,))
             self._seen[key] = generation
             if self._legacy_folder == key and manager is not None and manager.location is None:
-                area = persistence.read_manifest(persist_path)["sides"].get(DM_FIELD)
-                if area:  # converted: from now on shared like any store loaded from a folder
-                    manager.bind(state.ModelLocation(Path(persist_path) / area))
-                    self._legacy_folder = None
+                manager.bind(state.ModelLocation(Path(persist_path) / written[DM_FIELD]))  # converted: shared now
+                self._legacy_folder = None
 
     @classmethod
     def from_persist_path(
@@ -474,36 +474,42 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             embed_model = load_recorded(persist_path)
         from llama_index_deepmemory.deep_memory import state
 
-        for attempt in (1, 2):
-            backend, manifest, legacy = FaissStore.from_persist_path(
-                persist_path, embed_model, read_extra=lambda gen, m: state.read_legacy_snapshot(gen, m["files"]))
+        for attempt in (1, 2, 3):  # retried only when a writer ignoring the folder's locks replaced the models
             store = cls()
-            store._backend = backend
-            key = os.path.realpath(persist_path)
-            store._seen[key] = manifest["generation"]
-            area = manifest.get("sides", {}).get(DM_FIELD)
-            where = os.path.join(persist_path, persistence.MANIFEST)
-            try:
-                if manifest["format_version"] >= 2:
-                    if not isinstance(area, str) or not area.startswith(state.SIDE_PREFIX):
-                        raise persistence.CorruptStoreError(f"{where!r} names no valid model location ({area!r})")
-                    store.deep_memory.bind(state.ModelLocation(Path(persist_path) / area))
-                elif legacy is not None and (legacy[0].get("models") or legacy[0].get("jobs")):
-                    store.deep_memory.load_state(*legacy)
-                    store._legacy_folder = key
-            except state.LocationGoneError:
-                if attempt == 2:
+            try:  # the models are read under the folder's read lock, with the generation naming them
+                backend, manifest, _ = FaissStore.from_persist_path(
+                    persist_path, embed_model, read_extra=lambda gen, m: store._read_models(persist_path, gen, m))
+            except state.LocationGoneError as exc:  # only a writer ignoring the folder's locks does that
+                if attempt == 3:
                     raise persistence.CorruptStoreError(
-                        f"{where!r} names the model location {area!r}, which is missing; {persistence.DAMAGE_REMEDY}"
-                    ) from None
-                continue  # another writer replaced the store meanwhile: load the new one
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                if isinstance(exc, persistence.CorruptStoreError):
-                    raise
-                raise persistence.CorruptStoreError(
-                    f"{persist_path!r} holds an invalid Deep Memory state: {type(exc).__name__}: {exc}") from None
+                        f"{os.path.join(persist_path, persistence.MANIFEST)!r} names the model location "
+                        f"{exc.root.name!r}, which is missing; {persistence.DAMAGE_REMEDY}") from None
+                logger.info("the model location of %s vanished while loading; retrying", persist_path)
+                continue
+            store._backend, store._seen[os.path.realpath(persist_path)] = backend, manifest["generation"]
             return store
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read_models(self, persist_path: str, gen: Path, manifest: dict[str, Any]) -> None:
+        """Serve the models ``manifest`` names (its model location, or the older layout's inside
+        generation ``gen``); call under the folder's read lock, so they cannot vanish meanwhile."""
+        from llama_index_deepmemory.deep_memory import state
+
+        area, where = manifest.get("sides", {}).get(DM_FIELD), os.path.join(persist_path, persistence.MANIFEST)
+        legacy = state.read_legacy_snapshot(gen, manifest["files"])  # verified whenever listed
+        try:
+            if manifest["format_version"] >= 2:
+                if not isinstance(area, str) or not area.startswith(state.SIDE_PREFIX):
+                    raise persistence.CorruptStoreError(f"{where!r} names no valid model location ({area!r})")
+                self.deep_memory.bind(state.ModelLocation(Path(persist_path) / area))
+            elif legacy is not None and (legacy[0].get("models") or legacy[0].get("jobs")):
+                self.deep_memory.load_state(*legacy)
+                self._legacy_folder = os.path.realpath(persist_path)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, persistence.CorruptStoreError):
+                raise
+            raise persistence.CorruptStoreError(
+                f"{persist_path!r} holds an invalid Deep Memory state: {type(exc).__name__}: {exc}") from None
 
     @classmethod
     def from_persist_dir(

@@ -108,6 +108,8 @@ class ModelKeeping:
         with self._lock:
             self._location, self._stamp, self._folders = location, None, {}
             self._sync(force=True)
+            if self._stamp is None:  # removed while being read
+                raise state.LocationGoneError(location.root)
 
     def _current_active_version(self) -> int:
         self._maybe_refresh(force=True)
@@ -153,18 +155,18 @@ class ModelKeeping:
             stamp = location.stamp()
             if stamp == self._stamp:
                 return
-            if stamp is None:  # changes are refused there (naming the folder); serve what was read
-                if self._stamp is not None:
-                    logger.warning("the Deep Memory models at %s are gone (the store was persisted over); "
-                                   "serving the last ones read", location.root)
-                self._stamp = None
+            if stamp is None:
+                self._gone(location)
                 return
             try:
                 catalog = location.catalog()
                 loaded = {name: (self._models[name] if self._folders.get(name) == entry["folder"] and name in self._models
                                  else location.load_model(entry["folder"]))
                           for name, entry in catalog["models"].items()}
-            except (OSError, ValueError) as exc:  # e.g. a model deleted between the two reads
+            except (OSError, ValueError, state.LocationGoneError) as exc:  # e.g. a model deleted between the reads
+                if location.stamp() is None:  # removed while being read (its store persisted over)
+                    self._gone(location)
+                    return
                 if force:
                     raise
                 logger.warning("could not read the Deep Memory models at %s (%s); trying again later", location.root, exc)
@@ -177,6 +179,13 @@ class ModelKeeping:
                 self._stamp = stamp
         finally:
             self._sync_lock.release()
+
+    def _gone(self, location: "state.ModelLocation") -> None:
+        """The location was removed: serve the models last read (changes are refused there, naming it)."""
+        if self._stamp is not None:
+            logger.warning("the Deep Memory models at %s are gone (the store was persisted over); "
+                           "serving the last ones read", location.root)
+        self._stamp = None
 
     def _records(self) -> list[jobs.JobRecord]:
         """This process's job records, and (bound) those other processes recorded, by number."""

@@ -58,6 +58,13 @@ _NUMBERED = re.compile(r"^(?:model|job)_(\d+)$")
 class LocationGoneError(RuntimeError):
     """The model location was replaced (its store persisted over by another handle)."""
 
+    def __init__(self, root: Path) -> None:
+        super().__init__(
+            f"the Deep Memory models at {str(root)!r} are gone: the store was persisted over by another "
+            "handle or process; load it again to see its models"
+        )
+        self.root = root
+
 
 def owner() -> str:
     """``host:pid`` of this process (recorded with jobs and events)."""
@@ -124,12 +131,10 @@ class ModelLocation:
     def catalog(self) -> dict[str, Any]:
         """The validated catalog; :class:`LocationGoneError` when the location was removed."""
         path = self.root / CATALOG
-        if not path.is_file():
-            raise LocationGoneError(
-                f"the Deep Memory models at {str(self.root)!r} are gone: the store was persisted over by another "
-                "handle or process; load it again to see its models"
-            )
-        data = persistence.read_json(path)
+        try:
+            data = persistence.read_json(path)
+        except FileNotFoundError:  # also when removed between a check and the read
+            raise LocationGoneError(self.root) from None
         if not isinstance(data, dict) or data.get("kind") != CATALOG_KIND:
             raise persistence.CorruptStoreError(f"{str(path)!r} is not a Deep Memory model catalog")
         if int(data.get("format_version", 0)) > CATALOG_VERSION:
@@ -181,7 +186,9 @@ class ModelLocation:
     # --- recorded changes (each one atomic step under the lock) --------------------------------
     @contextmanager
     def locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Hold the location's lock (a location that is gone is refused, never made again)."""
+        if not self.root.is_dir():
+            raise LocationGoneError(self.root)
         with persistence.lock_file(self.root / ".lock"):
             yield
 
@@ -289,7 +296,11 @@ class ModelLocation:
         (fsynced) and return the folder's name."""
         folder = f"m-{uuid.uuid4().hex[:16]}"
         base = self.root / "models" / folder
-        base.mkdir(parents=True)
+        try:
+            base.parent.mkdir(exist_ok=True)
+            base.mkdir()
+        except FileNotFoundError:  # the location itself is gone: never made again here
+            raise LocationGoneError(self.root) from None
         try:
             arrays_path = base / "arrays.safetensors"
             persistence.write_arrays(arrays_path, arrays)
