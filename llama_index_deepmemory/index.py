@@ -85,6 +85,31 @@ def build_faiss_index(dim: int, metric: str, factory: str) -> Any:
     return index
 
 
+_FACTORY_PROBE_DIMS = (96, 128, 256, 384, 512, 768, 1024, 1536, 3072)
+
+
+def check_factory(dim: int | None, metric: str, factory: str) -> None:
+    """Validate a factory string now: against ``dim``, or (dim=None) against common dimensions,
+    leaving the check for the actual dimension to the first add."""
+    if dim is not None:
+        build_faiss_index(dim, metric, factory)
+        return
+    first_error: ValueError | None = None
+    for probe in _FACTORY_PROBE_DIMS:
+        try:
+            build_faiss_index(probe, metric, factory)
+            return
+        except ValueError as exc:
+            first_error = first_error or exc
+            if "not supported" in str(exc) or "IDMap" in str(exc):
+                break
+    raise ValueError(
+        f"index_factory={factory!r} could not be built for any common embedding dimension "
+        f"{_FACTORY_PROBE_DIMS} ({first_error}). If it needs a particular dimension, pass dim= "
+        "so it is checked against that."
+    ) from None
+
+
 class VectorIndex:
     """One FAISS index addressed by int64 row ids, with scores in "higher is better" form."""
 

@@ -11,8 +11,9 @@
 * Thread safety: a phase-fair readers-writer lock; any number of concurrent readers (query,
   get_nodes, persist, vector reads) or one writer (add, delete, clear). Persists of one store,
   and of one folder across processes, run one at a time.
-* Snapshots: versioned, checksummed, written atomically (:mod:`llama_index_deepmemory.persistence`);
-  vectors and nodes only (the face hands the manifest anything else it keeps beside them).
+* Snapshots (:mod:`.faiss_snapshot`): versioned, checksummed, written atomically
+  (:mod:`llama_index_deepmemory.persistence`); vectors and nodes only (the face hands the manifest
+  anything else it keeps beside them).
 
 :class:`~llama_index_deepmemory.store.DeepMemoryVectorStore` is the LlamaIndex face over it.
 """
@@ -23,7 +24,6 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence
 
@@ -32,9 +32,11 @@ from llama_index.core.schema import BaseNode, ImageNode, IndexNode
 from llama_index.core.vector_stores.types import MetadataFilters, VectorStoreQuery, VectorStoreQueryResult
 
 from llama_index_deepmemory import persistence
+from llama_index_deepmemory.engine import faiss_snapshot
+from llama_index_deepmemory.engine.faiss_view import HeldView, Slots
 from llama_index_deepmemory.engine.usable_cache import UsableCache
 from llama_index_deepmemory.filters import MetadataColumns
-from llama_index_deepmemory.index import METRICS, VectorIndex, build_faiss_index
+from llama_index_deepmemory.index import METRICS, VectorIndex, check_factory
 from llama_index_deepmemory.node_codec import build_node, check_saveable, node_fields
 from llama_index_deepmemory.node_table import NodeTable
 from llama_index_deepmemory.rwlock import ReadWriteLock
@@ -70,7 +72,7 @@ class FaissStore:
         for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-        _check_factory(dim, metric, index_factory)
+        check_factory(dim, metric, index_factory)
         self._dim = dim
         self._metric = metric
         self._index_factory = index_factory
@@ -84,7 +86,7 @@ class FaissStore:
         self.embed_model = embed_model  # embeds queries for Deep Memory training and evaluation
         self.on_texts_changed: Callable[[list[str]], None] | None = None  # told of re-added ids, under the lock
         self._usable = UsableCache(8)  # override ids usable without restriction, per version
-        self._held = _HeldView(self)  # what the ranking reads while a query holds the lock
+        self._held = HeldView(self)  # what the ranking reads while a query holds the lock
         # (keyword index, its used rows, store version, its row per slot or None: asked once)
         self._slot_rows: tuple[Any, int, int, np.ndarray | None] | None = None
         self._version = 0  # bumped by every change of the stored nodes
@@ -284,7 +286,7 @@ class FaissStore:
                 scores, slot_list = scores[valid], slots[valid].tolist()
             else:
                 texts = [query.query_str] if query.query_str else None
-                restriction = _Slots(candidates) if candidates is not None else None
+                restriction = Slots(candidates) if candidates is not None else None
                 ranked_scores, ranked_ids = ranker(self._held, q, k, texts, restriction)
                 scores, slot_of = ranked_scores[0], self._table.slot_of
                 slot_list = [slot_of[i] for i in ranked_ids[0]]
@@ -388,14 +390,14 @@ class FaissStore:
                 return padded(scores), ids
             return self._search_ids(q, k, filters)
 
-    def _search_ids(self, q: np.ndarray, k: int, filters: "MetadataFilters | _Slots | None") -> tuple[np.ndarray, list[list[str]]]:
+    def _search_ids(self, q: np.ndarray, k: int, filters: "MetadataFilters | Slots | None") -> tuple[np.ndarray, list[list[str]]]:
         """Plain top ``k`` (scores, node ids) of prepared queries; the caller holds the lock."""
         scores, slots = self._search(q, k, self._candidates(filters))
         ids = self._table.ids
         return scores, [[ids[s] for s in row if s >= 0] for row in slots.tolist()]
 
     def _search_rows(
-        self, q: np.ndarray, k: int, filters: "MetadataFilters | _Slots | None", index: Any
+        self, q: np.ndarray, k: int, filters: "MetadataFilters | Slots | None", index: Any
     ) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]] | None:
         """Plain top ``k`` of one prepared query as (scores, the hits' ``index`` rows, the id at a
         position), for the ranking's one-call keyword path; the caller holds the lock. None until
@@ -414,19 +416,19 @@ class FaissStore:
         row, ids = slots[0], self._table.ids  # every slot valid: _search fills short rows exactly
         return scores[0], rows_by_slot[row], lambda position: ids[row[position]]
 
-    def _candidates(self, filters: "MetadataFilters | _Slots | None") -> np.ndarray | None:
+    def _candidates(self, filters: "MetadataFilters | Slots | None") -> np.ndarray | None:
         """The slots a restriction allows (None: every live node)."""
-        if isinstance(filters, _Slots):
+        if isinstance(filters, Slots):
             return filters.slots
         return self._select(None, None, filters) if filters is not None and filters.filters else None
 
-    def usable_ids(self, node_ids: Sequence[str], filters: "MetadataFilters | _Slots | None" = None) -> np.ndarray:
+    def usable_ids(self, node_ids: Sequence[str], filters: "MetadataFilters | Slots | None" = None) -> np.ndarray:
         """Per id: stored and passing ``filters`` (a read-only bool array in input order; cached
         without a restriction until the next change)."""
         with self._lock.read():
             return self._usable_ids(node_ids, filters)
 
-    def _usable_ids(self, node_ids: Sequence[str], filters: "MetadataFilters | _Slots | None") -> np.ndarray:
+    def _usable_ids(self, node_ids: Sequence[str], filters: "MetadataFilters | Slots | None") -> np.ndarray:
         node_ids, version = tuple(node_ids), self._version
         candidates = self._candidates(filters)
         if candidates is None and (cached := self._usable.get(node_ids, None, version)) is not None:
@@ -451,7 +453,7 @@ class FaissStore:
         get, texts = self._table.slot_of.get, self._table.texts
         return [texts[s] if (s := get(i)) is not None else None for i in node_ids]
 
-    # --- snapshots ------------------------------------------------------------------------
+    # --- snapshots (:mod:`.faiss_snapshot`) ------------------------------------------------
 
     def persist(
         self,
@@ -462,39 +464,7 @@ class FaissStore:
     ) -> str:
         """Write a snapshot to the folder ``persist_path`` (atomic; see :mod:`...persistence`,
         which explains ``expect``, ``side_fields`` and ``side_prefixes``); returns its generation."""
-        # one persist at a time per store (a lock file in the folder serialises other processes)
-        with self._persist_lock, self._lock.read():
-            gen = persistence.write_generation(persist_path, self._snapshot_writers(), expect=expect,
-                                               side_fields=side_fields, side_prefixes=side_prefixes)
-        return gen.name
-
-    def _snapshot_writers(self) -> dict[str, Any]:
-        """name -> function writing that file of a snapshot (call under the read lock)."""
-        table = self._table
-        slots = table.live_slots()
-        dead = self._index.dead_ids() if self._index is not None else np.zeros(0, dtype=np.int64)
-        config = {
-            "dim": self._dim,
-            "metric": self._metric,
-            "index_factory": self._index_factory,
-            "nprobe": self._nprobe,
-            "ef_search": self._ef_search,
-            "count": int(len(slots)),
-        }
-
-        def rows() -> Iterator[list[Any]]:
-            for slot in slots.tolist():
-                yield list(table.row(slot))
-
-        writers = {
-            "store.json": lambda p: persistence.write_json(p, config),
-            "slots.npy": lambda p: persistence.write_npy(p, slots),
-            "dead.npy": lambda p: persistence.write_npy(p, dead),
-            "nodes.jsonl": lambda p: persistence.write_jsonl(p, rows()),
-        }
-        if self._index is not None:
-            writers["index.faiss"] = lambda p: self._index.write(str(p))
-        return writers
+        return faiss_snapshot.persist(self, persist_path, expect, side_fields, side_prefixes)
 
     @classmethod
     def from_persist_path(
@@ -506,178 +476,4 @@ class FaissStore:
         """Load a snapshot written by :meth:`persist` (checksums and consistency verified):
         the store, its manifest and ``read_extra(generation folder, manifest)`` (called while the
         generation cannot vanish, for what the face keeps beside the nodes)."""
-        for attempt in (1, 2):
-            seen = persistence.read_manifest(persist_path)["generation"]
-            try:
-                with persistence.reading(persist_path):
-                    gen, manifest = persistence.open_generation(persist_path, _SNAPSHOT_FILES)
-                    store = cls._load_generation(gen, manifest, embed_model)
-                    return store, manifest, read_extra(gen, manifest) if read_extra is not None else None
-            except (FileNotFoundError, persistence.CorruptStoreError):
-                # a writer that ignores the folder's lock may have replaced the generation under
-                # us: read the manifest again and retry once if it moved on
-                if attempt == 2 or persistence.read_manifest(persist_path)["generation"] == seen:
-                    raise
-                logger.info("generation %s of %s vanished while loading; retrying", seen, persist_path)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    @classmethod
-    def _load_generation(
-        cls, gen: Path, manifest: dict[str, Any], embed_model: "BaseEmbedding | None"
-    ) -> "FaissStore":
-        config = persistence.read_json(gen / "store.json")
-        store_json = str(gen / "store.json")
-        if not isinstance(config, dict) or not {"dim", "metric", "index_factory", "count"} <= set(config):
-            raise persistence.CorruptStoreError(f"{store_json!r} is not a store configuration")
-        try:
-            store = cls(
-                dim=config["dim"],
-                metric=config["metric"],
-                index_factory=config["index_factory"],
-                embed_model=embed_model,
-                nprobe=config.get("nprobe"),
-                ef_search=config.get("ef_search"),
-            )
-        except (TypeError, ValueError) as exc:
-            raise persistence.CorruptStoreError(f"{store_json!r} holds an invalid configuration: {exc}") from None
-        slots = _read_ids(gen / "slots.npy")
-        dead = _read_ids(gen / "dead.npy")
-        if config["dim"] is not None:
-            if "index.faiss" not in manifest["files"]:
-                raise persistence.CorruptStoreError(
-                    f"the manifest of {str(gen)!r} does not list index.faiss, which a store of dim "
-                    f"{config['dim']} needs"
-                )
-            index_path = gen / "index.faiss"
-            store._index = persistence.load_file(
-                index_path, "FAISS index",
-                lambda p: VectorIndex.read(
-                    str(p), config["dim"], config["metric"], config["index_factory"],
-                    config.get("nprobe"), config.get("ef_search"), dead,
-                ),
-            )
-            _check_slots(index_path, store._index.all_ids(), slots, dead)
-        elif len(slots) or len(dead):
-            raise persistence.CorruptStoreError(
-                f"{str(gen / 'slots.npy')!r} lists {len(slots)} slots but the store has no index"
-            )
-        table = store._table
-        capacity = int(max(slots.max(initial=-1), dead.max(initial=-1))) + 1
-        table.allocate(capacity)  # empty slots; filled below
-        count = 0
-        nodes_path = gen / "nodes.jsonl"
-        for slot, row in zip(slots.tolist(), persistence.iter_jsonl(nodes_path)):
-            if not _valid_row(row):
-                raise persistence.CorruptStoreError(
-                    f"{str(nodes_path)!r} line {count + 1} is not a node row (id, text, metadata, "
-                    "ref_doc_id, type, fields)"
-                )
-            table.put(slot, *row)
-            count += 1
-        if count != len(slots) or count != config["count"]:
-            raise persistence.CorruptStoreError(
-                f"{str(nodes_path)!r} holds {count} nodes, expected {len(slots)}"
-            )
-        if len(table) != count:
-            raise persistence.CorruptStoreError(f"{str(nodes_path)!r} holds duplicate node ids")
-        holes = np.ones(capacity, dtype=bool)
-        holes[slots] = False
-        holes[dead] = False
-        table.free_slots(np.flatnonzero(holes).tolist())
-        return store
-
-
-_SNAPSHOT_FILES = ("store.json", "slots.npy", "dead.npy", "nodes.jsonl")
-_FACTORY_PROBE_DIMS = (96, 128, 256, 384, 512, 768, 1024, 1536, 3072)
-
-
-def _check_factory(dim: int | None, metric: str, factory: str) -> None:
-    """Validate a factory string now: against ``dim``, or (dim=None) against common dimensions,
-    leaving the check for the actual dimension to the first add."""
-    if dim is not None:
-        build_faiss_index(dim, metric, factory)
-        return
-    first_error: ValueError | None = None
-    for probe in _FACTORY_PROBE_DIMS:
-        try:
-            build_faiss_index(probe, metric, factory)
-            return
-        except ValueError as exc:
-            first_error = first_error or exc
-            if "not supported" in str(exc) or "IDMap" in str(exc):
-                break
-    raise ValueError(
-        f"index_factory={factory!r} could not be built for any common embedding dimension "
-        f"{_FACTORY_PROBE_DIMS} ({first_error}). If it needs a particular dimension, pass dim= "
-        "so it is checked against that."
-    ) from None
-
-
-def _read_ids(path: Path) -> np.ndarray:
-    """A 1-D integer ``.npy`` array of slot numbers, as int64."""
-    array = persistence.read_npy(path)
-    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
-        raise persistence.CorruptStoreError(
-            f"persisted store file {str(path)!r} holds a {array.dtype} array of shape {array.shape}, "
-            "expected 1-D integer slot numbers"
-        )
-    return array.astype(np.int64, copy=False)
-
-
-def _check_slots(index_path: Path, index_ids: np.ndarray, slots: np.ndarray, dead: np.ndarray) -> None:
-    """The live slots and tombstones must be exactly the FAISS index's row ids, each once."""
-    listed = np.concatenate([slots, dead])
-    if len(listed) != len(index_ids) or not np.array_equal(np.sort(listed), np.sort(index_ids)):
-        raise persistence.CorruptStoreError(
-            f"slots.npy and dead.npy ({len(slots)} + {len(dead)} slots) do not match the "
-            f"{len(index_ids)} row ids of {str(index_path)!r}: the snapshot is inconsistent"
-        )
-    if len(np.unique(listed)) != len(listed):
-        raise persistence.CorruptStoreError(
-            f"slots.npy and dead.npy list a slot twice (inconsistent with {str(index_path)!r})"
-        )
-
-
-class _HeldView:
-    """The store's ``StoreView`` reads without taking its lock, for the ranking of a query that
-    already holds it (right after a vector scan, each lock round trip costs tens of µs)."""
-
-    __slots__ = ("_store",)
-
-    def __init__(self, store: FaissStore) -> None:
-        self._store = store
-
-    def __len__(self) -> int:
-        return len(self._store._table)
-
-    def search_vectors(
-        self, queries: np.ndarray, k: int, filters: "MetadataFilters | _Slots | None" = None
-    ) -> tuple[np.ndarray, list[list[str]]]:
-        return self._store._search_ids(queries, k, filters)
-
-    def usable_ids(self, node_ids: Sequence[str], filters: "MetadataFilters | _Slots | None" = None) -> np.ndarray:
-        return self._store._usable_ids(node_ids, filters)
-
-    def search_rows(
-        self, queries: np.ndarray, k: int, filters: "MetadataFilters | _Slots | None", index: Any
-    ) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]] | None:
-        return self._store._search_rows(queries, k, filters, index)
-
-    def texts_of(self, node_ids: Sequence[str]) -> list[str | None]:
-        return self._store._texts_of(node_ids)
-
-
-@dataclass(frozen=True, eq=False)
-class _Slots:
-    """A query's restriction (node ids, document ids, filters) resolved to the slots it allows:
-    what :meth:`FaissStore.query` hands the ranking as ``filters``."""
-
-    slots: np.ndarray
-
-
-def _valid_row(row: Any) -> bool:
-    return (
-        isinstance(row, list) and len(row) == 6
-        and all(isinstance(v, str) for v in (row[0], row[1], row[2], row[4], row[5]))
-        and (row[3] is None or isinstance(row[3], str))
-    )
+        return faiss_snapshot.load(cls, persist_path, embed_model, read_extra)
