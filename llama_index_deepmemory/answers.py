@@ -480,7 +480,6 @@ def answer_table(records: Sequence[AnswerRecord], names: Sequence[str] | None = 
     ``context_recall`` is the mean over the questions the judge scored (NaN if none); ``judged``
     and ``judge_failures`` say how many those were; ``answer_failures`` counts failed answers.
     """
-    import pandas as pd
 
     names = list(names) if names is not None else list(dict.fromkeys(r.retriever for r in records))
     rows = []

@@ -17,7 +17,7 @@ a bound parameter:
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import numpy as np
 from llama_index.core.schema import BaseNode
