@@ -535,9 +535,8 @@ def deep_memory_overhead(name: str, backend: Backend, store: Any, vectors: np.nd
         ids, texts = [i for p, _ in pages for i in p], [t for _, batch in pages for t in batch]
     model = model.replace(lexical=LexicalIndex(ids, texts), lexical_weight=0.2)
     del texts, ids
-    face.deep_memory._models["bench"] = model  # a hand-made model (no public API registers one)
     t0 = time.perf_counter()
-    face.deep_memory.set_model("bench")  # wrapped: saved to model_dir
+    face.deep_memory.add_model("bench", model, activate=True)  # a hand-made model; wrapped: saved to model_dir
     out: dict[str, Any] = {"set_model_s": time.perf_counter() - t0}
     dim = vectors.shape[1]
     # half the queries sit near memory nodes (their overrides and key bonuses enter the top 10)

@@ -593,7 +593,8 @@ def gate_latency(store, view, split: DevSplit, repeats: int = 3) -> str:
     gated = result.model
     plain = copy.copy(gated)  # every array and the keyword index shared (the store caches by index)
     plain.fallback = None  # route() sends nothing to a fallback then
-    store.deep_memory._models["gated"], store.deep_memory._models["ungated"] = gated, plain
+    store.deep_memory.add_model("gated", gated)
+    store.deep_memory.add_model("ungated", plain)
     diffs = []
     for _ in range(repeats):
         for q, text in zip(split.test_vectors, split.test.query_texts):

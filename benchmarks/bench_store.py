@@ -197,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"query p50: store {ours_q * 1e3:.2f}ms  raw index.search {raw_q * 1e3:.2f}ms  ratio {ours_q / raw_q:.3f}x (target <= 1.2)")
 
     model, memory_unit = trained_like_model(vectors, args.memory_nodes, args.keys, rng, gate=args.gate)
-    store.deep_memory._models["bench"] = model  # a hand-made model, registered directly (no public API for that)
-    store.deep_memory._active = "bench"
+    store.deep_memory.add_model("bench", model, activate=True)  # a hand-made model
     # half the queries sit near memory nodes (so overrides and key bonuses really enter the top 10)
     near = memory_unit[rng.integers(0, len(memory_unit), len(queries))] + 0.8 * queries / np.sqrt(args.dim)
     dm_queries = [(near[i] if i % 2 == 0 else queries[i]).tolist() for i in range(len(queries))]
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         # the gate's fallback (if any) re-scores too, with its own weight
         model = model.replace(lexical=lexical, lexical_weight=0.1, **far,
                               fallback_lexical_weight=0.2 if model.fallback is not None else 0.0)
-        store.deep_memory._models["bench"] = model
+        store.deep_memory.add_model("bench_keywords", model, activate=True)
         strings = synthetic_texts(len(dm_queries), 8, rng)
         pairs_with_text = list(zip(dm_queries, strings))
         lex_q, plain_q = p50_pair(
@@ -234,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"deep_memory + keywords p50: {lex_q * 1e3:.2f}ms vs plain {plain_q * 1e3:.2f}ms  ratio {lex_q / plain_q:.3f}x "
               f"(the same model re-scoring its top 50 with BM25; far weight {args.far_weight})")
-    del store.deep_memory._models["bench"]
-    store.deep_memory._active = None
+    store.deep_memory.set_model(None)
+    store.deep_memory.prune_models(keep=0)  # every hand-made model gone again
 
     from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 

@@ -157,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 store = engine_store(name, Path(folder), task.docs.shape[1], stack)
                 store.add(task.nodes(metadata=True))
-                store.deep_memory._models["hand"] = hand_model(task, seed=1)  # a hand-made model
-                store.deep_memory.set_model("hand")
+                store.deep_memory.add_model("hand", hand_model(task, seed=1), activate=True)  # a hand-made model
                 out = hammer(store, task.queries, task.texts, args.seconds, args.readers)
             finally:
                 for close in reversed(stack):

@@ -114,8 +114,7 @@ def bench_overhead(n: int, dim: int, n_queries: int, seed: int) -> None:
     print(f"\n{n} x {dim} nodes; Qdrant (in-process) add: {time.perf_counter() - start:.1f} s")
     print(f"{'store':<26}{'query text':>12}{'plain ms':>10}{'deep memory ms':>16}{'ratio':>8}")
     for name, store in (("embedded FAISS", embedded), ("Qdrant via vector_store=", wrapped)):
-        store.deep_memory._models["bench"] = model  # a hand-made model (no public API registers one)
-        store.deep_memory.set_model("bench")
+        store.deep_memory.add_model("bench", model, activate=True)  # a hand-made model
         for with_text in (False, True):
             items = [(q, t if with_text else None) for q, t in zip(queries, query_texts)]
             for q, t in items[:5]:  # warm up (numba compilation, caches)

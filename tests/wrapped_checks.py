@@ -40,8 +40,7 @@ def ask(store, q, k=10, text=None, filters=None, deep_memory=False, **kwargs):
 def with_model(task: KeywordTask, *stores: DeepMemoryVectorStore, seed: int = 1) -> None:
     model = hand_model(task, seed=seed)
     for store in stores:
-        store.deep_memory._models["hand"] = model  # a hand-made model, registered directly
-        store.deep_memory.set_model("hand")
+        store.deep_memory.add_model("hand", model, activate=True)  # a hand-made model
 
 
 def faiss_twin(task: KeywordTask) -> DeepMemoryVectorStore:

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from llama_index_deepmemory.deep_memory import jobs, state
+from llama_index_deepmemory.deep_memory import jobs, models, state
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,32 @@ class ModelKeeping:
                 self._location.set_active(name)
             self._sync(force=True)
         logger.info("Deep Memory active model: %s", name)
+
+    def add_model(self, name: str, model: DeepMemoryModel, activate: bool = False) -> None:
+        """Keep ``model`` (made by hand or trained elsewhere) as ``name``; ``activate`` also makes it
+        the active one. On a bound store it is recorded in the shared location like a trained model
+        (so it must be savable: ``model.to_state()``); in memory otherwise."""
+        if not isinstance(name, str) or not name or any(c in name for c in ("/", "\\", "\n", "\r", "\0")):
+            raise ValueError(f"Deep Memory model name must be a non-empty str without path separators, newlines "
+                             f"or NUL, got {name!r}; pick a plain name such as 'my_model'")
+        if not isinstance(model, DeepMemoryModel):
+            raise TypeError(f"add_model needs a DeepMemoryModel, got {type(model).__name__}; wrap or train one first")
+        if self._location is not None and models.MODEL_KINDS.get(model.kind) is not type(model):
+            raise TypeError(f"{type(model).__name__} (kind {model.kind!r}) cannot be shared through {self._location.root}: "
+                            "only registered model kinds load back there (register_model), or use an in-memory store")
+        self._maybe_refresh(force=True)
+        with self._lock:
+            if name in self._models:
+                raise ValueError(f"a Deep Memory model named {name!r} is already kept; delete_model({name!r}) "
+                                 "first or pick another name")
+            if self._location is not None:
+                self._location.add_model(name, model, None, activate=activate, expected_active_version=None)
+                self._sync(force=True)
+            else:
+                self._models[name] = model
+                if activate:
+                    self._active, self._active_version = name, self._active_version + 1
+        logger.info("added Deep Memory model %s%s", name, " (active)" if activate else "")
 
     def delete_model(self, name: str) -> None:
         """Delete the kept model ``name`` (never the active one: deactivate or switch first)."""

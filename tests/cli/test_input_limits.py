@@ -29,8 +29,7 @@ def keyword_store():
     store = DeepMemoryVectorStore()
     store.add(task.nodes(metadata=True))
     model, _ = gated_model(task, keywords=True)
-    store.deep_memory._models["gated"] = model  # registered directly, as tests/deep_memory/test_gate.py does
-    store.deep_memory.set_model("gated")
+    store.deep_memory.add_model("gated", model, activate=True)  # as tests/deep_memory/test_gate.py does
     return task, store
 
 

@@ -43,8 +43,7 @@ def served() -> tuple[KeywordTask, DeepMemoryVectorStore, AdapterMemoryModel]:
     store = DeepMemoryVectorStore()
     store.add(task.nodes(metadata=True))
     model = far_model(task)
-    store.deep_memory._models["far"] = model  # registered directly
-    store.deep_memory.set_model("far")
+    store.deep_memory.add_model("far", model, activate=True)
     return task, store, model
 
 
@@ -138,7 +137,8 @@ def test_trained_model_serves_the_far_rule_with_its_training_queries(far_weight:
         **dict(OPTIONS, refit=True, far_keyword_weight=far_weight, far_keyword_cosine=0.35),
     )
     record = store.deep_memory.status(job)
-    info, model = record["info"], store.deep_memory._models[record["model_name"]]
+    store.deep_memory.set_model(record["model_name"])  # kept (trained with refit), perhaps not activated
+    info, model = record["info"], store.deep_memory.active_model()
     assert info["lexical_weight"] > 0, info
     if far_weight == 0:
         assert info["far_lexical_weight"] == 0 and model.keyword_weights(task.queries) is None

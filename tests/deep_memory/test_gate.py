@@ -29,8 +29,7 @@ def gated() -> tuple[KeywordTask, DeepMemoryVectorStore, AdapterMemoryModel, np.
     task = KeywordTask(seed=4)
     store = task.store()
     model, memory = gated_model(task)
-    store.deep_memory._models["gated"] = model  # registered directly
-    store.deep_memory.set_model("gated")
+    store.deep_memory.add_model("gated", model, activate=True)
     return task, store, model, memory
 
 
@@ -62,8 +61,7 @@ def test_gated_store_query_equals_rank(keywords, filters) -> None:
     store = DeepMemoryVectorStore()
     store.add(task.nodes(metadata=True))
     model, _ = gated_model(task, keywords=keywords)
-    store.deep_memory._models["gated"] = model
-    store.deep_memory.set_model("gated")
+    store.deep_memory.add_model("gated", model, activate=True)
     texts = task.texts if keywords else None
     prepared = store.prepare_queries(task.queries)
     scores, ids = rank(store, prepared, model, 10, texts=texts, filters=filters)

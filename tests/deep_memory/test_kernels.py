@@ -95,8 +95,7 @@ def _keyword_store(rng: np.random.Generator, n: int, d: int, metric: str):
     store = DeepMemoryVectorStore(metric=metric)
     store.add([TextNode(id_=i, text=t, embedding=v.tolist()) for i, t, v in zip(ids, texts, vectors)])
     model = _model(rng, d, metric, 0.3, ids, LexicalIndex(ids, texts))
-    store.deep_memory._models["m"] = model  # a hand-made model, as benchmarks/bench_store.py registers one
-    store.deep_memory._active = "m"
+    store.deep_memory.add_model("m", model, activate=True)  # a hand-made model, as benchmarks/bench_store.py adds one
     return store, vectors
 
 
@@ -156,8 +155,7 @@ def test_memory_nodes_crowding_the_plain_hits_are_searched_past() -> None:
                                lexical=LexicalIndex(ids, texts), lexical_weight=0.3)
     store = DeepMemoryVectorStore(metric="cosine")
     store.add([TextNode(id_=i, text=t, embedding=v.tolist()) for i, t, v in zip(ids, texts, vectors)])
-    store.deep_memory._models["m"] = model
-    store.deep_memory._active = "m"
+    store.deep_memory.add_model("m", model, activate=True)
     backend, searched = store._backend, []
     search = backend._search
     backend._search = lambda queries, k, candidates: searched.append(k) or search(queries, k, candidates)
@@ -318,11 +316,10 @@ def test_store_checks_the_results_of_a_subclass_apply() -> None:
     store = DeepMemoryVectorStore(metric="ip")
     store.add([TextNode(id_=f"n{i}", text="w", embedding=[1.0, float(i), 0.5]) for i in range(3)])
     query = VectorStoreQuery(query_embedding=[1.0, 0.0, 0.0], similarity_top_k=2)
-    store.deep_memory._models["own"] = _OwnApplyModel(1.0)
-    store.deep_memory._active = "own"
+    store.deep_memory.add_model("own", _OwnApplyModel(1.0), activate=True)
     result = store.query(query, deep_memory=True)
     assert result.ids == ["n1", "n2"] and result.similarities[0] == 9.0  # scores reshaped, query made float32
-    store.deep_memory._models["own"] = _OwnApplyModel(np.nan)
+    store.deep_memory.add_model("own_nan", _OwnApplyModel(np.nan), activate=True)
     with pytest.raises(ValueError, match="non-finite"):
         store.query(query, deep_memory=True)
 
@@ -331,8 +328,7 @@ def test_non_finite_transformed_queries_are_refused_on_both_paths() -> None:
     """A model whose transformed query is NaN or overflows gets a clear error, compiled or not."""
     store = DeepMemoryVectorStore(metric="ip")
     store.add([TextNode(id_=f"n{i}", text="w", embedding=[1.0, float(i), 0.5]) for i in range(3)])
-    store.deep_memory._models["nan"] = _NaNModel(dim=3, metric="ip")
-    store.deep_memory._active = "nan"
+    store.deep_memory.add_model("nan", _NaNModel(dim=3, metric="ip"), activate=True)
     with pytest.raises(ValueError, match="non-finite"):
         store.query(VectorStoreQuery(query_embedding=[1.0, 0.0, 0.0], similarity_top_k=2), deep_memory=True)
     rng = np.random.default_rng(0)

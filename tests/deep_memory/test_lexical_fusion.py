@@ -307,8 +307,7 @@ def test_a_model_of_another_dimension_is_refused(task: KeywordTask, trained) -> 
     store, _ = trained
     other = DeepMemoryVectorStore()
     other.add([TextNode(id_="a", text="code1x", embedding=[1.0, 0.0, 0.0])])
-    other.deep_memory._models["m"] = store.deep_memory.active_model()  # registered directly
-    other.deep_memory._active = "m"
+    other.deep_memory.add_model("m", store.deep_memory.active_model(), activate=True)
     with pytest.raises(ValueError, match="trained for 64-dimensional vectors"):
         other.query(VectorStoreQuery(query_embedding=[1.0, 0.0, 0.0], similarity_top_k=1), deep_memory=True)
     with pytest.raises(TypeError, match="single string"):

@@ -100,8 +100,7 @@ def store(request, task, tmp_path_factory) -> DeepMemoryVectorStore:
 
 
 def _activate(store: DeepMemoryVectorStore, name: str, model: AdapterMemoryModel) -> None:
-    store.deep_memory._models[name] = model  # a hand-made model, registered directly
-    store.deep_memory.set_model(name)
+    store.deep_memory.add_model(name, model, activate=True)  # a hand-made model
 
 
 @pytest.mark.parametrize("kind", list(MODELS))

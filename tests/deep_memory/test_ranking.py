@@ -22,8 +22,7 @@ def trained() -> tuple[KeywordTask, DeepMemoryVectorStore]:
     task = KeywordTask(seed=3)
     store = DeepMemoryVectorStore()
     store.add(task.nodes(metadata=True))
-    store.deep_memory._models["hand"] = hand_model(task)  # a hand-made model, registered directly
-    store.deep_memory.set_model("hand")
+    store.deep_memory.add_model("hand", hand_model(task), activate=True)  # a hand-made model
     return task, store
 
 
@@ -154,8 +153,7 @@ def test_validation_and_serving_run_the_same_kernel(monkeypatch) -> None:
                          options=TrainOptions(seed=0, **OPTIONS), query_texts=task.texts[:N_TRAIN])
     trained_calls = calls["n"]
     assert trained_calls >= N_TRAIN  # every validated query row went through the kernel
-    store.deep_memory._models["m"] = result.model  # the trained model, served
-    store.deep_memory.set_model("m")
+    store.deep_memory.add_model("m", result.model, activate=True)  # the trained model, served
     for i in range(N_TRAIN, N_TRAIN + 3):  # dense and keyword queries alike
         store.query(VectorStoreQuery(query_embedding=task.queries[i].tolist(), similarity_top_k=5,
                                      query_str=task.texts[i] if i % 2 else None), deep_memory=True)

@@ -72,8 +72,7 @@ def test_round_trip(tmp_path, factory, metric):
     store.delete_nodes(node_ids=["n1", "n2"])
     store.add(make_nodes(5, seed=9))  # replaces n0..n4, reusing freed slots where possible
     scale = np.linspace(0.5, 1.5, DIM)
-    store.deep_memory._models["s"] = ScaledQuery(DIM, metric, scale)  # a hand-made model, registered directly (no public API for that)
-    store.deep_memory._active = "s"
+    store.deep_memory.add_model("s", ScaledQuery(DIM, metric, scale), activate=True)  # a hand-made model
     path = tmp_path / "store"
     store.persist(str(path))
     loaded = DeepMemoryVectorStore.from_persist_path(str(path))

@@ -73,10 +73,8 @@ def test_keyword_statistics_come_from_the_nodes_added_through_the_wrapper(task, 
     # a model keyed with those statistics ranks over the store as the FAISS-keyed one over FAISS
     model = hand_model(task, seed=3)
     over_faiss = [ask(faiss_store, q, text=t, deep_memory=True).ids for q, t in zip(task.queries[:20], task.texts[:20])]
-    tiny.deep_memory._models["keyed"] = hand_model(task, seed=3).replace(lexical=built)
-    faiss_store.deep_memory._models["keyed"] = model
-    for store in (tiny, faiss_store):
-        store.deep_memory.set_model("keyed")
+    tiny.deep_memory.add_model("keyed", hand_model(task, seed=3).replace(lexical=built), activate=True)
+    faiss_store.deep_memory.add_model("keyed", model, activate=True)
     assert [ask(tiny, q, text=t, deep_memory=True).ids for q, t in zip(task.queries[:20], task.texts[:20])] == \
         [ask(faiss_store, q, text=t, deep_memory=True).ids for q, t in zip(task.queries[:20], task.texts[:20])]
     assert over_faiss != [ask(faiss_store, q, text=t, deep_memory=True).ids

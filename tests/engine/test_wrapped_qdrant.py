@@ -58,8 +58,7 @@ def pair(task):
     qdrant = qdrant_store(QdrantClient(":memory:"), task)
     model = hand_model(task, seed=1)
     for store in (faiss_store, qdrant):
-        store.deep_memory._models["hand"] = model  # a hand-made model, registered directly
-        store.deep_memory.set_model("hand")
+        store.deep_memory.add_model("hand", model, activate=True)  # a hand-made model
     return faiss_store, qdrant
 
 
@@ -142,8 +141,7 @@ def test_models_persist_in_their_folder_and_a_second_process_serves_the_same(tas
     engine_dir, model_dir = tmp_path / "qdrant", tmp_path / "models"
     client = QdrantClient(path=str(engine_dir))
     store = qdrant_store(client, task, model_dir=model_dir)
-    store.deep_memory._models["hand"] = hand_model(task, seed=2)  # a hand-made model, registered directly
-    store.deep_memory.set_model("hand")  # saves the models to model_dir
+    store.deep_memory.add_model("hand", hand_model(task, seed=2), activate=True)  # saved to model_dir
     active = store.deep_memory.get_model()
     assert active == "hand" and (model_dir / "catalog.json").is_file()
     expected = {

@@ -81,8 +81,8 @@ def test_mmr_with_deep_memory_reorders_the_deep_memory_ranking() -> None:
     store.add([TextNode(id_=f"n{i}", text=f"t{i}", embedding=v.tolist()) for i, v in enumerate(vectors)])
     q = vectors[9]
     # memory scores n5 twice as high as the query's own vector: it leads the Deep Memory ranking
-    store.deep_memory._models["m"] = AdapterMemoryModel(8, memory_ids=["n5"], memory_vectors=2 * q[None, :])
-    store.deep_memory.set_model("m")
+    store.deep_memory.add_model("m", AdapterMemoryModel(8, memory_ids=["n5"], memory_vectors=2 * q[None, :]),
+                                activate=True)
     plain = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=30), deep_memory=True)
     assert plain.ids[:2] == ["n5", "n9"]
     mmr = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=5, mode="mmr"),

@@ -338,9 +338,8 @@ class ShiftAndBoost(DeepMemoryModel):
 
 
 def install(store, model):
-    # register and activate a hand-made model directly (train() is the public way to get one)
-    store.deep_memory._models["t"] = model
-    store.deep_memory._active = "t"
+    # add and activate a hand-made model (train() is the other way to get one)
+    store.deep_memory.add_model("t", model, activate=True)
 
 
 def test_deep_memory_merge_matches_brute_force():

@@ -61,8 +61,7 @@ def test_index_retriever_query_engine(minilm, documents, tmp_path):
     with pytest.raises(TypeError, match="deep_memroy"):
         index.as_retriever(vector_store_kwargs={"deep_memroy": True}).retrieve("bread")
 
-    store.deep_memory._models["id"] = DeepMemoryModel(384)  # identity model, registered directly
-    store.deep_memory._active = "id"
+    store.deep_memory.add_model("id", DeepMemoryModel(384), activate=True)  # identity model
     with_dm = index.as_retriever(similarity_top_k=3, vector_store_kwargs={"deep_memory": True}).retrieve("violin strings")
     plain = index.as_retriever(similarity_top_k=3).retrieve("violin strings")
     assert [h.node.node_id for h in with_dm] == [h.node.node_id for h in plain]

@@ -1,0 +1,99 @@
+"""``store.deep_memory.add_model``: a hand-made model kept in memory, or recorded in the shared
+model location (every handle sees it), and the refusals (bad name, taken name, not a model)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from llama_index.core.schema import TextNode
+from llama_index.core.vector_stores.types import VectorStoreQuery
+
+from llama_index_deepmemory import DeepMemoryVectorStore
+from llama_index_deepmemory.deep_memory.base import DeepMemoryModel
+from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
+
+DIM = 8
+
+
+class _Negated(DeepMemoryModel):
+    """Test-only model, not registered (so it cannot be shared): queries negated."""
+
+    kind = "test-negated"
+
+    def transform_queries(self, queries: np.ndarray) -> np.ndarray:
+        return -queries
+
+
+def _vectors() -> np.ndarray:
+    v = np.random.default_rng(0).normal(size=(12, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _store() -> DeepMemoryVectorStore:
+    store = DeepMemoryVectorStore()
+    store.add([TextNode(id_=f"n{i}", text=f"t{i}", embedding=v.tolist()) for i, v in enumerate(_vectors())])
+    return store
+
+
+def _memory_model() -> AdapterMemoryModel:
+    """Memory scores n5 twice as high as n9's own vector scores n9: n5 leads for n9's query."""
+    return AdapterMemoryModel(DIM, memory_ids=["n5"], memory_vectors=2 * _vectors()[9][None, :])
+
+
+def _top(store: DeepMemoryVectorStore, q: np.ndarray, deep_memory: bool) -> list[str]:
+    return store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=3), deep_memory=deep_memory).ids
+
+
+def test_in_memory_add_keeps_the_model_and_activates_only_when_asked() -> None:
+    store, q = _store(), _vectors()[9]
+    store.deep_memory.add_model("m", _memory_model())
+    assert store.deep_memory.get_model() is None and store.deep_memory.location is None
+    assert [(m["name"], m["active"]) for m in store.deep_memory.list_models()] == [("m", False)]
+    store.deep_memory.set_model("m")
+    assert _top(store, q, True)[:2] == ["n5", "n9"] and _top(store, q, False)[0] == "n9"
+    # a model class the tests made (unregistered: no shared location could load it) is kept in memory
+    store.deep_memory.add_model("neg", _Negated(DIM), activate=True)
+    assert store.deep_memory.get_model() == "neg"
+    want = [f"n{i}" for i in np.argsort(_vectors() @ -q, kind="stable")[::-1][:3]]  # brute force, negated query
+    assert _top(store, q, True) == want
+
+
+def test_a_model_added_to_a_loaded_store_is_seen_by_another_handle(tmp_path: Path) -> None:
+    path = str(tmp_path / "store")
+    _store().persist(path)
+    a, b = DeepMemoryVectorStore.from_persist_path(path), DeepMemoryVectorStore.from_persist_path(path)
+    assert a.deep_memory.location is not None
+    a.deep_memory.add_model("hand", _memory_model(), activate=True)
+    assert b.deep_memory.refresh() == "hand"  # recorded in the shared location, not only in a's memory
+    q = _vectors()[9]
+    assert _top(b, q, True)[:2] == ["n5", "n9"] == _top(a, q, True)[:2]
+    fresh = DeepMemoryVectorStore.from_persist_path(path).deep_memory
+    assert [(m["name"], m["active"]) for m in fresh.list_models()] == [("hand", True)]
+    with pytest.raises(ValueError, match=r"'hand' is already kept; delete_model\('hand'\) first"):
+        b.deep_memory.add_model("hand", DeepMemoryModel(DIM))  # taken in another handle: refused there too
+    with pytest.raises(TypeError, match=r"_Negated \(kind 'test-negated'\) cannot be shared.*in-memory store"):
+        a.deep_memory.add_model("neg", _Negated(DIM))
+    assert [m["name"] for m in fresh.list_models()] == ["hand"] and b.deep_memory.get_model() == "hand"
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "a\\b", "two\nlines", "nul\0", 3, None])
+def test_bad_names_are_refused_naming_the_value(name) -> None:
+    store = _store()
+    want = rf"non-empty str without path separators.*got {re.escape(repr(name))}; pick a plain name"
+    with pytest.raises(ValueError, match=want):
+        store.deep_memory.add_model(name, DeepMemoryModel(DIM))
+    assert store.deep_memory.list_models() == []
+
+
+def test_a_taken_name_and_a_non_model_are_refused_and_nothing_changes() -> None:
+    store = _store()
+    store.deep_memory.add_model("m", _memory_model(), activate=True)
+    kept = store.deep_memory.active_model()
+    with pytest.raises(ValueError, match=r"'m' is already kept; delete_model\('m'\) first or pick another name"):
+        store.deep_memory.add_model("m", DeepMemoryModel(DIM), activate=True)
+    with pytest.raises(TypeError, match="needs a DeepMemoryModel, got dict"):
+        store.deep_memory.add_model("x", {"dim": DIM})
+    assert store.deep_memory.active_model() is kept and [m["name"] for m in store.deep_memory.list_models()] == ["m"]
