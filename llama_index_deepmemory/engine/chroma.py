@@ -114,7 +114,6 @@ class ChromaAdapter(GenericAdapter):
                 "cannot be changed: re-create it under a new name)"
             )
 
-    keeps_rows = True
 
     def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
         """Every query in one ``collection.query``; without ``bodies``, ids and distances only (the

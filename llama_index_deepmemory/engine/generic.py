@@ -114,9 +114,7 @@ class GenericAdapter:
             self._rows.clear()
             self.version += 1
 
-    # --- rows kept between reads (adapters that set keeps_rows) ----------------------------------
-    keeps_rows = False
-
+    # --- rows kept between reads (adapters that call _keep and implement _build) -----------------
     def _keep(self, rows: Sequence[tuple[str, Any]], version: int) -> None:
         """Keep the engine's rows (node id, row) read at ``version`` (dropped if a write came since)."""
         with self._lock:

@@ -117,7 +117,6 @@ class PostgresAdapter(GenericAdapter):
                 connection.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef_search)}"))
             return list(connection.execute(text(statement), values))
 
-    keeps_rows = True
 
     def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
         """Every query's top ``k`` in one statement (without ``bodies``: ids and distances only)."""

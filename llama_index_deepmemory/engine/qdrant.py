@@ -98,10 +98,10 @@ class QdrantAdapter(GenericAdapter):
                 self._exists = bool(self.engine.client.collection_exists(self._collection))
         return self._exists
 
-    def _wrote(self, forget_added: bool = False) -> None:
+    def _clear(self) -> None:
+        super()._clear()
         with self._lock:
-            self._exists = False  # a clear drops the collection
-        super()._wrote(forget_added)
+            self._exists = False  # a clear drops the collection (a delete keeps it: no new check)
 
     def delete(self, ref_doc_id: str) -> None:
         if self._ready():
@@ -111,7 +111,6 @@ class QdrantAdapter(GenericAdapter):
         if self._ready():
             super().delete_nodes(node_ids, filters)
 
-    keeps_rows = True
 
     def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
         """Every query in one ``query_batch_points``; without ``bodies``, ids and scores only."""
