@@ -379,14 +379,11 @@ def _add_cache(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache (default: use it)")
 
 
-def _add_relevance_source(parser: argparse.ArgumentParser, split: str, several_logs: bool = False) -> None:
+def _add_relevance_source(parser: argparse.ArgumentParser, split: str) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--questions", help="EmbeddingQAFinetuneDataset JSON (from `generate` or the demo)")
-    if several_logs:
-        source.add_argument("--query-log", action="append", metavar="LOG",
-                            help=f"{LOG_HELP}; repeat it to read several logs as one (a query in two logs counts once)")
-    else:
-        source.add_argument("--query-log", help=LOG_HELP)
+    source.add_argument("--query-log", action="append", metavar="LOG",
+                        help=f"{LOG_HELP}; repeat it to read several logs as one (a query in two logs counts once)")
     source.add_argument("--beir", metavar="FOLDER", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv); "
                         "the store must have been built from it with `ingest FOLDER`")
     parser.add_argument("--split", default=split, help=f"qrels split read with --beir (default: {split})")
@@ -443,7 +440,7 @@ def _add_train(sub: Any) -> None:
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="compare retrieval with and without Deep Memory", description=cmd_evaluate.__doc__)
     _add_common(p)
-    _add_relevance_source(p, "test", several_logs=True)
+    _add_relevance_source(p, "test")
     p.add_argument("--top-k", type=_positive_int, default=10, help="retriever top-k for the evaluator metrics (default: 10)")
     p.add_argument("--metrics", nargs="+", default=["hit_rate", "mrr"],
                    help="any of hit_rate mrr precision recall ap ndcg (default: hit_rate mrr)")

@@ -137,11 +137,12 @@ def run_chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Text
         print(text, file=stdout, flush=True)
 
     if not args.quiet:
-        state = f"resumed, {len(engine.turns)} earlier turns" if engine.turns else "new"
+        turns = engine.turns  # one read of the conversation
+        state = f"resumed, {len(turns)} earlier turns" if turns else "new"
         say(f"Conversation {engine.conversation_id!r} ({state}), saved in {engine.location}; "
             f"{'with' if engine.deep_memory else 'without'} Deep Memory. /help for commands.")
-        if engine.turns:
-            last = engine.turns[-1]
+        if turns:
+            last = turns[-1]
             say(f"Last turn: you: {_one_line(last.user)}  assistant: {_one_line(last.assistant)}")
     last_notice = None
     while True:

@@ -119,9 +119,12 @@ def read_query_log(
         rows = _check_known(rows, known_ids, on_unknown)
     if not rows:
         raise ValueError(f"{', '.join(map(str, paths))}: no queries found (empty log)")
-    if merge_duplicates:
-        rows = _merge_rows(rows)
-    return [row.query for row in rows], [row.pairs for row in rows]
+    queries, relevance = [row.query for row in rows], [row.pairs for row in rows]
+    if merge_duplicates:  # the one merge: first-seen order, union of ids, largest weight per id
+        from llama_index_deepmemory.deep_memory.training_record import merge_query_relevance
+
+        return merge_query_relevance((queries, relevance))
+    return queries, relevance
 
 
 def write_query_log(path: str | os.PathLike[str], queries: Sequence[str], relevance: Sequence[Sequence[Any]]) -> None:
@@ -233,17 +236,6 @@ def _check_known(rows: list[_LogRow], known_ids: Collection[str], on_unknown: On
     if dropped:
         logger.warning("dropped %d unknown ids; %d of %d queries left", dropped, len(kept), len(rows))
     return kept
-
-
-def _merge_rows(rows: list[_LogRow]) -> list[_LogRow]:
-    merged: dict[str, dict[str, float]] = {}
-    first_where: dict[str, str] = {}
-    for row in rows:
-        weights = merged.setdefault(row.query, {})
-        first_where.setdefault(row.query, row.where)
-        for doc_id, weight in row.pairs:
-            weights[doc_id] = max(weight, weights.get(doc_id, 0.0))
-    return [_LogRow(first_where[query], query, list(weights.items())) for query, weights in merged.items()]
 
 
 # ---------------------------------------------------------------------------------------------
