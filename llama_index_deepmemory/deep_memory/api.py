@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
@@ -314,8 +313,7 @@ class DeepMemory(ModelKeeping):
 
     def active_model(self) -> DeepMemoryModel | None:
         """The model applied by ``query(..., deep_memory=True)``, or None."""
-        if self._location is not None and time.monotonic() >= self._next_check:
-            self._sync()
+        self._maybe_refresh()
         active = self._active
         return self._models.get(active) if active else None
 

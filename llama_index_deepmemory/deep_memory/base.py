@@ -42,6 +42,8 @@ def compiled_kernels() -> ModuleType | None:
                 except Exception as error:  # numba missing, built for another numpy, or no cache dir
                     logger.warning("Deep Memory queries run on numpy (slower): cannot import numba (%s)", error)
                     kernels = None
+                if kernels is not None and not kernels.COMPILED:  # imported, but as plain Python: numpy is faster
+                    kernels = None
                 _kernels.append(kernels)
     return _kernels[0]
 

@@ -13,6 +13,7 @@ returned; the same kernel ranks them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -129,10 +130,14 @@ class _Row:
                  override_scores: np.ndarray, usable: np.ndarray, head: int, depth: int, k: int, filters: Any) -> None:
         self.store, self.model, self.filters = store, model, filters
         self.override_ids, self.override_scores, self.usable = override_ids, override_scores, usable
-        self.overridden = model.override_set(override_ids)
         self.head, self.depth, self.k = head, depth, k
         self.kernels = _kernels()
         self.rank_row = self.kernels.rank_row
+
+    @functools.cached_property
+    def overridden(self) -> frozenset[str]:
+        """The override ids as a set (built only by the rows that need it)."""
+        return self.model.override_set(self.override_ids)
 
     def by_keyword_rows(self, transformed: np.ndarray, plan: KeywordPlan, text: str) -> tuple[np.ndarray, list[str]] | None:
         """One keyword query over a store that hands out its hits' keyword-index rows
