@@ -7,16 +7,21 @@ distance for ``"l2"``.
 
 Index families (``faiss.index_factory`` strings):
 
-* ``"Flat"`` (default): exact search, wrapped in ``IndexIDMap2``; removal compacts in place.
-* ``"HNSW<M>"``: approximate graph search in ``IndexIDMap2``. HNSW cannot remove vectors, so
-  removed rows become tombstones, excluded from every search, and the graph is rebuilt once
-  tombstones outnumber live rows.
+* ``"Flat"``: exact search, wrapped in ``IndexIDMap2``; removal compacts in place.
+* ``"HNSW<M>"``: approximate graph search in ``IndexIDMap2`` (``efSearch`` defaults to
+  :data:`DEFAULT_EF_SEARCH`). HNSW cannot remove vectors, so removed rows become tombstones,
+  excluded from every search, and the graph is rebuilt once tombstones outnumber live rows.
+  :meth:`VectorIndex.search_all_exact` scans its flat storage exactly (training reads that).
 * ``"IVF<nlist>,..."``: inverted lists with native ids and a hash-table direct map (so removal and
   ``reconstruct`` work). Needs training: the first ``add`` must bring at least ``nlist`` vectors.
 
 Approximate searches that return fewer hits than requested (a very selective allow-list with HNSW,
 too few probed lists with IVF) fall back to exact scoring of the allowed rows, so callers always
 get ``min(k, allowed)`` results.
+
+``AUTO`` (``"auto"``, the store's default) is not a factory string: the store holds a ``"Flat"``
+index below :data:`AUTO_APPROXIMATE_FROM` nodes and converts it once to
+:data:`AUTO_APPROXIMATE_FACTORY` when an add reaches that size (``bench_ann_threshold.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ logger = logging.getLogger(__name__)
 
 EXACT_SCAN_BATCH = 65536  # rows reconstructed per batch by the exact fallback
 _FAMILIES = ("flat", "hnsw", "ivf")
+AUTO = "auto"  # the store's default: exact Flat, then HNSW from AUTO_APPROXIMATE_FROM nodes
+AUTO_APPROXIMATE_FROM = 20_000  # nodes from which "auto" holds an approximate index
+AUTO_APPROXIMATE_FACTORY = "HNSW32"
+DEFAULT_EF_SEARCH = 128  # HNSW search breadth when ef_search is None (recall@10 >= 0.95: README)
+
+
+def auto_factory(n_nodes: int) -> str:
+    """The factory string ``"auto"`` stands for in a store of ``n_nodes`` nodes."""
+    return AUTO_APPROXIMATE_FACTORY if n_nodes >= AUTO_APPROXIMATE_FROM else "Flat"
 
 
 def _faiss() -> Any:
@@ -158,8 +172,9 @@ class VectorIndex:
             ivf = faiss.extract_index_ivf(self.faiss_index)
             if self.nprobe is not None:
                 ivf.nprobe = int(self.nprobe)
-        elif self.family == "hnsw" and self.ef_search is not None:
-            faiss.downcast_index(self.faiss_index.index).hnsw.efSearch = int(self.ef_search)
+        elif self.family == "hnsw":
+            ef = DEFAULT_EF_SEARCH if self.ef_search is None else self.ef_search
+            faiss.downcast_index(self.faiss_index.index).hnsw.efSearch = int(ef)
 
     @property
     def ntotal(self) -> int:
@@ -169,6 +184,11 @@ class VectorIndex:
     @property
     def is_trained(self) -> bool:
         return bool(self.faiss_index.is_trained)
+
+    @property
+    def exact(self) -> bool:
+        """Whether :meth:`search` is exact (a flat index)."""
+        return self.family == "flat"
 
     @property
     def removes_physically(self) -> bool:
@@ -318,6 +338,34 @@ class VectorIndex:
             hnsw = faiss.downcast_index(self.faiss_index.index).hnsw
             return faiss.SearchParametersHNSW(sel=selector, efSearch=int(hnsw.efSearch))
         return faiss.SearchParameters(sel=selector)
+
+    def search_all_exact(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search`, exact whatever the family: an HNSW index scans its flat storage (no
+        copy of the vectors), IVF reconstructs the allowed rows in batches."""
+        if self.family == "flat":
+            return self.search(queries, k, allowed)
+        if allowed is None:
+            allowed = ~self._dead if self.n_dead else None
+        if self.family != "hnsw":
+            return self.search_exact(queries, k, self.all_ids() if allowed is None else np.flatnonzero(allowed))
+        faiss = _faiss()
+        storage = faiss.downcast_index(faiss.downcast_index(self.faiss_index.index).storage)
+        row_of = faiss.vector_to_array(self.faiss_index.id_map).astype(np.int64, copy=False)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if allowed is None:
+            distances, inner = storage.search(queries, k)
+        else:
+            ok = np.zeros(len(row_of), dtype=bool)
+            inside = row_of < len(allowed)
+            ok[inside] = allowed[row_of[inside]]
+            bitmap = np.packbits(ok, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+            distances, inner = storage.search(queries, k, params=faiss.SearchParameters(sel=selector))
+            del bitmap
+        rows = np.where(inner >= 0, row_of[np.maximum(inner, 0)], -1)
+        return self._to_scores(distances), rows
 
     def search_exact(
         self, queries: np.ndarray, k: int, candidates: np.ndarray

@@ -44,6 +44,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index_deepmemory import persistence
 from llama_index_deepmemory.engine.faiss_store import FaissStore
 from llama_index_deepmemory.filters import check_filter_depth
+from llama_index_deepmemory.index import AUTO
 from llama_index_deepmemory.mmr import llama_index_mmr
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,12 +68,13 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         dim: embedding dimension; None (default) takes it from the first ``add``.
         metric: ``"cosine"`` (default), ``"ip"`` or ``"l2"``: scores are cosine similarity, the
             inner product, or the *negative squared* L2 distance (higher is always better).
-        index_factory: a ``faiss.index_factory`` string: ``"Flat"`` (exact, default),
-            ``"HNSW32"`` or ``"IVF1024,Flat"`` (IVF trains on the first add, which must bring at
-            least ``nlist`` vectors).
+        index_factory: ``"auto"`` (default; None too): exact ``"Flat"`` below 20,000 nodes, then
+            ``"HNSW32"`` (converted once when an add reaches that size); or a ``faiss.index_factory``
+            string used at every size: ``"Flat"`` (always exact), ``"HNSW32"`` or ``"IVF1024,Flat"``
+            (IVF trains on the first add, which must bring at least ``nlist`` vectors).
         embed_model: embedding model used by Deep Memory training/evaluation (not persisted).
         nprobe: IVF lists probed per query (FAISS default when None).
-        ef_search: HNSW search breadth (FAISS default when None).
+        ef_search: HNSW search breadth (``index.DEFAULT_EF_SEARCH``, 128, when None).
         vector_store: another LlamaIndex vector store that keeps text (e.g. ``QdrantVectorStore``)
             to keep the vectors in; adds, deletes, ``get_nodes``, ``clear`` and filters pass through
             to it, and ``deep_memory=True`` ranks over its search (see :mod:`.wrapped_store`).
@@ -97,7 +99,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         self,
         dim: int | None = None,
         metric: str = "cosine",
-        index_factory: str = "Flat",
+        index_factory: str | None = AUTO,
         embed_model: "BaseEmbedding | None" = None,
         *,
         nprobe: int | None = None,
@@ -113,7 +115,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                 )
             backend: Any = FaissStore(dim, metric, index_factory, embed_model, nprobe, ef_search)
         else:
-            options = {"dim": (dim, None), "metric": (metric, "cosine"), "index_factory": (index_factory, "Flat"),
+            options = {"dim": (dim, None), "metric": (metric, "cosine"), "index_factory": (index_factory or AUTO, AUTO),
                        "nprobe": (nprobe, None), "ef_search": (ef_search, None)}
             given = {name: value for name, (value, default) in options.items() if value != default}
             if given:
@@ -260,12 +262,8 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             raise TypeError("node_ids must be a list of ids, not a single string")
         self._backend.delete_nodes(node_ids, filters)
 
-    async def adelete_nodes(
-        self,
-        node_ids: Optional[List[str]] = None,
-        filters: Optional[MetadataFilters] = None,
-        **delete_kwargs: Any,
-    ) -> None:
+    async def adelete_nodes(self, node_ids: Optional[List[str]] = None, filters: Optional[MetadataFilters] = None,
+                            **delete_kwargs: Any) -> None:
         await asyncio.to_thread(self.delete_nodes, node_ids, filters, **delete_kwargs)
 
     def clear(self) -> None:
@@ -287,11 +285,8 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
             raise TypeError("node_ids must be a list of ids, not a single string")
         return self._backend.get_nodes(node_ids, filters)
 
-    async def aget_nodes(
-        self,
-        node_ids: Optional[List[str]] = None,
-        filters: Optional[MetadataFilters] = None,
-    ) -> List[BaseNode]:
+    async def aget_nodes(self, node_ids: Optional[List[str]] = None,
+                         filters: Optional[MetadataFilters] = None) -> List[BaseNode]:
         return await asyncio.to_thread(self.get_nodes, node_ids, filters)
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
@@ -374,6 +369,11 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
 
     def prepare_queries(self, vectors: Any) -> np.ndarray:
         return self._backend.prepare_queries(vectors)
+
+    def training_view(self, max_nodes: int) -> Any:
+        """What Deep Memory trains on: this store, or a view of it searching exactly (approximate index)."""
+        view = self._backend.training_view(max_nodes)
+        return self if view is self._backend else view
 
     def search_vectors(
         self,

@@ -4,6 +4,10 @@ A snapshot is a generation folder of :mod:`llama_index_deepmemory.persistence` (
 checksummed, written atomically) holding ``store.json`` (configuration), ``slots.npy`` (the live
 slots), ``dead.npy`` (the FAISS index's tombstones), ``nodes.jsonl`` (one node row per live slot)
 and ``index.faiss`` once the dimension is known. Loading checks that these agree with each other.
+
+``store.json`` version 2 (:data:`CONFIG_VERSION`) adds ``"index"``: the factory string of the
+index held (``index_factory="auto"`` holds ``"Flat"`` or ``"HNSW32"`` by size); a version 1 file
+(no ``"index"``) holds the index its ``index_factory`` names.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from llama_index_deepmemory import persistence
-from llama_index_deepmemory.index import VectorIndex
+from llama_index_deepmemory.index import AUTO, VectorIndex
 
 if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -26,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_FILES = ("store.json", "slots.npy", "dead.npy", "nodes.jsonl")
+CONFIG_VERSION = 2  # 2: "index" names the index held (index_factory may be "auto")
 
 
 def persist(
@@ -49,11 +54,13 @@ def snapshot_writers(store: "FaissStore") -> dict[str, Any]:
     slots = table.live_slots()
     dead = store._index.dead_ids() if store._index is not None else np.zeros(0, dtype=np.int64)
     config = {
+        "version": CONFIG_VERSION,
         "dim": store._dim,
         "metric": store._metric,
         "index_factory": store._index_factory,
         "nprobe": store._nprobe,
         "ef_search": store._ef_search,
+        "index": store.index_in_use,
         "count": int(len(slots)),
     }
 
@@ -105,6 +112,15 @@ def load_generation(
     store_json = str(gen / "store.json")
     if not isinstance(config, dict) or not {"dim", "metric", "index_factory", "count"} <= set(config):
         raise persistence.CorruptStoreError(f"{store_json!r} is not a store configuration")
+    version = config.get("version", 1)
+    if not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
+        raise persistence.CorruptStoreError(
+            f"{store_json!r} has version {version!r}; this llama-index-deepmemory reads versions "
+            f"1..{CONFIG_VERSION}. Upgrade the package to load it."
+        )
+    held = config.get("index") or config["index_factory"]  # version 1: the factory string named it
+    if config["dim"] is not None and (not isinstance(held, str) or held == AUTO):
+        raise persistence.CorruptStoreError(f"{store_json!r} names no index it holds (index={held!r})")
     try:
         store = cls(
             dim=config["dim"],
@@ -128,7 +144,7 @@ def load_generation(
         store._index = persistence.load_file(
             index_path, "FAISS index",
             lambda p: VectorIndex.read(
-                str(p), config["dim"], config["metric"], config["index_factory"],
+                str(p), config["dim"], config["metric"], held,
                 config.get("nprobe"), config.get("ef_search"), dead,
             ),
         )

@@ -11,6 +11,10 @@
 * Thread safety: a phase-fair readers-writer lock; any number of concurrent readers (query,
   get_nodes, persist, vector reads) or one writer (add, delete, clear). Persists of one store,
   and of one folder across processes, run one at a time.
+* Index: ``index_factory="auto"`` (default; None means the same) holds an exact ``Flat`` index
+  and converts it once, under the write lock, to an approximate one when an add reaches
+  ``index.AUTO_APPROXIMATE_FROM`` nodes (it stays approximate when deletes shrink it; ``clear``
+  starts exact again). Any factory string given is used as is, at every size.
 * Snapshots (:mod:`.faiss_snapshot`): versioned, checksummed, written atomically
   (:mod:`llama_index_deepmemory.persistence`); vectors and nodes only (the face hands the manifest
   anything else it keeps beside them).
@@ -33,10 +37,11 @@ from llama_index.core.vector_stores.types import MetadataFilters, VectorStoreQue
 
 from llama_index_deepmemory import persistence
 from llama_index_deepmemory.engine import faiss_snapshot
-from llama_index_deepmemory.engine.faiss_view import HeldView, Slots
+from llama_index_deepmemory.engine.faiss_view import ExactView, HeldView, Slots
 from llama_index_deepmemory.engine.usable_cache import UsableCache
 from llama_index_deepmemory.filters import MetadataColumns
-from llama_index_deepmemory.index import METRICS, VectorIndex, check_factory
+from llama_index_deepmemory import index as vector_index
+from llama_index_deepmemory.index import AUTO, METRICS, VectorIndex, check_factory
 from llama_index_deepmemory.node_codec import build_node, check_saveable, node_fields
 from llama_index_deepmemory.node_table import NodeTable
 from llama_index_deepmemory.rwlock import ReadWriteLock
@@ -60,7 +65,7 @@ class FaissStore:
         self,
         dim: int | None = None,
         metric: str = "cosine",
-        index_factory: str = "Flat",
+        index_factory: str | None = AUTO,
         embed_model: "BaseEmbedding | None" = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
@@ -72,7 +77,9 @@ class FaissStore:
         for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-        check_factory(dim, metric, index_factory)
+        index_factory = AUTO if index_factory is None else index_factory
+        if index_factory != AUTO:
+            check_factory(dim, metric, index_factory)
         self._dim = dim
         self._metric = metric
         self._index_factory = index_factory
@@ -106,13 +113,39 @@ class FaissStore:
 
     @property
     def index_factory(self) -> str:
+        """The factory string given (``"auto"``: see :attr:`index_in_use`)."""
         return self._index_factory
+
+    @property
+    def index_in_use(self) -> str | None:
+        """The factory string of the FAISS index held now (None until the dimension is known)."""
+        return None if self._index is None else self._index.factory
 
     def __len__(self) -> int:
         return len(self._table)
 
-    def _new_index(self, dim: int) -> VectorIndex:
-        return VectorIndex(dim, self._metric, self._index_factory, self._nprobe, self._ef_search)
+    def _new_index(self, dim: int, n_nodes: int = 0, factory: str | None = None) -> VectorIndex:
+        """An empty index: ``factory``, else the store's (``"auto"``: the one for ``n_nodes``)."""
+        if factory is None:
+            factory = self._index_factory
+            factory = vector_index.auto_factory(n_nodes) if factory == AUTO else factory
+        return VectorIndex(dim, self._metric, factory, self._nprobe, self._ef_search)
+
+    def _converted(self, index: VectorIndex, n_nodes: int) -> VectorIndex:
+        """``index`` or, for ``"auto"`` once the store reaches ``n_nodes``, the index ``"auto"``
+        stands for there, rebuilt from the stored vectors (once; the caller holds the write lock)."""
+        if self._index_factory != AUTO or not index.exact:
+            return index
+        factory = vector_index.auto_factory(n_nodes)
+        if factory == index.factory:
+            return index
+        fresh = self._new_index(index.dim, factory=factory)
+        live = self._table.live_slots()
+        logger.info("index_factory='auto': converting %d nodes to %s", len(live), factory)
+        for start in range(0, len(live), vector_index.EXACT_SCAN_BATCH):
+            chunk = live[start : start + vector_index.EXACT_SCAN_BATCH]
+            fresh.add(chunk, index.reconstruct(chunk))
+        return fresh
 
     def _read_filter_key(self, key: str) -> list[Any]:
         return self._table.read_key(key)
@@ -153,11 +186,15 @@ class FaissStore:
         if self._dim is not None and vectors.shape[1] != self._dim:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, store holds {self._dim}")
         # the first add fixes the dimension (and checks the factory string against it)
-        index = self._index if self._index is not None else self._new_index(int(vectors.shape[1]))
-        first = self._dim is None
-        self._dim = int(vectors.shape[1])
         table = self._table
         replaced = table.slots_for(r[0] for r in rows)
+        n_after = len(table) + len(rows) - len(replaced)
+        if self._index is None:
+            index = self._new_index(int(vectors.shape[1]), n_after)
+        else:  # "auto" turns approximate before the add that reaches its size (the add then uses it)
+            index = self._index = self._converted(self._index, n_after)
+        first = self._dim is None
+        self._dim = int(vectors.shape[1])
         slots = table.allocate(len(rows))
         try:
             index.add(slots, vectors)
@@ -208,7 +245,10 @@ class FaissStore:
             self._table = NodeTable()
             self._columns = MetadataColumns(self._read_filter_key)
             if self._index is not None:
-                self._index.reset()
+                if self._index_factory == AUTO:  # an empty "auto" store is exact again
+                    self._index = self._new_index(self._index.dim)
+                else:
+                    self._index.reset()
             self._version += 1
 
     # --- reads ----------------------------------------------------------------------------
@@ -296,9 +336,10 @@ class FaissStore:
         )
 
     def _search(
-        self, q: np.ndarray, k: int, candidates: np.ndarray | None
+        self, q: np.ndarray, k: int, candidates: np.ndarray | None, exact: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, slots) of prepared queries among candidate slots (None = all live)."""
+        """Top-k (scores, slots) of prepared queries among candidate slots (None = all live);
+        ``exact``: exact whatever the index (training's searches)."""
         index, table = self._index, self._table
         n_allowed = len(table) if candidates is None else len(candidates)
         kk = min(k, n_allowed)
@@ -311,6 +352,8 @@ class FaissStore:
         if candidates is not None:
             allowed = np.zeros(table.capacity, dtype=bool)
             allowed[candidates] = True
+        if exact:
+            return index.search_all_exact(q, kk, allowed)
         scores, slots = index.search(q, kk, allowed)
         short = (slots[:, kk - 1] < 0) if kk else np.zeros(m, bool)
         if short.any():  # approximate index found too few: score the allowed rows exactly
@@ -390,11 +433,18 @@ class FaissStore:
                 return padded(scores), ids
             return self._search_ids(q, k, filters)
 
-    def _search_ids(self, q: np.ndarray, k: int, filters: "MetadataFilters | Slots | None") -> tuple[np.ndarray, list[list[str]]]:
+    def _search_ids(self, q: np.ndarray, k: int, filters: "MetadataFilters | Slots | None",
+                    exact: bool = False) -> tuple[np.ndarray, list[list[str]]]:
         """Plain top ``k`` (scores, node ids) of prepared queries; the caller holds the lock."""
-        scores, slots = self._search(q, k, self._candidates(filters))
+        scores, slots = self._search(q, k, self._candidates(filters), exact)
         ids = self._table.ids
         return scores, [[ids[s] for s in row if s >= 0] for row in slots.tolist()]
+
+    def training_view(self, max_nodes: int = 0) -> Any:
+        """What Deep Memory trains and validates on: this store while its index is exact, else a
+        view of it whose plain searches are exact (:class:`~.faiss_view.ExactView`; no copy)."""
+        index = self._index
+        return self if index is None or index.exact else ExactView(self)
 
     def _search_rows(
         self, q: np.ndarray, k: int, filters: "MetadataFilters | Slots | None", index: Any

@@ -1,5 +1,6 @@
 """What the embedded store (:class:`~.faiss_store.FaissStore`) hands the Deep Memory ranking of a
-query it is answering: a lock-free view of itself and the query's restriction as slots."""
+query it is answering (a lock-free view of itself and the query's restriction as slots), and what
+it hands training over an approximate index (a view searching exactly)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,32 @@ class HeldView:
 
     def texts_of(self, node_ids: Sequence[str]) -> list[str | None]:
         return self._store._texts_of(node_ids)
+
+
+class ExactView:
+    """The store as training reads it over an approximate index: every plain search exact (its
+    flat storage scanned, no copy), everything else the store's own."""
+
+    def __init__(self, store: "FaissStore") -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def search_vectors(
+        self, queries: np.ndarray, k: int, deep_memory: bool = False, texts: Any = None,
+        filters: "MetadataFilters | None" = None,
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """Exact plain top ``k`` of prepared queries (``deep_memory`` must be False: training
+        ranks with ``deep_memory.ranking.rank`` over this view)."""
+        if deep_memory:
+            raise ValueError("ExactView searches plain only; rank with deep_memory.ranking.rank(view, model, ...)")
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        with self._store._lock.read():
+            return self._store._search_ids(q, k, filters, exact=True)
 
 
 @dataclass(frozen=True, eq=False)
