@@ -3,7 +3,7 @@ on its own right after a FAISS scan (as in a real query, the scan leaves every c
 100,000 x 384 vectors with one FAISS thread and ``bench_store``'s SciFact-sized model with keyword
 re-scoring. Medians over the queries, in µs (a measurement, not a test).
 
-    python benchmarks/bench_rank_steps.py [--n 100000] [--queries 300]
+    python benchmarks/bench_rank_steps.py [--n 100000] [--queries 300] [--index-factory Flat|auto|HNSW32]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--index-factory", default="Flat", help="the store's index_factory ('auto': its default)")
     args = parser.parse_args(argv)
 
     import faiss
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     n, dim = args.n, 384
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(n, dim)).astype(np.float32)
-    store = DeepMemoryVectorStore()
+    store = DeepMemoryVectorStore(index_factory=args.index_factory)
     nodes = make_nodes(vectors)
     for start in range(0, n, 2048):
         store.add(nodes[start : start + 2048])

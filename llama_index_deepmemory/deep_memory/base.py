@@ -144,7 +144,9 @@ class StoreView(Protocol):
     A store may also offer ``search_rows(query, k, filters, index)``: one prepared query's plain
     top ``k`` as (scores, the hits' rows in the keyword ``index``, a function from a hit's
     position to its id), or None when it cannot now; the ranking then ranks a keyword query
-    without looking up the hits' ids (the embedded store does)."""
+    without looking up the hits' ids (the embedded store does), and ``search_slots(query, k, filters,
+    override_ids)``: a dense query's top ``k`` as (scores, whether each hit is not an override node,
+    a function from a hit's position to its id)."""
 
     @property
     def dim(self) -> int | None:

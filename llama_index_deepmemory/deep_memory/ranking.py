@@ -7,8 +7,9 @@ test, BM25 fusion of the fixed re-scored head, top k), whatever asked: ``store.q
 search, ``evaluate``, training's validation, every backend. It asks the store only through
 :class:`~llama_index_deepmemory.deep_memory.base.StoreView` (``search_vectors`` with filters,
 ``usable_ids``, ``texts_of``). A store that offers ``search_rows`` (the embedded one) hands out a
-single keyword query's hits as keyword-index rows, so no hit's id is looked up but the ``k``
-returned; the same kernel ranks them.
+single keyword query's hits as keyword-index rows, and ``search_slots`` a single dense query's hits
+flagged as override nodes or not, so no hit's id is looked up but the ``k`` returned; the same
+kernel ranks them.
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ def rank(
         ranked = row.by_keyword_rows(transformed, plans[0], texts[0])  # the embedded store's hits as rows
         if ranked is not None:
             return [ranked[0]], [ranked[1]]
+    elif len(queries) == 1 and not head and forget is None and plain_cache is None:
+        ranked = row.by_slots(transformed)  # a dense query: the embedded store's hits flagged by slot
+        if ranked is not None:
+            return [ranked[0]], [ranked[1]]
     searched = _plain_searches(store, transformed, _deeper(depth, _margin(len(override_ids), depth)), filters, plain_cache)
     out: list[tuple[np.ndarray, list[str]] | None] = [None] * len(queries)
     while True:
@@ -163,6 +168,22 @@ class _Row:
             out_scores, sources, complete = self.rank_row(
                 scores, keep, rows, self.override_scores[0], self.usable, over_rows, given, *index.postings,
                 terms, float(plan.weight), self.head, self.depth, self.k, asked)
+            if complete:
+                return out_scores, [id_at(p) if p >= 0 else self.override_ids[-1 - p] for p in sources.tolist()]
+            asked = _deeper(asked, asked)
+
+    def by_slots(self, transformed: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
+        """One dense query over a store that flags its hits that are override nodes itself
+        (``search_slots``), searched deeper until complete; None where the store cannot."""
+        search_slots = getattr(self.store, "search_slots", None)
+        if search_slots is None:
+            return None
+        asked = _deeper(self.depth, _margin(len(self.override_ids), self.depth))
+        while True:
+            scores, keep, id_at = search_slots(transformed, asked, self.filters, self.override_ids)
+            out_scores, sources, complete = self.rank_row(
+                scores, keep, _NO_ROWS, self.override_scores[0], self.usable, _NO_ROWS, _NO_SCORES, *_NO_POSTINGS,
+                _NO_TERMS, 0.0, 0, self.depth, self.k, asked)
             if complete:
                 return out_scores, [id_at(p) if p >= 0 else self.override_ids[-1 - p] for p in sources.tolist()]
             asked = _deeper(asked, asked)

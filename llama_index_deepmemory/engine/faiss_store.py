@@ -466,6 +466,29 @@ class FaissStore:
         row, ids = slots[0], self._table.ids  # every slot valid: _search fills short rows exactly
         return scores[0], rows_by_slot[row], lambda position: ids[row[position]]
 
+    def _search_slots(
+        self, q: np.ndarray, k: int, filters: "MetadataFilters | Slots | None", override_ids: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]]:
+        """Plain top ``k`` of one prepared query as (scores, whether each hit is not one of
+        ``override_ids``, the id at a position), for the ranking's one-call dense path: no hit's
+        id is looked up but those asked for; the caller holds the lock."""
+        scores, slots = self._search(q, k, self._candidates(filters))
+        row, ids = slots[0], self._table.ids  # every slot valid: _search fills short rows exactly
+        return scores[0], ~self._override_flags(override_ids)[row], lambda position: ids[row[position]]
+
+    def _override_flags(self, node_ids: Sequence[str]) -> np.ndarray:
+        """A flag per slot (and a last, False, for slot -1): the slot holds one of ``node_ids``
+        (cached until the next change, like :meth:`usable_ids`)."""
+        node_ids, version = tuple(node_ids), self._version
+        cached = self._usable.get(node_ids, "flags by slot", version)
+        if cached is not None:
+            return cached
+        flags = np.zeros(self._table.capacity + 1, dtype=bool)
+        get = self._table.slot_of.get
+        slots = np.fromiter((get(i, -1) for i in node_ids), dtype=np.int64, count=len(node_ids))
+        flags[slots[slots >= 0]] = True
+        return self._usable.put(node_ids, "flags by slot", version, flags)
+
     def _candidates(self, filters: "MetadataFilters | Slots | None") -> np.ndarray | None:
         """The slots a restriction allows (None: every live node)."""
         if isinstance(filters, Slots):

@@ -40,6 +40,11 @@ class HeldView:
     ) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]] | None:
         return self._store._search_rows(queries, k, filters, index)
 
+    def search_slots(
+        self, queries: np.ndarray, k: int, filters: "MetadataFilters | Slots | None", override_ids: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]]:
+        return self._store._search_slots(queries, k, filters, override_ids)
+
     def texts_of(self, node_ids: Sequence[str]) -> list[str | None]:
         return self._store._texts_of(node_ids)
 
