@@ -436,7 +436,8 @@ class FaissStore:
     def _search_ids(self, q: np.ndarray, k: int, filters: "MetadataFilters | Slots | None",
                     exact: bool = False) -> tuple[np.ndarray, list[list[str]]]:
         """Plain top ``k`` (scores, node ids) of prepared queries; the caller holds the lock."""
-        scores, slots = self._search(q, k, self._candidates(filters), exact)
+        candidates = self._candidates(filters)
+        scores, slots = self._search(q, k, candidates, exact=True) if exact else self._search(q, k, candidates)
         ids = self._table.ids
         return scores, [[ids[s] for s in row if s >= 0] for row in slots.tolist()]
 

@@ -238,3 +238,24 @@ def test_deep_memory_over_the_approximate_default_ranks_like_the_exact_store(low
                             deep_memory=True).ids for q, t in zip(queries, texts)]
 
     assert recall(ranked(approximate), ranked(exact)) >= 0.95
+
+
+def test_training_over_an_approximate_store_validates_like_over_an_exact_one(data):
+    """Training searches exactly whatever the index: over HNSW with ef_search=1 (a poor graph walk)
+    its validation metrics equal those over an exact Flat store of the same nodes."""
+    pytest.importorskip("torch")
+    vectors, _ = data
+    docs = vectors[:400]
+    rng = np.random.default_rng(2)
+    targets = rng.integers(0, len(docs), 120)
+    queries = docs[targets] + 0.4 * rng.normal(size=(120, DIM)).astype(np.float32) / np.sqrt(DIM)
+    relevance = [[(f"n{t}", 1.0)] for t in targets]
+    texts = [f"question {i}" for i in range(120)]
+    metrics = []
+    for store in (DeepMemoryVectorStore(index_factory="HNSW8", ef_search=1), DeepMemoryVectorStore(index_factory="Flat")):
+        store.add(nodes_of(docs))
+        job = store.deep_memory.train(texts, relevance, embedding=queries, epochs=3, seed=0, num_threads=1,
+                                      query_memory=False)
+        record = store.deep_memory.status(job)
+        metrics.append((record["val_before"], record["val_after"]))
+    assert metrics[0] == metrics[1]
