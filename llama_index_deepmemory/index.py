@@ -21,7 +21,9 @@ get ``min(k, allowed)`` results.
 
 ``AUTO`` (``"auto"``, the store's default) is not a factory string: the store holds a ``"Flat"``
 index below :data:`AUTO_APPROXIMATE_FROM` nodes and converts it once to
-:data:`AUTO_APPROXIMATE_FACTORY` when an add reaches that size (``bench_ann_threshold.py``).
+:data:`AUTO_APPROXIMATE_FACTORY` when an add reaches that size (``bench_ann_threshold.py``), if
+the graph finds :data:`AUTO_MIN_RECALL` of the exact top 10 of sampled stored vectors
+(:func:`tuned_ef`); data without neighbourhood structure stays exact.
 """
 
 from __future__ import annotations
@@ -42,11 +44,34 @@ AUTO = "auto"  # the store's default: exact Flat, then HNSW from AUTO_APPROXIMAT
 AUTO_APPROXIMATE_FROM = 20_000  # nodes from which "auto" holds an approximate index
 AUTO_APPROXIMATE_FACTORY = "HNSW32"
 DEFAULT_EF_SEARCH = 128  # HNSW search breadth when ef_search is None (recall@10 >= 0.95: README)
+AUTO_MIN_RECALL = 0.95  # recall@10 the graph must reach on sampled stored vectors to replace Flat
+AUTO_EF_STEPS = (DEFAULT_EF_SEARCH, 2 * DEFAULT_EF_SEARCH)  # ef_search tried, in order
+PROBE_QUERIES = 100  # stored vectors searched as queries by the probe
 
 
-def auto_factory(n_nodes: int) -> str:
-    """The factory string ``"auto"`` stands for in a store of ``n_nodes`` nodes."""
-    return AUTO_APPROXIMATE_FACTORY if n_nodes >= AUTO_APPROXIMATE_FROM else "Flat"
+def probe_recall(approx: "VectorIndex", exact: "VectorIndex", rows: np.ndarray, k: int = 10) -> float:
+    """recall@k of ``approx`` against ``exact`` with the stored vectors of ``rows`` as queries
+    (each query's own row left out of both lists)."""
+    queries = exact.reconstruct(rows)
+    _, truth = exact.search(queries, k + 1)
+    _, got = approx.search(queries, k + 1)
+    total = 0.0
+    for row, want, have in zip(rows.tolist(), truth.tolist(), got.tolist()):
+        want = [r for r in want if r != row and r >= 0][:k]
+        total += len(set(want) & {r for r in have if r != row}) / max(1, len(want))
+    return total / max(1, len(rows))
+
+
+def tuned_ef(approx: "VectorIndex", exact: "VectorIndex", rows: np.ndarray, given: int | None) -> int | None:
+    """The first ``ef_search`` (``given``, else :data:`AUTO_EF_STEPS`) at which ``approx`` reaches
+    :data:`AUTO_MIN_RECALL` against ``exact`` (:func:`probe_recall`), left set on it; None if none does."""
+    for ef in (given,) if given is not None else AUTO_EF_STEPS:
+        approx.set_ef_search(ef)
+        recall = probe_recall(approx, exact, rows)
+        logger.info("HNSW probe: recall@10 %.3f at ef_search=%d on %d stored vectors", recall, ef, len(rows))
+        if recall >= AUTO_MIN_RECALL:
+            return ef
+    return None
 
 
 def _faiss() -> Any:
@@ -175,6 +200,11 @@ class VectorIndex:
         elif self.family == "hnsw":
             ef = DEFAULT_EF_SEARCH if self.ef_search is None else self.ef_search
             faiss.downcast_index(self.faiss_index.index).hnsw.efSearch = int(ef)
+
+    def set_ef_search(self, ef_search: int | None) -> None:
+        """HNSW search breadth (None: :data:`DEFAULT_EF_SEARCH`)."""
+        self.ef_search = ef_search
+        self._apply_search_knobs()
 
     @property
     def ntotal(self) -> int:

@@ -6,8 +6,9 @@ slots), ``dead.npy`` (the FAISS index's tombstones), ``nodes.jsonl`` (one node r
 and ``index.faiss`` once the dimension is known. Loading checks that these agree with each other.
 
 ``store.json`` version 2 (:data:`CONFIG_VERSION`) adds ``"index"``: the factory string of the
-index held (``index_factory="auto"`` holds ``"Flat"`` or ``"HNSW32"`` by size); a version 1 file
-(no ``"index"``) holds the index its ``index_factory`` names.
+index held (``index_factory="auto"`` holds ``"Flat"`` or ``"HNSW32"`` by size), its
+``"index_ef_search"`` (the one ``"auto"`` tuned) and ``"auto_retry_at"``; a version 1 file (none of
+these) holds the index its ``index_factory`` names.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def snapshot_writers(store: "FaissStore") -> dict[str, Any]:
         "nprobe": store._nprobe,
         "ef_search": store._ef_search,
         "index": store.index_in_use,
+        "index_ef_search": store._index.ef_search if store._index is not None else None,
+        "auto_retry_at": store._retry_at,
         "count": int(len(slots)),
     }
 
@@ -132,6 +135,8 @@ def load_generation(
         )
     except (TypeError, ValueError) as exc:
         raise persistence.CorruptStoreError(f"{store_json!r} holds an invalid configuration: {exc}") from None
+    retry_at = config.get("auto_retry_at", 0)
+    store._retry_at = retry_at if isinstance(retry_at, int) and not isinstance(retry_at, bool) else 0
     slots = _read_ids(gen / "slots.npy")
     dead = _read_ids(gen / "dead.npy")
     if config["dim"] is not None:
@@ -145,7 +150,7 @@ def load_generation(
             index_path, "FAISS index",
             lambda p: VectorIndex.read(
                 str(p), config["dim"], config["metric"], held,
-                config.get("nprobe"), config.get("ef_search"), dead,
+                config.get("nprobe"), config.get("index_ef_search", config.get("ef_search")), dead,
             ),
         )
         _check_slots(index_path, store._index.all_ids(), slots, dead)

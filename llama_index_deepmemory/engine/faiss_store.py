@@ -13,8 +13,9 @@
   and of one folder across processes, run one at a time.
 * Index: ``index_factory="auto"`` (default; None means the same) holds an exact ``Flat`` index
   and converts it once, under the write lock, to an approximate one when an add reaches
-  ``index.AUTO_APPROXIMATE_FROM`` nodes (it stays approximate when deletes shrink it; ``clear``
-  starts exact again). Any factory string given is used as is, at every size.
+  ``index.AUTO_APPROXIMATE_FROM`` nodes, if the graph finds 95% of the exact top 10 of sampled
+  stored vectors (else it stays exact and tries again at twice the size). It stays approximate
+  when deletes shrink it; ``clear`` starts exact again. A factory string given is used as is.
 * Snapshots (:mod:`.faiss_snapshot`): versioned, checksummed, written atomically
   (:mod:`llama_index_deepmemory.persistence`); vectors and nodes only (the face hands the manifest
   anything else it keeps beside them).
@@ -86,6 +87,7 @@ class FaissStore:
         self._nprobe = nprobe
         self._ef_search = ef_search
         self._index: VectorIndex | None = self._new_index(dim) if dim is not None else None
+        self._retry_at = 0  # "auto": nodes from which to try the approximate index again
         self._table = NodeTable()
         self._columns = MetadataColumns(self._read_filter_key)
         self._lock = ReadWriteLock()
@@ -124,27 +126,31 @@ class FaissStore:
     def __len__(self) -> int:
         return len(self._table)
 
-    def _new_index(self, dim: int, n_nodes: int = 0, factory: str | None = None) -> VectorIndex:
-        """An empty index: ``factory``, else the store's (``"auto"``: the one for ``n_nodes``)."""
-        if factory is None:
-            factory = self._index_factory
-            factory = vector_index.auto_factory(n_nodes) if factory == AUTO else factory
+    def _new_index(self, dim: int) -> VectorIndex:
+        """An empty index of the store's factory (``"auto"``: ``"Flat"``)."""
+        factory = "Flat" if self._index_factory == AUTO else self._index_factory
         return VectorIndex(dim, self._metric, factory, self._nprobe, self._ef_search)
 
-    def _converted(self, index: VectorIndex, n_nodes: int) -> VectorIndex:
-        """``index`` or, for ``"auto"`` once the store reaches ``n_nodes``, the index ``"auto"``
-        stands for there, rebuilt from the stored vectors (once; the caller holds the write lock)."""
-        if self._index_factory != AUTO or not index.exact:
+    def _converted(self, index: VectorIndex) -> VectorIndex:
+        """``index``, or for ``"auto"`` once the store reaches ``AUTO_APPROXIMATE_FROM`` nodes, an
+        approximate index rebuilt from the stored vectors, if a probe of sampled stored vectors finds
+        its recall enough (else it tries again at twice the size); the caller holds the write lock."""
+        n_nodes = len(self._table)
+        if self._index_factory != AUTO or not index.exact or n_nodes < max(vector_index.AUTO_APPROXIMATE_FROM, self._retry_at):
             return index
-        factory = vector_index.auto_factory(n_nodes)
-        if factory == index.factory:
-            return index
-        fresh = self._new_index(index.dim, factory=factory)
+        factory = vector_index.AUTO_APPROXIMATE_FACTORY
+        fresh = VectorIndex(index.dim, self._metric, factory, self._nprobe, self._ef_search)
         live = self._table.live_slots()
         logger.info("index_factory='auto': converting %d nodes to %s", len(live), factory)
         for start in range(0, len(live), vector_index.EXACT_SCAN_BATCH):
             chunk = live[start : start + vector_index.EXACT_SCAN_BATCH]
             fresh.add(chunk, index.reconstruct(chunk))
+        sample = np.random.default_rng(0).choice(live, size=min(vector_index.PROBE_QUERIES, len(live)), replace=False)
+        if vector_index.tuned_ef(fresh, index, np.sort(sample), self._ef_search) is None:
+            self._retry_at = 2 * n_nodes
+            logger.warning("index_factory='auto': %s misses recall@10 %.2f on these %d nodes; search stays exact "
+                           "(tried again at %d nodes)", factory, vector_index.AUTO_MIN_RECALL, n_nodes, self._retry_at)
+            return index
         return fresh
 
     def _read_filter_key(self, key: str) -> list[Any]:
@@ -186,15 +192,11 @@ class FaissStore:
         if self._dim is not None and vectors.shape[1] != self._dim:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, store holds {self._dim}")
         # the first add fixes the dimension (and checks the factory string against it)
-        table = self._table
-        replaced = table.slots_for(r[0] for r in rows)
-        n_after = len(table) + len(rows) - len(replaced)
-        if self._index is None:
-            index = self._new_index(int(vectors.shape[1]), n_after)
-        else:  # "auto" turns approximate before the add that reaches its size (the add then uses it)
-            index = self._index = self._converted(self._index, n_after)
+        index = self._index if self._index is not None else self._new_index(int(vectors.shape[1]))
         first = self._dim is None
         self._dim = int(vectors.shape[1])
+        table = self._table
+        replaced = table.slots_for(r[0] for r in rows)
         slots = table.allocate(len(rows))
         try:
             index.add(slots, vectors)
@@ -215,6 +217,11 @@ class FaissStore:
         if track:
             self._columns.set_rows(slots.tolist(), effective)
         self._version += 1
+        try:  # "auto": the add that brings the store to its size turns it approximate
+            self._index = self._converted(self._index)
+        except Exception as exc:  # the nodes are added; the exact index keeps serving them
+            logger.warning("index_factory='auto' could not build its approximate index (%s); search stays exact", exc)
+            self._retry_at = 2 * len(table)
 
     def _remove_slots(self, slots: np.ndarray) -> None:
         if not len(slots):
@@ -246,7 +253,7 @@ class FaissStore:
             self._columns = MetadataColumns(self._read_filter_key)
             if self._index is not None:
                 if self._index_factory == AUTO:  # an empty "auto" store is exact again
-                    self._index = self._new_index(self._index.dim)
+                    self._index, self._retry_at = self._new_index(self._index.dim), 0
                 else:
                     self._index.reset()
             self._version += 1

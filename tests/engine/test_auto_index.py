@@ -97,6 +97,23 @@ def test_auto_switches_at_the_threshold_and_a_given_factory_never_does(low_thres
     assert not hnsw_held(store)
 
 
+def test_auto_stays_exact_where_the_graph_misses_the_recall(monkeypatch):
+    """Random 384-d vectors searched with a tiny ef_search: the probe finds the recall short, so the
+    store stays exact (exact results) and does not try again below twice the size."""
+    n = 3000
+    monkeypatch.setattr(index, "AUTO_APPROXIMATE_FROM", n)
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(n + 120, 384)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    store = DeepMemoryVectorStore(ef_search=2)
+    store.add(nodes_of(x[:n]))
+    assert not hnsw_held(store)
+    queries = x[-20:]
+    assert ask(store, queries) == exact_ids(x[:n], [f"n{i}" for i in range(n)], queries)
+    store.add(nodes_of(x[n : n + 100], n))  # below twice the size: no new try
+    assert not hnsw_held(store)
+
+
 @pytest.mark.parametrize("kind", ["clustered", "random"])
 def test_recall_of_the_approximate_default_against_brute_force(low_threshold, data, kind):
     if kind == "clustered":
@@ -148,6 +165,7 @@ def test_writes_filters_and_snapshots_after_the_switch(low_threshold, data, tmp_
     gen = path / json.loads((path / "manifest.json").read_text())["generation"]
     config = json.loads((gen / "store.json").read_text())
     assert (config["version"], config["index_factory"], config["index"]) == (2, "auto", "HNSW32")
+    assert config["index_ef_search"] == index.DEFAULT_EF_SEARCH
     loaded = DeepMemoryVectorStore.from_persist_path(str(path))
     assert hnsw_held(loaded) and loaded.index_factory == "auto" and len(loaded) == len(store)
     assert ask(loaded, queries) == got
