@@ -136,7 +136,9 @@ class FaissStore:
         approximate index rebuilt from the stored vectors, if a probe of sampled stored vectors finds
         its recall enough (else it tries again at twice the size); the caller holds the write lock."""
         n_nodes = len(self._table)
-        if self._index_factory != AUTO or not index.exact or n_nodes < max(vector_index.AUTO_APPROXIMATE_FROM, self._retry_at):
+        if self._index_factory != AUTO or not index.exact:
+            return index
+        if n_nodes < max(vector_index.AUTO_APPROXIMATE_FROM, self._retry_at):
             return index
         factory = vector_index.AUTO_APPROXIMATE_FACTORY
         fresh = VectorIndex(index.dim, self._metric, factory, self._nprobe, self._ef_search)
