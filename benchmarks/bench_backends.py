@@ -8,7 +8,7 @@
 
 Backends (each in its own subprocess, so peak memory is its own):
 
-* ``ours-flat`` / ``ours-hnsw``: ``DeepMemoryVectorStore()`` (exact, the default) and
+* ``ours-flat`` / ``ours-hnsw``: ``DeepMemoryVectorStore(index_factory="Flat")`` (exact) and
   ``DeepMemoryVectorStore(index_factory="HNSW32")`` (FAISS HNSW, ``efSearch`` tuned);
 * ``faiss``: LlamaIndex's ``FaissVectorStore`` over ``faiss.IndexFlatIP`` (keeps no text);
 * ``simple``: LlamaIndex's ``SimpleVectorStore`` (keeps no text; its query scores every stored
@@ -189,7 +189,7 @@ class OursFlat(Backend):
     def create(self, work: Path, dim: int) -> Any:
         from llama_index_deepmemory import DeepMemoryVectorStore
 
-        return DeepMemoryVectorStore()
+        return DeepMemoryVectorStore(index_factory="Flat")  # exact at every size (the default turns HNSW)
 
     def finish(self, store: Any, work: Path) -> None:
         store.persist(str(work / "ours"))

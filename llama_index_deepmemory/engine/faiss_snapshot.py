@@ -7,7 +7,7 @@ and ``index.faiss`` once the dimension is known. Loading checks that these agree
 
 ``store.json`` version 2 (:data:`CONFIG_VERSION`) adds ``"index"``: the factory string of the
 index held (``index_factory="auto"`` holds ``"Flat"`` or ``"HNSW32"`` by size), its
-``"index_ef_search"`` (the one ``"auto"`` tuned) and ``"auto_retry_at"``; a version 1 file (none of
+``"index_ef_search"`` (the one ``"auto"`` tuned) and ``"auto_retry_at"`` (``NEVER``: stays exact); a version 1 file (none of
 these) holds the index its ``index_factory`` names.
 """
 

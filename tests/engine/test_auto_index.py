@@ -97,21 +97,27 @@ def test_auto_switches_at_the_threshold_and_a_given_factory_never_does(low_thres
     assert not hnsw_held(store)
 
 
-def test_auto_stays_exact_where_the_graph_misses_the_recall(monkeypatch):
-    """Random 384-d vectors searched with a tiny ef_search: the probe finds the recall short, so the
-    store stays exact (exact results) and does not try again below twice the size."""
+@pytest.mark.parametrize("first_add", [1.0, 2.05])
+def test_auto_stays_exact_where_the_graph_misses_the_recall(monkeypatch, tmp_path, first_add):
+    """Random 384-d vectors searched with a tiny ef_search: the probe finds the recall short (over the
+    whole store, or first over a sample when the first add is more than twice the size), so the store
+    stays exact (exact results) for good, also after a reload."""
     n = 3000
     monkeypatch.setattr(index, "AUTO_APPROXIMATE_FROM", n)
     rng = np.random.default_rng(11)
-    x = rng.normal(size=(n + 120, 384)).astype(np.float32)
+    x = rng.normal(size=(int(first_add * n) + 220, 384)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
+    first = int(first_add * n)
     store = DeepMemoryVectorStore(ef_search=2)
-    store.add(nodes_of(x[:n]))
+    store.add(nodes_of(x[:first]))
     assert not hnsw_held(store)
     queries = x[-20:]
-    assert ask(store, queries) == exact_ids(x[:n], [f"n{i}" for i in range(n)], queries)
-    store.add(nodes_of(x[n : n + 100], n))  # below twice the size: no new try
-    assert not hnsw_held(store)
+    assert ask(store, queries) == exact_ids(x[:first], [f"n{i}" for i in range(first)], queries)
+    store.persist(str(tmp_path / "s"))
+    loaded = DeepMemoryVectorStore.from_persist_path(str(tmp_path / "s"))
+    for kept in (store, loaded):
+        kept.add(nodes_of(x[first : first + 200], first))  # no new try
+        assert not hnsw_held(kept)
 
 
 @pytest.mark.parametrize("kind", ["clustered", "random"])
