@@ -97,6 +97,11 @@ def _node(node_id: str, text: str, metadata: Any, embedding: Any = None) -> Base
 
 class PostgresAdapter(GenericAdapter):
     name = "postgres"
+    pays_per_hit = True  # each hit a search asks costs (rows read, a wider HNSW walk): Deep Memory asks few beyond
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self._autocommit: tuple[Any, Any] | None = None  # (the store's SQLAlchemy engine, its autocommit twin)
 
     def _sql(self) -> Any:
         """The store's SQLAlchemy engine (the store connects and creates its table on first use)."""
@@ -110,15 +115,27 @@ class PostgresAdapter(GenericAdapter):
         return '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
 
     def _execute(self, statement: str, values: dict[str, Any], ef_search: int | None = None) -> list[Any]:
+        """Rows of one read. With ``ef_search`` (as the store's query sets it; pgvector's HNSW
+        returns at most ``hnsw.ef_search`` rows) it holds for this statement only: over psycopg2,
+        ``SET LOCAL`` and the statement go as one query string in autocommit mode, which PostgreSQL
+        runs as one transaction (one round trip where BEGIN, SET, the statement and COMMIT are four);
+        over another driver, in an explicit transaction."""
         from sqlalchemy import text
 
-        with self._sql().connect() as connection, connection.begin():
-            if ef_search is not None:  # as the store's query sets it; pgvector's HNSW returns at most ef_search rows
-                connection.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef_search)}"))
+        sql = self._sql()
+        setting = f"SET LOCAL hnsw.ef_search = {int(ef_search)}; " if ef_search is not None else ""
+        if sql.dialect.driver == "psycopg2":  # binds client-side: several statements in one string work
+            if self._autocommit is None or self._autocommit[0] is not sql:
+                self._autocommit = (sql, sql.execution_options(isolation_level="AUTOCOMMIT"))
+            with self._autocommit[1].connect() as connection:
+                return list(connection.execute(text(setting + statement), values))
+        with sql.connect() as connection, connection.begin():
+            if setting:
+                connection.execute(text(setting.rstrip("; ")))
             return list(connection.execute(text(statement), values))
 
 
-    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool | None = True) -> Hits:
         """Every query's top ``k`` in one statement (without ``bodies``: ids and distances only)."""
         queries = np.asarray(queries, dtype=np.float32)
         if k <= 0 or restriction.empty or len(queries) == 0:
