@@ -20,8 +20,10 @@ serialise what their client cannot do concurrently.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 LIST_BATCH = 1024  # nodes per page when listing the corpus
 _USABLE_CACHE = 64  # (model overrides, restriction) entries kept
 TEXT_CACHE = 100_000  # node texts kept from results (keyword re-scoring reads them)
+COUNT_HINT_S = 5.0  # the node count behind search_margin: recounted after a write at most this often
 
 
 def as_restriction(filters: Any) -> Restriction:
@@ -68,6 +71,9 @@ class WrappedStore:
         self._usable = UsableCache(_USABLE_CACHE)
         self._texts: OrderedDict[str, str] = OrderedDict()  # texts seen in results, until the next write
         self._deep_memory: DeepMemory | None = None
+        self._count: tuple[int, int, float] | None = None  # (nodes, backend version, when): _share_margin's hint
+        # Deep Memory's hits asked beyond its depth (None: the ranking's own margin)
+        self.search_margin = self._share_margin if getattr(self.backend, "pays_per_hit", False) else None
 
     # --- the face's operations ----------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode]) -> list[str]:
@@ -235,6 +241,24 @@ class WrappedStore:
         usable = np.fromiter((i in found for i in node_ids), dtype=bool, count=len(node_ids))
         return self._usable.put(node_ids, key, version, usable)
 
+    def _share_margin(self, n_overrides: int, depth: int) -> int:
+        """``search_margin`` over an engine where each hit asked costs (its row read, a wider ANN
+        walk): hits asked beyond ``depth`` for the override nodes expected among them (their share
+        of the store) plus three standard deviations, at least 2. The ranking searches deeper where
+        they fall short, so this changes speed only (an ANN engine walks as wide as the hits asked)."""
+        share = min(1.0, n_overrides / max(self._count_hint(), 1))
+        expected = depth * share / max(1.0 - share, 0.05)
+        return min(n_overrides, max(2, math.ceil(expected + 3.0 * math.sqrt(expected))))
+
+    def _count_hint(self) -> int:
+        """The node count, recounted after a write through this object (at most every
+        ``COUNT_HINT_S``) and every ``10 * COUNT_HINT_S`` (writes by other processes)."""
+        now, version = time.monotonic(), self.backend.version
+        kept = self._count
+        if kept is None or now - kept[2] > 10 * COUNT_HINT_S or (kept[1] != version and now - kept[2] > COUNT_HINT_S):
+            kept = self._count = (self.backend.count(), version, now)
+        return kept[0]
+
     def texts_of(self, node_ids: Sequence[str]) -> list[str | None]:
         """Texts of ``node_ids`` (None: not stored), from the texts recent results carried."""
         with self._lock:
@@ -275,9 +299,10 @@ class WrappedStore:
 
     # --- helpers ------------------------------------------------------------------------------
     def _search(self, queries: np.ndarray, k: int, restriction: Restriction, seen: Optional[dict[str, BaseNode]],
-                bodies: bool) -> tuple[list[np.ndarray], list[list[str]]]:
+                bodies: bool | None) -> tuple[list[np.ndarray], list[list[str]]]:
         """Plain top ``k`` per prepared (or transformed) query, scores as ``q . v`` (and, with
-        ``bodies``, the nodes into ``seen``; a deep search asks ids and scores only)."""
+        ``bodies``, the nodes into ``seen``; a deep search asks ids and scores only, ``None``: the
+        adapter may keep the rows it reads with them, unbuilt, for the few nodes the query returns)."""
         queries = np.asarray(queries, dtype=np.float32)
         hits = self.backend.search(queries, int(k), restriction, bodies=bodies)
         if hits.nodes:
@@ -336,5 +361,5 @@ class _RecordingView:
         return getattr(self._store, name)
 
     def search_vectors(self, queries: np.ndarray, k: int, filters: Any = None, **_: Any) -> tuple[np.ndarray, list[list[str]]]:
-        scores, ids = self._store._search(queries, k, as_restriction(filters), self._seen, bodies=False)
+        scores, ids = self._store._search(queries, k, as_restriction(filters), self._seen, bodies=None)
         return padded(scores), ids

@@ -108,7 +108,8 @@ def rank(
         ranked = row.by_slots(transformed)  # a dense query: the embedded store's hits flagged by slot
         if ranked is not None:
             return [ranked[0]], [ranked[1]]
-    searched = _plain_searches(store, transformed, _deeper(depth, _margin(len(override_ids), depth)), filters, plain_cache)
+    searched = _plain_searches(store, transformed, _deeper(depth, _store_margin(store, len(override_ids), depth)),
+                               filters, plain_cache)
     out: list[tuple[np.ndarray, list[str]] | None] = [None] * len(queries)
     while True:
         deeper = []
@@ -279,6 +280,13 @@ def _margin(n_overrides: int, k: int) -> int:
     (asking for ``k`` alone re-searched 10 of 60 queries of ``bench_wrapped``'s keyword case:
     a second scan costs more than 16 more ids)."""
     return min(n_overrides, max(16, k // 4))
+
+
+def _store_margin(store: "StoreView", n_overrides: int, k: int) -> int:
+    """:func:`_margin`, or the store's own ``search_margin(n_overrides, k)`` where it offers one
+    (a wrapped engine, where each hit asked costs: rows read, a wider ANN walk)."""
+    own = getattr(store, "search_margin", None)
+    return _margin(n_overrides, k) if own is None else max(0, min(n_overrides, int(own(n_overrides, k))))
 
 
 def _key(transformed: np.ndarray) -> bytes:

@@ -64,7 +64,9 @@ class Backend(Protocol):
     name: str
     version: int  # bumped by every write through this backend
 
-    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits: ...
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool | None = True) -> Hits:
+        """``bodies=None``: ids and scores, as ``False``, for a caller that will ask ``bodies()`` of
+        a few hits (a Deep Memory query): an adapter may read the rows with the search and keep them."""
 
     def bodies(self, node_ids: Sequence[str]) -> list[Any]: ...
 

@@ -24,6 +24,10 @@ from llama_index_deepmemory.engine.ids import engine_id, from_engine, owner
 from llama_index_deepmemory.rwlock import ReadWriteLock
 
 INCLUDE = ["documents", "metadatas"]
+# hits up to which a Deep Memory search reads the rows with it: Chroma reads a row in about a tenth
+# of a query's fixed cost, and a later ``collection.get`` of the result's rows costs 1-3 queries'
+# (embedded) or a round trip (server); deeper (keyword re-scoring, 66) the ids alone come back
+ROWS_IN_SEARCH = 32
 _OPERATORS = {FilterOperator.EQ: "$eq", FilterOperator.NE: "$ne", FilterOperator.GT: "$gt", FilterOperator.LT: "$lt",
               FilterOperator.GTE: "$gte", FilterOperator.LTE: "$lte", FilterOperator.IN: "$in",
               FilterOperator.NIN: "$nin"}
@@ -86,6 +90,7 @@ def _nodes(ids: list, texts: list, metadatas: list, embeddings: Any = None) -> l
 
 class ChromaAdapter(GenericAdapter):
     name = "chroma"
+    pays_per_hit = True  # each hit a search asks costs (rows read, a wider HNSW walk): Deep Memory asks few beyond
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
@@ -115,9 +120,12 @@ class ChromaAdapter(GenericAdapter):
             )
 
 
-    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool | None = True) -> Hits:
         """Every query in one ``collection.query``; without ``bodies``, ids and distances only (the
-        rows of a deep search cost more to read than the search itself)."""
+        rows of a deep search cost more to read than the search itself). ``bodies=None`` (a Deep
+        Memory query, which builds only the ``k`` nodes it returns): the rows come with the search,
+        kept unbuilt, up to ``ROWS_IN_SEARCH`` hits per query (one call where ids first and a
+        ``collection.get`` of the result's rows later would be two), ids and distances beyond."""
         if k <= 0 or restriction.empty or len(queries) == 0:
             return Hits.none(len(queries))
         kwargs: dict[str, Any] = {}
@@ -127,11 +135,14 @@ class ChromaAdapter(GenericAdapter):
         if restriction.node_ids:
             kwargs["ids"] = [engine_id(i) for i in restriction.node_ids]
         version = self.version
+        rows = bodies is None and k <= ROWS_IN_SEARCH
         with self._reading():
             result = self.collection.query(query_embeddings=np.asarray(queries, dtype=np.float32).tolist(),
-                                           n_results=int(k), include=["distances"] + (INCLUDE if bodies else []),
+                                           n_results=int(k), include=["distances"] + (INCLUDE if bodies or rows else []),
                                            **kwargs)
         hits = Hits([], [])
+        if rows:
+            return self._kept_hits(result, version)
         if not bodies:
             names = self._named([i for row in result["ids"] for i in row])
             for ids, distances in zip(result["ids"], result["distances"]):
@@ -147,6 +158,28 @@ class ChromaAdapter(GenericAdapter):
             hits.scores.append(1.0 - np.asarray([d for _, d, *_ in found], dtype=np.float32))
             hits.nodes.update((n.node_id, n) for n, *_ in found)
             self._keep([(n.node_id, (t, m)) for n, _, t, m in found], version)
+        return hits
+
+    def _kept_hits(self, result: dict, version: int) -> Hits:
+        """Ids and scores of a search that read the rows: each row kept unbuilt (a Deep Memory
+        result builds the nodes it returns from them), each stored id named from its metadata."""
+        hits = Hits([], [])
+        kept, names = [], {}
+        for ids, texts, metadatas, distances in zip(result["ids"], result["documents"], result["metadatas"],
+                                                     result["distances"]):
+            handles, scores = [], []
+            for stored_id, text, metadata, distance in zip(ids, texts, metadatas, distances):
+                if metadata is None:  # deleted while the search ran
+                    continue
+                node_id = names[stored_id] = owner(stored_id, metadata)
+                handles.append(node_id)
+                scores.append(distance)
+                hits.texts[node_id] = text
+                kept.append((node_id, (text, metadata)))
+            hits.handles.append(handles)
+            hits.scores.append(1.0 - np.asarray(scores, dtype=np.float32))
+        self._name(names)
+        self._keep(kept, version)
         return hits
 
     def _build(self, row: Any) -> BaseNode:

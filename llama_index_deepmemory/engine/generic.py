@@ -35,6 +35,7 @@ class GenericAdapter:
     """A LlamaIndex vector store (``engine``) as a backend."""
 
     name = "generic"
+    pays_per_hit = False  # True: each hit a search asks costs (rows, ANN breadth), so callers ask few spare hits
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine

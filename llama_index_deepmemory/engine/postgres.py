@@ -25,7 +25,7 @@ from llama_index.core.vector_stores.types import FilterOperator, MetadataFilters
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
 from llama_index_deepmemory.engine.backend import Hits, Restriction
-from llama_index_deepmemory.engine.generic import GenericAdapter
+from llama_index_deepmemory.engine.generic import NAMES, GenericAdapter
 from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine, owner
 
 _COMPARE = {FilterOperator.EQ: "=", FilterOperator.NE: "!=", FilterOperator.GT: ">", FilterOperator.LT: "<",
@@ -97,6 +97,15 @@ def _node(node_id: str, text: str, metadata: Any, embedding: Any = None) -> Base
 
 class PostgresAdapter(GenericAdapter):
     name = "postgres"
+    pays_per_hit = True  # each hit a search asks costs (rows read, a wider HNSW walk): Deep Memory asks few beyond
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self._autocommit: tuple[Any, Any] | None = None  # (the store's SQLAlchemy engine, its autocommit twin)
+        # stored id -> the table's primary key, of rows seen (the store indexes no node_id: a read by
+        # node id scans the table, a read by key does not); a key is never reused, and a row re-added
+        # under the same id gets a new one, so a stale key finds nothing and the read falls back
+        self._keys: dict[str, int] = {}
 
     def _sql(self) -> Any:
         """The store's SQLAlchemy engine (the store connects and creates its table on first use)."""
@@ -110,15 +119,27 @@ class PostgresAdapter(GenericAdapter):
         return '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
 
     def _execute(self, statement: str, values: dict[str, Any], ef_search: int | None = None) -> list[Any]:
+        """Rows of one read. With ``ef_search`` (as the store's query sets it; pgvector's HNSW
+        returns at most ``hnsw.ef_search`` rows) it holds for this statement only: over psycopg2,
+        ``SET LOCAL`` and the statement go as one query string in autocommit mode, which PostgreSQL
+        runs as one transaction (one round trip where BEGIN, SET, the statement and COMMIT are four);
+        over another driver, in an explicit transaction."""
         from sqlalchemy import text
 
-        with self._sql().connect() as connection, connection.begin():
-            if ef_search is not None:  # as the store's query sets it; pgvector's HNSW returns at most ef_search rows
-                connection.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef_search)}"))
+        sql = self._sql()
+        setting = f"SET LOCAL hnsw.ef_search = {int(ef_search)}; " if ef_search is not None else ""
+        if sql.dialect.driver == "psycopg2":  # binds client-side: several statements in one string work
+            if self._autocommit is None or self._autocommit[0] is not sql:
+                self._autocommit = (sql, sql.execution_options(isolation_level="AUTOCOMMIT"))
+            with self._autocommit[1].connect() as connection:
+                return list(connection.execute(text(setting + statement), values))
+        with sql.connect() as connection, connection.begin():
+            if setting:
+                connection.execute(text(setting.rstrip("; ")))
             return list(connection.execute(text(statement), values))
 
 
-    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool | None = True) -> Hits:
         """Every query's top ``k`` in one statement (without ``bodies``: ids and distances only)."""
         queries = np.asarray(queries, dtype=np.float32)
         if k <= 0 or restriction.empty or len(queries) == 0:
@@ -137,8 +158,8 @@ class PostgresAdapter(GenericAdapter):
         # indexes no node_id), kept unparsed; only the k a result returns are built into nodes
         columns = "metadata_ AS b" if bodies else "metadata_::text AS b"
         statement = (
-            f"SELECT q.i, r.node_id, r.text, r.b, r.original, r.distance FROM (VALUES {vectors}) AS q(i, v) "
-            f"CROSS JOIN LATERAL (SELECT node_id, text, {columns}, metadata_->>'{ID_KEY}' AS original, "
+            f"SELECT q.i, r.node_id, r.text, r.b, r.original, r.distance, r.id FROM (VALUES {vectors}) AS q(i, v) "
+            f"CROSS JOIN LATERAL (SELECT id, node_id, text, {columns}, metadata_->>'{ID_KEY}' AS original, "
             f"embedding <=> q.v AS distance FROM {self._table} "
             f"WHERE {' AND '.join(where)} ORDER BY embedding <=> q.v LIMIT {int(k)}) AS r ORDER BY q.i, r.distance"
         )
@@ -151,7 +172,8 @@ class PostgresAdapter(GenericAdapter):
         handles: list[list[str]] = [[] for _ in queries]
         scores: list[list[float]] = [[] for _ in queries]
         kept = []
-        for i, stored_id, text, metadata, original, distance in rows:
+        self._key_rows({r[1]: r[6] for r in rows})
+        for i, stored_id, text, metadata, original, distance, _ in rows:
             node_id = owner(stored_id, {ID_KEY: original} if original is not None else {})
             if bodies:
                 hits.nodes[node_id] = _node(stored_id, text, metadata)
@@ -167,10 +189,30 @@ class PostgresAdapter(GenericAdapter):
     def _build(self, row: Any) -> BaseNode:
         return _node(*row)
 
+    def _key_rows(self, keys: dict[str, int]) -> None:
+        with self._lock:
+            if len(self._keys) + len(keys) > NAMES:
+                self._keys.clear()
+            self._keys.update(keys)
+
     def _get(self, stored_ids: list[str], filters: Optional[MetadataFilters], with_vectors: bool) -> list[BaseNode]:
+        """Rows by stored id: those whose key a search or listing saw, by key (one statement), the
+        rest (and, with filters, all) through the store's ``get_nodes``."""
         if not stored_ids:  # its get_nodes(node_ids=[]) returns every row
             return []
-        nodes = self.engine.get_nodes(node_ids=stored_ids, filters=filters)
+        with self._lock:
+            known = {i: self._keys[i] for i in stored_ids if i in self._keys} if filters is None else {}
+        found: list[BaseNode] = []
+        if known:
+            columns = "node_id, text, metadata_" + (", embedding::text" if with_vectors else "")
+            rows = self._execute(f"SELECT {columns} FROM {self._table} WHERE id = ANY(:keys) AND node_id = ANY(:ids)",
+                                 {"keys": list(known.values()), "ids": list(known)})
+            found = [_node(r[0], r[1], r[2], r[3] if with_vectors else None) for r in rows]
+            done = {r[0] for r in rows}
+            stored_ids = [i for i in stored_ids if i not in done]
+            if not stored_ids:
+                return found
+        nodes = found + self.engine.get_nodes(node_ids=stored_ids, filters=filters)
         for node in nodes:
             if node.embedding is not None and not isinstance(node.embedding, list):
                 node.embedding = [float(x) for x in node.embedding]  # pgvector hands out numpy arrays
@@ -190,6 +232,7 @@ class PostgresAdapter(GenericAdapter):
                                   {"last": last, "n": int(limit)})
             if not rows:
                 return
+            self._key_rows({r[1]: int(r[0]) for r in rows})
             yield [_node(r[1], r[2], r[3], r[4] if with_vectors else None) for r in rows]
             last = int(rows[-1][0])
             if len(rows) < limit:

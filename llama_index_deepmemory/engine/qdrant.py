@@ -121,7 +121,7 @@ class QdrantAdapter(GenericAdapter):
         where = qdrant_filter(restriction.filters, [engine_id(i) for i in restriction.node_ids or ()],
                               restriction.doc_ids)
         requests = [rest.QueryRequest(query=q.astype(np.float64).tolist(), using=self.engine.dense_vector_name,
-                                      limit=int(k), filter=where, with_payload=bodies)
+                                      limit=int(k), filter=where, with_payload=bool(bodies))
                     for q in np.asarray(queries, dtype=np.float32)]
         version = self.version
         with self._reading():

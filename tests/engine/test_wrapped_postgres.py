@@ -87,6 +87,34 @@ def test_re_adding_an_id_replaces_the_node(task, postgres_server) -> None:
     assert store.get_nodes(["node_0"])[0].text == "replaced text"
 
 
+def test_reads_by_id_use_the_keys_seen_and_see_other_handles_writes(task, postgres_server) -> None:
+    """After a listing, a read by id goes by the table's key (the store indexes no node_id, so its
+    own read scans); a row another handle deleted, or deleted and re-added, reads as it is now."""
+    from sqlalchemy import event
+
+    store = pg_store(postgres_server, task, table="keyed")
+    listed = {n.node_id: n for n in store.get_nodes()}  # the listing sees every row's key
+    engine = store._backend.backend._sql()
+    statements: list[str] = []
+    record = lambda conn, cursor, statement, *args: statements.append(statement)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        ids = ["node_3", "node_0", "nowhere", "node_5"]
+        got = store.get_nodes(ids)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert [(n.node_id, n.text, n.metadata) for n in got] == [
+        (i, listed[i].text, listed[i].metadata) for i in ids if i in listed]
+    assert any("WHERE id = ANY(" in s for s in statements), statements
+    other = DeepMemoryVectorStore(vector_store=pg_engine(postgres_server, "keyed"))  # as another process
+    again = nodes_with_docs(task)[1]
+    again.text = "re-added"
+    other.delete_nodes(["node_1", "node_2"])
+    other.add([again])
+    assert [(n.node_id, n.text) for n in store.get_nodes(["node_1", "node_2", "node_0"])] == [
+        ("node_1", "re-added"), ("node_0", listed["node_0"].text)]
+
+
 def test_models_persist_and_a_reopened_table_serves_the_same(task, postgres_server, tmp_path) -> None:
     model_dir = tmp_path / "models"
     first = pg_store(postgres_server, task, table="reopened", model_dir=model_dir)
