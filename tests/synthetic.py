@@ -62,6 +62,14 @@ def reference_keyword_weights(model, queries: np.ndarray) -> np.ndarray:
     return weights
 
 
+def served_keyword_weights(model, queries: np.ndarray) -> np.ndarray | None:
+    """Per query, the keyword weight the model's plans serve (``keyword_plans``); None when every
+    query is served one weight (no far rule or no keyword re-scoring)."""
+    if model.far_lexical_weight <= 0 or not model.rerank_depth:
+        return None
+    return np.array([plan.weight for plan in model.keyword_plans(queries)])
+
+
 def brute_force_top_k(queries: np.ndarray, docs: np.ndarray, ids: list[str], k: int, model=None) -> np.ndarray:
     """Exact top-k row indices into ``docs`` from :func:`brute_force_scores`."""
     return np.argsort(-brute_force_scores(queries, docs, ids, model), axis=1, kind="stable")[:, :k]
