@@ -34,6 +34,25 @@ class RotationTask:
         return store
 
 
+ROTATION_DOCS, ROTATION_DIM, ROTATION_TRAIN, ROTATION_TEST = 150, 16, 120, 40
+ROTATION_FAST = dict(epochs=8, learning_rate=2e-2, batch_size=32, query_memory=False, refit=False)
+
+
+class SplitRotationTask(RotationTask):
+    """The shared rotation task (150 documents, 16 dims) split into 120 training and 40 test queries."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(n_docs=ROTATION_DOCS, dim=ROTATION_DIM, n_queries=ROTATION_TRAIN + ROTATION_TEST, seed=seed)
+        self.train = slice(0, ROTATION_TRAIN)
+        self.test = slice(ROTATION_TRAIN, ROTATION_TRAIN + ROTATION_TEST)
+
+    def train_args(self) -> tuple[list[str], list, np.ndarray]:
+        return self.texts[self.train], self.relevance[self.train], self.queries[self.train]
+
+    def test_args(self) -> tuple[list[str], list, np.ndarray]:
+        return self.texts[self.test], self.relevance[self.test], self.queries[self.test]
+
+
 def brute_force_scores(queries: np.ndarray, docs: np.ndarray, ids: list[str], model=None) -> np.ndarray:
     """The full (queries, docs) score matrix; with a Deep Memory model, queries are transformed
     first and its override columns replace the plain scores, except for queries its gate sends to

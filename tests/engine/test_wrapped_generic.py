@@ -17,7 +17,7 @@ from llama_index.core.vector_stores.types import BasePydanticVectorStore
 from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 from llama_index_deepmemory.deep_memory.training import _build_lexical
 from llama_index_deepmemory.store import DeepMemoryVectorStore
-from synthetic import N_TRAIN, OPTIONS, KeywordTask, hand_model
+from synthetic import N_TRAIN, OPTIONS, hand_model
 from tiny_store import TinyTextStore
 from wrapped_checks import (
     EVEN, ask, check_ids_cannot_impersonate, check_plain_equals_engine, check_ranks_like_faiss, check_restrictions,
@@ -26,11 +26,6 @@ from wrapped_checks import (
 
 
 QUICK = dict(OPTIONS, epochs=2, validation_folds=2, key_thresholds=(0.8,), key_weights=(0.4,), lexical_weights=(0.5,))
-
-
-@pytest.fixture(scope="module")
-def task() -> KeywordTask:
-    return KeywordTask(seed=5)
 
 
 @pytest.fixture()
