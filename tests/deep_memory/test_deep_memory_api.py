@@ -411,12 +411,12 @@ def test_idle_job_worker_exits_and_restarts_on_submit() -> None:
 
     book = JobBook(idle_exit_seconds=0.1)
     ran: list[int] = []
+    workers: list[threading.Thread] = []  # the thread each job ran on: the book's worker
     for round_no in range(2):
         record = JobRecord(job_id=book.new_id()[0])
-        book.submit(record, lambda ctx, r=round_no: ran.append(r) or {})
+        book.submit(record, lambda ctx, r=round_no: ran.append(r) or workers.append(threading.current_thread()) or {})
         assert book.wait(record.job_id, 10)
-        worker = book._worker
-        wait_until(lambda: worker is None or not worker.is_alive(), timeout=10)
-        assert book._worker is None
+        wait_until(lambda: not workers[-1].is_alive(), timeout=10)  # idle: the worker exits
     assert ran == [0, 1] and [r.status for r in book.records()] == ["completed", "completed"]
-    assert not any(t is worker for t in threading.enumerate())
+    assert workers[0] is not workers[1] and {w.name for w in workers} == {"deep-memory-jobs"}  # restarted on submit
+    assert not any(t in workers for t in threading.enumerate())
