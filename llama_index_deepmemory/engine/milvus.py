@@ -22,10 +22,6 @@ from llama_index_deepmemory.engine.generic import GenericAdapter
 from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine
 
 
-def is_milvus(store: Any) -> bool:
-    return type(store).__name__ == "MilvusVectorStore" and hasattr(store, "collection_name")
-
-
 _FIRST_SEARCH = threading.RLock()  # pymilvus imports scipy.sparse lazily on the first search, racily
 
 

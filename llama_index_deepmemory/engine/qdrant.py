@@ -22,10 +22,6 @@ from llama_index_deepmemory.engine.generic import GenericAdapter
 from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine, owner
 
 
-def is_qdrant(store: Any) -> bool:
-    return type(store).__name__ == "QdrantVectorStore" and hasattr(store, "collection_name")
-
-
 def qdrant_filter(filters: Optional[MetadataFilters], node_ids: Optional[Sequence[str]] = None,
                   doc_ids: Optional[Sequence[str]] = None) -> Any:
     """LlamaIndex filters and id restrictions as a Qdrant ``Filter`` (None: no restriction),
