@@ -34,6 +34,7 @@ from llama_index_deepmemory.cli_common import describe_job as _describe_job
 from llama_index_deepmemory.cli_common import for_cli as _for_cli
 from llama_index_deepmemory.cli_common import captured_stdout as _captured_stdout
 from llama_index_deepmemory.cli_common import add_common as _add_common
+from llama_index_deepmemory.cli_common import add_embed_model_override as _add_embed_model_override
 from llama_index_deepmemory.cli_common import attach_embedding as _attach_embedding
 from llama_index_deepmemory.cli_common import check_store_folder as _check_store_folder
 from llama_index_deepmemory.cli_common import damage_message as _damage_message
@@ -464,13 +465,6 @@ def _add_query(sub: Any) -> None:
                     help="use Deep Memory (default: when the store has an active model)")
     dm.add_argument("--no-deep-memory", dest="deep_memory", action="store_false", help="plain vector search")
     p.set_defaults(func=cmd_query)
-
-
-def _add_embed_model_override(p: Any) -> None:
-    """``--embed-model`` for commands that open a store (``query``, ``chat``)."""
-    p.add_argument("--embed-model", default=None,
-                   help="embed queries with this model instead of the one the store was built with ('default', a "
-                   "local model folder, or a cached Hugging Face model name; default: the store's own)")
 
 
 def _add_demo(sub: Any) -> None:

@@ -196,6 +196,13 @@ def save_models(store: Any, path: str) -> None:
         save_store(store, path)
 
 
+def add_embed_model_override(parser: argparse.ArgumentParser) -> None:
+    """``--embed-model`` for commands that open a store (``query``, ``chat``)."""
+    parser.add_argument("--embed-model", default=None,
+                        help="embed queries with this model instead of the one the store was built with ('default', "
+                        "a local model folder, or a cached Hugging Face model name; default: the store's own)")
+
+
 def add_common(parser: argparse.ArgumentParser, store: bool = True) -> None:
     if store:
         parser.add_argument("--store", default=DEFAULT_STORE, help=f"store folder (default: {DEFAULT_STORE})")

@@ -151,7 +151,8 @@ def write_generation(
         )
     root.mkdir(parents=True, exist_ok=True)
     with _flock(root / _WRITE_LOCK, exclusive=True):
-        current = _current_generation(root, side_prefixes)
+        before = _current_manifest(root, side_prefixes)
+        current = str(before["generation"]) if before is not None else None
         if expect is not ANY and current is not None and current != expect:
             raise StaleStoreError(
                 f"{str(root)!r} changed since this store was loaded or last persisted there (generation "
@@ -159,7 +160,7 @@ def write_generation(
                 f"written: load it again (DeepMemoryVectorStore.from_persist_path({str(root)!r})) and redo "
                 "your change, persist to another path, or pass overwrite=True to replace what is there"
             )
-        named_before = set(_side_names(root)) if current is not None else set()
+        named_before = set(before.get("sides", {}).values()) if before is not None else set()
         sides = dict(side_fields(root)) if side_fields is not None else {}
         gen_name = f"{_GEN_PREFIX}{time.time_ns()}-{uuid.uuid4().hex[:8]}"
         gen_dir = root / gen_name
@@ -196,19 +197,14 @@ def write_generation(
     return gen_dir
 
 
-def _side_names(root: Path) -> list[str]:
-    """The side folders the folder's (readable) manifest names."""
-    return list(read_manifest(root).get("sides", {}).values())
-
-
-def _current_generation(root: Path, side_prefixes: tuple[str, ...] = ()) -> str | None:
-    """The generation the folder's manifest names (None: no manifest); a manifest that cannot be
-    read is refused, since writing would delete the snapshot it may still name."""
+def _current_manifest(root: Path, side_prefixes: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The folder's manifest, read once (None: no manifest); a manifest that cannot be read is
+    refused, since writing would delete the snapshot it may still name."""
     if not (root / MANIFEST).exists():
         _refuse_orphan_generations(root, side_prefixes)
         return None
     try:
-        return str(read_manifest(root)["generation"])
+        return read_manifest(root)
     except (ValueError, OSError) as exc:
         snapshots = sorted(p.name for p in root.glob(f"{_GEN_PREFIX}*") if p.is_dir())
         raise CorruptStoreError(

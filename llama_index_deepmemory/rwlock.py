@@ -18,7 +18,6 @@ class ReadWriteLock:
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._writer: int | None = None
-        self._writer_depth = 0
         self._waiting_writers = 0
         self._waiting_readers = 0
         self._releases = 0  # writer releases so far
@@ -58,12 +57,8 @@ class ReadWriteLock:
     @contextmanager
     def write(self) -> Iterator[None]:
         me = threading.get_ident()
-        if self._writer == me:
-            self._writer_depth += 1
-            try:
-                yield
-            finally:
-                self._writer_depth -= 1
+        if self._writer == me:  # re-entered by the writer: it already holds the lock
+            yield
             return
         if getattr(self._local, "depth", 0):
             raise RuntimeError("cannot write to the store while this thread is reading it")

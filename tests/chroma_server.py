@@ -1,7 +1,7 @@
 """A real Chroma server for tests: ``chroma run`` (shipped with chromadb) on 127.0.0.1 and a free
 port, its data in a temp folder; ready within a bounded wait, stopped at the end of the session.
 
-Use it with ``from chroma_server import chroma_server  # noqa: F401`` and a ``chroma_server``
+``tests/conftest.py`` shares it: a test asks for it with a ``chroma_server``
 argument (``(host, port)`` for ``chromadb.HttpClient``).
 """
 

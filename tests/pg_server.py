@@ -1,7 +1,7 @@
 """A real PostgreSQL server (with pgvector) for tests: ``pgserver`` starts one in about a second,
 listening only on a Unix socket in a temp folder; stopped and deleted at the end of the session.
 
-Use it with ``from pg_server import postgres_server  # noqa: F401`` and a ``postgres_server``
+``tests/conftest.py`` shares it: a test asks for it with a ``postgres_server``
 argument (the server's URI, ``postgresql://postgres:@/postgres?host=<socket dir>``).
 """
 

@@ -34,6 +34,25 @@ class RotationTask:
         return store
 
 
+ROTATION_DOCS, ROTATION_DIM, ROTATION_TRAIN, ROTATION_TEST = 150, 16, 120, 40
+ROTATION_FAST = dict(epochs=8, learning_rate=2e-2, batch_size=32, query_memory=False, refit=False)
+
+
+class SplitRotationTask(RotationTask):
+    """The shared rotation task (150 documents, 16 dims) split into 120 training and 40 test queries."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(n_docs=ROTATION_DOCS, dim=ROTATION_DIM, n_queries=ROTATION_TRAIN + ROTATION_TEST, seed=seed)
+        self.train = slice(0, ROTATION_TRAIN)
+        self.test = slice(ROTATION_TRAIN, ROTATION_TRAIN + ROTATION_TEST)
+
+    def train_args(self) -> tuple[list[str], list, np.ndarray]:
+        return self.texts[self.train], self.relevance[self.train], self.queries[self.train]
+
+    def test_args(self) -> tuple[list[str], list, np.ndarray]:
+        return self.texts[self.test], self.relevance[self.test], self.queries[self.test]
+
+
 def brute_force_scores(queries: np.ndarray, docs: np.ndarray, ids: list[str], model=None) -> np.ndarray:
     """The full (queries, docs) score matrix; with a Deep Memory model, queries are transformed
     first and its override columns replace the plain scores, except for queries its gate sends to
@@ -60,6 +79,14 @@ def reference_keyword_weights(model, queries: np.ndarray) -> np.ndarray:
         nearest = (normalise(queries) @ normalise(model.gate_keys).T).max(axis=1)
         weights[nearest < model.far_cosine] = model.far_lexical_weight
     return weights
+
+
+def served_keyword_weights(model, queries: np.ndarray) -> np.ndarray | None:
+    """Per query, the keyword weight the model's plans serve (``keyword_plans``); None when every
+    query is served one weight (no far rule or no keyword re-scoring)."""
+    if model.far_lexical_weight <= 0 or not model.rerank_depth:
+        return None
+    return np.array([plan.weight for plan in model.keyword_plans(queries)])
 
 
 def brute_force_top_k(queries: np.ndarray, docs: np.ndarray, ids: list[str], k: int, model=None) -> np.ndarray:

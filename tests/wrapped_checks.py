@@ -137,16 +137,15 @@ def check_reopened(task, first: DeepMemoryVectorStore, reopen: Callable[[], Deep
 def check_listing(task, store) -> None:
     """The engine's own paging lists every node with its vector and text (keyword statistics and
     training read the corpus this way), and training copies it whole."""
-    backend = store._backend
-    pages = list(backend.iter_vectors(batch_size=32))
+    pages = list(store.iter_vectors(batch_size=32))
     assert [len(ids) for ids, _ in pages] == [32, 32, len(task.ids) - 64]
     ids = [i for page, _ in pages for i in page]
     assert sorted(ids) == sorted(task.ids)
     np.testing.assert_allclose(np.concatenate([v for _, v in pages]), task.docs[[task.ids.index(i) for i in ids]],
                                atol=1e-6)
-    texts = {i: t for page, batch in backend.iter_texts(batch_size=32) for i, t in zip(page, batch)}
+    texts = {i: t for page, batch in store.iter_texts(batch_size=32) for i, t in zip(page, batch)}
     assert texts == dict(zip(task.ids, task.doc_texts))
-    view = backend.training_view(10_000)
+    view = store._backend.training_view(10_000)  # what training reads (not on the face: white-box)
     assert type(view).__name__ == "ArrayStoreView" and len(view) == len(task.ids)
 
 

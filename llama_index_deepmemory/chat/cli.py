@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from llama_index_deepmemory.cli_common import attach_embedding, non_negative_int, open_store, positive_int
+from llama_index_deepmemory.cli_common import (
+    add_embed_model_override,
+    attach_embedding,
+    non_negative_int,
+    open_store,
+    positive_int,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +50,7 @@ def register(sub: Any) -> None:
     p.add_argument("--llm-model", default="gpt-4o-mini",
                    help="OpenAI model; needs OPENAI_API_KEY, and OPENAI_API_BASE for a compatible server (default: gpt-4o-mini)")
     p.add_argument("--top-k", type=positive_int, default=5, help="sources per answer (default: 5)")
-    p.add_argument("--embed-model", default=None,
-                   help="embed questions with this model instead of the one the store was built with ('default', a "
-                   "local model folder, or a cached Hugging Face model name; default: the store's own)")
+    add_embed_model_override(p)
     p.add_argument("--token-budget", type=non_negative_int, default=3000,
                    help="most tokens of earlier turns in the prompt; older turns are archived and come back when a "
                         "question is about them (default: 3000)")

@@ -39,15 +39,28 @@ class ModelKeeping:
         self._maybe_refresh()
         return self._active
 
+    def kept_model(self, name: str) -> DeepMemoryModel:
+        """The kept model ``name``, active or not (``list_models()`` names them): to inspect one
+        that training kept without activating it, or to add it to another store (:meth:`add_model`)."""
+        self._maybe_refresh(force=True)
+        with self._lock:
+            self._check_kept(name)
+            return self._models[name]
+
+    def _check_kept(self, name: str) -> None:
+        """ValueError naming the kept models unless ``name`` is one (call under ``_lock``)."""
+        if name not in self._models:
+            known = sorted(self._models) or "none yet: train one first"
+            raise ValueError(f"unknown Deep Memory model {name!r}; kept models: {known}")
+
     def set_model(self, name: str | None) -> None:
         """Activate the kept model ``name`` (e.g. ``"model_2"``); None deactivates Deep Memory.
 
         On a bound store this is one recorded change every process serving it sees."""
         self._maybe_refresh(force=True)
         with self._lock:
-            if name is not None and name not in self._models:
-                known = sorted(self._models) or "none yet: train one first"
-                raise ValueError(f"unknown Deep Memory model {name!r}; kept models: {known}")
+            if name is not None:
+                self._check_kept(name)
             if self._location is None:
                 self._active, self._active_version = name, self._active_version + 1
             elif name is not None and name not in self._folders:  # registered in this process only
@@ -87,8 +100,7 @@ class ModelKeeping:
         """Delete the kept model ``name`` (never the active one: deactivate or switch first)."""
         self._maybe_refresh(force=True)
         with self._lock:
-            if name not in self._models:
-                raise ValueError(f"unknown Deep Memory model {name!r}; kept models: {sorted(self._models) or 'none'}")
+            self._check_kept(name)
             if self._location is not None and name in self._folders:
                 self._location.delete_models([name])
                 self._sync(force=True)

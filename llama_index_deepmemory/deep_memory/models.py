@@ -109,7 +109,7 @@ class AdapterMemoryModel(DeepMemoryModel):
     * ``rerank`` (when ``lexical_weight > 0``): the top :data:`LEXICAL_DEPTH` candidates of a query
       with text score ``score + lexical_weight * bm25 / max(bm25 over the candidates)``, with
       Okapi BM25 from a keyword index of the stored texts built at training time.
-    * ``keyword_weights`` (when ``far_lexical_weight > 0``): a query whose cosine to every
+    * ``keyword_plans`` (when ``far_lexical_weight > 0``): a query whose cosine to every
       training query (``gate_keys``, as embedded) is below ``far_cosine`` is re-scored with
       ``far_lexical_weight`` instead: keywords count more where memory knows less.
 
@@ -170,15 +170,6 @@ class AdapterMemoryModel(DeepMemoryModel):
         routed = self._nearest_cosines(queries, self.gate_threshold) < np.float32(self.gate_threshold)
         return routed if routed.any() else None
 
-    def keyword_weights(self, queries: np.ndarray) -> np.ndarray | None:
-        """Per-query keyword weights: ``lexical_weight``, or ``far_lexical_weight`` for a query whose
-        cosine to every training query (``gate_keys``, as embedded) is below ``far_cosine`` (None:
-        ``lexical_weight`` for all). Near a training query memory knows the answer; far from
-        them keywords are the better guide to documents training never saw (issue 17)."""
-        if self.far_lexical_weight <= 0 or not self.rerank_depth:
-            return None
-        return np.array([plan.weight for plan in self.keyword_plans(queries)])
-
     def _nearest_cosines(self, queries: np.ndarray, enough: float = np.inf) -> np.ndarray:
         """(m,) float32: each query's largest cosine to a training query (``gate_keys``), or, for
         a single float32 query (the store's case, one compiled call), the first reaching ``enough``."""
@@ -192,11 +183,6 @@ class AdapterMemoryModel(DeepMemoryModel):
         norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", q, q)), np.float32(1e-12))
         return row_products(q, self._gate_unit).max(axis=1) / norms
 
-    @property
-    def unit_keys(self) -> np.ndarray:
-        """The remembered keys as queries meet them: unit rows of ``key_vectors`` at 8-bit precision."""
-        return self._unit_keys
-
     def _prepare_query_path(self) -> None:
         """Lay the arrays out for few calls per query: the query path runs right after a FAISS
         scan has flushed the caches, where every call and byte counts. The adapter's difference
@@ -207,7 +193,6 @@ class AdapterMemoryModel(DeepMemoryModel):
         self._memory_codes, self._memory_scales = int8_rows(self.memory_vectors)
         self._key_codes, self._key_scales = int8_rows(
             _normalise_rows_inplace(np.array(self.key_vectors, dtype=np.float32, order="C")))
-        self._unit_keys = self._key_codes * self._key_scales[:, None]
         self._gate_codes = self._gate_factors = self._gate_unit = None
         if self.gate_keys is not None:  # codes with each row's scale over its norm (kernel), unit rows (numpy)
             self._gate_codes, scales = int8_rows(self.gate_keys)
@@ -320,7 +305,9 @@ class AdapterMemoryModel(DeepMemoryModel):
 
     def keyword_plans(self, queries: np.ndarray) -> list[KeywordPlan | None]:
         """Each query's plan: :meth:`keyword_plan`, or its ``far_lexical_weight`` twin for a query
-        far from every training query (:meth:`keyword_weights`)."""
+        whose cosine to every training query (``gate_keys``, as embedded) is below ``far_cosine``.
+        Near a training query memory knows the answer; far from them keywords are the better guide
+        to documents training never saw (issue 17)."""
         if not self.rerank_depth:
             return [None] * len(queries)
         near, far = self._keyword_plans

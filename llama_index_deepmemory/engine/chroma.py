@@ -140,16 +140,12 @@ class ChromaAdapter(GenericAdapter):
             result = self.collection.query(query_embeddings=np.asarray(queries, dtype=np.float32).tolist(),
                                            n_results=int(k), include=["distances"] + (INCLUDE if bodies or rows else []),
                                            **kwargs)
-        hits = Hits([], [])
         if rows:
             return self._kept_hits(result, version)
-        if not bodies:
-            names = self._named([i for row in result["ids"] for i in row])
-            for ids, distances in zip(result["ids"], result["distances"]):
-                found = [(names[i], d) for i, d in zip(ids, distances) if i in names]  # deleted meanwhile: dropped
-                hits.handles.append([i for i, _ in found])
-                hits.scores.append(1.0 - np.asarray([d for _, d in found], dtype=np.float32))
-            return hits
+        if not bodies:  # distances as cosines
+            named = [list(zip(ids, distances)) for ids, distances in zip(result["ids"], result["distances"])]
+            return self._named_hits(named, similarity=lambda distances: 1.0 - distances)
+        hits = Hits([], [])
         for ids, texts, metadatas, distances in zip(result["ids"], result["documents"], result["metadatas"],
                                                      result["distances"]):
             found = [(n, d, t, m) for n, d, t, m in zip(_nodes(ids, texts, metadatas), distances, texts, metadatas)

@@ -153,6 +153,19 @@ class GenericAdapter:
             names.update(found)
         return names
 
+    def _named_hits(self, rows: Sequence[Sequence[tuple[str, float]]], similarity: Any = None) -> Hits:
+        """Ids-only search rows of ``(stored id, score)`` as hits: the stored ids named in one
+        call (:meth:`_named`), those deleted meanwhile dropped; ``similarity`` turns each row's
+        float32 scores into cosines (default: they are cosines)."""
+        names = self._named([i for row in rows for i, _ in row])
+        hits = Hits([], [])
+        for row in rows:
+            found = [(names[i], s) for i, s in row if i in names]
+            scores = np.asarray([s for _, s in found], dtype=np.float32)
+            hits.handles.append([i for i, _ in found])
+            hits.scores.append(similarity(scores) if similarity is not None else scores)
+        return hits
+
     def _listed(self, nodes: list[BaseNode]) -> list[BaseNode]:
         """A listed page, its stored ids named on the way (a deep search then needs no lookup)."""
         self._name({engine_id(n.node_id): n.node_id for n in nodes})

@@ -22,10 +22,6 @@ from llama_index_deepmemory.engine.generic import GenericAdapter
 from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine
 
 
-def is_milvus(store: Any) -> bool:
-    return type(store).__name__ == "MilvusVectorStore" and hasattr(store, "collection_name")
-
-
 _FIRST_SEARCH = threading.RLock()  # pymilvus imports scipy.sparse lazily on the first search, racily
 
 
@@ -70,7 +66,7 @@ class MilvusAdapter(GenericAdapter):
             hits = super().search(queries, k, restriction, bodies)
             MilvusAdapter._searched = MilvusAdapter._searched or k > 0
             return hits
-        hits = Hits([], [])
+        rows = []
         for q in np.asarray(queries, dtype=np.float32):
             query = VectorStoreQuery(
                 query_embedding=q.astype(np.float64).tolist(), similarity_top_k=int(k), filters=restriction.filters,
@@ -79,13 +75,9 @@ class MilvusAdapter(GenericAdapter):
                 output_fields=[ID_KEY])
             with self._reading():
                 result = self.engine.query(query)
-            row = list(zip([str(i) for i in result.ids or []], result.similarities or []))
-            names = self._named([i for i, _ in row])
-            row = [(names[i], s) for i, s in row if i in names]  # deleted meanwhile: dropped
-            hits.handles.append([i for i, _ in row])
-            hits.scores.append(np.asarray([s for _, s in row], dtype=np.float32))
+            rows.append(list(zip([str(i) for i in result.ids or []], result.similarities or [])))
         MilvusAdapter._searched = True
-        return hits
+        return self._named_hits(rows)
 
     def _node(self, row: dict) -> BaseNode:
         node = metadata_dict_to_node(row, text=row.get(self.engine.text_key))

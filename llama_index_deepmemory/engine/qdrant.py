@@ -22,10 +22,6 @@ from llama_index_deepmemory.engine.generic import GenericAdapter
 from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine, owner
 
 
-def is_qdrant(store: Any) -> bool:
-    return type(store).__name__ == "QdrantVectorStore" and hasattr(store, "collection_name")
-
-
 def qdrant_filter(filters: Optional[MetadataFilters], node_ids: Optional[Sequence[str]] = None,
                   doc_ids: Optional[Sequence[str]] = None) -> Any:
     """LlamaIndex filters and id restrictions as a Qdrant ``Filter`` (None: no restriction),
@@ -126,21 +122,15 @@ class QdrantAdapter(GenericAdapter):
         version = self.version
         with self._reading():
             responses = self.engine.client.query_batch_points(self._collection, requests=requests)
+        if not bodies:
+            return self._named_hits([[(str(p.id), float(p.score)) for p in r.points] for r in responses])
         hits = Hits([], [])
-        if bodies:
-            for response in responses:
-                nodes = [from_engine(n) for n in self.engine.parse_to_query_result(response.points).nodes]
-                hits.handles.append([n.node_id for n in nodes])
-                hits.scores.append(np.asarray([p.score for p in response.points], dtype=np.float32))
-                hits.nodes.update((n.node_id, n) for n in nodes)
-                self._keep([(n.node_id, p) for n, p in zip(nodes, response.points)], version)
-            return hits
-        rows = [[(str(p.id), float(p.score)) for p in r.points] for r in responses]
-        names = self._named([i for row in rows for i, _ in row])
-        for row in rows:
-            row = [(names[i], s) for i, s in row if i in names]  # deleted meanwhile: dropped
-            hits.handles.append([i for i, _ in row])
-            hits.scores.append(np.asarray([s for _, s in row], dtype=np.float32))
+        for response in responses:
+            nodes = [from_engine(n) for n in self.engine.parse_to_query_result(response.points).nodes]
+            hits.handles.append([n.node_id for n in nodes])
+            hits.scores.append(np.asarray([p.score for p in response.points], dtype=np.float32))
+            hits.nodes.update((n.node_id, n) for n in nodes)
+            self._keep([(n.node_id, p) for n, p in zip(nodes, response.points)], version)
         return hits
 
     def _build(self, row: Any) -> BaseNode:

@@ -23,6 +23,7 @@ from llama_index_deepmemory.embeddings import (
     embed_nodes,
     embed_texts,
     model_fingerprint,
+    text_key,
 )
 
 
@@ -51,7 +52,7 @@ def test_cache_skips_seen_texts_and_keeps_order(tmp_path: Path) -> None:
     texts = ["b longer text", "a", "b longer text", "c"]
     first = embed_texts(texts, model, cache_dir=tmp_path, batch_size=2)
     assert sorted(model.calls) == ["a", "b longer text", "c"]  # duplicates embedded once
-    expected = np.array([model._get_text_embedding(t) for t in texts], dtype=np.float32)
+    expected = np.array([model.get_text_embedding(t) for t in texts], dtype=np.float32)
     np.testing.assert_allclose(first, expected, rtol=1e-6)
 
     same_model = CountingEmbedding(model_name="counting", calls=[])
@@ -72,7 +73,8 @@ def test_broken_cache_file_is_ignored_and_replaced(tmp_path: Path) -> None:
     vectors = embed_texts(["x"], model, cache_dir=tmp_path)
     assert model.calls == ["x"]
     reloaded = EmbeddingCache(tmp_path, model_fingerprint(model))
-    np.testing.assert_allclose(reloaded.get(next(iter(reloaded._vectors))), vectors[0])
+    assert len(reloaded) == 1
+    np.testing.assert_allclose(reloaded.get(text_key("x")), vectors[0])
     assert [p.name for p in cache.path.parent.iterdir()] == [cache.path.name]  # no temp files left
 
 

@@ -17,27 +17,13 @@ from llama_index.core.vector_stores.types import VectorStoreQuery
 
 from llama_index_deepmemory.deep_memory.api import DeepMemoryTrainingError
 from llama_index_deepmemory.store import DeepMemoryVectorStore
-from synthetic import RotationTask, brute_force_top_k, normalise
+from synthetic import ROTATION_DOCS, ROTATION_FAST, SplitRotationTask, brute_force_top_k, normalise
 
-N_DOCS, DIM, N_TRAIN, N_TEST = 150, 16, 120, 40
-FAST = dict(epochs=8, learning_rate=2e-2, batch_size=32, query_memory=False, refit=False)
+N_DOCS = ROTATION_DOCS
+FAST = ROTATION_FAST  # the shared trained store's options (tests/conftest.py)
 SLOW = dict(epochs=100_000, patience=100_000, learning_rate=1e-3, batch_size=8, query_memory=False, refit=False)
 TOP_K = (1, 3, 5, 10, 50, 100)
-
-
-class Task(RotationTask):
-    """The shared rotation task split into training and test queries."""
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__(n_docs=N_DOCS, dim=DIM, n_queries=N_TRAIN + N_TEST, seed=seed)
-        self.train = slice(0, N_TRAIN)
-        self.test = slice(N_TRAIN, N_TRAIN + N_TEST)
-
-    def train_args(self) -> tuple[list[str], list, np.ndarray]:
-        return self.texts[self.train], self.relevance[self.train], self.queries[self.train]
-
-    def test_args(self) -> tuple[list[str], list, np.ndarray]:
-        return self.texts[self.test], self.relevance[self.test], self.queries[self.test]
+Task = SplitRotationTask
 
 
 def brute_force_ranking(task: Task, queries: np.ndarray, k: int, model=None) -> list[list[str]]:
@@ -70,17 +56,14 @@ def wait_until(predicate, timeout: float = 60.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def task() -> Task:
-    return Task(seed=0)
+def task(rotation_task: Task) -> Task:
+    return rotation_task
 
 
-@pytest.fixture(scope="module")
-def trained(task: Task):
-    """A store with one blocking training job done (model_1 active). Tests must leave model_1 active."""
-    store = task.store()
-    queries, relevance, vectors = task.train_args()
-    job_id = store.deep_memory.train(queries, relevance, embedding=vectors, **FAST)
-    return store, job_id
+@pytest.fixture()
+def trained(rotation_trained):
+    """A fresh store holding the session's trained state (tests/conftest.py): model_1 active, one job."""
+    return rotation_trained
 
 
 # --- training and querying ------------------------------------------------------------------
@@ -428,12 +411,12 @@ def test_idle_job_worker_exits_and_restarts_on_submit() -> None:
 
     book = JobBook(idle_exit_seconds=0.1)
     ran: list[int] = []
+    workers: list[threading.Thread] = []  # the thread each job ran on: the book's worker
     for round_no in range(2):
         record = JobRecord(job_id=book.new_id()[0])
-        book.submit(record, lambda ctx, r=round_no: ran.append(r) or {})
+        book.submit(record, lambda ctx, r=round_no: ran.append(r) or workers.append(threading.current_thread()) or {})
         assert book.wait(record.job_id, 10)
-        worker = book._worker
-        wait_until(lambda: worker is None or not worker.is_alive(), timeout=10)
-        assert book._worker is None
+        wait_until(lambda: not workers[-1].is_alive(), timeout=10)  # idle: the worker exits
     assert ran == [0, 1] and [r.status for r in book.records()] == ["completed", "completed"]
-    assert not any(t is worker for t in threading.enumerate())
+    assert workers[0] is not workers[1] and {w.name for w in workers} == {"deep-memory-jobs"}  # restarted on submit
+    assert not any(t in workers for t in threading.enumerate())

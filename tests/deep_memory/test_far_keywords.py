@@ -15,7 +15,7 @@ from llama_index_deepmemory.deep_memory.training import TrainOptions
 from llama_index_deepmemory.evaluation import model_contents
 from llama_index_deepmemory.store import DeepMemoryVectorStore
 from synthetic import (DIM, FAR_COSINE, FAR_WEIGHT, N_TRAIN, NEAR_WEIGHT, OPTIONS, KeywordTask, brute_force_scores,
-                       far_model, reference_keyword_weights)
+                       far_model, reference_keyword_weights, served_keyword_weights)
 
 EVEN = MetadataFilters(filters=[MetadataFilter(key="parity", value=0)])
 
@@ -49,11 +49,11 @@ def served() -> tuple[KeywordTask, DeepMemoryVectorStore, AdapterMemoryModel]:
 
 def test_keyword_weights_follow_the_cosine_to_the_training_queries(served) -> None:
     task, store, model = served
-    weights = model.keyword_weights(store.prepare_queries(task.queries))
+    weights = served_keyword_weights(model, store.prepare_queries(task.queries))
     expected = reference_keyword_weights(model, task.queries)
     np.testing.assert_array_equal(weights, expected)
     assert (expected[:20] == NEAR_WEIGHT).all() and (expected[20:] == FAR_WEIGHT).sum() >= 100  # both kinds occur
-    assert far_model(task, far_weight=0.0).keyword_weights(task.queries) is None  # off: one weight for all
+    assert served_keyword_weights(far_model(task, far_weight=0.0), task.queries) is None  # off: one weight for all
 
 
 @pytest.mark.parametrize("filters", [None, EVEN], ids=["all", "filtered"])
@@ -80,7 +80,7 @@ def test_far_rule_survives_the_state_round_trip(served) -> None:
     meta, arrays = model.to_state()
     assert meta["format_version"] == 4 and (meta["far_lexical_weight"], meta["far_cosine"]) == (FAR_WEIGHT, FAR_COSINE)
     loaded = model_from_state(meta, arrays)
-    np.testing.assert_array_equal(loaded.keyword_weights(task.queries), model.keyword_weights(task.queries))
+    np.testing.assert_array_equal(served_keyword_weights(loaded, task.queries), served_keyword_weights(model, task.queries))
     with pytest.raises(ValueError, match="upgrade"):
         model_from_state(meta | {"format_version": 5}, arrays)
     assert far_model(task, far_weight=0.0).to_state()[0]["format_version"] == 2  # older installs load it
@@ -122,8 +122,8 @@ def test_validation_judges_the_far_rule_it_serves(served) -> None:
     assert not np.array_equal(judged.per_query, one_weight.per_query)
     # a chosen weight at least the far weight serves every query alike: no rule, no per-query cost
     far = training._FarKeywords(task.queries[:20], FAR_COSINE, 0.3)
-    assert training._with_lexical(model, model.lexical, 0.3, far).keyword_weights(task.queries) is None
-    assert training._with_lexical(model, model.lexical, 0.2, far).keyword_weights(task.queries) is not None
+    assert served_keyword_weights(training._with_lexical(model, model.lexical, 0.3, far), task.queries) is None
+    assert served_keyword_weights(training._with_lexical(model, model.lexical, 0.2, far), task.queries) is not None
 
 
 @pytest.mark.parametrize("far_weight", [0.0, 2.0])  # 2.0: above every weight of the grid
@@ -141,7 +141,7 @@ def test_trained_model_serves_the_far_rule_with_its_training_queries(far_weight:
     info, model = record["info"], store.deep_memory.active_model()
     assert info["lexical_weight"] > 0, info
     if far_weight == 0:
-        assert info["far_lexical_weight"] == 0 and model.keyword_weights(task.queries) is None
+        assert info["far_lexical_weight"] == 0 and served_keyword_weights(model, task.queries) is None
         return
     assert not info["keywords_only"], info  # memory to be far from
     assert (info["far_lexical_weight"], info["far_keyword_cosine"]) == (far_weight, 0.35)
@@ -149,7 +149,7 @@ def test_trained_model_serves_the_far_rule_with_its_training_queries(far_weight:
     # scale step, at most 1/64 of the row's largest entry)
     queries = task.queries[:N_TRAIN]
     assert (np.abs(model.gate_keys - queries) <= np.abs(queries).max(axis=1, keepdims=True) / 64).all()
-    weights = model.keyword_weights(task.queries[N_TRAIN:])
+    weights = served_keyword_weights(model, task.queries[N_TRAIN:])
     np.testing.assert_array_equal(weights, reference_keyword_weights(model, task.queries[N_TRAIN:]))
     assert set(weights.tolist()) == {info["lexical_weight"], 2.0}  # near and far test queries both occur
     assert "2.0 for queries whose cosine to every training query is below 0.35" in model_contents(info)

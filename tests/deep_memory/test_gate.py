@@ -111,7 +111,7 @@ def test_trained_gate_leaves_queries_about_unseen_documents_to_the_adapter() -> 
     seen, unseen = np.flatnonzero(targets < 30), np.flatnonzero(targets >= 30)
     store = task.store()
     result = train_model(
-        store.deep_memory._store, task.queries[seen], [task.relevance[i] for i in seen],
+        store, task.queries[seen], [task.relevance[i] for i in seen],
         options=TrainOptions(
             epochs=4, learning_rate=2e-2, seed=0, lexical=False, query_memory=False, validation_folds=1, refit=False,
             gate_threshold=0.5,
@@ -121,7 +121,7 @@ def test_trained_gate_leaves_queries_about_unseen_documents_to_the_adapter() -> 
     assert model.gate_threshold == 0.5 and len(model.memory_ids) > 0
     closed = (task.queries[unseen] @ task.queries[seen].T).max(axis=1) < model.gate_threshold
     assert closed.mean() > 0.5
-    ranked = rank(store.deep_memory._store, task.queries[unseen], model, 10)[1]
+    ranked = rank(store, task.queries[unseen], model, 10)[1]
     expected = adapter_only_top(model, task.queries[unseen], task.docs, 10)
     for i in np.flatnonzero(closed):
         assert ranked[i] == [task.ids[j] for j in expected[i]], f"unseen query {i}"

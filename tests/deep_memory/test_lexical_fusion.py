@@ -198,8 +198,9 @@ def test_dense_models_without_keywords_when_asked_or_too_large(task: KeywordTask
         task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN], **option, **OPTIONS
     )
     assert store.deep_memory.status(job)["info"]["lexical_weight"] == 0
-    for model in store.deep_memory._models.values():
-        assert model.rerank_depth == 0
+    assert store.deep_memory.list_models()  # a model was kept
+    for kept in store.deep_memory.list_models():
+        assert store.deep_memory.kept_model(kept["name"]).rerank_depth == 0
 
 
 def test_bad_keyword_inputs_are_refused(task: KeywordTask) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llama_index_deepmemory.deep_memory.model_parts import int8_rows
 from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel, model_from_state
 from llama_index_deepmemory.deep_memory.ranking import rank
 from llama_index_deepmemory.deep_memory.training import (
@@ -190,6 +191,8 @@ def test_model_scores_match_brute_force(metric: str, n_queries: int, threshold: 
     queries = rng.normal(size=(n_queries, d)).astype(np.float32)
     transformed = model.transform_queries(queries)
     ids, scores = model.overrides(transformed)
+    codes, scales = int8_rows(normalise(model.key_vectors))  # the keys as queries meet them
+    unit_keys = codes * scales[:, None]
     assert ids == model.memory_ids
     for i, q in enumerate(queries.astype(np.float64)):
         qt = model.weight.astype(np.float64) @ q + model.bias
@@ -202,7 +205,7 @@ def test_model_scores_match_brute_force(metric: str, n_queries: int, threshold: 
             bonus = 0.0
             for key, node, w in zip(model.link_key, model.link_node, model.link_weight):
                 if node == j:
-                    k = model.unit_keys[key].astype(np.float64)  # unit rows, 8-bit
+                    k = unit_keys[key].astype(np.float64)  # unit rows, 8-bit
                     assert np.linalg.norm(k) == pytest.approx(1.0, abs=0.02)
                     cos = qt @ k / np.linalg.norm(qt)
                     bonus = max(bonus, w * max(cos - model.key_threshold, 0.0))

@@ -32,6 +32,11 @@ class LookupEmbedding(BaseEmbedding):
 
     _table: dict = PrivateAttr(default_factory=dict)
 
+    @property
+    def table(self) -> dict:
+        """The text -> vector table the test fills."""
+        return self._table
+
     def _get_query_embedding(self, query: str) -> list[float]:
         return list(self._table[query])
 
@@ -71,7 +76,7 @@ def _ndcg(store: DeepMemoryVectorStore, model: str, texts: list[str], relevance,
 def test_feedback_adds_to_what_the_model_learned(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     embed = LookupEmbedding()
-    table = embed._table
+    table = embed.table
     store = DeepMemoryVectorStore(embed_model=embed)
     store.add([TextNode(id_=f"node_{i}", text=f"document {i}", embedding=v.tolist())
                for i, v in enumerate(normalise(rng.normal(size=(N_DOCS, DIM))))])

@@ -18,7 +18,6 @@ import chromadb  # noqa: E402
 from llama_index.vector_stores.chroma import ChromaVectorStore  # noqa: E402
 
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
-from chroma_server import chroma_server  # noqa: E402,F401
 from synthetic import KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
     EVEN, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
@@ -34,11 +33,6 @@ def chroma_store(client, task: KeywordTask, name: str = "docs", **kwargs) -> Dee
     store = DeepMemoryVectorStore(vector_store=ChromaVectorStore(chroma_collection=collection), **kwargs)
     store.add(nodes_with_docs(task))
     return store
-
-
-@pytest.fixture(scope="module")
-def task() -> KeywordTask:
-    return KeywordTask(seed=5)
 
 
 @pytest.fixture(scope="module", params=["embedded", "server"])

@@ -17,7 +17,7 @@ from llama_index.core.vector_stores.types import BasePydanticVectorStore
 from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
 from llama_index_deepmemory.deep_memory.training import _build_lexical
 from llama_index_deepmemory.store import DeepMemoryVectorStore
-from synthetic import N_TRAIN, OPTIONS, KeywordTask, hand_model
+from synthetic import N_TRAIN, OPTIONS, hand_model
 from tiny_store import TinyTextStore
 from wrapped_checks import (
     EVEN, ask, check_ids_cannot_impersonate, check_plain_equals_engine, check_ranks_like_faiss, check_restrictions,
@@ -26,11 +26,6 @@ from wrapped_checks import (
 
 
 QUICK = dict(OPTIONS, epochs=2, validation_folds=2, key_thresholds=(0.8,), key_weights=(0.4,), lexical_weights=(0.5,))
-
-
-@pytest.fixture(scope="module")
-def task() -> KeywordTask:
-    return KeywordTask(seed=5)
 
 
 @pytest.fixture()
@@ -59,12 +54,11 @@ def test_node_and_doc_restrictions(task, pair) -> None:
 
 def test_keyword_statistics_come_from_the_nodes_added_through_the_wrapper(task, pair, caplog) -> None:
     faiss_store, tiny = pair
-    backend = tiny._backend
     with caplog.at_level(logging.WARNING):
-        listed = [(i, t) for ids, texts in backend.iter_texts(batch_size=32) for i, t in zip(ids, texts)]
+        listed = [(i, t) for ids, texts in tiny.iter_texts(batch_size=32) for i, t in zip(ids, texts)]
     assert listed == list(zip(task.ids, task.doc_texts))
     assert "cannot list its nodes" in caplog.text and f"the {len(task.ids)} nodes added" in caplog.text
-    built = _build_lexical(backend)
+    built = _build_lexical(tiny)  # what training builds from the store's texts
     expected = LexicalIndex(task.ids, task.doc_texts)
     (meta, arrays), (want_meta, want_arrays) = built.to_state(), expected.to_state()
     assert meta == want_meta and arrays.keys() == want_arrays.keys()
@@ -88,7 +82,7 @@ def test_deletes_pass_through_and_deleted_nodes_leave_the_keyword_statistics(tas
     assert [n.node_id for n in tiny.get_nodes(["node_2", "node_1", "node_0"])] == ["node_1"]
     hits = ask(tiny, task.queries[0], k=len(task.ids), deep_memory=True, text=task.texts[0])
     assert "node_0" not in hits.ids and "node_2" not in hits.ids and len(hits.ids) == len(task.ids) - 2
-    assert "node_0" not in {i for ids, _ in tiny._backend.iter_texts() for i in ids}
+    assert "node_0" not in {i for ids, _ in tiny.iter_texts() for i in ids}
     tiny.delete("doc_1")
     assert not set(ask(tiny, task.queries[1], k=100, deep_memory=True, text=task.texts[1]).ids) & {
         f"node_{j}" for j in range(10, 20)}

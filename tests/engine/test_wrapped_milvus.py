@@ -34,11 +34,6 @@ def milvus_store(uri: str, task: KeywordTask, **kwargs) -> DeepMemoryVectorStore
 
 
 @pytest.fixture(scope="module")
-def task() -> KeywordTask:
-    return KeywordTask(seed=5)
-
-
-@pytest.fixture(scope="module")
 def shared(task, tmp_path_factory):
     """One Milvus Lite file for the read-only tests (opening one costs about a second)."""
     faiss_store = faiss_twin(task)

@@ -17,7 +17,6 @@ pytest.importorskip("llama_index.vector_stores.postgres")
 from llama_index.vector_stores.postgres import PGVectorStore  # noqa: E402
 
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
-from pg_server import postgres_server  # noqa: E402,F401
 from synthetic import DIM, N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
     EVEN, check_deletes_filters_and_get_nodes, check_ids_cannot_impersonate, check_listing, check_threads, check_plain_equals_engine, check_ranks_like_faiss,
@@ -38,11 +37,6 @@ def pg_store(uri: str, task: KeywordTask, table: str | None = None, **kwargs) ->
     store = DeepMemoryVectorStore(vector_store=pg_engine(uri, table or f"docs{next(_tables)}"), **kwargs)
     store.add(nodes_with_docs(task))
     return store
-
-
-@pytest.fixture(scope="module")
-def task() -> KeywordTask:
-    return KeywordTask(seed=5)
 
 
 @pytest.fixture(scope="module")

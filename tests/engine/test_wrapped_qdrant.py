@@ -45,11 +45,6 @@ def ask(store, q, k=10, text=None, filters=None, deep_memory=False):
     return store.query(query, deep_memory=deep_memory)
 
 
-@pytest.fixture(scope="module")
-def task() -> KeywordTask:
-    return KeywordTask(seed=5)
-
-
 @pytest.fixture()
 def pair(task):
     """The same nodes in the embedded store and in an in-memory Qdrant, with one hand-made model."""

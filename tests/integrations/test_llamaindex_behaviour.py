@@ -49,8 +49,8 @@ def test_an_index_with_image_and_index_nodes_retrieves_text_nodes_too() -> None:
     assert results["ours"] == results["simple"] == ["idx", "img", "t1", "t2", "t3"]
     # an explicit restriction that names text nodes still restricts
     store = DeepMemoryVectorStore()
-    store.add([TextNode(id_=n.node_id, text=n.text, embedding=embed._vector(n.text)) for n in mixed_nodes()[:3]])
-    query = VectorStoreQuery(query_embedding=embed._vector("cats"), similarity_top_k=5, node_ids=["t2", "t3"])
+    store.add([TextNode(id_=n.node_id, text=n.text, embedding=embed.get_text_embedding(n.text)) for n in mixed_nodes()[:3]])
+    query = VectorStoreQuery(query_embedding=embed.get_query_embedding("cats"), similarity_top_k=5, node_ids=["t2", "t3"])
     assert sorted(store.query(query).ids) == ["t2", "t3"]
 
 

@@ -313,9 +313,10 @@ def test_deep_memory_keyword_is_honoured_or_refused(monkeypatch: pytest.MonkeyPa
 
     nodes = [TextNode(id_=f"n{i}", text=f"page {i} about topic{i}") for i in range(6)]
     store = DeepMemoryVectorStore()
+    embed = HashEmbedding()
     index = DeepMemoryVectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=store),
-                                       embed_model=HashEmbedding())
-    assert store.embed_model is index._embed_model  # the index gave the store its embedding
+                                       embed_model=embed)
+    assert store.embed_model is embed  # the index gave the store its embedding
     with pytest.raises(ValueError, match="no active Deep Memory model"):
         index.as_retriever(similarity_top_k=2, deep_memory=True).retrieve("topic3")
     assert len(index.as_retriever(similarity_top_k=2, deep_memory=False).retrieve("topic3")) == 2

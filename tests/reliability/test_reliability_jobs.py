@@ -58,20 +58,13 @@ def task() -> Task:
     return Task()
 
 
-@pytest.fixture(scope="module")
-def trained_state(task: Task):
-    """Deep Memory state after one blocking training job (model_1 active)."""
-    store = task.store()
-    task.train(store, **FAST)
-    assert store.deep_memory.get_model() == "model_1"
-    return store.deep_memory.to_state()
-
-
 @pytest.fixture()
-def trained(task: Task, trained_state):
-    """A fresh store holding that state (model_1 active, job_1 in the history)."""
-    store = task.store()
-    store.deep_memory.load_state(*trained_state)
+def trained(task: Task, rotation_task, rotation_trained):
+    """A fresh store of this task's documents holding the session's trained state (tests/conftest.py:
+    one blocking training job on the rotation task, model_1 active, job_1 in the history)."""
+    assert np.array_equal(task.docs, rotation_task.docs) and task.ids == rotation_task.ids  # the same documents
+    store, _ = rotation_trained
+    assert store.deep_memory.get_model() == "model_1"
     return store
 
 
