@@ -72,3 +72,4 @@ def test_array_store_view_searches_exactly() -> None:
     np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
     scores, ids = view.search_vectors(queries[:1], 10_000)  # k past the store: every node once
     assert sorted(ids[0]) == sorted(view.ids) and scores.shape == (1, 3000)
+
