@@ -3,7 +3,8 @@
     python benchmarks/bench_train_scale.py [--nodes 1000000] [--dim 384] [--queries 1000]
 
 Random unit vectors stand in for a corpus; each training query is a noisy mix of one node and a
-fixed random rotation of it, so plain search is mediocre and a linear adapter has a signal to find. The corpus is served by a FAISS flat index through the StoreView
+fixed random rotation of it, so plain search is mediocre and a linear adapter has a signal to find. The corpus is served exactly by an ``ArrayStoreView``
+(chunked BLAS products over the vectors in place) or a real embedded store, through the StoreView
 protocol (the same calls the real store answers); above ``full_softmax_max_nodes`` the trainer
 never loads the corpus into torch: it mines hard negatives with ``search_vectors``.
 """
@@ -116,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"training job ended {job['status']}: {job['error']}")
         val_before, val_after, improved, info = job["val_before"], job["val_after"], job["active"], job["info"]
     train_s = time.perf_counter() - start
+    copy = " + FAISS copy" if args.store == "embedded" or not hasattr(view, "vectors") else ""
     print(
         f"{args.store}: nodes={args.nodes} dim={args.dim} queries={args.queries}: store build {build_s:.1f}s "
-        f"(peak RSS {rss_store:.0f} MiB, vectors {vectors.nbytes / 2**20:.0f} MiB + FAISS copy); "
+        f"(peak RSS {rss_store:.0f} MiB, vectors {vectors.nbytes / 2**20:.0f} MiB{copy}); "
         f"training {train_s:.1f}s, peak RSS {peak_rss_mib():.0f} MiB, {counter.rows} query rows searched; "
         f"val nDCG@10 {val_before['ndcg@10']:.3f} -> {val_after['ndcg@10']:.3f}, activated={improved}; info={info}"
     )

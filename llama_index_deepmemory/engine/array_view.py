@@ -1,4 +1,5 @@
-"""A read-only ``StoreView`` over fixed arrays, searched exactly with a FAISS flat index.
+"""A read-only ``StoreView`` over fixed arrays, searched exactly in place (chunked BLAS products,
+:func:`~llama_index_deepmemory.exact_search.exact_top_k`: no second copy of the corpus).
 
 Training over a wrapped engine reads the corpus once (it needs every vector for the whole-corpus
 softmax anyway) and validates over this exact copy: the same :func:`deep_memory.ranking.rank`, with
@@ -12,6 +13,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from llama_index_deepmemory.exact_search import exact_top_k
+
 
 class ArrayStoreView:
     """Ids, unit vectors (cosine) and optional texts, searched exactly."""
@@ -20,14 +23,10 @@ class ArrayStoreView:
     embed_model = None
 
     def __init__(self, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str] | None = None) -> None:
-        import faiss
-
         self.ids = list(ids)
         self.texts = list(texts) if texts is not None else None
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.position = {node: i for i, node in enumerate(self.ids)}
-        self.index = faiss.IndexFlatIP(self.vectors.shape[1])
-        self.index.add(self.vectors)
 
     @property
     def dim(self) -> int:
@@ -70,9 +69,9 @@ class ArrayStoreView:
         _no_filters(filters)
         if deep_memory:
             raise ValueError("ArrayStoreView ranks plain only; rank with deep_memory.ranking.rank(view, model, ...)")
-        k = min(int(k), len(self.ids))  # a row shorter than asked holds every node
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return scores, [[self.ids[j] for j in row if j >= 0] for row in rows]
+        scores, rows = exact_top_k(self.vectors, queries, k)  # a row shorter than asked holds every node
+        ids = self.ids
+        return scores, [[ids[j] for j in row] for row in rows.tolist()]
 
 
 def _no_filters(filters: Any) -> None:
