@@ -5,12 +5,18 @@
     python benchmarks/bench_backends.py --backends ours-flat,ours-hnsw,chroma
     python benchmarks/bench_backends.py --backends ours-flat@5000,qdrant@5000   # NAME@N: first N nodes
     python benchmarks/bench_backends.py --table a.json,b.json                   # tables of saved --json runs
+    python benchmarks/bench_backends.py --n 10000,100000,1000000 --max-add-minutes 20   # scaling table
 
 Backends (each in its own subprocess, so peak memory is its own):
 
 * ``ours-flat`` / ``ours-hnsw``: ``DeepMemoryVectorStore()`` (exact, the default) and
   ``DeepMemoryVectorStore(index_factory="HNSW32")`` (FAISS HNSW, ``efSearch`` tuned);
 * ``faiss``: LlamaIndex's ``FaissVectorStore`` over ``faiss.IndexFlatIP`` (keeps no text);
+* ``faiss-hnsw``: ``faiss.IndexHNSWFlat(dim, 32, METRIC_INNER_PRODUCT)`` itself, ids only, no docstore
+  (the floor an HNSW store can reach), ``efSearch`` tuned;
+* ``lancedb``: ``LanceDBVectorStore`` on an embedded LanceDB folder with an ``IVF_PQ`` index (cosine,
+  sqrt(n) partitions, 48 sub-vectors) built after the add and timed with it; ``nprobes`` and
+  ``refine_factor`` tuned together;
 * ``simple``: LlamaIndex's ``SimpleVectorStore`` (keeps no text; its query scores every stored
   embedding in Python and its JSON persist/load take seconds per thousand nodes, so it runs on the
   first ``--simple-n`` nodes unless ``simple@N`` says otherwise);
@@ -32,7 +38,10 @@ local socket but no network; its peak memory counts the server processes (childr
 Data: seeded Gaussian clusters (``n // 100`` centres, unit-normalised), queries drawn the same way,
 so approximate search has neighbours to miss. Per backend, through the LlamaIndex API:
 
-* add: nodes/s of ``store.add`` in batches of ``--batch`` (building the nodes is not timed);
+* add: nodes/s of ``store.add`` in batches of ``--batch`` (building the nodes is not timed), plus any
+  index build a user runs before querying (LanceDB); with ``--max-add-minutes``, a backend whose add,
+  at the rate of its first minute (or more) of adding, would run past the cap is stopped and its row
+  says "not run: projected X h at the measured add rate" (a floor where adds slow down as the store grows);
 * recall@10 against exact NumPy search; an ANN's search breadth is the smallest of ``EF_GRID``
   reaching ``--recall`` on separate tuning queries, then recall is reported on the measured queries;
 * query p50 (k=10, one query at a time; the slow stores on ``--slow-queries``), interleaved with
@@ -52,7 +61,8 @@ so approximate search has neighbours to miss. Per backend, through the LlamaInde
   Stores that keep no text are refused by the wrapper: "n/a (keeps no text)".
 
 Absolute times are the machine's; read the ratios. 1M nodes (``--n 1000000``) needs several GiB per
-backend and hours for some (Qdrant's local mode, SimpleVectorStore): not run by default.
+backend and hours for some (Qdrant's local mode, SimpleVectorStore): cap them with ``--max-add-minutes``.
+``--n`` takes several sizes (``10000,100000``): one table per size, then a scaling table.
 """
 
 from __future__ import annotations
