@@ -15,7 +15,7 @@ Backends (each in its own subprocess, so peak memory is its own):
 * ``faiss-hnsw``: ``faiss.IndexHNSWFlat(dim, 32, METRIC_INNER_PRODUCT)`` itself, ids only, no docstore
   (the floor an HNSW store can reach), ``efSearch`` tuned;
 * ``lancedb``: ``LanceDBVectorStore`` on an embedded LanceDB folder with an ``IVF_PQ`` index (cosine,
-  sqrt(n) partitions, 48 sub-vectors) built after the add and timed with it; ``nprobes`` and
+  sqrt(n) partitions up to 320, 48 sub-vectors) built after the add and timed with it; ``nprobes`` and
   ``refine_factor`` tuned together;
 * ``simple``: LlamaIndex's ``SimpleVectorStore`` (keeps no text; its query scores every stored
   embedding in Python and its JSON persist/load take seconds per thousand nodes, so it runs on the
