@@ -349,7 +349,10 @@ def _measure(name: str, args: argparse.Namespace, work: Path, n: int) -> dict:
             result["deep_memory"] = deep_memory_overhead(name, backend, store, vectors, eval_q, args, work)
         except Exception as error:  # noqa: BLE001 - the wrapper refusing a store is a result too
             logger.exception("%s: Deep Memory failed", name)
-            result["deep_memory"] = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:300]}
+            import traceback
+
+            result["deep_memory"] = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:300],
+                                     "where": traceback.format_exc().splitlines()[-12:]}  # in --json only
             fixed = backend.quoted_engine(store, work)
             if fixed is not None:  # what it would cost once the store's bug is fixed
                 result["deep_memory_fixed"] = deep_memory_overhead(name, backend, fixed, vectors, eval_q, args, work)
@@ -462,7 +465,7 @@ def dm_cell(dm: dict | None, label: str, backend: str) -> str:
     if dm is None:
         return "n/a (keeps no text)" if backend in KEEPS_NO_TEXT else "not run"
     if "error" in dm:
-        return f"failed: {dm['error'][:160]}"
+        return f"fails: {dm['error'][:90]}..."
     return f"{dm[label]['ratio']:.3f}x ({dm[label]['deep_ms']:.2f} vs {dm[label]['plain_ms']:.2f} ms)"
 
 
