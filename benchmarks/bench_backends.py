@@ -5,12 +5,20 @@
     python benchmarks/bench_backends.py --backends ours-flat,ours-hnsw,chroma
     python benchmarks/bench_backends.py --backends ours-flat@5000,qdrant@5000   # NAME@N: first N nodes
     python benchmarks/bench_backends.py --table a.json,b.json                   # tables of saved --json runs
+    python benchmarks/bench_backends.py --n 10000,100000,1000000 --max-add-minutes 20   # scaling table
 
 Backends (each in its own subprocess, so peak memory is its own):
 
 * ``ours-flat`` / ``ours-hnsw``: ``DeepMemoryVectorStore(index_factory="Flat")`` (exact) and
   ``DeepMemoryVectorStore(index_factory="HNSW32")`` (FAISS HNSW, ``efSearch`` tuned);
+* ``ours-auto``: ``DeepMemoryVectorStore()``, the default ``index_factory="auto"`` (exact below 20,000
+  nodes, HNSW32 past it at its own ``ef_search``; not tuned: the row reports the default's recall);
 * ``faiss``: LlamaIndex's ``FaissVectorStore`` over ``faiss.IndexFlatIP`` (keeps no text);
+* ``faiss-hnsw``: ``faiss.IndexHNSWFlat(dim, 32, METRIC_INNER_PRODUCT)`` itself, ids only, no docstore
+  (the floor an HNSW store can reach), ``efSearch`` tuned;
+* ``lancedb``: ``LanceDBVectorStore`` on an embedded LanceDB folder with an ``IVF_PQ`` index (cosine,
+  sqrt(n) partitions up to 320, 48 sub-vectors) built after the add and timed with it; ``nprobes`` and
+  ``refine_factor`` tuned together;
 * ``simple``: LlamaIndex's ``SimpleVectorStore`` (keeps no text; its query scores every stored
   embedding in Python and its JSON persist/load take seconds per thousand nodes, so it runs on the
   first ``--simple-n`` nodes unless ``simple@N`` says otherwise);
@@ -32,7 +40,10 @@ local socket but no network; its peak memory counts the server processes (childr
 Data: seeded Gaussian clusters (``n // 100`` centres, unit-normalised), queries drawn the same way,
 so approximate search has neighbours to miss. Per backend, through the LlamaIndex API:
 
-* add: nodes/s of ``store.add`` in batches of ``--batch`` (building the nodes is not timed);
+* add: nodes/s of ``store.add`` in batches of ``--batch`` (building the nodes is not timed), plus any
+  index build a user runs before querying (LanceDB); with ``--max-add-minutes``, a backend whose add,
+  at the rate of its first minute (or more) of adding, would run past the cap is stopped and its row
+  says "not run: projected X h at the measured add rate" (a floor where adds slow down as the store grows);
 * recall@10 against exact NumPy search; an ANN's search breadth is the smallest of ``EF_GRID``
   reaching ``--recall`` on separate tuning queries, then recall is reported on the measured queries;
 * query p50 (k=10, one query at a time; the slow stores on ``--slow-queries``), interleaved with
@@ -52,13 +63,13 @@ so approximate search has neighbours to miss. Per backend, through the LlamaInde
   Stores that keep no text are refused by the wrapper: "n/a (keeps no text)".
 
 Absolute times are the machine's; read the ratios. 1M nodes (``--n 1000000``) needs several GiB per
-backend and hours for some (Qdrant's local mode, SimpleVectorStore): not run by default.
+backend and hours for some (Qdrant's local mode, SimpleVectorStore): cap them with ``--max-add-minutes``.
+``--n`` takes several sizes (``10000,100000``): one table per size, then a scaling table.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import gc
 import json
 import logging
@@ -69,10 +80,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -81,31 +91,23 @@ for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from backend_stores import BACKEND_TYPES, K, Backend, node_id, query_of, row_of  # noqa: E402,F401
+
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("ours-flat", "ours-hnsw", "faiss", "simple", "chroma", "qdrant", "milvus", "chroma-server", "postgres")
+BACKENDS = ("ours-flat", "ours-hnsw", "ours-auto", "faiss", "faiss-hnsw", "simple", "lancedb", "chroma", "qdrant", "milvus",
+            "chroma-server", "postgres")
 SLOW = ("simple", "qdrant", "milvus")  # measured (and tuned) on at most --slow-queries queries
-KEEPS_NO_TEXT = ("faiss", "simple")
+KEEPS_NO_TEXT = tuple(name for name, kind in BACKEND_TYPES.items() if not kind.keeps_text)
 WRAPPED = ("chroma", "qdrant", "milvus", "chroma-server", "postgres")
-READY_S = 120.0  # a server backend's bounded start
-EF_GRID = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-K = 10
-MILVUS_INDEX = {"index_type": "HNSW", "metric_type": "COSINE", "params": {"M": 16, "efConstruction": 200}}
+
+PROBE_S = 60.0  # seconds of adding before a backend's add rate is projected against --max-add-minutes
 
 warnings.filterwarnings("ignore", message=".*Local mode is not recommended.*")
 warnings.filterwarnings("ignore", message="Payload indexes have no effect")
 
 
 # --- data -------------------------------------------------------------------------------------
-def node_id(row: int) -> str:
-    """Row ``row``'s node id: a UUID (Qdrant accepts only UUIDs or integers as point ids)."""
-    return str(uuid.UUID(int=int(row)))
-
-
-def row_of(node: str) -> int:
-    return uuid.UUID(node).int
-
-
 def clustered(n: int, dim: int, seed: int, stream: int, clusters: int, spread: float = 1.0) -> np.ndarray:
     """``n`` unit vectors, each a random one of ``clusters`` seeded unit centres plus Gaussian noise of
     norm about ``spread`` (the centres depend on ``seed`` only: corpus and queries share them)."""
@@ -143,304 +145,6 @@ def node_batches(vectors: np.ndarray, seed: int, words: int, batch: int):
         texts = texts_for(start, stop, seed, words)
         yield [TextNode(id_=node_id(i), text=t, metadata={"group": i % 10}, embedding=vectors[i].tolist())
                for i, t in zip(range(start, stop), texts)]
-
-
-def query_of(vector: list[float], text: str | None = None):
-    from llama_index.core.vector_stores.types import VectorStoreQuery
-
-    return VectorStoreQuery(query_embedding=vector, similarity_top_k=K, query_str=text)
-
-
-# --- backends -----------------------------------------------------------------------------------
-class Backend:
-    """How one store is built, tuned, persisted and reopened (through the LlamaIndex API)."""
-
-    param: str | None = None  # the search breadth tuned for recall, None: nothing to tune
-
-    def imports(self) -> None:
-        """Import what :meth:`create` and :meth:`reopen` need (timed apart at restart)."""
-
-    def create(self, work: Path, dim: int) -> Any:
-        raise NotImplementedError
-
-    def set_param(self, store: Any, value: int) -> None:
-        raise NotImplementedError(f"{type(self).__name__} has no search parameter")
-
-    def rows(self, result: Any) -> list[int]:
-        return [row_of(i) for i in result.ids]
-
-    def finish(self, store: Any, work: Path) -> None:
-        """Persist and close, so that a fresh process can open the store."""
-
-    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
-        raise NotImplementedError
-
-    def start(self, work: Path) -> None:
-        """Start the backend's server (a server backend; not timed)."""
-
-    def stop(self) -> None:
-        """Stop the server :meth:`start` started."""
-
-
-class OursFlat(Backend):
-    def imports(self) -> None:
-        from llama_index_deepmemory import DeepMemoryVectorStore  # noqa: F401
-
-    def create(self, work: Path, dim: int) -> Any:
-        from llama_index_deepmemory import DeepMemoryVectorStore
-
-        return DeepMemoryVectorStore(index_factory="Flat")  # exact at every size (the default turns HNSW)
-
-    def finish(self, store: Any, work: Path) -> None:
-        store.persist(str(work / "ours"))
-
-    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
-        from llama_index_deepmemory import DeepMemoryVectorStore
-
-        return DeepMemoryVectorStore.from_persist_path(str(work / "ours"))
-
-
-class OursHnsw(OursFlat):
-    param = "efSearch"
-
-    def create(self, work: Path, dim: int) -> Any:
-        from llama_index_deepmemory import DeepMemoryVectorStore
-
-        return DeepMemoryVectorStore(index_factory="HNSW32")
-
-    def set_param(self, store: Any, value: int) -> None:
-        import faiss
-
-        faiss.downcast_index(store.client.index).hnsw.efSearch = int(value)  # IDMap2 over HNSW
-
-    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
-        store = super().reopen(work, dim, param)
-        if param is not None:
-            self.set_param(store, param)
-        return store
-
-
-class LlamaFaiss(Backend):
-    def imports(self) -> None:
-        import faiss  # noqa: F401
-        from llama_index.vector_stores.faiss import FaissVectorStore  # noqa: F401
-
-    def create(self, work: Path, dim: int) -> Any:
-        import faiss
-        from llama_index.vector_stores.faiss import FaissVectorStore
-
-        return FaissVectorStore(faiss_index=faiss.IndexFlatIP(dim))  # unit vectors: cosine
-
-    def rows(self, result: Any) -> list[int]:
-        return [int(i) for i in result.ids]  # its ids are FAISS row numbers
-
-    def finish(self, store: Any, work: Path) -> None:
-        store.persist(str(work / "faiss" / "index.faiss"))
-
-    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
-        from llama_index.vector_stores.faiss import FaissVectorStore
-
-        return FaissVectorStore.from_persist_path(str(work / "faiss" / "index.faiss"))
-
-
-class Simple(Backend):
-    def imports(self) -> None:
-        from llama_index.core.vector_stores import SimpleVectorStore  # noqa: F401
-
-    def create(self, work: Path, dim: int) -> Any:
-        from llama_index.core.vector_stores import SimpleVectorStore
-
-        return SimpleVectorStore()
-
-    def finish(self, store: Any, work: Path) -> None:
-        store.persist(str(work / "simple" / "vector_store.json"))
-
-    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
-        from llama_index.core.vector_stores import SimpleVectorStore
-
-        return SimpleVectorStore.from_persist_path(str(work / "simple" / "vector_store.json"))
-
-
-class Chroma(Backend):
-    param = "ef_search"
-
-    def imports(self) -> None:
-        os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-        import chromadb  # noqa: F401
-        from llama_index.vector_stores.chroma import ChromaVectorStore  # noqa: F401
-
-    def create(self, work: Path, dim: int) -> Any:
-        self.imports()
-        import chromadb
-        from llama_index.vector_stores.chroma import ChromaVectorStore
-
-        client = chromadb.PersistentClient(path=str(work / "chroma"))
-        collection = client.get_or_create_collection("bench", metadata={"hnsw:space": "cosine"})
-        return ChromaVectorStore(chroma_collection=collection)
-
-    def set_param(self, store: Any, value: int) -> None:
-        store._collection.modify(configuration={"hnsw": {"ef_search": int(value)}})
-
-    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
-        import chromadb
-        from llama_index.vector_stores.chroma import ChromaVectorStore
-
-        collection = chromadb.PersistentClient(path=str(work / "chroma")).get_collection("bench")
-        store = ChromaVectorStore(chroma_collection=collection)
-        if param is not None and collection.configuration["hnsw"]["ef_search"] != param:
-            self.set_param(store, param)
-        return store
-
-
-class Qdrant(Backend):
-    def imports(self) -> None:
-        from llama_index.vector_stores.qdrant import QdrantVectorStore  # noqa: F401
-        from qdrant_client import QdrantClient  # noqa: F401
-
-    def create(self, work: Path, dim: int) -> Any:
-        from llama_index.vector_stores.qdrant import QdrantVectorStore
-        from qdrant_client import QdrantClient
-
-        return QdrantVectorStore(client=QdrantClient(path=str(work / "qdrant")), collection_name="bench")
-
-    def finish(self, store: Any, work: Path) -> None:
-        store.client.close()
-
-    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
-        return self.create(work, dim)
-
-
-class Milvus(Backend):
-    param = "ef"
-
-    def imports(self) -> None:
-        from llama_index.vector_stores.milvus import MilvusVectorStore  # noqa: F401
-
-    def _store(self, work: Path, dim: int, ef: int, overwrite: bool) -> Any:
-        from llama_index.vector_stores.milvus import MilvusVectorStore
-
-        return MilvusVectorStore(uri=str(work / "milvus.db"), dim=dim, similarity_metric="COSINE",
-                                 use_async_client=False, overwrite=overwrite, index_config=dict(MILVUS_INDEX),
-                                 search_config={"ef": ef})
-
-    def create(self, work: Path, dim: int) -> Any:
-        return self._store(work, dim, 64, overwrite=True)
-
-    def set_param(self, store: Any, value: int) -> None:
-        store.search_config = {"ef": int(value)}
-
-    def finish(self, store: Any, work: Path) -> None:
-        store.client.close()
-
-    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
-        store = self._store(work, dim, param or 64, overwrite=False)
-        store.client.load_collection(store.collection_name)  # a reopened Milvus Lite file starts released
-        return store
-
-
-class ChromaServer(Chroma):
-    """``chroma run`` on 127.0.0.1 (data in the work folder), through ``chromadb.HttpClient``."""
-
-    server: Any = None
-    port = 0
-
-    def start(self, work: Path) -> None:
-        import socket
-
-        import chromadb
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
-        command = [shutil.which("chroma") or "chroma", "run", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--path", str(work / "chroma-server")]
-        self.server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        atexit.register(self.stop)  # also when the measurement fails
-        deadline = time.monotonic() + READY_S
-        while True:
-            try:
-                chromadb.HttpClient(host="127.0.0.1", port=self.port).heartbeat()
-                return
-            except Exception:  # noqa: BLE001 - not listening yet
-                if self.server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("chroma run did not become ready") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.terminate()
-            self.server.wait(30)
-            self.server = None
-
-    def _collection(self, create: bool) -> Any:
-        import chromadb
-
-        client = chromadb.HttpClient(host="127.0.0.1", port=self.port)
-        return (client.get_or_create_collection("bench", metadata={"hnsw:space": "cosine"}) if create
-                else client.get_collection("bench"))
-
-    def create(self, work: Path, dim: int) -> Any:
-        self.imports()
-        from llama_index.vector_stores.chroma import ChromaVectorStore
-
-        self.start(work)
-        return ChromaVectorStore(chroma_collection=self._collection(create=True))
-
-    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
-        from llama_index.vector_stores.chroma import ChromaVectorStore
-
-        collection = self._collection(create=False)
-        store = ChromaVectorStore(chroma_collection=collection)
-        if param is not None and collection.configuration["hnsw"]["ef_search"] != param:
-            self.set_param(store, param)
-        return store
-
-
-class Postgres(Backend):
-    """PostgreSQL + pgvector (``pgserver``, a Unix socket in the work folder) through
-    ``PGVectorStore`` with an HNSW index (m=16, ef_construction=64), ``hnsw.ef_search`` tuned."""
-
-    param = "hnsw.ef_search"
-    server: Any = None
-
-    def imports(self) -> None:
-        import pgserver  # noqa: F401
-        from llama_index.vector_stores.postgres import PGVectorStore  # noqa: F401
-
-    def start(self, work: Path) -> None:
-        import pgserver
-
-        self.server = pgserver.get_server(work / "pgdata", cleanup_mode="stop")
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.cleanup()
-            self.server = None
-
-    def _store(self, dim: int, ef: int) -> Any:
-        from llama_index.vector_stores.postgres import PGVectorStore
-
-        rest = self.server.get_uri().split("://", 1)[1]
-        return PGVectorStore(connection_string=f"postgresql+psycopg2://{rest}",
-                             async_connection_string=f"postgresql+asyncpg://{rest}", table_name="bench",
-                             embed_dim=dim, hnsw_kwargs={"hnsw_m": 16, "hnsw_ef_construction": 64,
-                                                         "hnsw_ef_search": ef, "hnsw_dist_method": "vector_cosine_ops"})
-
-    def create(self, work: Path, dim: int) -> Any:
-        self.start(work)
-        return self._store(dim, 40)
-
-    def set_param(self, store: Any, value: int) -> None:
-        store.hnsw_kwargs["hnsw_ef_search"] = int(value)
-
-    def reopen(self, work: Path, dim: int, param: int | None) -> Any:
-        return self._store(dim, param or 40)
-
-
-BACKEND_TYPES: dict[str, Callable[[], Backend]] = {
-    "ours-flat": OursFlat, "ours-hnsw": OursHnsw, "faiss": LlamaFaiss, "simple": Simple,
-    "chroma": Chroma, "qdrant": Qdrant, "milvus": Milvus, "chroma-server": ChromaServer, "postgres": Postgres,
-}
 
 
 # --- measurements ---------------------------------------------------------------------------------
@@ -500,13 +204,13 @@ def recall_at_k(backend: Backend, store: Any, queries: list[list[float]], truth:
     return hits / (K * len(queries))
 
 
-def tune(backend: Backend, store: Any, queries: list[list[float]], truth: np.ndarray, target: float) -> tuple[int | None, list]:
-    """The smallest ``EF_GRID`` value whose recall@10 on ``queries`` reaches ``target`` (the
-    largest when none does), with every (value, recall) tried."""
+def tune(backend: Backend, store: Any, queries: list[list[float]], truth: np.ndarray, target: float) -> tuple[Any, list]:
+    """The first of ``backend.grid`` (cheapest first) whose recall@10 on ``queries`` reaches
+    ``target`` (the last when none does), with every (value, recall) tried."""
     if backend.param is None:
         return None, []
     tried = []
-    for value in EF_GRID:
+    for value in backend.grid:
         backend.set_param(store, value)
         tried.append((value, recall_at_k(backend, store, queries, truth)))
         if tried[-1][1] >= target:
@@ -526,7 +230,7 @@ def deep_memory_overhead(name: str, backend: Backend, store: Any, vectors: np.nd
     rng = np.random.default_rng([args.seed, 9])
     n = len(vectors)
     model, memory_unit = trained_like_model(vectors, args.memory_nodes, args.keys, rng, node_id=node_id)
-    face = store if name.startswith("ours") else DeepMemoryVectorStore(vector_store=store, model_dir=work / "models")
+    face = store if name.startswith("ours") else DeepMemoryVectorStore(vector_store=store, model_dir=work / f"models-{type(store).__name__}")
     if face is store:
         ids = [node_id(i) for i in range(n)]
         texts = [t for s in range(0, n, args.batch) for t in texts_for(s, min(s + args.batch, n), args.seed, args.words)]
@@ -593,20 +297,30 @@ def _measure(name: str, args: argparse.Namespace, work: Path, n: int) -> dict:
     reset_peak()
     before_mib = rss_mib()
     store = backend.create(work, dim)
-    add_s, docstore_s, docstore = 0.0, 0.0, None
-    if name in KEEPS_NO_TEXT:  # what VectorStoreIndex keeps beside a store without text
+    add_s, docstore_s, docstore, added = 0.0, 0.0, None, 0
+    if backend.docstore:  # what VectorStoreIndex keeps beside a store without text
         from llama_index.core.storage.docstore import SimpleDocumentStore
 
         docstore = SimpleDocumentStore()
+    cap_s = 60.0 * args.max_add_minutes if args.max_add_minutes else None
     for batch in node_batches(vectors, args.seed, args.words, args.batch):
         t0 = time.perf_counter()
         store.add(batch)
         add_s += time.perf_counter() - t0
+        added += len(batch)
         if docstore is not None:  # as VectorStoreIndex does: the nodes without their embeddings
             t0 = time.perf_counter()
             docstore.add_documents([n.model_copy(update={"embedding": None}) for n in batch], allow_update=True)
             docstore_s += time.perf_counter() - t0
+        projected = add_s * len(vectors) / added
+        if cap_s and added < len(vectors) and add_s >= min(PROBE_S, cap_s) and projected > cap_s:
+            backend.stop()
+            return projection(name, len(vectors), added, add_s, args.max_add_minutes)
     del batch
+    t0 = time.perf_counter()
+    built = backend.after_add(store, len(vectors))  # an index build (LanceDB): part of getting the store ready
+    index_s = time.perf_counter() - t0
+    add_s += index_s
     param, tried = (None, []) if name == "simple" else tune(backend, store, tune_lists, truth_tune, args.recall)
     recall = recall_at_k(backend, store, eval_lists, truth_eval)  # also the queries' warm-up
     peak = peak_mib()
@@ -624,7 +338,8 @@ def _measure(name: str, args: argparse.Namespace, work: Path, n: int) -> dict:
         with_texts = p_text / p_raw2
     result = {
         "backend": name, "n": len(vectors), "dim": dim, "add_s": add_s, "add_per_s": len(vectors) / add_s,
-        "param": backend.param, "param_value": param, "tuning": tried, "recall": recall, "queries": len(eval_q),
+        "index_s": index_s,
+        "built": (f"{built['index']}, built in {index_s:.0f} s within the add time" if built else backend.describe()), "param": backend.param, "param_value": param, "tuning": tried, "recall": recall, "queries": len(eval_q),
         "p50_ms": 1e3 * p_store, "raw_p50_ms": 1e3 * p_raw, "p50_over_raw": p_store / p_raw,
         "peak_mib": peak, "children_mib": children_mib, "before_mib": before_mib,
         "docstore_add_s": docstore_s if docstore is not None else None, "p50_with_docstore_over_raw": with_texts,
@@ -632,7 +347,17 @@ def _measure(name: str, args: argparse.Namespace, work: Path, n: int) -> dict:
     if name in KEEPS_NO_TEXT:
         result["deep_memory"] = None
     elif not args.skip_deep_memory:
-        result["deep_memory"] = deep_memory_overhead(name, backend, store, vectors, eval_q, args, work)
+        try:
+            result["deep_memory"] = deep_memory_overhead(name, backend, store, vectors, eval_q, args, work)
+        except Exception as error:  # noqa: BLE001 - the wrapper refusing a store is a result too
+            logger.exception("%s: Deep Memory failed", name)
+            import traceback
+
+            result["deep_memory"] = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:300],
+                                     "where": traceback.format_exc().splitlines()[-12:]}  # in --json only
+            fixed = backend.quoted_engine(store, work)
+            if fixed is not None:  # what it would cost once the store's bug is fixed
+                result["deep_memory_fixed"] = deep_memory_overhead(name, backend, fixed, vectors, eval_q, args, work)
     t0 = time.perf_counter()
     backend.finish(store, work)
     if docstore is not None:
@@ -642,22 +367,40 @@ def _measure(name: str, args: argparse.Namespace, work: Path, n: int) -> dict:
     return result
 
 
-def reopen(name: str, args: argparse.Namespace, work: Path, param: int | None) -> dict:
+def projection(name: str, n: int, added: int, add_s: float, cap_min: float) -> dict:
+    """The row of a backend whose add would run past ``cap_min`` minutes: its rate on the first
+    ``added`` nodes and the add time projected at that rate (a floor for the stores whose adds slow
+    down as they grow, such as HNSW)."""
+    rate = added / add_s
+    logger.warning("%s: %d nodes in %.0f s (%.0f nodes/s): %d would take %.1f h, over --max-add-minutes %g",
+                   name, added, add_s, rate, n, n / rate / 3600, cap_min)
+    return {"backend": name, "n": n, "projected": True, "added": added, "add_s": add_s, "add_per_s": rate,
+            "projected_add_s": n / rate, "cap_min": cap_min, "param_value": None}
+
+
+def projected_note(r: dict) -> str:
+    hours = r["projected_add_s"] / 3600
+    span = f"{hours:.1f} h" if hours >= 1 else f"{60 * hours:.0f} min"
+    return (f"not run: projected {span} at the measured add rate ({r['add_per_s']:,.0f} nodes/s over the first "
+            f"{r['added']:,} nodes; cap {r['cap_min']:g} min)")
+
+
+def reopen(name: str, args: argparse.Namespace, work: Path, param: Any) -> dict:
     """Open the persisted store and answer one query (run in a fresh process)."""
     backend = BACKEND_TYPES[name]()
-    query = clustered(1, args.dim, args.seed, 3, max(10, args.n // 100))[0].tolist()
+    query = query_of(clustered(1, args.dim, args.seed, 3, max(10, args.n // 100))[0].tolist())  # built untimed
     backend.start(work)  # a server backend's server (not timed: it runs before the app)
     t0 = time.perf_counter()
     backend.imports()
     t1 = time.perf_counter()
     try:
         store = backend.reopen(work, args.dim, param)
-        found = store.query(query_of(query))
+        found = store.query(query)
     finally:
-        if name not in KEEPS_NO_TEXT:
+        if not backend.docstore:
             t2 = time.perf_counter()
             backend.stop()
-    if name in KEEPS_NO_TEXT:  # a retriever then reads the nodes from the docstore persisted beside it
+    if backend.docstore:  # a retriever then reads the nodes from the docstore persisted beside it
         from llama_index.core.storage.docstore import SimpleDocumentStore
 
         docstore = SimpleDocumentStore.from_persist_path(str(work / "docstore.json"))
@@ -710,9 +453,31 @@ def docstore_note(r: dict) -> str:
     return f" ({value:.2f}x with the nodes read from a docstore)" if value else ""
 
 
+def fine(r: dict) -> bool:
+    """A row that was measured (not failed, not projected)."""
+    return "error" not in r and not r.get("projected")
+
+
+def setting_of(r: dict) -> str:
+    setting = f"{r['param']}={r['param_value']}" if r.get("param") else "exact"
+    return f"{setting} ({r['built']})" if r.get("built") else setting
+
+
+def dm_cell(dm: dict | None, label: str, backend: str) -> str:
+    if dm is None:
+        return "n/a (keeps no text)" if backend in KEEPS_NO_TEXT else "not run"
+    if "error" in dm:
+        return f"fails: {dm['error'][:90]}..."
+    return f"{dm[label]['ratio']:.3f}x ({dm[label]['deep_ms']:.2f} vs {dm[label]['plain_ms']:.2f} ms)"
+
+
+def backend_note(name: str) -> str:
+    return "get_nodes' id quoting fixed in a subclass" if name == "lancedb" else "fixed"
+
+
 def table(results: list[dict]) -> str:
     """The results as two Markdown tables: speed, recall and memory; Deep Memory overhead."""
-    refs = {r["n"]: r for r in results if r["backend"] == "ours-flat" and "error" not in r}
+    refs = {r["n"]: r for r in results if r["backend"] == "ours-flat" and fine(r)}
     lines = [
         "| backend | nodes | add nodes/s | add time x ours-flat | search setting | recall@10 | query p50 ms "
         "| p50 / raw FAISS (same process) | p50 x ours-flat | open + 1st query s | x ours-flat | imports s "
@@ -721,15 +486,18 @@ def table(results: list[dict]) -> str:
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['backend']} | failed: {r['error'].splitlines()[0][:120]} |" + " |" * 11)
+            lines.append(f"| {r['backend']} | {r['n']:,} | failed: {r['error'].splitlines()[0][:120]} |" + " |" * 10)
             continue
         ref = refs.get(r["n"])  # ours-flat on as many nodes
-        setting = f"{r['param']}={r['param_value']}" if r["param"] else "exact"
+        if r.get("projected"):
+            lines.append(f"| {r['backend']} | {r['n']:,} | {r['add_per_s']:,.0f} | "
+                         f"{ratio(ref['add_per_s'], r['add_per_s']) if ref else ''} | {projected_note(r)} |" + " |" * 8)
+            continue
         peak = r["peak_mib"] + r["children_mib"]
         restart = r.get("restart") or {}
         lines.append(
             f"| {r['backend']} | {r['n']:,} | {r['add_per_s']:,.0f} | "
-            f"{ratio(ref['add_per_s'], r['add_per_s']) if ref else ''} | {setting} | {r['recall']:.3f} | "
+            f"{ratio(ref['add_per_s'], r['add_per_s']) if ref else ''} | {setting_of(r)} | {r['recall']:.3f} | "
             f"{r['p50_ms']:.2f} | {r['p50_over_raw']:.2f}x{docstore_note(r)} | "
             f"{ratio(r['p50_over_raw'], ref['p50_over_raw']) if ref else ''} | "
             f"{restart.get('open_query_s', float('nan')):.2f} | "
@@ -738,32 +506,80 @@ def table(results: list[dict]) -> str:
         )
     lines += [
         "",
-        "| backend | Deep Memory p50 / plain, dense | with keywords (query_str) | wrapper plain / engine plain |",
-        "|---|---|---|---|",
+        "| backend | nodes | Deep Memory p50 / plain, dense | with keywords (query_str) | wrapper plain / engine plain |",
+        "|---|---|---|---|---|",
     ]
     for r in results:
-        if "error" in r:
+        if not fine(r):
             continue
         dm = r.get("deep_memory")
-        if dm is None:
-            cells = ["n/a (keeps no text)"] * 2 + [""] if r["backend"] in KEEPS_NO_TEXT else ["not run"] * 2 + [""]
-        else:
-            cells = [f"{dm['dense']['ratio']:.3f}x ({dm['dense']['deep_ms']:.2f} vs {dm['dense']['plain_ms']:.2f} ms)",
-                     f"{dm['keywords']['ratio']:.3f}x ({dm['keywords']['deep_ms']:.2f} vs {dm['keywords']['plain_ms']:.2f} ms)",
-                     f"{dm['wrapper_plain_over_engine']:.3f}x" if "wrapper_plain_over_engine" in dm else "(no wrapper)"]
-        lines.append(f"| {r['backend']} | " + " | ".join(cells) + " |")
+        wrapper = ("" if dm is None or "error" in dm else
+                   f"{dm['wrapper_plain_over_engine']:.3f}x" if "wrapper_plain_over_engine" in dm else "(no wrapper)")
+        lines.append(f"| {r['backend']} | {r['n']:,} | {dm_cell(dm, 'dense', r['backend'])} | "
+                     f"{dm_cell(dm, 'keywords', r['backend'])} | {wrapper} |")
+        fixed = r.get("deep_memory_fixed")
+        if fixed:
+            lines.append(f"| {r['backend']} ({backend_note(r['backend'])}) | {r['n']:,} | {dm_cell(fixed, 'dense', '')} | "
+                         f"{dm_cell(fixed, 'keywords', '')} | {fixed['wrapper_plain_over_engine']:.3f}x |")
     return "\n".join(lines)
+
+
+def scaling_table(results: list[dict]) -> str:
+    """One line per backend and size, the sizes side by side: add rate, p50 at matched recall (and
+    over ours-flat's, both over raw FAISS in the same process), peak memory, reopen, Deep Memory."""
+    refs = {r["n"]: r for r in results if r["backend"] == "ours-flat" and fine(r)}
+    lines = ["| backend | nodes | add nodes/s | recall@10 (setting) | query p50 ms | p50 x ours-flat | peak RSS MiB "
+             "| open + 1st query s | DM dense | DM keywords |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (BACKENDS.index(r["backend"]), r["n"])):
+        head = f"| {r['backend']} | {r['n']:,} |"
+        if "error" in r:
+            lines.append(f"{head} failed: {r['error'].splitlines()[0][:100]} |" + " |" * 7)
+        elif r.get("projected"):
+            lines.append(f"{head} {r['add_per_s']:,.0f} | {projected_note(r)} |" + " |" * 6)
+        else:
+            ref, dm = refs.get(r["n"]), r.get("deep_memory")
+            setting = f"{r['param_value']}" if r.get("param") else "exact"
+            fixed = r.get("deep_memory_fixed")
+
+            def short(label: str, dm: dict | None = dm, fixed: dict | None = fixed, name: str = r["backend"]) -> str:
+                if dm is None:
+                    return "n/a" if name in KEEPS_NO_TEXT else "not run"
+                if "error" in dm:
+                    return f"fails (stock); {fixed[label]['ratio']:.3f}x with the fix" if fixed else "fails"
+                return f"{dm[label]['ratio']:.3f}x"
+            lines.append(
+                f"{head} {r['add_per_s']:,.0f} | {r['recall']:.3f} ({setting}) | {r['p50_ms']:.2f} | "
+                f"{ratio(r['p50_over_raw'], ref['p50_over_raw']) if ref else ''} | "
+                f"{r['peak_mib'] + r['children_mib']:,.0f} | {(r.get('restart') or {}).get('open_query_s', float('nan')):.2f} | "
+                f"{short('dense')} | {short('keywords')} |")
+    return "\n".join(lines)
+
+
+def parse_sizes(spec: str) -> list[int]:
+    """``"10000,100000"`` -> ``[10000, 100000]`` (each at least 20 nodes)."""
+    try:
+        sizes = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"--n {spec!r}: give node counts separated by commas, e.g. 10000,100000") from None
+    if not sizes or min(sizes) < 20:
+        raise SystemExit(f"--n {spec!r}: every size must be at least 20 nodes")
+    return sizes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=100_000, help="nodes (default 100000; 10000 is the quick mode)")
+    parser.add_argument("--n", default="100000",
+                        help="nodes (default 100000; 10000 is the quick mode); several, comma-separated, run one "
+                             "size after the other and end with a scaling table")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--backends", default=",".join(BACKENDS),
                         help=f"comma-separated, of {','.join(BACKENDS)}; NAME@N runs NAME on the first N nodes")
     parser.add_argument("--queries", type=int, default=300, help="measured queries (p50, recall)")
     parser.add_argument("--tune-queries", type=int, default=100, help="queries that pick each ANN's search breadth")
     parser.add_argument("--recall", type=float, default=0.95, help="recall@10 an ANN is tuned to reach")
+    parser.add_argument("--max-add-minutes", type=float, default=0,
+                        help="stop a backend whose add, at the rate measured after a minute of adding, would "
+                             "take longer than this, and report the projection instead (0: no cap)")
     parser.add_argument("--simple-n", type=int, default=10_000,
                         help="nodes for SimpleVectorStore when no simple@N is given (its query and JSON load are slow)")
     parser.add_argument("--slow-queries", type=int, default=50,
@@ -784,9 +600,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--child", choices=BACKENDS, help=argparse.SUPPRESS)
     parser.add_argument("--reopen", choices=BACKENDS, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
-    parser.add_argument("--param", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--param", help=argparse.SUPPRESS)
     parser.add_argument("--child-n", type=int, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.sizes = parse_sizes(str(args.n))
+    args.n = args.sizes[-1] if len(args.sizes) == 1 else args.sizes[0]  # a child gets one size
+    return args
+
+
+def param_arg(text: str | None) -> Any:
+    """``--param`` back to the tuned value's type (an int breadth, or a string such as ``"20/5"``)."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def run_size(args: argparse.Namespace, argv: list[str], n_total: int, root: Path, results: list[dict]) -> list[dict]:
+    """Every backend of ``--backends`` on ``n_total`` nodes, one subprocess each (or inline)."""
+    args.n = n_total
+    passed = [a for a in argv if a != "--inline"] + ["--n", str(n_total)]
+    size_results = []
+    for name, n in parse_backends(args.backends, n_total, args.simple_n):
+        work = root / f"{name}@{n}of{n_total}"
+        work.mkdir()
+        start = time.perf_counter()
+        try:
+            result = (measure(name, args, work, n) if args.inline
+                      else run_child(passed, "child", name, work, ["--child-n", str(n)]))
+            if not args.skip_restart and not args.inline and not result.get("projected"):
+                extra = ["--param", str(result["param_value"])] if result["param_value"] is not None else []
+                result["restart"] = run_child(passed, "reopen", name, work, extra)
+        except Exception as error:  # noqa: BLE001 - one backend failing must not hide the others
+            logger.exception("%s failed", name)
+            result = {"backend": name, "n": n, "error": f"{type(error).__name__}: {error}"}
+        shutil.rmtree(work, ignore_errors=True)  # a 1M-node store holds GiBs of disk
+        result["wall_s"] = time.perf_counter() - start
+        size_results.append(result)
+        results.append(result)
+        if args.json:  # after every backend, so a stopped run keeps what it measured
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        note = f" ({result['error']})" if "error" in result else (" (projected)" if result.get("projected") else "")
+        print(f"{name}@{n:,}: done in {result['wall_s']:.0f} s{note}", flush=True)
+    return size_results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -795,45 +653,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.child or args.reopen:
         work = Path(args.work)
         result = (measure(args.child, args, work, args.child_n) if args.child
-                  else reopen(args.reopen, args, work, args.param))
+                  else reopen(args.reopen, args, work, param_arg(args.param)))
         (work / ("child.json" if args.child else "reopen.json")).write_text(json.dumps(result))
         return 0
     if args.table:
-        print(table([r for path in args.table.split(",") for r in json.loads(Path(path).read_text())]))
+        results = [r for path in args.table.split(",") for r in json.loads(Path(path).read_text())]
+        for n in dict.fromkeys(r["n"] for r in results):
+            print(table([r for r in results if r["n"] == n]), end="\n\n")
+        print(scaling_table(results))
         return 0
-    runs = parse_backends(args.backends, args.n, args.simple_n)
+    for n in args.sizes:
+        parse_backends(args.backends, n, args.simple_n)  # every size's specs checked before the first run
     import faiss
 
-    print(f"n={args.n} dim={args.dim} queries={args.queries} threads={args.threads} faiss {faiss.__version__} "
-          f"({'inline' if args.inline else 'one subprocess per backend'}); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-          flush=True)
     root = Path(tempfile.mkdtemp(prefix="bench_backends_", dir=args.tmp))
-    passed = [a for a in argv if a != "--inline"]
-    results = []
+    results: list[dict] = []
     try:
-        for name, n in runs:
-            work = root / f"{name}@{n}"
-            work.mkdir()
-            start = time.perf_counter()
-            try:
-                result = (measure(name, args, work, n) if args.inline
-                          else run_child(passed, "child", name, work, ["--child-n", str(n)]))
-                if not args.skip_restart and not args.inline:
-                    extra = ["--param", str(result["param_value"])] if result["param_value"] is not None else []
-                    result["restart"] = run_child(passed, "reopen", name, work, extra)
-            except Exception as error:  # noqa: BLE001 - one backend failing must not hide the others
-                logger.exception("%s failed", name)
-                result = {"backend": name, "n": n, "error": f"{type(error).__name__}: {error}"}
-            result["wall_s"] = time.perf_counter() - start
-            results.append(result)
-            if args.json:  # after every backend, so a stopped run keeps what it measured
-                Path(args.json).write_text(json.dumps(results, indent=1))
-            print(f"{name}: done in {result['wall_s']:.0f} s" + (f" ({result['error']})" if "error" in result else ""),
-                  flush=True)
+        for n_total in args.sizes:
+            print(f"n={n_total} dim={args.dim} queries={args.queries} threads={args.threads} faiss {faiss.__version__} "
+                  f"({'inline' if args.inline else 'one subprocess per backend'}); "
+                  f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average "
+                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+            size_results = run_size(args, argv, n_total, root, results)
+            print()
+            print(table(size_results), end="\n\n", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print()
-    print(table(results))
+    if len(args.sizes) > 1:
+        print(scaling_table(results))
+    print(f"ended {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0 if all("error" not in r for r in results) else 1
 
 

@@ -54,3 +54,32 @@ def test_backend_specs_are_checked() -> None:
         bench_backends.parse_backends("pinecone", 100, 30)
     with pytest.raises(SystemExit, match="between 1 and --n"):
         bench_backends.parse_backends("qdrant@500", 100, 30)
+
+
+def test_raw_hnsw_row_reaches_the_tuned_recall_against_numpy(tmp_path) -> None:
+    args = bench_backends.parse_args(["--n", "600", "--queries", "20", "--tune-queries", "10", "--words", "5",
+                                      "--skip-deep-memory", "--inline", "--recall", "0.99"])
+    result = bench_backends.measure("faiss-hnsw", args, tmp_path, 600)
+    assert result["param"] == "efSearch" and result["param_value"] in bench_backends.BACKEND_TYPES["faiss-hnsw"].grid
+    assert result["tuning"][-1][1] >= 0.99 or result["param_value"] == 512, result["tuning"]
+    assert result["recall"] >= 0.9, result  # on the measured queries, against exact NumPy search
+    assert result["deep_memory"] is None  # ids only: nothing to wrap
+    assert "IndexHNSWFlat" in bench_backends.table([result])
+
+
+def test_a_capped_add_stops_and_reports_its_projection(tmp_path) -> None:
+    args = bench_backends.parse_args(["--n", "500", "--batch", "100", "--words", "5", "--inline",
+                                      "--max-add-minutes", "1e-9"])
+    result = bench_backends.measure("ours-flat", args, tmp_path, 500)
+    assert result["projected"] and result["added"] == 100  # stopped after the first batch
+    assert result["projected_add_s"] == pytest.approx(result["add_s"] * 5)
+    assert "not run: projected" in bench_backends.table([result])
+    assert "not run: projected" in bench_backends.scaling_table([result])
+
+
+def test_sizes_are_checked() -> None:
+    args = bench_backends.parse_args(["--n", "2000,1000"])
+    assert args.sizes == [2000, 1000] and args.n == 2000
+    assert bench_backends.parse_args(["--n", "300"]).n == 300
+    with pytest.raises(SystemExit, match="node counts separated by commas"):
+        bench_backends.parse_args(["--n", "10k"])
