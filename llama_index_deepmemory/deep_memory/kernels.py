@@ -197,25 +197,18 @@ def _stable_top(scores: np.ndarray, sources: np.ndarray, out_scores: np.ndarray,
 
 
 @_jit()
-def _bm25(row: int, spans: np.ndarray, doc_terms: np.ndarray, doc_weights: np.ndarray, query_terms: np.ndarray) -> np.float32:
-    """BM25 of the sorted unique ``query_terms`` for keyword-index ``row`` (row -1: empty, 0).
-    A row's terms rise strictly (``LexicalIndex`` builds and loads them so), so one merge of
-    the two sorted lists from the row's first term not below the query's first finds the
-    matches, in posting order, and stops past the query's last term."""
+def _bm25(begin: int, end: int, doc_terms: np.ndarray, doc_weights: np.ndarray, query_terms: np.ndarray) -> np.float32:
+    """BM25 of the sorted unique ``query_terms`` for the postings ``begin:end`` of one keyword-index
+    row. A row's terms rise strictly (``LexicalIndex`` builds and loads them so), so one forward
+    merge with the query's terms finds the matches, in posting order, and stops past the query's
+    last term."""
     n_terms = query_terms.shape[0]
     if n_terms == 0:
         return np.float32(0.0)
-    first_term, last_term = query_terms[0], query_terms[n_terms - 1]
-    lo, hi = spans[row, 0], spans[row, 1]
-    while lo < hi:  # the row's first posting not below the query's first term
-        mid = (lo + hi) >> 1
-        if doc_terms[mid] < first_term:
-            lo = mid + 1
-        else:
-            hi = mid
+    last_term = query_terms[n_terms - 1]
     total = 0.0  # float64 in posting order, like numpy's bincount
     t = 0
-    for p in range(lo, spans[row, 1]):
+    for p in range(begin, end):
         term = doc_terms[p]
         if term > last_term:
             break
@@ -313,11 +306,25 @@ def rank_row(
         n_head = min(head, size)
         given = text_scores.shape[0] == n_plain + n_over
         keyword = np.empty(n_head, dtype=np.float32)
+        # the head's postings in three passes, so the memory reads of different rows overlap
+        # (one row after the other, each waits for the last): where each row's postings lie ...
+        begins = np.empty(n_head, dtype=np.int64)
+        ends = np.empty(n_head, dtype=np.int64)
         for i in range(n_head):
             source = top_sources[i]
-            at = source if source >= 0 else n_plain - 1 - source
             row = plain_rows[source] if source >= 0 else over_rows[-1 - source]
-            keyword[i] = _bm25(row, spans, doc_terms, doc_weights, query_terms) + (text_scores[at] if given else np.float32(0.0))
+            begins[i], ends[i] = spans[row, 0], spans[row, 1]
+        n_terms = query_terms.shape[0]
+        if n_terms:  # ... rows whose terms all lie outside the query's (score 0) made empty ...
+            first_term, last_term = query_terms[0], query_terms[n_terms - 1]
+            for i in range(n_head):
+                if begins[i] < ends[i] and (doc_terms[begins[i]] > last_term or doc_terms[ends[i] - 1] < first_term):
+                    ends[i] = begins[i]
+        for i in range(n_head):  # ... and the scores
+            source = top_sources[i]
+            at = source if source >= 0 else n_plain - 1 - source
+            keyword[i] = _bm25(begins[i], ends[i], doc_terms, doc_weights, query_terms) + (
+                text_scores[at] if given else np.float32(0.0))
         _fused_top(top_scores[:n_head], keyword, top_sources[:n_head], weight, out_scores[:fused], out_sources[:fused])
     for i in range(fused, out_size):  # past the re-scored head: the merged order
         out_scores[i] = top_scores[i]

@@ -285,9 +285,9 @@ def test_row_blocks_score_bit_for_bit_like_one_row_at_a_time() -> None:
 
 
 def test_bm25_of_a_row_equals_the_sum_of_its_matching_postings() -> None:
-    """``_bm25`` (a merge of the row's rising terms with the sorted query terms) sums the weights
-    of exactly the postings whose term the query holds, in posting order, for rows of every
-    length and queries below, inside and past a row's terms; row -1 and an empty query give 0."""
+    """``_bm25`` (a forward merge of a row's rising terms with the sorted query terms) sums the
+    weights of exactly the postings whose term the query holds, in posting order, for rows of
+    every length and queries below, inside and past a row's terms; row -1 and an empty query give 0."""
     rng = np.random.default_rng(16)
     words = [f"w{i}" for i in range(60)]
     index = LexicalIndex([f"n{i}" for i in range(80)],
@@ -299,7 +299,7 @@ def test_bm25_of_a_row_equals_the_sum_of_its_matching_postings() -> None:
         b, e = spans[row]
         matched = np.isin(doc_terms[b:e], terms)
         expected = np.float32(sum(doc_weights[b:e][matched].astype(np.float64).tolist()))  # in posting order
-        assert kernels._bm25(row, spans, doc_terms, doc_weights, terms) == expected
+        assert kernels._bm25(b, e, doc_terms, doc_weights, terms) == expected
 
 
 def test_kept_rows_equals_numpy() -> None:
