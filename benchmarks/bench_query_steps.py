@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for owner, name, label in (
         (type(store), "query", "store.query"), (faiss_store.FaissStore, "query", "backend query"),
-        (faiss_store.FaissStore, "_as_matrix", "query vector check"), (faiss_store.FaissStore, "_nodes_at", "nodes of the hits"),
+        (faiss_store.FaissStore, "_as_matrix", "query vector check"),
+        (faiss_store.FaissStore, "_nodes_at", "nodes of the hits"),
         (faiss_store.FaissStore, "_search", "index search (FAISS + checks)"), (ranking, "rank", "rank()"),
         (ranking, "_applied", "model.apply + checks"), (kernels, "adapter_memory_scores", "adapter/memory/keys kernel"),
         (kernels, "rank_row", "rank_row kernel"), (kernels, "kept_rows", "kept_rows kernel"),

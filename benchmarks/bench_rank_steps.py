@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         hit_scores, hit_rows, id_at = timed("keywords: plain search as keyword rows, 66 hits (FAISS scan)",
                                             lambda: view.search_rows(transformed, 66, None, plan.index))
         terms = timed("keywords: query term ids (regex)", lambda: plan.index.query_term_ids(text))
-        keep = timed("keywords: which hits are override nodes (kept_rows)", lambda: kernels.kept_rows(hit_rows, flags)[0])
+        keep = timed("keywords: which hits are override nodes (kept_rows)",
+                     lambda: kernels.kept_rows(hit_rows, flags)[0])
         _, picks, _ = timed("keywords: rank_row (merge + BM25 fusion + top 10)", lambda: kernels.rank_row(
             hit_scores, keep, hit_rows, scores[0], usable, over_rows, np.zeros(0, np.float32), *plan.index.postings,
             terms, plan.weight, 50, 50, 10, 66))
