@@ -1,9 +1,11 @@
 """Where a ``deep_memory=True`` query's time goes: each step of ``deep_memory.ranking.rank`` timed
-on its own right after a FAISS scan (as in a real query, the scan leaves every cache cold), at
+on its own right after a FAISS search (as in a real query, the search leaves the caches cold), at
 100,000 x 384 vectors with one FAISS thread and ``bench_store``'s SciFact-sized model with keyword
-re-scoring. Medians over the queries, in µs (a measurement, not a test).
+re-scoring. Medians over the queries, in µs (a measurement, not a test). ``--data clustered``
+(``bench_backends``' clustered vectors, as ``bench_auto_index.py``) lets ``auto`` convert to HNSW32.
 
     python benchmarks/bench_rank_steps.py [--n 100000] [--queries 300] [--index-factory Flat|auto|HNSW32]
+        [--data random|clustered]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_backends import clustered  # noqa: E402
 from bench_store import make_nodes, synthetic_texts, trained_like_model  # noqa: E402
 
 
@@ -27,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--index-factory", default="Flat", help="the store's index_factory ('auto': its default)")
+    parser.add_argument("--data", choices=("random", "clustered"), default="random")
     args = parser.parse_args(argv)
 
     import faiss
@@ -39,16 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     faiss.omp_set_num_threads(1)
     n, dim = args.n, 384
     rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    if args.data == "clustered":
+        vectors = clustered(n, dim, 0, 1, max(10, n // 100))
+    else:
+        vectors = rng.normal(size=(n, dim)).astype(np.float32)
     store = DeepMemoryVectorStore(index_factory=args.index_factory)
     nodes = make_nodes(vectors)
+    faiss.omp_set_num_threads(2)  # adds on two threads (a graph build), queries on one
     for start in range(0, n, 2048):
         store.add(nodes[start : start + 2048])
+    faiss.omp_set_num_threads(1)
     del nodes
+    print(f"n={n} {args.data}, the store holds {type(faiss.downcast_index(store.client.index)).__name__}")
     view = store._backend._held  # the view a query ranks over (the store's lock is not taken here)
     model, memory_unit = trained_like_model(vectors, 1000, 1000, rng)
     model = model.replace(lexical=LexicalIndex([f"node-{i}" for i in range(n)], synthetic_texts(n, 100, rng)), lexical_weight=0.1)
-    raw = rng.normal(size=(args.queries, dim)).astype(np.float32)
+    raw = (clustered(args.queries, dim, 0, 3, max(10, n // 100)) if args.data == "clustered"
+           else rng.normal(size=(args.queries, dim)).astype(np.float32))
     near = memory_unit[rng.integers(0, len(memory_unit), args.queries)] + 0.8 * raw / np.sqrt(dim)
     queries = [store._backend.prepare_queries(near[i] if i % 2 == 0 else raw[i]) for i in range(args.queries)]
     texts = synthetic_texts(args.queries, 8, rng)
@@ -73,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         hit_scores, hit_rows, id_at = timed("keywords: plain search as keyword rows, 66 hits (FAISS scan)",
                                             lambda: view.search_rows(transformed, 66, None, plan.index))
         terms = timed("keywords: query term ids (regex)", lambda: plan.index.query_term_ids(text))
-        keep = timed("keywords: which hits are override nodes (by row)", lambda: ~flags[hit_rows])
+        keep = timed("keywords: which hits are override nodes (kept_rows)",
+                     lambda: kernels.kept_rows(hit_rows, flags)[0])
         _, picks, _ = timed("keywords: rank_row (merge + BM25 fusion + top 10)", lambda: kernels.rank_row(
             hit_scores, keep, hit_rows, scores[0], usable, over_rows, np.zeros(0, np.float32), *plan.index.postings,
             terms, plan.weight, 50, 50, 10, 66))

@@ -52,6 +52,33 @@ def _dot_codes(codes: np.ndarray, b: np.ndarray) -> float:
     return acc
 
 
+@_jit(fastmath=True)
+def _dot_rows(codes: np.ndarray, first: int, stop: int, b: np.ndarray, scales: np.ndarray, out: np.ndarray) -> None:
+    """``out[r - first] = _dot_codes(codes[r], b) * scales[r]`` for rows ``first..stop-1``, four
+    rows per pass over ``b`` (each row's sum in the order ``_dot_codes`` takes: the same bits)."""
+    d = codes.shape[1]
+    r = first
+    while r + 4 <= stop:
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for i in range(d):
+            x = b[i]
+            a0 += np.float32(codes[r, i]) * x
+            a1 += np.float32(codes[r + 1, i]) * x
+            a2 += np.float32(codes[r + 2, i]) * x
+            a3 += np.float32(codes[r + 3, i]) * x
+        out[r - first] = a0 * scales[r]
+        out[r + 1 - first] = a1 * scales[r + 1]
+        out[r + 2 - first] = a2 * scales[r + 2]
+        out[r + 3 - first] = a3 * scales[r + 3]
+        r += 4
+    while r < stop:
+        out[r - first] = _dot_codes(codes[r], b) * scales[r]
+        r += 1
+
+
 @_jit()
 def nearest_cosine(query: np.ndarray, codes: np.ndarray, factors: np.ndarray, enough: float) -> float:
     """The largest cosine of a (d,) float32 ``query`` to rows given as (n, d) int8 ``codes``
@@ -96,6 +123,7 @@ def adapter_memory_scores(
     scores_out = np.empty((m, n_memory), dtype=np.float32)
     n_keys = score_codes.shape[0] - n_memory
     bonus = np.zeros(n_memory, dtype=np.float32)
+    sims = np.empty(n_keys, dtype=np.float32)
     finite = True
     for row in range(m):
         query, transformed, scores = queries[row], transformed_out[row], scores_out[row]
@@ -109,16 +137,16 @@ def adapter_memory_scores(
             inverse = np.float32(1.0 / math.sqrt(sq))
             for i in range(d):
                 transformed[i] *= inverse
-        for r in range(n_memory):
-            scores[r] = _dot_codes(score_codes[r], transformed) * score_scales[r]
+        _dot_rows(score_codes, 0, n_memory, transformed, score_scales, scores)
         if l2:  # -(|q|^2 - 2 q.m + |m|^2)
             for r in range(n_memory):
                 scores[r] = scores[r] * np.float32(2.0) - memory_sq[r] - sq
         if n_keys > 0:
             norm = np.float32(1.0) if unit else np.float32(max(math.sqrt(sq), 1e-12))
             hit = False
+            _dot_rows(score_codes, n_memory, n_memory + n_keys, transformed, score_scales, sims)
             for t in range(n_keys):
-                sim = _dot_codes(score_codes[n_memory + t], transformed) * score_scales[n_memory + t] / norm
+                sim = sims[t] / norm
                 if sim > key_threshold:
                     if not hit:
                         bonus[:] = 0
@@ -169,25 +197,24 @@ def _stable_top(scores: np.ndarray, sources: np.ndarray, out_scores: np.ndarray,
 
 
 @_jit()
-def _bm25(row: int, spans: np.ndarray, doc_terms: np.ndarray, doc_weights: np.ndarray, query_terms: np.ndarray) -> np.float32:
-    """BM25 of the sorted unique ``query_terms`` for keyword-index ``row`` (row -1: empty, 0)."""
+def _bm25(begin: int, end: int, doc_terms: np.ndarray, doc_weights: np.ndarray, query_terms: np.ndarray) -> np.float32:
+    """BM25 of the sorted unique ``query_terms`` for the postings ``begin:end`` of one keyword-index
+    row. A row's terms rise strictly (``LexicalIndex`` builds and loads them so), so one forward
+    merge with the query's terms finds the matches, in posting order, and stops past the query's
+    last term."""
     n_terms = query_terms.shape[0]
     if n_terms == 0:
         return np.float32(0.0)
-    first_term, last_term = query_terms[0], query_terms[n_terms - 1]
+    last_term = query_terms[n_terms - 1]
     total = 0.0  # float64 in posting order, like numpy's bincount
-    for p in range(spans[row, 0], spans[row, 1]):
+    t = 0
+    for p in range(begin, end):
         term = doc_terms[p]
-        if term < first_term or term > last_term:
-            continue
-        lo, hi = 0, n_terms
-        while lo < hi:  # binary search in the sorted query terms
-            mid = (lo + hi) >> 1
-            if query_terms[mid] < term:
-                lo = mid + 1
-            else:
-                hi = mid
-        if query_terms[lo] == term:
+        if term > last_term:
+            break
+        while query_terms[t] < term:  # stops: term <= last_term
+            t += 1
+        if query_terms[t] == term:
             total += doc_weights[p]
     return np.float32(total)
 
@@ -279,11 +306,25 @@ def rank_row(
         n_head = min(head, size)
         given = text_scores.shape[0] == n_plain + n_over
         keyword = np.empty(n_head, dtype=np.float32)
+        # the head's postings in three passes, so the memory reads of different rows overlap
+        # (one row after the other, each waits for the last): where each row's postings lie ...
+        begins = np.empty(n_head, dtype=np.int64)
+        ends = np.empty(n_head, dtype=np.int64)
         for i in range(n_head):
             source = top_sources[i]
-            at = source if source >= 0 else n_plain - 1 - source
             row = plain_rows[source] if source >= 0 else over_rows[-1 - source]
-            keyword[i] = _bm25(row, spans, doc_terms, doc_weights, query_terms) + (text_scores[at] if given else np.float32(0.0))
+            begins[i], ends[i] = spans[row, 0], spans[row, 1]
+        n_terms = query_terms.shape[0]
+        if n_terms:  # ... rows whose terms all lie outside the query's (score 0) made empty ...
+            first_term, last_term = query_terms[0], query_terms[n_terms - 1]
+            for i in range(n_head):
+                if begins[i] < ends[i] and (doc_terms[begins[i]] > last_term or doc_terms[ends[i] - 1] < first_term):
+                    ends[i] = begins[i]
+        for i in range(n_head):  # ... and the scores
+            source = top_sources[i]
+            at = source if source >= 0 else n_plain - 1 - source
+            keyword[i] = _bm25(begins[i], ends[i], doc_terms, doc_weights, query_terms) + (
+                text_scores[at] if given else np.float32(0.0))
         _fused_top(top_scores[:n_head], keyword, top_sources[:n_head], weight, out_scores[:fused], out_sources[:fused])
     for i in range(fused, out_size):  # past the re-scored head: the merged order
         out_scores[i] = top_scores[i]

@@ -269,6 +269,39 @@ def test_ranking_kernel_equals_merge_rescore_and_stable_sorts_in_numpy() -> None
     assert 10 < n_unindexed < 200 and 10 < n_deeper < 150
 
 
+def test_row_blocks_score_bit_for_bit_like_one_row_at_a_time() -> None:
+    """``_dot_rows`` (four code rows per pass, the memory and key scores of ``apply``) gives the
+    very bits of ``_dot_codes`` row by row times the scale, for any row range (tails of 1-3 rows)."""
+    rng = np.random.default_rng(15)
+    for d in (1, 7, 64, 384):
+        codes = rng.integers(-127, 128, size=(11, d)).astype(np.int8)
+        scales = (2.0 ** rng.integers(-9, -5, size=11)).astype(np.float32)
+        b = rng.standard_normal(d).astype(np.float32)
+        for first, stop in ((0, 11), (3, 11), (0, 4), (5, 6), (2, 2)):
+            out = np.full(stop - first, np.nan, np.float32)
+            kernels._dot_rows(codes, first, stop, b, scales, out)
+            expected = [np.float32(kernels._dot_codes(codes[r], b)) * scales[r] for r in range(first, stop)]
+            assert out.tobytes() == np.asarray(expected, np.float32).tobytes()
+
+
+def test_bm25_of_a_row_equals_the_sum_of_its_matching_postings() -> None:
+    """``_bm25`` (a forward merge of a row's rising terms with the sorted query terms) sums the
+    weights of exactly the postings whose term the query holds, in posting order, for rows of
+    every length and queries below, inside and past a row's terms; row -1 and an empty query give 0."""
+    rng = np.random.default_rng(16)
+    words = [f"w{i}" for i in range(60)]
+    index = LexicalIndex([f"n{i}" for i in range(80)],
+                         [" ".join(rng.choice(words, size=int(rng.integers(0, 30)))) for _ in range(80)])
+    spans, doc_terms, doc_weights = index.postings
+    for _ in range(300):
+        terms = np.unique(rng.integers(0, doc_terms.max() + 3, size=int(rng.integers(0, 9)))).astype(np.int32)
+        row = int(rng.integers(-1, 80))
+        b, e = spans[row]
+        matched = np.isin(doc_terms[b:e], terms)
+        expected = np.float32(sum(doc_weights[b:e][matched].astype(np.float64).tolist()))  # in posting order
+        assert kernels._bm25(b, e, doc_terms, doc_weights, terms) == expected
+
+
 def test_kept_rows_equals_numpy() -> None:
     """``kept_rows``: a hit is kept unless its row is flagged (row -1 reads the last flag, False)."""
     rng = np.random.default_rng(14)
