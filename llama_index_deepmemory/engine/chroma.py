@@ -6,7 +6,9 @@ with the documents and metadata; ``collection.get`` reads by id with the embeddi
 ``get_nodes`` returns none) and pages through the corpus. The store ignores ``node_ids`` and
 ``doc_ids`` in queries; here they become Chroma's ``ids=`` and ``where=``. Distances are cosine
 distances (the collection must be created with ``metadata={"hnsw:space": "cosine"}``), turned
-into cosine similarity ``1 - d``.
+into cosine similarity ``1 - d``. No call carries more than ``ID_BATCH`` ids, ``$in`` values or
+rows (embedded Chroma binds them as SQLite variables): longer reads go in chunks, and a query
+restricted to more ids runs once per chunk, the top ``k`` merged by distance.
 """
 
 from __future__ import annotations
