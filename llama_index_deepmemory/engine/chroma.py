@@ -6,11 +6,14 @@ with the documents and metadata; ``collection.get`` reads by id with the embeddi
 ``get_nodes`` returns none) and pages through the corpus. The store ignores ``node_ids`` and
 ``doc_ids`` in queries; here they become Chroma's ``ids=`` and ``where=``. Distances are cosine
 distances (the collection must be created with ``metadata={"hnsw:space": "cosine"}``), turned
-into cosine similarity ``1 - d``.
+into cosine similarity ``1 - d``. No call carries more than ``ID_BATCH`` ids, ``$in`` values or
+rows (embedded Chroma binds them as SQLite variables): longer reads go in chunks, and a query
+restricted to more ids runs once per chunk, the top ``k`` merged by distance.
 """
 
 from __future__ import annotations
 
+import heapq
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
@@ -28,6 +31,9 @@ INCLUDE = ["documents", "metadatas"]
 # of a query's fixed cost, and a later ``collection.get`` of the result's rows costs 1-3 queries'
 # (embedded) or a round trip (server); deeper (keyword re-scoring, 66) the ids alone come back
 ROWS_IN_SEARCH = 32
+# ids, ``$in`` values or rows per chromadb call: embedded Chroma binds them as SQLite variables
+# (32,766 per statement; "too many SQL variables" past it); a client's max batch size caps it too
+ID_BATCH = 5000
 _OPERATORS = {FilterOperator.EQ: "$eq", FilterOperator.NE: "$ne", FilterOperator.GT: "$gt", FilterOperator.LT: "$lt",
               FilterOperator.GTE: "$gte", FilterOperator.LTE: "$lte", FilterOperator.IN: "$in",
               FilterOperator.NIN: "$nin"}
@@ -88,6 +94,23 @@ def _nodes(ids: list, texts: list, metadatas: list, embeddings: Any = None) -> l
     return nodes
 
 
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def merge_results(parts: Sequence[dict], k: int, include: Sequence[str]) -> dict:
+    """One ``collection.query`` result from queries over disjoint parts of a restriction: per query
+    vector, the ``k`` smallest distances of all parts (ties: the earlier part's, in its order)."""
+    keys = ["ids"] + [key for key in include]
+    merged: dict[str, list] = {key: [] for key in keys}
+    for q in range(len(parts[0]["ids"])):
+        rows = [(d, p, j) for p, part in enumerate(parts) for j, d in enumerate(part["distances"][q])]
+        best = heapq.nsmallest(k, rows)  # (distance, part, position): stable across and within parts
+        for key in keys:
+            merged[key].append([parts[p][key][q][j] for _, p, j in best])
+    return merged
+
+
 class ChromaAdapter(GenericAdapter):
     name = "chroma"
     pays_per_hit = True  # each hit a search asks costs (rows read, a wider HNSW walk): Deep Memory asks few beyond
@@ -97,6 +120,7 @@ class ChromaAdapter(GenericAdapter):
         # chromadb fails a query that runs while rows it finds are deleted ("Error finding id",
         # or rows without metadata): reads run together, a write alone
         self._lock_rw = ReadWriteLock()
+        self._max_batch: Optional[int] = None  # the client's max batch size, asked once
 
     def _reading(self) -> Any:
         return self._lock_rw.read()
@@ -128,18 +152,27 @@ class ChromaAdapter(GenericAdapter):
         ``collection.get`` of the result's rows later would be two), ids and distances beyond."""
         if k <= 0 or restriction.empty or len(queries) == 0:
             return Hits.none(len(queries))
-        kwargs: dict[str, Any] = {}
-        where = chroma_where(restriction.filters, restriction.doc_ids)
-        if where:
-            kwargs["where"] = where
-        if restriction.node_ids:
-            kwargs["ids"] = [engine_id(i) for i in restriction.node_ids]
         version = self.version
         rows = bodies is None and k <= ROWS_IN_SEARCH
-        with self._reading():
-            result = self.collection.query(query_embeddings=np.asarray(queries, dtype=np.float32).tolist(),
-                                           n_results=int(k), include=["distances"] + (INCLUDE if bodies or rows else []),
-                                           **kwargs)
+        include = ["distances"] + (INCLUDE if bodies or rows else [])
+        size = self._batch_size()
+        node_chunks = _chunks([engine_id(i) for i in dict.fromkeys(restriction.node_ids)], size) \
+            if restriction.node_ids else [None]
+        doc_chunks = _chunks(list(dict.fromkeys(restriction.doc_ids)), size) if restriction.doc_ids else [None]
+        embeddings = np.asarray(queries, dtype=np.float32).tolist()
+        parts = []
+        for ids in node_chunks:  # a restriction past the batch size: one query per chunk, merged
+            for docs in doc_chunks:
+                kwargs: dict[str, Any] = {}
+                where = chroma_where(restriction.filters, docs)
+                if where:
+                    kwargs["where"] = where
+                if ids is not None:
+                    kwargs["ids"] = ids
+                with self._reading():
+                    parts.append(self.collection.query(query_embeddings=embeddings, n_results=int(k),
+                                                       include=include, **kwargs))
+        result = parts[0] if len(parts) == 1 else merge_results(parts, int(k), include)
         if rows:
             return self._kept_hits(result, version)
         if not bodies:  # distances as cosines
@@ -184,7 +217,7 @@ class ChromaAdapter(GenericAdapter):
     def _get(self, stored_ids: list[str], filters: Optional[MetadataFilters], with_vectors: bool) -> list[BaseNode]:
         include = INCLUDE + (["embeddings"] if with_vectors else [])
         version = self.version
-        result = self.collection.get(ids=stored_ids, where=chroma_where(filters), include=include)
+        result = self._get_rows(stored_ids, chroma_where(filters), include)
         nodes = _nodes(result["ids"], result["documents"], result["metadatas"],
                        result.get("embeddings") if with_vectors else None)
         found = [(n, t, m) for n, t, m in zip(nodes, result["documents"], result["metadatas"]) if n is not None]
@@ -195,38 +228,73 @@ class ChromaAdapter(GenericAdapter):
         if not stored_ids:
             return {}
         with self._reading():
-            result = self.collection.get(ids=list(dict.fromkeys(stored_ids)), include=["metadatas"])
+            result = self._get_rows(list(dict.fromkeys(stored_ids)), None, ["metadatas"])
         return {i: owner(i, m) for i, m in zip(result["ids"], result["metadatas"]) if m is not None}
 
     def filtered(self, filters: MetadataFilters) -> list[BaseNode]:
-        with self._reading():
-            result = self.collection.get(where=chroma_where(filters), include=INCLUDE + ["embeddings"])
-        return [n for n in _nodes(result["ids"], result["documents"], result["metadatas"], result.get("embeddings"))
-                if n is not None]
+        where, include = chroma_where(filters), INCLUDE + ["embeddings"]
+        nodes: list[BaseNode] = []
+        for result in self._pages(include, where):
+            nodes.extend(n for n in _nodes(result["ids"], result["documents"], result["metadatas"],
+                                           result.get("embeddings")) if n is not None)
+        return nodes
 
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         where = chroma_where(filters)  # the store deletes by filters only together with ids
         if ids is not None:
             if not ids:
                 return
-            self.collection.delete(ids=ids, **({"where": where} if where else {}))
+            for chunk in _chunks(ids, self._batch_size()):
+                self.collection.delete(ids=chunk, **({"where": where} if where else {}))
         else:
             self.collection.delete(where=where)
 
     def pages(self, with_vectors: bool, limit: int) -> Iterator[list[BaseNode]]:
-        """Every node, a page at a time (``get`` with ``limit``/``offset``)."""
+        """Every node, a page of ``limit`` at a time (``get`` with ``limit``/``offset``, at most the
+        batch size of rows per call: Chroma binds a page's rows as SQL variables)."""
         include = INCLUDE + (["embeddings"] if with_vectors else [])
-        offset = 0
+        page: list[BaseNode] = []
+        for result in self._pages(include, None):
+            page.extend(n for n in _nodes(result["ids"], result["documents"], result["metadatas"],
+                                          result.get("embeddings") if with_vectors else None) if n is not None)
+            while len(page) >= limit:
+                yield self._listed(page[:limit])
+                page = page[limit:]
+        if page:
+            yield self._listed(page)
+
+    def _pages(self, include: list[str], where: Optional[dict]) -> Iterator[dict]:
+        """``collection.get`` results of every row (passing ``where``), the batch size at a time."""
+        size, offset = self._batch_size(), 0
         while True:
             with self._reading():
-                result = self.collection.get(limit=limit, offset=offset, include=include)
+                result = self.collection.get(limit=size, offset=offset, include=include,
+                                             **({"where": where} if where else {}))
             if not result["ids"]:
                 return
-            yield self._listed([n for n in _nodes(result["ids"], result["documents"], result["metadatas"],
-                                                  result.get("embeddings") if with_vectors else None) if n is not None])
-            if len(result["ids"]) < limit:
+            yield result
+            if len(result["ids"]) < size:
                 return
             offset += len(result["ids"])
+
+    def _get_rows(self, stored_ids: list[str], where: Optional[dict], include: list[str]) -> dict:
+        """One ``collection.get`` result for ``stored_ids`` (repeats read once: Chroma refuses
+        them), read the batch size at a time."""
+        merged: dict[str, list] = {"ids": [], **{key: [] for key in include}}
+        for chunk in _chunks(list(dict.fromkeys(stored_ids)), self._batch_size()):
+            result = self.collection.get(ids=chunk, include=include, **({"where": where} if where else {}))
+            for key in merged:
+                merged[key].extend(result[key] if result.get(key) is not None else [None] * len(result["ids"]))
+        return merged
+
+    def _batch_size(self) -> int:
+        """Ids or rows per chromadb call: ``ID_BATCH``, or the client's max batch size if smaller."""
+        if self._max_batch is None:
+            try:
+                self._max_batch = int(self.collection._client.get_max_batch_size())
+            except Exception:  # noqa: BLE001 - a client without it (or a server that cannot say)
+                self._max_batch = ID_BATCH
+        return max(1, min(ID_BATCH, self._max_batch))
 
     def count(self) -> int:
         with self._reading():

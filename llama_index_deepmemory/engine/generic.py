@@ -27,6 +27,9 @@ from llama_index_deepmemory.engine.ids import check_owners, check_reserved, engi
 logger = logging.getLogger(__name__)
 
 GET_BATCH = 256  # ids per read
+# ids per owner check of an add: stores bind each id (PostgreSQL: 65,535 parameters a statement;
+# Milvus: an expression length); VectorStoreIndex adds 2048 at a time, checked in one read
+OWNER_BATCH = 2048
 ROWS = 4096  # rows kept from reads, to build a Deep Memory result's nodes without another read
 NAMES = 400_000  # stored id -> node id entries kept
 
@@ -255,9 +258,11 @@ class GenericAdapter:
         return self.engine.get_nodes(node_ids=stored_ids, filters=filters)
 
     def _owners(self, stored_ids: list[str]) -> dict[str, str]:
-        """Which node each stored id holds now (for the add guard), one read."""
-        with self._reading():
-            found = self._get(list(dict.fromkeys(stored_ids)), None, False) if stored_ids else []
+        """Which node each stored id holds now (for the add guard), one read per ``OWNER_BATCH`` ids."""
+        unique, found = list(dict.fromkeys(stored_ids)), []
+        for start in range(0, len(unique), OWNER_BATCH):
+            with self._reading():
+                found.extend(self._get(unique[start : start + OWNER_BATCH], None, False))
         return {n.node_id: owner(n.node_id, n.metadata) for n in found}
 
     def _query_one(self, q: np.ndarray, k: int, restriction: Restriction) -> tuple[list[BaseNode], list[float]]:

@@ -20,7 +20,7 @@ from llama_index.vector_stores.chroma import ChromaVectorStore  # noqa: E402
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
-    EVEN, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
+    EVEN, ask, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
     check_ids_cannot_impersonate, check_listing, check_reopened, check_restrictions, check_threads, faiss_twin,
     nodes_with_docs, with_model,
 )
@@ -115,3 +115,58 @@ def test_ids_cannot_replace_hide_or_impersonate_a_node(task, pair) -> None:
 
 def test_queries_under_threads_while_adding_and_deleting(task, pair) -> None:
     check_threads(task, pair[1])
+
+
+def _spy(collection, calls: list) -> None:
+    """Record how many ids, rows and ``$in`` values each chromadb call carries (then make it)."""
+    def values(where) -> int:
+        if isinstance(where, dict):
+            return max([len(v["$in"]) if isinstance(v, dict) and isinstance(v.get("$in"), list) else values(v)
+                        for v in where.values()] or [0])
+        return max([values(w) for w in where] or [0]) if isinstance(where, list) else 0
+
+    for name in ("get", "query", "delete"):
+        method = getattr(collection, name)
+
+        def spied(*args, _method=method, _name=name, **kwargs):
+            calls.append((_name, max(len(kwargs.get("ids") or ()), kwargs.get("limit") or 0, values(kwargs.get("where")))))
+            return _method(*args, **kwargs)
+
+        object.__setattr__(collection, name, spied)
+
+
+def test_ids_rows_and_in_values_go_to_chroma_a_batch_at_a_time(task, tmp_path, monkeypatch) -> None:
+    """Embedded Chroma binds ids, ``$in`` values and a page's rows as SQLite variables (32,766 at
+    most: listing a 40,000-node collection in pages of 65,536 failed): no call carries more than
+    ``ID_BATCH``, and a query restricted past it, split into several, merges to the unsplit result."""
+    from llama_index_deepmemory.engine import chroma as chroma_engine
+
+    client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    store = chroma_store(client, task, name="batched")
+    with_model(task, store)
+    collection = store.client  # the ChromaVectorStore's collection
+    ids, docs = list(task.ids), [f"doc_{j}" for j in range(0, len(task.ids) // 10, 2)]
+    restricted = ids[1::2] + ["node_1"]  # a repeat: still one hit
+
+    def answers():
+        out = []
+        for j, q in enumerate(task.queries[:4]):
+            for kwargs in ({"node_ids": restricted}, {"doc_ids": docs}, {"node_ids": restricted, "filters": EVEN}):
+                for deep in (False, True):
+                    result = ask(store, q, k=12, text=task.texts[j], deep_memory=deep, **kwargs)
+                    out.append((result.ids, [round(s, 5) for s in result.similarities]))
+        listed = [i for page, _ in store.iter_texts(batch_size=65536) for i in page]
+        got = [n.node_id for n in store.get_nodes(ids[::-1] + [f"gone_{j}" for j in range(50)])]
+        return out, sorted(listed), got, len(store.get_nodes(filters=EVEN))
+
+    whole = answers()
+    calls: list = []
+    _spy(collection, calls)
+    monkeypatch.setattr(chroma_engine, "ID_BATCH", 7)
+    split = answers()
+    assert split == whole and whole[1] == sorted(ids) and whole[2] == ids[::-1]
+    assert calls and max(size for _, size in calls) <= 7, calls
+    assert sum(name == "query" for name, _ in calls) > 3 * 4 * 2  # restricted queries were split
+    assert sum(name == "get" for name, _ in calls) > len(ids) // 7  # listing and reads were batched
+    store.delete_nodes(restricted)
+    assert max(size for _, size in calls) <= 7 and len(store) == len(ids) - len(restricted) + 1

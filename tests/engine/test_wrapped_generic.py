@@ -120,3 +120,12 @@ def test_a_store_without_get_nodes_is_refused_naming_it() -> None:
 
 def test_ids_cannot_replace_hide_or_impersonate_a_node(task, pair) -> None:
     check_ids_cannot_impersonate(task, pair[1])
+
+
+def test_the_add_guard_reads_owners_a_batch_at_a_time(task, pair, monkeypatch) -> None:
+    """Stores bind each id of a read (PostgreSQL: 65,535 parameters a statement): an add's owner
+    check reads ``OWNER_BATCH`` ids at a time and still catches every impersonation."""
+    from llama_index_deepmemory.engine import generic
+
+    monkeypatch.setattr(generic, "OWNER_BATCH", 3)
+    check_ids_cannot_impersonate(task, pair[1])
