@@ -44,34 +44,60 @@ AUTO = "auto"  # the store's default: exact Flat, then HNSW from AUTO_APPROXIMAT
 AUTO_APPROXIMATE_FROM = 20_000  # nodes from which "auto" holds an approximate index
 AUTO_APPROXIMATE_FACTORY = "HNSW32"
 DEFAULT_EF_SEARCH = 128  # HNSW search breadth when ef_search is None (recall@10 >= 0.95: README)
-AUTO_MIN_RECALL = 0.95  # recall@10 the graph must reach on sampled stored vectors to replace Flat
-AUTO_EF_STEPS = (DEFAULT_EF_SEARCH, 2 * DEFAULT_EF_SEARCH)  # ef_search tried, in order
-PROBE_QUERIES = 100  # stored vectors searched as queries by the probe
+AUTO_MIN_RECALL = 0.95  # recall@10 the graph must reach on probe queries to replace (or stay over) Flat
+AUTO_EF_CAP = 1024  # the largest ef_search "auto" raises to; a miss there makes the store exact
+AUTO_EF_CONSTRUCTION = 40  # efConstruction of the "auto" graph (FAISS's default; see benchmarks/README)
+PROBE_QUERIES = 100  # query-like vectors searched by the probe
 
 
-def probe_recall(approx: "VectorIndex", exact: "VectorIndex", rows: np.ndarray, k: int = 10) -> float:
-    """recall@k of ``approx`` against ``exact`` with the stored vectors of ``rows`` as queries
-    (each query's own row left out of both lists)."""
-    queries = exact.reconstruct(rows)
-    _, truth = exact.search(queries, k + 1)
-    _, got = approx.search(queries, k + 1)
+def probe_queries(exact: "VectorIndex", rows: np.ndarray, seed: int) -> np.ndarray:
+    """Query-like vectors near the stored vectors of ``rows``: each moved in a random direction until
+    it is as far from its stored vector as that vector is from its nearest other stored vector (a fresh
+    draw from the same neighbourhood, not a stored vector that finds itself). For ``"cosine"`` the
+    move keeps unit norm and sets the cosine to the nearest neighbour's (floored at 0.05)."""
+    stored = exact.reconstruct(rows).astype(np.float64)
+    _, near = exact.search_all_exact(stored.astype(np.float32), 2)
+    other = np.where(near[:, 0] == rows, near[:, 1], near[:, 0])
+    neighbour = exact.reconstruct(np.where(other >= 0, other, rows)).astype(np.float64)
+    noise = np.random.default_rng(seed).normal(size=stored.shape)
+    if exact.metric == "cosine":
+        cos = np.clip(np.sum(stored * neighbour, axis=1, keepdims=True), 0.05, 1.0)
+        noise -= np.sum(noise * stored, axis=1, keepdims=True) * stored  # orthogonal to the stored vector
+        noise /= np.maximum(np.linalg.norm(noise, axis=1, keepdims=True), 1e-12)
+        queries = cos * stored + np.sqrt(1.0 - cos**2) * noise
+    else:
+        step = np.linalg.norm(stored - neighbour, axis=1, keepdims=True)
+        queries = stored + step * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    return queries.astype(np.float32)
+
+
+def probe_recall(approx: "VectorIndex", exact: "VectorIndex", queries: np.ndarray, k: int = 10) -> float:
+    """recall@k of ``approx`` against exact search of ``exact`` (its flat storage for a graph)."""
+    _, truth = exact.search_all_exact(queries, k)
+    _, got = approx.search(queries, k)
     total = 0.0
-    for row, want, have in zip(rows.tolist(), truth.tolist(), got.tolist()):
-        want = [r for r in want if r != row and r >= 0][:k]
-        total += len(set(want) & {r for r in have if r != row}) / max(1, len(want))
-    return total / max(1, len(rows))
+    for want, have in zip(truth.tolist(), got.tolist()):
+        want = [r for r in want if r >= 0]
+        total += len(set(want) & set(have)) / max(1, len(want))
+    return total / max(1, len(queries))
 
 
-def tuned_ef(approx: "VectorIndex", exact: "VectorIndex", rows: np.ndarray, given: int | None) -> int | None:
-    """The first ``ef_search`` (``given``, else :data:`AUTO_EF_STEPS`) at which ``approx`` reaches
-    :data:`AUTO_MIN_RECALL` against ``exact`` (:func:`probe_recall`), left set on it; None if none does."""
-    for ef in (given,) if given is not None else AUTO_EF_STEPS:
+def tuned_ef(approx: "VectorIndex", exact: "VectorIndex", queries: np.ndarray, given: int | None,
+             start: int | None = None) -> tuple[int | None, float]:
+    """The first ``ef_search`` (``given``, else ``start`` doubled up to :data:`AUTO_EF_CAP`) at which
+    ``approx`` reaches :data:`AUTO_MIN_RECALL` against ``exact`` (:func:`probe_recall`), left set on
+    it, and that recall; (None, the last recall) if none does."""
+    steps = [given] if given is not None else [start or DEFAULT_EF_SEARCH]
+    while given is None and steps[-1] < AUTO_EF_CAP:
+        steps.append(min(2 * steps[-1], AUTO_EF_CAP))
+    recall = 0.0
+    for ef in steps:
         approx.set_ef_search(ef)
-        recall = probe_recall(approx, exact, rows)
-        logger.info("HNSW probe: recall@10 %.3f at ef_search=%d on %d stored vectors", recall, ef, len(rows))
+        recall = probe_recall(approx, exact, queries)
+        logger.info("HNSW probe: recall@10 %.3f at ef_search=%d over %d nodes", recall, ef, approx.ntotal)
         if recall >= AUTO_MIN_RECALL:
-            return ef
-    return None
+            return ef, recall
+    return None, recall
 
 
 def _faiss() -> Any:
@@ -160,6 +186,7 @@ class VectorIndex:
         nprobe: int | None = None,
         ef_search: int | None = None,
         faiss_index: Any = None,
+        ef_construction: int | None = None,
     ) -> None:
         faiss = _faiss()
         if metric not in METRICS:
@@ -184,6 +211,12 @@ class VectorIndex:
             if faiss_index.d != self.dim:
                 raise ValueError(f"stored FAISS index has dim {faiss_index.d}, expected {self.dim}")
         self.faiss_index = faiss_index
+        self.ef_construction = None  # HNSW: the graph's efConstruction (kept by compaction and files)
+        if self.family == "hnsw":
+            hnsw = faiss.downcast_index(faiss_index.index).hnsw
+            if ef_construction is not None and not faiss_index.ntotal:
+                hnsw.efConstruction = int(ef_construction)
+            self.ef_construction = int(hnsw.efConstruction)
         self._apply_search_knobs()
         self._dead = np.zeros(0, dtype=bool)  # tombstones by row id (HNSW only)
         self.n_dead = 0
@@ -303,7 +336,8 @@ class VectorIndex:
         ids = self.all_ids()
         dead_mask = self._dead[ids]
         live, freed = ids[~dead_mask], ids[dead_mask]
-        fresh = VectorIndex(self.dim, self.metric, self.factory, self.nprobe, self.ef_search)
+        fresh = VectorIndex(self.dim, self.metric, self.factory, self.nprobe, self.ef_search,
+                            ef_construction=self.ef_construction)
         for start in range(0, len(live), EXACT_SCAN_BATCH):
             chunk = live[start : start + EXACT_SCAN_BATCH]
             fresh.add(chunk, self.reconstruct(chunk))
@@ -317,7 +351,8 @@ class VectorIndex:
         if self.family == "ivf":
             self.faiss_index.reset()
         else:
-            self.faiss_index = VectorIndex(self.dim, self.metric, self.factory, self.nprobe, self.ef_search).faiss_index
+            self.faiss_index = VectorIndex(self.dim, self.metric, self.factory, self.nprobe, self.ef_search,
+                                           ef_construction=self.ef_construction).faiss_index
         self._dead = np.zeros(0, dtype=bool)
         self.n_dead = 0
 
