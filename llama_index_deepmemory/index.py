@@ -71,10 +71,9 @@ def probe_queries(exact: "VectorIndex", rows: np.ndarray, seed: int) -> np.ndarr
     return queries.astype(np.float32)
 
 
-def probe_recall(approx: "VectorIndex", exact: "VectorIndex", queries: np.ndarray, k: int = 10) -> float:
-    """recall@k of ``approx`` against exact search of ``exact`` (its flat storage for a graph)."""
-    _, truth = exact.search_all_exact(queries, k)
-    _, got = approx.search(queries, k)
+def probe_recall(approx: "VectorIndex", queries: np.ndarray, truth: np.ndarray) -> float:
+    """recall@k of ``approx`` for ``queries`` against ``truth``, their exact top k row ids (-1: none)."""
+    _, got = approx.search(queries, truth.shape[1])
     total = 0.0
     for want, have in zip(truth.tolist(), got.tolist()):
         want = [r for r in want if r >= 0]
@@ -83,18 +82,19 @@ def probe_recall(approx: "VectorIndex", exact: "VectorIndex", queries: np.ndarra
 
 
 def tuned_ef(approx: "VectorIndex", exact: "VectorIndex", queries: np.ndarray, given: int | None,
-             start: int | None = None) -> tuple[int | None, float]:
+             start: int | None = None, k: int = 10) -> tuple[int | None, float]:
     """The first ``ef_search`` (``given``, else ``start`` doubled up to :data:`AUTO_EF_CAP`) at which
-    ``approx`` reaches :data:`AUTO_MIN_RECALL` against ``exact`` (:func:`probe_recall`), left set on
-    it, and that recall; (None, the last recall) if none does."""
+    ``approx`` reaches :data:`AUTO_MIN_RECALL` recall@k against exact search of ``exact`` (its flat
+    storage for a graph), left set on it, and that recall; (None, the last recall) if none does."""
     steps = [given] if given is not None else [start or DEFAULT_EF_SEARCH]
     while given is None and steps[-1] < AUTO_EF_CAP:
         steps.append(min(2 * steps[-1], AUTO_EF_CAP))
+    _, truth = exact.search_all_exact(queries, k)
     recall = 0.0
     for ef in steps:
         approx.set_ef_search(ef)
-        recall = probe_recall(approx, exact, queries)
-        logger.info("HNSW probe: recall@10 %.3f at ef_search=%d over %d nodes", recall, ef, approx.ntotal)
+        recall = probe_recall(approx, queries, truth)
+        logger.info("HNSW probe: recall@%d %.3f at ef_search=%d over %d nodes", k, recall, ef, approx.ntotal)
         if recall >= AUTO_MIN_RECALL:
             return ef, recall
     return None, recall
