@@ -63,6 +63,7 @@ def maintained(store: "FaissStore", index: VectorIndex) -> VectorIndex:
         for start in range(0, len(live), vector_index.EXACT_SCAN_BATCH):
             chunk = live[start : start + vector_index.EXACT_SCAN_BATCH]
             flat.add(chunk, index.reconstruct(chunk))
+        store._table.free_slots(index.dead_ids().tolist())  # the graph's tombstones: reusable again
         return flat
     store._probe_at = next_probe_at(len(live))
     return index
