@@ -46,7 +46,7 @@ AUTO_APPROXIMATE_FACTORY = "HNSW32"
 DEFAULT_EF_SEARCH = 128  # HNSW search breadth when ef_search is None (recall@10 >= 0.95: README)
 AUTO_MIN_RECALL = 0.95  # recall@10 the graph must reach on probe queries to replace (or stay over) Flat
 AUTO_EF_CAP = 1024  # the largest ef_search "auto" raises to; a miss there makes the store exact
-AUTO_EF_CONSTRUCTION = 40  # efConstruction of the "auto" graph (FAISS's default; see benchmarks/README)
+AUTO_EF_CONSTRUCTION = 80  # efConstruction of the "auto" graph (FAISS: 40; benchmarks/README, issue 29)
 PROBE_QUERIES = 100  # query-like vectors searched by the probe
 
 

@@ -174,6 +174,8 @@ def test_writes_filters_and_snapshots_after_the_switch(low_threshold, data, tmp_
     assert config["index_ef_search"] == index.DEFAULT_EF_SEARCH
     loaded = DeepMemoryVectorStore.from_persist_path(str(path))
     assert hnsw_held(loaded) and loaded.index_factory == "auto" and len(loaded) == len(store)
+    for kept in (store, loaded):  # the auto graph's efConstruction, kept by the FAISS file
+        assert faiss.downcast_index(kept.client.index).hnsw.efConstruction == index.AUTO_EF_CONSTRUCTION == 80
     assert ask(loaded, queries) == got
     loaded.add(nodes_of(clustered(5, 9), 5000))
     loaded.delete("doc8")
@@ -300,6 +302,7 @@ def reprobe(monkeypatch):
     1000 nodes with ef 16 and misses it at 2000 (recall@10 about 0.94), where ef 32 reaches it."""
     monkeypatch.setattr(index, "AUTO_APPROXIMATE_FROM", 1000)
     monkeypatch.setattr(index, "DEFAULT_EF_SEARCH", 16)
+    monkeypatch.setattr(index, "AUTO_EF_CONSTRUCTION", 40)  # FAISS's default: a graph that needs more ef
     rng = np.random.default_rng(5)
     x = rng.normal(size=(4200, DIM)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
