@@ -381,3 +381,12 @@ def test_a_reprobe_that_misses_at_the_cap_makes_the_store_exact(reprobe, monkeyp
         assert not hnsw_held(kept)
         keep = [i for i in range(4000) if i != 3]
         assert ask(kept, queries) == exact_ids(x[keep], [f"n{i}" for i in keep], queries)
+
+
+def test_graph_rebuilt_by_compaction_keeps_its_ef_construction():
+    x = np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
+    graph = index.VectorIndex(16, "cosine", "HNSW32", ef_construction=80)
+    graph.add(np.arange(3000), x)
+    graph.remove(np.arange(2000))
+    assert graph.needs_compaction() and len(graph.compact()) == 2000
+    assert faiss.downcast_index(graph.faiss_index.index).hnsw.efConstruction == graph.ef_construction == 80
