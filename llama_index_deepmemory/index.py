@@ -47,28 +47,42 @@ DEFAULT_EF_SEARCH = 128  # HNSW search breadth when ef_search is None (recall@10
 AUTO_MIN_RECALL = 0.95  # recall@10 the graph must reach on probe queries to replace (or stay over) Flat
 AUTO_EF_CAP = 1024  # the largest ef_search "auto" raises to; a miss there makes the store exact
 AUTO_EF_CONSTRUCTION = 80  # efConstruction of the "auto" graph (FAISS: 40; benchmarks/README, issue 29)
-PROBE_QUERIES = 100  # query-like vectors searched by the probe
+PROBE_QUERIES = 100  # stored vectors the probe samples (two query-like vectors each: probe_queries)
 
 
-def probe_queries(exact: "VectorIndex", rows: np.ndarray, seed: int) -> np.ndarray:
-    """Query-like vectors near the stored vectors of ``rows``: each moved in a random direction until
-    it is as far from its stored vector as that vector is from its nearest other stored vector (a fresh
-    draw from the same neighbourhood, not a stored vector that finds itself). For ``"cosine"`` the
-    move keeps unit norm and sets the cosine to the nearest neighbour's (floored at 0.05)."""
+def probe_queries(exact: "VectorIndex", rows: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Two sets of query-like vectors made from the stored vectors ``v`` of ``rows`` (none a stored vector
+    that finds itself); "auto" needs both to reach its recall:
+
+    * within the neighbourhood: ``2/3 v + 2/3 a - 1/3 b``, ``a`` and ``b`` two of the 10 nearest other
+      stored vectors (weights summing to 1, squares summing to 1: a local cluster's mean and spread, as a
+      fresh draw from it has; close to real queries on clustered data, optimistic on structureless data);
+    * off it: ``v`` moved in a random direction orthogonal to it until its cosine (distance for
+      ``"ip"``/``"l2"``) to ``v`` is that of ``v``'s nearest other stored vector (close to real queries
+      on structureless data, pessimistic on clustered data).
+
+    Renormalised for ``"cosine"``."""
     stored = exact.reconstruct(rows).astype(np.float64)
-    _, near = exact.search_all_exact(stored.astype(np.float32), 2)
-    other = np.where(near[:, 0] == rows, near[:, 1], near[:, 0])
-    neighbour = exact.reconstruct(np.where(other >= 0, other, rows)).astype(np.float64)
-    noise = np.random.default_rng(seed).normal(size=stored.shape)
+    _, near = exact.search_all_exact(stored.astype(np.float32), 11)
+    rng = np.random.default_rng(seed)
+    picked = np.empty((len(rows), 3), dtype=np.int64)
+    for i, (row, hits) in enumerate(zip(rows.tolist(), near.tolist())):
+        others = [h for h in hits if h >= 0 and h != row] or [row]
+        picked[i, 0] = others[0]
+        picked[i, 1:] = rng.choice(others, size=2, replace=len(others) < 2)
+    nearest, a, b = (exact.reconstruct(picked[:, j]).astype(np.float64) for j in range(3))
+    inside = (2 * stored + 2 * a - b) / 3
+    noise = rng.normal(size=stored.shape)
     if exact.metric == "cosine":
-        cos = np.clip(np.sum(stored * neighbour, axis=1, keepdims=True), 0.05, 1.0)
-        noise -= np.sum(noise * stored, axis=1, keepdims=True) * stored  # orthogonal to the stored vector
+        cos = np.clip(np.sum(stored * nearest, axis=1, keepdims=True), 0.05, 1.0)
+        noise -= np.sum(noise * stored, axis=1, keepdims=True) * stored
         noise /= np.maximum(np.linalg.norm(noise, axis=1, keepdims=True), 1e-12)
-        queries = cos * stored + np.sqrt(1.0 - cos**2) * noise
+        outside = cos * stored + np.sqrt(1.0 - cos**2) * noise
+        inside /= np.maximum(np.linalg.norm(inside, axis=1, keepdims=True), 1e-12)
     else:
-        step = np.linalg.norm(stored - neighbour, axis=1, keepdims=True)
-        queries = stored + step * noise / np.linalg.norm(noise, axis=1, keepdims=True)
-    return queries.astype(np.float32)
+        step = np.linalg.norm(stored - nearest, axis=1, keepdims=True)
+        outside = stored + step * noise / np.maximum(np.linalg.norm(noise, axis=1, keepdims=True), 1e-12)
+    return [inside.astype(np.float32), outside.astype(np.float32)]
 
 
 def probe_recall(approx: "VectorIndex", queries: np.ndarray, truth: np.ndarray) -> float:
@@ -81,19 +95,20 @@ def probe_recall(approx: "VectorIndex", queries: np.ndarray, truth: np.ndarray) 
     return total / max(1, len(queries))
 
 
-def tuned_ef(approx: "VectorIndex", exact: "VectorIndex", queries: np.ndarray, given: int | None,
+def tuned_ef(approx: "VectorIndex", exact: "VectorIndex", query_sets: list[np.ndarray], given: int | None,
              start: int | None = None, k: int = 10) -> tuple[int | None, float]:
     """The first ``ef_search`` (``given``, else ``start`` doubled up to :data:`AUTO_EF_CAP`) at which
-    ``approx`` reaches :data:`AUTO_MIN_RECALL` recall@k against exact search of ``exact`` (its flat
-    storage for a graph), left set on it, and that recall; (None, the last recall) if none does."""
+    ``approx`` reaches :data:`AUTO_MIN_RECALL` recall@k on every query set against exact search of
+    ``exact`` (its flat storage for a graph), left set on it, and that (lowest) recall; (None, the last
+    recall) if none does."""
     steps = [given] if given is not None else [start or DEFAULT_EF_SEARCH]
     while given is None and steps[-1] < AUTO_EF_CAP:
         steps.append(min(2 * steps[-1], AUTO_EF_CAP))
-    _, truth = exact.search_all_exact(queries, k)
+    truths = [exact.search_all_exact(queries, k)[1] for queries in query_sets]
     recall = 0.0
     for ef in steps:
         approx.set_ef_search(ef)
-        recall = probe_recall(approx, queries, truth)
+        recall = min(probe_recall(approx, q, t) for q, t in zip(query_sets, truths))
         logger.info("HNSW probe: recall@%d %.3f at ef_search=%d over %d nodes", k, recall, ef, approx.ntotal)
         if recall >= AUTO_MIN_RECALL:
             return ef, recall

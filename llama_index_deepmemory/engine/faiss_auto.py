@@ -11,9 +11,10 @@ a probe finds recall@10 >= :data:`~llama_index_deepmemory.index.AUTO_MIN_RECALL`
 * A miss at the cap (or at a given ``ef_search``) makes the store exact for good, with a warning that
   names the size, the recall and the override (``index_factory="HNSW32"`` and ``ef_search``).
 
-Probe queries look like real ones: :data:`~llama_index_deepmemory.index.PROBE_QUERIES` sampled stored
-vectors each moved by its nearest-neighbour distance in a random direction
-(:func:`~llama_index_deepmemory.index.probe_queries`); nothing is excluded from either top 10.
+Probe queries look like real ones: two sets made from :data:`~llama_index_deepmemory.index.PROBE_QUERIES`
+sampled stored vectors, one within their neighbourhoods and one off them
+(:func:`~llama_index_deepmemory.index.probe_queries`); both must reach the recall, and nothing is
+excluded from either top 10.
 """
 
 from __future__ import annotations
