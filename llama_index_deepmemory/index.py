@@ -20,10 +20,11 @@ too few probed lists with IVF) fall back to exact scoring of the allowed rows, s
 get ``min(k, allowed)`` results.
 
 ``AUTO`` (``"auto"``, the store's default) is not a factory string: the store holds a ``"Flat"``
-index below :data:`AUTO_APPROXIMATE_FROM` nodes and converts it once to
-:data:`AUTO_APPROXIMATE_FACTORY` when an add reaches that size (``bench_ann_threshold.py``), if
-the graph finds :data:`AUTO_MIN_RECALL` of the exact top 10 of sampled stored vectors
-(:func:`tuned_ef`); data without neighbourhood structure stays exact.
+index below :data:`AUTO_APPROXIMATE_FROM` nodes and converts it to
+:data:`AUTO_APPROXIMATE_FACTORY` (``efConstruction`` :data:`AUTO_EF_CONSTRUCTION`) when an add reaches
+that size (``bench_ann_threshold.py``), if the graph finds :data:`AUTO_MIN_RECALL` of the exact top 10
+of query-like probe vectors (:func:`probe_queries`, :func:`tuned_ef`); the store re-probes at each
+doubling (``engine/faiss_auto.py``); data without neighbourhood structure stays exact.
 """
 
 from __future__ import annotations
