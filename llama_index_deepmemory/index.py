@@ -20,10 +20,11 @@ too few probed lists with IVF) fall back to exact scoring of the allowed rows, s
 get ``min(k, allowed)`` results.
 
 ``AUTO`` (``"auto"``, the store's default) is not a factory string: the store holds a ``"Flat"``
-index below :data:`AUTO_APPROXIMATE_FROM` nodes and converts it once to
-:data:`AUTO_APPROXIMATE_FACTORY` when an add reaches that size (``bench_ann_threshold.py``), if
-the graph finds :data:`AUTO_MIN_RECALL` of the exact top 10 of sampled stored vectors
-(:func:`tuned_ef`); data without neighbourhood structure stays exact.
+index below :data:`AUTO_APPROXIMATE_FROM` nodes and converts it to
+:data:`AUTO_APPROXIMATE_FACTORY` (``efConstruction`` :data:`AUTO_EF_CONSTRUCTION`) when an add reaches
+that size (``bench_ann_threshold.py``), if the graph finds :data:`AUTO_MIN_RECALL` of the exact top 10
+of query-like probe vectors (:func:`probe_queries`, :func:`tuned_ef`); the store re-probes at each
+doubling (``engine/faiss_auto.py``); data without neighbourhood structure stays exact.
 """
 
 from __future__ import annotations
@@ -44,34 +45,75 @@ AUTO = "auto"  # the store's default: exact Flat, then HNSW from AUTO_APPROXIMAT
 AUTO_APPROXIMATE_FROM = 20_000  # nodes from which "auto" holds an approximate index
 AUTO_APPROXIMATE_FACTORY = "HNSW32"
 DEFAULT_EF_SEARCH = 128  # HNSW search breadth when ef_search is None (recall@10 >= 0.95: README)
-AUTO_MIN_RECALL = 0.95  # recall@10 the graph must reach on sampled stored vectors to replace Flat
-AUTO_EF_STEPS = (DEFAULT_EF_SEARCH, 2 * DEFAULT_EF_SEARCH)  # ef_search tried, in order
-PROBE_QUERIES = 100  # stored vectors searched as queries by the probe
+AUTO_MIN_RECALL = 0.95  # recall@10 the graph must reach on probe queries to replace (or stay over) Flat
+AUTO_EF_CAP = 1024  # the largest ef_search "auto" raises to; a miss there makes the store exact
+AUTO_EF_CONSTRUCTION = 80  # efConstruction of the "auto" graph (FAISS: 40; benchmarks/README, issue 29)
+PROBE_QUERIES = 100  # stored vectors the probe samples (two query-like vectors each: probe_queries)
 
 
-def probe_recall(approx: "VectorIndex", exact: "VectorIndex", rows: np.ndarray, k: int = 10) -> float:
-    """recall@k of ``approx`` against ``exact`` with the stored vectors of ``rows`` as queries
-    (each query's own row left out of both lists)."""
-    queries = exact.reconstruct(rows)
-    _, truth = exact.search(queries, k + 1)
-    _, got = approx.search(queries, k + 1)
+def probe_queries(exact: "VectorIndex", rows: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Two sets of query-like vectors made from the stored vectors ``v`` of ``rows`` (none a stored vector
+    that finds itself); "auto" needs both to reach its recall:
+
+    * within the neighbourhood: ``2/3 v + 2/3 a - 1/3 b``, ``a`` and ``b`` two of the 10 nearest other
+      stored vectors (weights summing to 1, squares summing to 1: a local cluster's mean and spread, as a
+      fresh draw from it has; close to real queries on clustered data, optimistic on structureless data);
+    * off it: ``v`` moved in a random direction orthogonal to it until its cosine (distance for
+      ``"ip"``/``"l2"``) to ``v`` is that of ``v``'s nearest other stored vector (close to real queries
+      on structureless data, pessimistic on clustered data).
+
+    Renormalised for ``"cosine"``."""
+    stored = exact.reconstruct(rows).astype(np.float64)
+    _, near = exact.search_all_exact(stored.astype(np.float32), 11)
+    rng = np.random.default_rng(seed)
+    picked = np.empty((len(rows), 3), dtype=np.int64)
+    for i, (row, hits) in enumerate(zip(rows.tolist(), near.tolist())):
+        others = [h for h in hits if h >= 0 and h != row] or [row]
+        picked[i, 0] = others[0]
+        picked[i, 1:] = rng.choice(others, size=2, replace=len(others) < 2)
+    nearest, a, b = (exact.reconstruct(picked[:, j]).astype(np.float64) for j in range(3))
+    inside = (2 * stored + 2 * a - b) / 3
+    noise = rng.normal(size=stored.shape)
+    if exact.metric == "cosine":
+        cos = np.clip(np.sum(stored * nearest, axis=1, keepdims=True), 0.05, 1.0)
+        noise -= np.sum(noise * stored, axis=1, keepdims=True) * stored
+        noise /= np.maximum(np.linalg.norm(noise, axis=1, keepdims=True), 1e-12)
+        outside = cos * stored + np.sqrt(1.0 - cos**2) * noise
+        inside /= np.maximum(np.linalg.norm(inside, axis=1, keepdims=True), 1e-12)
+    else:
+        step = np.linalg.norm(stored - nearest, axis=1, keepdims=True)
+        outside = stored + step * noise / np.maximum(np.linalg.norm(noise, axis=1, keepdims=True), 1e-12)
+    return [inside.astype(np.float32), outside.astype(np.float32)]
+
+
+def probe_recall(approx: "VectorIndex", queries: np.ndarray, truth: np.ndarray) -> float:
+    """recall@k of ``approx`` for ``queries`` against ``truth``, their exact top k row ids (-1: none)."""
+    _, got = approx.search(queries, truth.shape[1])
     total = 0.0
-    for row, want, have in zip(rows.tolist(), truth.tolist(), got.tolist()):
-        want = [r for r in want if r != row and r >= 0][:k]
-        total += len(set(want) & {r for r in have if r != row}) / max(1, len(want))
-    return total / max(1, len(rows))
+    for want, have in zip(truth.tolist(), got.tolist()):
+        want = [r for r in want if r >= 0]
+        total += len(set(want) & set(have)) / max(1, len(want))
+    return total / max(1, len(queries))
 
 
-def tuned_ef(approx: "VectorIndex", exact: "VectorIndex", rows: np.ndarray, given: int | None) -> int | None:
-    """The first ``ef_search`` (``given``, else :data:`AUTO_EF_STEPS`) at which ``approx`` reaches
-    :data:`AUTO_MIN_RECALL` against ``exact`` (:func:`probe_recall`), left set on it; None if none does."""
-    for ef in (given,) if given is not None else AUTO_EF_STEPS:
+def tuned_ef(approx: "VectorIndex", exact: "VectorIndex", query_sets: list[np.ndarray], given: int | None,
+             start: int | None = None, k: int = 10) -> tuple[int | None, float]:
+    """The first ``ef_search`` (``given``, else ``start`` doubled up to :data:`AUTO_EF_CAP`) at which
+    ``approx`` reaches :data:`AUTO_MIN_RECALL` recall@k on every query set against exact search of
+    ``exact`` (its flat storage for a graph), left set on it, and that (lowest) recall; (None, the last
+    recall) if none does."""
+    steps = [given] if given is not None else [start or DEFAULT_EF_SEARCH]
+    while given is None and steps[-1] < AUTO_EF_CAP:
+        steps.append(min(2 * steps[-1], AUTO_EF_CAP))
+    truths = [exact.search_all_exact(queries, k)[1] for queries in query_sets]
+    recall = 0.0
+    for ef in steps:
         approx.set_ef_search(ef)
-        recall = probe_recall(approx, exact, rows)
-        logger.info("HNSW probe: recall@10 %.3f at ef_search=%d on %d stored vectors", recall, ef, len(rows))
+        recall = min(probe_recall(approx, q, t) for q, t in zip(query_sets, truths))
+        logger.info("HNSW probe: recall@%d %.3f at ef_search=%d over %d nodes", k, recall, ef, approx.ntotal)
         if recall >= AUTO_MIN_RECALL:
-            return ef
-    return None
+            return ef, recall
+    return None, recall
 
 
 def _faiss() -> Any:
@@ -160,6 +202,7 @@ class VectorIndex:
         nprobe: int | None = None,
         ef_search: int | None = None,
         faiss_index: Any = None,
+        ef_construction: int | None = None,
     ) -> None:
         faiss = _faiss()
         if metric not in METRICS:
@@ -184,6 +227,12 @@ class VectorIndex:
             if faiss_index.d != self.dim:
                 raise ValueError(f"stored FAISS index has dim {faiss_index.d}, expected {self.dim}")
         self.faiss_index = faiss_index
+        self.ef_construction = None  # HNSW: the graph's efConstruction (kept by compaction and files)
+        if self.family == "hnsw":
+            hnsw = faiss.downcast_index(faiss_index.index).hnsw
+            if ef_construction is not None and not faiss_index.ntotal:
+                hnsw.efConstruction = int(ef_construction)
+            self.ef_construction = int(hnsw.efConstruction)
         self._apply_search_knobs()
         self._dead = np.zeros(0, dtype=bool)  # tombstones by row id (HNSW only)
         self.n_dead = 0
@@ -303,7 +352,8 @@ class VectorIndex:
         ids = self.all_ids()
         dead_mask = self._dead[ids]
         live, freed = ids[~dead_mask], ids[dead_mask]
-        fresh = VectorIndex(self.dim, self.metric, self.factory, self.nprobe, self.ef_search)
+        fresh = VectorIndex(self.dim, self.metric, self.factory, self.nprobe, self.ef_search,
+                            ef_construction=self.ef_construction)
         for start in range(0, len(live), EXACT_SCAN_BATCH):
             chunk = live[start : start + EXACT_SCAN_BATCH]
             fresh.add(chunk, self.reconstruct(chunk))
@@ -317,7 +367,8 @@ class VectorIndex:
         if self.family == "ivf":
             self.faiss_index.reset()
         else:
-            self.faiss_index = VectorIndex(self.dim, self.metric, self.factory, self.nprobe, self.ef_search).faiss_index
+            self.faiss_index = VectorIndex(self.dim, self.metric, self.factory, self.nprobe, self.ef_search,
+                                           ef_construction=self.ef_construction).faiss_index
         self._dead = np.zeros(0, dtype=bool)
         self.n_dead = 0
 

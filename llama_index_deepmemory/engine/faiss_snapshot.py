@@ -7,7 +7,9 @@ and ``index.faiss`` once the dimension is known. Loading checks that these agree
 
 ``store.json`` version 2 (:data:`CONFIG_VERSION`) adds ``"index"``: the factory string of the
 index held (``index_factory="auto"`` holds ``"Flat"`` or ``"HNSW32"`` by size), its
-``"index_ef_search"`` (the one ``"auto"`` tuned) and ``"auto_retry_at"`` (``NEVER``: stays exact); a version 1 file (none of
+``"index_ef_search"`` (the one ``"auto"`` tuned), ``"auto_retry_at"`` (``NEVER``: stays exact) and
+``"auto_probe_at"`` (the size at which ``"auto"`` re-probes its graph; absent in older version 2
+files: the next doubling of ``AUTO_APPROXIMATE_FROM`` above the count); a version 1 file (none of
 these) holds the index its ``index_factory`` names.
 """
 
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from llama_index_deepmemory import persistence
+from llama_index_deepmemory.engine import faiss_auto
 from llama_index_deepmemory.index import AUTO, VectorIndex
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,6 +67,7 @@ def snapshot_writers(store: "FaissStore") -> dict[str, Any]:
         "index": store.index_in_use,
         "index_ef_search": store._index.ef_search if store._index is not None else None,
         "auto_retry_at": store._retry_at,
+        "auto_probe_at": store._probe_at,
         "count": int(len(slots)),
     }
 
@@ -137,6 +141,9 @@ def load_generation(
         raise persistence.CorruptStoreError(f"{store_json!r} holds an invalid configuration: {exc}") from None
     retry_at = config.get("auto_retry_at", 0)
     store._retry_at = retry_at if isinstance(retry_at, int) and not isinstance(retry_at, bool) else 0
+    probe_at = config.get("auto_probe_at")  # absent before re-probes: the next doubling of the size
+    store._probe_at = (probe_at if isinstance(probe_at, int) and not isinstance(probe_at, bool)
+                       else faiss_auto.next_probe_at(config["count"] if isinstance(config["count"], int) else 0))
     slots = _read_ids(gen / "slots.npy")
     dead = _read_ids(gen / "dead.npy")
     if config["dim"] is not None:

@@ -12,10 +12,10 @@
   get_nodes, persist, vector reads) or one writer (add, delete, clear). Persists of one store,
   and of one folder across processes, run one at a time.
 * Index: ``index_factory="auto"`` (default; None means the same) holds an exact ``Flat`` index
-  and converts it once, under the write lock, to an approximate one when an add reaches
-  ``index.AUTO_APPROXIMATE_FROM`` nodes, if the graph finds 95% of the exact top 10 of sampled
-  stored vectors (else it stays exact for good). It stays approximate when deletes shrink it;
-  ``clear`` starts over. A factory string given is used as is.
+  and converts it, under the write lock, to an approximate one when an add reaches
+  ``index.AUTO_APPROXIMATE_FROM`` nodes, re-probing its recall each time the store doubles
+  (:mod:`.faiss_auto`: ef_search raised while it misses, exact for good past the cap). It stays
+  approximate when deletes shrink it; ``clear`` starts over. A factory string given is used as is.
 * Snapshots (:mod:`.faiss_snapshot`): versioned, checksummed, written atomically
   (:mod:`llama_index_deepmemory.persistence`); vectors and nodes only (the face hands the manifest
   anything else it keeps beside them).
@@ -37,7 +37,8 @@ from llama_index.core.schema import BaseNode, ImageNode, IndexNode
 from llama_index.core.vector_stores.types import MetadataFilters, VectorStoreQuery, VectorStoreQueryResult
 
 from llama_index_deepmemory import persistence
-from llama_index_deepmemory.engine import faiss_snapshot
+from llama_index_deepmemory.engine import faiss_auto, faiss_snapshot
+from llama_index_deepmemory.engine.faiss_auto import NEVER
 from llama_index_deepmemory.engine.faiss_view import ExactView, HeldView, Slots
 from llama_index_deepmemory.engine.usable_cache import UsableCache
 from llama_index_deepmemory.filters import MetadataColumns
@@ -55,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 # (lock-free view, prepared queries, k, query texts, restriction) -> (scores, node ids)
 Ranker = Callable[[Any, np.ndarray, int, Any, Any], tuple[np.ndarray, list[list[str]]]]
-NEVER = 2**62  # "auto" stays exact: the node count it would try the approximate index again at
 EXACT_CANDIDATES = 4096  # restricted queries with at most this many candidates are scored exactly
 _INDEX_STRUCT_TYPES = frozenset({ImageNode.class_name(), IndexNode.class_name()})
 
@@ -89,6 +89,7 @@ class FaissStore:
         self._ef_search = ef_search
         self._index: VectorIndex | None = self._new_index(dim) if dim is not None else None
         self._retry_at = 0  # "auto": nodes from which to try the approximate index (NEVER: stays exact)
+        self._probe_at = 0  # "auto" over a graph: nodes at which the add re-probes its recall (faiss_auto)
         self._table = NodeTable()
         self._columns = MetadataColumns(self._read_filter_key)
         self._lock = ReadWriteLock()
@@ -131,45 +132,6 @@ class FaissStore:
         """An empty index of the store's factory (``"auto"``: ``"Flat"``)."""
         factory = "Flat" if self._index_factory == AUTO else self._index_factory
         return VectorIndex(dim, self._metric, factory, self._nprobe, self._ef_search)
-
-    def _converted(self, index: VectorIndex) -> VectorIndex:
-        """``index``, or for ``"auto"`` once the store reaches ``AUTO_APPROXIMATE_FROM`` nodes, an
-        approximate index rebuilt from the stored vectors if a probe of sampled stored vectors finds
-        its recall enough (else the store stays exact for good); the caller holds the write lock."""
-        if self._index_factory != AUTO or not index.exact:
-            return index
-        live = self._table.live_slots()
-        if len(live) < max(vector_index.AUTO_APPROXIMATE_FROM, self._retry_at):
-            return index
-        size, fresh = vector_index.AUTO_APPROXIMATE_FROM, None
-        # a large first conversion tries a graph of a sample first: a miss then costs a small build
-        if len(live) <= 2 * size or self._approximate(index, np.sort(
-                np.random.default_rng(0).choice(live, size=size, replace=False))) is not None:
-            logger.info("index_factory='auto': converting %d nodes to %s", len(live),
-                        vector_index.AUTO_APPROXIMATE_FACTORY)
-            fresh = self._approximate(index, live)
-        if fresh is None:
-            self._retry_at = NEVER
-            logger.warning("index_factory='auto': %s misses recall@10 %.2f on these %d nodes; search stays exact "
-                           "(pass index_factory='HNSW32' to use it anyway)", vector_index.AUTO_APPROXIMATE_FACTORY,
-                           vector_index.AUTO_MIN_RECALL, len(live))
-            return index
-        return fresh
-
-    def _approximate(self, index: VectorIndex, rows: np.ndarray) -> VectorIndex | None:
-        """A graph of the stored vectors of ``rows`` (sorted slots), if it reaches the probe's recall
-        against exact search of the same rows (its ``ef_search`` then set), else None."""
-        factory = vector_index.AUTO_APPROXIMATE_FACTORY
-        graph = VectorIndex(index.dim, self._metric, factory, self._nprobe, self._ef_search)
-        exact = index if len(rows) == len(self._table) else VectorIndex(index.dim, self._metric, "Flat")
-        for start in range(0, len(rows), vector_index.EXACT_SCAN_BATCH):
-            chunk = rows[start : start + vector_index.EXACT_SCAN_BATCH]
-            vectors = index.reconstruct(chunk)
-            graph.add(chunk, vectors)
-            if exact is not index:
-                exact.add(chunk, vectors)
-        queries = np.random.default_rng(1).choice(rows, size=min(vector_index.PROBE_QUERIES, len(rows)), replace=False)
-        return graph if vector_index.tuned_ef(graph, exact, np.sort(queries), self._ef_search) is not None else None
 
     def _read_filter_key(self, key: str) -> list[Any]:
         return self._table.read_key(key)
@@ -235,8 +197,8 @@ class FaissStore:
         if track:
             self._columns.set_rows(slots.tolist(), effective)
         self._version += 1
-        try:  # "auto": the add that brings the store to its size turns it approximate
-            self._index = self._converted(self._index)
+        try:  # "auto": the add that reaches a size turns it approximate, or re-probes the graph
+            self._index = faiss_auto.maintained(self, self._index)
         except Exception as exc:  # the nodes are added; the exact index keeps serving them
             logger.warning("index_factory='auto' could not build its approximate index (%s); search stays exact", exc)
             self._retry_at = NEVER
@@ -271,7 +233,7 @@ class FaissStore:
             self._columns = MetadataColumns(self._read_filter_key)
             if self._index is not None:
                 if self._index_factory == AUTO:  # an empty "auto" store is exact again
-                    self._index, self._retry_at = self._new_index(self._index.dim), 0
+                    self._index, self._retry_at, self._probe_at = self._new_index(self._index.dim), 0, 0
                 else:
                     self._index.reset()
             self._version += 1

@@ -174,6 +174,8 @@ def test_writes_filters_and_snapshots_after_the_switch(low_threshold, data, tmp_
     assert config["index_ef_search"] == index.DEFAULT_EF_SEARCH
     loaded = DeepMemoryVectorStore.from_persist_path(str(path))
     assert hnsw_held(loaded) and loaded.index_factory == "auto" and len(loaded) == len(store)
+    for kept in (store, loaded):  # the auto graph's efConstruction, kept by the FAISS file
+        assert faiss.downcast_index(kept.client.index).hnsw.efConstruction == index.AUTO_EF_CONSTRUCTION == 80
     assert ask(loaded, queries) == got
     loaded.add(nodes_of(clustered(5, 9), 5000))
     loaded.delete("doc8")
@@ -283,3 +285,108 @@ def test_training_over_an_approximate_store_validates_like_over_an_exact_one(dat
         record = store.deep_memory.status(job)
         metrics.append((record["val_before"], record["val_after"]))
     assert metrics[0] == metrics[1]
+
+
+def ef_held(store: DeepMemoryVectorStore) -> int:
+    return int(faiss.downcast_index(store.client.index).hnsw.efSearch)
+
+
+def snapshot_config(store: DeepMemoryVectorStore, path) -> dict:
+    store.persist(str(path))
+    return json.loads((path / json.loads((path / "manifest.json").read_text())["generation"] / "store.json").read_text())
+
+
+@pytest.fixture
+def reprobe(monkeypatch):
+    """Random 48-d vectors, threshold 1000 and a start ef_search of 16: the graph passes the probe at
+    1000 nodes with ef 16 and misses it at 2000 (recall@10 about 0.94), where ef 32 reaches it."""
+    monkeypatch.setattr(index, "AUTO_APPROXIMATE_FROM", 1000)
+    monkeypatch.setattr(index, "DEFAULT_EF_SEARCH", 16)
+    monkeypatch.setattr(index, "AUTO_EF_CONSTRUCTION", 40)  # FAISS's default: a graph that needs more ef
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4200, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x[:4000], x[4000:]
+
+
+def test_auto_reprobes_when_the_store_doubles_and_raises_ef_search(reprobe, tmp_path):
+    x, queries = reprobe
+    store = DeepMemoryVectorStore()
+    store.add(nodes_of(x[:1000]))
+    assert hnsw_held(store) and ef_held(store) == 16
+    store.add(nodes_of(x[1000:1999], 1000))  # not doubled yet: no probe
+    assert ef_held(store) == 16
+    store.add(nodes_of(x[1999:2000], 1999))  # reaches 2000: the re-probe raises ef_search
+    assert ef_held(store) == 32
+    truth = exact_ids(x[:2000], [f"n{i}" for i in range(2000)], queries)
+    assert recall(ask(store, queries), truth) >= 0.95
+    faiss.downcast_index(store.client.index).hnsw.efSearch = 16  # what the store would have kept
+    assert recall(ask(store, queries), truth) < 0.95
+    faiss.downcast_index(store.client.index).hnsw.efSearch = 32
+    # the snapshot keeps the raised ef_search and the next probe size
+    config = snapshot_config(store, tmp_path / "a")
+    assert (config["index_ef_search"], config["auto_probe_at"]) == (32, 4000)
+    loaded = DeepMemoryVectorStore.from_persist_path(str(tmp_path / "a"))
+    assert ef_held(loaded) == 32 and ask(loaded, queries) == ask(store, queries)
+    loaded.add(nodes_of(x[2000:4000], 2000))  # the next doubling probes again (and keeps 32)
+    config = snapshot_config(loaded, tmp_path / "b")
+    assert (config["index_ef_search"], config["auto_probe_at"]) == (32, 8000)
+    assert recall(ask(loaded, queries), exact_ids(x, [f"n{i}" for i in range(4000)], queries)) >= 0.95
+
+
+def test_older_version_2_snapshot_without_probe_size_reprobes_at_the_next_doubling(reprobe, tmp_path):
+    x, queries = reprobe
+    store = DeepMemoryVectorStore()
+    store.add(nodes_of(x[:1000]))
+    store.add(nodes_of(x[1000:1500], 1000))
+    path = tmp_path / "old"
+    store.persist(str(path))
+    manifest = json.loads((path / "manifest.json").read_text())
+    config_path = path / manifest["generation"] / "store.json"
+    config = json.loads(config_path.read_text())
+    assert config["auto_probe_at"] == 2000
+    del config["auto_probe_at"]
+    config_path.write_text(json.dumps(config))
+    manifest["files"]["store.json"] = {"bytes": config_path.stat().st_size, "sha256": persistence.sha256_file(config_path)}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    loaded = DeepMemoryVectorStore.from_persist_path(str(path))
+    assert hnsw_held(loaded) and ef_held(loaded) == 16
+    loaded.add(nodes_of(x[1500:1999], 1500))
+    assert snapshot_config(loaded, tmp_path / "mid")["auto_probe_at"] == 2000  # defaulted from the count
+    loaded.add(nodes_of(x[1999:2000], 1999))  # the add reaching 2000 probes (next: 4000)
+    assert snapshot_config(loaded, tmp_path / "new")["auto_probe_at"] == 4000
+    assert ef_held(loaded) == 32
+    truth = exact_ids(x[:2000], [f"n{i}" for i in range(2000)], queries)
+    assert recall(ask(loaded, queries), truth) >= 0.95
+
+
+def test_a_reprobe_that_misses_at_the_cap_makes_the_store_exact(reprobe, monkeypatch, tmp_path, caplog):
+    x, queries = reprobe
+    monkeypatch.setattr(index, "AUTO_EF_CAP", 16)
+    store = DeepMemoryVectorStore()
+    store.add(nodes_of(x[:1000]))
+    assert hnsw_held(store)
+    store.delete_nodes(node_ids=["n3"])
+    with caplog.at_level("WARNING"):
+        store.add(nodes_of(x[1000:2001], 1000))
+    assert not hnsw_held(store)
+    assert "on 2000 nodes" in caplog.text and "index_factory='Flat'" in caplog.text
+    ids = [f"n{i}" for i in range(2001) if i != 3]
+    truth = exact_ids(x[[i for i in range(2001) if i != 3]], ids, queries)
+    assert ask(store, queries) == truth
+    store.persist(str(tmp_path / "s"))
+    loaded = DeepMemoryVectorStore.from_persist_path(str(tmp_path / "s"))
+    for kept in (store, loaded):
+        kept.add(nodes_of(x[2001:4000], 2001))  # exact for good (the freed tombstone slot reused)
+        assert not hnsw_held(kept)
+        keep = [i for i in range(4000) if i != 3]
+        assert ask(kept, queries) == exact_ids(x[keep], [f"n{i}" for i in keep], queries)
+
+
+def test_graph_rebuilt_by_compaction_keeps_its_ef_construction():
+    x = np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
+    graph = index.VectorIndex(16, "cosine", "HNSW32", ef_construction=80)
+    graph.add(np.arange(3000), x)
+    graph.remove(np.arange(2000))
+    assert graph.needs_compaction() and len(graph.compact()) == 2000
+    assert faiss.downcast_index(graph.faiss_index.index).hnsw.efConstruction == graph.ef_construction == 80
