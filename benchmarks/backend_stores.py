@@ -123,6 +123,9 @@ class OursAuto(OursFlat):
     """The default, ``index_factory="auto"``: exact below its threshold, HNSW32 past it (at its own
     ``ef_search``, not tuned here: the row reports the recall the default gives)."""
 
+    def describe(self) -> str:
+        return "auto: Flat below 20,000 nodes, HNSW32 efConstruction=80 past it, ef_search re-probed"
+
     def create(self, work: Path, dim: int) -> Any:
         from llama_index_deepmemory import DeepMemoryVectorStore
 

@@ -458,8 +458,13 @@ def fine(r: dict) -> bool:
     return "error" not in r and not r.get("projected")
 
 
+def untuned_setting(r: dict) -> str:
+    """The search setting of a row nothing was tuned for: the default index's own, or exact."""
+    return "default" if r["backend"] == "ours-auto" else "exact"
+
+
 def setting_of(r: dict) -> str:
-    setting = f"{r['param']}={r['param_value']}" if r.get("param") else "exact"
+    setting = f"{r['param']}={r['param_value']}" if r.get("param") else untuned_setting(r)
     return f"{setting} ({r['built']})" if r.get("built") else setting
 
 
@@ -538,7 +543,7 @@ def scaling_table(results: list[dict]) -> str:
             lines.append(f"{head} {r['add_per_s']:,.0f} | {projected_note(r)} |" + " |" * 6)
         else:
             ref, dm = refs.get(r["n"]), r.get("deep_memory")
-            setting = f"{r['param_value']}" if r.get("param") else "exact"
+            setting = f"{r['param_value']}" if r.get("param") else untuned_setting(r)
             fixed = r.get("deep_memory_fixed")
 
             def short(label: str, dm: dict | None = dm, fixed: dict | None = fixed, name: str = r["backend"]) -> str:
