@@ -57,6 +57,13 @@ def as_restriction(filters: Any) -> Restriction:
     raise TypeError(f"filters must be LlamaIndex MetadataFilters or None, got {type(filters).__name__}")
 
 
+
+def _check_batch_size(batch_size: int) -> None:
+    """A listing's page size must be positive (an engine asked for 0 rows a page would page forever)."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+
 class WrappedStore:
     """A LlamaIndex vector store as the face's backend and Deep Memory's ``StoreView``."""
 
@@ -191,10 +198,12 @@ class WrappedStore:
         return as_matrix([nodes[i].embedding for i in node_ids], "stored vectors", None, "cosine")
 
     def iter_vectors(self, batch_size: int = LIST_BATCH) -> Iterator[tuple[list[str], np.ndarray]]:
+        _check_batch_size(batch_size)
         for page in self.backend.pages(with_vectors=True, limit=batch_size):
             yield [n.node_id for n in page], as_matrix([n.embedding for n in page], "stored vectors", None, "cosine")
 
     def iter_texts(self, batch_size: int = LIST_BATCH) -> Iterator[tuple[list[str], list[str]]]:
+        _check_batch_size(batch_size)
         try:
             for page in self.backend.pages(with_vectors=False, limit=batch_size):
                 yield [n.node_id for n in page], [n.get_content() for n in page]

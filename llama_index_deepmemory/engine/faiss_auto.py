@@ -48,13 +48,14 @@ def maintained(store: "FaissStore", index: VectorIndex) -> VectorIndex:
     a graph once the store reaches its size, an exact index where a probe misses."""
     if store._index_factory != AUTO:
         return index
-    live = store._table.live_slots()
+    nodes = len(store._table)  # live nodes, counted without listing their slots
     if index.exact:
-        if len(live) < max(vector_index.AUTO_APPROXIMATE_FROM, store._retry_at):
+        if nodes < max(vector_index.AUTO_APPROXIMATE_FROM, store._retry_at):
             return index
-        return _convert(store, index, live)
-    if len(live) < store._probe_at:
+        return _convert(store, index, store._table.live_slots())
+    if nodes < store._probe_at:
         return index
+    live = store._table.live_slots()
     queries = vector_index.probe_queries(index, _sample(live, 2), seed=3)
     ef, recall = vector_index.tuned_ef(index, index, queries, store._ef_search,
                                        start=index.ef_search)

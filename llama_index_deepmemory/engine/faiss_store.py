@@ -42,7 +42,6 @@ from llama_index_deepmemory.engine.faiss_auto import NEVER
 from llama_index_deepmemory.engine.faiss_view import ExactView, HeldView, Slots
 from llama_index_deepmemory.engine.usable_cache import UsableCache
 from llama_index_deepmemory.filters import MetadataColumns
-from llama_index_deepmemory import index as vector_index
 from llama_index_deepmemory.index import AUTO, METRICS, VectorIndex, check_factory
 from llama_index_deepmemory.node_codec import build_node, check_saveable, node_fields
 from llama_index_deepmemory.node_table import NodeTable
@@ -199,9 +198,13 @@ class FaissStore:
         self._version += 1
         try:  # "auto": the add that reaches a size turns it approximate, or re-probes the graph
             self._index = faiss_auto.maintained(self, self._index)
-        except Exception as exc:  # the nodes are added; the exact index keeps serving them
-            logger.warning("index_factory='auto' could not build its approximate index (%s); search stays exact", exc)
-            self._retry_at = NEVER
+        except Exception as exc:  # the nodes are added; the index held keeps serving them
+            if self._index.exact:
+                logger.warning("index_factory='auto' could not build its approximate index (%s); search stays exact", exc)
+                self._retry_at = NEVER
+            else:
+                logger.warning("index_factory='auto' could not re-probe its graph (%s); the graph keeps serving "
+                               "and is probed again when the store doubles", exc)
 
     def _remove_slots(self, slots: np.ndarray) -> None:
         if not len(slots):

@@ -87,12 +87,18 @@ def _vector(q: np.ndarray) -> str:
     return "[" + ",".join(repr(float(x)) for x in q) + "]"
 
 
-def _node(node_id: str, text: str, metadata: Any, embedding: Any = None) -> BaseNode:
+def _stored_node(node_id: str, text: str, metadata: Any, embedding: Any = None) -> BaseNode:
+    """A row as the engine stores it (its stored id and id key kept, as ``get_nodes`` returns it)."""
     node = metadata_dict_to_node(json.loads(metadata) if isinstance(metadata, str) else metadata)
     node.set_content(str(text))
     if embedding is not None:
         node.embedding = [float(x) for x in (embedding if not isinstance(embedding, str) else embedding[1:-1].split(","))]
-    return from_engine(node)
+    return node
+
+
+def _node(node_id: str, text: str, metadata: Any, embedding: Any = None) -> BaseNode:
+    """A row as it was added (its original id restored)."""
+    return from_engine(_stored_node(node_id, text, metadata, embedding))
 
 
 class PostgresAdapter(GenericAdapter):
@@ -207,7 +213,7 @@ class PostgresAdapter(GenericAdapter):
             columns = "node_id, text, metadata_" + (", embedding::text" if with_vectors else "")
             rows = self._execute(f"SELECT {columns} FROM {self._table} WHERE id = ANY(:keys) AND node_id = ANY(:ids)",
                                  {"keys": list(known.values()), "ids": list(known)})
-            found = [_node(r[0], r[1], r[2], r[3] if with_vectors else None) for r in rows]
+            found = [_stored_node(r[0], r[1], r[2], r[3] if with_vectors else None) for r in rows]  # as get_nodes
             done = {r[0] for r in rows}
             stored_ids = [i for i in stored_ids if i not in done]
             if not stored_ids:

@@ -69,6 +69,13 @@ def test_node_and_doc_restrictions(task, pair) -> None:
 
 
 
+def test_a_listing_page_of_no_rows_is_refused(task, pair) -> None:
+    """A page size of 0 would make Chroma's paging ask for nothing forever: refused, as the embedded store does."""
+    for listing in (pair[1].iter_texts, pair[1].iter_vectors):
+        with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
+            next(listing(batch_size=0))
+
+
 def test_listing_reads_every_node_a_page_at_a_time(task, pair) -> None:
     check_listing(task, pair[1])
 

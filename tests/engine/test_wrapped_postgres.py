@@ -19,7 +19,7 @@ from llama_index.vector_stores.postgres import PGVectorStore  # noqa: E402
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
-    EVEN, check_deletes_filters_and_get_nodes, check_ids_cannot_impersonate, check_listing, check_threads, check_plain_equals_engine, check_ranks_like_faiss,
+    EVEN, ask, check_deletes_filters_and_get_nodes, check_ids_cannot_impersonate, check_listing, check_threads, check_plain_equals_engine, check_ranks_like_faiss,
     check_reopened, check_restrictions, faiss_twin, nodes_with_docs, with_model,
 )
 
@@ -121,6 +121,13 @@ def test_models_persist_and_a_reopened_table_serves_the_same(task, postgres_serv
 
 def test_ids_cannot_replace_hide_or_impersonate_a_node(task, postgres_server) -> None:
     check_ids_cannot_impersonate(task, pg_store(postgres_server, task))
+
+
+def test_ids_cannot_impersonate_a_node_whose_row_a_search_has_seen(task, postgres_server) -> None:
+    """The add guard reads rows a search saw by their key: those must still name the stored id."""
+    store = pg_store(postgres_server, task, table="seen_rows")
+    assert "node_7" in ask(store, task.docs[7], k=3).ids  # the search keeps node_7's row key
+    check_ids_cannot_impersonate(task, store)
 
 
 def test_queries_under_threads_while_adding_and_deleting(task, postgres_server) -> None:
