@@ -181,7 +181,7 @@ class GenericAdapter:
             self._names.update(names)
 
     # --- reads ----------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool | None = True) -> Hits:
         """Top ``k`` per query as cosine scores, node ids and (``bodies``; an adapter may return
         them anyway) the nodes returned with them."""
         if k <= 0 or restriction.empty:

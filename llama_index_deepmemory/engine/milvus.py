@@ -59,7 +59,7 @@ class MilvusAdapter(GenericAdapter):
                 "metric: re-create it with overwrite=True or under a new collection_name)"
             )
 
-    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool | None = True) -> Hits:
         """Without ``bodies``, each query asks only the ids (``VectorStoreQuery.output_fields``; the
         store then fills no metadata, so stored ids are named as remembered, else in one read)."""
         if bodies or k <= 0 or restriction.empty:

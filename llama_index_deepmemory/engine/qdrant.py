@@ -108,7 +108,7 @@ class QdrantAdapter(GenericAdapter):
             super().delete_nodes(node_ids, filters)
 
 
-    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool = True) -> Hits:
+    def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool | None = True) -> Hits:
         """Every query in one ``query_batch_points``; without ``bodies``, ids and scores only."""
         if k <= 0 or restriction.empty or not self._ready():
             return Hits.none(len(queries))
