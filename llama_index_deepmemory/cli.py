@@ -192,6 +192,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_nodes, test_nodes = split_nodes(nodes, train_fraction=1.0 - args.test_fraction, seed=args.seed)
+    unanswered: list[str] = []
     for name, part in (("train", train_nodes), ("test", test_nodes)):
         if not part:
             continue
@@ -205,6 +206,15 @@ def cmd_generate(args: argparse.Namespace) -> None:
             raise UserError(f"{exc} (questions so far are kept in {path}; the same command resumes)") from exc
         dataset.save_json(path)
         print(f"Wrote {len(dataset.queries)} {name} questions to {path}")
+        answered = {node_id for ids in dataset.relevant_docs.values() for node_id in ids}
+        missing = [node.node_id for node in part if node.node_id not in answered and dataset.corpus[node.node_id].strip()]
+        if missing:
+            unanswered.append(f"{len(missing)} of {len(part)} {name} nodes (e.g. {', '.join(missing[:3])})")
+    if unanswered:  # exit 0 would claim a complete dataset; the saved files let the same command resume
+        raise UserError(
+            f"the LLM gave no questions for {'; '.join(unanswered)} after every retry; the questions so far are "
+            f"saved in {out}, and the same command asks again for the missing nodes only"
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> None:

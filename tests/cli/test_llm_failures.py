@@ -159,3 +159,39 @@ def test_evaluate_answers_exits_non_zero_when_every_answer_failed(
     assert code == 2 and "every answer failed" in line and "401" in line
     failures = [r.getMessage() for r in caplog.records if "failed for" in r.getMessage()]
     assert len(failures) <= 2 and all(f"of {len(held_out)} questions" in f for f in failures)  # not one per question
+
+
+def test_generate_exits_non_zero_when_a_node_got_no_questions_and_resumes_only_it(
+        store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty answer for one node, after every retry, is not a complete dataset: exit 2 naming
+    the node; the saved files let the same command ask for that node only."""
+    from llama_index_deepmemory.cli import main
+    from llama_index_deepmemory.data.questions import EmbeddingQAFinetuneDataset
+
+    def prompt(messages: list[dict]) -> str:
+        return str(messages[-1]["content"])
+
+    def refuses_node_3(messages: list[dict]) -> str:
+        return "\n" if "Paragraph 3 " in prompt(messages) else "1. Which topic is it?"
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    args = ["generate", "--store", str(store_path), "--out-dir", str(tmp_path), "-q", "--workers", "2"]
+    with openai_chat_server(refuses_node_3) as server:
+        monkeypatch.setenv("OPENAI_API_BASE", server.url("/v1"))
+        code = main(args)
+    line = error_line(capsys.readouterr().err, "generate")
+    assert code == 2 and "node_3" in line and "same command" in line, line
+
+    def saved() -> dict[str, list[str]]:
+        datasets = [EmbeddingQAFinetuneDataset.from_json(tmp_path / f"{name}_dataset.json") for name in ("train", "test")]
+        return {qid: ids for dataset in datasets for qid, ids in dataset.relevant_docs.items()}
+
+    first = saved()
+    assert sorted({ids[0] for ids in first.values()}) == sorted(f"node_{i}" for i in range(12) if i != 3)
+    with openai_chat_server(lambda messages: "1. Which topic is it?") as server:
+        monkeypatch.setenv("OPENAI_API_BASE", server.url("/v1"))
+        assert main(args) == 0, capsys.readouterr().err
+        asked = server.paths_requested("POST")
+    assert len(asked) == 1  # only node_3 was asked again
+    second = saved()
+    assert {ids[0] for ids in second.values()} == {f"node_{i}" for i in range(12)} and first.items() <= second.items()
