@@ -53,22 +53,26 @@ def nibble_bounds(codes: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np
 
 
 @_jit(fastmath=True)
-def _nibble_dot(packed: np.ndarray, r: int, q2: np.ndarray) -> float:
-    """``q . hi`` of row ``r`` of the packed high nibbles, ``q2`` the query zero-padded to 2h."""
-    h = packed.shape[1]
-    acc = np.float32(0.0)
-    for j in range(h):
-        x = np.int32(packed[r, j])
-        acc += np.float32(((x & 15) ^ 8) - 8) * q2[j] + np.float32(x >> 4) * q2[j + h]
-    return acc
+def _nibble_dots(packed: np.ndarray, low: np.ndarray, high: np.ndarray, out: np.ndarray) -> None:
+    """``out[r] = q . hi`` of every row of the packed high nibbles, ``low`` and ``high`` the
+    query's first ``h`` and last dimensions (zero-padded to ``h``). One loop over the rows, so
+    the compiler vectorises the inner one (a call per row costs twice as much)."""
+    n, h = packed.shape
+    for r in range(n):
+        acc = np.float32(0.0)
+        for j in range(h):
+            x = np.int32(packed[r, j])
+            acc += np.float32(np.int32(np.int32(x << 28) >> 28)) * low[j] + np.float32(x >> 4) * high[j]
+        out[r] = acc
 
 
 @_jit()
-def _upper(packed: np.ndarray, bounds: np.ndarray, scales: np.ndarray, r: int, q2: np.ndarray,
-           q_sum: float, q_pos: float, q_norm: float) -> np.float32:
-    """A float32 at least ``_dot_codes(codes[r], q) * scales[r]`` as float32 arithmetic gives it."""
-    low = min(7.5 * q_sum + q_norm * bounds[r, 0], 15.0 * q_pos)
-    upper = float(scales[r]) * (16.0 * float(_nibble_dot(packed, r, q2)) + low) + q_norm * bounds[r, 1]
+def _upper(dot: np.float32, spread: float, slack: float, scale: np.float32, q_sum: float, q_pos: float,
+           q_norm: float) -> np.float32:
+    """A float32 at least ``_dot_codes(codes[r], q) * scales[r]`` as float32 arithmetic gives it,
+    from the row's ``q . hi`` (``dot``) and bound terms."""
+    low = min(7.5 * q_sum + q_norm * spread, 15.0 * q_pos)
+    upper = float(scale) * (16.0 * float(dot) + low) + q_norm * slack
     return np.float32(upper + abs(upper) * 2.0**-20)  # the cast rounds by at most 2**-24
 
 
@@ -125,17 +129,23 @@ def scored_rank_row(
     prune = prune and depth > 0 and seen == depth
     # the query's terms of the bounds, and its squared norm as adapter_memory_scores sums it
     h = packed.shape[1]
-    q2 = np.zeros(2 * h, dtype=np.float32)
+    low = np.zeros(h, dtype=np.float32)
+    high = np.zeros(h, dtype=np.float32)
     q_sum = q_pos = q_sq = 0.0
     sq = np.float32(0.0)
     for i in range(d):
         value = transformed[i]
-        q2[i] = value
+        if i < h:
+            low[i] = value
+        else:
+            high[i - h] = value
         q_sum += value
         q_pos += max(float(value), 0.0)
         q_sq += float(value) * float(value)
         sq += value * value
     q_norm = math.sqrt(q_sq) * (1 + 2.0**-40)
+    dots = np.empty(packed.shape[0], dtype=np.float32)
+    _nibble_dots(packed, low, high, dots)
     scored = 0
     bonus = np.zeros(n_memory, dtype=np.float32)
     hit = False
@@ -143,7 +153,7 @@ def scored_rank_row(
         norm = np.float32(1.0) if unit else np.float32(max(math.sqrt(sq), 1e-12))
         for t in range(n_keys):
             r = n_memory + t
-            if _upper(packed, bounds, score_scales, r, q2, q_sum, q_pos, q_norm) / norm <= key_threshold:
+            if _upper(dots[r], bounds[r, 0], bounds[r, 1], score_scales[r], q_sum, q_pos, q_norm) / norm <= key_threshold:
                 continue
             scored += 1
             sim = np.float32(_dot_codes(score_codes[r], transformed) * score_scales[r]) / norm
@@ -159,7 +169,7 @@ def scored_rank_row(
         if not usable[r]:
             continue
         if prune:
-            upper = _upper(packed, bounds, score_scales, r, q2, q_sum, q_pos, q_norm)
+            upper = _upper(dots[r], bounds[r, 0], bounds[r, 1], score_scales[r], q_sum, q_pos, q_norm)
             if l2:
                 upper = upper * np.float32(2.0) - memory_sq[r] - sq
             if hit:

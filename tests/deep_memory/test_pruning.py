@@ -128,13 +128,15 @@ def test_the_bound_holds_for_extreme_codes() -> None:
             for q in (rng.normal(size=d), np.abs(rng.normal(size=d)), -np.abs(rng.normal(size=d)), np.ones(d)):
                 q = (q * scale).astype(np.float32)
                 h = packed.shape[1]
-                q2 = np.zeros(2 * h, np.float32)
-                q2[:d] = q
+                padded = np.zeros(2 * h, np.float32)
+                padded[:d] = q
+                dots = np.empty(len(codes), np.float32)
+                pruning._nibble_dots(packed, padded[:h].copy(), padded[h:].copy(), dots)
                 q64 = q.astype(np.float64)
                 args = (float(q64.sum()), float(np.maximum(q64, 0).sum()), float(np.sqrt(q64 @ q64)) * (1 + 2.0**-40))
                 for r in range(len(codes)):
                     exact = np.float32(kernels._dot_codes(codes[r], q) * scales[r])
-                    upper = pruning._upper(packed, bounds, scales, r, q2, *args)
+                    upper = pruning._upper(dots[r], bounds[r, 0], bounds[r, 1], scales[r], *args)
                     assert upper >= exact, (d, r, scale)
 
 
