@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from llama_index.core.vector_stores.types import VectorStoreQuery
 
     from llama_index_deepmemory import DeepMemoryVectorStore
-    from llama_index_deepmemory.deep_memory import kernels, models, pruning, ranking
+    from llama_index_deepmemory.deep_memory import kernels, models, ranking
     from llama_index_deepmemory.deep_memory.lexical import LexicalIndex
     from llama_index_deepmemory.engine import faiss_store, faiss_view
 
@@ -85,9 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         (faiss_store.FaissStore, "_search", "index search (FAISS + checks)"), (ranking, "rank", "rank()"),
         (ranking, "_applied", "model.apply + checks"), (kernels, "adapter_memory_scores", "adapter/memory/keys kernel"),
         (kernels, "rank_row", "rank_row kernel"), (kernels, "kept_rows", "kept_rows kernel"),
-        (models.AdapterMemoryModel, "apply_after_search", "model.apply_after_search"),
-        (kernels, "transform_row", "adapter kernel (one query)"),
-        (pruning, "scored_rank_row", "pruned memory/keys + rank_row kernel"),
         (LexicalIndex, "query_term_ids", "query term ids"), (faiss_view.HeldView, "usable_ids", "usable override ids"),
         (faiss_view.HeldView, "search_rows", "search_rows (search + rows)"),
         (faiss_view.HeldView, "search_slots", "search_slots (search + flags)"),

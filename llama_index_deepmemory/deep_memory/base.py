@@ -256,12 +256,6 @@ class DeepMemoryModel:
         ids, scores = self.overrides(transformed)
         return transformed, ids, checked_scores(queries, ids, scores)
 
-    def apply_after_search(self, queries: np.ndarray) -> "tuple[np.ndarray, Sequence[str], tuple[Any, ...]] | None":
-        """For a model that scores its overrides after the plain search (``AdapterMemoryModel``,
-        pruning what cannot count): the transformed query, the override ids and the model's
-        arguments of ``pruning.scored_rank_row``; None (here): the ranking calls :meth:`apply`."""
-        return None
-
     def override_set(self, ids: Sequence[str]) -> frozenset[str]:
         """The override ``ids`` (from :meth:`apply`) as a set; a model with fixed override ids
         may keep it."""

@@ -98,39 +98,6 @@ def nearest_cosine(query: np.ndarray, codes: np.ndarray, factors: np.ndarray, en
 
 
 @_jit()
-def _transform_into(
-    query: np.ndarray, residual_codes: np.ndarray, residual_scales: np.ndarray, bias: np.ndarray, unit: bool,
-    transformed: np.ndarray,
-) -> tuple[np.float32, bool]:
-    """``transformed = W query + bias`` (renormalised when ``unit``): the adapter of one query row,
-    the same bits wherever it runs. Returns the squared norm before renormalising and whether
-    every value is finite."""
-    sq = np.float32(0.0)
-    finite = True
-    for i in range(query.shape[0]):
-        value = query[i] + _dot_codes(residual_codes[i], query) * residual_scales[i] + bias[i]
-        transformed[i] = value
-        sq += value * value
-        finite = finite and math.isfinite(value)
-    if unit and sq > 0:
-        inverse = np.float32(1.0 / math.sqrt(sq))
-        for i in range(query.shape[0]):
-            transformed[i] *= inverse
-    return sq, finite
-
-
-@_jit()
-def transform_row(
-    query: np.ndarray, residual_codes: np.ndarray, residual_scales: np.ndarray, bias: np.ndarray, unit: bool,
-) -> tuple[np.ndarray, bool]:
-    """One (d,) float32 query's transformed vector, as ``adapter_memory_scores`` computes it, and
-    whether it is finite (the ranking that scores memory after its plain search)."""
-    transformed = np.empty(query.shape[0], dtype=np.float32)
-    _, finite = _transform_into(query, residual_codes, residual_scales, bias, unit, transformed)
-    return transformed, finite
-
-
-@_jit()
 def adapter_memory_scores(
     queries: np.ndarray,  # (m, d) float32, as searched
     residual_codes: np.ndarray,  # (d, d) int8: W = I + residual_codes * residual_scales[:, None]
@@ -160,8 +127,16 @@ def adapter_memory_scores(
     finite = True
     for row in range(m):
         query, transformed, scores = queries[row], transformed_out[row], scores_out[row]
-        sq, row_finite = _transform_into(query, residual_codes, residual_scales, bias, unit, transformed)
-        finite = finite and row_finite
+        sq = np.float32(0.0)
+        for i in range(d):
+            value = query[i] + _dot_codes(residual_codes[i], query) * residual_scales[i] + bias[i]
+            transformed[i] = value
+            sq += value * value
+            finite = finite and math.isfinite(value)
+        if unit and sq > 0:
+            inverse = np.float32(1.0 / math.sqrt(sq))
+            for i in range(d):
+                transformed[i] *= inverse
         _dot_rows(score_codes, 0, n_memory, transformed, score_scales, scores)
         if l2:  # -(|q|^2 - 2 q.m + |m|^2)
             for r in range(n_memory):

@@ -217,7 +217,6 @@ class AdapterMemoryModel(DeepMemoryModel):
         self._link_weight_by_key = self.link_weight[order]
         # the compiled kernel's arguments after the queries
         self._single_shape = (1, self.dim)
-        self._scoring_args: tuple[Any, ...] | None = None  # apply_after_search's, made on first use
         self._memory_set = frozenset(self.memory_ids)
         self._kernel_args = (
             self._residual_codes, self._residual_scales, self._bias, self.metric == "cosine",
@@ -248,28 +247,6 @@ class AdapterMemoryModel(DeepMemoryModel):
         if not finite:
             checked_transform(queries, transformed)  # raises the numpy path's error
         return transformed, self.memory_ids, scores
-
-    def apply_after_search(self, queries: np.ndarray) -> tuple[np.ndarray, tuple[str, ...], tuple[Any, ...]] | None:
-        """For one (1, d) float32 query on the compiled path: its transformed vector (the bits
-        :meth:`apply` gives), the memory ids, and the model's arguments of
-        ``pruning.scored_rank_row``, which scores memory and keys after the plain search and only
-        where they can count; None otherwise (the ranking then calls :meth:`apply`)."""
-        kernels = compiled_kernels()
-        if kernels is None or type(queries) is not np.ndarray or queries.shape != self._single_shape or (
-            queries.dtype != np.float32
-        ):
-            return None
-        scoring = self._scoring_args
-        if scoring is None:  # made on first use (numba is loaded by then), shared by every query after
-            from llama_index_deepmemory.deep_memory.pruning import nibble_bounds
-
-            args = self._kernel_args
-            scoring = self._scoring_args = args[4:6] + (args[6], args[7], args[8], args[3]) + args[9:] + (
-                nibble_bounds(self._score_codes, self._score_scales))
-        transformed, finite = kernels.transform_row(queries[0], *self._kernel_args[:4])
-        if not finite:
-            checked_transform(queries, transformed[None, :])  # raises the numpy path's error
-        return transformed[None, :], self.memory_ids, scoring
 
     def override_set(self, ids: Sequence[str]) -> frozenset[str]:
         """The memory ids as a set (made once)."""

@@ -44,7 +44,6 @@ _NO_POSTINGS = (np.zeros((1, 2), dtype=np.int64), np.zeros(0, dtype=np.int32), n
 
 
 _loaded: list[Any] = []  # the kernels module, once imported
-_loaded_pruning: list[Any] = []  # the pruning module, once imported
 
 
 def _kernels() -> Any:
@@ -54,15 +53,6 @@ def _kernels() -> Any:
 
         _loaded.append(kernels)
     return _loaded[0]
-
-
-def _pruning() -> Any:
-    """The pruned scoring kernel's module (imported on first use)."""
-    if not _loaded_pruning:
-        from llama_index_deepmemory.deep_memory import pruning
-
-        _loaded_pruning.append(pruning)
-    return _loaded_pruning[0]
 
 
 def rank(
@@ -106,28 +96,18 @@ def rank(
     rescore = texts is not None and model.rerank_depth > 0
     head = int(model.rerank_depth) if rescore else 0  # the re-scored top: fixed, so results do not depend on k
     depth = max(k, head)
-    single = len(queries) == 1 and forget is None and plain_cache is None
-    # one query: the model may score its overrides after the plain search, only where they can count
-    deferred = model.apply_after_search(queries) if single else None
-    if deferred is None:
-        transformed, override_ids, override_scores = _applied(model, queries)  # checks the dimension first
-        scoring = None
-    else:
-        (transformed, override_ids, scoring), override_scores = deferred, None
+    transformed, override_ids, override_scores = _applied(model, queries)  # checks the dimension first
     plans = _query_plans(model, queries) if rescore else [None] * len(queries)
     usable = np.asarray(store.usable_ids(override_ids, filters), dtype=bool) if len(override_ids) else np.zeros(0, bool)
-    row = _Row(store, model, override_ids, override_scores, usable, head, depth, k, filters, scoring)
-    if single and plans[0] is not None and texts[0]:
+    row = _Row(store, model, override_ids, override_scores, usable, head, depth, k, filters)
+    if len(queries) == 1 and plans[0] is not None and texts[0] and forget is None and plain_cache is None:
         ranked = row.by_keyword_rows(transformed, plans[0], texts[0])  # the embedded store's hits as rows
         if ranked is not None:
             return [ranked[0]], [ranked[1]]
-    elif single and not head:
+    elif len(queries) == 1 and not head and forget is None and plain_cache is None:
         ranked = row.by_slots(transformed)  # a dense query: the embedded store's hits flagged by slot
         if ranked is not None:
             return [ranked[0]], [ranked[1]]
-    if override_scores is None:  # the store offers no one-call path: every override scored before searching
-        transformed, override_ids, row.override_scores = _applied(model, queries)
-        row.scoring = None
     searched = _plain_searches(store, transformed, _deeper(depth, _store_margin(store, len(override_ids), depth)),
                                filters, plain_cache)
     out: list[tuple[np.ndarray, list[str]] | None] = [None] * len(queries)
@@ -153,21 +133,12 @@ class _Row:
     """One ranking's shared inputs, and each query row ranked by ``kernels.rank_row``."""
 
     def __init__(self, store: "StoreView", model: DeepMemoryModel, override_ids: Sequence[str],
-                 override_scores: np.ndarray | None, usable: np.ndarray, head: int, depth: int, k: int, filters: Any,
-                 scoring: tuple[Any, ...] | None = None) -> None:
+                 override_scores: np.ndarray, usable: np.ndarray, head: int, depth: int, k: int, filters: Any) -> None:
         self.store, self.model, self.filters = store, model, filters
         self.override_ids, self.override_scores, self.usable = override_ids, override_scores, usable
         self.head, self.depth, self.k = head, depth, k
-        self.scoring = scoring  # the model's arguments of pruning.scored_rank_row (None: override_scores)
         self.kernels = _kernels()
         self.rank_row = self.kernels.rank_row
-
-    def _ranked_row(self, transformed: np.ndarray, *args: Any) -> tuple[np.ndarray, np.ndarray, bool]:
-        """``rank_row`` of one query (``args``: its arguments but the override scores and keeps),
-        with the override scores given, or computed after the search where they can count."""
-        if self.scoring is not None:
-            return _pruning().scored_rank_row(transformed[0], *args[:3], self.usable, *args[3:], *self.scoring)[:3]
-        return self.rank_row(*args[:3], self.override_scores[0], self.usable, *args[3:])
 
     @functools.cached_property
     def overridden(self) -> frozenset[str]:
@@ -195,8 +166,8 @@ class _Row:
                     keep[p] = id_at(p) not in self.overridden
             given = (self._text_scores(plan, text, rows, keep, self.usable, unindexed, id_at)
                      if unindexed_hit or len(unindexed) else _NO_SCORES)
-            out_scores, sources, complete = self._ranked_row(
-                transformed, scores, keep, rows, over_rows, given, *index.postings,
+            out_scores, sources, complete = self.rank_row(
+                scores, keep, rows, self.override_scores[0], self.usable, over_rows, given, *index.postings,
                 terms, float(plan.weight), self.head, self.depth, self.k, asked)
             if complete:
                 return out_scores, [id_at(p) if p >= 0 else self.override_ids[-1 - p] for p in sources.tolist()]
@@ -211,8 +182,8 @@ class _Row:
         asked = _deeper(self.depth, _margin(len(self.override_ids), self.depth))
         while True:
             scores, keep, id_at = search_slots(transformed, asked, self.filters, self.override_ids)
-            out_scores, sources, complete = self._ranked_row(
-                transformed, scores, keep, _NO_ROWS, _NO_ROWS, _NO_SCORES, *_NO_POSTINGS,
+            out_scores, sources, complete = self.rank_row(
+                scores, keep, _NO_ROWS, self.override_scores[0], self.usable, _NO_ROWS, _NO_SCORES, *_NO_POSTINGS,
                 _NO_TERMS, 0.0, 0, self.depth, self.k, asked)
             if complete:
                 return out_scores, [id_at(p) if p >= 0 else self.override_ids[-1 - p] for p in sources.tolist()]

@@ -133,10 +133,9 @@ def test_rank_never_counts_the_store() -> None:
 
 
 def test_validation_and_serving_run_the_same_kernel(monkeypatch) -> None:
-    """Training's validation and a store query both rank every row with ``kernels.rank_row``
-    (a single served query: inside ``pruning.scored_rank_row``, which scores the overrides after the
-    search and calls it compiled): the kernels are wrapped and their calls counted on each path."""
-    from llama_index_deepmemory.deep_memory import kernels, pruning
+    """Training's validation and a store query both rank every row with ``kernels.rank_row``:
+    the one kernel is wrapped and its calls counted on each path."""
+    from llama_index_deepmemory.deep_memory import kernels
     from llama_index_deepmemory.deep_memory.training import TrainOptions, train_model
     from synthetic import N_TRAIN, OPTIONS
 
@@ -148,8 +147,6 @@ def test_validation_and_serving_run_the_same_kernel(monkeypatch) -> None:
         return serving(*args)
 
     monkeypatch.setattr(kernels, "rank_row", counted)
-    pruned = pruning.scored_rank_row
-    monkeypatch.setattr(pruning, "scored_rank_row", lambda *args: calls.update(n=calls["n"] + 1) or pruned(*args))
     task = KeywordTask(seed=5)
     store = task.store()
     result = train_model(store, task.queries[:N_TRAIN], task.relevance[:N_TRAIN],
