@@ -114,16 +114,21 @@ def adapter_memory_scores(
     link_ptr: np.ndarray,  # (n_keys + 1,) int64, CSR by key
     link_node: np.ndarray,  # (n_links,) int64
     link_weight: np.ndarray,  # (n_links,) float32
+    key_anchor: np.ndarray,  # (n_keys,) int64: a memory row near each key (-1: none) ...
+    key_reach: np.ndarray,  # (n_keys,) float64: ... and |key - anchor| plus rounding slack, per unit |q|
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """``AdapterMemoryModel.transform_queries`` and ``overrides`` of each query row: the
     transformed queries (m, d), the memory scores (m, n_memory), and whether every transformed
-    query is finite."""
+    query is finite.
+
+    A key counts only where its cosine to the query exceeds ``key_threshold``; one whose anchor's
+    product plus ``|q| key_reach`` cannot (``key_anchors``: a bound that covers float32 rounding)
+    is skipped unscored, so the scores are those of scoring every key, bit for bit."""
     m, d = queries.shape
     transformed_out = np.empty((m, d), dtype=np.float32)
     scores_out = np.empty((m, n_memory), dtype=np.float32)
     n_keys = score_codes.shape[0] - n_memory
     bonus = np.zeros(n_memory, dtype=np.float32)
-    sims = np.empty(n_keys, dtype=np.float32)
     finite = True
     for row in range(m):
         query, transformed, scores = queries[row], transformed_out[row], scores_out[row]
@@ -137,16 +142,22 @@ def adapter_memory_scores(
             inverse = np.float32(1.0 / math.sqrt(sq))
             for i in range(d):
                 transformed[i] *= inverse
-        _dot_rows(score_codes, 0, n_memory, transformed, score_scales, scores)
-        if l2:  # -(|q|^2 - 2 q.m + |m|^2)
-            for r in range(n_memory):
-                scores[r] = scores[r] * np.float32(2.0) - memory_sq[r] - sq
+        _dot_rows(score_codes, 0, n_memory, transformed, score_scales, scores)  # q.m, the anchors' products
+        hit = False
         if n_keys > 0:
             norm = np.float32(1.0) if unit else np.float32(max(math.sqrt(sq), 1e-12))
-            hit = False
-            _dot_rows(score_codes, n_memory, n_memory + n_keys, transformed, score_scales, sims)
+            q_sq = 0.0
+            for i in range(d):
+                q_sq += float(transformed[i]) * float(transformed[i])
+            q_norm = math.sqrt(q_sq) * (1 + 2.0**-40)
             for t in range(n_keys):
-                sim = sims[t] / norm
+                anchor = key_anchor[t]
+                if anchor >= 0:  # q.k <= q.m_anchor + |q| |k - m_anchor|: skip a key that cannot pass
+                    upper = (float(scores[anchor]) + q_norm * key_reach[t]) / float(norm)
+                    if upper + abs(upper) * 2.0**-20 <= key_threshold:
+                        continue
+                r = n_memory + t
+                sim = np.float32(_dot_codes(score_codes[r], transformed) * score_scales[r]) / norm
                 if sim > key_threshold:
                     if not hit:
                         bonus[:] = 0
@@ -155,9 +166,12 @@ def adapter_memory_scores(
                         value = (sim - key_threshold) * link_weight[p]
                         if value > bonus[link_node[p]]:
                             bonus[link_node[p]] = value
-            if hit:
-                for r in range(n_memory):
-                    scores[r] += bonus[r] * key_weight
+        if l2:  # -(|q|^2 - 2 q.m + |m|^2)
+            for r in range(n_memory):
+                scores[r] = scores[r] * np.float32(2.0) - memory_sq[r] - sq
+        if hit:
+            for r in range(n_memory):
+                scores[r] += bonus[r] * key_weight
     return transformed_out, scores_out, finite
 
 
