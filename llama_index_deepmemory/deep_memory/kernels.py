@@ -123,7 +123,7 @@ def adapter_memory_scores(
     query is finite.
 
     A key counts only where its cosine to the query exceeds ``key_threshold``; one whose anchor's
-    product plus ``|q| key_reach`` cannot (``key_anchors``: a bound that covers float32 rounding)
+    product plus ``|q| key_reach`` cannot (``model_parts.key_anchors``: the bound covers float32 rounding)
     is skipped unscored, so the scores are those of scoring every key, bit for bit."""
     m, d = queries.shape
     transformed_out = np.empty((m, d), dtype=np.float32)
