@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         (faiss_store.FaissStore, "_search", "index search (FAISS + checks)"), (ranking, "rank", "rank()"),
         (ranking, "_applied", "model.apply + checks"), (kernels, "adapter_memory_scores", "adapter/memory/keys kernel"),
         (kernels, "rank_row", "rank_row kernel"), (kernels, "kept_rows", "kept_rows kernel"),
+        (kernels, "rank_indexed_row", "kept_rows + rank_row kernel"),
         (LexicalIndex, "query_term_ids", "query term ids"), (faiss_view.HeldView, "usable_ids", "usable override ids"),
         (faiss_view.HeldView, "search_rows", "search_rows (search + rows)"),
         (faiss_view.HeldView, "search_slots", "search_slots (search + flags)"),

@@ -28,6 +28,33 @@ def int8_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(codes), scales
 
 
+def key_anchors(key_rows: np.ndarray, memory_rows: np.ndarray, link_key: np.ndarray, link_node: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Each key's anchor for ``kernels.adapter_memory_scores``: the nearest of the memory rows it links to
+    (-1: none), and the reach ``|k - m| + slack`` with which ``q . k <= q . m + |q| reach`` holds
+    for the float32 products the kernel computes (sums of d terms err by at most d * 2**-24 of
+    ``|q| |row|``; the slack is four times that plus 2**-16). ``key_rows`` and ``memory_rows`` are the
+    rows as the kernel reads them (codes times scales)."""
+    n_keys, d = key_rows.shape
+    anchor = np.full(n_keys, -1, dtype=np.int64)
+    reach = np.full(n_keys, np.inf, dtype=np.float64)
+    if not n_keys or not len(link_key):
+        return anchor, reach
+    distance = np.empty(len(link_key), dtype=np.float64)
+    for start in range(0, len(link_key), 65536):  # chunks: the differences stay small
+        stop = start + 65536
+        difference = key_rows[link_key[start:stop]].astype(np.float64) - memory_rows[link_node[start:stop]]
+        distance[start:stop] = np.sqrt(np.einsum("ij,ij->i", difference, difference))
+    order = np.lexsort((distance, link_key))
+    first = order[np.r_[True, link_key[order][1:] != link_key[order][:-1]]]  # each key's nearest link
+    keys, nodes = link_key[first], link_node[first]
+    gamma = 4.0 * d * 2.0**-24 + 2.0**-16
+    norms = lambda rows: np.sqrt(np.einsum("ij,ij->i", rows.astype(np.float64), rows.astype(np.float64)))  # noqa: E731
+    anchor[keys] = nodes
+    reach[keys] = distance[first] * (1 + 2.0**-30) + gamma * (norms(key_rows[keys]) + norms(memory_rows[nodes]))
+    return anchor, reach
+
+
 def _checked_cosine(name: str, value: Any, zero: str) -> float:
     """``value`` as a cosine threshold in [0, 1], or a clear error naming ``name``."""
     number = float(value)

@@ -27,6 +27,7 @@ from llama_index_deepmemory.deep_memory.model_parts import (  # noqa: F401 (int8
     Memory,
     _normalised,
     int8_rows,
+    key_anchors,
 )
 
 logger = logging.getLogger(__name__)
@@ -215,6 +216,10 @@ class AdapterMemoryModel(DeepMemoryModel):
         self._link_ptr = np.searchsorted(self.link_key[order], np.arange(len(self.key_vectors) + 1))
         self._link_node_by_key = self.link_node[order]
         self._link_weight_by_key = self.link_weight[order]
+        # each key's anchor: a memory row it links to, whose product bounds the key's (model_parts.key_anchors)
+        self._key_anchor, self._key_reach = key_anchors(
+            self._key_codes * self._key_scales[:, None] if self._use_keys else np.zeros((0, self.dim), np.float32),
+            self._memory_codes * self._memory_scales[:, None], self.link_key, self.link_node)
         # the compiled kernel's arguments after the queries
         self._single_shape = (1, self.dim)
         self._memory_set = frozenset(self.memory_ids)
@@ -222,7 +227,7 @@ class AdapterMemoryModel(DeepMemoryModel):
             self._residual_codes, self._residual_scales, self._bias, self.metric == "cosine",
             self._score_codes, self._score_scales, n_mem, self._memory_sq, self.metric == "l2",
             self._key_weight32, self._key_threshold32, self._link_ptr, self._link_node_by_key,
-            self._link_weight_by_key,
+            self._link_weight_by_key, self._key_anchor, self._key_reach,
         )
 
     # --- query time ---------------------------------------------------------------------

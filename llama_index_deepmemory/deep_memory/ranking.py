@@ -160,15 +160,22 @@ class _Row:
             if hits is None:
                 return None
             scores, rows, id_at = hits
-            keep, unindexed_hit = self.kernels.kept_rows(rows, flags)
-            if len(unindexed):  # an override node unindexed: tell it by id
-                for p in np.flatnonzero(rows < 0).tolist():
-                    keep[p] = id_at(p) not in self.overridden
-            given = (self._text_scores(plan, text, rows, keep, self.usable, unindexed, id_at)
-                     if unindexed_hit or len(unindexed) else _NO_SCORES)
-            out_scores, sources, complete = self.rank_row(
-                scores, keep, rows, self.override_scores[0], self.usable, over_rows, given, *index.postings,
-                terms, float(plan.weight), self.head, self.depth, self.k, asked)
+            ranked = None
+            if not len(unindexed):  # the usual case: one call, unless a hit is unindexed
+                ranked = self.kernels.rank_indexed_row(
+                    scores, rows, flags, self.override_scores[0], self.usable, over_rows, *index.postings, terms,
+                    float(plan.weight), self.head, self.depth, self.k, asked)
+            if ranked is None or not ranked[3]:
+                keep, unindexed_hit = self.kernels.kept_rows(rows, flags)
+                if len(unindexed):  # an override node unindexed: tell it by id
+                    for p in np.flatnonzero(rows < 0).tolist():
+                        keep[p] = id_at(p) not in self.overridden
+                given = (self._text_scores(plan, text, rows, keep, self.usable, unindexed, id_at)
+                         if unindexed_hit or len(unindexed) else _NO_SCORES)
+                ranked = self.rank_row(
+                    scores, keep, rows, self.override_scores[0], self.usable, over_rows, given, *index.postings,
+                    terms, float(plan.weight), self.head, self.depth, self.k, asked)
+            out_scores, sources, complete = ranked[:3]
             if complete:
                 return out_scores, [id_at(p) if p >= 0 else self.override_ids[-1 - p] for p in sources.tolist()]
             asked = _deeper(asked, asked)

@@ -402,3 +402,34 @@ def test_nearest_training_query_kernel_equals_numpy() -> None:
         assert answers == (expected >= enough).tolist() and 0 < sum(answers) < len(answers)
         np.testing.assert_allclose(model._nearest_cosines(queries), expected, rtol=1e-5, atol=1e-6)
         assert np.abs(model.gate_keys - keys).max() <= np.abs(keys).max() / 64  # 8-bit precision
+
+
+def test_indexed_row_kernel_is_kept_rows_then_rank_row() -> None:
+    """``rank_indexed_row`` (one call for a keyword query whose hits are all indexed) gives what
+    ``kept_rows`` then ``rank_row`` give, bit for bit; with an unindexed hit it computes nothing
+    and says so."""
+    rng = np.random.default_rng(21)
+    index = LexicalIndex([f"n{i}" for i in range(200)], [" ".join(rng.choice(WORDS, size=12)) for _ in range(200)])
+    for trial in range(200):
+        n_plain, n_over = int(rng.integers(1, 80)), int(rng.integers(0, 30))
+        plain = np.sort(rng.normal(size=n_plain).astype(np.float32))[::-1].copy()
+        rows = rng.integers(0, 200, n_plain).astype(np.int64)
+        if trial % 5 == 0:
+            rows[rng.integers(0, n_plain)] = -1
+        overridden = np.zeros(201, bool)
+        overridden[rng.integers(0, 200, 20)] = True
+        over, over_keep = rng.normal(size=n_over).astype(np.float32), rng.random(n_over) > 0.2
+        over_rows = rng.integers(0, 200, n_over).astype(np.int64)
+        terms = index.query_term_ids(" ".join(rng.choice(WORDS, size=3)))
+        tail = (over_rows, *index.postings, terms, 0.3, 50, 50, int(rng.integers(1, 60)), n_plain + 1)
+        fused = kernels.rank_indexed_row(plain, rows, overridden, over, over_keep, *tail)
+        if (rows < 0).any():
+            assert not fused[3] and not fused[2]
+            continue
+        keep, unindexed = kernels.kept_rows(rows, overridden)
+        assert not unindexed
+        reference = kernels.rank_row(plain, keep, rows, over, over_keep, over_rows, np.zeros(0, np.float32),
+                                     *tail[1:])
+        assert fused[3] and fused[2] == reference[2]
+        np.testing.assert_array_equal(fused[0], reference[0])
+        np.testing.assert_array_equal(fused[1], reference[1])
