@@ -41,14 +41,16 @@ from llama_index_deepmemory import exact_search
 
 logger = logging.getLogger(__name__)
 
-MIN_QUERIES = 8  # fewer query rows: exact_top_k's float32 path (see benchmarks/README.md, the crossover)
+MIN_QUERIES = 2  # fewer query rows: exact_top_k's float32 path (one row is a gemv there, not an sgemm entry)
 MIN_ROWS = 1 << 17  # smaller matrices: the float32 path (a copy is not worth its memory and time)
+MIN_CHUNKS = 4  # the first chunk is searched in float32: fewer chunks gain too little
 MAX_K = 1024  # deeper searches: the float32 path (its merge handles any k)
 NORM_BLOCK = 256  # rows per stored maximum of the row norms (the bound takes a chunk's maxima)
-_GROUP = 64  # queries per rescoring product
-_MIN_GROUP = 8  # queries per rescoring product at least (one row would be a gemv, computed otherwise)
+_GROUP = 64  # queries per rescoring product (more: more entries computed and not read; fewer: more calls)
+_MIN_GROUP = 8  # query rows per rescoring product at least (zeros pad it; one row would be a gemv)
 _MIN_COLUMNS = 64  # columns per rescoring product at least (keeps the BLAS off its small-matrix path)
-_MIN_ENTRIES = 4096  # entries per rescoring product at least (likewise)
+_BIG_PRODUCT = 1 << 21  # multiply-adds per product at least: OpenBLAS computes an entry the same way in
+# any such product (measured: its small-matrix kernel, below ~2^19 here, rounds differently)
 _U_OUT = 2.0**-7  # relative error of rounding to bf16, by nearest or by truncation
 _SLACK = 1.0 + 2.0**-20  # covers the rounding of the bound's own float64 arithmetic
 _FINITE_LIMIT = 1e30  # larger norms: the float32 path (no overflow anywhere in the bound)
@@ -60,16 +62,16 @@ def _gamma(n: int) -> float:
 
 
 class Bf16Copy:
-    """A bfloat16 copy of a float32 matrix (n, d) with, per block of ``NORM_BLOCK`` rows, the
-    largest norm of a rounded row and of a row's rounding error (float64, computed exactly).
+    """A bfloat16 copy of a float32 matrix (n, d) with, per block of ``NORM_BLOCK`` rows, upper
+    bounds on the largest norm of a rounded row and of a row's rounding error.
 
-    ``usable`` is False when torch, a fast bf16 product (AMX) or finite values are missing: the
-    caller then searches in float32."""
+    ``usable`` is False when a fast bf16 product (AMX) or finite values are missing: the caller
+    then searches in float32."""
 
-    def __init__(self, matrix: np.ndarray, torch_module: Any = None) -> None:
+    def __init__(self, matrix: np.ndarray) -> None:
         import torch
 
-        self._torch = torch_module or torch
+        self._torch = torch
         n, d = matrix.shape
         self.shape = (n, d)
         self.tensor = torch.empty((n, d), dtype=torch.bfloat16)
@@ -78,25 +80,37 @@ class Bf16Copy:
         self.error_norm = np.zeros(blocks, dtype=np.float64)  # max ||x - ~x|| per block
         step = NORM_BLOCK * 256
         finite = True
-        for lo in range(0, n, step):
-            part = np.ascontiguousarray(matrix[lo : lo + step], dtype=np.float32)
-            rounded = torch.from_numpy(part).to(torch.bfloat16)
-            self.tensor[lo : lo + len(part)] = rounded
-            back = rounded.to(torch.float64).numpy()
-            finite = finite and bool(np.isfinite(back).all())
-            norms = np.sqrt(np.einsum("ij,ij->i", back, back))
-            errors = np.sqrt(((part.astype(np.float64) - back) ** 2).sum(axis=1))
-            pad = (-len(part)) % NORM_BLOCK
-            b0 = lo // NORM_BLOCK
-            nb = (len(part) + pad) // NORM_BLOCK
-            self.row_norm[b0 : b0 + nb] = np.pad(norms, (0, pad)).reshape(nb, NORM_BLOCK).max(axis=1)
-            self.error_norm[b0 : b0 + nb] = np.pad(errors, (0, pad)).reshape(nb, NORM_BLOCK).max(axis=1)
+        with _torch_threads(torch):
+            for lo in range(0, n, step):
+                part = torch.from_numpy(np.ascontiguousarray(matrix[lo : lo + step], dtype=np.float32))
+                rounded = self.tensor[lo : lo + len(part)]
+                rounded.copy_(part)  # round to nearest even
+                back = rounded.float()  # exact: a bf16 is a float32
+                finite = finite and bool(torch.isfinite(back).all())
+                error = part - back  # exact: the low bits of each float32
+                b0 = lo // NORM_BLOCK
+                b1 = b0 + -(-len(part) // NORM_BLOCK)
+                self.row_norm[b0:b1] = _block_max(_norms(torch, back))
+                self.error_norm[b0:b1] = _block_max(_norms(torch, error))
         self.finite = finite and bool((self.row_norm + self.error_norm).max(initial=0.0) < _FINITE_LIMIT)
         self.usable = self.finite and fast_bf16()
 
     @property
     def nbytes(self) -> int:
         return self.tensor.numel() * 2
+
+
+def _norms(torch: Any, rows: Any) -> np.ndarray:
+    """Upper bounds on the Euclidean norms of float32 ``rows`` (a tensor; float64 out): a float32
+    sum of ``d`` squares is within ``d 2^-23`` of the real one (relative, any order), inside the
+    factor added; underflowed squares within the absolute term."""
+    squares = (rows * rows).sum(dim=1).double().numpy()
+    return np.sqrt(squares * (1.0 + rows.shape[1] * 2.0**-22)) * (1.0 + 2.0**-12) + 2.0**-55
+
+
+def _block_max(values: np.ndarray) -> np.ndarray:
+    pad = (-len(values)) % NORM_BLOCK
+    return np.pad(values, (0, pad)).reshape(-1, NORM_BLOCK).max(axis=1)
 
 
 def fast_bf16() -> bool:
@@ -111,7 +125,10 @@ def fast_bf16() -> bool:
 
 def worth_it(n_rows: int, n_queries: int, k: int) -> bool:
     """Whether a search of this shape should take the bf16 path (given a usable copy)."""
-    return n_rows >= MIN_ROWS and n_queries >= MIN_QUERIES and 0 < k <= MAX_K
+    return (
+        n_rows >= max(MIN_ROWS, MIN_CHUNKS * exact_search.chunk_rows(n_queries))
+        and n_queries >= MIN_QUERIES and 0 < k <= MAX_K
+    )
 
 
 @contextmanager
@@ -132,47 +149,120 @@ def _torch_threads(torch: Any) -> Iterator[None]:
 def prefiltered_top_k(
     matrix: np.ndarray, copy: Bf16Copy, queries: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """:func:`exact_top_k` of ``queries`` over ``matrix`` (whose bf16 ``copy`` this is), or None
-    when this path does not apply (the caller then searches in float32)."""
+    """:func:`exact_top_k` of ``queries`` (float32, C order) over ``matrix`` (whose bf16 ``copy``
+    this is), or None when this path does not apply (the caller then searches in float32).
+
+    Two phases, so the BLAS runs few large products (a product split over two threads costs
+    milliseconds to start on a busy machine): bf16 products keep the candidates, then one float32
+    rescoring of the survivors per group of queries picks the exact top ``k``."""
     m, n = len(queries), len(matrix)
     k = min(int(k), n)
     step = exact_search.chunk_rows(m)
-    if not copy.usable or copy.shape != matrix.shape or k < 1 or step >= n or k > step or m < _MIN_GROUP:
+    d = matrix.shape[1]
+    if not copy.usable or copy.shape != matrix.shape or k < 1 or step >= n or k > step or m < 2:
+        return None
+    if m * step * d < _BIG_PRODUCT:  # exact_top_k's chunk products would round otherwise than ours
         return None
     q64 = queries.astype(np.float64)
     if not np.isfinite(q64).all():
         return None
     torch = copy._torch
     q_bf16 = torch.from_numpy(queries).to(torch.bfloat16)
-    back = q_bf16.to(torch.float64).numpy()
-    q_norm = np.sqrt(np.einsum("ij,ij->i", q64, q64))
-    q_error = np.sqrt(((q64 - back) ** 2).sum(axis=1))
+    q_norm = np.sqrt(np.einsum("ij,ij->i", q64, q64)) * _SLACK
+    q_error = np.sqrt(((q64 - q_bf16.double().numpy()) ** 2).sum(axis=1)) * _SLACK
     if q_norm.max(initial=0.0) + q_error.max(initial=0.0) >= _FINITE_LIMIT:
         return None
-    gamma = _gamma(matrix.shape[1])
-    tiny = 4 * matrix.shape[1] * 2.0**-126
-    scores, rows = exact_search.exact_top_k(matrix[:step], queries, k)  # the first chunk, in float32
-    threshold = scores[:, k - 1]
+    first_scores, first_rows = exact_search.exact_top_k(matrix[:step], queries, k)  # float32, exact
+    tail = (n // step) * step if (n % step) and m * (n % step) * d < _BIG_PRODUCT else n
+    found = _candidates(copy, q_bf16, q_norm, q_error, first_scores, first_rows, step, tail)
+    scores, rows = _exact_top(matrix, queries, k, first_scores, first_rows, *found)
+    if tail < n:  # a small last chunk: exact_top_k's own float32 product of it (the same rounding)
+        product = np.dot(queries, matrix[tail:].T)
+        hit_q, hit_c = exact_search._above(product, scores[:, k - 1])
+        if len(hit_q):
+            exact_search._merge(scores, rows, hit_q, product[hit_q, hit_c], hit_c + tail)
+    return scores, rows
+
+
+def _chunk_bound(copy: Bf16Copy, lo: int, hi: int, q_norm: np.ndarray, q_error: np.ndarray) -> np.ndarray:
+    """Per query, ``B`` for the rows ``lo:hi``: how far a bf16 accumulator can be from the float32
+    score (module docstring), float64."""
+    d = copy.shape[1]
+    gamma, tiny = _gamma(d), 4 * d * 2.0**-126
+    b0, b1 = lo // NORM_BLOCK, -(-hi // NORM_BLOCK)
+    x_norm, x_error = copy.row_norm[b0:b1].max(), copy.error_norm[b0:b1].max()
+    return (
+        q_norm * x_error + q_error * x_norm + gamma * q_norm * (x_norm + x_error)
+        + gamma * (q_norm + q_error) * x_norm + tiny * (1 + q_norm) * (1 + x_norm + x_error)
+    ) * _SLACK
+
+
+def _cut(threshold: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """The float32 a bf16 score must reach for its float32 score to reach ``threshold`` (each
+    accumulator within ``bound`` of the float32 score, each output within ``_U_OUT`` of it)."""
+    t = threshold.astype(np.float64) - bound
+    return _down_to_float32(t - _U_OUT * np.abs(t) - 2.0**-126)
+
+
+def _lowest(approx: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """The least float32 score a bf16 output ``approx`` can stand for (``bound`` as in :func:`_cut`)."""
+    a = approx.astype(np.float64)
+    acc = np.where(a >= 0, a / (1 + _U_OUT), a / (1 - _U_OUT))
+    return _down_to_float32(acc - bound - 2.0**-126)
+
+
+def _candidates(
+    copy: Bf16Copy, q_bf16, q_norm: np.ndarray, q_error: np.ndarray, first_scores: np.ndarray,
+    first_rows: np.ndarray, step: int, end: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Phase one, bf16 only: every row past the first chunk whose float32 score may reach its
+    query's final k-th best, as (query, row, bf16 score, bound), query-major per chunk, and each
+    query's final lower bound on its k-th best float32 score (the k-th best of the first chunk's
+    exact scores and the candidates' least possible scores: k rows that score at least that).
+    Rows from ``end`` on are left to the caller."""
+    torch = copy._torch
+    m, n = len(q_bf16), end
+    k = first_scores.shape[1]
+    floor_scores, floor_rows = first_scores.copy(), first_rows.copy()
+    threshold = floor_scores[:, k - 1].copy()
+    buffer = torch.empty(m * step, dtype=torch.bfloat16)
+    parts: list[tuple[np.ndarray, ...]] = []
     with _torch_threads(torch):
         for lo in range(step, n, step):
             hi = min(n, lo + step)
-            b0, b1 = lo // NORM_BLOCK, -(-hi // NORM_BLOCK)
-            x_norm, x_error = copy.row_norm[b0:b1].max(), copy.error_norm[b0:b1].max()
-            bound = (
-                q_norm * x_error + q_error * x_norm + gamma * q_norm * (x_norm + x_error)
-                + gamma * (q_norm + q_error) * x_norm + tiny * (1 + q_norm) * (1 + x_norm + x_error)
-            ) * _SLACK
-            t = threshold.astype(np.float64) - bound
-            cut = _down_to_float32(t - _U_OUT * np.abs(t) - tiny)
-            product = q_bf16 @ copy.tensor[lo:hi].T  # (m, hi - lo) bf16
-            hit_q, hit_c = _at_least(torch, product, torch.from_numpy(cut))
+            bound = _chunk_bound(copy, lo, hi, q_norm, q_error)
+            product = buffer[: m * (hi - lo)].view(m, hi - lo)
+            torch.matmul(q_bf16, copy.tensor[lo:hi].T, out=product)
+            bits = product.view(torch.int16).numpy()
+            hit_q, hit_c = _at_least(bits, _cut(threshold, bound))
             if not len(hit_q):
                 continue
-            exact = _rescore(queries, matrix[lo:hi], hit_q, hit_c)
-            wins = exact > threshold[hit_q]  # as exact_top_k: a later row must beat the k-th best
-            if wins.any():
-                exact_search._merge(scores, rows, hit_q[wins], exact[wins], hit_c[wins] + lo)
-                threshold = scores[:, k - 1]
+            approx = product[torch.from_numpy(hit_q), torch.from_numpy(hit_c)].float().numpy()
+            parts.append((hit_q, hit_c + lo, approx, bound[hit_q]))
+            least = _lowest(approx, bound[hit_q])
+            exact_search._merge(floor_scores, floor_rows, hit_q, least, hit_c + lo)
+            threshold = np.maximum(threshold, floor_scores[:, k - 1])
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32), np.zeros(0), threshold
+    return (*(np.concatenate(column) for column in zip(*parts)), threshold)
+
+
+def _exact_top(
+    matrix: np.ndarray, queries: np.ndarray, k: int, first_scores: np.ndarray, first_rows: np.ndarray,
+    hit_q: np.ndarray, hit_r: np.ndarray, approx: np.ndarray, bound: np.ndarray, threshold: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Phase two: the candidates that still may reach the final threshold, rescored in float32,
+    merged with the first chunk's top ``k`` (best score first, then the lower row)."""
+    scores, rows = first_scores.copy(), first_rows.copy()
+    keep = approx >= _cut(threshold[hit_q], bound)
+    hit_q, hit_r = hit_q[keep], hit_r[keep]
+    if not len(hit_q):
+        return scores, rows
+    order = np.lexsort((hit_r, hit_q))
+    hit_q, hit_r = hit_q[order], hit_r[order]
+    exact = _rescore(queries, matrix, hit_q, hit_r)
+    exact_search._merge(scores, rows, hit_q, exact, hit_r)
     return scores, rows
 
 
@@ -184,55 +274,53 @@ def _down_to_float32(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _at_least(torch: Any, product: Any, cut: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(query, column) where the bf16 ``product`` (m, w) is at least the query's ``cut`` (float32),
-    query-major: block maxima first, then only the blocks that reach it."""
-    m, width = product.shape
-    full = width - width % exact_search.BLOCK
-    cut_col = cut[:, None]
-    parts_q, parts_c = [], []
-    if full:
-        blocks = product[:, :full].reshape(m, full // exact_search.BLOCK, exact_search.BLOCK)
-        hit = torch.nonzero(blocks.amax(dim=2).float() >= cut_col)
-        if len(hit):
-            hq, hb = hit[:, 0], hit[:, 1]
-            inside = torch.nonzero(blocks[hq, hb].float() >= cut[hq][:, None])
-            parts_q.append(hq[inside[:, 0]])
-            parts_c.append(hb[inside[:, 0]] * exact_search.BLOCK + inside[:, 1])
-    if full < width:
-        tail = torch.nonzero(product[:, full:].float() >= cut_col)
-        parts_q.append(tail[:, 0])
-        parts_c.append(tail[:, 1] + full)
-    if not parts_q:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    hit_q = torch.cat(parts_q).numpy()
-    hit_c = torch.cat(parts_c).numpy()
-    if len(parts_q) > 1:  # the tail's hits after the blocks': back to query-major order
-        order = np.lexsort((hit_c, hit_q))
-        hit_q, hit_c = hit_q[order], hit_c[order]
-    return hit_q.astype(np.int64, copy=False), hit_c.astype(np.int64, copy=False)
+def _bf16_keys(bits: np.ndarray) -> np.ndarray:
+    """bf16 bit patterns (int16) as int16 keys in the order of their values (in place): negative
+    values' magnitude bits flipped, so -0.0 is -1, just below +0.0."""
+    bits ^= (bits >> 15) & np.int16(0x7FFF)
+    return bits
+
+
+def _ceil_keys(cut: np.ndarray) -> np.ndarray:
+    """The key of the smallest bf16 at least each float32 ``cut`` (-1, the key of -0.0, for a zero):
+    a bf16 score reaches ``cut`` exactly when its key reaches this."""
+    bits = cut.astype(np.float32).view(np.uint32)
+    high = (bits >> 16).astype(np.uint16)
+    up = (bits & 0xFFFF).astype(bool) & ((bits >> 31) == 0)  # positive with low bits: round up
+    high = (high + up).astype(np.uint16)  # truncation is already the ceiling of a negative value
+    keys = _bf16_keys(high.view(np.int16).copy())
+    keys[(high & 0x7FFF) == 0] = -1  # +0.0 or -0.0: both zeros reach it
+    return keys
+
+
+def _at_least(product: np.ndarray, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query, column) where the bf16 ``product`` (m, w; int16 bit patterns, overwritten by keys
+    where a cut is not positive) is at least the query's float32 ``cut``, query-major."""
+    keys = _ceil_keys(cut)
+    if not (cut > 0).all():  # positive bf16 patterns are ordered as int16 already; others are not
+        _bf16_keys(product)
+    return exact_search._above(product, (keys.astype(np.int32) - 1).astype(np.int16))
 
 
 def _rescore(queries: np.ndarray, chunk: np.ndarray, hit_q: np.ndarray, hit_c: np.ndarray) -> np.ndarray:
-    """float32 scores of the (query, column) pairs (``hit_q`` ascending), each an entry of an
-    ``sgemm`` product of a group of queries with the union of their columns."""
+    """float32 scores of the (query, row of ``chunk``) pairs (``hit_q`` ascending), each an entry of
+    an ``sgemm`` product of a group of queries with the union of their rows (few, large products)."""
     out = np.empty(len(hit_q), dtype=np.float32)
     touched, starts = np.unique(hit_q, return_index=True)
-    bounds = list(starts) + [len(hit_q)]
+    bounds = np.append(starts, len(hit_q))
     width = len(chunk)
     for g in range(0, len(touched), _GROUP):
         lo, hi = bounds[g], bounds[min(g + _GROUP, len(touched))]
         group = touched[g : g + _GROUP]
-        rows = group
-        if len(group) < _MIN_GROUP:  # pad with other queries (their entries are not read)
-            others = np.setdiff1d(np.arange(min(len(queries), _MIN_GROUP + len(group))), group)
-            rows = np.concatenate([group, others[: _MIN_GROUP - len(group)]])
+        block = queries[group]
+        if len(group) < _MIN_GROUP:  # pad with zero queries (their entries are not read)
+            block = np.concatenate([block, np.zeros((_MIN_GROUP - len(group), queries.shape[1]), np.float32)])
         columns, where = np.unique(hit_c[lo:hi], return_inverse=True)
-        wanted = max(_MIN_COLUMNS, -(-_MIN_ENTRIES // len(rows)))
+        wanted = max(_MIN_COLUMNS, -(-_BIG_PRODUCT // (len(block) * queries.shape[1])))
         if len(columns) < min(wanted, width):  # pad with other columns: a product the BLAS computes as a big one
             extra = np.setdiff1d(np.arange(min(width, wanted + len(columns))), columns)[: wanted - len(columns)]
             columns = np.concatenate([columns, extra])
-        product = np.dot(queries[rows], chunk[columns].T)
+        product = np.dot(block, chunk[columns].T)
         row_of = np.searchsorted(group, hit_q[lo:hi])
         out[lo:hi] = product[row_of, where]
     return out
