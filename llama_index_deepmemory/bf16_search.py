@@ -5,15 +5,15 @@ Each chunk of stored rows is multiplied with every query in bfloat16 (a copy of 
 :class:`Bf16Copy`; on CPUs with AMX this runs ~3x faster than float32 ``sgemm``). A rigorous bound on
 how far a bf16 score can be from the float32 score (below) keeps, per query, every row that could
 beat the query's current k-th best exact score; only those rows are rescored by float32 ``sgemm`` and
-merged exactly as :func:`exact_top_k` merges them (a strictly greater score, equal scores in row
-order), so the result is the same. The first chunk is searched in float32 as before (it sets the
-exact thresholds).
+merged as :func:`exact_top_k` merges them (best score first, equal scores in row order), so the
+result is the same. The first rows are searched in float32 (they set exact starting thresholds).
 
 The bound, per query ``q`` and chunk (rows ``x``; ``~`` the bf16 rounding; ``N`` the dimension):
 
 * float32 ``sgemm`` score ``s`` vs the real dot: ``|e1| <= g ||q|| ||x||``;
 * rounding the inputs: ``|q.x - ~q.~x| <= ||q|| ||x - ~x|| + ||q - ~q|| ||~x||`` (Cauchy-Schwarz on
-  the rounding errors, whose norms are computed exactly: tighter than ``2u ||q|| ||x||``);
+  the rounding errors; ``||q - ~q||`` computed, ``||x - ~x|| <= 2^-8 ||x||`` plus a subnormal step
+  per value, the copy keeping only an upper bound on ``||x||`` per 256 rows);
 * bf16 products are exact in float32; their float32 accumulation: ``|e2| <= g ||~q|| ||~x||``;
 * flushed subnormals (AMX's DAZ/FTZ): an absolute ``4 N 2^-126 (1 + ||q||)(1 + ||x||)``;
 
@@ -24,13 +24,16 @@ truncating one); the sum of these, times ``1 + 2^-20``, is ``B``. A row whose fl
 grows with ``a``), which is the float32 number (rounded down) that each bf16 score is compared with.
 
 float32 rescoring reproduces the chunked product's entries when the BLAS computes an entry the same
-way whatever the product's shape (OpenBLAS above its small-matrix path: measured; each rescoring
-product here has at least 64 columns and 4,096 entries). torch is imported only when a copy is built.
+way whatever the product's shape: OpenBLAS does above its small-matrix path (measured: below ~2^19
+multiply-adds it rounds otherwise), so every float32 product here, and every chunk product of
+:func:`exact_top_k` this path stands for, has at least ``_BIG_PRODUCT`` multiply-adds (a small last
+chunk is multiplied as :func:`exact_top_k` multiplies it). torch is imported only when a copy is built.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -51,8 +54,10 @@ _MIN_GROUP = 8  # query rows per rescoring product at least (zeros pad it; one r
 _MIN_COLUMNS = 64  # columns per rescoring product at least (keeps the BLAS off its small-matrix path)
 _BIG_PRODUCT = 1 << 21  # multiply-adds per product at least: OpenBLAS computes an entry the same way in
 # any such product (measured: its small-matrix kernel, below ~2^19 here, rounds differently)
+_U_IN = 2.0**-8  # relative error of rounding a float32 to the nearest bf16 (8 significant bits)
 _U_OUT = 2.0**-7  # relative error of rounding to bf16, by nearest or by truncation
 _SLACK = 1.0 + 2.0**-20  # covers the rounding of the bound's own float64 arithmetic
+FIRST_ROWS = 16384  # rows searched in float32 first (at most a chunk; at least 4 k): exact thresholds
 _FINITE_LIMIT = 1e30  # larger norms: the float32 path (no overflow anywhere in the bound)
 
 
@@ -62,8 +67,8 @@ def _gamma(n: int) -> float:
 
 
 class Bf16Copy:
-    """A bfloat16 copy of a float32 matrix (n, d) with, per block of ``NORM_BLOCK`` rows, upper
-    bounds on the largest norm of a rounded row and of a row's rounding error.
+    """A bfloat16 copy of a float32 matrix (n, d) with, per block of ``NORM_BLOCK`` rows, an upper
+    bound on the largest row norm (float64).
 
     ``usable`` is False when a fast bf16 product (AMX) or finite values are missing: the caller
     then searches in float32."""
@@ -75,36 +80,27 @@ class Bf16Copy:
         n, d = matrix.shape
         self.shape = (n, d)
         self.tensor = torch.empty((n, d), dtype=torch.bfloat16)
-        blocks = -(-n // NORM_BLOCK)
-        self.row_norm = np.zeros(blocks, dtype=np.float64)  # max ||~x|| per block
-        self.error_norm = np.zeros(blocks, dtype=np.float64)  # max ||x - ~x|| per block
+        self.row_norm = np.zeros(-(-n // NORM_BLOCK), dtype=np.float64)  # max ||x|| per block
         step = NORM_BLOCK * 256
-        finite = True
         with _torch_threads(torch):
             for lo in range(0, n, step):
-                part = torch.from_numpy(np.ascontiguousarray(matrix[lo : lo + step], dtype=np.float32))
-                rounded = self.tensor[lo : lo + len(part)]
-                rounded.copy_(part)  # round to nearest even
-                back = rounded.float()  # exact: a bf16 is a float32
-                finite = finite and bool(torch.isfinite(back).all())
-                error = part - back  # exact: the low bits of each float32
+                part = np.ascontiguousarray(matrix[lo : lo + step], dtype=np.float32)
+                self.tensor[lo : lo + len(part)].copy_(torch.from_numpy(part))  # round to nearest even
                 b0 = lo // NORM_BLOCK
-                b1 = b0 + -(-len(part) // NORM_BLOCK)
-                self.row_norm[b0:b1] = _block_max(_norms(torch, back))
-                self.error_norm[b0:b1] = _block_max(_norms(torch, error))
-        self.finite = finite and bool((self.row_norm + self.error_norm).max(initial=0.0) < _FINITE_LIMIT)
-        self.usable = self.finite and fast_bf16()
+                self.row_norm[b0 : b0 + -(-len(part) // NORM_BLOCK)] = _block_max(_norms(part))
+        # NaN norms fail the comparison too; an infinite bf16 value needs an infinite or huge row
+        self.usable = bool((self.row_norm < _FINITE_LIMIT).all()) and fast_bf16()
 
     @property
     def nbytes(self) -> int:
         return self.tensor.numel() * 2
 
 
-def _norms(torch: Any, rows: Any) -> np.ndarray:
-    """Upper bounds on the Euclidean norms of float32 ``rows`` (a tensor; float64 out): a float32
-    sum of ``d`` squares is within ``d 2^-23`` of the real one (relative, any order), inside the
-    factor added; underflowed squares within the absolute term."""
-    squares = (rows * rows).sum(dim=1).double().numpy()
+def _norms(rows: np.ndarray) -> np.ndarray:
+    """Upper bounds on the Euclidean norms of float32 ``rows`` (float64): a float32 sum of ``d``
+    squares is within ``d 2^-23`` of the real one (relative, any order), inside the factor added;
+    underflowed squares within the absolute term."""
+    squares = np.einsum("ij,ij->i", rows, rows).astype(np.float64)
     return np.sqrt(squares * (1.0 + rows.shape[1] * 2.0**-22)) * (1.0 + 2.0**-12) + 2.0**-55
 
 
@@ -157,24 +153,19 @@ def prefiltered_top_k(
     rescoring of the survivors per group of queries picks the exact top ``k``."""
     m, n = len(queries), len(matrix)
     k = min(int(k), n)
-    step = exact_search.chunk_rows(m)
+    step = exact_search.chunk_rows(m)  # exact_top_k's chunks: their products' rounding is the reference
     d = matrix.shape[1]
     if not copy.usable or copy.shape != matrix.shape or k < 1 or step >= n or k > step or m < 2:
         return None
-    if m * step * d < _BIG_PRODUCT:  # exact_top_k's chunk products would round otherwise than ours
+    first = min(step, max(FIRST_ROWS, -(-4 * k // exact_search.BLOCK) * exact_search.BLOCK))
+    if m * first * d < _BIG_PRODUCT:  # float32 products this small round otherwise than large ones
         return None
-    q64 = queries.astype(np.float64)
-    if not np.isfinite(q64).all():
+    prepared = _prepared_queries(copy, queries)
+    if prepared is None:
         return None
-    torch = copy._torch
-    q_bf16 = torch.from_numpy(queries).to(torch.bfloat16)
-    q_norm = np.sqrt(np.einsum("ij,ij->i", q64, q64)) * _SLACK
-    q_error = np.sqrt(((q64 - q_bf16.double().numpy()) ** 2).sum(axis=1)) * _SLACK
-    if q_norm.max(initial=0.0) + q_error.max(initial=0.0) >= _FINITE_LIMIT:
-        return None
-    first_scores, first_rows = exact_search.exact_top_k(matrix[:step], queries, k)  # float32, exact
+    first_scores, first_rows = exact_search.exact_top_k(matrix[:first], queries, k)  # float32, exact
     tail = (n // step) * step if (n % step) and m * (n % step) * d < _BIG_PRODUCT else n
-    found = _candidates(copy, q_bf16, q_norm, q_error, first_scores, first_rows, step, tail)
+    found = _candidates(copy, *prepared, first_scores, first_rows, first, step, tail)
     scores, rows = _exact_top(matrix, queries, k, first_scores, first_rows, *found)
     if tail < n:  # a small last chunk: exact_top_k's own float32 product of it (the same rounding)
         product = np.dot(queries, matrix[tail:].T)
@@ -184,13 +175,30 @@ def prefiltered_top_k(
     return scores, rows
 
 
+def _prepared_queries(copy: Bf16Copy, queries: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray] | None:
+    """The queries in bf16 (a tensor), upper bounds on their norms and on their rounding errors'
+    norms (float64), or None for values the bound does not cover (non-finite, huge)."""
+    q64 = queries.astype(np.float64)
+    if not np.isfinite(q64).all():
+        return None
+    torch = copy._torch
+    q_bf16 = torch.from_numpy(queries).to(torch.bfloat16)
+    q_norm = np.sqrt(np.einsum("ij,ij->i", q64, q64)) * _SLACK
+    q_error = np.sqrt(((q64 - q_bf16.double().numpy()) ** 2).sum(axis=1)) * _SLACK
+    if q_norm.max(initial=0.0) + q_error.max(initial=0.0) >= _FINITE_LIMIT:
+        return None
+    return q_bf16, q_norm, q_error
+
+
 def _chunk_bound(copy: Bf16Copy, lo: int, hi: int, q_norm: np.ndarray, q_error: np.ndarray) -> np.ndarray:
     """Per query, ``B`` for the rows ``lo:hi``: how far a bf16 accumulator can be from the float32
     score (module docstring), float64."""
     d = copy.shape[1]
     gamma, tiny = _gamma(d), 4 * d * 2.0**-126
     b0, b1 = lo // NORM_BLOCK, -(-hi // NORM_BLOCK)
-    x_norm, x_error = copy.row_norm[b0:b1].max(), copy.error_norm[b0:b1].max()
+    largest = copy.row_norm[b0:b1].max()
+    x_error = _U_IN * largest + math.sqrt(d) * 2.0**-126  # rounding each value: 2^-8 of it, or a subnormal's step
+    x_norm = largest + x_error
     return (
         q_norm * x_error + q_error * x_norm + gamma * q_norm * (x_norm + x_error)
         + gamma * (q_norm + q_error) * x_norm + tiny * (1 + q_norm) * (1 + x_norm + x_error)
@@ -213,13 +221,13 @@ def _lowest(approx: np.ndarray, bound: np.ndarray) -> np.ndarray:
 
 def _candidates(
     copy: Bf16Copy, q_bf16, q_norm: np.ndarray, q_error: np.ndarray, first_scores: np.ndarray,
-    first_rows: np.ndarray, step: int, end: int,
+    first_rows: np.ndarray, start: int, step: int, end: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Phase one, bf16 only: every row past the first chunk whose float32 score may reach its
     query's final k-th best, as (query, row, bf16 score, bound), query-major per chunk, and each
     query's final lower bound on its k-th best float32 score (the k-th best of the first chunk's
     exact scores and the candidates' least possible scores: k rows that score at least that).
-    Rows from ``end`` on are left to the caller."""
+    Rows ``start:end`` in chunks of ``step``; the others are left to the caller."""
     torch = copy._torch
     m, n = len(q_bf16), end
     k = first_scores.shape[1]
@@ -228,7 +236,7 @@ def _candidates(
     buffer = torch.empty(m * step, dtype=torch.bfloat16)
     parts: list[tuple[np.ndarray, ...]] = []
     with _torch_threads(torch):
-        for lo in range(step, n, step):
+        for lo in range(start, n, step):
             hi = min(n, lo + step)
             bound = _chunk_bound(copy, lo, hi, q_norm, q_error)
             product = buffer[: m * (hi - lo)].view(m, hi - lo)
@@ -329,16 +337,9 @@ def _rescore(queries: np.ndarray, chunk: np.ndarray, hit_q: np.ndarray, hit_c: n
 def bound_check(matrix: np.ndarray, copy: Bf16Copy, queries: np.ndarray) -> float:
     """The largest ratio of |bf16 score - float32 score| to its allowance (the bound ``B`` plus the
     output rounding) over every pair: below 1 when the bound holds (a test and a diagnostic)."""
-    torch = copy._torch
-    q_bf16 = torch.from_numpy(queries).to(torch.bfloat16)
-    approx = (q_bf16 @ copy.tensor.T).to(torch.float64).numpy()
+    q_bf16, q_norm, q_error = _prepared_queries(copy, queries)
+    approx = (q_bf16 @ copy.tensor.T).double().numpy()
     exact = np.dot(queries, matrix.T).astype(np.float64)
-    q64 = queries.astype(np.float64)
-    back = q_bf16.to(torch.float64).numpy()
-    q_norm = np.sqrt((q64**2).sum(1))[:, None]
-    q_error = np.sqrt(((q64 - back) ** 2).sum(1))[:, None]
-    x_norm, x_error = copy.row_norm.max(), copy.error_norm.max()
-    gamma = _gamma(matrix.shape[1])
-    bound = q_norm * x_error + q_error * x_norm + gamma * q_norm * (x_norm + x_error) + gamma * (q_norm + q_error) * x_norm
-    allowance = bound + _U_OUT * (np.abs(exact) + bound) + 1e-30
+    bound = _chunk_bound(copy, 0, len(matrix), q_norm, q_error)[:, None]
+    allowance = bound + _U_OUT * (np.abs(exact) + bound) + 2.0**-126
     return float((np.abs(approx - exact) / allowance).max())

@@ -48,7 +48,9 @@ def _check(matrix: np.ndarray, queries: np.ndarray, k: int) -> None:
     ("n", "m", "k", "d"),
     [(12000, 9, 26, 128), (10000, 40, 64, 384), (9000, 2, 5, 512), (12289, 17, 512, 64), (10241, 3, 10, 384)],
 )
-def test_random_unit_vectors(small_chunks, n: int, m: int, k: int, d: int) -> None:
+@pytest.mark.parametrize("first_rows", [16384, 512])
+def test_random_unit_vectors(small_chunks, monkeypatch, n: int, m: int, k: int, d: int, first_rows: int) -> None:
+    monkeypatch.setattr(bf16_search, "FIRST_ROWS", first_rows)  # 512: fewer float32 rows than a chunk
     rng = np.random.default_rng(n + m + k)
     matrix = _unit(rng, n, d)
     queries = _unit(rng, m, d)
