@@ -48,14 +48,22 @@ def _check(matrix: np.ndarray, queries: np.ndarray, k: int) -> None:
     ("n", "m", "k", "d"),
     [(12000, 9, 26, 128), (10000, 40, 64, 384), (9000, 2, 5, 512), (12289, 17, 512, 64), (10241, 3, 10, 384)],
 )
-@pytest.mark.parametrize("first_rows", [16384, 512])
-def test_random_unit_vectors(small_chunks, monkeypatch, n: int, m: int, k: int, d: int, first_rows: int) -> None:
-    monkeypatch.setattr(bf16_search, "FIRST_ROWS", first_rows)  # 512: fewer float32 rows than a chunk
+def test_random_unit_vectors(small_chunks, n: int, m: int, k: int, d: int) -> None:
     rng = np.random.default_rng(n + m + k)
     matrix = _unit(rng, n, d)
     queries = _unit(rng, m, d)
     queries[: m // 2] = 0.3 * queries[: m // 2] + matrix[rng.integers(0, n, m // 2)]  # some with a near row
     _check(matrix, queries, k)
+
+
+@needs_amx
+def test_fewer_float32_first_rows_than_a_chunk(small_chunks, monkeypatch) -> None:
+    monkeypatch.setattr(bf16_search, "FIRST_ROWS", 512)  # then bf16 chunks of 2,048 rows from row 512
+    rng = np.random.default_rng(4)
+    matrix = _unit(rng, 11000, 384)
+    queries = _unit(rng, 30, 384)
+    queries[:10] = 0.2 * queries[:10] + matrix[rng.integers(0, 11000, 10)]
+    _check(matrix, queries, 64)
 
 
 @needs_amx
