@@ -49,7 +49,7 @@ MIN_ROWS = 1 << 17  # smaller matrices: the float32 path (a copy is not worth it
 MIN_CHUNKS = 4  # the first chunk is searched in float32: fewer chunks gain too little
 MAX_K = 1024  # deeper searches: the float32 path (its merge handles any k)
 NORM_BLOCK = 256  # rows per stored maximum of the row norms (the bound takes a chunk's maxima)
-_GROUP = 64  # queries per rescoring product (more: more entries computed and not read; fewer: more calls)
+_GROUP = 16  # queries per rescoring product (more: more entries computed and not read; fewer: more calls)
 _MIN_GROUP = 8  # query rows per rescoring product at least (zeros pad it; one row would be a gemv)
 _MIN_COLUMNS = 64  # columns per rescoring product at least (keeps the BLAS off its small-matrix path)
 _BIG_PRODUCT = 1 << 21  # multiply-adds per product at least: OpenBLAS computes an entry the same way in
@@ -242,10 +242,9 @@ def _candidates(
             product = buffer[: m * (hi - lo)].view(m, hi - lo)
             torch.matmul(q_bf16, copy.tensor[lo:hi].T, out=product)
             bits = product.view(torch.int16).numpy()
-            hit_q, hit_c = _at_least(bits, _cut(threshold, bound))
+            hit_q, hit_c, approx = _at_least(bits, _cut(threshold, bound))
             if not len(hit_q):
                 continue
-            approx = product[torch.from_numpy(hit_q), torch.from_numpy(hit_c)].float().numpy()
             parts.append((hit_q, hit_c + lo, approx, bound[hit_q]))
             least = _lowest(approx, bound[hit_q])
             exact_search._merge(floor_scores, floor_rows, hit_q, least, hit_c + lo)
@@ -301,13 +300,19 @@ def _ceil_keys(cut: np.ndarray) -> np.ndarray:
     return keys
 
 
-def _at_least(product: np.ndarray, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _at_least(product: np.ndarray, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(query, column) where the bf16 ``product`` (m, w; int16 bit patterns, overwritten by keys
-    where a cut is not positive) is at least the query's float32 ``cut``, query-major."""
+    where a cut is not positive) is at least the query's float32 ``cut``, query-major, and the
+    float32 values there."""
     keys = _ceil_keys(cut)
-    if not (cut > 0).all():  # positive bf16 patterns are ordered as int16 already; others are not
+    ordered = bool((cut > 0).all())  # positive bf16 patterns are ordered as int16 already; others are not
+    if not ordered:
         _bf16_keys(product)
-    return exact_search._above(product, (keys.astype(np.int32) - 1).astype(np.int16))
+    hit_q, hit_c = exact_search._above(product, (keys.astype(np.int32) - 1).astype(np.int16))
+    bits = product[hit_q, hit_c]
+    if not ordered:
+        _bf16_keys(bits)  # the key map is its own inverse: back to bit patterns
+    return hit_q, hit_c, (bits.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def _rescore(queries: np.ndarray, chunk: np.ndarray, hit_q: np.ndarray, hit_c: np.ndarray) -> np.ndarray:

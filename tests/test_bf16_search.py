@@ -93,6 +93,18 @@ def test_unnormalised_vectors_of_mixed_scale(small_chunks) -> None:
 
 
 @needs_amx
+def test_negative_scores_and_thresholds(small_chunks) -> None:
+    rng = np.random.default_rng(8)
+    n, d = 11000, 256
+    axis = np.zeros(d, np.float32)
+    axis[0] = 1.0
+    matrix = _unit(rng, n, d) + 2.0 * axis  # every row in a cone around the axis
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    queries = np.stack([-axis, -axis + 0.3 * _unit(rng, 1, d)[0], axis, _unit(rng, 1, d)[0]] * 3).astype(np.float32)
+    _check(matrix, queries, 64)  # the first queries' scores and cuts are all negative
+
+
+@needs_amx
 def test_the_error_bound_holds_on_every_pair() -> None:
     rng = np.random.default_rng(5)
     for d, scale in ((384, 1.0), (33, 1e-20), (128, 1e12)):
