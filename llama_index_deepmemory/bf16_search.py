@@ -49,7 +49,9 @@ MIN_ROWS = 1 << 17  # smaller matrices: the float32 path (a copy is not worth it
 MIN_CHUNKS = 4  # the first chunk is searched in float32: fewer chunks gain too little
 MAX_K = 1024  # deeper searches: the float32 path (its merge handles any k)
 NORM_BLOCK = 256  # rows per stored maximum of the row norms (the bound takes a chunk's maxima)
-_GROUP = 16  # queries per rescoring product (more: more entries computed and not read; fewer: more calls)
+_GROUP = 64  # queries per rescoring product past _ONE_GROUP (more: more entries computed and not read; fewer:
+# more calls, each costing milliseconds on a busy machine when the BLAS wakes its second thread)
+_ONE_GROUP = 128  # up to this many queries: one rescoring product for them all
 _MIN_GROUP = 8  # query rows per rescoring product at least (zeros pad it; one row would be a gemv)
 _MIN_COLUMNS = 64  # columns per rescoring product at least (keeps the BLAS off its small-matrix path)
 _BIG_PRODUCT = 1 << 21  # multiply-adds per product at least: OpenBLAS computes an entry the same way in
@@ -322,9 +324,10 @@ def _rescore(queries: np.ndarray, chunk: np.ndarray, hit_q: np.ndarray, hit_c: n
     touched, starts = np.unique(hit_q, return_index=True)
     bounds = np.append(starts, len(hit_q))
     width = len(chunk)
-    for g in range(0, len(touched), _GROUP):
-        lo, hi = bounds[g], bounds[min(g + _GROUP, len(touched))]
-        group = touched[g : g + _GROUP]
+    size = len(touched) if len(touched) <= _ONE_GROUP else _GROUP
+    for g in range(0, len(touched), size):
+        lo, hi = bounds[g], bounds[min(g + size, len(touched))]
+        group = touched[g : g + size]
         block = queries[group]
         if len(group) < _MIN_GROUP:  # pad with zero queries (their entries are not read)
             block = np.concatenate([block, np.zeros((_MIN_GROUP - len(group), queries.shape[1]), np.float32)])
