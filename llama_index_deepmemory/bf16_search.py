@@ -4,9 +4,10 @@
 Each chunk of stored rows is multiplied with every query in bfloat16 (a copy of the matrix held by
 :class:`Bf16Copy`; on CPUs with AMX this runs ~3x faster than float32 ``sgemm``). A rigorous bound on
 how far a bf16 score can be from the float32 score (below) keeps, per query, every row that could
-beat the query's current k-th best exact score; only those rows are rescored by float32 ``sgemm`` and
+reach the query's final k-th best float32 score; only those rows are rescored by float32 ``sgemm`` and
 merged as :func:`exact_top_k` merges them (best score first, equal scores in row order), so the
-result is the same. The first rows are searched in float32 (they set exact starting thresholds).
+result is the same. The thresholds are lower bounds on each query's k-th best float32 score: the
+k-th best of the candidates' least possible float32 scores so far.
 
 The bound, per query ``q`` and chunk (rows ``x``; ``~`` the bf16 rounding; ``N`` the dimension):
 
@@ -59,7 +60,6 @@ _BIG_PRODUCT = 1 << 21  # multiply-adds per product at least: OpenBLAS computes 
 _U_IN = 2.0**-8  # relative error of rounding a float32 to the nearest bf16 (8 significant bits)
 _U_OUT = 2.0**-7  # relative error of rounding to bf16, by nearest or by truncation
 _SLACK = 1.0 + 2.0**-20  # covers the rounding of the bound's own float64 arithmetic
-FIRST_ROWS = 16384  # rows searched in float32 first (at most a chunk; at least 4 k): exact thresholds
 _FINITE_LIMIT = 1e30  # larger norms: the float32 path (no overflow anywhere in the bound)
 
 
@@ -159,16 +159,13 @@ def prefiltered_top_k(
     d = matrix.shape[1]
     if not copy.usable or copy.shape != matrix.shape or k < 1 or step >= n or k > step or m < 2:
         return None
-    first = min(step, max(FIRST_ROWS, -(-4 * k // exact_search.BLOCK) * exact_search.BLOCK))
-    if m * first * d < _BIG_PRODUCT:  # float32 products this small round otherwise than large ones
+    if m * step * d < _BIG_PRODUCT:  # float32 products this small round otherwise than large ones
         return None
     prepared = _prepared_queries(copy, queries)
     if prepared is None:
         return None
-    first_scores, first_rows = exact_search.exact_top_k(matrix[:first], queries, k)  # float32, exact
     tail = (n // step) * step if (n % step) and m * (n % step) * d < _BIG_PRODUCT else n
-    found = _candidates(copy, *prepared, first_scores, first_rows, first, step, tail)
-    scores, rows = _exact_top(matrix, queries, k, first_scores, first_rows, *found)
+    scores, rows = _exact_top(matrix, queries, k, *_candidates(copy, *prepared, k, step, tail))
     if tail < n:  # a small last chunk: exact_top_k's own float32 product of it (the same rounding)
         product = np.dot(queries, matrix[tail:].T)
         hit_q, hit_c = exact_search._above(product, scores[:, k - 1])
@@ -222,52 +219,52 @@ def _lowest(approx: np.ndarray, bound: np.ndarray) -> np.ndarray:
 
 
 def _candidates(
-    copy: Bf16Copy, q_bf16, q_norm: np.ndarray, q_error: np.ndarray, first_scores: np.ndarray,
-    first_rows: np.ndarray, start: int, step: int, end: int,
+    copy: Bf16Copy, q_bf16: Any, q_norm: np.ndarray, q_error: np.ndarray, k: int, step: int, end: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Phase one, bf16 only: every row past the first chunk whose float32 score may reach its
-    query's final k-th best, as (query, row, bf16 score, bound), query-major per chunk, and each
-    query's final lower bound on its k-th best float32 score (the k-th best of the first chunk's
-    exact scores and the candidates' least possible scores: k rows that score at least that).
-    Rows ``start:end`` in chunks of ``step``; the others are left to the caller."""
+    """Phase one, bf16 only, over rows ``0:end`` in chunks of ``step`` (the rest is left to the
+    caller): every row whose float32 score may reach its query's final k-th best, as (query, row,
+    bf16 score, bound), query-major per chunk, and each query's final lower bound on its k-th best
+    float32 score: the k-th best of the candidates' least possible scores (k rows score at least
+    that; in the first chunk, the least possible score of its k-th best bf16 score)."""
     torch = copy._torch
-    m, n = len(q_bf16), end
-    k = first_scores.shape[1]
-    floor_scores, floor_rows = first_scores.copy(), first_rows.copy()
-    threshold = floor_scores[:, k - 1].copy()
+    m = len(q_bf16)
+    floor_scores = np.full((m, k), -np.inf, dtype=np.float32)
+    floor_rows = np.full((m, k), exact_search._PAD_ROW, dtype=np.int64)
+    threshold = np.full(m, -np.inf)
     buffer = torch.empty(m * step, dtype=torch.bfloat16)
     parts: list[tuple[np.ndarray, ...]] = []
     with _torch_threads(torch):
-        for lo in range(start, n, step):
-            hi = min(n, lo + step)
+        for lo in range(0, end, step):
+            hi = min(end, lo + step)
             bound = _chunk_bound(copy, lo, hi, q_norm, q_error)
             product = buffer[: m * (hi - lo)].view(m, hi - lo)
             torch.matmul(q_bf16, copy.tensor[lo:hi].T, out=product)
             bits = product.view(torch.int16).numpy()
-            hit_q, hit_c, approx = _at_least(bits, _cut(threshold, bound))
+            if lo == 0:  # the first chunk: k rows at least its k-th best bf16 score each
+                _bf16_keys(bits)
+                kth = np.partition(bits, hi - k, axis=1)[:, hi - k].copy()
+                threshold = _lowest(_keys_to_float32(kth), bound)
+                hit_q, hit_c, approx = _at_least(bits, _cut(threshold, bound), keyed=True)
+            else:
+                hit_q, hit_c, approx = _at_least(bits, _cut(threshold, bound))
             if not len(hit_q):
                 continue
             parts.append((hit_q, hit_c + lo, approx, bound[hit_q]))
-            least = _lowest(approx, bound[hit_q])
-            exact_search._merge(floor_scores, floor_rows, hit_q, least, hit_c + lo)
+            exact_search._merge(floor_scores, floor_rows, hit_q, _lowest(approx, bound[hit_q]), hit_c + lo)
             threshold = np.maximum(threshold, floor_scores[:, k - 1])
-    if not parts:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, np.zeros(0, np.float32), np.zeros(0), threshold
     return (*(np.concatenate(column) for column in zip(*parts)), threshold)
 
 
 def _exact_top(
-    matrix: np.ndarray, queries: np.ndarray, k: int, first_scores: np.ndarray, first_rows: np.ndarray,
-    hit_q: np.ndarray, hit_r: np.ndarray, approx: np.ndarray, bound: np.ndarray, threshold: np.ndarray,
+    matrix: np.ndarray, queries: np.ndarray, k: int, hit_q: np.ndarray, hit_r: np.ndarray, approx: np.ndarray,
+    bound: np.ndarray, threshold: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Phase two: the candidates that still may reach the final threshold, rescored in float32,
-    merged with the first chunk's top ``k`` (best score first, then the lower row)."""
-    scores, rows = first_scores.copy(), first_rows.copy()
+    their top ``k`` (best score first, then the lower row)."""
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    rows = np.full((len(queries), k), exact_search._PAD_ROW, dtype=np.int64)
     keep = approx >= _cut(threshold[hit_q], bound)
     hit_q, hit_r = hit_q[keep], hit_r[keep]
-    if not len(hit_q):
-        return scores, rows
     order = np.lexsort((hit_r, hit_q))
     hit_q, hit_r = hit_q[order], hit_r[order]
     exact = _rescore(queries, matrix, hit_q, hit_r)
@@ -302,19 +299,27 @@ def _ceil_keys(cut: np.ndarray) -> np.ndarray:
     return keys
 
 
-def _at_least(product: np.ndarray, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query, column) where the bf16 ``product`` (m, w; int16 bit patterns, overwritten by keys
-    where a cut is not positive) is at least the query's float32 ``cut``, query-major, and the
-    float32 values there."""
+def _keys_to_float32(keys: np.ndarray) -> np.ndarray:
+    """float32 values of bf16 keys (:func:`_bf16_keys`; the map is its own inverse)."""
+    bits = _bf16_keys(keys.copy())
+    return (bits.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def _at_least(
+    product: np.ndarray, cut: np.ndarray, keyed: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query, column) where the bf16 ``product`` (m, w; int16 bit patterns, or their keys when
+    ``keyed``; overwritten by keys where a cut is not positive) is at least the query's float32
+    ``cut``, query-major, and the float32 values there."""
     keys = _ceil_keys(cut)
-    ordered = bool((cut > 0).all())  # positive bf16 patterns are ordered as int16 already; others are not
-    if not ordered:
+    if not keyed and not (cut > 0).all():  # positive bf16 patterns are ordered as int16 already; others are not
         _bf16_keys(product)
+        keyed = True
     hit_q, hit_c = exact_search._above(product, (keys.astype(np.int32) - 1).astype(np.int16))
-    bits = product[hit_q, hit_c]
-    if not ordered:
-        _bf16_keys(bits)  # the key map is its own inverse: back to bit patterns
-    return hit_q, hit_c, (bits.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    found = product[hit_q, hit_c]
+    if keyed:
+        return hit_q, hit_c, _keys_to_float32(found)
+    return hit_q, hit_c, (found.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def _rescore(queries: np.ndarray, chunk: np.ndarray, hit_q: np.ndarray, hit_c: np.ndarray) -> np.ndarray:

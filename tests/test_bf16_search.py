@@ -57,16 +57,6 @@ def test_random_unit_vectors(small_chunks, n: int, m: int, k: int, d: int) -> No
 
 
 @needs_amx
-def test_fewer_float32_first_rows_than_a_chunk(small_chunks, monkeypatch) -> None:
-    monkeypatch.setattr(bf16_search, "FIRST_ROWS", 512)  # then bf16 chunks of 2,048 rows from row 512
-    rng = np.random.default_rng(4)
-    matrix = _unit(rng, 11000, 384)
-    queries = _unit(rng, 30, 384)
-    queries[:10] = 0.2 * queries[:10] + matrix[rng.integers(0, 11000, 10)]
-    _check(matrix, queries, 64)
-
-
-@needs_amx
 def test_exact_ties_and_near_ties_bf16_cannot_tell_apart(small_chunks) -> None:
     rng = np.random.default_rng(7)
     n, d = 12000, 384
