@@ -33,6 +33,7 @@ chunk is multiplied as :func:`exact_top_k` multiplies it). torch is imported onl
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -111,8 +112,10 @@ def _block_max(values: np.ndarray) -> np.ndarray:
     return np.pad(values, (0, pad)).reshape(-1, NORM_BLOCK).max(axis=1)
 
 
+@functools.lru_cache(maxsize=1)
 def fast_bf16() -> bool:
-    """Whether torch multiplies bf16 matrices on AMX tiles here (else the float32 path is as fast)."""
+    """Whether torch multiplies bf16 matrices on AMX tiles here (else the float32 path is as fast;
+    asked once per process)."""
     try:
         import torch
 
