@@ -58,6 +58,7 @@ _MIN_GROUP = 8  # query rows per rescoring product at least (zeros pad it; one r
 _MIN_COLUMNS = 64  # columns per rescoring product at least (keeps the BLAS off its small-matrix path)
 _BIG_PRODUCT = 1 << 21  # multiply-adds per product at least: OpenBLAS computes an entry the same way in
 # any such product (measured: its small-matrix kernel, below ~2^19 here, rounds differently)
+BF16_CHUNK_SCORES = 1 << 24  # bf16 scores per chunk product: its rows = this / queries (whole blocks)
 _U_IN = 2.0**-8  # relative error of rounding a float32 to the nearest bf16 (8 significant bits)
 _U_OUT = 2.0**-7  # relative error of rounding to bf16, by nearest or by truncation
 _SLACK = 1.0 + 2.0**-20  # covers the rounding of the bound's own float64 arithmetic
@@ -168,7 +169,9 @@ def prefiltered_top_k(
     if prepared is None:
         return None
     tail = (n // step) * step if (n % step) and m * (n % step) * d < _BIG_PRODUCT else n
-    scores, rows = _exact_top(matrix, queries, k, *_candidates(copy, *prepared, k, step, tail))
+    width = max(BF16_CHUNK_SCORES // m, k + exact_search.BLOCK)
+    width = min(tail, width - width % exact_search.BLOCK)  # whole blocks of columns (or every row)
+    scores, rows = _exact_top(matrix, queries, k, *_candidates(copy, *prepared, k, width, tail))
     if tail < n:  # a small last chunk: exact_top_k's own float32 product of it (the same rounding)
         product = np.dot(queries, matrix[tail:].T)
         hit_q, hit_c = exact_search._above(product, scores[:, k - 1])
