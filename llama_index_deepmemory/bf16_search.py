@@ -66,6 +66,7 @@ _FINITE_LIMIT = 1e30  # larger norms: the float32 path (no overflow anywhere in 
 
 
 def _gamma(n: int) -> float:
+    """Relative error bound of a float32 sum of ``n`` products (twice round-to-nearest's unit)."""
     unit = n * 2.0**-23
     return unit / (1.0 - unit)
 
@@ -94,6 +95,7 @@ class Bf16Copy:
                 self.row_norm[b0 : b0 + -(-len(part) // NORM_BLOCK)] = _block_max(_norms(part))
         # NaN norms fail the comparison too; an infinite bf16 value needs an infinite or huge row
         self.usable = bool((self.row_norm < _FINITE_LIMIT).all()) and fast_bf16()
+        logger.debug("bf16 copy of %d x %d rows (%d MiB), usable: %s", n, d, self.nbytes >> 20, self.usable)
 
     @property
     def nbytes(self) -> int:
