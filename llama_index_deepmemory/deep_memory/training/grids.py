@@ -59,12 +59,15 @@ def _key_grid(
     """Each (key weight, key threshold) of the options' grid with the pooled validation result of
     the fold ``models`` plus their training queries as keys (``caches``: each fold's plain searches)."""
     options = ctx.options
+    keyed: list[AdapterMemoryModel] = []  # each fold's model with its keys, built once: the grid sets two numbers
     for threshold in options.key_thresholds:
         for weight in options.key_weights:
             ctx.check_stop()
+            if not keyed:
+                keyed = [_add_keys(ctx.store, model, f.train, weight, threshold) for f, model in zip(folds, models)]
             yield (weight, threshold), _pool([
-                _evaluate(ctx.store, f.val, _add_keys(ctx.store, model, f.train, weight, threshold), cache)
-                for f, model, cache in zip(folds, models, caches)
+                _evaluate(ctx.store, f.val, base.replace(key_weight=weight, key_threshold=threshold), cache)
+                for f, base, cache in zip(folds, keyed, caches)
             ])
 
 

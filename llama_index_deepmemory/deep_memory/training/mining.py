@@ -64,6 +64,7 @@ class CandidateSource:
         self.check_stop = check_stop
         self.full = len(store) <= full_softmax_max_nodes
         self.mined: list[list[str]] = []
+        self._table: _CandidateTable | None = None  # the mined candidates' vectors, read once per mining
         if self.full:
             ids: list[str] = []
             chunks: list[np.ndarray] = []
@@ -100,7 +101,12 @@ class CandidateSource:
             self.mined = [self.plain_mined[(key, k)] for key in keys]
         else:
             self.mined = [mined[i] for i in range(len(self.queries))]
+        self._table = _CandidateTable(self.store, self.relevance, self.mined, self.memory_index, self.queries.shape[1])
         logger.debug("mined %d negatives for %d queries (%d searched)", k, len(self.queries), len(todo))
+
+    def release(self) -> None:
+        """Drop the mined candidates' vectors (no more batches: the memory goes back)."""
+        self._table = None
 
     def batch(self, rows: Sequence[int]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
         """Candidate vectors (c, d), their memory positions (c,) or -1, and targets (b, c)."""
@@ -110,17 +116,11 @@ class CandidateSource:
         if self.full:
             vectors, memory_pos, position = self.vectors, self.memory_pos, self.position
         else:
-            position = {}
-            for i, pairs in zip(rows, rel):
-                for node, _ in pairs:
-                    position.setdefault(node, len(position))
-                for node in self.mined[i]:
-                    position.setdefault(node, len(position))
-            ids = list(position)
-            vectors = torch.from_numpy(np.asarray(self.store.get_vectors(ids), dtype=np.float32)).to(self.device)
-            memory_pos = torch.tensor(
-                [self.memory_index.get(node, -1) for node in ids], dtype=torch.long, device=self.device
-            )
+            if self._table is None:
+                raise RuntimeError("mine() before batch(): a large corpus trains on mined negatives")
+            vectors, memory_pos, position = self._table.batch(rows)
+            vectors = torch.from_numpy(vectors).to(self.device)
+            memory_pos = torch.from_numpy(memory_pos).to(self.device)
         targets = torch.zeros((len(rows), vectors.shape[0]), dtype=torch.float32)
         for b, pairs in enumerate(rel):
             total = sum(w for _, w in pairs if w > 0)
@@ -128,3 +128,39 @@ class CandidateSource:
                 if w > 0:
                     targets[b, position[node]] += float(w) / total
         return vectors, memory_pos, targets.to(self.device)
+
+
+class _CandidateTable:
+    """Every training query's candidates (its relevant nodes, then its mined negatives) as rows of
+    one table of vectors, read from the store once per mining instead of once per batch."""
+
+    def __init__(
+        self,
+        store: StoreView,
+        relevance: Sequence[Sequence[tuple[str, float]]],
+        mined: Sequence[Sequence[str]],
+        memory_index: dict[str, int],
+        dim: int,
+    ) -> None:
+        self.local: dict[str, int] = {}  # id -> table row
+        self.relevance = relevance
+        self.rows_of: list[np.ndarray] = []  # per query: table rows in candidate order
+        for pairs, negatives in zip(relevance, mined):
+            seq = [self.local.setdefault(node, len(self.local)) for node, _ in pairs]
+            seq += [self.local.setdefault(node, len(self.local)) for node in negatives]
+            self.rows_of.append(np.asarray(seq, dtype=np.int64))
+        ids = list(self.local)
+        self.vectors = np.asarray(store.get_vectors(ids), dtype=np.float32).reshape(len(ids), dim)
+        self.memory_pos = np.asarray([memory_index.get(node, -1) for node in ids], dtype=np.int64)
+
+    def batch(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """The candidates of the queries at ``rows`` in first-seen order (as the queries list
+        them): vectors (c, d), memory positions (c,), and the column of each relevant node."""
+        seq = np.concatenate([self.rows_of[i] for i in rows])
+        unique, first = np.unique(seq, return_index=True)
+        order = unique[np.argsort(first, kind="stable")]
+        column = np.empty(len(self.memory_pos), dtype=np.int64)
+        column[order] = np.arange(len(order))
+        local = self.local
+        position = {node: int(column[local[node]]) for i in rows for node, _ in self.relevance[i]}
+        return self.vectors[order], self.memory_pos[order], position

@@ -120,6 +120,8 @@ def _train(
     choices = _Choices()
     trainers = [_Trainer(ctx, f.train, _memory_ids(f.train.relevance)) for f in folds]
     trained = _Trained(folds, *_train_epochs(ctx, folds, trainers, selection, choices), selection)
+    for trainer in trainers:
+        trainer.source.release()
     _choose_query_keys(ctx, trained, choices)
     _choose_keywords(ctx, trained, choices, texts)
     improved = significant_gain(before.per_query, selection.best.per_query, options.min_improvement, options.gate_z)
