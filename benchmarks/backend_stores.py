@@ -47,6 +47,10 @@ class Backend:
         """How the store is built, for the table (e.g. its index)."""
         return ""
 
+    def held(self, store: Any) -> str:
+        """What the store holds after the add, where it chose it itself (the default's index)."""
+        return ""
+
     def imports(self) -> None:
         """Import what :meth:`create` and :meth:`reopen` need (timed apart at restart)."""
 
@@ -125,6 +129,15 @@ class OursAuto(OursFlat):
 
     def describe(self) -> str:
         return "auto: Flat below 20,000 nodes, HNSW32 efConstruction=80 past it, ef_search re-probed"
+
+    def held(self, store: Any) -> str:
+        engine = store._backend  # the embedded FaissStore
+        index = engine._index
+        if index is None or index.exact:
+            return "holds Flat"
+        from llama_index_deepmemory.index import DEFAULT_EF_SEARCH
+
+        return f"holds {engine.index_in_use} at ef_search {index.ef_search or DEFAULT_EF_SEARCH}"
 
     def create(self, work: Path, dim: int) -> Any:
         from llama_index_deepmemory import DeepMemoryVectorStore

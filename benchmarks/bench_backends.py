@@ -339,7 +339,8 @@ def _measure(name: str, args: argparse.Namespace, work: Path, n: int) -> dict:
     result = {
         "backend": name, "n": len(vectors), "dim": dim, "add_s": add_s, "add_per_s": len(vectors) / add_s,
         "index_s": index_s,
-        "built": (f"{built['index']}, built in {index_s:.0f} s within the add time" if built else backend.describe()), "param": backend.param, "param_value": param, "tuning": tried, "recall": recall, "queries": len(eval_q),
+        "built": (f"{built['index']}, built in {index_s:.0f} s within the add time" if built else backend.describe()),
+        "held": backend.held(store), "param": backend.param, "param_value": param, "tuning": tried, "recall": recall, "queries": len(eval_q),
         "p50_ms": 1e3 * p_store, "raw_p50_ms": 1e3 * p_raw, "p50_over_raw": p_store / p_raw,
         "peak_mib": peak, "children_mib": children_mib, "before_mib": before_mib,
         "docstore_add_s": docstore_s if docstore is not None else None, "p50_with_docstore_over_raw": with_texts,
@@ -465,7 +466,8 @@ def untuned_setting(r: dict) -> str:
 
 def setting_of(r: dict) -> str:
     setting = f"{r['param']}={r['param_value']}" if r.get("param") else untuned_setting(r)
-    return f"{setting} ({r['built']})" if r.get("built") else setting
+    built = "; ".join(part for part in (r.get("built"), r.get("held")) if part)
+    return f"{setting} ({built})" if built else setting
 
 
 def dm_cell(dm: dict | None, label: str, backend: str) -> str:
@@ -544,6 +546,7 @@ def scaling_table(results: list[dict]) -> str:
         else:
             ref, dm = refs.get(r["n"]), r.get("deep_memory")
             setting = f"{r['param_value']}" if r.get("param") else untuned_setting(r)
+            setting += f"; {r['held']}" if r.get("held") else ""
             fixed = r.get("deep_memory_fixed")
 
             def short(label: str, dm: dict | None = dm, fixed: dict | None = fixed, name: str = r["backend"]) -> str:

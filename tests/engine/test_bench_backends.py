@@ -83,3 +83,13 @@ def test_sizes_are_checked() -> None:
     assert bench_backends.parse_args(["--n", "300"]).n == 300
     with pytest.raises(SystemExit, match="node counts separated by commas"):
         bench_backends.parse_args(["--n", "10k"])
+
+
+def test_the_default_row_says_which_index_the_store_chose(tmp_path) -> None:
+    """Below 20,000 nodes the default holds the exact index: recall 1.0 and "holds Flat" in both tables."""
+    args = bench_backends.parse_args(["--n", "300", "--queries", "10", "--tune-queries", "5", "--words", "5",
+                                      "--skip-deep-memory", "--inline"])
+    result = bench_backends.measure("ours-auto", args, tmp_path, 300)
+    assert result["recall"] == 1.0 and result["held"] == "holds Flat"
+    assert "default (auto: Flat below 20,000 nodes" in bench_backends.table([result])
+    assert "1.000 (default; holds Flat)" in bench_backends.scaling_table([result])
