@@ -300,10 +300,13 @@ def _margin(n_overrides: int, k: int) -> int:
 
 
 def _store_margin(store: "StoreView", n_overrides: int, k: int) -> int:
-    """:func:`_margin`, or the store's own ``search_margin(n_overrides, k)`` where it offers one
-    (a wrapped engine, where each hit asked costs: rows read, a wider ANN walk)."""
+    """:func:`_margin`, or the store's own ``search_margin`` where it offers one (a wrapped engine,
+    where each hit asked costs: rows read, a wider ANN walk): ``search_margin(n_overrides, k)``, or
+    a number of hits; at most ``n_overrides`` either way."""
     own = getattr(store, "search_margin", None)
-    return _margin(n_overrides, k) if own is None else max(0, min(n_overrides, int(own(n_overrides, k))))
+    if own is None:
+        return _margin(n_overrides, k)
+    return max(0, min(n_overrides, int(own(n_overrides, k) if callable(own) else own)))
 
 
 def _key(transformed: np.ndarray) -> bytes:
