@@ -16,6 +16,7 @@ pytest.importorskip("pgserver")
 pytest.importorskip("llama_index.vector_stores.postgres")
 from llama_index.vector_stores.postgres import PGVectorStore  # noqa: E402
 
+from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
@@ -143,6 +144,7 @@ def test_training_over_postgres_matches_training_over_faiss(task, postgres_serve
                    lexical_weights=(0.2, 0.5))
     results = {}
     for name, store in (("faiss", task.store()), ("postgres", pg_store(postgres_server, task))):
+        store.keyword_depth = LEXICAL_DEPTH  # the model's own head over both (the task's dense ranks are random)
         store.deep_memory.train(task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN],
                                 **options)
         results[name] = store.deep_memory.evaluate(task.texts[N_TRAIN:], task.relevance[N_TRAIN:],
