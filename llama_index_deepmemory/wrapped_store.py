@@ -10,6 +10,12 @@ Scores: the engine ranks by cosine similarity; the plain search of a transformed
 returns ``cos(q_t, v)``, multiplied here by ``|q_t|`` into ``q_t . v`` (the scale the model's scores
 are in) for the unit vectors the engine stores.
 
+Cost: an engine walks as wide as the hits asked (pgvector's HNSW returns at most ``ef_search``
+rows), so a deep search asks few beyond its depth: ``search_margin`` (the override nodes expected
+among the hits, no more; the ranking searches deeper where a query falls short), and a keyword
+query re-scores the top ``keyword_depth`` candidates (default :data:`WRAPPED_KEYWORD_DEPTH`, where
+the embedded store re-scores the model's 50); training validates with the model's own head.
+
 Caches (texts of nodes results carried, which override nodes are usable) last until the next
 write through this object (the adapter's ``version``); a node deleted by another process leaves
 the results of the plain search at once, and the override set at this object's next write.
