@@ -90,11 +90,13 @@ def legacy_margin(wrapped: Any) -> Any:
     return margin
 
 
-# (label, keyword head: None = the model's own 50, margin: "legacy" or "share" = today's WrappedStore)
+# (label, keyword head: None = the model's own 50, "default" = WRAPPED_KEYWORD_DEPTH, or a number;
+#  margin: "legacy" or "share" = today's WrappedStore)
 CONFIGS = (("before (head 50, share+3sd)", None, "legacy"),
            ("head 50, share", None, "share"),
            ("default head, share+3sd", "default", "legacy"),
-           ("after (default head, share)", "default", "share"))
+           ("after (default head, share)", "default", "share"),
+           ("head 10, share", 10, "share"))
 
 
 def compare(face: Any, items: list[tuple[list[float], Any]], kind: str) -> list[str]:
@@ -122,7 +124,7 @@ def compare(face: Any, items: list[tuple[list[float], Any]], kind: str) -> list[
             face.query(bb.query_of(vector))
             return
         _, head, margin = config
-        wrapped.keyword_depth = default if head == "default" else None
+        wrapped.keyword_depth = default if head == "default" else head
         wrapped.search_margin = share if margin == "share" else legacy_margin(wrapped)
         face.query(bb.query_of(vector, text), deep_memory=True)
 
