@@ -1,7 +1,7 @@
 """Train-only dev protocol for Deep Memory quality choices (SciFact *train* claims only).
 
     python benchmarks/bench_dev.py [--data ../shared/data/scifact] [--splits 0,1,2] [--options '{}']
-        [--variants gate|fusion|far-weight|term-weights] [--train-seeds 0,1,2]
+        [--variants head|gate|fusion|far-weight|term-weights] [--train-seeds 0,1,2]
 
 Three seeded random 75/25 splits of the SciFact train claims (``qrels/train.tsv``): Deep Memory
 trains on the 75% ("dev-train", through ``train_model``, the function ``store.deep_memory.train``
@@ -10,7 +10,8 @@ LlamaIndex retriever passes them) and embeddings only (no ``query_str``). "dev d
 dev-test claims none of whose relevant documents is relevant to any dev-train claim: the unseen
 documents of issue 17. The SciFact test claims are never read. Embeddings come from
 ``bench_quality``'s cache (the same files). ``--variants gate`` also scores per-query fallbacks
-(the measurements of ``benchmarks/README.md``, "Unseen documents"); ``--variants fusion`` re-does the
+(the measurements of ``benchmarks/README.md``, "Unseen documents"); ``--variants head`` serves the
+trained model with keyword heads of 10 to 50 candidates (``keyword_depth``); ``--variants fusion`` re-does the
 keyword fusion offline (rerank depth 50/100/200, max / z-score / min-max / reciprocal-rank fusion,
 BM25 k1/b 0.9/0.4 and 1.2/0.75), weights from the library's training or an inner 3-fold
 cross-validation of the dev-train claims; ``--variants far-weight`` re-does it with the library's
@@ -84,11 +85,13 @@ def build_store(doc_ids: list[str], doc_texts: list[str], docs: np.ndarray):
     return store, store.deep_memory._store
 
 
-def rank_ids(view, vectors: np.ndarray, model, texts: list[str] | None, k: int = 10) -> list[list[str]]:
-    """The serving ranking (``deep_memory.ranking.rank``) of raw query vectors."""
+def rank_ids(view, vectors: np.ndarray, model, texts: list[str] | None, k: int = 10,
+             keyword_depth: int | None = None) -> list[list[str]]:
+    """The serving ranking (``deep_memory.ranking.rank``) of raw query vectors (``keyword_depth``:
+    the re-scored head, as ``DeepMemoryVectorStore(keyword_depth=...)`` serves it)."""
     from llama_index_deepmemory.deep_memory.ranking import rank
 
-    return rank(view, view.prepare_queries(vectors), model, k, texts=texts)[1]
+    return rank(view, view.prepare_queries(vectors), model, k, texts=texts, keyword_depth=keyword_depth)[1]
 
 
 def plain_keyword_model(dim: int, lexical, weight: float):
@@ -199,12 +202,38 @@ def evaluate_split(view, split: DevSplit, options: dict, variants: set[str], dim
             gated_emb = [a if o else b for a, b, o in zip(ours_emb, adapter_emb, on)]
             out[f"  gate cos>={t}, texts, fallback adapter+kw"] = scores(gated_text)
             out[f"  gate cos>={t}, embeddings, fallback adapter"] = scores(gated_emb)
+    if "head" in variants:
+        out.update(head_variants(view, split, model, plain_keyword_model(dim, lexical, w_plain)))
     if "fusion" in variants:
         out.update(fusion_variants(view, split, options, result, scores))
     if "far-weight" in variants:
         out.update(far_weight_variants(view, split, result, scores))
     if "term-weights" in variants:
         out.update(term_weight_variants(view, split, result, scores, w_plain))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# --variants head: the served ranking with a smaller keyword head (``keyword_depth``: the top D
+# candidates re-scored with BM25 instead of the model's 50), the trained model as trained (its
+# weight chosen at depth 50) and the untrained hybrid; nDCG@10 and recall@10 on dev-test.
+
+HEAD_DEPTHS = (10, 15, 20, 30, 50)
+
+
+def head_variants(view, split: DevSplit, model, hybrid) -> dict[str, tuple]:
+    """The ``--variants head`` rows: per keyword depth, (all, doc-disjoint) nDCG@10 and recall@10
+    of the trained model (when training kept one) and of the untrained hybrid, with query texts."""
+    test, rel = split.test, split.test.relevance
+    out: dict[str, tuple] = {}
+    for name, ranker in (("ours", model), ("untrained hybrid", hybrid)):
+        if ranker is None:
+            continue
+        for depth in HEAD_DEPTHS:
+            ranked = rank_ids(view, split.test_vectors, ranker, test.query_texts, keyword_depth=depth)
+            every, disjoint = score_ranked(ranked, rel), score_ranked(ranked, rel, split.disjoint)
+            out[f"  head {depth}: {name}, nDCG@10"] = (every["ndcg@10"], disjoint["ndcg@10"])
+            out[f"  head {depth}: {name}, recall@10"] = (every["recall@10"], disjoint["recall@10"])
     return out
 
 
@@ -619,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
              "training's validation split, which alone moves dev means by up to 0.013 nDCG@10 and 0.026 doc-disjoint",
     )
     parser.add_argument("--options", default="{}", help="JSON TrainOptions, e.g. '{\"lexical\": false}'")
-    parser.add_argument("--variants", default="", help="extra measurements: gate, latency, fusion, fusion-latency, far-weight, term-weights")
+    parser.add_argument("--variants", default="", help="extra measurements: head, gate, latency, fusion, fusion-latency, far-weight, term-weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     folder = Path(args.data)

@@ -5,13 +5,20 @@ the result's bodies and any read by id, beside a plain query's search and total.
 queries, in ms, the row cache emptied before each query (as for a query whose rows were not read
 recently). A measurement, not a test.
 
-    python benchmarks/bench_wrapped_steps.py --engine postgres [--n 20000] [--queries 200] [--ef 16]
+``--compare`` instead times, interleaved over the same queries in one process, a plain query and
+``deep_memory=True`` under each configuration of :data:`CONFIGS` (the keyword head and the spare hits
+asked: before this change, each change alone, after), the row cache emptied before each query, and
+counts the calls to the engine per query (``search``; ``get``: rows by id; ``_owners``: names of
+ids-only hits).
+
+    python benchmarks/bench_wrapped_steps.py --engine postgres [--n 20000] [--queries 200] [--ef 16] [--compare]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import statistics
 import sys
@@ -71,12 +78,88 @@ def timed_steps(face: Any, items: list[tuple[list[float], str]]) -> dict[tuple[s
     return out
 
 
+def legacy_margin(wrapped: Any) -> Any:
+    """The spare hits asked before this change: the override nodes' expected share plus three
+    standard deviations, at least 2 (``WrappedStore._share_margin`` at 3f89158)."""
+
+    def margin(n_overrides: int, depth: int) -> int:
+        share = min(1.0, n_overrides / max(wrapped._count_hint(), 1))
+        expected = depth * share / max(1.0 - share, 0.05)
+        return min(n_overrides, max(2, math.ceil(expected + 3.0 * math.sqrt(expected))))
+
+    return margin
+
+
+# (label, keyword head: None = the model's own 50, "default" = WRAPPED_KEYWORD_DEPTH, or a number;
+#  margin: "legacy" or "share" = today's WrappedStore)
+CONFIGS = (("before (head 50, share+3sd)", None, "legacy"),
+           ("head 50, share", None, "share"),
+           ("default head, share+3sd", "default", "legacy"),
+           ("after (default head, share)", "default", "share"),
+           ("head 10, share", 10, "share"))
+
+
+def compare(face: Any, items: list[tuple[list[float], Any]], kind: str) -> list[str]:
+    """Per configuration: deep p50 / plain p50 and round trips per deep query, every query timed
+    under every configuration and plainly, in an order rotating from query to query."""
+    wrapped, backend = face._backend, face._backend.backend
+    share, default = wrapped._share_margin, wrapped.default_keyword_depth
+    calls: dict[str, int] = {}
+
+    def count(name: str) -> None:
+        original = getattr(backend, name)
+
+        @functools.wraps(original)
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls[name] = calls.get(name, 0) + 1
+            return original(*args, **kwargs)
+
+        setattr(backend, name, counted)
+
+    for name in ("search", "get", "_owners"):  # each a call to the engine (get: rows by id, _owners: names)
+        count(name)
+
+    def run(config: tuple[str, Any, str] | None, vector: list[float], text: Any) -> None:
+        if config is None:
+            face.query(bb.query_of(vector))
+            return
+        _, head, margin = config
+        wrapped.keyword_depth = default if head == "default" else head
+        wrapped.search_margin = share if margin == "share" else legacy_margin(wrapped)
+        face.query(bb.query_of(vector, text), deep_memory=True)
+
+    runs: list[tuple[str, Any, str] | None] = [None, *CONFIGS]
+    times: dict[int, list[float]] = {j: [] for j in range(len(runs))}
+    trips: dict[int, dict[str, int]] = {j: {} for j in range(len(runs))}
+    for i, (vector, text) in enumerate(items):
+        for step in range(len(runs)):
+            j = (i + step) % len(runs)
+            calls.clear()
+            with backend._lock:  # as for a query whose rows were not read recently
+                backend._rows.clear()
+            t0 = time.perf_counter()
+            run(runs[j], vector, text)
+            times[j].append(time.perf_counter() - t0)
+            for name, n in calls.items():
+                trips[j][name] = trips[j].get(name, 0) + n
+    wrapped.keyword_depth, wrapped.search_margin = default, share
+    plain = statistics.median(times[0])
+    lines = [f"{kind:<9} plain                          p50 {1e3 * plain:6.2f} ms"]
+    for j, config in enumerate(runs[1:], start=1):
+        deep = statistics.median(times[j])
+        per = ", ".join(f"{name} {n / len(items):.2f}" for name, n in sorted(trips[j].items()))
+        lines.append(f"{kind:<9} {config[0]:<30} p50 {1e3 * deep:6.2f} ms  {deep / plain:.3f}x plain  "
+                     f"round trips per query: {per}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine", choices=("chroma", "chroma-server", "postgres"), required=True)
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ef", type=int, default=16, help="the engine's search breadth (ef_search)")
+    parser.add_argument("--compare", action="store_true", help="before/after configurations side by side (see above)")
     args = parser.parse_args(argv)
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
@@ -107,6 +190,13 @@ def main(argv: list[str] | None = None) -> int:
                      for i, text in enumerate(synthetic_texts(len(queries), 8, rng))]
             for vector, text in items[:10]:  # warm up (numba, caches)
                 face.query(bb.query_of(vector)), face.query(bb.query_of(vector, text), deep_memory=True)
+            if args.compare:
+                print(f"{args.engine}, {args.n} nodes, ef_search {args.ef}, {args.queries} queries; "
+                      f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+                for kind, text_of in (("dense", lambda t: None), ("keywords", lambda t: t)):
+                    print("\n".join(compare(face, [(v, text_of(t)) for v, t in items], kind)), flush=True)
+                print("load average", " ".join(f"{x:.2f}" for x in os.getloadavg()))
+                return 0
             for kind, text_of in (("dense", lambda t: None), ("keywords", lambda t: t)):
                 plain, deep = p50_pair(lambda it: face.query(bb.query_of(it[0])),
                                        lambda it: face.query(bb.query_of(it[0], text_of(it[1])), deep_memory=True),

@@ -82,6 +82,11 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         model_dir: with ``vector_store``, the folder the Deep Memory models are shared through: every
             training, ``set_model`` and deletion is recorded there at once, and every process opening
             the same ``model_dir`` sees it within a second (see :mod:`.deep_memory.state`).
+        keyword_depth: how many top candidates a ``deep_memory=True`` query with ``query_str``
+            re-scores with keywords, at most the model's own head (50). None (default): the model's
+            head over the embedded store, ``wrapped_store.WRAPPED_KEYWORD_DEPTH`` over a
+            ``vector_store`` (an engine walks as wide as the hits asked: a smaller head asks fewer;
+            chosen on a train-only dev split, ``bench_dev.py --variants head``).
     """
 
     stores_text: bool = True
@@ -94,6 +99,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     _persist_lock: Any = PrivateAttr(default_factory=threading.Lock)
     _seen: dict = PrivateAttr(default_factory=dict)  # folder -> the generation this handle last saw there
     _legacy_folder: Any = PrivateAttr(default=None)  # loaded from a snapshot that kept models inside it
+    _keyword_depth: Any = PrivateAttr(default=None)  # the embedded store's keyword head cap (None: the model's)
 
     def __init__(
         self,
@@ -106,7 +112,11 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         ef_search: int | None = None,
         vector_store: Any = None,
         model_dir: str | os.PathLike | None = None,
+        keyword_depth: int | None = None,
     ) -> None:
+        from llama_index_deepmemory.deep_memory.ranking import check_keyword_depth
+
+        keyword_depth = check_keyword_depth(keyword_depth)
         if vector_store is None:
             if model_dir is not None:
                 raise ValueError(
@@ -114,6 +124,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                     "with store.persist(path)"
                 )
             backend: Any = FaissStore(dim, metric, index_factory, embed_model, nprobe, ef_search)
+            self_depth = keyword_depth
         else:
             options = {"dim": (dim, None), "metric": (metric, "cosine"), "index_factory": (index_factory or AUTO, AUTO),
                        "nprobe": (nprobe, None), "ef_search": (ef_search, None)}
@@ -123,9 +134,11 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                     f"{sorted(given)} configure the embedded FAISS index and do not apply with vector_store=; "
                     f"configure {type(vector_store).__name__} itself (it must rank by cosine similarity)"
                 )
-            backend = _wrapped_backend(vector_store, embed_model, model_dir)
+            backend = _wrapped_backend(vector_store, embed_model, model_dir, keyword_depth)
+            self_depth = None  # the wrapped store ranks with its own
         super().__init__()
         self._backend = backend
+        self._keyword_depth = self_depth
 
     def __getstate__(self) -> Any:
         raise TypeError(
@@ -178,6 +191,24 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
     @embed_model.setter
     def embed_model(self, value: "BaseEmbedding | None") -> None:
         self._backend.embed_model = value
+
+    @property
+    def keyword_depth(self) -> int | None:
+        """The keyword head cap ``deep_memory=True`` queries rank with (see the class docstring;
+        over a ``vector_store`` the default already resolved)."""
+        if isinstance(self._backend, FaissStore):
+            return self._keyword_depth
+        return self._backend.keyword_depth
+
+    @keyword_depth.setter
+    def keyword_depth(self, value: int | None) -> None:
+        from llama_index_deepmemory.deep_memory.ranking import check_keyword_depth
+
+        value = check_keyword_depth(value)
+        if isinstance(self._backend, FaissStore):
+            self._keyword_depth = value
+        else:
+            self._backend.keyword_depth = value if value is not None else self._backend.default_keyword_depth
 
     @property
     def vectorstore(self) -> "DeepMemoryVectorStore":
@@ -333,7 +364,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         (or None: plain), a wrapped store the model itself."""
         if model is None or not isinstance(self._backend, FaissStore):
             return model
-        return _Ranker(model)
+        return _Ranker(model, self._keyword_depth)
 
     def _mmr_query(
         self, query: VectorStoreQuery, model: Any, threshold: float, prefetch: int | None
@@ -524,13 +555,14 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         return cls.from_persist_path(persist_path, fs=fs, embed_model=embed_model)
 
 
-def _wrapped_backend(vector_store: Any, embed_model: Any, model_dir: str | os.PathLike | None) -> Any:
+def _wrapped_backend(vector_store: Any, embed_model: Any, model_dir: str | os.PathLike | None,
+                     keyword_depth: int | None = None) -> Any:
     """A wrapped engine as the backend, its models shared through ``model_dir``."""
     from llama_index_deepmemory.wrapped_store import WrappedStore
 
     if isinstance(vector_store, DeepMemoryVectorStore):
         raise ValueError("vector_store is already a DeepMemoryVectorStore; pass the engine's own store")
-    wrapped = WrappedStore(vector_store, embed_model)
+    wrapped = WrappedStore(vector_store, embed_model, keyword_depth=keyword_depth)
     if model_dir is not None:
         from llama_index_deepmemory.deep_memory import state
 
@@ -544,13 +576,13 @@ _EMPTY_STATE: dict[str, Any] = {"format_version": 1, "active": None, "models": {
 class _Ranker:
     """The Deep Memory ranking of one query with ``model``, as the embedded backend calls it."""
 
-    __slots__ = ("model",)
+    __slots__ = ("model", "keyword_depth")
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
+    def __init__(self, model: Any, keyword_depth: int | None = None) -> None:
+        self.model, self.keyword_depth = model, keyword_depth
 
     def __call__(self, view: Any, queries: np.ndarray, k: int, texts: Any, restriction: Any) -> Any:
-        return _rank()(view, queries, self.model, k, texts=texts, filters=restriction)
+        return _rank()(view, queries, self.model, k, texts=texts, filters=restriction, keyword_depth=self.keyword_depth)
 
 
 def _rank() -> Any:

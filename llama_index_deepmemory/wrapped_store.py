@@ -10,6 +10,12 @@ Scores: the engine ranks by cosine similarity; the plain search of a transformed
 returns ``cos(q_t, v)``, multiplied here by ``|q_t|`` into ``q_t . v`` (the scale the model's scores
 are in) for the unit vectors the engine stores.
 
+Cost: an engine walks as wide as the hits asked (pgvector's HNSW returns at most ``ef_search``
+rows), so a deep search asks few beyond its depth: ``search_margin`` (the override nodes expected
+among the hits, no more; the ranking searches deeper where a query falls short), and a keyword
+query re-scores the top ``keyword_depth`` candidates (default :data:`WRAPPED_KEYWORD_DEPTH`, where
+the embedded store re-scores the model's 50); training validates with the model's own head.
+
 Caches (texts of nodes results carried, which override nodes are usable) last until the next
 write through this object (the adapter's ``version``); a node deleted by another process leaves
 the results of the plain search at once, and the override set at this object's next write.
@@ -47,6 +53,11 @@ LIST_BATCH = 1024  # nodes per page when listing the corpus
 _USABLE_CACHE = 64  # (model overrides, restriction) entries kept
 TEXT_CACHE = 100_000  # node texts kept from results (keyword re-scoring reads them)
 COUNT_HINT_S = 5.0  # the node count behind search_margin: recounted after a write at most this often
+# the keyword head over a wrapped engine (a plain query asks 10 hits, the model's head of 50 asks ~58,
+# and an engine walks as wide as the hits asked): chosen on the train-only SciFact dev splits
+# (``bench_dev.py --splits 0,1,2 --train-seeds 0,1,2 --variants head``, mean of 9 runs, nDCG@10 all /
+# doc-disjoint): head 50 0.844 / 0.735, 30 0.843 / 0.734, 20 0.842 / 0.730, 10 0.835 / 0.719
+WRAPPED_KEYWORD_DEPTH = 20
 
 
 def as_restriction(filters: Any) -> Restriction:
@@ -67,7 +78,8 @@ def _check_batch_size(batch_size: int) -> None:
 class WrappedStore:
     """A LlamaIndex vector store as the face's backend and Deep Memory's ``StoreView``."""
 
-    def __init__(self, vector_store: Any, embed_model: "BaseEmbedding | None" = None) -> None:
+    def __init__(self, vector_store: Any, embed_model: "BaseEmbedding | None" = None,
+                 keyword_depth: int | None = None) -> None:
         self.backend = adapter_for(vector_store)
         self.engine = vector_store
         self.embed_model = embed_model
@@ -79,8 +91,14 @@ class WrappedStore:
         self._texts: OrderedDict[str, str] = OrderedDict()  # texts seen in results, until the next write
         self._deep_memory: DeepMemory | None = None
         self._count: tuple[int, int, float] | None = None  # (nodes, backend version, when): _share_margin's hint
-        # Deep Memory's hits asked beyond its depth (None: the ranking's own margin)
-        self.search_margin = self._share_margin if getattr(self.backend, "pays_per_hit", False) else None
+        # Deep Memory's hits asked beyond its depth: a callable (n_overrides, depth) -> hits, a
+        # number of hits, or None (the ranking's own margin)
+        pays = getattr(self.backend, "pays_per_hit", False)
+        self.search_margin: Any = self._share_margin if pays else None
+        # the keyword head deep_memory=True queries re-score (None: the model's own); one default
+        # for every engine, so a model ranks alike over each
+        self.default_keyword_depth: int | None = WRAPPED_KEYWORD_DEPTH
+        self.keyword_depth = keyword_depth if keyword_depth is not None else self.default_keyword_depth
 
     # --- the face's operations ----------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode]) -> list[str]:
@@ -145,7 +163,8 @@ class WrappedStore:
             from llama_index_deepmemory.deep_memory.ranking import rank
 
             ranked, ranked_ids = rank(_RecordingView(self, seen), q, model, query.similarity_top_k,
-                                      texts=[query.query_str] if query.query_str else None, filters=restriction)
+                                      texts=[query.query_str] if query.query_str else None, filters=restriction,
+                                      keyword_depth=self.keyword_depth)
             scores, ids = ranked[0], ranked_ids[0]
         missing = [i for i in ids if i not in seen]
         if missing:  # searched without bodies, or override nodes: built from rows read before, else one read
@@ -231,7 +250,8 @@ class WrappedStore:
             from llama_index_deepmemory.deep_memory.ranking import rank
 
             model = self.deep_memory.require_active_model()
-            scores, ids = rank(self, queries, model, k, texts=texts, filters=restriction)
+            scores, ids = rank(self, queries, model, k, texts=texts, filters=restriction,
+                               keyword_depth=self.keyword_depth)
         else:
             scores, ids = self._search(queries, k, restriction, None, bodies=False)
         return padded(scores), ids
@@ -253,11 +273,11 @@ class WrappedStore:
     def _share_margin(self, n_overrides: int, depth: int) -> int:
         """``search_margin`` over an engine where each hit asked costs (its row read, a wider ANN
         walk): hits asked beyond ``depth`` for the override nodes expected among them (their share
-        of the store) plus three standard deviations, at least 2. The ranking searches deeper where
-        they fall short, so this changes speed only (an ANN engine walks as wide as the hits asked)."""
+        of the store), no more. The ranking searches deeper where they fall short (a second round
+        trip for that query), so this changes speed only (an ANN engine walks as wide as the hits
+        asked, so every spare hit widens every query's walk)."""
         share = min(1.0, n_overrides / max(self._count_hint(), 1))
-        expected = depth * share / max(1.0 - share, 0.05)
-        return min(n_overrides, max(2, math.ceil(expected + 3.0 * math.sqrt(expected))))
+        return min(n_overrides, math.ceil(depth * share / max(1.0 - share, 0.05)))
 
     def _count_hint(self) -> int:
         """The node count, recounted after a write through this object (at most every

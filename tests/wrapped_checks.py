@@ -17,6 +17,7 @@ from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
 
 from llama_index_deepmemory.engine.ids import ID_KEY, engine_id
 from llama_index_deepmemory.store import DeepMemoryVectorStore
+from llama_index_deepmemory.wrapped_store import WRAPPED_KEYWORD_DEPTH
 from synthetic import N_TRAIN, KeywordTask
 from synthetic import hand_model
 
@@ -44,7 +45,8 @@ def with_model(task: KeywordTask, *stores: DeepMemoryVectorStore, seed: int = 1)
 
 
 def faiss_twin(task: KeywordTask) -> DeepMemoryVectorStore:
-    store = DeepMemoryVectorStore()
+    """The task's nodes in the embedded store, ranking with the keyword head a wrapped engine uses."""
+    store = DeepMemoryVectorStore(keyword_depth=WRAPPED_KEYWORD_DEPTH)
     store.add(nodes_with_docs(task))
     return store
 

@@ -65,6 +65,7 @@ def rank(
     filters: Any = None,
     forget: Sequence[set[str]] | None = None,
     plain_cache: PlainCache | None = None,
+    keyword_depth: int | None = None,
 ) -> tuple[list[np.ndarray], list[list[str]]]:
     """Top ``k`` scores and node ids per prepared query, plain or ranked with ``model``
     (or, per query, with ``model.fallback`` where ``model.route`` says so).
@@ -84,17 +85,24 @@ def rank(
         forget: per query, override nodes scored as plain stored vectors (as if the model had
             never seen them: training's check of how it treats unseen documents).
         plain_cache: plain searches reused for identical transformed queries (training).
+        keyword_depth: at most this many top candidates are re-scored (None: the model's
+            ``rerank_depth``); a smaller head needs a shallower plain search, which is what an
+            engine that walks as wide as the hits asked pays for (see ``WrappedStore``).
     """
     k = int(k)
+    keyword_depth = check_keyword_depth(keyword_depth)
     if model is None or k <= 0:
         scores, ids = store.search_vectors(queries, max(k, 0), filters=filters)
         return [np.asarray(row, dtype=np.float32)[: len(i)] for row, i in zip(scores, ids)], [list(i) for i in ids]
     texts = check_query_texts(texts, len(queries))
     routed = model.route(queries)
     if routed is not None and model.fallback is not None:  # the gate: some queries go to the fallback
-        return _rank_routed(store, queries, model, np.asarray(routed, dtype=bool), k, texts, filters, forget, plain_cache)
+        return _rank_routed(store, queries, model, np.asarray(routed, dtype=bool), k, texts, filters, forget, plain_cache,
+                            keyword_depth)
     rescore = texts is not None and model.rerank_depth > 0
     head = int(model.rerank_depth) if rescore else 0  # the re-scored top: fixed, so results do not depend on k
+    if keyword_depth is not None:
+        head = min(head, keyword_depth)
     depth = max(k, head)
     transformed, override_ids, override_scores = _applied(model, queries)  # checks the dimension first
     plans = _query_plans(model, queries) if rescore else [None] * len(queries)
@@ -273,6 +281,15 @@ def _query_plans(model: DeepMemoryModel, queries: np.ndarray) -> list[KeywordPla
     return plans
 
 
+def check_keyword_depth(keyword_depth: Any) -> int | None:
+    """``keyword_depth`` checked: None or a positive int."""
+    if keyword_depth is None:
+        return None
+    if isinstance(keyword_depth, bool) or not isinstance(keyword_depth, (int, np.integer)) or keyword_depth < 1:
+        raise ValueError(f"keyword_depth must be a positive int or None, got {keyword_depth!r}")
+    return int(keyword_depth)
+
+
 def _deeper(depth: int, more: int) -> int:
     """``depth + more`` hits to ask for, at most the largest int64 (a k near ``sys.maxsize`` asks for
     every node, and the compiled kernels take int64)."""
@@ -290,10 +307,13 @@ def _margin(n_overrides: int, k: int) -> int:
 
 
 def _store_margin(store: "StoreView", n_overrides: int, k: int) -> int:
-    """:func:`_margin`, or the store's own ``search_margin(n_overrides, k)`` where it offers one
-    (a wrapped engine, where each hit asked costs: rows read, a wider ANN walk)."""
+    """:func:`_margin`, or the store's own ``search_margin`` where it offers one (a wrapped engine,
+    where each hit asked costs: rows read, a wider ANN walk): ``search_margin(n_overrides, k)``, or
+    a number of hits; at most ``n_overrides`` either way."""
     own = getattr(store, "search_margin", None)
-    return _margin(n_overrides, k) if own is None else max(0, min(n_overrides, int(own(n_overrides, k))))
+    if own is None:
+        return _margin(n_overrides, k)
+    return max(0, min(n_overrides, int(own(n_overrides, k) if callable(own) else own)))
 
 
 def _key(transformed: np.ndarray) -> bytes:
@@ -334,6 +354,7 @@ def _rank_routed(
     filters: Any,
     forget: Sequence[set[str]] | None,
     plain_cache: PlainCache | None,
+    keyword_depth: int | None = None,
 ) -> tuple[list[np.ndarray], list[list[str]]]:
     """:func:`rank` with the ``routed`` queries ranked by ``model.fallback`` and the rest by ``model``."""
     out_scores: list[np.ndarray] = [np.zeros(0, np.float32)] * len(queries)
@@ -345,7 +366,7 @@ def _rank_routed(
             store, queries[rows], ranker, k,
             texts=None if texts is None else [texts[i] for i in rows], filters=filters,
             forget=None if forget is None else [forget[i] for i in rows],
-            plain_cache=plain_cache,
+            plain_cache=plain_cache, keyword_depth=keyword_depth,
         )  # the model's own rows route nowhere now (route() is None), the fallback has no gate
         for i, row_scores, row_ids in zip(rows, part_scores, part_ids):
             out_scores[i], out_ids[i] = row_scores, row_ids

@@ -23,6 +23,7 @@ from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine
 
 
 _FIRST_SEARCH = threading.RLock()  # pymilvus imports scipy.sparse lazily on the first search, racily
+ITERATOR_BATCH = 16_384  # rows one query_iterator call may read (pymilvus refuses a larger batch_size)
 
 
 class MilvusAdapter(GenericAdapter):
@@ -107,17 +108,23 @@ class MilvusAdapter(GenericAdapter):
         return int(rows[0]["count(*)"]) if rows else 0
 
     def pages(self, with_vectors: bool, limit: int) -> Iterator[list[BaseNode]]:
-        """Every node, a page at a time (``query_iterator``)."""
+        """Every node, ``limit`` at a time (``query_iterator``, which reads at most
+        ``ITERATOR_BATCH`` rows a call: larger pages are gathered from several)."""
         if not self._has():
             return
         client, name = self.engine.client, self.engine.collection_name
-        iterator = client.query_iterator(name, batch_size=limit, filter="", output_fields=["*"])
+        iterator = client.query_iterator(name, batch_size=min(int(limit), ITERATOR_BATCH), filter="",
+                                         output_fields=["*"])
+        page: list[BaseNode] = []
         try:
             while True:
                 with self._reading():
                     rows = iterator.next()
+                page.extend(from_engine(self._node(row)) for row in rows)
+                while len(page) >= limit or (page and not rows):
+                    yield self._listed(page[:limit])
+                    page = page[limit:]
                 if not rows:
                     return
-                yield self._listed([from_engine(self._node(row)) for row in rows])
         finally:
             iterator.close()

@@ -63,6 +63,21 @@ def test_listing_reads_every_node_a_page_at_a_time(task, shared) -> None:
     check_listing(task, shared[1])
 
 
+def test_pages_larger_than_one_iterator_read_are_gathered(task, shared, monkeypatch) -> None:
+    """pymilvus reads at most 16,384 rows a ``query_iterator`` call: the face's default page
+    (65,536) was refused; a page is now gathered from as many reads as it takes."""
+    from llama_index_deepmemory.engine import milvus
+
+    store = shared[1]
+    pages = list(store.iter_texts())  # batch_size 65,536
+    assert [len(ids) for ids, _ in pages] == [len(task.ids)]
+    monkeypatch.setattr(milvus, "ITERATOR_BATCH", 16)
+    pages = list(store.iter_vectors(batch_size=50))
+    assert [len(ids) for ids, _ in pages] == [50, len(task.ids) - 50]
+    assert sorted(i for ids, _ in pages for i in ids) == sorted(task.ids)
+    assert [len(ids) for ids, _ in store.iter_texts(batch_size=40)] == [40, 40]
+
+
 def test_deletes_filters_and_get_nodes_pass_through(task, tmp_path) -> None:
     store = milvus_store(str(tmp_path / "deletes.db"), task)
     with_model(task, store)

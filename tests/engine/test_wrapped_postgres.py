@@ -16,6 +16,7 @@ pytest.importorskip("pgserver")
 pytest.importorskip("llama_index.vector_stores.postgres")
 from llama_index.vector_stores.postgres import PGVectorStore  # noqa: E402
 
+from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH  # noqa: E402
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
@@ -143,9 +144,39 @@ def test_training_over_postgres_matches_training_over_faiss(task, postgres_serve
                    lexical_weights=(0.2, 0.5))
     results = {}
     for name, store in (("faiss", task.store()), ("postgres", pg_store(postgres_server, task))):
+        store.keyword_depth = LEXICAL_DEPTH  # the model's own head over both (the task's dense ranks are random)
         store.deep_memory.train(task.texts[:N_TRAIN], task.relevance[:N_TRAIN], embedding=task.queries[:N_TRAIN],
                                 **options)
         results[name] = store.deep_memory.evaluate(task.texts[N_TRAIN:], task.relevance[N_TRAIN:],
                                                    embedding=task.queries[N_TRAIN:], top_k=(1, 10))
     assert results["postgres"] == results["faiss"]
     assert results["postgres"]["with model"]["recall@10"] > results["postgres"]["without model"]["recall@10"] + 0.2
+
+
+def test_query_vectors_are_sent_as_exact_float32_text() -> None:
+    """pgvector stores float32: the text a search sends names each query float32 exactly (9
+    significant digits), extremes included, and the server reads the same vector back."""
+    import numpy as np
+
+    from llama_index_deepmemory.engine.postgres import _vector
+
+    rng = np.random.default_rng(0)
+    q = np.concatenate([rng.normal(size=380), [1e-45, -3.4028235e38, 1.1754944e-38, 0.0]]).astype(np.float32)
+    text = _vector(q)
+    assert text.startswith("[") and text.endswith("]") and " " not in text
+    np.testing.assert_array_equal(np.array(text[1:-1].split(","), dtype=np.float64).astype(np.float32), q)
+    assert _vector(q[:3].astype(np.float64)) == _vector(q[:3])  # float64 input: as the float32 it is stored as
+
+
+def test_the_server_reads_a_sent_vector_back_exactly(postgres_server) -> None:
+    import numpy as np
+    from sqlalchemy import create_engine, text
+
+    from llama_index_deepmemory.engine.postgres import _vector
+
+    q = np.random.default_rng(1).normal(size=DIM).astype(np.float32)
+    rest = postgres_server.split("://", 1)[1]
+    with create_engine(f"postgresql+psycopg2://{rest}").connect() as connection:
+        connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+        back = connection.execute(text("SELECT CAST(:v AS vector)::text"), {"v": _vector(q)}).scalar()
+    np.testing.assert_array_equal(np.array(back[1:-1].split(","), dtype=np.float32), q)

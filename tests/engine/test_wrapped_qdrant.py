@@ -22,7 +22,9 @@ from llama_index.vector_stores.qdrant import QdrantVectorStore  # noqa: E402
 from qdrant_client import QdrantClient  # noqa: E402
 
 from llama_index_deepmemory.engine.ids import ID_KEY, engine_id  # noqa: E402
+from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH  # noqa: E402
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
+from llama_index_deepmemory.wrapped_store import WRAPPED_KEYWORD_DEPTH  # noqa: E402
 from synthetic import N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
 from synthetic import hand_model  # noqa: E402
 from wrapped_checks import check_ids_cannot_impersonate, check_threads  # noqa: E402
@@ -48,7 +50,7 @@ def ask(store, q, k=10, text=None, filters=None, deep_memory=False):
 @pytest.fixture()
 def pair(task):
     """The same nodes in the embedded store and in an in-memory Qdrant, with one hand-made model."""
-    faiss_store = DeepMemoryVectorStore()
+    faiss_store = DeepMemoryVectorStore(keyword_depth=WRAPPED_KEYWORD_DEPTH)  # the wrapped head
     faiss_store.add(task.nodes(metadata=True))
     qdrant = qdrant_store(QdrantClient(":memory:"), task)
     model = hand_model(task, seed=1)
@@ -94,6 +96,7 @@ def test_training_over_qdrant_matches_training_over_faiss(task, full_softmax_max
     results = {}
     options = dict(QUICK, full_softmax_max_nodes=full_softmax_max_nodes)
     for name, store in (("faiss", task.store()), ("qdrant", qdrant_store(QdrantClient(":memory:"), task))):
+        store.keyword_depth = LEXICAL_DEPTH  # the model's own head over both (the task's dense ranks are random)
         job = store.deep_memory.train(task.texts[:N_TRAIN], task.relevance[:N_TRAIN],
                                       embedding=task.queries[:N_TRAIN], **options)
         status = store.deep_memory.status(job)
