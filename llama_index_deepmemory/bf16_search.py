@@ -37,6 +37,7 @@ import functools
 import logging
 import math
 import os
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -45,6 +46,7 @@ import numpy as np
 from llama_index_deepmemory import exact_search
 
 logger = logging.getLogger(__name__)
+_THREADS_LOCK = threading.RLock()
 
 MIN_QUERIES = 2  # fewer query rows: exact_top_k's float32 path (one row is a gemv there, not an sgemm entry)
 MIN_ROWS = 1 << 17  # smaller matrices: the float32 path (a copy is not worth its memory and time); at
@@ -63,6 +65,7 @@ _U_IN = 2.0**-8  # relative error of rounding a float32 to the nearest bf16 (8 s
 _U_OUT = 2.0**-7  # relative error of rounding to bf16, by nearest or by truncation
 _SLACK = 1.0 + 2.0**-20  # covers the rounding of the bound's own float64 arithmetic
 _FINITE_LIMIT = 1e30  # larger norms: the float32 path (no overflow anywhere in the bound)
+_SCORE_LIMIT = 2.0**127  # larger possible scores: the float32 path (bf16 outputs overflow sooner)
 
 
 def _gamma(n: int) -> float:
@@ -136,15 +139,16 @@ def worth_it(n_rows: int, n_queries: int, k: int) -> bool:
 def _torch_threads(torch: Any) -> Iterator[None]:
     """torch uses as many threads as the CPUs this process may run on (as OpenBLAS does for the
     float32 path), whatever a caller set (training sets 1 for its small matrices)."""
-    before = torch.get_num_threads()
-    wanted = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if wanted != before:
-        torch.set_num_threads(wanted)
-    try:
-        yield
-    finally:
+    with _THREADS_LOCK:  # torch's thread count is process-wide: concurrent searches set and restore it in turn
+        before = torch.get_num_threads()
+        wanted = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if wanted != before:
-            torch.set_num_threads(before)
+            torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            if wanted != before:
+                torch.set_num_threads(before)
 
 
 def prefiltered_top_k(
@@ -191,6 +195,8 @@ def _prepared_queries(copy: Bf16Copy, queries: np.ndarray) -> tuple[Any, np.ndar
     q_error = np.sqrt(((q64 - q_bf16.double().numpy()) ** 2).sum(axis=1)) * _SLACK
     if q_norm.max(initial=0.0) + q_error.max(initial=0.0) >= _FINITE_LIMIT:
         return None
+    if q_norm.max(initial=0.0) * copy.row_norm.max(initial=0.0) * (1 + 2.0**-6) >= _SCORE_LIMIT:
+        return None  # a product bf16 may round to inf while float32 keeps it finite
     return q_bf16, q_norm, q_error
 
 

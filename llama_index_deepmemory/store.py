@@ -490,9 +490,11 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         embed_model: "BaseEmbedding | None" = None,
         *,
         load_recorded_embedding: bool = True,
+        keyword_depth: int | None = None,
     ) -> "DeepMemoryVectorStore":
         """Load a snapshot written by :meth:`persist` (checksums and consistency verified); its
         Deep Memory models are those of the folder, shared with every process serving it.
+        ``keyword_depth`` is a serving setting of this process, as in the constructor (not persisted).
 
         Without ``embed_model``, the embedding model recorded at :meth:`persist` (or by the CLI's
         ``ingest``) is loaded: the bundled default or a sentence-transformers folder or name; an
@@ -504,7 +506,9 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
 
             embed_model = load_recorded(persist_path)
         from llama_index_deepmemory.deep_memory import state
+        from llama_index_deepmemory.deep_memory.ranking import check_keyword_depth
 
+        keyword_depth = check_keyword_depth(keyword_depth)
         for attempt in (1, 2, 3):  # retried only when a writer ignoring the folder's locks replaced the models
             store = cls()
             try:  # the models are read under the folder's read lock, with the generation naming them
@@ -518,6 +522,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                 logger.info("the model location of %s vanished while loading; retrying", persist_path)
                 continue
             store._backend, store._seen[os.path.realpath(persist_path)] = backend, manifest["generation"]
+            store._keyword_depth = keyword_depth
             return store
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -98,6 +98,9 @@ class WrappedStore:
         # the keyword head deep_memory=True queries re-score (None: the model's own); one default
         # for every engine, so a model ranks alike over each
         self.default_keyword_depth: int | None = WRAPPED_KEYWORD_DEPTH
+        from llama_index_deepmemory.deep_memory.ranking import check_keyword_depth
+
+        keyword_depth = check_keyword_depth(keyword_depth)  # a bad value fails here, not at the first query
         self.keyword_depth = keyword_depth if keyword_depth is not None else self.default_keyword_depth
 
     # --- the face's operations ----------------------------------------------------------------

@@ -155,3 +155,21 @@ def test_array_store_view_takes_the_bf16_path_with_the_same_results(small_chunks
     want_scores, want_rows = exact_top_k(vectors, queries, 40)
     assert ids == [[f"n{j}" for j in row] for row in want_rows.tolist()]
     np.testing.assert_array_equal(scores, want_scores)
+
+
+@needs_amx
+def test_scores_near_float32s_largest_take_the_float32_path(small_chunks, monkeypatch) -> None:
+    """A product bf16 rounds to inf while float32 keeps it finite (found in review): not the bf16 path,
+    and the view still answers exactly."""
+    rng = np.random.default_rng(7)
+    matrix, queries = _unit(rng, 10000, 512), _unit(rng, 4, 512)
+    matrix[5000] = queries[0]
+    scale = np.float32(np.sqrt(3.399e38))
+    matrix, queries = matrix * scale, queries * scale
+    assert np.isfinite(exact_top_k(matrix, queries, 1)[0]).all()
+    assert bf16_search.prefiltered_top_k(matrix, bf16_search.Bf16Copy(matrix), queries, 1) is None
+    from llama_index_deepmemory.engine.array_view import ArrayStoreView
+
+    monkeypatch.setattr(bf16_search, "MIN_ROWS", 1000)  # the view would try the bf16 path here
+    view = ArrayStoreView([f"n{i}" for i in range(len(matrix))], matrix)
+    assert view.search_vectors(queries, 1)[1][0][0] == "n5000"

@@ -286,7 +286,8 @@ def check_keyword_depth(keyword_depth: Any) -> int | None:
     if keyword_depth is None:
         return None
     if isinstance(keyword_depth, bool) or not isinstance(keyword_depth, (int, np.integer)) or keyword_depth < 1:
-        raise ValueError(f"keyword_depth must be a positive int or None, got {keyword_depth!r}")
+        raise ValueError(f"keyword_depth must be a positive int or None, got {keyword_depth!r}: pass e.g. 20, or None "
+                         "for the default (the model's own head over the embedded store, 20 over a vector_store)")
     return int(keyword_depth)
 
 

@@ -107,6 +107,25 @@ def test_bad_keyword_depths_are_refused(task, bad) -> None:
     store = wrapped(task)
     with pytest.raises(ValueError, match="keyword_depth"):
         store.keyword_depth = bad
+    from llama_index_deepmemory.wrapped_store import WrappedStore
+
+    with pytest.raises(ValueError, match="keyword_depth"):  # at construction, not at the first deep query
+        WrappedStore(TinyTextStore(), None, keyword_depth=bad)
+
+
+def test_a_reloaded_store_takes_keyword_depth_again(task, tmp_path) -> None:
+    """A serving setting, not persisted: the loader takes it (without it, the model's own head)."""
+    store, model = embedded(task), hand_model(task)
+    store.persist(str(tmp_path / "store"))
+    again = DeepMemoryVectorStore.from_persist_path(str(tmp_path / "store"), keyword_depth=5,
+                                                    load_recorded_embedding=False)
+    plain = DeepMemoryVectorStore.from_persist_path(str(tmp_path / "store"), load_recorded_embedding=False)
+    assert again.keyword_depth == 5 and plain.keyword_depth is None
+    for q, text in zip(task.queries[:30], task.texts[:30]):  # some of these differ between the heads
+        assert query_ids(again, q, 10, text) == reference_ids(task, model, q, text, 10, 5)
+        assert query_ids(plain, q, 10, text) == reference_ids(task, model, q, text, 10, LEXICAL_DEPTH)
+    with pytest.raises(ValueError, match="keyword_depth"):
+        DeepMemoryVectorStore.from_persist_path(str(tmp_path / "store"), keyword_depth=0, load_recorded_embedding=False)
 
 
 @pytest.mark.parametrize("margin", [0, 1, (lambda n, depth: 0)], ids=["none", "one", "callable-none"])

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llama_index_deepmemory.deep_memory.training.adam import Adam  # noqa: E402
+from llama_index_deepmemory.deep_memory.training.adam import Adam, optimizer  # noqa: E402
 
 
 def _run(make_optimizer, zero_grad) -> list[torch.Tensor]:
@@ -40,9 +40,19 @@ def test_adam_equals_torch_optim_adam_bit_for_bit() -> None:
 def test_adam_does_not_import_dynamo() -> None:
     code = (
         "import sys, torch\n"
-        "from llama_index_deepmemory.deep_memory.training.adam import Adam\n"
-        "p = torch.nn.Parameter(torch.ones(3)); o = Adam([p], lr=0.1)\n"
+        "from llama_index_deepmemory.deep_memory.training.adam import Adam, optimizer\n"
+        "p = torch.nn.Parameter(torch.ones(3)); o = optimizer([p], lr=0.1)\n"
+        "assert isinstance(o, Adam)\n"
         "(p * p).sum().backward(); o.step(); o.zero_grad()\n"
         "assert 'torch._dynamo' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_parameters_off_the_cpu_get_torch_optim_adam() -> None:
+    """Bit for bit holds for the CPU update only: elsewhere (here a meta tensor stands for a GPU's) the
+    trainer steps with torch.optim.Adam itself."""
+    cpu = torch.nn.Parameter(torch.ones(3))
+    off = torch.nn.Parameter(torch.empty(3, device="meta"))
+    assert isinstance(optimizer([cpu], lr=0.1), Adam)
+    assert isinstance(optimizer([cpu, off], lr=0.1), torch.optim.Adam)

@@ -5,13 +5,36 @@ the same state, so the parameters come out bit for bit the same. torch is import
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import inspect
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as the trainer used them
 EPS = 1e-8
+
+
+_NEEDED = {"foreach", "fused", "capturable", "differentiable", "grad_scale", "found_inf", "has_complex", "amsgrad",
+           "beta1", "beta2", "lr", "weight_decay", "eps", "maximize"}
+
+
+def optimizer(params: Sequence["torch.Tensor"], lr: float) -> Any:
+    """:class:`Adam` where it is ``torch.optim.Adam``'s CPU update bit for bit (every parameter on the
+    CPU, and this torch's functional ``adam`` takes the arguments it is called with); else
+    ``torch.optim.Adam`` itself (a GPU's foreach path, another torch release's signature)."""
+    import torch
+
+    params = list(params)
+    if all(p.device.type == "cpu" for p in params):
+        try:
+            from torch.optim.adam import adam
+
+            if _NEEDED <= set(inspect.signature(adam).parameters):
+                return Adam(params, lr)
+        except (ImportError, ValueError, TypeError):  # no such function, or no signature to read
+            pass
+    return torch.optim.Adam(params, lr=lr)
 
 
 class Adam:

@@ -59,7 +59,7 @@ class _Trainer:
     def __init__(self, ctx: _Context, split: _Split, memory_ids: list[str]) -> None:
         import torch
 
-        from llama_index_deepmemory.deep_memory.training.adam import Adam
+        from llama_index_deepmemory.deep_memory.training.adam import optimizer
         from llama_index_deepmemory.deep_memory.training.losses import AdapterMemory, ListwiseLoss
 
         self.ctx = ctx
@@ -79,7 +79,7 @@ class _Trainer:
         trained = [self.params.weight, self.params.bias]
         if opts.node_memory and memory_ids:
             trained.append(self.params.delta)
-        self.optimizer = Adam(trained, lr=opts.learning_rate)  # torch.optim.Adam's update, without its imports
+        self.optimizer = optimizer(trained, lr=opts.learning_rate)  # torch.optim.Adam's update, without its imports
         self.queries = torch.from_numpy(np.asarray(split.queries, dtype=np.float32)).to(dev)
         self.source = CandidateSource(
             ctx.store, split.queries, split.relevance, self.memory_index, device=dev,
