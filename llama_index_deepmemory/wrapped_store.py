@@ -392,6 +392,8 @@ class _RecordingView:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def search_vectors(self, queries: np.ndarray, k: int, filters: Any = None, **_: Any) -> tuple[np.ndarray, list[list[str]]]:
-        scores, ids = self._store._search(queries, k, as_restriction(filters), self._seen, bodies=None)
-        return padded(scores), ids
+    def search_vectors(self, queries: np.ndarray, k: int, filters: Any = None,
+                       **_: Any) -> tuple[list[np.ndarray], list[list[str]]]:
+        """The plain search, scores a float32 row per query as long as its ids (not padded into one
+        matrix: the ranking reads each row up to its ids, and this view serves only the ranking)."""
+        return self._store._search(queries, k, as_restriction(filters), self._seen, bodies=None)

@@ -216,8 +216,8 @@ class _Row:
             if lost:  # forgotten override nodes rank as their stored vectors
                 over_keep = over_keep.copy()
                 over_keep[lost] = False
-        else:
-            keep = np.fromiter((n not in overridden for n in ids), dtype=bool, count=len(ids))
+        else:  # one C-level membership test per hit (a generator's frames cost more than the test)
+            keep = ~np.fromiter(map(overridden.__contains__, ids), dtype=bool, count=len(ids))
         keywords = plan is not None and bool(text)
         head = self.head if keywords else 0
         depth, k = self.depth, (self.k if keywords or not self.head else self.depth)

@@ -18,6 +18,14 @@ from typing import Any, Iterator, Optional, Protocol, Sequence
 import numpy as np
 
 
+def _key_of(filters: Any, node_ids: Optional[tuple[str, ...]], doc_ids: Optional[tuple[str, ...]]) -> str:
+    dumped = filters.model_dump_json() if filters is not None else ""
+    return hashlib.sha1(json.dumps([dumped, node_ids, doc_ids]).encode()).hexdigest()
+
+
+_UNRESTRICTED_KEY = _key_of(None, None, None)  # every unrestricted query's key (one per Deep Memory query)
+
+
 @dataclass(frozen=True)
 class Restriction:
     """What one query may return: metadata ``filters``, ``node_ids`` and ``doc_ids`` (None: any)."""
@@ -27,8 +35,10 @@ class Restriction:
     doc_ids: Optional[tuple[str, ...]] = None
 
     def key(self) -> str:
-        filters = self.filters.model_dump_json() if self.filters is not None else ""
-        return hashlib.sha1(json.dumps([filters, self.node_ids, self.doc_ids]).encode()).hexdigest()
+        """A digest naming this restriction (a cache key; the unrestricted one made once)."""
+        if self.filters is None and self.node_ids is None and self.doc_ids is None:
+            return _UNRESTRICTED_KEY
+        return _key_of(self.filters, self.node_ids, self.doc_ids)
 
     def allows(self, node: Any) -> bool:
         """The node and document restrictions (the engine applies the filters)."""
