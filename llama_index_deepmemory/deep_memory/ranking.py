@@ -147,11 +147,15 @@ class _Row:
         self.head, self.depth, self.k = head, depth, k
         self.kernels = _kernels()
         self.rank_row = self.kernels.rank_row
+        self._overridden: frozenset[str] | None = None
 
-    @functools.cached_property
+    @property
     def overridden(self) -> frozenset[str]:
-        """The override ids as a set (built only by the rows that need it)."""
-        return self.model.override_set(self.override_ids)
+        """The override ids as a set (built only by the rows that need it; a ``_Row`` serves one
+        ranking call, so no lock: ``functools.cached_property`` takes one on every read in 3.11)."""
+        if self._overridden is None:
+            self._overridden = self.model.override_set(self.override_ids)
+        return self._overridden
 
     def by_keyword_rows(self, transformed: np.ndarray, plan: KeywordPlan, text: str) -> tuple[np.ndarray, list[str]] | None:
         """One keyword query over a store that hands out its hits' keyword-index rows

@@ -180,20 +180,23 @@ class PostgresAdapter(GenericAdapter):
             rows = self._execute(statement, bind.values, ef_search)
         hits = Hits.none(len(queries))
         handles: list[list[str]] = [[] for _ in queries]
-        scores: list[list[float]] = [[] for _ in queries]
+        distances: list[list[float]] = [[] for _ in queries]
         kept = []
+        texts, nodes = hits.texts, hits.nodes
         self._key_rows({r[1]: r[6] for r in rows})
         for i, stored_id, text, metadata, original, distance, _ in rows:
-            node_id = owner(stored_id, {ID_KEY: original} if original is not None else {})
+            # a row without the original-id key is stored under its own id
+            node_id = stored_id if original is None else owner(stored_id, {ID_KEY: original})
             if bodies:
-                hits.nodes[node_id] = _node(stored_id, text, metadata)
-            hits.texts[node_id] = text
+                nodes[node_id] = _node(stored_id, text, metadata)
+            texts[node_id] = text
             kept.append((node_id, (stored_id, text, metadata)))
             handles[i].append(node_id)
-            scores[i].append(1.0 - float(distance))
+            distances[i].append(distance)
         self._keep(kept, version)
         hits.handles = handles
-        hits.scores = [np.asarray(s, dtype=np.float32) for s in scores]
+        # 1 - distance in float64, then float32: as the per-row ``1.0 - float(distance)`` was
+        hits.scores = [(1.0 - np.asarray(d, dtype=np.float64)).astype(np.float32) for d in distances]
         return hits
 
     def _build(self, row: Any) -> BaseNode:
