@@ -124,7 +124,6 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                     "with store.persist(path)"
                 )
             backend: Any = FaissStore(dim, metric, index_factory, embed_model, nprobe, ef_search)
-            self_depth = keyword_depth
         else:
             options = {"dim": (dim, None), "metric": (metric, "cosine"), "index_factory": (index_factory or AUTO, AUTO),
                        "nprobe": (nprobe, None), "ef_search": (ef_search, None)}
@@ -135,10 +134,9 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
                     f"configure {type(vector_store).__name__} itself (it must rank by cosine similarity)"
                 )
             backend = _wrapped_backend(vector_store, embed_model, model_dir, keyword_depth)
-            self_depth = None  # the wrapped store ranks with its own
         super().__init__()
         self._backend = backend
-        self._keyword_depth = self_depth
+        self._keyword_depth = keyword_depth if vector_store is None else None  # a wrapped store keeps its own
 
     def __getstate__(self) -> Any:
         raise TypeError(
@@ -202,13 +200,12 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
 
     @keyword_depth.setter
     def keyword_depth(self, value: int | None) -> None:
-        from llama_index_deepmemory.deep_memory.ranking import check_keyword_depth
-
-        value = check_keyword_depth(value)
         if isinstance(self._backend, FaissStore):
-            self._keyword_depth = value
-        else:
-            self._backend.keyword_depth = value if value is not None else self._backend.default_keyword_depth
+            from llama_index_deepmemory.deep_memory.ranking import check_keyword_depth
+
+            self._keyword_depth = check_keyword_depth(value)
+        else:  # checked there; None restores the wrapped default
+            self._backend.keyword_depth = value
 
     @property
     def vectorstore(self) -> "DeepMemoryVectorStore":

@@ -98,10 +98,19 @@ class WrappedStore:
         # the keyword head deep_memory=True queries re-score (None: the model's own); one default
         # for every engine, so a model ranks alike over each
         self.default_keyword_depth: int | None = WRAPPED_KEYWORD_DEPTH
+        self.keyword_depth = keyword_depth  # checked here, not at the first query
+
+    @property
+    def keyword_depth(self) -> int | None:
+        """The keyword head ``deep_memory=True`` queries re-score; setting None restores the default."""
+        return self._keyword_depth
+
+    @keyword_depth.setter
+    def keyword_depth(self, value: int | None) -> None:
         from llama_index_deepmemory.deep_memory.ranking import check_keyword_depth
 
-        keyword_depth = check_keyword_depth(keyword_depth)  # a bad value fails here, not at the first query
-        self.keyword_depth = keyword_depth if keyword_depth is not None else self.default_keyword_depth
+        value = check_keyword_depth(value)
+        self._keyword_depth = value if value is not None else self.default_keyword_depth
 
     # --- the face's operations ----------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode]) -> list[str]:

@@ -41,8 +41,8 @@ def key_anchors(key_rows: np.ndarray, memory_rows: np.ndarray, link_key: np.ndar
     if not n_keys or not len(link_key):
         return anchor, reach
     distance = np.empty(len(link_key), dtype=np.float64)
-    for start in range(0, len(link_key), 65536):  # chunks: the differences stay small
-        stop = start + 65536
+    for start in range(0, len(link_key), 8192):  # chunks: the float64 differences stay small (25 MB at d=384)
+        stop = start + 8192
         difference = key_rows[link_key[start:stop]].astype(np.float64) - memory_rows[link_node[start:stop]]
         distance[start:stop] = np.sqrt(np.einsum("ij,ij->i", difference, difference))
     order = np.lexsort((distance, link_key))

@@ -218,8 +218,7 @@ class AdapterMemoryModel(DeepMemoryModel):
         self._link_weight_by_key = self.link_weight[order]
         # each key's anchor: a memory row it links to, whose product bounds the key's (model_parts.key_anchors)
         self._key_anchor, self._key_reach = key_anchors(
-            self._key_codes * self._key_scales[:, None] if self._use_keys else np.zeros((0, self.dim), np.float32),
-            self._memory_codes * self._memory_scales[:, None], self.link_key, self.link_node)
+            self._score_rows[n_mem:], self._score_rows[:n_mem], self.link_key, self.link_node)  # keys: none unless used
         # the compiled kernel's arguments after the queries
         self._single_shape = (1, self.dim)
         self._memory_set = frozenset(self.memory_ids)
