@@ -130,12 +130,14 @@ def adapter_memory_scores(
     scores_out = np.empty((m, n_memory), dtype=np.float32)
     n_keys = score_codes.shape[0] - n_memory
     bonus = np.zeros(n_memory, dtype=np.float32)
+    residual = np.empty(d, dtype=np.float32)
     finite = True
     for row in range(m):
         query, transformed, scores = queries[row], transformed_out[row], scores_out[row]
+        _dot_rows(residual_codes, 0, d, query, residual_scales, residual)  # (W - I) q, four rows a pass
         sq = np.float32(0.0)
         for i in range(d):
-            value = query[i] + _dot_codes(residual_codes[i], query) * residual_scales[i] + bias[i]
+            value = query[i] + residual[i] + bias[i]
             transformed[i] = value
             sq += value * value
             finite = finite and math.isfinite(value)
