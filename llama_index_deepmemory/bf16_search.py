@@ -130,9 +130,13 @@ def fast_bf16() -> bool:
         return False
 
 
-def worth_it(n_rows: int, n_queries: int, k: int) -> bool:
-    """Whether a search of this shape should take the bf16 path (given a usable copy)."""
-    return n_rows >= MIN_ROWS and n_queries >= MIN_QUERIES and 0 < k <= MAX_K
+def worth_it(n_rows: int, dim: int, n_queries: int, k: int) -> bool:
+    """Whether a search of this shape takes the bf16 path (given a usable copy): the shape
+    checks of :func:`prefiltered_top_k`, so a caller builds no copy it would never use."""
+    if n_rows < MIN_ROWS or n_queries < MIN_QUERIES or not 0 < k <= MAX_K:
+        return False
+    step = exact_search.chunk_rows(n_queries)
+    return step < n_rows and min(k, n_rows) <= step and n_queries * step * dim >= _BIG_PRODUCT
 
 
 @contextmanager
@@ -164,9 +168,8 @@ def prefiltered_top_k(
     k = min(int(k), n)
     step = exact_search.chunk_rows(m)  # exact_top_k's chunks: their products' rounding is the reference
     d = matrix.shape[1]
-    if not copy.usable or copy.shape != matrix.shape or k < 1 or step >= n or k > step or m < 2:
-        return None
-    if m * step * d < _BIG_PRODUCT:  # float32 products this small round otherwise than large ones
+    # (worth_it's shape checks; small float32 products round otherwise than large ones)
+    if not copy.usable or copy.shape != matrix.shape or not worth_it(n, d, m, k):
         return None
     prepared = _prepared_queries(copy, queries)
     if prepared is None:

@@ -173,3 +173,43 @@ def test_scores_near_float32s_largest_take_the_float32_path(small_chunks, monkey
     monkeypatch.setattr(bf16_search, "MIN_ROWS", 1000)  # the view would try the bf16 path here
     view = ArrayStoreView([f"n{i}" for i in range(len(matrix))], matrix)
     assert view.search_vectors(queries, 1)[1][0][0] == "n5000"
+
+
+def test_a_view_builds_no_bf16_copy_for_searches_its_path_refuses(small_chunks, monkeypatch) -> None:
+    """Searches whose products are too small for the bf16 path (few dimensions here) leave the
+    view without a copy (it would be memory spent for nothing) and still answer exactly;
+    concurrent searches that take the path build one copy between them."""
+    import threading
+
+    from llama_index_deepmemory.engine.array_view import ArrayStoreView
+
+    monkeypatch.setattr(bf16_search, "MIN_ROWS", 1000)
+    monkeypatch.setattr(bf16_search, "fast_bf16", lambda: True)  # the decision, not the product, is tested
+    rng = np.random.default_rng(11)
+    narrow = _unit(rng, 9000, 4)
+    view = ArrayStoreView([f"n{i}" for i in range(len(narrow))], narrow)
+    queries = _unit(rng, 3, 4)
+    assert not bf16_search.worth_it(len(narrow), 4, len(queries), 10)
+    scores, ids = view.search_vectors(queries, 10)
+    assert view._bf16 is None
+    want_scores, want_rows = exact_top_k(narrow, queries, 10)
+    assert ids == [[f"n{j}" for j in row] for row in want_rows.tolist()]
+    np.testing.assert_array_equal(scores, want_scores)
+
+    wide = _unit(rng, 9000, 128)
+    assert bf16_search.worth_it(len(wide), 128, 10, 40)
+    view = ArrayStoreView([f"n{i}" for i in range(len(wide))], wide)
+    built = []
+    real = bf16_search.Bf16Copy
+
+    def counted(matrix):
+        built.append(1)
+        return real(matrix)
+
+    monkeypatch.setattr(bf16_search, "Bf16Copy", counted)
+    threads = [threading.Thread(target=view.search_vectors, args=(_unit(rng, 10, 128), 40)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 1 and view._bf16 is not None

@@ -9,6 +9,7 @@ to rank fixed embeddings.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ class ArrayStoreView:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.position = {node: i for i, node in enumerate(self.ids)}
         self._bf16: bf16_search.Bf16Copy | None = None  # built by the first search that gains from it
+        self._bf16_lock = threading.Lock()  # concurrent searches build one copy
 
     @property
     def dim(self) -> int:
@@ -80,10 +82,12 @@ class ArrayStoreView:
         when the search is big enough and the CPU multiplies bf16 fast (the same rows and scores;
         the bf16 copy, half the vectors' memory, is kept for later searches), else float32."""
         if queries.ndim == 2 and queries.shape[1:] == self.vectors.shape[1:] and bf16_search.worth_it(
-            len(self.vectors), len(queries), int(k)
+            *self.vectors.shape, len(queries), int(k)
         ):
             if self._bf16 is None and bf16_search.fast_bf16():
-                self._bf16 = bf16_search.Bf16Copy(self.vectors)
+                with self._bf16_lock:
+                    if self._bf16 is None:
+                        self._bf16 = bf16_search.Bf16Copy(self.vectors)
             if self._bf16 is not None:
                 found = bf16_search.prefiltered_top_k(self.vectors, self._bf16, queries, k)
                 if found is not None:
