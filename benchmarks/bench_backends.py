@@ -99,7 +99,7 @@ BACKENDS = ("ours-flat", "ours-hnsw", "ours-auto", "faiss", "faiss-hnsw", "simpl
             "chroma-server", "postgres")
 SLOW = ("simple", "qdrant", "milvus")  # measured (and tuned) on at most --slow-queries queries
 KEEPS_NO_TEXT = tuple(name for name, kind in BACKEND_TYPES.items() if not kind.keeps_text)
-WRAPPED = ("chroma", "qdrant", "milvus", "chroma-server", "postgres")
+WRAPPED = ("lancedb", "chroma", "qdrant", "milvus", "chroma-server", "postgres")
 
 PROBE_S = 60.0  # seconds of adding before a backend's add rate is projected against --max-add-minutes
 
