@@ -30,7 +30,7 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
 from llama_index_deepmemory.engine.backend import Hits, Restriction
 from llama_index_deepmemory.engine.generic import GenericAdapter
-from llama_index_deepmemory.engine.ids import engine_id, from_engine, owner
+from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine, owner
 from llama_index_deepmemory.rwlock import ReadWriteLock
 
 _COMPARE = {FilterOperator.EQ: "=", FilterOperator.GT: ">", FilterOperator.GTE: ">=", FilterOperator.LT: "<",
@@ -145,8 +145,10 @@ class LanceDBAdapter(GenericAdapter):
 
     # --- reads ----------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool | None = True) -> Hits:
-        """One LanceDB vector search per query by cosine distance (restrictions prefiltered);
-        without ``bodies``, ids and distances only (stored ids named as remembered, else in one read)."""
+        """One LanceDB vector search per query by cosine distance (restrictions prefiltered).
+        ``bodies``: the nodes; ``None`` (a Deep Memory ranking): the rows' metadata and text, kept
+        unbuilt for the few nodes the query returns (a later read by id scans the table: ``id``
+        has no index); ``False``: ids and distances only."""
         table = self._table()
         if k <= 0 or restriction.empty or table is None:
             return Hits.none(len(queries))
@@ -154,8 +156,8 @@ class LanceDBAdapter(GenericAdapter):
             table, restriction.filters,
             id_in("id", [engine_id(i) for i in restriction.node_ids]) if restriction.node_ids else "",
             id_in(self.engine.doc_id_key, restriction.doc_ids) if restriction.doc_ids is not None else "")
-        columns = ["id", "_distance"] + (["metadata"] if bodies is not False else [])
-        rows = []
+        columns = ["id", "_distance"] + ({True: ["metadata"], None: ["metadata", self.engine.text_key]}.get(bodies, []))
+        version, rows = self.version, []
         for q in np.asarray(queries, dtype=np.float32):
             search = table.search(q, vector_column_name=self.engine.vector_column_name).distance_type("cosine")
             search = search.limit(int(k))
@@ -169,13 +171,34 @@ class LanceDBAdapter(GenericAdapter):
                 rows.append(search.select(columns).to_arrow().to_pylist())
         if bodies is False:
             return self._named_hits([[(r["id"], 1.0 - r["_distance"]) for r in row] for row in rows])
-        hits = Hits([], [])
+        hits, kept, names = Hits([], []), [], {}
         for row in rows:
-            nodes = [self._node(r) for r in row]
-            hits.handles.append([n.node_id for n in nodes])
+            if bodies:
+                nodes = [self._node(r) for r in row]
+                hits.nodes.update((n.node_id, n) for n in nodes)
+                handles = [n.node_id for n in nodes]
+            else:
+                handles = [owner(r["id"], r["metadata"]) for r in row]
+                names.update((r["id"], h) for r, h in zip(row, handles))
+                kept.extend((h, r["metadata"]) for h, r in zip(handles, row))
+                hits.texts.update((h, r[self.engine.text_key]) for h, r in zip(handles, row))
+            hits.handles.append(handles)
             hits.scores.append(1.0 - np.asarray([r["_distance"] for r in row], dtype=np.float32))
-            hits.nodes.update((n.node_id, n) for n in nodes)
+        if kept:
+            self._name(names)
+            self._keep(kept, version)
         return hits
+
+    def _build(self, row: Any) -> BaseNode:
+        return self._node({"metadata": row})
+
+    def _named(self, stored_ids: Sequence[str]) -> dict[str, str]:
+        """Each stored id names itself where the table's metadata has no ``deepmemory_id`` field
+        (LanceDB fixes the fields at the first add: no row can carry one); else as remembered or read."""
+        table = self._table()
+        if table is not None and ID_KEY not in self._fields(table):
+            return {i: i for i in stored_ids}
+        return super()._named(stored_ids)
 
     def _scan(self, table: Any, where: Optional[str], columns: list[str], batch: int) -> Iterator[Any]:
         """Record batches of ``columns`` of the rows passing ``where``, ``batch`` rows at a time

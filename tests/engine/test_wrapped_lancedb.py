@@ -170,3 +170,20 @@ def test_queries_under_threads_while_adding_and_deleting(task, tmp_path) -> None
     with_model(task, store)
     out = check_threads(task, store, seconds=1.5)
     assert np.isfinite(out["queries"])
+
+
+def test_ids_only_searches_name_uuid_and_mapped_ids(task, shared, tmp_path) -> None:
+    """A plain ``search_ids`` asks ids and distances only: mapped ids (``node_3``) are named from
+    their metadata, UUID ids in a table without a ``deepmemory_id`` field name themselves."""
+    import uuid
+
+    faiss_store, lance = shared
+    queries = task.queries[:5]
+    assert lance.deep_memory.search_ids(queries, 10, deep_memory=False) == \
+        faiss_store.deep_memory.search_ids(queries, 10, deep_memory=False)
+    uuids = [str(uuid.UUID(int=j + 1)) for j in range(len(task.ids))]
+    nodes = [TextNode(id_=u, text=t, embedding=v.tolist()) for u, t, v in zip(uuids, task.doc_texts, task.docs)]
+    store = DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path)))
+    store.add(nodes)
+    expected = [[uuids[j] for j in np.argsort(-(task.docs @ q), kind="stable")[:10]] for q in queries]
+    assert store.deep_memory.search_ids(queries, 10, deep_memory=False) == expected
