@@ -105,6 +105,8 @@ def _missing_table(error: Exception) -> bool:
 
 class LanceDBAdapter(GenericAdapter):
     name = "lancedb"
+    # each hit asked costs: ``refine_factor`` full vectors re-ranked and its row read; Deep Memory asks few beyond
+    pays_per_hit = True
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
