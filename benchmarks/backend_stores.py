@@ -424,7 +424,9 @@ class LanceDB(Backend):
     (timed with it): the vector index LanceDB's docs recommend; ``nprobes`` and ``refine_factor``
     (full-vector re-ranking of ``refine x k`` PQ candidates) tuned together, cheapest first. The cap:
     k-means trains on 256 rows per partition, so sqrt(1M) = 1,000 partitions would cost ~10x the
-    100,000-node build (3-4 min on this 2-core machine)."""
+    100,000-node build (3-4 min on this 2-core machine). Deep Memory wraps the stock store: the
+    package's LanceDB adapter reads, lists and deletes through the table (the store's own
+    ``get_nodes(node_ids=...)`` double-quotes ids and fails, its ``get_nodes()`` loads the whole table)."""
 
     param = "nprobes/refine_factor"
     grid = ("20/1", "20/2", "20/5", "20/10", "40/10", "40/20", "80/20", "80/40", "160/40", "320/80")
@@ -449,22 +451,6 @@ class LanceDB(Backend):
     def set_param(self, store: Any, value: Any) -> None:
         nprobes, refine = (int(v) for v in str(value).split("/"))
         store.nprobes, store.refine_factor = nprobes, (refine if refine > 1 else None)
-
-    def quoted_engine(self, store: Any, work: Path) -> Any:
-        """``LanceDBVectorStore.get_nodes(node_ids=...)`` (0.6.0) filters ``id in ("a","b")``: LanceDB's
-        SQL reads double quotes as column names and fails; a subclass quoting them as strings."""
-        from llama_index.vector_stores.lancedb import LanceDBVectorStore
-
-        class Quoted(LanceDBVectorStore):
-            def get_nodes(self, node_ids=None, filters=None, **kwargs):
-                if node_ids is not None:
-                    quoted = ",".join("'" + str(i).replace("'", "''") + "'" for i in node_ids)
-                    return super().get_nodes(None, filters, where=f"id in ({quoted})", **kwargs)
-                return super().get_nodes(node_ids, filters, **kwargs)
-
-        fixed = Quoted(uri=str(work / "lancedb"), table_name="bench", mode="append")
-        fixed.nprobes, fixed.refine_factor = store.nprobes, store.refine_factor
-        return fixed
 
     def reopen(self, work: Path, dim: int, param: Any) -> Any:
         from llama_index.vector_stores.lancedb import LanceDBVectorStore

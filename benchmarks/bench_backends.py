@@ -54,7 +54,8 @@ so approximate search has neighbours to miss. Per backend, through the LlamaInde
   the answer's nodes read from it, as a retriever would (``docstore.json``);
 * peak memory: the backend process's peak RSS (``VmHWM``, reset just before the store is created,
   so the benchmark's data generation is left out) after add and queries, plus the RSS of any child
-  processes it starts, and its growth over the process before the store;
+  processes it starts, and its growth over the process before the store (the peak once the Deep Memory
+  part has run, listing included, is in ``--json`` as ``deep_memory.peak_mib``);
 * Deep Memory: a SciFact-sized hand-made model (1,000 memory nodes, 1,000 remembered queries,
   keyword re-scoring of the top 50) registered on the store (ours) or on
   ``DeepMemoryVectorStore(vector_store=engine, model_dir=...)`` over the same engine (its keyword index
@@ -99,7 +100,7 @@ BACKENDS = ("ours-flat", "ours-hnsw", "ours-auto", "faiss", "faiss-hnsw", "simpl
             "chroma-server", "postgres")
 SLOW = ("simple", "qdrant", "milvus")  # measured (and tuned) on at most --slow-queries queries
 KEEPS_NO_TEXT = tuple(name for name, kind in BACKEND_TYPES.items() if not kind.keeps_text)
-WRAPPED = ("chroma", "qdrant", "milvus", "chroma-server", "postgres")
+WRAPPED = ("lancedb", "chroma", "qdrant", "milvus", "chroma-server", "postgres")
 
 PROBE_S = 60.0  # seconds of adding before a backend's add rate is projected against --max-add-minutes
 
@@ -350,6 +351,8 @@ def _measure(name: str, args: argparse.Namespace, work: Path, n: int) -> dict:
     elif not args.skip_deep_memory:
         try:
             result["deep_memory"] = deep_memory_overhead(name, backend, store, vectors, eval_q, args, work)
+            # the peak again once Deep Memory has listed the store (its keyword index) and queried it
+            result["deep_memory"]["peak_mib"] = peak_mib() + descendants_rss_mib()
         except Exception as error:  # noqa: BLE001 - the wrapper refusing a store is a result too
             logger.exception("%s: Deep Memory failed", name)
             import traceback

@@ -11,6 +11,7 @@ _BY_TYPE = {  # the store's class name -> (module, adapter class)
     "ChromaVectorStore": ("chroma", "ChromaAdapter"),
     "MilvusVectorStore": ("milvus", "MilvusAdapter"),
     "PGVectorStore": ("postgres", "PostgresAdapter"),
+    "LanceDBVectorStore": ("lancedb", "LanceDBAdapter"),
 }
 
 

@@ -2,7 +2,7 @@
 
 Everything goes through the store's public API: ``query`` (one call per query vector),
 ``get_nodes``, ``add``, ``delete``, ``delete_nodes`` and ``clear``. The engine adapters
-(:mod:`.qdrant`, :mod:`.chroma`, :mod:`.milvus`, :mod:`.postgres`) subclass it and replace what
+(:mod:`.qdrant`, :mod:`.chroma`, :mod:`.milvus`, :mod:`.postgres`, :mod:`.lancedb`) subclass it and replace what
 their engine does better or differently. Scores are cosine similarity (the store must rank by it).
 
 A store that cannot list its nodes (``get_nodes()`` without ids raises) lists the nodes added

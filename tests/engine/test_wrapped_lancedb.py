@@ -1,0 +1,189 @@
+"""Deep Memory over LanceDB (``LanceDBVectorStore`` on an embedded folder, never a mock).
+
+Plain results through the wrapper equal LanceDB's own (its ``query`` scores ``exp(-distance)``:
+turned back into cosine here); the same model ranks over LanceDB as over the embedded FAISS store;
+filters, node and document restrictions, deletes, ``get_nodes``, listing a page at a time, ids
+that cannot impersonate, a reopened folder and threads. The adapter reads and deletes through
+LanceDB's table API: the store's own ``get_nodes(node_ids=...)``, ``delete_nodes`` and ``delete``
+double-quote ids (LanceDB reads them as column names), and its ``get_nodes()`` loads the whole table.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("lancedb")
+pytest.importorskip("llama_index.vector_stores.lancedb")
+from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode  # noqa: E402
+from llama_index.core.vector_stores.types import (  # noqa: E402
+    FilterCondition, FilterOperator, MetadataFilter, MetadataFilters,
+)
+from llama_index.vector_stores.lancedb import LanceDBVectorStore  # noqa: E402
+
+from llama_index_deepmemory.engine.lancedb import LanceDBAdapter  # noqa: E402
+from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
+from synthetic import DIM, KeywordTask  # noqa: E402
+from wrapped_checks import (  # noqa: E402
+    EVEN, check_deletes_filters_and_get_nodes, check_ids_cannot_impersonate, check_listing, check_plain_equals_engine,
+    check_ranks_like_faiss, check_reopened, check_restrictions, check_threads, faiss_twin, nodes_with_docs, with_model,
+)
+
+
+def lancedb_engine(uri: str, mode: str = "overwrite") -> LanceDBVectorStore:
+    return LanceDBVectorStore(uri=uri, table_name="docs", mode=mode)
+
+
+def lancedb_store(uri: str, task: KeywordTask, **kwargs) -> DeepMemoryVectorStore:
+    store = DeepMemoryVectorStore(vector_store=lancedb_engine(uri), **kwargs)
+    store.add(nodes_with_docs(task))
+    return store
+
+
+def l2_to_cosine(similarities: list[float]) -> list[float]:
+    """LanceDB's own scores, ``exp(-d)`` of the squared L2 distance of unit vectors, as cosines."""
+    return [1.0 + math.log(s) / 2.0 for s in similarities]
+
+
+@pytest.fixture(scope="module")
+def shared(task, tmp_path_factory):
+    """One LanceDB folder for the read-only tests."""
+    faiss_store = faiss_twin(task)
+    lance = lancedb_store(str(tmp_path_factory.mktemp("lancedb")), task)
+    with_model(task, faiss_store, lance)
+    return faiss_store, lance
+
+
+def test_the_adapter_serves_lancedb(shared) -> None:
+    assert isinstance(shared[1]._backend.backend, LanceDBAdapter)
+
+
+@pytest.mark.parametrize("filters", [None, EVEN], ids=["all", "filtered"])
+def test_plain_results_equal_lancedbs_own(task, shared, filters) -> None:
+    check_plain_equals_engine(task, shared[1], filters, to_cosine=l2_to_cosine)
+
+
+@pytest.mark.parametrize("filters", [None, EVEN], ids=["all", "filtered"])
+@pytest.mark.parametrize("with_text", [True, False], ids=["keywords", "dense"])
+def test_the_same_model_ranks_alike_over_lancedb_and_faiss(task, shared, filters, with_text) -> None:
+    check_ranks_like_faiss(task, *shared, filters, with_text, n_queries=15)
+
+
+def test_node_and_doc_restrictions(task, shared) -> None:
+    check_restrictions(task, *shared)
+
+
+def test_listing_reads_every_node_a_page_at_a_time(task, shared) -> None:
+    check_listing(task, shared[1])
+
+
+def test_listing_streams_pages_of_the_size_asked(task, shared, monkeypatch) -> None:
+    """Pages come from a streamed scan (``to_batches``), never the store's ``get_nodes()``,
+    which loads the whole table (1M nodes ran out of 24 GiB)."""
+    store = shared[1]
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("read through LanceDBVectorStore.get_nodes")
+
+    monkeypatch.setattr(LanceDBVectorStore, "get_nodes", refuse)
+    n = len(task.ids)
+    assert [len(ids) for ids, _ in store.iter_vectors(batch_size=7)] == [7] * (n // 7) + ([n % 7] if n % 7 else [])
+    assert [len(ids) for ids, _ in store.iter_texts(batch_size=50)] == [50, n - 50]
+    assert [len(ids) for ids, _ in store.iter_texts()] == [n]
+    assert len(store) == n
+
+
+@pytest.mark.parametrize("node_id", ["it's", "o''brien", '"quoted"', "a,b)", "x' OR '1'='1"])
+def test_ids_with_quotes_survive_get_and_delete(task, tmp_path, node_id) -> None:
+    """Ids are SQL string literals (the store's own get_nodes/delete_nodes write ``id in ("a")``)."""
+    store = DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path)))
+    nodes = [TextNode(id_=i, text=f"text {i}", embedding=task.docs[j].tolist(), metadata={"parity": j % 2})
+             for j, i in enumerate([node_id, "plain", "other"])]
+    nodes[0].relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=node_id)
+    store.add(nodes)
+    assert [n.node_id for n in store.get_nodes([node_id, "plain"])] == [node_id, "plain"]
+    assert store.get_nodes([node_id])[0].text == f"text {node_id}"
+    assert ask_ids(store, task.docs[0], node_ids=[node_id]) == [node_id]
+    store.delete_nodes([node_id])
+    assert store.get_nodes([node_id]) == [] and len(store) == 2
+    store.add(nodes[:1])
+    store.delete(node_id)  # by its source document, named like it
+    assert store.get_nodes([node_id]) == [] and len(store) == 2
+
+
+def ask_ids(store, q, **kwargs) -> list[str]:
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    return store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=5, **kwargs)).ids
+
+
+def test_filters_follow_simple_vector_store_semantics(task, shared) -> None:
+    """Each operator, as the embedded store answers it (missing keys match only NE/NIN/IS_EMPTY)."""
+    faiss_store, lance = shared
+    cases = [
+        MetadataFilter(key="parity", value=1, operator=FilterOperator.NE),
+        MetadataFilter(key="parity", value=0, operator=FilterOperator.GT),
+        MetadataFilter(key="parity", value=[1], operator=FilterOperator.IN),
+        MetadataFilter(key="parity", value=[1], operator=FilterOperator.NIN),
+        MetadataFilter(key="nope", value=1, operator=FilterOperator.EQ),
+        MetadataFilter(key="nope", value=1, operator=FilterOperator.NE),
+    ]
+    for leaf in cases:
+        for condition in (FilterCondition.AND, FilterCondition.NOT):
+            filters = MetadataFilters(filters=[leaf], condition=condition)
+            expected = {n.node_id for n in faiss_store.get_nodes(filters=filters)}
+            assert {n.node_id for n in lance.get_nodes(filters=filters)} == expected, (leaf, condition)
+    either = MetadataFilters(filters=[EVEN, MetadataFilters(filters=[MetadataFilter(key="parity", value=1)])],
+                             condition=FilterCondition.OR)
+    assert len(lance.get_nodes(filters=either)) == len(task.ids)
+
+
+def test_deletes_filters_and_get_nodes_pass_through(task, tmp_path) -> None:
+    store = lancedb_store(str(tmp_path), task)
+    with_model(task, store)
+    check_deletes_filters_and_get_nodes(task, store)  # clear deletes the rows, the table stays
+
+
+def test_an_empty_store_answers_nothing_before_its_first_add(task, tmp_path) -> None:
+    store = DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path)))
+    assert len(store) == 0 and store.get_nodes(["node_1"]) == [] and list(store.iter_texts()) == []
+    assert ask_ids(store, task.queries[0]) == []
+    store.delete_nodes(["node_1"])
+    store.delete("doc_1")
+
+
+def test_models_persist_and_a_reopened_folder_serves_the_same(task, tmp_path) -> None:
+    uri, model_dir = str(tmp_path / "db"), tmp_path / "models"
+    first = lancedb_store(uri, task, model_dir=model_dir)
+    check_reopened(task, first, lambda: DeepMemoryVectorStore(vector_store=lancedb_engine(uri, mode="append"),
+                                                              model_dir=model_dir), n_queries=10)
+
+
+def test_ids_cannot_replace_hide_or_impersonate_a_node(task, tmp_path) -> None:
+    check_ids_cannot_impersonate(task, lancedb_store(str(tmp_path), task))
+
+
+def test_queries_under_threads_while_adding_and_deleting(task, tmp_path) -> None:
+    store = lancedb_store(str(tmp_path), task)
+    with_model(task, store)
+    out = check_threads(task, store, seconds=1.5)
+    assert np.isfinite(out["queries"])
+
+
+def test_ids_only_searches_name_uuid_and_mapped_ids(task, shared, tmp_path) -> None:
+    """A plain ``search_ids`` asks ids and distances only: mapped ids (``node_3``) are named from
+    their metadata, UUID ids in a table without a ``deepmemory_id`` field name themselves."""
+    import uuid
+
+    faiss_store, lance = shared
+    queries = task.queries[:5]
+    assert lance.deep_memory.search_ids(queries, 10, deep_memory=False) == \
+        faiss_store.deep_memory.search_ids(queries, 10, deep_memory=False)
+    uuids = [str(uuid.UUID(int=j + 1)) for j in range(len(task.ids))]
+    nodes = [TextNode(id_=u, text=t, embedding=v.tolist()) for u, t, v in zip(uuids, task.doc_texts, task.docs)]
+    store = DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path)))
+    store.add(nodes)
+    expected = [[uuids[j] for j in np.argsort(-(task.docs @ q), kind="stable")[:10]] for q in queries]
+    assert store.deep_memory.search_ids(queries, 10, deep_memory=False) == expected
