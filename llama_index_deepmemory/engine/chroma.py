@@ -24,7 +24,6 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from llama_index_deepmemory.engine.backend import Hits, Restriction
 from llama_index_deepmemory.engine.generic import GenericAdapter
 from llama_index_deepmemory.engine.ids import engine_id, from_engine, owner
-from llama_index_deepmemory.rwlock import ReadWriteLock
 
 INCLUDE = ["documents", "metadatas"]
 # hits up to which a Deep Memory search reads the rows with it: Chroma reads a row in about a tenth
@@ -114,19 +113,13 @@ def merge_results(parts: Sequence[dict], k: int, include: Sequence[str]) -> dict
 class ChromaAdapter(GenericAdapter):
     name = "chroma"
     pays_per_hit = True  # each hit a search asks costs (rows read, a wider HNSW walk): Deep Memory asks few beyond
+    # chromadb fails a query that runs while rows it finds are deleted ("Error finding id", or rows
+    # without metadata): reads run together, a write alone
+    reads_together = True
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
-        # chromadb fails a query that runs while rows it finds are deleted ("Error finding id",
-        # or rows without metadata): reads run together, a write alone
-        self._lock_rw = ReadWriteLock()
         self._max_batch: Optional[int] = None  # the client's max batch size, asked once
-
-    def _reading(self) -> Any:
-        return self._lock_rw.read()
-
-    def _writing(self) -> Any:
-        return self._lock_rw.write()
 
     @property
     def collection(self) -> Any:

@@ -23,6 +23,7 @@ from llama_index.core.vector_stores.types import BasePydanticVectorStore, Metada
 
 from llama_index_deepmemory.engine.backend import Hits, Restriction
 from llama_index_deepmemory.engine.ids import check_owners, check_reserved, engine_id, from_engine, owner, to_engine
+from llama_index_deepmemory.rwlock import ReadWriteLock
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class GenericAdapter:
 
     name = "generic"
     pays_per_hit = False  # True: each hit a search asks costs (rows, ANN breadth), so callers ask few spare hits
+    reads_together = False  # True: reads run concurrently, a write alone (an engine whose reads fail under a write)
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
@@ -46,6 +48,7 @@ class GenericAdapter:
         self._lock = threading.RLock()
         self._added: dict[str, None] = {}  # ids added through this adapter (listing fallback)
         self._serial: Any = contextlib.nullcontext()  # a lock where the client is not thread safe
+        self._rw = ReadWriteLock() if self.reads_together else None
         self._rows: OrderedDict[str, Any] = OrderedDict()  # node id -> the engine's row, until the next write
         # stored id -> node id, of every row seen; a stored id changes owner only by an add (which
         # sets it here) after a delete, so deletes need not forget (another process's: see README)
@@ -74,11 +77,12 @@ class GenericAdapter:
 
     def _reading(self) -> Any:
         """Held around every read of the engine (see :meth:`_writing`)."""
-        return self._serial
+        return self._rw.read() if self._rw is not None else self._serial
 
     def _writing(self) -> Any:
-        """Held around every write to the engine: by default the same serialisation as reads."""
-        return self._serial
+        """Held around every write to the engine: alone where reads run together, else the same
+        serialisation as reads."""
+        return self._rw.write() if self._rw is not None else self._serial
 
     # --- writes ---------------------------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode]) -> None:
