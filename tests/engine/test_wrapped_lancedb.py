@@ -187,3 +187,43 @@ def test_ids_only_searches_name_uuid_and_mapped_ids(task, shared, tmp_path) -> N
     store.add(nodes)
     expected = [[uuids[j] for j in np.argsort(-(task.docs @ q), kind="stable")[:10]] for q in queries]
     assert store.deep_memory.search_ids(queries, 10, deep_memory=False) == expected
+
+
+def test_two_writer_processes_keep_each_others_nodes(tmp_path) -> None:
+    """Two real processes add and delete through the adapter over one LanceDB folder at the same
+    moment: afterwards a fresh handle holds exactly what each kept, and finds each by id."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    uri = str(tmp_path / "db")
+    seed = DeepMemoryVectorStore(vector_store=lancedb_engine(uri))  # the table exists before the writers start
+    seed.add([TextNode(id_="seed", text="seed", metadata={"writer": "seed"}, embedding=[1.0] + [0.0] * 7)])
+    children = [subprocess.Popen([sys.executable, str(tests / "lancedb_child.py"), uri, name, "60"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=env) for name in ("a", "b")]
+    try:
+        for child in children:
+            ready = child.stdout.readline()
+            assert ready and json.loads(ready)["ready"], child.stderr.read()[-2000:]
+        for child in children:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        kept = ["seed"]
+        for child in children:
+            out, err = child.communicate(timeout=120)
+            assert child.returncode == 0, err[-2000:]
+            kept += json.loads(out.strip().splitlines()[-1])["kept"]
+    finally:
+        for child in children:
+            child.kill()
+    assert len(kept) == 1 + 2 * 48
+    fresh = DeepMemoryVectorStore(vector_store=lancedb_engine(uri, mode="append"))
+    assert len(fresh) == len(kept)
+    assert sorted(n.node_id for n in fresh.get_nodes(kept)) == sorted(kept)
+    assert sorted(i for ids, _ in fresh.iter_texts() for i in ids) == sorted(kept)
