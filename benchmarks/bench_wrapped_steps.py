@@ -11,7 +11,11 @@ asked: before this change, each change alone, after), the row cache emptied befo
 counts the calls to the engine per query (``search``; ``get``: rows by id; ``_owners``: names of
 ids-only hits).
 
-    python benchmarks/bench_wrapped_steps.py --engine postgres [--n 20000] [--queries 200] [--ef 16] [--compare]
+``--floor`` instead replays each query's engine search as a keyword Deep Memory query makes it and as a
+plain query makes it, interleaved with the plain query (the row cache emptied before each): the ratio a
+keyword query could reach over that engine if its ranking cost nothing.
+
+    python benchmarks/bench_wrapped_steps.py --engine postgres [--n 20000] [--queries 200] [--ef 16] [--compare | --floor]
 """
 
 from __future__ import annotations
@@ -153,6 +157,61 @@ def compare(face: Any, items: list[tuple[list[float], Any]], kind: str) -> list[
     return lines
 
 
+def engine_floor(face: Any, items: list[tuple[list[float], Any]]) -> list[str]:
+    """What the engine alone charges a keyword Deep Memory query: each query's engine search as the
+    keyword query makes it (its hits and spare ones, ``bodies=None``) and as a plain query makes it
+    (k=10, bodies), replayed interleaved with the plain query itself, the row cache emptied before
+    each. The floor is 1 + (deep search - plain search) / plain query: the ratio a keyword query could
+    reach if its ranking cost nothing."""
+    backend = face._backend.backend
+    search = backend.search
+    calls: list[tuple[Any, ...]] = []
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        calls.append((args, kwargs))
+        return search(*args, **kwargs)
+
+    replays = []
+    backend.search = recorded
+    try:
+        for vector, text in items:
+            calls.clear()
+            face.query(bb.query_of(vector))
+            plain_calls = list(calls)
+            calls.clear()
+            face.query(bb.query_of(vector, text), deep_memory=True)
+            replays.append((vector, plain_calls, list(calls)))
+    finally:
+        backend.search = search
+    if any(len(p) != 1 or len(d) != 1 for _, p, d in replays):
+        return ["keywords  a query made more than one engine search; no floor (see --compare's round trips)"]
+
+    def cold(call: tuple[Any, ...]) -> None:
+        with backend._lock:  # as for a query whose rows were not read recently
+            backend._rows.clear()
+        search(*call[0], **call[1])
+
+    def plain_query(vector: list[float]) -> None:
+        with backend._lock:
+            backend._rows.clear()
+        face.query(bb.query_of(vector))
+
+    times: list[list[float]] = [[], [], []]
+    for i, (vector, plain_calls, deep_calls) in enumerate(replays):
+        runs = (lambda: plain_query(vector), lambda: cold(plain_calls[0]), lambda: cold(deep_calls[0]))
+        for step in range(3):
+            j = (i + step) % 3
+            t0 = time.perf_counter()
+            runs[j]()
+            times[j].append(time.perf_counter() - t0)
+    query, shallow, deep = (statistics.median(t) for t in times)
+    asked = statistics.median_low(int(d[0][0][1]) for _, _, d in replays)
+    return [f"keywords  the engine search of a keyword Deep Memory query asks {asked} hits (median), a plain one "
+            f"{int(replays[0][1][0][0][1])}",
+            f"search p50 {1e3 * deep:6.2f} ms vs {1e3 * shallow:6.2f} ms; plain query p50 {1e3 * query:6.2f} ms; "
+            f"floor 1 + {1e3 * (deep - shallow):.2f} / {1e3 * query:.2f} = {1 + (deep - shallow) / query:.3f}x"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine", choices=("chroma", "chroma-server", "postgres"), required=True)
@@ -160,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ef", type=int, default=16, help="the engine's search breadth (ef_search)")
     parser.add_argument("--compare", action="store_true", help="before/after configurations side by side (see above)")
+    parser.add_argument("--floor", action="store_true",
+                        help="only the engine's part of a keyword query's extra time (see above)")
     args = parser.parse_args(argv)
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
@@ -190,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
                      for i, text in enumerate(synthetic_texts(len(queries), 8, rng))]
             for vector, text in items[:10]:  # warm up (numba, caches)
                 face.query(bb.query_of(vector)), face.query(bb.query_of(vector, text), deep_memory=True)
+            if args.floor:
+                print(f"{args.engine}, {args.n} nodes, ef_search {args.ef}, {args.queries} queries; "
+                      f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+                print("\n".join(engine_floor(face, items)))
+                print("load average", " ".join(f"{x:.2f}" for x in os.getloadavg()))
+                return 0
             if args.compare:
                 print(f"{args.engine}, {args.n} nodes, ef_search {args.ef}, {args.queries} queries; "
                       f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
