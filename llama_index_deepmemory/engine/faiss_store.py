@@ -370,15 +370,19 @@ class FaissStore:
             return self._index.reconstruct(slots)
 
     def _iter_live(self, batch_size: int, read: Any) -> Iterator[Any]:
-        """``read(live slots)`` of one batch of the stored nodes at a time, each under the read lock."""
+        """``read(live slots)`` of one batch of the stored nodes at a time, each under the read lock;
+        a ``clear`` between two batches ends the listing (its slots may hold other nodes by then)."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         with self._lock.read():
-            slots = self._table.live_slots()
+            table = self._table
+            slots = table.live_slots()
         for start in range(0, len(slots), batch_size):
             with self._lock.read():
+                if self._table is not table:  # cleared: the nodes listed at the start are gone
+                    return
                 chunk = slots[start : start + batch_size]
-                result = read(chunk[self._table.live[chunk]].tolist())
+                result = read(chunk[table.live[chunk]].tolist())
             yield result
 
     def iter_texts(self, batch_size: int = 65536) -> Iterator[tuple[list[str], list[str]]]:

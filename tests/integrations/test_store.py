@@ -318,6 +318,25 @@ def test_store_view_protocol():
     assert store.deep_memory is store.deep_memory
 
 
+@pytest.mark.parametrize("listing", ["iter_vectors", "iter_texts"])
+def test_listing_that_outlives_a_clear_ends_instead_of_failing(listing):
+    """Training lists the store batch by batch while other threads may write: a ``clear()`` between
+    two batches ends the listing (its nodes are gone), and nodes added after it are not listed as
+    if they were the ones it started with; before, the next batch raised IndexError."""
+    nodes, vectors = make_nodes(130, seed=15)
+    store = DeepMemoryVectorStore()
+    store.add(nodes)
+    pages = getattr(store, listing)(batch_size=50)
+    first_ids, first = next(pages)
+    assert first_ids == [f"n{i}" for i in range(50)]
+    if listing == "iter_vectors":
+        np.testing.assert_allclose(first, vectors[:50] / np.linalg.norm(vectors[:50], axis=1, keepdims=True), atol=1e-6)
+    store.clear()
+    store.add(make_nodes(120, seed=16, prefix="m")[0])  # refills the slots the listing had not reached
+    assert list(pages) == []
+    assert sum(len(ids) for ids, _ in getattr(store, listing)(batch_size=50)) == 120
+
+
 class ShiftAndBoost(DeepMemoryModel):
     """A test-only model: a fixed linear query transform plus exact scores for two nodes."""
 
