@@ -135,6 +135,11 @@ class FaissStore:
     def _read_filter_key(self, key: str) -> list[Any]:
         return self._table.read_key(key)
 
+    def reading(self) -> Any:
+        """The read lock as a context manager: the reads made inside it see one state of the store
+        (re-entrant; no write may be made inside it)."""
+        return self._lock.read()
+
     def _as_matrix(self, vectors: Any, what: str, labels: Sequence[str] | None = None) -> np.ndarray:
         """(n, d) float32 checked for shape, dimension and finiteness; normalised for cosine."""
         return as_matrix(vectors, what, self._dim, self._metric, labels)
