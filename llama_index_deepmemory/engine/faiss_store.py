@@ -441,10 +441,12 @@ class FaissStore:
         return scores, [[ids[s] for s in row if s >= 0] for row in slots.tolist()]
 
     def training_view(self, max_nodes: int = 0) -> Any:
-        """What Deep Memory trains and validates on: this store while its index is exact, else a
-        view of it whose plain searches are exact (:class:`~.faiss_view.ExactView`; no copy)."""
+        """What Deep Memory trains and validates on: this store while its index is exact for good, else
+        a view of it whose plain searches are exact (:class:`~.faiss_view.ExactView`; no copy). An
+        ``"auto"`` store always gets the view: an add made while the job runs may turn it approximate."""
         index = self._index
-        return self if index is None or index.exact else ExactView(self)
+        exact_for_good = index is not None and index.exact and self._index_factory != AUTO
+        return self if index is None or exact_for_good else ExactView(self)
 
     def _search_rows(
         self, q: np.ndarray, k: int, filters: "MetadataFilters | Slots | None", index: Any
