@@ -79,6 +79,9 @@ class FaissStore:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
         index_factory = AUTO if index_factory is None else index_factory
+        if isinstance(index_factory, str) and index_factory != AUTO and index_factory.strip().lower() == AUTO:
+            raise ValueError(f"index_factory={index_factory!r} is not a FAISS factory string; the default is "
+                             f"spelled index_factory={AUTO!r} (lower case), or leave index_factory out")
         if index_factory != AUTO:
             check_factory(dim, metric, index_factory)
         self._dim = dim

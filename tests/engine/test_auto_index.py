@@ -406,3 +406,11 @@ def test_a_training_view_taken_before_the_switch_still_searches_exactly_after_it
     truth = exact_ids(x[:1000], [f"n{i}" for i in range(1000)], queries)
     assert recall(store.search_vectors(prepared, K)[1], truth) < 1.0  # the store's own search is approximate
     assert view.search_vectors(prepared, K)[1] == truth
+
+
+@pytest.mark.parametrize("given", ["Auto", "AUTO", " auto"])
+def test_a_misspelt_auto_is_refused_with_the_spelling_to_use(given):
+    """'Auto' is no FAISS factory string: the error named FAISS's parser and advised passing dim=,
+    which cannot help; it now names the value and the spelling of the default."""
+    with pytest.raises(ValueError, match=rf"index_factory={given!r}.*index_factory='auto'"):
+        DeepMemoryVectorStore(index_factory=given)
