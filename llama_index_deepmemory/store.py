@@ -391,6 +391,8 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
 
     def get_vectors(self, node_ids: Sequence[str]) -> np.ndarray:
         """Stored vectors (n, d) float32 as searched (normalised for cosine); KeyError if missing."""
+        if isinstance(node_ids, str):
+            raise TypeError(f"node_ids must be a list of ids, not a single string ({node_ids!r}); pass [{node_ids!r}]")
         return self._backend.get_vectors(node_ids)
 
     def iter_texts(self, batch_size: int = 65536) -> Iterator[tuple[list[str], list[str]]]:

@@ -301,6 +301,8 @@ def test_store_view_protocol():
     np.testing.assert_allclose(store.get_vectors(["n5", "n9"]), vectors[[5, 9]], rtol=1e-6)
     with pytest.raises(KeyError):
         store.get_vectors(["n5", "nope"])
+    with pytest.raises(TypeError, match="list of ids, not a single string"):  # as get_nodes refuses it
+        store.get_vectors("n5")  # (it was read as the ids "n" and "5": KeyError naming neither)
     seen = {}
     for ids, vecs in store.iter_vectors(batch_size=50):
         assert len(ids) == len(vecs) <= 50
