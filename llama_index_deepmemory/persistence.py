@@ -143,6 +143,11 @@ def write_generation(
     manifest does not name, and leftovers of crashed writes are removed only after the manifest
     names the new generation, and only while no reader (see :func:`reading`) is loading.
     """
+    if not os.fspath(persist_path).strip():  # Path("") is the working directory
+        raise ValueError(
+            f"persist_path is empty ({os.fspath(persist_path)!r}), which would write the snapshot into the "
+            "working directory; pass a folder for the store, e.g. './storage/vector_store'"
+        )
     root = Path(persist_path)
     if root.exists() and not root.is_dir():
         raise ValueError(

@@ -20,6 +20,7 @@ queries and keeps the models beside the snapshot, in a model location the manife
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -369,10 +370,13 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         """Maximal marginal relevance over the top ``prefetch`` candidates (see :meth:`query`)."""
         k = query.similarity_top_k
         depth = max(k, prefetch if prefetch is not None else max(4 * k, 50))
-        pool = self._backend.query(dataclasses.replace(query, similarity_top_k=depth), self._ranker(model))
-        if not pool.nodes or k == 0:
-            return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
-        vectors = self._backend.get_vectors([n.node_id for n in pool.nodes])
+        # the embedded store: the pool and its vectors from one state (a delete between them: KeyError)
+        one_state = self._backend.reading() if isinstance(self._backend, FaissStore) else contextlib.nullcontext()
+        with one_state:
+            pool = self._backend.query(dataclasses.replace(query, similarity_top_k=depth), self._ranker(model))
+            if not pool.nodes or k == 0:
+                return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+            vectors = self._backend.get_vectors([n.node_id for n in pool.nodes])
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         picks, scores = llama_index_mmr(np.asarray(pool.similarities, dtype=np.float64), vectors, k, threshold)
         nodes = [pool.nodes[i] for i in picks]
@@ -387,6 +391,8 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
 
     def get_vectors(self, node_ids: Sequence[str]) -> np.ndarray:
         """Stored vectors (n, d) float32 as searched (normalised for cosine); KeyError if missing."""
+        if isinstance(node_ids, str):
+            raise TypeError(f"node_ids must be a list of ids, not a single string ({node_ids!r}); pass [{node_ids!r}]")
         return self._backend.get_vectors(node_ids)
 
     def iter_texts(self, batch_size: int = 65536) -> Iterator[tuple[list[str], list[str]]]:

@@ -79,6 +79,9 @@ class FaissStore:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
         index_factory = AUTO if index_factory is None else index_factory
+        if isinstance(index_factory, str) and index_factory != AUTO and index_factory.strip().lower() == AUTO:
+            raise ValueError(f"index_factory={index_factory!r} is not a FAISS factory string; the default is "
+                             f"spelled index_factory={AUTO!r} (lower case), or leave index_factory out")
         if index_factory != AUTO:
             check_factory(dim, metric, index_factory)
         self._dim = dim
@@ -134,6 +137,11 @@ class FaissStore:
 
     def _read_filter_key(self, key: str) -> list[Any]:
         return self._table.read_key(key)
+
+    def reading(self) -> Any:
+        """The read lock as a context manager: the reads made inside it see one state of the store
+        (re-entrant; no write may be made inside it)."""
+        return self._lock.read()
 
     def _as_matrix(self, vectors: Any, what: str, labels: Sequence[str] | None = None) -> np.ndarray:
         """(n, d) float32 checked for shape, dimension and finiteness; normalised for cosine."""
@@ -370,15 +378,19 @@ class FaissStore:
             return self._index.reconstruct(slots)
 
     def _iter_live(self, batch_size: int, read: Any) -> Iterator[Any]:
-        """``read(live slots)`` of one batch of the stored nodes at a time, each under the read lock."""
+        """``read(live slots)`` of one batch of the stored nodes at a time, each under the read lock;
+        a ``clear`` between two batches ends the listing (its slots may hold other nodes by then)."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         with self._lock.read():
-            slots = self._table.live_slots()
+            table = self._table
+            slots = table.live_slots()
         for start in range(0, len(slots), batch_size):
             with self._lock.read():
+                if self._table is not table:  # cleared: the nodes listed at the start are gone
+                    return
                 chunk = slots[start : start + batch_size]
-                result = read(chunk[self._table.live[chunk]].tolist())
+                result = read(chunk[table.live[chunk]].tolist())
             yield result
 
     def iter_texts(self, batch_size: int = 65536) -> Iterator[tuple[list[str], list[str]]]:
@@ -432,10 +444,12 @@ class FaissStore:
         return scores, [[ids[s] for s in row if s >= 0] for row in slots.tolist()]
 
     def training_view(self, max_nodes: int = 0) -> Any:
-        """What Deep Memory trains and validates on: this store while its index is exact, else a
-        view of it whose plain searches are exact (:class:`~.faiss_view.ExactView`; no copy)."""
+        """What Deep Memory trains and validates on: this store while its index is exact for good, else
+        a view of it whose plain searches are exact (:class:`~.faiss_view.ExactView`; no copy). An
+        ``"auto"`` store always gets the view: an add made while the job runs may turn it approximate."""
         index = self._index
-        return self if index is None or index.exact else ExactView(self)
+        exact_for_good = index is not None and index.exact and self._index_factory != AUTO
+        return self if index is None or exact_for_good else ExactView(self)
 
     def _search_rows(
         self, q: np.ndarray, k: int, filters: "MetadataFilters | Slots | None", index: Any

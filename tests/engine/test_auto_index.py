@@ -390,3 +390,27 @@ def test_graph_rebuilt_by_compaction_keeps_its_ef_construction():
     graph.remove(np.arange(2000))
     assert graph.needs_compaction() and len(graph.compact()) == 2000
     assert faiss.downcast_index(graph.faiss_index.index).hnsw.efConstruction == graph.ef_construction == 80
+
+
+def test_a_training_view_taken_before_the_switch_still_searches_exactly_after_it(reprobe):
+    """A training job takes the store's view once, at its start; an add made while it runs may turn
+    "auto" approximate. The view must keep searching exactly (before: it was the store itself while
+    exact, so the job's later searches walked the graph: 61 of 200 top-10s differed from brute force)."""
+    x, queries = reprobe
+    store = DeepMemoryVectorStore()
+    store.add(nodes_of(x[:999]))
+    view = store.training_view(10**6)  # the job starts while the store is exact
+    store.add(nodes_of(x[999:1000], 999))  # an add during the job converts it
+    assert hnsw_held(store)
+    prepared = store.prepare_queries(queries)
+    truth = exact_ids(x[:1000], [f"n{i}" for i in range(1000)], queries)
+    assert recall(store.search_vectors(prepared, K)[1], truth) < 1.0  # the store's own search is approximate
+    assert view.search_vectors(prepared, K)[1] == truth
+
+
+@pytest.mark.parametrize("given", ["Auto", "AUTO", " auto"])
+def test_a_misspelt_auto_is_refused_with_the_spelling_to_use(given):
+    """'Auto' is no FAISS factory string: the error named FAISS's parser and advised passing dim=,
+    which cannot help; it now names the value and the spelling of the default."""
+    with pytest.raises(ValueError, match=rf"index_factory={given!r}.*index_factory='auto'"):
+        DeepMemoryVectorStore(index_factory=given)

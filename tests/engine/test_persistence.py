@@ -291,3 +291,15 @@ def test_persist_refuses_a_folder_with_snapshots_but_no_manifest(tmp_path: Path)
     assert sorted(p.name for p in snapshot.iterdir()) == before and not (path / "manifest.json").exists()
     other.persist(str(tmp_path / "elsewhere"))  # another folder, or one without snapshots, still works
     assert len(DeepMemoryVectorStore.from_persist_path(str(tmp_path / "elsewhere"))) == 5
+
+
+@pytest.mark.parametrize("given", ["", " "])
+def test_persist_refuses_an_empty_path_instead_of_writing_into_the_working_directory(tmp_path, monkeypatch, given):
+    """``persist("")`` (an unset setting, say) named the current directory: the snapshot, its lock
+    files and model folder were written there. It is refused with the value and the fix."""
+    monkeypatch.chdir(tmp_path)
+    store = DeepMemoryVectorStore()
+    store.add(make_nodes(10))
+    with pytest.raises(ValueError, match=rf"persist_path is empty \({given!r}\).*pass a folder"):
+        store.persist(given)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -301,6 +301,8 @@ def test_store_view_protocol():
     np.testing.assert_allclose(store.get_vectors(["n5", "n9"]), vectors[[5, 9]], rtol=1e-6)
     with pytest.raises(KeyError):
         store.get_vectors(["n5", "nope"])
+    with pytest.raises(TypeError, match="list of ids, not a single string"):  # as get_nodes refuses it
+        store.get_vectors("n5")  # (it was read as the ids "n" and "5": KeyError naming neither)
     seen = {}
     for ids, vecs in store.iter_vectors(batch_size=50):
         assert len(ids) == len(vecs) <= 50
@@ -316,6 +318,25 @@ def test_store_view_protocol():
     with pytest.raises(ValueError, match="dimension"):
         store.prepare_queries(np.ones((2, DIM + 1)))
     assert store.deep_memory is store.deep_memory
+
+
+@pytest.mark.parametrize("listing", ["iter_vectors", "iter_texts"])
+def test_listing_that_outlives_a_clear_ends_instead_of_failing(listing):
+    """Training lists the store batch by batch while other threads may write: a ``clear()`` between
+    two batches ends the listing (its nodes are gone), and nodes added after it are not listed as
+    if they were the ones it started with; before, the next batch raised IndexError."""
+    nodes, vectors = make_nodes(130, seed=15)
+    store = DeepMemoryVectorStore()
+    store.add(nodes)
+    pages = getattr(store, listing)(batch_size=50)
+    first_ids, first = next(pages)
+    assert first_ids == [f"n{i}" for i in range(50)]
+    if listing == "iter_vectors":
+        np.testing.assert_allclose(first, vectors[:50] / np.linalg.norm(vectors[:50], axis=1, keepdims=True), atol=1e-6)
+    store.clear()
+    store.add(make_nodes(120, seed=16, prefix="m")[0])  # refills the slots the listing had not reached
+    assert list(pages) == []
+    assert sum(len(ids) for ids, _ in getattr(store, listing)(batch_size=50)) == 120
 
 
 class ShiftAndBoost(DeepMemoryModel):

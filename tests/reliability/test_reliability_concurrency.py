@@ -239,3 +239,41 @@ def test_queries_progress_while_a_writer_adds_in_a_loop() -> None:
         t.join(timeout=30)
     print(f"\none writer in a loop: {len(latencies)} queries in 1.5 s, max latency {1000 * max(latencies):.0f} ms")
     assert len(latencies) >= 100 and max(latencies) < 0.5
+
+
+def test_mmr_queries_while_a_writer_deletes_and_adds_back_their_candidates() -> None:
+    """An MMR query ranks its candidate pool and reads the pool's vectors in one consistent view:
+    a writer deleting (and adding back) those very candidates between the two never makes it raise
+    (before: KeyError "node id(s) are not in the store"), and it returns k distinct nodes."""
+    world = World()
+    store = DeepMemoryVectorStore()
+    store.add([world.node(f"s{i}", f"stable s{i}", i % 5, "d") for i in range(N_STABLE)])
+    q = world.vectors["s0"]
+    near = [f"s{i}" for i in np.argsort(-(np.stack([world.vectors[f"s{i}"] for i in range(N_STABLE)]) @ q))[:40]]
+    kept = [world.node(i, f"stable {i}", int(i[1:]) % 5, "d") for i in near]
+    stop = threading.Event()
+    rounds, errors, answers = [0], [], []
+
+    def writer() -> None:
+        while not stop.is_set():
+            store.delete_nodes(node_ids=near)
+            store.add(kept)
+            rounds[0] += 1
+
+    def reader() -> None:
+        for _ in range(300):
+            try:
+                result = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=K, mode="mmr"))
+                answers.append(result.ids)
+            except Exception as exc:  # noqa: BLE001 - the failure this test looks for
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    threads[1].join(timeout=60)
+    stop.set()
+    threads[0].join(timeout=30)
+    assert rounds[0] >= 10, rounds
+    assert errors == [], (len(errors), errors[:3])
+    assert len(answers) == 300 and all(len(ids) == len(set(ids)) == K for ids in answers)
