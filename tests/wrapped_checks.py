@@ -195,3 +195,30 @@ def check_threads(task, store, seconds: float = 2.0, readers: int = 2) -> dict:
     assert out["writes"] > 0 and out["queries"] > 0, out
     assert out["extras_seen"] > 0, out  # the writes were seen
     return out
+
+
+def check_delete_nodes_like_simple(task, store) -> None:
+    """``delete_nodes(ids, filters)`` deletes the named nodes that pass the filters, no others, as
+    ``SimpleVectorStore`` does (``store`` empty): no ids named deletes nothing, and an OR of filters
+    never widens the ids named."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import FilterCondition
+
+    def nodes():
+        return [TextNode(id_=f"n{i}", text=f"t{i}", metadata={"a": i}, embedding=task.docs[i].tolist()) for i in range(6)]
+
+    simple = SimpleVectorStore()
+    simple.add(nodes())
+    store.add(nodes())
+    either = MetadataFilters(filters=[MetadataFilter(key="a", value=2), MetadataFilter(key="a", value=3)],
+                             condition=FilterCondition.OR)
+    for node_ids, filters in (([], None), ([], EVEN_A), (["n1"], either), (["n1", "n2"], either), (["n4"], EVEN_A)):
+        simple.delete_nodes(node_ids, filters=filters)
+        store.delete_nodes(node_ids, filters=filters)
+        expected = sorted(simple.data.embedding_dict)
+        assert sorted(n.node_id for n in store.get_nodes()) == expected, (node_ids, filters)
+    assert expected == ["n0", "n1", "n3", "n5"]
+
+
+EVEN_A = MetadataFilters(filters=[MetadataFilter(key="a", value=[0, 2, 4], operator="in")])

@@ -2,19 +2,26 @@
 
 The store's ``get_nodes`` takes ids or filters but not both (combined here into one filter) and
 cannot list without either (``query_iterator`` pages instead); its ``clear`` drops the collection,
-after which its ``add`` cannot re-create it (the rows are deleted instead). The collection must
+after which its ``add`` cannot re-create it (the rows are deleted instead). Its ``delete_nodes``
+ORs the ids into an OR of filters and, given no ids, deletes every filter match (ids and filters
+are ANDed here, no ids delete nothing); its ``delete`` writes the document id unescaped into the
+expression (a quote failed it, or widened it to every row: a JSON-escaped literal here); it
+ignores a NOT condition (matching the opposite nodes), so NOT is refused. The collection must
 rank by COSINE (``MilvusVectorStore(..., similarity_metric="COSINE")``; the store's default is IP).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from typing import Any, Iterator, Optional
 
 import numpy as np
 from llama_index.core.schema import BaseNode
-from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters, VectorStoreQuery
+from llama_index.core.vector_stores.types import (
+    FilterCondition, FilterOperator, MetadataFilter, MetadataFilters, VectorStoreQuery,
+)
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
 from llama_index_deepmemory.engine.backend import Hits, Restriction
@@ -24,6 +31,25 @@ from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine
 
 _FIRST_SEARCH = threading.RLock()  # pymilvus imports scipy.sparse lazily on the first search, racily
 ITERATOR_BATCH = 16_384  # rows one query_iterator call may read (pymilvus refuses a larger batch_size)
+
+
+def milvus_literal(value: str) -> str:
+    """``value`` as a Milvus string literal (double-quoted; quotes and backslashes escaped)."""
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def check_conditions(filters: Optional[MetadataFilters]) -> None:
+    """Refuse a NOT condition, at any depth: the store's translation drops it (its one filter
+    then matches unnegated, the opposite nodes)."""
+    if filters is None:
+        return
+    condition = filters.condition or FilterCondition.AND
+    if condition not in (FilterCondition.AND, FilterCondition.OR):
+        raise ValueError(f"filter condition {condition.value!r} is not supported over Milvus (MilvusVectorStore would "
+                         "not negate it, matching the opposite nodes); use 'and' or 'or'")
+    for f in filters.filters:
+        if isinstance(f, MetadataFilters):
+            check_conditions(f)
 
 
 class MilvusAdapter(GenericAdapter):
@@ -63,6 +89,7 @@ class MilvusAdapter(GenericAdapter):
     def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool | None = True) -> Hits:
         """Without ``bodies``, each query asks only the ids (``VectorStoreQuery.output_fields``; the
         store then fills no metadata, so stored ids are named as remembered, else in one read)."""
+        check_conditions(restriction.filters)
         if bodies or k <= 0 or restriction.empty:
             hits = super().search(queries, k, restriction, bodies)
             MilvusAdapter._searched = MilvusAdapter._searched or k > 0
@@ -87,6 +114,7 @@ class MilvusAdapter(GenericAdapter):
         return node
 
     def _get(self, stored_ids: list[str], filters: Optional[MetadataFilters], with_vectors: bool) -> list[BaseNode]:
+        check_conditions(filters)
         if not stored_ids:
             return []
         by_id = MetadataFilter(key="id", value=list(stored_ids), operator=FilterOperator.IN)
@@ -94,7 +122,28 @@ class MilvusAdapter(GenericAdapter):
         return self.engine.get_nodes(filters=both) if both is not None else self.engine.get_nodes(node_ids=stored_ids)
 
     def filtered(self, filters: MetadataFilters) -> list[BaseNode]:
+        check_conditions(filters)
         return super().filtered(filters) if self._has() else []
+
+    def delete(self, ref_doc_id: str) -> None:
+        """By source document, its id a quoted literal (the store's own writes it unescaped)."""
+        if self._has():
+            with self._writing():
+                self.engine.client.delete(self.engine.collection_name,
+                                          filter=f"{self.engine.doc_id_field} == {milvus_literal(ref_doc_id)}")
+        self._wrote()
+
+    def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
+        """The named nodes that pass ``filters`` (ids ANDed with the filters, as ``_get`` reads them)."""
+        check_conditions(filters)
+        if ids is None:
+            self.engine.delete_nodes(None, filters=filters)
+            return
+        if not ids:  # nothing named (the store would delete every filter match, or fail)
+            return
+        by_id = MetadataFilter(key="id", value=list(ids), operator=FilterOperator.IN)
+        both = MetadataFilters(filters=[filters, by_id]) if filters is not None and filters.filters else None
+        self.engine.delete_nodes(None if both is not None else ids, filters=both)
 
     def _clear(self) -> None:  # its clear drops the collection, and its add cannot re-create it
         if self.engine.client.has_collection(self.engine.collection_name):

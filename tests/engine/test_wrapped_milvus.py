@@ -12,13 +12,14 @@ import pytest
 
 pytest.importorskip("milvus_lite")
 pytest.importorskip("llama_index.vector_stores.milvus")
+from llama_index.core.schema import NodeRelationship, RelatedNodeInfo  # noqa: E402
 from llama_index.vector_stores.milvus import MilvusVectorStore  # noqa: E402
 
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
-    EVEN, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
-    check_ids_cannot_impersonate, check_listing, check_reopened, check_restrictions, check_threads, faiss_twin,
+    EVEN, ask, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
+    check_delete_nodes_like_simple, check_ids_cannot_impersonate, check_listing, check_reopened, check_restrictions, check_threads, faiss_twin,
     nodes_with_docs, with_model,
 )
 
@@ -133,5 +134,59 @@ def test_queries_under_threads_while_adding_and_deleting(task, tmp_path) -> None
     with_model(task, store)
     try:
         check_threads(task, store)
+    finally:
+        store.vector_store.client.close()
+
+
+def test_delete_nodes_removes_only_the_named_nodes_that_pass_the_filters(task, tmp_path) -> None:
+    """The store's delete_nodes ORs the ids into an OR of filters (deleting every match) and,
+    given no ids, deletes every filter match."""
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "delete_nodes.db"), overwrite=True))
+    try:
+        check_delete_nodes_like_simple(task, store)
+    finally:
+        store.vector_store.client.close()
+
+
+def test_a_document_id_with_quotes_deletes_only_its_own_nodes(task, tmp_path) -> None:
+    """The store writes ``doc_id in ["<id>"]`` unescaped: a quote broke the expression, and
+    ``x"] or doc_id not in ["`` deleted every node."""
+    from llama_index.core.schema import TextNode
+
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "docs.db"), overwrite=True))
+    docs = ['x"] or doc_id not in ["', 'it\'s "x" \\ \u00fc', "plain"]
+    nodes = [TextNode(id_=f"n{j}", text=f"t{j}", embedding=task.docs[j].tolist()) for j in range(len(docs))]
+    for node, doc in zip(nodes, docs):
+        node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=doc)
+    try:
+        store.add(nodes)
+        store.delete(docs[0])
+        assert sorted(n.node_id for n in store.get_nodes()) == ["n1", "n2"]
+        store.delete(docs[1])
+        assert [n.node_id for n in store.get_nodes()] == ["n2"]
+    finally:
+        store.vector_store.client.close()
+
+
+def test_a_not_condition_is_refused_not_ignored(task, tmp_path) -> None:
+    """The store joins a NOT group's filters with "not": one filter came back unnegated (the
+    opposite nodes matched, and delete_nodes deleted the nodes it should have kept)."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import FilterCondition, MetadataFilter, MetadataFilters
+
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "not.db"), overwrite=True))
+    nodes = [TextNode(id_=f"n{j}", text=f"t{j}", metadata={"a": j}, embedding=task.docs[j].tolist()) for j in range(4)]
+    not_one = MetadataFilters(filters=[MetadataFilter(key="a", value=1)], condition=FilterCondition.NOT)
+    nested = MetadataFilters(filters=[MetadataFilter(key="a", value=0, operator=">"), not_one])
+    try:
+        store.add(nodes)
+        for filters in (not_one, nested):
+            with pytest.raises(ValueError, match="condition 'not' is not supported over Milvus"):
+                store.delete_nodes(filters=filters)
+            with pytest.raises(ValueError, match="condition 'not' is not supported over Milvus"):
+                store.get_nodes(filters=filters)
+            with pytest.raises(ValueError, match="condition 'not' is not supported over Milvus"):
+                ask(store, task.docs[0], k=4, filters=filters)
+        assert len(store.get_nodes()) == 4
     finally:
         store.vector_store.client.close()
