@@ -107,6 +107,17 @@ class QdrantAdapter(GenericAdapter):
         if self._ready():
             super().delete_nodes(node_ids, filters)
 
+    def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
+        """The named points that pass ``filters`` (the store's own puts the ids among an OR
+        group's conditions, deleting every match)."""
+        if ids is not None and not ids:
+            return
+        where = qdrant_filter(filters, ids)
+        if where is None:
+            super()._delete_nodes(ids, filters)
+            return
+        self.engine.client.delete(self._collection, points_selector=where)
+
 
     def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool | None = True) -> Hits:
         """Every query in one ``query_batch_points``; without ``bodies``, ids and scores only."""
