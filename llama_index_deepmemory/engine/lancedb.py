@@ -37,11 +37,14 @@ _COMPARE = {FilterOperator.EQ: "=", FilterOperator.GT: ">", FilterOperator.GTE: 
 
 
 def sql_literal(value: Any) -> str:
-    """``value`` as a LanceDB SQL literal (strings single-quoted, ``'`` doubled)."""
+    """``value`` as a LanceDB SQL literal (strings single-quoted, ``'`` doubled; floats cast to
+    DOUBLE, so they compare with int fields as numbers)."""
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return repr(value.item() if isinstance(value, np.generic) else value)
+    if isinstance(value, (float, np.floating)):  # typed: LanceDB refuses a bare float against an int field
+        return f"CAST({float(value)!r} AS DOUBLE)"
+    if isinstance(value, (int, np.integer)):
+        return repr(int(value))
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
     raise TypeError(f"cannot compare LanceDB metadata with {type(value).__name__} {value!r}; "

@@ -227,3 +227,27 @@ def test_two_writer_processes_keep_each_others_nodes(tmp_path) -> None:
     assert len(fresh) == len(kept)
     assert sorted(n.node_id for n in fresh.get_nodes(kept)) == sorted(kept)
     assert sorted(i for ids, _ in fresh.iter_texts() for i in ids) == sorted(kept)
+
+
+def test_float_filter_values_compare_with_integer_metadata(task, tmp_path) -> None:
+    """LanceDB refused a float literal against an int field ("could not convert to literal of
+    type 'Int64'"); SimpleVectorStore compares the numbers."""
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    nodes = [TextNode(id_=f"n{j}", text=f"t{j}", metadata={"a": j, "f": j / 2}, embedding=task.docs[j].tolist())
+             for j in range(5)]
+    simple = SimpleVectorStore()
+    simple.add([n.model_copy(deep=True) for n in nodes])
+    store = DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path)))
+    store.add(nodes)
+    for leaf in (MetadataFilter(key="a", value=2.0), MetadataFilter(key="a", value=1.5, operator=FilterOperator.GT),
+                 MetadataFilter(key="a", value=2.5, operator=FilterOperator.LTE),
+                 MetadataFilter(key="a", value=[1.0, 3.0], operator=FilterOperator.IN),
+                 MetadataFilter(key="a", value=2.0, operator=FilterOperator.NE),
+                 MetadataFilter(key="f", value=1, operator=FilterOperator.GTE)):
+        filters = MetadataFilters(filters=[leaf])
+        expected = set(simple.query(VectorStoreQuery(query_embedding=task.docs[0].tolist(), similarity_top_k=10,
+                                                     filters=filters)).ids)
+        assert {n.node_id for n in store.get_nodes(filters=filters)} == expected, leaf
+        assert set(ask_ids(store, task.docs[0], filters=filters)) == expected, leaf
