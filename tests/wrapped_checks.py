@@ -222,3 +222,44 @@ def check_delete_nodes_like_simple(task, store) -> None:
 
 
 EVEN_A = MetadataFilters(filters=[MetadataFilter(key="a", value=[0, 2, 4], operator="in")])
+
+
+def check_filters_like_simple(task, store) -> None:
+    """Filters select the nodes ``SimpleVectorStore`` selects (``store`` empty), in ``get_nodes``,
+    ``query`` and ``delete_nodes``: a node missing the key passes NE and NIN, fails the rest."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import FilterCondition, FilterOperator
+
+    metadatas = [{"a": 1, "s": "x"}, {"a": 2, "s": "y"}, {"a": 3}, {"s": "x"}, {"b": 0}]
+
+    def nodes():
+        return [TextNode(id_=f"n{i}", text=f"t{i}", metadata=dict(m), embedding=task.docs[i].tolist())
+                for i, m in enumerate(metadatas)]
+
+    def leaf(key, value, operator="=="):
+        return MetadataFilter(key=key, value=value, operator=FilterOperator(operator))
+
+    simple = SimpleVectorStore()
+    simple.add(nodes())
+    store.add(nodes())
+    cases = [MetadataFilters(filters=[f]) for f in (
+        leaf("a", 1), leaf("a", 1, "!="), leaf("a", 1, ">"), leaf("a", 3, "<"), leaf("a", [1, 3], "in"),
+        leaf("a", [1, 3], "nin"), leaf("s", "x", "!="), leaf("s", ["x"], "nin"), leaf("zz", 1, "!="))]
+    cases += [MetadataFilters(filters=[leaf("a", 1, "!="), leaf("s", "x", "!=")], condition=FilterCondition.OR),
+              MetadataFilters(filters=[leaf("a", 2, "<"), MetadataFilters(filters=[leaf("s", "y", "!=")])])]
+
+    def selected(filters) -> set:  # SimpleVectorStore's ids (a nested AND group: the intersection of its parts)
+        if any(isinstance(f, MetadataFilters) for f in filters.filters):
+            return set.intersection(*(selected(f if isinstance(f, MetadataFilters) else MetadataFilters(filters=[f]))
+                                      for f in filters.filters))
+        return set(simple.query(VectorStoreQuery(query_embedding=task.docs[0].tolist(), similarity_top_k=10,
+                                                 filters=filters)).ids)
+
+    for filters in cases:
+        expected = sorted(selected(filters))
+        assert sorted(n.node_id for n in store.get_nodes(filters=filters)) == expected, filters
+        assert sorted(ask(store, task.docs[0], k=10, filters=filters).ids) == expected, filters
+        assert sorted(n.node_id for n in store.get_nodes([f"n{i}" for i in range(5)], filters=filters)) == expected
+    store.delete_nodes(filters=cases[1])  # a != 1: every node but n0
+    assert [n.node_id for n in store.get_nodes()] == ["n0"]

@@ -47,17 +47,21 @@ def _subfilter(filters: MetadataFilters, rest: Any) -> Any:
             continue
         op, value, key = f.operator or FilterOperator.EQ, f.value, f.key
         values = value if isinstance(value, list) else str(value).split(",")
+        equal = rest.FieldCondition(key=key, range=rest.Range(gte=value, lte=value)) if isinstance(value, float) \
+            else rest.FieldCondition(key=key, match=rest.MatchValue(value=value)) if op in (FilterOperator.EQ, FilterOperator.NE) \
+            else None
         if op == FilterOperator.EQ:
-            conditions.append(rest.FieldCondition(key=key, range=rest.Range(gte=value, lte=value))
-                              if isinstance(value, float) else rest.FieldCondition(key=key, match=rest.MatchValue(value=value)))
+            conditions.append(equal)
         elif op in _RANGES:
             conditions.append(rest.FieldCondition(key=key, range=rest.Range(**{_RANGES[op]: value})))
+        # NE and NIN as "not EQ" / "not IN": a point missing the key passes them, as in SimpleVectorStore
+        # (Qdrant's MatchExcept skips it)
         elif op == FilterOperator.NE:
-            conditions.append(rest.FieldCondition(key=key, match=rest.MatchExcept(**{"except": [value]})))
+            conditions.append(rest.Filter(must_not=[equal]))
         elif op == FilterOperator.IN:
             conditions.append(rest.FieldCondition(key=key, match=rest.MatchAny(any=values)))
         elif op == FilterOperator.NIN:
-            conditions.append(rest.FieldCondition(key=key, match=rest.MatchExcept(**{"except": values})))
+            conditions.append(rest.Filter(must_not=[rest.FieldCondition(key=key, match=rest.MatchAny(any=values))]))
         elif op in (FilterOperator.TEXT_MATCH, FilterOperator.TEXT_MATCH_INSENSITIVE):
             conditions.append(rest.FieldCondition(key=key, match=rest.MatchText(text=value)))
         elif op == FilterOperator.IS_EMPTY:
@@ -167,8 +171,18 @@ class QdrantAdapter(GenericAdapter):
         nodes = {n.node_id: n for n in self._nodes([engine_id(i) for i in dict.fromkeys(node_ids)], with_vectors)}
         return [nodes[i] for i in dict.fromkeys(node_ids) if i in nodes]
 
+    def _get(self, stored_ids: list[str], filters: Optional[MetadataFilters], with_vectors: bool) -> list[BaseNode]:
+        """Points by id passing ``filters`` (translated as searches translate them, not by the store)."""
+        if not stored_ids:
+            return []
+        return [n for page in self._scroll(qdrant_filter(filters, stored_ids), with_vectors, len(stored_ids))
+                for n in page]
+
     def filtered(self, filters: MetadataFilters) -> list[BaseNode]:
-        return super().filtered(filters) if self._ready() else []
+        """Every point passing ``filters`` (translated as searches translate them, not by the store)."""
+        if not self._ready():
+            return []
+        return [from_engine(n) for page in self._scroll(qdrant_filter(filters), True, 1024) for n in page]
 
     def _owners(self, stored_ids: list[str]) -> dict[str, str]:
         if not stored_ids or not self._ready():
@@ -186,13 +200,19 @@ class QdrantAdapter(GenericAdapter):
         """Every point, a page at a time (``scroll``)."""
         if not self._ready():
             return
+        for nodes in self._scroll(None, with_vectors, limit):
+            yield self._listed([from_engine(n) for n in nodes])
+
+    def _scroll(self, where: Any, with_vectors: bool, limit: int) -> Iterator[list[BaseNode]]:
+        """The points passing ``where`` (None: all), as stored, a page of ``limit`` at a time (``scroll``)."""
         offset = None
         while True:
             with self._reading():
-                points, offset = self.engine.client.scroll(collection_name=self._collection, limit=limit,
-                                                           offset=offset, with_payload=True, with_vectors=with_vectors)
+                points, offset = self.engine.client.scroll(collection_name=self._collection, scroll_filter=where,
+                                                           limit=limit, offset=offset, with_payload=True,
+                                                           with_vectors=with_vectors)
             if points:
-                yield self._listed([from_engine(n) for n in self.engine.parse_to_query_result(points).nodes])
+                yield self.engine.parse_to_query_result(points).nodes
             if offset is None:
                 return
 
