@@ -5,14 +5,16 @@ cannot list without either (``query_iterator`` pages instead); its ``clear`` dro
 after which its ``add`` cannot re-create it (the rows are deleted instead). Its ``delete_nodes``
 ORs the ids into an OR of filters and, given no ids, deletes every filter match (ids and filters
 are ANDed here, no ids delete nothing); its ``delete`` writes the document id unescaped into the
-expression (a quote failed it, or widened it to every row: a JSON-escaped literal here); it
-ignores a NOT condition (matching the opposite nodes), so NOT is refused. The collection must
-rank by COSINE (``MilvusVectorStore(..., similarity_metric="COSINE")``; the store's default is IP).
+expression (a quote failed it, or widened it to every row: a JSON-escaped literal here). Filters
+reach the store through :func:`store_filters` (SimpleVectorStore's selection; NOT refused). The
+collection must rank by COSINE (``MilvusVectorStore(..., similarity_metric="COSINE")``; the
+store's default is IP).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 from typing import Any, Iterator, Optional
@@ -38,18 +40,26 @@ def milvus_literal(value: str) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
-def check_conditions(filters: Optional[MetadataFilters]) -> None:
-    """Refuse a NOT condition, at any depth: the store's translation drops it (its one filter
-    then matches unnegated, the opposite nodes)."""
+def store_filters(filters: Optional[MetadataFilters]) -> Optional[MetadataFilters]:
+    """``filters`` as ``MilvusVectorStore`` should get them, to select what ``SimpleVectorStore``
+    selects: NE as NIN of its one value (Milvus's ``!=`` skips a row missing the key, its ``not in``
+    keeps it); a NOT condition, at any depth, refused (the store's translation drops it: its one
+    filter then matches unnegated, the opposite nodes)."""
     if filters is None:
-        return
+        return None
     condition = filters.condition or FilterCondition.AND
     if condition not in (FilterCondition.AND, FilterCondition.OR):
         raise ValueError(f"filter condition {condition.value!r} is not supported over Milvus (MilvusVectorStore would "
                          "not negate it, matching the opposite nodes); use 'and' or 'or'")
+    parts: list[Any] = []
     for f in filters.filters:
         if isinstance(f, MetadataFilters):
-            check_conditions(f)
+            parts.append(store_filters(f))
+        elif f.operator == FilterOperator.NE:
+            parts.append(MetadataFilter(key=f.key, value=[f.value], operator=FilterOperator.NIN))
+        else:
+            parts.append(f)
+    return MetadataFilters(filters=parts, condition=filters.condition)
 
 
 class MilvusAdapter(GenericAdapter):
@@ -89,7 +99,7 @@ class MilvusAdapter(GenericAdapter):
     def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool | None = True) -> Hits:
         """Without ``bodies``, each query asks only the ids (``VectorStoreQuery.output_fields``; the
         store then fills no metadata, so stored ids are named as remembered, else in one read)."""
-        check_conditions(restriction.filters)
+        restriction = dataclasses.replace(restriction, filters=store_filters(restriction.filters))
         if bodies or k <= 0 or restriction.empty:
             hits = super().search(queries, k, restriction, bodies)
             MilvusAdapter._searched = MilvusAdapter._searched or k > 0
@@ -114,7 +124,7 @@ class MilvusAdapter(GenericAdapter):
         return node
 
     def _get(self, stored_ids: list[str], filters: Optional[MetadataFilters], with_vectors: bool) -> list[BaseNode]:
-        check_conditions(filters)
+        filters = store_filters(filters)
         if not stored_ids:
             return []
         by_id = MetadataFilter(key="id", value=list(stored_ids), operator=FilterOperator.IN)
@@ -122,7 +132,7 @@ class MilvusAdapter(GenericAdapter):
         return self.engine.get_nodes(filters=both) if both is not None else self.engine.get_nodes(node_ids=stored_ids)
 
     def filtered(self, filters: MetadataFilters) -> list[BaseNode]:
-        check_conditions(filters)
+        filters = store_filters(filters)
         return super().filtered(filters) if self._has() else []
 
     def delete(self, ref_doc_id: str) -> None:
@@ -135,7 +145,7 @@ class MilvusAdapter(GenericAdapter):
 
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         """The named nodes that pass ``filters`` (ids ANDed with the filters, as ``_get`` reads them)."""
-        check_conditions(filters)
+        filters = store_filters(filters)
         if ids is None:
             self.engine.delete_nodes(None, filters=filters)
             return

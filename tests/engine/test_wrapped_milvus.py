@@ -19,8 +19,8 @@ from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
     EVEN, ask, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
-    check_delete_nodes_like_simple, check_ids_cannot_impersonate, check_listing, check_reopened, check_restrictions, check_threads, faiss_twin,
-    nodes_with_docs, with_model,
+    check_delete_nodes_like_simple, check_filters_like_simple, check_ids_cannot_impersonate, check_listing,
+    check_reopened, check_restrictions, check_threads, faiss_twin, nodes_with_docs, with_model,
 )
 
 
@@ -188,5 +188,14 @@ def test_a_not_condition_is_refused_not_ignored(task, tmp_path) -> None:
             with pytest.raises(ValueError, match="condition 'not' is not supported over Milvus"):
                 ask(store, task.docs[0], k=4, filters=filters)
         assert len(store.get_nodes()) == 4
+    finally:
+        store.vector_store.client.close()
+
+
+def test_filters_select_what_simple_vector_store_selects(task, tmp_path) -> None:
+    """Milvus's ``!=`` (the store's NE) skipped rows missing the key; SimpleVectorStore keeps them."""
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "filters.db"), overwrite=True))
+    try:
+        check_filters_like_simple(task, store)
     finally:
         store.vector_store.client.close()
