@@ -106,16 +106,28 @@ class MilvusAdapter(GenericAdapter):
             return hits
         rows = []
         for q in np.asarray(queries, dtype=np.float32):
-            query = VectorStoreQuery(
-                query_embedding=q.astype(np.float64).tolist(), similarity_top_k=int(k), filters=restriction.filters,
-                node_ids=[engine_id(i) for i in restriction.node_ids] if restriction.node_ids else None,
-                doc_ids=list(restriction.doc_ids) if restriction.doc_ids is not None else None,
-                output_fields=[ID_KEY])
             with self._reading():
-                result = self.engine.query(query)
+                result = self.engine.query(self._store_query(q, k, restriction, output_fields=[ID_KEY]))
             rows.append(list(zip([str(i) for i in result.ids or []], result.similarities or [])))
         MilvusAdapter._searched = True
         return self._named_hits(rows)
+
+    def _store_query(self, q: np.ndarray, k: int, restriction: Restriction, **fields: Any) -> VectorStoreQuery:
+        """The store's query for ``q``: the document restriction as a filter (the store writes
+        ``doc_ids`` into its expression unescaped: a quote failed it, or escaped the other filters)."""
+        filters = restriction.filters
+        if restriction.doc_ids:
+            by_doc = MetadataFilter(key=self.engine.doc_id_field, value=list(restriction.doc_ids),
+                                    operator=FilterOperator.IN)
+            filters = MetadataFilters(filters=[filters, by_doc] if filters is not None else [by_doc])
+        return VectorStoreQuery(
+            query_embedding=q.astype(np.float64).tolist(), similarity_top_k=int(k), filters=filters,
+            node_ids=[engine_id(i) for i in restriction.node_ids] if restriction.node_ids else None, **fields)
+
+    def _query_one(self, q: np.ndarray, k: int, restriction: Restriction) -> tuple[list[BaseNode], list[float]]:
+        result = self.engine.query(self._store_query(q, k, restriction))
+        nodes = result.nodes or []
+        return nodes, list(result.similarities or [1.0] * len(nodes))
 
     def _node(self, row: dict) -> BaseNode:
         node = metadata_dict_to_node(row, text=row.get(self.engine.text_key))

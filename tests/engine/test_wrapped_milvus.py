@@ -148,7 +148,7 @@ def test_delete_nodes_removes_only_the_named_nodes_that_pass_the_filters(task, t
         store.vector_store.client.close()
 
 
-def test_a_document_id_with_quotes_deletes_only_its_own_nodes(task, tmp_path) -> None:
+def test_a_document_id_with_quotes_restricts_and_deletes_only_its_own_nodes(task, tmp_path) -> None:
     """The store writes ``doc_id in ["<id>"]`` unescaped: a quote broke the expression, and
     ``x"] or doc_id not in ["`` deleted every node."""
     from llama_index.core.schema import TextNode
@@ -160,6 +160,9 @@ def test_a_document_id_with_quotes_deletes_only_its_own_nodes(task, tmp_path) ->
         node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=doc)
     try:
         store.add(nodes)
+        for j, doc in enumerate(docs):  # a query restricted to the document (the store wrote it unescaped too)
+            assert ask(store, task.docs[j], k=3, doc_ids=[doc]).ids == [f"n{j}"]
+            assert ask(store, task.docs[j], k=3, doc_ids=[doc], deep_memory=False, filters=EVEN).ids == []
         store.delete(docs[0])
         assert sorted(n.node_id for n in store.get_nodes()) == ["n1", "n2"]
         store.delete(docs[1])
