@@ -43,7 +43,7 @@ def milvus_literal(value: str) -> str:
 def store_filters(filters: Optional[MetadataFilters]) -> Optional[MetadataFilters]:
     """``filters`` as ``MilvusVectorStore`` should get them, to select what ``SimpleVectorStore``
     selects: NE as NIN of its one value (Milvus's ``!=`` skips a row missing the key, its ``not in``
-    keeps it); a NOT condition, at any depth, refused (the store's translation drops it: its one
+    keeps it), string values escaped (:func:`_like` for TEXT_MATCH); a NOT condition, at any depth, refused (the store's translation drops it: its one
     filter then matches unnegated, the opposite nodes)."""
     if filters is None:
         return None
@@ -57,9 +57,20 @@ def store_filters(filters: Optional[MetadataFilters]) -> Optional[MetadataFilter
             parts.append(store_filters(f))
         elif f.operator == FilterOperator.NE:
             parts.append(MetadataFilter(key=f.key, value=[f.value], operator=FilterOperator.NIN))
+        elif f.operator == FilterOperator.TEXT_MATCH and isinstance(f.value, str):
+            parts.append(MetadataFilter(key=f.key, value="%" + _like(f.value), operator=f.operator))
+        elif isinstance(f.value, str):  # the store escapes its quotes, not its backslashes
+            parts.append(MetadataFilter(key=f.key, value=f.value.replace("\\", "\\\\"), operator=f.operator))
         else:
             parts.append(f)
     return MetadataFilters(filters=parts, condition=filters.condition)
+
+
+def _like(value: str) -> str:
+    """A TEXT_MATCH value as the store's ``like '<value>%'`` should get it, a substring match as in
+    SimpleVectorStore (the store writes it unescaped, as a prefix): backslashes and quotes escaped,
+    ``%`` and ``_`` matched literally."""
+    return value.replace("\\", "\\\\").replace("'", "\\'").replace("%", "\\\\%").replace("_", "\\\\_")
 
 
 class MilvusAdapter(GenericAdapter):

@@ -202,3 +202,35 @@ def test_filters_select_what_simple_vector_store_selects(task, tmp_path) -> None
         check_filters_like_simple(task, store)
     finally:
         store.vector_store.client.close()
+
+
+def test_string_filter_values_are_values_not_expressions(task, tmp_path) -> None:
+    """The store quotes a TEXT_MATCH value unescaped (and as a prefix: SimpleVectorStore matches a
+    substring), and leaves backslashes unescaped in the others: ``x' or a >= 0 or s like '``
+    matched (and deleted) every node."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters, VectorStoreQuery
+
+    values = ["a_b", "axb", "a%b", "it's", "y\\z", "Pine"]
+    nodes = [TextNode(id_=f"n{j}", text=f"t{j}", metadata={"s": v, "a": j}, embedding=task.docs[j].tolist())
+             for j, v in enumerate(values)]
+    simple = SimpleVectorStore()
+    simple.add([n.model_copy(deep=True) for n in nodes])
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "values.db"), overwrite=True))
+    injection = "x' or a >= 0 or s like '"
+    cases = [("==", "y\\z"), ("==", "it's"), ("!=", "y\\z"), ("text_match", "in"), ("text_match", "a_b"),
+             ("text_match", "a%b"), ("text_match", "t's"), ("text_match", "y\\z"), ("text_match", injection)]
+    try:
+        store.add(nodes)
+        for operator, value in cases:
+            filters = MetadataFilters(filters=[MetadataFilter(key="s", value=value, operator=FilterOperator(operator))])
+            expected = set(simple.query(VectorStoreQuery(query_embedding=task.docs[0].tolist(), similarity_top_k=10,
+                                                         filters=filters)).ids)
+            assert {n.node_id for n in store.get_nodes(filters=filters)} == expected, (operator, value)
+            assert set(ask(store, task.docs[0], k=10, filters=filters).ids) == expected, (operator, value)
+        store.delete_nodes(filters=MetadataFilters(filters=[MetadataFilter(key="s", value=injection,
+                                                                           operator=FilterOperator.TEXT_MATCH)]))
+        assert len(store.get_nodes()) == len(values)
+    finally:
+        store.vector_store.client.close()
