@@ -226,12 +226,13 @@ EVEN_A = MetadataFilters(filters=[MetadataFilter(key="a", value=[0, 2, 4], opera
 
 def check_filters_like_simple(task, store) -> None:
     """Filters select the nodes ``SimpleVectorStore`` selects (``store`` empty), in ``get_nodes``,
-    ``query`` and ``delete_nodes``: a node missing the key passes NE and NIN, fails the rest."""
+    ``query`` and ``delete_nodes``: a node missing the key passes NE and NIN, fails the rest; an int
+    equals the same float."""
     from llama_index.core.schema import TextNode
     from llama_index.core.vector_stores import SimpleVectorStore
     from llama_index.core.vector_stores.types import FilterCondition, FilterOperator
 
-    metadatas = [{"a": 1, "s": "x"}, {"a": 2, "s": "y"}, {"a": 3}, {"s": "x"}, {"b": 0}]
+    metadatas = [{"a": 1, "s": "x", "f": 1.0}, {"a": 2, "s": "y", "f": 2.5}, {"a": 3, "f": 2.0}, {"s": "x"}, {"b": 0}]
 
     def nodes():
         return [TextNode(id_=f"n{i}", text=f"t{i}", metadata=dict(m), embedding=task.docs[i].tolist())
@@ -245,7 +246,10 @@ def check_filters_like_simple(task, store) -> None:
     store.add(nodes())
     cases = [MetadataFilters(filters=[f]) for f in (
         leaf("a", 1), leaf("a", 1, "!="), leaf("a", 1, ">"), leaf("a", 3, "<"), leaf("a", [1, 3], "in"),
-        leaf("a", [1, 3], "nin"), leaf("s", "x", "!="), leaf("s", ["x"], "nin"), leaf("zz", 1, "!="))]
+        leaf("a", [1, 3], "nin"), leaf("s", "x", "!="), leaf("s", ["x"], "nin"), leaf("zz", 1, "!="),
+        # numbers compare as numbers, an int value with a float field and a float value with an int field
+        leaf("f", 1), leaf("f", 2, "!="), leaf("f", [1, 2], "in"), leaf("f", [2], "nin"), leaf("a", 2.0),
+        leaf("a", [1.0, 3.0], "in"), leaf("a", [1.0], "nin"))]
     cases += [MetadataFilters(filters=[leaf("a", 1, "!="), leaf("s", "x", "!=")], condition=FilterCondition.OR),
               MetadataFilters(filters=[leaf("a", 2, "<"), MetadataFilters(filters=[leaf("s", "y", "!=")])])]
 

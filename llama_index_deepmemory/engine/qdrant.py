@@ -47,21 +47,18 @@ def _subfilter(filters: MetadataFilters, rest: Any) -> Any:
             continue
         op, value, key = f.operator or FilterOperator.EQ, f.value, f.key
         values = value if isinstance(value, list) else str(value).split(",")
-        equal = rest.FieldCondition(key=key, range=rest.Range(gte=value, lte=value)) if isinstance(value, float) \
-            else rest.FieldCondition(key=key, match=rest.MatchValue(value=value)) if op in (FilterOperator.EQ, FilterOperator.NE) \
-            else None
         if op == FilterOperator.EQ:
-            conditions.append(equal)
+            conditions.append(_equal(key, value, rest))
         elif op in _RANGES:
             conditions.append(rest.FieldCondition(key=key, range=rest.Range(**{_RANGES[op]: value})))
         # NE and NIN as "not EQ" / "not IN": a point missing the key passes them, as in SimpleVectorStore
         # (Qdrant's MatchExcept skips it)
         elif op == FilterOperator.NE:
-            conditions.append(rest.Filter(must_not=[equal]))
+            conditions.append(rest.Filter(must_not=[_equal(key, value, rest)]))
         elif op == FilterOperator.IN:
-            conditions.append(rest.FieldCondition(key=key, match=rest.MatchAny(any=values)))
+            conditions.append(_any(key, values, rest))
         elif op == FilterOperator.NIN:
-            conditions.append(rest.Filter(must_not=[rest.FieldCondition(key=key, match=rest.MatchAny(any=values))]))
+            conditions.append(rest.Filter(must_not=[_any(key, values, rest)]))
         elif op in (FilterOperator.TEXT_MATCH, FilterOperator.TEXT_MATCH_INSENSITIVE):
             conditions.append(rest.FieldCondition(key=key, match=rest.MatchText(text=value)))
         elif op == FilterOperator.IS_EMPTY:
@@ -74,6 +71,25 @@ def _subfilter(filters: MetadataFilters, rest: Any) -> Any:
 
 
 _RANGES = {FilterOperator.LT: "lt", FilterOperator.GT: "gt", FilterOperator.GTE: "gte", FilterOperator.LTE: "lte"}
+_EXACT = 2**53  # ints up to this compare exactly as floats
+
+
+def _equal(key: str, value: Any, rest: Any) -> Any:
+    """``key`` equal to ``value``; a number as a one-point range, which matches an int and a float
+    payload alike (``MatchValue(1)`` skips a payload ``1.0``; it takes no float)."""
+    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _EXACT):
+        return rest.FieldCondition(key=key, range=rest.Range(gte=value, lte=value))
+    return rest.FieldCondition(key=key, match=rest.MatchValue(value=value))
+
+
+def _any(key: str, values: list, rest: Any) -> Any:
+    """``key`` equal to one of ``values`` (numbers compared as :func:`_equal` compares them)."""
+    numbers = [_equal(key, v, rest) for v in values]
+    ranges = [c for c in numbers if c.range is not None]
+    if not ranges:
+        return rest.FieldCondition(key=key, match=rest.MatchAny(any=values))
+    exact = [c.match.value for c in numbers if c.range is None]
+    return rest.Filter(should=ranges + ([rest.FieldCondition(key=key, match=rest.MatchAny(any=exact))] if exact else []))
 
 
 class QdrantAdapter(GenericAdapter):
