@@ -231,6 +231,11 @@ class PostgresAdapter(GenericAdapter):
                 node.embedding = [float(x) for x in node.embedding]  # pgvector hands out numpy arrays
         return nodes
 
+    def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
+        if ids is not None and not ids:  # nothing named (the store would delete every filter match)
+            return
+        super()._delete_nodes(ids, filters)
+
     def _add(self, nodes: list[BaseNode]) -> None:
         self.engine.delete_nodes([n.node_id for n in nodes])  # its add would keep the old row beside the new
         self.engine.add(nodes)

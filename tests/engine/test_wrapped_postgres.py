@@ -20,7 +20,8 @@ from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH  # noqa: E40
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
-    EVEN, ask, check_deletes_filters_and_get_nodes, check_ids_cannot_impersonate, check_listing, check_threads, check_plain_equals_engine, check_ranks_like_faiss,
+    EVEN, ask, check_delete_nodes_like_simple, check_deletes_filters_and_get_nodes,
+    check_ids_cannot_impersonate, check_listing, check_threads, check_plain_equals_engine, check_ranks_like_faiss,
     check_reopened, check_restrictions, faiss_twin, nodes_with_docs, with_model,
 )
 
@@ -180,3 +181,9 @@ def test_the_server_reads_a_sent_vector_back_exactly(postgres_server) -> None:
         connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
         back = connection.execute(text("SELECT CAST(:v AS vector)::text"), {"v": _vector(q)}).scalar()
     np.testing.assert_array_equal(np.array(back[1:-1].split(","), dtype=np.float32), q)
+
+
+def test_delete_nodes_removes_only_the_named_nodes_that_pass_the_filters(task, postgres_server) -> None:
+    """The store's delete_nodes([], filters=...) deleted every node passing the filters."""
+    check_delete_nodes_like_simple(task, DeepMemoryVectorStore(
+        vector_store=pg_engine(postgres_server, f"docs{next(_tables)}")))
