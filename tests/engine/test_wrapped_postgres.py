@@ -20,7 +20,7 @@ from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH  # noqa: E40
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
-    EVEN, ask, check_delete_nodes_like_simple, check_deletes_filters_and_get_nodes,
+    EVEN, ask, check_delete_nodes_like_simple, check_deletes_filters_and_get_nodes, check_filters_like_simple,
     check_ids_cannot_impersonate, check_listing, check_threads, check_plain_equals_engine, check_ranks_like_faiss,
     check_reopened, check_restrictions, faiss_twin, nodes_with_docs, with_model,
 )
@@ -187,3 +187,35 @@ def test_delete_nodes_removes_only_the_named_nodes_that_pass_the_filters(task, p
     """The store's delete_nodes([], filters=...) deleted every node passing the filters."""
     check_delete_nodes_like_simple(task, DeepMemoryVectorStore(
         vector_store=pg_engine(postgres_server, f"docs{next(_tables)}")))
+
+
+def test_filter_values_are_bound_not_spliced_into_sql(task, postgres_server) -> None:
+    """The store writes filter values into its SQL unescaped (get_nodes and delete_nodes by
+    filters): ``it's`` failed, and ``x' OR '1'='1`` matched and deleted every node."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
+
+    store = DeepMemoryVectorStore(vector_store=pg_engine(postgres_server, f"docs{next(_tables)}"))
+    values = ["it's", "plain", "o''k"]
+    store.add([TextNode(id_=f"n{j}", text=f"t{j}", metadata={"s": v}, embedding=task.docs[j].tolist())
+               for j, v in enumerate(values)])
+    for j, value in enumerate(values):
+        filters = MetadataFilters(filters=[MetadataFilter(key="s", value=value)])
+        assert [n.node_id for n in store.get_nodes(filters=filters)] == [f"n{j}"]
+        assert [n.node_id for n in store.get_nodes(["n0", "n1", "n2"], filters=filters)] == [f"n{j}"]
+        assert ask(store, task.docs[0], k=3, filters=filters).ids == [f"n{j}"]
+    for operator in (FilterOperator.EQ, FilterOperator.TEXT_MATCH, FilterOperator.IN):
+        value = "x' OR '1'='1"
+        injection = MetadataFilters(filters=[MetadataFilter(key="s", value=[value] if operator == "in" else value,
+                                                            operator=operator)])
+        assert store.get_nodes(filters=injection) == []
+        store.delete_nodes(filters=injection)
+        assert len(store.get_nodes()) == 3, operator
+    store.delete_nodes(filters=MetadataFilters(filters=[MetadataFilter(key="s", value="it's")]))
+    assert sorted(n.node_id for n in store.get_nodes()) == ["n1", "n2"]
+
+
+def test_filters_select_what_simple_vector_store_selects(task, postgres_server) -> None:
+    """NE and NIN skipped rows missing the key (SQL's NULL), and IN compared numbers as text
+    (``1.0`` is not ``'1'``); SimpleVectorStore keeps those rows and compares the numbers."""
+    check_filters_like_simple(task, DeepMemoryVectorStore(vector_store=pg_engine(postgres_server, f"docs{next(_tables)}")))
