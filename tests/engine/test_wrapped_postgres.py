@@ -211,6 +211,10 @@ def test_filter_values_are_bound_not_spliced_into_sql(task, postgres_server) -> 
         assert store.get_nodes(filters=injection) == []
         store.delete_nodes(filters=injection)
         assert len(store.get_nodes()) == 3, operator
+    for value, expected in (("'", ["n0", "n2"]), ("%", []), ("l_i", [])):  # a substring; LIKE's wildcards literal
+        filters = MetadataFilters(filters=[MetadataFilter(key="s", value=value, operator=FilterOperator.TEXT_MATCH)])
+        assert [n.node_id for n in store.get_nodes(filters=filters)] == expected, value
+        assert sorted(ask(store, task.docs[0], k=3, filters=filters).ids) == expected, value
     store.delete_nodes(filters=MetadataFilters(filters=[MetadataFilter(key="s", value="it's")]))
     assert sorted(n.node_id for n in store.get_nodes()) == ["n1", "n2"]
 
