@@ -267,3 +267,23 @@ def check_filters_like_simple(task, store) -> None:
         assert sorted(n.node_id for n in store.get_nodes([f"n{i}" for i in range(5)], filters=filters)) == expected
     store.delete_nodes(filters=cases[1])  # a != 1: every node but n0
     assert [n.node_id for n in store.get_nodes()] == ["n0"]
+
+
+def check_readding_replaces(task, store) -> None:
+    """Adding a node id again replaces the node, as in the embedded store (``store`` empty): one
+    node under the id, the new text and vector; within one batch, the last node of an id wins."""
+    from llama_index.core.schema import TextNode
+
+    def node(node_id: str, text: str, j: int) -> TextNode:
+        return TextNode(id_=node_id, text=text, embedding=task.docs[j].tolist())
+
+    embedded = DeepMemoryVectorStore()
+    for target in (embedded, store):
+        target.add([node("a", "first", 0), node("b", "b", 1)])
+        target.add([node("a", "second", 2)])
+        target.add([node("c", "first", 3), node("c", "second", 4)])
+    for target in (embedded, store):
+        assert len(target) == 3
+        assert sorted((n.node_id, n.text) for n in target.get_nodes()) == [("a", "second"), ("b", "b"), ("c", "second")]
+        assert ask(target, task.docs[2], k=5).ids[:1] == ["a"] and len(set(ask(target, task.docs[2], k=5).ids)) == 3
+        assert ask(target, task.docs[4], k=1).ids == ["c"] and ask(target, task.docs[0], k=3).ids.count("a") == 1

@@ -86,9 +86,14 @@ class GenericAdapter:
 
     # --- writes ---------------------------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode]) -> None:
+        nodes = list({n.node_id: n for n in nodes}.values())  # an id twice in one batch: its last node
         check_reserved(nodes)
-        check_owners(nodes, self._owners([engine_id(n.node_id) for n in nodes]))
+        owners = self._owners([engine_id(n.node_id) for n in nodes])
+        check_owners(nodes, owners)
         with self._writing():
+            held = [i for i in dict.fromkeys(engine_id(n.node_id) for n in nodes) if i in owners]
+            if held:
+                self._replace(held)
             self._add([to_engine(n) for n in nodes])
         with self._lock:
             self._added.update(dict.fromkeys(n.node_id for n in nodes))
@@ -251,6 +256,11 @@ class GenericAdapter:
     # --- engine specifics (subclasses replace these) --------------------------------------------
     def _add(self, nodes: list[BaseNode]) -> None:
         self.engine.add(nodes)
+
+    def _replace(self, stored_ids: list[str]) -> None:
+        """Make way for nodes re-added under ``stored_ids`` (stored now), before ``_add``: nothing
+        where the store's add replaces a node (an engine whose add keeps the old row, or skips the
+        new one, deletes them)."""
 
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         self.engine.delete_nodes(ids, filters=filters)

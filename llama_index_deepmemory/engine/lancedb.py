@@ -283,6 +283,11 @@ class LanceDBAdapter(GenericAdapter):
                 table.delete(f"{self.engine.doc_id_key} = {sql_literal(str(ref_doc_id))}")
         self._wrote()
 
+    def _replace(self, stored_ids: list[str]) -> None:
+        table = self._table()
+        if table is not None:  # its add appends: the old row would stay beside the new
+            table.delete(id_in("id", stored_ids))
+
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         """By ids (quoted) and/or filters (the store's ``delete_nodes`` double-quotes ids and ignores filters)."""
         table = self._table()

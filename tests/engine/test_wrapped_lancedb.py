@@ -28,7 +28,7 @@ from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
     EVEN, check_deletes_filters_and_get_nodes, check_ids_cannot_impersonate, check_listing, check_plain_equals_engine,
-    check_ranks_like_faiss, check_reopened, check_restrictions, check_threads, faiss_twin, nodes_with_docs, with_model,
+    check_ranks_like_faiss, check_readding_replaces, check_reopened, check_restrictions, check_threads, faiss_twin, nodes_with_docs, with_model,
 )
 
 
@@ -251,3 +251,8 @@ def test_float_filter_values_compare_with_integer_metadata(task, tmp_path) -> No
                                                      filters=filters)).ids)
         assert {n.node_id for n in store.get_nodes(filters=filters)} == expected, leaf
         assert set(ask_ids(store, task.docs[0], filters=filters)) == expected, leaf
+
+
+def test_adding_an_id_again_replaces_the_node(task, tmp_path) -> None:
+    """The store appends: the old row stayed beside the new one (the id twice in results)."""
+    check_readding_replaces(task, DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path))))
