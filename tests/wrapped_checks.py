@@ -206,7 +206,8 @@ def check_delete_nodes_like_simple(task, store) -> None:
     from llama_index.core.vector_stores.types import FilterCondition
 
     def nodes():
-        return [TextNode(id_=f"n{i}", text=f"t{i}", metadata={"a": i}, embedding=task.docs[i].tolist()) for i in range(6)]
+        return [TextNode(id_=f"n{i}", text=f"t{i}", metadata={"a": i}, embedding=task.docs[i].tolist())
+                for i in range(6)]
 
     simple = SimpleVectorStore()
     simple.add(nodes())
@@ -287,3 +288,15 @@ def check_readding_replaces(task, store) -> None:
         assert sorted((n.node_id, n.text) for n in target.get_nodes()) == [("a", "second"), ("b", "b"), ("c", "second")]
         assert ask(target, task.docs[2], k=5).ids[:1] == ["a"] and len(set(ask(target, task.docs[2], k=5).ids)) == 3
         assert ask(target, task.docs[4], k=1).ids == ["c"] and ask(target, task.docs[0], k=3).ids.count("a") == 1
+
+
+def check_failed_readd_keeps_the_node(task, store, refused_metadata: dict) -> None:
+    """A re-add the engine refuses (``refused_metadata``) leaves the stored node as it was."""
+    import pytest
+    from llama_index.core.schema import TextNode
+
+    store.add([TextNode(id_="a", text="first", metadata={"k": 1}, embedding=task.docs[0].tolist())])
+    with pytest.raises(ValueError):
+        store.add([TextNode(id_="a", text="second", metadata=refused_metadata, embedding=task.docs[1].tolist())])
+    assert [(n.node_id, n.text, n.metadata) for n in store.get_nodes()] == [("a", "first", {"k": 1})]
+    assert ask(store, task.docs[0], k=2).ids == ["a"]

@@ -116,6 +116,7 @@ class ChromaAdapter(GenericAdapter):
     # chromadb fails a query that runs while rows it finds are deleted ("Error finding id", or rows
     # without metadata): reads run together, a write alone
     reads_together = True
+    replaces = True  # its add skips an id it holds (the update lost): _replace deletes the old row first
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)

@@ -41,6 +41,7 @@ class GenericAdapter:
     name = "generic"
     pays_per_hit = False  # True: each hit a search asks costs (rows, ANN breadth), so callers ask few spare hits
     reads_together = False  # True: reads run concurrently, a write alone (an engine whose reads fail under a write)
+    replaces = False  # True: _replace deletes, so an add reads the nodes it replaces first (restored if it fails)
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
@@ -90,11 +91,17 @@ class GenericAdapter:
         check_reserved(nodes)
         owners = self._owners([engine_id(n.node_id) for n in nodes])
         check_owners(nodes, owners)
+        held = [i for i in dict.fromkeys(engine_id(n.node_id) for n in nodes) if i in owners]
+        old = self._held(held)
         with self._writing():
-            held = [i for i in dict.fromkeys(engine_id(n.node_id) for n in nodes) if i in owners]
             if held:
                 self._replace(held)
-            self._add([to_engine(n) for n in nodes])
+            try:
+                self._add([to_engine(n) for n in nodes])
+            except Exception:
+                if old:  # the add refused (its nodes' metadata, say): the nodes it replaced, back as they were
+                    self._add(old)
+                raise
         with self._lock:
             self._added.update(dict.fromkeys(n.node_id for n in nodes))
             self._name({engine_id(n.node_id): n.node_id for n in nodes})
@@ -260,7 +267,14 @@ class GenericAdapter:
     def _replace(self, stored_ids: list[str]) -> None:
         """Make way for nodes re-added under ``stored_ids`` (stored now), before ``_add``: nothing
         where the store's add replaces a node (an engine whose add keeps the old row, or skips the
-        new one, deletes them)."""
+        new one, deletes them, and sets ``replaces``)."""
+
+    def _held(self, stored_ids: list[str]) -> list[BaseNode]:
+        """The stored nodes an add replaces, as the engine stores them, where ``_replace`` deletes them."""
+        if not stored_ids or not self.replaces:
+            return []
+        with self._reading():
+            return [to_engine(from_engine(n)) for n in self._get(stored_ids, None, True)]
 
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         self.engine.delete_nodes(ids, filters=filters)

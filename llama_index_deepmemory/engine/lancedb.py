@@ -110,6 +110,7 @@ class LanceDBAdapter(GenericAdapter):
     # each hit asked costs: ``refine_factor`` full vectors re-ranked and its row read; Deep Memory asks few beyond
     pays_per_hit = True
     reads_together = True
+    replaces = True  # its add appends (the old row beside the new): _replace deletes the old row first
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)

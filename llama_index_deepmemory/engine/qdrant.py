@@ -89,7 +89,8 @@ def _any(key: str, values: list, rest: Any) -> Any:
     if not ranges:
         return rest.FieldCondition(key=key, match=rest.MatchAny(any=values))
     exact = [c.match.value for c in numbers if c.range is None]
-    return rest.Filter(should=ranges + ([rest.FieldCondition(key=key, match=rest.MatchAny(any=exact))] if exact else []))
+    exact_match = [rest.FieldCondition(key=key, match=rest.MatchAny(any=exact))] if exact else []
+    return rest.Filter(should=ranges + exact_match)
 
 
 class QdrantAdapter(GenericAdapter):

@@ -27,8 +27,9 @@ from llama_index_deepmemory.engine.lancedb import LanceDBAdapter  # noqa: E402
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
-    EVEN, check_deletes_filters_and_get_nodes, check_ids_cannot_impersonate, check_listing, check_plain_equals_engine,
-    check_ranks_like_faiss, check_readding_replaces, check_reopened, check_restrictions, check_threads, faiss_twin, nodes_with_docs, with_model,
+    EVEN, check_deletes_filters_and_get_nodes, check_failed_readd_keeps_the_node, check_ids_cannot_impersonate,
+    check_listing, check_plain_equals_engine, check_ranks_like_faiss, check_readding_replaces, check_reopened,
+    check_restrictions, check_threads, faiss_twin, nodes_with_docs, with_model,
 )
 
 
@@ -256,3 +257,9 @@ def test_float_filter_values_compare_with_integer_metadata(task, tmp_path) -> No
 def test_adding_an_id_again_replaces_the_node(task, tmp_path) -> None:
     """The store appends: the old row stayed beside the new one (the id twice in results)."""
     check_readding_replaces(task, DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path))))
+
+
+def test_a_refused_readd_keeps_the_stored_node(task, tmp_path) -> None:
+    """LanceDB refuses metadata keys its first add did not fix: the old row stays."""
+    check_failed_readd_keeps_the_node(task, DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path))),
+                                      {"k": 1, "new": 2})

@@ -222,4 +222,5 @@ def test_filter_values_are_bound_not_spliced_into_sql(task, postgres_server) -> 
 def test_filters_select_what_simple_vector_store_selects(task, postgres_server) -> None:
     """NE and NIN skipped rows missing the key (SQL's NULL), and IN compared numbers as text
     (``1.0`` is not ``'1'``); SimpleVectorStore keeps those rows and compares the numbers."""
-    check_filters_like_simple(task, DeepMemoryVectorStore(vector_store=pg_engine(postgres_server, f"docs{next(_tables)}")))
+    check_filters_like_simple(task, DeepMemoryVectorStore(
+        vector_store=pg_engine(postgres_server, f"docs{next(_tables)}")))
