@@ -296,7 +296,7 @@ def check_failed_readd_keeps_the_node(task, store, refused_metadata: dict) -> No
     from llama_index.core.schema import TextNode
 
     store.add([TextNode(id_="a", text="first", metadata={"k": 1}, embedding=task.docs[0].tolist())])
-    with pytest.raises(ValueError):
+    with pytest.raises(Exception):  # noqa: B017 - whichever the engine raises
         store.add([TextNode(id_="a", text="second", metadata=refused_metadata, embedding=task.docs[1].tolist())])
     assert [(n.node_id, n.text, n.metadata) for n in store.get_nodes()] == [("a", "first", {"k": 1})]
     assert ask(store, task.docs[0], k=2).ids == ["a"]

@@ -11,7 +11,8 @@ a bound parameter:
   documents and metadata filters;
 * listing and counting: its ``get_nodes()`` needs ids or filters
   ("AssertionError: Either node_ids or filters must be provided");
-* re-adding an id: its ``add`` inserts a second row, so the old row is deleted first;
+* re-adding an id: its ``add`` inserts a second row, so the old row is deleted first (and written
+  back if the add fails);
 * reading and deleting by metadata filters: the store writes filter values into its SQL unescaped
   (``x' OR '1'='1`` matched, and deleted, every row), and its NE and NIN skip rows missing the key.
 """
@@ -121,6 +122,7 @@ def _node(node_id: str, text: str, metadata: Any, embedding: Any = None) -> Base
 class PostgresAdapter(GenericAdapter):
     name = "postgres"
     pays_per_hit = True  # each hit a search asks costs (rows read, a wider HNSW walk): Deep Memory asks few beyond
+    replaces = True  # its add inserts a second row under an id it holds: _replace deletes the old row first
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
@@ -279,9 +281,8 @@ class PostgresAdapter(GenericAdapter):
             where.append(f"node_id = ANY({bind(list(ids))})")
         self._execute(f"DELETE FROM {self._table} WHERE {' AND '.join(where)} RETURNING id", bind.values)
 
-    def _add(self, nodes: list[BaseNode]) -> None:
-        self.engine.delete_nodes([n.node_id for n in nodes])  # its add would keep the old row beside the new
-        self.engine.add(nodes)
+    def _replace(self, stored_ids: list[str]) -> None:
+        self.engine.delete_nodes(stored_ids)  # its add would keep the old row beside the new
 
     def pages(self, with_vectors: bool, limit: int) -> Iterator[list[BaseNode]]:
         """Every row, a page at a time (keyset on the table's ``id``)."""

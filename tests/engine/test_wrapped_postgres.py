@@ -20,9 +20,10 @@ from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH  # noqa: E40
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
-    EVEN, ask, check_delete_nodes_like_simple, check_deletes_filters_and_get_nodes, check_filters_like_simple,
-    check_ids_cannot_impersonate, check_listing, check_threads, check_plain_equals_engine, check_ranks_like_faiss,
-    check_reopened, check_restrictions, faiss_twin, nodes_with_docs, with_model,
+    EVEN, ask, check_delete_nodes_like_simple, check_deletes_filters_and_get_nodes,
+    check_failed_readd_keeps_the_node, check_filters_like_simple, check_ids_cannot_impersonate, check_listing,
+    check_threads, check_plain_equals_engine, check_ranks_like_faiss, check_readding_replaces, check_reopened,
+    check_restrictions, faiss_twin, nodes_with_docs, with_model,
 )
 
 _tables = itertools.count()
@@ -223,4 +224,16 @@ def test_filters_select_what_simple_vector_store_selects(task, postgres_server) 
     """NE and NIN skipped rows missing the key (SQL's NULL), and IN compared numbers as text
     (``1.0`` is not ``'1'``); SimpleVectorStore keeps those rows and compares the numbers."""
     check_filters_like_simple(task, DeepMemoryVectorStore(
+        vector_store=pg_engine(postgres_server, f"docs{next(_tables)}")))
+
+
+def test_a_refused_readd_keeps_the_stored_node(task, postgres_server) -> None:
+    """The adapter deletes an id's old row before the store's add (which would keep both): metadata
+    PostgreSQL refuses (a NUL character in JSONB) lost the node."""
+    check_failed_readd_keeps_the_node(task, DeepMemoryVectorStore(
+        vector_store=pg_engine(postgres_server, f"docs{next(_tables)}")), {"k": "a\x00b"})
+
+
+def test_adding_an_id_again_replaces_the_node(task, postgres_server) -> None:
+    check_readding_replaces(task, DeepMemoryVectorStore(
         vector_store=pg_engine(postgres_server, f"docs{next(_tables)}")))
