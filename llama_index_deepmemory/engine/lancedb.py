@@ -30,7 +30,7 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
 from llama_index_deepmemory.engine.backend import Hits, Restriction
 from llama_index_deepmemory.engine.generic import GenericAdapter
-from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine, owner
+from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine, naming_itself, owner
 
 _COMPARE = {FilterOperator.EQ: "=", FilterOperator.GT: ">", FilterOperator.GTE: ">=", FilterOperator.LT: "<",
             FilterOperator.LTE: "<="}
@@ -283,6 +283,12 @@ class LanceDBAdapter(GenericAdapter):
             with self._writing():
                 table.delete(f"{self.engine.doc_id_key} = {sql_literal(str(ref_doc_id))}")
         self._wrote()
+
+    def _add(self, nodes: list[BaseNode]) -> None:
+        if self._table() is None:  # the first add fixes the metadata fields: the id key among them, so
+            # that a later node stored under a uuid5 (with the key) is not refused
+            nodes = [naming_itself(n) for n in nodes]
+        super()._add(nodes)
 
     def _replace(self, stored_ids: list[str]) -> None:
         table = self._table()

@@ -263,3 +263,21 @@ def test_a_refused_readd_keeps_the_stored_node(task, tmp_path) -> None:
     """LanceDB refuses metadata keys its first add did not fix: the old row stays."""
     check_failed_readd_keeps_the_node(task, DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path))),
                                       {"k": 1, "new": 2})
+
+
+def test_a_table_first_filled_with_uuid_ids_takes_other_ids_later(task, tmp_path) -> None:
+    """LlamaIndex names nodes by uuid4, stored as themselves; the first add fixes the metadata
+    fields, so a later ``node_7`` (stored under its uuid5 with the id key) was refused: "field
+    'deepmemory_id' does not exist in table schema"."""
+    import uuid
+
+    store = DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path)))
+    first = str(uuid.uuid4())
+    store.add([TextNode(id_=first, text="first", metadata={"k": 1}, embedding=task.docs[0].tolist())])
+    store.add([TextNode(id_="node_7", text="seventh", metadata={"k": 2}, embedding=task.docs[1].tolist())])
+    assert sorted((n.node_id, n.text, n.metadata) for n in store.get_nodes()) == sorted(
+        [(first, "first", {"k": 1}), ("node_7", "seventh", {"k": 2})])
+    assert ask_ids(store, task.docs[1])[:1] == ["node_7"] and ask_ids(store, task.docs[0])[:1] == [first]
+    assert [n.node_id for n in store.get_nodes(["node_7", first])] == ["node_7", first]
+    store.delete_nodes(["node_7"])
+    assert [n.node_id for n in store.get_nodes()] == [first]
