@@ -21,7 +21,7 @@ other keys (an upstream limit, left as it is). Reads run together, a write alone
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from llama_index.core.schema import BaseNode
@@ -55,9 +55,20 @@ def id_in(column: str, values: Sequence[str]) -> str:
     return f"{column} IN ({','.join(sql_literal(str(v)) for v in values)})"
 
 
-def lance_where(filters: MetadataFilters, fields: Sequence[str]) -> str:
+def _kind(value: Any) -> str:
+    """``str``, ``number`` or ``other``: a value's kind, or (a pyarrow type) a field's."""
+    import pyarrow as pa
+
+    if isinstance(value, pa.DataType):
+        return "str" if pa.types.is_string(value) or pa.types.is_large_string(value) else \
+            "number" if pa.types.is_integer(value) or pa.types.is_floating(value) else "other"
+    return "str" if isinstance(value, str) else \
+        "number" if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) else "other"
+
+
+def lance_where(filters: MetadataFilters, fields: Mapping[str, str]) -> str:
     """LlamaIndex filters as a LanceDB SQL predicate over ``metadata.<key>`` (``fields``: the
-    metadata struct's keys; a key not among them is missing on every row). Each leaf is two-valued
+    metadata struct's keys and their :func:`_kind`; a key not among them is missing on every row). Each leaf is two-valued
     as in ``SimpleVectorStore``: a missing or null value matches only ``NE``, ``NIN`` and ``IS_EMPTY``."""
     parts = []
     for f in filters.filters:
@@ -76,13 +87,18 @@ def lance_where(filters: MetadataFilters, fields: Sequence[str]) -> str:
     return "(" + " AND ".join(parts) + ")"
 
 
-def _leaf(f: Any, fields: Sequence[str]) -> str:
+def _leaf(f: Any, fields: Mapping[str, str]) -> str:
     op = f.operator or FilterOperator.EQ
     negative = op in (FilterOperator.NE, FilterOperator.NIN, FilterOperator.IS_EMPTY)
     if f.key not in fields:
         return "TRUE" if negative else "FALSE"
     key = "metadata.`" + f.key.replace("`", "``") + "`"
     values = f.value if isinstance(f.value, list) else [f.value]
+    if op in (FilterOperator.EQ, FilterOperator.NE, FilterOperator.IN, FilterOperator.NIN):
+        # a value of another kind than the field's equals no stored value (LanceDB refuses the literal)
+        values = [v for v in values if fields[f.key] == "other" or _kind(v) in (fields[f.key], "other")]
+        if not values:
+            return "TRUE" if negative else "FALSE"
     if op in _COMPARE:
         return f"({key} IS NOT NULL AND {key} {_COMPARE[op]} {sql_literal(f.value)})"
     if op == FilterOperator.NE:
@@ -114,7 +130,7 @@ class LanceDBAdapter(GenericAdapter):
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
-        self._fields_of: tuple[Any, list[str]] | None = None  # (table, its metadata fields), read once
+        self._fields_of: tuple[Any, dict[str, str]] | None = None  # (table, its metadata fields' kinds), read once
 
     def _table(self) -> Any:
         """The store's table; None before its first add (the store creates it then)."""
@@ -125,13 +141,14 @@ class LanceDBAdapter(GenericAdapter):
                 return None
             raise
 
-    def _fields(self, table: Any) -> list[str]:
+    def _fields(self, table: Any) -> dict[str, str]:
         """The keys of the table's metadata struct, read once per table object: LanceDB fixes them at
         the first add, and reading the schema costs ~0.4 ms (each ids-only search and filter asks)."""
         known = self._fields_of
         if known is None or known[0] is not table:
             kind = table.schema.field("metadata").type
-            known = self._fields_of = (table, [kind.field(i).name for i in range(kind.num_fields)])
+            known = self._fields_of = (table, {kind.field(i).name: _kind(kind.field(i).type)
+                                               for i in range(kind.num_fields)})
         return known[1]
 
     def _where(self, table: Any, filters: Optional[MetadataFilters], *parts: str) -> Optional[str]:

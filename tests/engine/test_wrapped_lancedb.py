@@ -281,3 +281,24 @@ def test_a_table_first_filled_with_uuid_ids_takes_other_ids_later(task, tmp_path
     assert [n.node_id for n in store.get_nodes(["node_7", first])] == ["node_7", first]
     store.delete_nodes(["node_7"])
     assert [n.node_id for n in store.get_nodes()] == [first]
+
+
+def test_a_value_of_another_type_than_the_field_matches_as_in_simple_vector_store(task, tmp_path) -> None:
+    """LanceDB refused a string literal against an int field (and a number against a string one):
+    "could not convert to Int64"; SimpleVectorStore finds no equal value (NE and NIN: every node)."""
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    nodes = [TextNode(id_=f"n{j}", text=f"t{j}", metadata={"a": j, "s": f"v{j}"}, embedding=task.docs[j].tolist())
+             for j in range(4)]
+    simple = SimpleVectorStore()
+    simple.add([n.model_copy(deep=True) for n in nodes])
+    store = DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path)))
+    store.add(nodes)
+    for key, value, operator in (("a", "x", "=="), ("a", "1", "=="), ("a", "x", "!="), ("s", 1, "=="), ("s", 1, "!="),
+                                 ("a", ["x", "y"], "in"), ("a", ["x"], "nin"), ("s", [1], "nin"), ("s", [1, 2], "in")):
+        filters = MetadataFilters(filters=[MetadataFilter(key=key, value=value, operator=FilterOperator(operator))])
+        expected = set(simple.query(VectorStoreQuery(query_embedding=task.docs[0].tolist(), similarity_top_k=10,
+                                                     filters=filters)).ids)
+        assert {n.node_id for n in store.get_nodes(filters=filters)} == expected, (key, value, operator)
+        assert set(ask_ids(store, task.docs[0], filters=filters)) == expected, (key, value, operator)
