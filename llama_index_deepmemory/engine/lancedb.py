@@ -16,7 +16,9 @@ Why not the store's own methods (llama-index-vector-stores-lancedb 0.6.0):
 The store's ``nprobes`` and ``refine_factor`` apply as in its ``query``. A table indexed for another
 metric than cosine is searched exactly (LanceDB falls back to a flat scan). The table's metadata is
 one struct column whose fields the first add fixes: LanceDB refuses a later node whose metadata has
-other keys (an upstream limit, left as it is). Reads run together, a write alone.
+other keys (an upstream limit, left as it is; the first add through this adapter carries the id key,
+so ids stored under a uuid5 can follow). Its ``add`` appends, so re-adding an id deletes the old row
+first. Reads run together, a write alone.
 """
 
 from __future__ import annotations
