@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import threading
 from typing import Any, Iterator, Optional
 
@@ -43,7 +44,8 @@ def milvus_literal(value: str) -> str:
 def store_filters(filters: Optional[MetadataFilters]) -> Optional[MetadataFilters]:
     """``filters`` as ``MilvusVectorStore`` should get them, to select what ``SimpleVectorStore``
     selects: NE as NIN of its one value (Milvus's ``!=`` skips a row missing the key, its ``not in``
-    keeps it), string values escaped (:func:`_like` for TEXT_MATCH); a NOT condition, at any depth,
+    keeps it), string values escaped (:func:`_like` for TEXT_MATCH), keys as :func:`_field` names
+    them; a NOT condition, at any depth,
     refused (the store's translation drops it: its one filter then matches unnegated, the opposite
     nodes)."""
     if filters is None:
@@ -56,15 +58,33 @@ def store_filters(filters: Optional[MetadataFilters]) -> Optional[MetadataFilter
     for f in filters.filters:
         if isinstance(f, MetadataFilters):
             parts.append(store_filters(f))
-        elif f.operator == FilterOperator.NE:
-            parts.append(MetadataFilter(key=f.key, value=[f.value], operator=FilterOperator.NIN))
+            continue
+        key = _field(f.key)
+        if key != f.key and f.operator in (FilterOperator.NE, FilterOperator.IN, FilterOperator.NIN):
+            raise ValueError(f"filter operator {f.operator.value!r} on {f.key!r} is not supported over Milvus: a key "
+                             "that is not a plain name is a $meta[...] path, which Milvus cannot test with 'in'; "
+                             "rename the metadata key (letters, digits, _), or use EQ/OR")
+        if f.operator == FilterOperator.NE:
+            parts.append(MetadataFilter(key=key, value=[f.value], operator=FilterOperator.NIN))
         elif f.operator == FilterOperator.TEXT_MATCH and isinstance(f.value, str):
-            parts.append(MetadataFilter(key=f.key, value="%" + _like(f.value), operator=f.operator))
+            parts.append(MetadataFilter(key=key, value="%" + _like(f.value), operator=f.operator))
         elif isinstance(f.value, str):  # the store escapes its quotes, not its backslashes
-            parts.append(MetadataFilter(key=f.key, value=f.value.replace("\\", "\\\\"), operator=f.operator))
+            parts.append(MetadataFilter(key=key, value=f.value.replace("\\", "\\\\"), operator=f.operator))
         else:
-            parts.append(f)
+            parts.append(MetadataFilter(key=key, value=f.value, operator=f.operator))
     return MetadataFilters(filters=parts, condition=filters.condition)
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEYWORDS = {"and", "or", "not", "in", "like", "exists", "true", "false", "is", "null"}
+
+
+def _field(key: str) -> str:
+    """A metadata key as the store should write it: a plain name bare (a column, or a dynamic field),
+    any other (``a-b``: a minus b; ``my key``; a keyword) as the dynamic field ``$meta["<key>"]``."""
+    if _NAME.fullmatch(key) and key.lower() not in _KEYWORDS:
+        return key
+    return f"$meta[{milvus_literal(key)}]"
 
 
 def _like(value: str) -> str:

@@ -234,3 +234,34 @@ def test_string_filter_values_are_values_not_expressions(task, tmp_path) -> None
         assert len(store.get_nodes()) == len(values)
     finally:
         store.vector_store.client.close()
+
+
+def test_metadata_keys_are_names_not_expressions(task, tmp_path) -> None:
+    """The store writes a filter's key bare into its expression: ``a-b`` filtered on a minus b
+    (silently the wrong nodes), ``my key`` failed."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters, VectorStoreQuery
+
+    metadatas = [{"a-b": 1, "a": 3, "b": 2, "my key": "x", "in": 1}, {"a-b": 1, "a": 5, "b": 1, "my key": "y", "in": 2}]
+    nodes = [TextNode(id_=f"n{j}", text=f"t{j}", metadata=m, embedding=task.docs[j].tolist())
+             for j, m in enumerate(metadatas)]
+    simple = SimpleVectorStore()
+    simple.add([n.model_copy(deep=True) for n in nodes])
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "keys.db"), overwrite=True))
+    try:
+        store.add(nodes)
+        for key, value, operator in (("a-b", 1, "=="), ("a-b", 0, ">"), ("my key", "x", "=="), ("in", 1, "=="),
+                                     ("a", 3, "==")):
+            filters = MetadataFilters(filters=[MetadataFilter(key=key, value=value, operator=FilterOperator(operator))])
+            expected = set(simple.query(VectorStoreQuery(query_embedding=task.docs[0].tolist(), similarity_top_k=10,
+                                                         filters=filters)).ids)
+            assert {n.node_id for n in store.get_nodes(filters=filters)} == expected, key
+            assert set(ask(store, task.docs[0], k=2, filters=filters).ids) == expected, key
+        for key, value, operator in (("my key", "x", "!="), ("in", [1], "in"), ("a-b", [1], "nin")):
+            filters = MetadataFilters(filters=[MetadataFilter(key=key, value=value, operator=FilterOperator(operator))])
+            with pytest.raises(ValueError, match="rename the metadata key"):  # Milvus cannot test a $meta path with in
+                store.delete_nodes(filters=filters)
+        assert len(store.get_nodes()) == 2
+    finally:
+        store.vector_store.client.close()
