@@ -135,8 +135,9 @@ class WrappedStore:
 
     def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         self.backend.delete_nodes(node_ids, filters)
+        gone = self.backend.gone(node_ids or [], filters)
         with self._lock:
-            for node_id in node_ids or ():
+            for node_id in gone:
                 self._added_texts.pop(node_id, None)
         self._forget()
 

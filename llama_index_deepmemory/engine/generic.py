@@ -117,10 +117,18 @@ class GenericAdapter:
         ids = None if node_ids is None else [engine_id(i) for i in node_ids]
         with self._writing():
             self._delete_nodes(ids, filters)
+        gone = self.gone(node_ids or [], filters)
         with self._lock:
-            for node_id in node_ids or ():
+            for node_id in gone:
                 self._added.pop(node_id, None)
         self._wrote()
+
+    def gone(self, node_ids: Sequence[str], filters: Optional[MetadataFilters]) -> list[str]:
+        """Of ``node_ids`` named to a delete with ``filters``, those no longer stored (the filters may keep some)."""
+        if not node_ids or filters is None or not filters.filters:
+            return list(node_ids)
+        kept = {n.node_id for n in self.get(list(node_ids), with_vectors=False)}
+        return [i for i in node_ids if i not in kept]
 
     def clear(self) -> None:
         with self._writing():
