@@ -130,7 +130,10 @@ class WrappedStore:
         return [n.node_id for n in nodes]
 
     def delete(self, ref_doc_id: str) -> None:
-        self.backend.delete(ref_doc_id)
+        gone = self.backend.delete(ref_doc_id) or ()  # the ids of its nodes added here (an adapter may not say)
+        with self._lock:
+            for node_id in gone:
+                self._added_texts.pop(node_id, None)
         self._forget()
 
     def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:

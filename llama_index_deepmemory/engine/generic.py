@@ -47,7 +47,7 @@ class GenericAdapter:
         self.engine = engine
         self.version = 0
         self._lock = threading.RLock()
-        self._added: dict[str, None] = {}  # ids added through this adapter (listing fallback)
+        self._added: dict[str, Optional[str]] = {}  # id -> source document, of nodes added here (listing fallback)
         self._serial: Any = contextlib.nullcontext()  # a lock where the client is not thread safe
         self._rw = ReadWriteLock() if self.reads_together else None
         self._rows: OrderedDict[str, Any] = OrderedDict()  # node id -> the engine's row, until the next write
@@ -103,15 +103,21 @@ class GenericAdapter:
                     self._add(old)
                 raise
         with self._lock:
-            self._added.update(dict.fromkeys(n.node_id for n in nodes))
+            self._added.update((n.node_id, n.ref_doc_id) for n in nodes)
             self._name({engine_id(n.node_id): n.node_id for n in nodes})
             self._rows.clear()
             self.version += 1
 
-    def delete(self, ref_doc_id: str) -> None:
+    def delete(self, ref_doc_id: str) -> list[str]:
+        """Delete the nodes of a source document; the ids of those added here (now forgotten)."""
         with self._writing():
             self.engine.delete(ref_doc_id)
+        with self._lock:
+            gone = [i for i, doc in self._added.items() if doc == ref_doc_id]
+            for node_id in gone:
+                del self._added[node_id]
         self._wrote()
+        return gone
 
     def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         ids = None if node_ids is None else [engine_id(i) for i in node_ids]

@@ -120,9 +120,8 @@ class QdrantAdapter(GenericAdapter):
         with self._lock:
             self._exists = False  # a clear drops the collection (a delete keeps it: no new check)
 
-    def delete(self, ref_doc_id: str) -> None:
-        if self._ready():
-            super().delete(ref_doc_id)
+    def delete(self, ref_doc_id: str) -> list[str]:
+        return super().delete(ref_doc_id) if self._ready() else []
 
     def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         if self._ready():
