@@ -8,7 +8,8 @@ with the documents and metadata; ``collection.get`` reads by id with the embeddi
 distances (the collection must be created with ``metadata={"hnsw:space": "cosine"}``), turned
 into cosine similarity ``1 - d``. No call carries more than ``ID_BATCH`` ids, ``$in`` values or
 rows (embedded Chroma binds them as SQLite variables): longer reads go in chunks, and a query
-restricted to more ids runs once per chunk, the top ``k`` merged by distance.
+restricted to more ids runs once per chunk, the top ``k`` merged by distance. Chroma's ``add``
+skips an id it holds, so re-adding an id deletes the old row first.
 """
 
 from __future__ import annotations
