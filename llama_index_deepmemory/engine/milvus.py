@@ -45,9 +45,8 @@ def store_filters(filters: Optional[MetadataFilters]) -> Optional[MetadataFilter
     """``filters`` as ``MilvusVectorStore`` should get them, to select what ``SimpleVectorStore``
     selects: NE as NIN of its one value (Milvus's ``!=`` skips a row missing the key, its ``not in``
     keeps it), string values escaped (:func:`_like` for TEXT_MATCH), keys as :func:`_field` names
-    them; a NOT condition, at any depth,
-    refused (the store's translation drops it: its one filter then matches unnegated, the opposite
-    nodes)."""
+    them; a NOT condition, at any depth, refused (the store's translation drops it: its one filter
+    then matches unnegated, the opposite nodes)."""
     if filters is None:
         return None
     condition = filters.condition or FilterCondition.AND
