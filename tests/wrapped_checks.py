@@ -252,7 +252,8 @@ def check_filters_like_simple(task, store) -> None:
         leaf("f", 1), leaf("f", 2, "!="), leaf("f", [1, 2], "in"), leaf("f", [2], "nin"), leaf("a", 2.0),
         leaf("a", [1.0, 3.0], "in"), leaf("a", [1.0], "nin"))]
     cases += [MetadataFilters(filters=[leaf("a", 1, "!="), leaf("s", "x", "!=")], condition=FilterCondition.OR),
-              MetadataFilters(filters=[leaf("a", 2, "<"), MetadataFilters(filters=[leaf("s", "y", "!=")])])]
+              MetadataFilters(filters=[leaf("a", 2, "<"), MetadataFilters(filters=[leaf("s", "y", "!=")])]),
+              MetadataFilters(filters=[leaf("a", 1, ">"), leaf("s", "y")], condition=None)]  # None: AND
 
     def selected(filters) -> set:  # SimpleVectorStore's ids (a nested AND group: the intersection of its parts)
         if any(isinstance(f, MetadataFilters) for f in filters.filters):

@@ -71,7 +71,7 @@ def store_filters(filters: Optional[MetadataFilters]) -> Optional[MetadataFilter
             parts.append(MetadataFilter(key=key, value=f.value.replace("\\", "\\\\"), operator=f.operator))
         else:
             parts.append(MetadataFilter(key=key, value=f.value, operator=f.operator))
-    return MetadataFilters(filters=parts, condition=filters.condition)
+    return MetadataFilters(filters=parts, condition=condition)  # None: AND (the store needs one)
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

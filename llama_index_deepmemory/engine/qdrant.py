@@ -66,7 +66,8 @@ def _subfilter(filters: MetadataFilters, rest: Any) -> Any:
         else:
             raise ValueError(f"filter operator {op.value!r} on {key!r} is not supported over Qdrant; "
                              "use EQ, NE, GT, GTE, LT, LTE, IN, NIN, TEXT_MATCH or IS_EMPTY")
-    part = {FilterCondition.AND: "must", FilterCondition.OR: "should"}.get(filters.condition, "must_not")
+    condition = filters.condition or FilterCondition.AND  # None: AND, as in SimpleVectorStore (not NOT)
+    part = {FilterCondition.AND: "must", FilterCondition.OR: "should"}.get(condition, "must_not")
     return rest.Filter(**{part: conditions})
 
 
