@@ -61,16 +61,19 @@ def sql_where(filters: MetadataFilters, bind: _Params) -> str:
             if f.filters:
                 parts.append(f"({sql_where(f, bind)})")
             continue
-        op, value, field = f.operator or FilterOperator.EQ, f.value, f"metadata_->>{bind(f.key)}"
+        name = bind(f.key)
+        op, value, field = f.operator or FilterOperator.EQ, f.value, f"metadata_->>{name}"
+        # a number compares with a row's number only (another row's text under the key failed the cast)
+        number = f"(CASE WHEN jsonb_typeof((metadata_->{name})::jsonb) = 'number' THEN ({field})::float END)"
         # NE and NIN as "not EQ" / "not IN": a row missing the key passes them, as in SimpleVectorStore
         negate = {FilterOperator.NE: FilterOperator.EQ, FilterOperator.NIN: FilterOperator.IN}.get(op)
         test = op if negate is None else negate
         if test in _COMPARE and _number(value):
-            condition = f"({field})::float {_COMPARE[test]} {bind(float(value))}"
+            condition = f"{number} {_COMPARE[test]} {bind(float(value))}"
         elif test in _COMPARE:
             condition = f"{field} {_COMPARE[test]} {bind(_text(value))}"
         elif test == FilterOperator.IN and value and all(_number(v) for v in value):  # numbers compare as numbers
-            condition = f"({field})::float = ANY(CAST({bind([float(v) for v in value])} AS float8[]))"
+            condition = f"{number} = ANY(CAST({bind([float(v) for v in value])} AS float8[]))"
         elif test == FilterOperator.IN:
             condition = f"{field} = ANY(CAST({bind([_text(v) for v in value])} AS text[]))"
         elif op in (FilterOperator.TEXT_MATCH, FilterOperator.TEXT_MATCH_INSENSITIVE):  # a substring, wildcards literal
@@ -82,7 +85,7 @@ def sql_where(filters: MetadataFilters, bind: _Params) -> str:
         else:
             raise ValueError(f"filter operator {op.value!r} on {f.key!r} is not supported over PostgreSQL; use "
                              "EQ, NE, GT, GTE, LT, LTE, IN, NIN, TEXT_MATCH or IS_EMPTY")
-        parts.append(condition if negate is None else f"({field} IS NULL OR NOT ({condition}))")
+        parts.append(f"COALESCE({condition}, FALSE)" if negate is None else f"NOT COALESCE({condition}, FALSE)")
     condition = str(getattr(filters.condition, "value", filters.condition) or "and").lower()
     if condition not in ("and", "or"):
         raise ValueError(f"filter condition {condition!r} is not supported over PostgreSQL; use 'and' or 'or'")

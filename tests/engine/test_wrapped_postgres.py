@@ -237,3 +237,20 @@ def test_a_refused_readd_keeps_the_stored_node(task, postgres_server) -> None:
 def test_adding_an_id_again_replaces_the_node(task, postgres_server) -> None:
     check_readding_replaces(task, DeepMemoryVectorStore(
         vector_store=pg_engine(postgres_server, f"docs{next(_tables)}")))
+
+
+def test_a_number_filter_passes_over_rows_holding_text_under_the_key(task, postgres_server) -> None:
+    """Numbers compare as ``(metadata_->>key)::float``: one row holding ``"unknown"`` under the key
+    failed every query ("invalid input syntax for type double precision"); SimpleVectorStore finds it
+    unequal."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
+
+    store = DeepMemoryVectorStore(vector_store=pg_engine(postgres_server, f"docs{next(_tables)}"))
+    store.add([TextNode(id_=f"n{j}", text=f"t{j}", metadata=m, embedding=task.docs[j].tolist())
+               for j, m in enumerate([{"y": 2020}, {"y": "unknown"}, {}, {"y": 2020.0}])])
+    for value, operator, expected in ((2020, "==", ["n0", "n3"]), (2020, "!=", ["n1", "n2"]),
+                                      ([2020], "in", ["n0", "n3"]), ([2020], "nin", ["n1", "n2"])):
+        filters = MetadataFilters(filters=[MetadataFilter(key="y", value=value, operator=FilterOperator(operator))])
+        assert sorted(n.node_id for n in store.get_nodes(filters=filters)) == expected, operator
+        assert sorted(ask(store, task.docs[0], k=4, filters=filters).ids) == expected, operator
