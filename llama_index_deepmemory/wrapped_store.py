@@ -130,13 +130,17 @@ class WrappedStore:
         return [n.node_id for n in nodes]
 
     def delete(self, ref_doc_id: str) -> None:
-        self.backend.delete(ref_doc_id)
+        gone = self.backend.delete(ref_doc_id) or ()  # the ids of its nodes added here (an adapter may not say)
+        with self._lock:
+            for node_id in gone:
+                self._added_texts.pop(node_id, None)
         self._forget()
 
     def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         self.backend.delete_nodes(node_ids, filters)
+        gone = self.backend.gone(node_ids or [], filters)
         with self._lock:
-            for node_id in node_ids or ():
+            for node_id in gone:
                 self._added_texts.pop(node_id, None)
         self._forget()
 

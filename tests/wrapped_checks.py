@@ -195,3 +195,109 @@ def check_threads(task, store, seconds: float = 2.0, readers: int = 2) -> dict:
     assert out["writes"] > 0 and out["queries"] > 0, out
     assert out["extras_seen"] > 0, out  # the writes were seen
     return out
+
+
+def check_delete_nodes_like_simple(task, store) -> None:
+    """``delete_nodes(ids, filters)`` deletes the named nodes that pass the filters, no others, as
+    ``SimpleVectorStore`` does (``store`` empty): no ids named deletes nothing, and an OR of filters
+    never widens the ids named."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import FilterCondition
+
+    def nodes():
+        return [TextNode(id_=f"n{i}", text=f"t{i}", metadata={"a": i}, embedding=task.docs[i].tolist())
+                for i in range(6)]
+
+    simple = SimpleVectorStore()
+    simple.add(nodes())
+    store.add(nodes())
+    either = MetadataFilters(filters=[MetadataFilter(key="a", value=2), MetadataFilter(key="a", value=3)],
+                             condition=FilterCondition.OR)
+    for node_ids, filters in (([], None), ([], EVEN_A), (["n1"], either), (["n1", "n2"], either), (["n4"], EVEN_A)):
+        simple.delete_nodes(node_ids, filters=filters)
+        store.delete_nodes(node_ids, filters=filters)
+        expected = sorted(simple.data.embedding_dict)
+        assert sorted(n.node_id for n in store.get_nodes()) == expected, (node_ids, filters)
+    assert expected == ["n0", "n1", "n3", "n5"]
+
+
+EVEN_A = MetadataFilters(filters=[MetadataFilter(key="a", value=[0, 2, 4], operator="in")])
+
+
+def check_filters_like_simple(task, store) -> None:
+    """Filters select the nodes ``SimpleVectorStore`` selects (``store`` empty), in ``get_nodes``,
+    ``query`` and ``delete_nodes``: a node missing the key passes NE and NIN, fails the rest; an int
+    equals the same float."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import FilterCondition, FilterOperator
+
+    metadatas = [{"a": 1, "s": "x", "f": 1.0}, {"a": 2, "s": "y", "f": 2.5}, {"a": 3, "f": 2.0}, {"s": "x"}, {"b": 0}]
+
+    def nodes():
+        return [TextNode(id_=f"n{i}", text=f"t{i}", metadata=dict(m), embedding=task.docs[i].tolist())
+                for i, m in enumerate(metadatas)]
+
+    def leaf(key, value, operator="=="):
+        return MetadataFilter(key=key, value=value, operator=FilterOperator(operator))
+
+    simple = SimpleVectorStore()
+    simple.add(nodes())
+    store.add(nodes())
+    cases = [MetadataFilters(filters=[f]) for f in (
+        leaf("a", 1), leaf("a", 1, "!="), leaf("a", 1, ">"), leaf("a", 3, "<"), leaf("a", [1, 3], "in"),
+        leaf("a", [1, 3], "nin"), leaf("s", "x", "!="), leaf("s", ["x"], "nin"), leaf("zz", 1, "!="),
+        # numbers compare as numbers, an int value with a float field and a float value with an int field
+        leaf("f", 1), leaf("f", 2, "!="), leaf("f", [1, 2], "in"), leaf("f", [2], "nin"), leaf("a", 2.0),
+        leaf("a", [1.0, 3.0], "in"), leaf("a", [1.0], "nin"))]
+    cases += [MetadataFilters(filters=[leaf("a", 1, "!="), leaf("s", "x", "!=")], condition=FilterCondition.OR),
+              MetadataFilters(filters=[leaf("a", 2, "<"), MetadataFilters(filters=[leaf("s", "y", "!=")])]),
+              MetadataFilters(filters=[leaf("a", 1, ">"), leaf("s", "y")], condition=None)]  # None: AND
+
+    def selected(filters) -> set:  # SimpleVectorStore's ids (a nested AND group: the intersection of its parts)
+        if any(isinstance(f, MetadataFilters) for f in filters.filters):
+            return set.intersection(*(selected(f if isinstance(f, MetadataFilters) else MetadataFilters(filters=[f]))
+                                      for f in filters.filters))
+        return set(simple.query(VectorStoreQuery(query_embedding=task.docs[0].tolist(), similarity_top_k=10,
+                                                 filters=filters)).ids)
+
+    for filters in cases:
+        expected = sorted(selected(filters))
+        assert sorted(n.node_id for n in store.get_nodes(filters=filters)) == expected, filters
+        assert sorted(ask(store, task.docs[0], k=10, filters=filters).ids) == expected, filters
+        assert sorted(n.node_id for n in store.get_nodes([f"n{i}" for i in range(5)], filters=filters)) == expected
+    store.delete_nodes(filters=cases[1])  # a != 1: every node but n0
+    assert [n.node_id for n in store.get_nodes()] == ["n0"]
+
+
+def check_readding_replaces(task, store) -> None:
+    """Adding a node id again replaces the node, as in the embedded store (``store`` empty): one
+    node under the id, the new text and vector; within one batch, the last node of an id wins."""
+    from llama_index.core.schema import TextNode
+
+    def node(node_id: str, text: str, j: int) -> TextNode:
+        return TextNode(id_=node_id, text=text, embedding=task.docs[j].tolist())
+
+    embedded = DeepMemoryVectorStore()
+    for target in (embedded, store):
+        target.add([node("a", "first", 0), node("b", "b", 1)])
+        target.add([node("a", "second", 2)])
+        target.add([node("c", "first", 3), node("c", "second", 4)])
+    for target in (embedded, store):
+        assert len(target) == 3
+        assert sorted((n.node_id, n.text) for n in target.get_nodes()) == [("a", "second"), ("b", "b"), ("c", "second")]
+        assert ask(target, task.docs[2], k=5).ids[:1] == ["a"] and len(set(ask(target, task.docs[2], k=5).ids)) == 3
+        assert ask(target, task.docs[4], k=1).ids == ["c"] and ask(target, task.docs[0], k=3).ids.count("a") == 1
+
+
+def check_failed_readd_keeps_the_node(task, store, refused_metadata: dict) -> None:
+    """A re-add the engine refuses (``refused_metadata``) leaves the stored node as it was."""
+    import pytest
+    from llama_index.core.schema import TextNode
+
+    store.add([TextNode(id_="a", text="first", metadata={"k": 1}, embedding=task.docs[0].tolist())])
+    with pytest.raises(Exception):  # noqa: B017 - whichever the engine raises
+        store.add([TextNode(id_="a", text="second", metadata=refused_metadata, embedding=task.docs[1].tolist())])
+    assert [(n.node_id, n.text, n.metadata) for n in store.get_nodes()] == [("a", "first", {"k": 1})]
+    assert ask(store, task.docs[0], k=2).ids == ["a"]

@@ -8,7 +8,8 @@ with the documents and metadata; ``collection.get`` reads by id with the embeddi
 distances (the collection must be created with ``metadata={"hnsw:space": "cosine"}``), turned
 into cosine similarity ``1 - d``. No call carries more than ``ID_BATCH`` ids, ``$in`` values or
 rows (embedded Chroma binds them as SQLite variables): longer reads go in chunks, and a query
-restricted to more ids runs once per chunk, the top ``k`` merged by distance.
+restricted to more ids runs once per chunk, the top ``k`` merged by distance. Chroma's ``add``
+skips an id it holds, so re-adding an id deletes the old row first.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class ChromaAdapter(GenericAdapter):
     # chromadb fails a query that runs while rows it finds are deleted ("Error finding id", or rows
     # without metadata): reads run together, a write alone
     reads_together = True
+    replaces = True  # its add skips an id it holds (the update lost): _replace deletes the old row first
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
@@ -231,6 +233,10 @@ class ChromaAdapter(GenericAdapter):
             nodes.extend(n for n in _nodes(result["ids"], result["documents"], result["metadatas"],
                                            result.get("embeddings")) if n is not None)
         return nodes
+
+    def _replace(self, stored_ids: list[str]) -> None:
+        for chunk in _chunks(stored_ids, self._batch_size()):  # its add skips an id it holds (the update lost)
+            self.collection.delete(ids=chunk)
 
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         where = chroma_where(filters)  # the store deletes by filters only together with ids

@@ -41,12 +41,13 @@ class GenericAdapter:
     name = "generic"
     pays_per_hit = False  # True: each hit a search asks costs (rows, ANN breadth), so callers ask few spare hits
     reads_together = False  # True: reads run concurrently, a write alone (an engine whose reads fail under a write)
+    replaces = False  # True: _replace deletes, so an add reads the nodes it replaces first (restored if it fails)
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.version = 0
         self._lock = threading.RLock()
-        self._added: dict[str, None] = {}  # ids added through this adapter (listing fallback)
+        self._added: dict[str, Optional[str]] = {}  # id -> source document, of nodes added here (listing fallback)
         self._serial: Any = contextlib.nullcontext()  # a lock where the client is not thread safe
         self._rw = ReadWriteLock() if self.reads_together else None
         self._rows: OrderedDict[str, Any] = OrderedDict()  # node id -> the engine's row, until the next write
@@ -86,29 +87,54 @@ class GenericAdapter:
 
     # --- writes ---------------------------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode]) -> None:
+        nodes = list({n.node_id: n for n in nodes}.values())  # an id twice in one batch: its last node
         check_reserved(nodes)
-        check_owners(nodes, self._owners([engine_id(n.node_id) for n in nodes]))
+        owners = self._owners([engine_id(n.node_id) for n in nodes])
+        check_owners(nodes, owners)
+        held = [i for i in dict.fromkeys(engine_id(n.node_id) for n in nodes) if i in owners]
+        old = self._held(held)
         with self._writing():
-            self._add([to_engine(n) for n in nodes])
+            if held:
+                self._replace(held)
+            try:
+                self._add([to_engine(n) for n in nodes])
+            except Exception:
+                if old:  # the add refused (its nodes' metadata, say): the nodes it replaced, back as they were
+                    self._add(old)
+                raise
         with self._lock:
-            self._added.update(dict.fromkeys(n.node_id for n in nodes))
+            self._added.update((n.node_id, n.ref_doc_id) for n in nodes)
             self._name({engine_id(n.node_id): n.node_id for n in nodes})
             self._rows.clear()
             self.version += 1
 
-    def delete(self, ref_doc_id: str) -> None:
+    def delete(self, ref_doc_id: str) -> list[str]:
+        """Delete the nodes of a source document; the ids of those added here (now forgotten)."""
         with self._writing():
             self.engine.delete(ref_doc_id)
+        with self._lock:
+            gone = [i for i, doc in self._added.items() if doc == ref_doc_id]
+            for node_id in gone:
+                del self._added[node_id]
         self._wrote()
+        return gone
 
     def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         ids = None if node_ids is None else [engine_id(i) for i in node_ids]
         with self._writing():
             self._delete_nodes(ids, filters)
+        gone = self.gone(node_ids or [], filters)
         with self._lock:
-            for node_id in node_ids or ():
+            for node_id in gone:
                 self._added.pop(node_id, None)
         self._wrote()
+
+    def gone(self, node_ids: Sequence[str], filters: Optional[MetadataFilters]) -> list[str]:
+        """Of ``node_ids`` named to a delete with ``filters``, those no longer stored (the filters may keep some)."""
+        if not node_ids or filters is None or not filters.filters:
+            return list(node_ids)
+        kept = {n.node_id for n in self.get(list(node_ids), with_vectors=False)}
+        return [i for i in node_ids if i not in kept]
 
     def clear(self) -> None:
         with self._writing():
@@ -251,6 +277,18 @@ class GenericAdapter:
     # --- engine specifics (subclasses replace these) --------------------------------------------
     def _add(self, nodes: list[BaseNode]) -> None:
         self.engine.add(nodes)
+
+    def _replace(self, stored_ids: list[str]) -> None:
+        """Make way for nodes re-added under ``stored_ids`` (stored now), before ``_add``: nothing
+        where the store's add replaces a node (an engine whose add keeps the old row, or skips the
+        new one, deletes them, and sets ``replaces``)."""
+
+    def _held(self, stored_ids: list[str]) -> list[BaseNode]:
+        """The stored nodes an add replaces, as the engine stores them, where ``_replace`` deletes them."""
+        if not stored_ids or not self.replaces:
+            return []
+        with self._reading():
+            return [to_engine(from_engine(n)) for n in self._get(stored_ids, None, True)]
 
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         self.engine.delete_nodes(ids, filters=filters)

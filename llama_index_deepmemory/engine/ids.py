@@ -80,11 +80,26 @@ def to_engine(node: Any) -> Any:
     return copy
 
 
+def naming_itself(node: Any) -> Any:
+    """A copy of ``node`` (stored under its own id) carrying its id under the id key, for an engine
+    whose first add fixes the metadata fields (LanceDB): the key is then among them for the nodes
+    stored under a uuid5 later. :func:`from_engine` removes it."""
+    if ID_KEY in node.metadata:
+        return node
+    copy = node.model_copy(deep=True)
+    copy.metadata[ID_KEY] = node.node_id
+    for keys in (copy.excluded_embed_metadata_keys, copy.excluded_llm_metadata_keys):
+        if ID_KEY not in keys:
+            keys.append(ID_KEY)
+    return copy
+
+
 def from_engine(node: Any) -> Any:
     """``node`` as it was added: its original id restored and the id key removed, when the stored
-    id is the original's uuid5 (else the node keeps its stored id and its metadata as they are)."""
+    id is the original's uuid5 (else the node keeps its stored id and its metadata as they are,
+    less an id key naming that same id: :func:`naming_itself`)."""
     original = owner(node.node_id, node.metadata)
-    if original == node.node_id:
+    if original == node.node_id and node.metadata.get(ID_KEY) != node.node_id:
         return node
     node.metadata.pop(ID_KEY, None)
     node.id_ = original

@@ -16,12 +16,14 @@ Why not the store's own methods (llama-index-vector-stores-lancedb 0.6.0):
 The store's ``nprobes`` and ``refine_factor`` apply as in its ``query``. A table indexed for another
 metric than cosine is searched exactly (LanceDB falls back to a flat scan). The table's metadata is
 one struct column whose fields the first add fixes: LanceDB refuses a later node whose metadata has
-other keys (an upstream limit, left as it is). Reads run together, a write alone.
+other keys (an upstream limit, left as it is; the first add through this adapter carries the id key,
+so ids stored under a uuid5 can follow). Its ``add`` appends, so re-adding an id deletes the old row
+first. Reads run together, a write alone.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from llama_index.core.schema import BaseNode
@@ -30,18 +32,21 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
 from llama_index_deepmemory.engine.backend import Hits, Restriction
 from llama_index_deepmemory.engine.generic import GenericAdapter
-from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine, owner
+from llama_index_deepmemory.engine.ids import ID_KEY, engine_id, from_engine, naming_itself, owner
 
 _COMPARE = {FilterOperator.EQ: "=", FilterOperator.GT: ">", FilterOperator.GTE: ">=", FilterOperator.LT: "<",
             FilterOperator.LTE: "<="}
 
 
 def sql_literal(value: Any) -> str:
-    """``value`` as a LanceDB SQL literal (strings single-quoted, ``'`` doubled)."""
+    """``value`` as a LanceDB SQL literal (strings single-quoted, ``'`` doubled; floats cast to
+    DOUBLE, so they compare with int fields as numbers)."""
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return repr(value.item() if isinstance(value, np.generic) else value)
+    if isinstance(value, (float, np.floating)):  # typed: LanceDB refuses a bare float against an int field
+        return f"CAST({float(value)!r} AS DOUBLE)"
+    if isinstance(value, (int, np.integer)):
+        return repr(int(value))
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
     raise TypeError(f"cannot compare LanceDB metadata with {type(value).__name__} {value!r}; "
@@ -52,9 +57,20 @@ def id_in(column: str, values: Sequence[str]) -> str:
     return f"{column} IN ({','.join(sql_literal(str(v)) for v in values)})"
 
 
-def lance_where(filters: MetadataFilters, fields: Sequence[str]) -> str:
+def _kind(value: Any) -> str:
+    """``str``, ``number`` or ``other``: a value's kind, or (a pyarrow type) a field's."""
+    import pyarrow as pa
+
+    if isinstance(value, pa.DataType):
+        return "str" if pa.types.is_string(value) or pa.types.is_large_string(value) else \
+            "number" if pa.types.is_integer(value) or pa.types.is_floating(value) else "other"
+    return "str" if isinstance(value, str) else \
+        "number" if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) else "other"
+
+
+def lance_where(filters: MetadataFilters, fields: Mapping[str, str]) -> str:
     """LlamaIndex filters as a LanceDB SQL predicate over ``metadata.<key>`` (``fields``: the
-    metadata struct's keys; a key not among them is missing on every row). Each leaf is two-valued
+    metadata struct's keys and their :func:`_kind`; a key not among them is missing on every row). Each leaf is two-valued
     as in ``SimpleVectorStore``: a missing or null value matches only ``NE``, ``NIN`` and ``IS_EMPTY``."""
     parts = []
     for f in filters.filters:
@@ -73,13 +89,18 @@ def lance_where(filters: MetadataFilters, fields: Sequence[str]) -> str:
     return "(" + " AND ".join(parts) + ")"
 
 
-def _leaf(f: Any, fields: Sequence[str]) -> str:
+def _leaf(f: Any, fields: Mapping[str, str]) -> str:
     op = f.operator or FilterOperator.EQ
     negative = op in (FilterOperator.NE, FilterOperator.NIN, FilterOperator.IS_EMPTY)
     if f.key not in fields:
         return "TRUE" if negative else "FALSE"
     key = "metadata.`" + f.key.replace("`", "``") + "`"
     values = f.value if isinstance(f.value, list) else [f.value]
+    if op in (FilterOperator.EQ, FilterOperator.NE, FilterOperator.IN, FilterOperator.NIN):
+        # a value of another kind than the field's equals no stored value (LanceDB refuses the literal)
+        values = [v for v in values if fields[f.key] == "other" or _kind(v) in (fields[f.key], "other")]
+        if not values:
+            return "TRUE" if negative else "FALSE"
     if op in _COMPARE:
         return f"({key} IS NOT NULL AND {key} {_COMPARE[op]} {sql_literal(f.value)})"
     if op == FilterOperator.NE:
@@ -107,10 +128,11 @@ class LanceDBAdapter(GenericAdapter):
     # each hit asked costs: ``refine_factor`` full vectors re-ranked and its row read; Deep Memory asks few beyond
     pays_per_hit = True
     reads_together = True
+    replaces = True  # its add appends (the old row beside the new): _replace deletes the old row first
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
-        self._fields_of: tuple[Any, list[str]] | None = None  # (table, its metadata fields), read once
+        self._fields_of: tuple[Any, dict[str, str]] | None = None  # (table, its metadata fields' kinds), read once
 
     def _table(self) -> Any:
         """The store's table; None before its first add (the store creates it then)."""
@@ -121,13 +143,14 @@ class LanceDBAdapter(GenericAdapter):
                 return None
             raise
 
-    def _fields(self, table: Any) -> list[str]:
+    def _fields(self, table: Any) -> dict[str, str]:
         """The keys of the table's metadata struct, read once per table object: LanceDB fixes them at
         the first add, and reading the schema costs ~0.4 ms (each ids-only search and filter asks)."""
         known = self._fields_of
         if known is None or known[0] is not table:
             kind = table.schema.field("metadata").type
-            known = self._fields_of = (table, [kind.field(i).name for i in range(kind.num_fields)])
+            known = self._fields_of = (table, {kind.field(i).name: _kind(kind.field(i).type)
+                                               for i in range(kind.num_fields)})
         return known[1]
 
     def _where(self, table: Any, filters: Optional[MetadataFilters], *parts: str) -> Optional[str]:
@@ -279,6 +302,17 @@ class LanceDBAdapter(GenericAdapter):
             with self._writing():
                 table.delete(f"{self.engine.doc_id_key} = {sql_literal(str(ref_doc_id))}")
         self._wrote()
+
+    def _add(self, nodes: list[BaseNode]) -> None:
+        if self._table() is None:  # the first add fixes the metadata fields: the id key among them, so
+            # that a later node stored under a uuid5 (with the key) is not refused
+            nodes = [naming_itself(n) for n in nodes]
+        super()._add(nodes)
+
+    def _replace(self, stored_ids: list[str]) -> None:
+        table = self._table()
+        if table is not None:  # its add appends: the old row would stay beside the new
+            table.delete(id_in("id", stored_ids))
 
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         """By ids (quoted) and/or filters (the store's ``delete_nodes`` double-quotes ids and ignores filters)."""

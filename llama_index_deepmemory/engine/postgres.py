@@ -11,7 +11,10 @@ a bound parameter:
   documents and metadata filters;
 * listing and counting: its ``get_nodes()`` needs ids or filters
   ("AssertionError: Either node_ids or filters must be provided");
-* re-adding an id: its ``add`` inserts a second row, so the old row is deleted first.
+* re-adding an id: its ``add`` inserts a second row, so the old row is deleted first (and written
+  back if the add fails);
+* reading and deleting by metadata filters: the store writes filter values into its SQL unescaped
+  (``x' OR '1'='1`` matched, and deleted, every row), and its NE and NIN skip rows missing the key.
 """
 
 from __future__ import annotations
@@ -50,33 +53,47 @@ class _Params:
 
 def sql_where(filters: MetadataFilters, bind: _Params) -> str:
     """LlamaIndex filters as a SQL condition over ``metadata_`` (as ``PGVectorStore`` compares:
-    numbers as float, everything else as text)."""
+    numbers as float, everything else as text), every value bound, selecting what
+    ``SimpleVectorStore`` selects (a row missing the key passes NE and NIN only)."""
     parts = []
     for f in filters.filters:
         if isinstance(f, MetadataFilters):
             if f.filters:
                 parts.append(f"({sql_where(f, bind)})")
             continue
-        op, value, field = f.operator or FilterOperator.EQ, f.value, f"metadata_->>{bind(f.key)}"
-        if op in _COMPARE and isinstance(value, (int, float)) and not isinstance(value, bool):
-            parts.append(f"({field})::float {_COMPARE[op]} {bind(float(value))}")
-        elif op in _COMPARE:
-            parts.append(f"{field} {_COMPARE[op]} {bind(_text(value))}")
-        elif op in (FilterOperator.IN, FilterOperator.NIN):
-            test = f"{field} = ANY({bind([_text(v) for v in value])})"
-            parts.append(test if op == FilterOperator.IN else f"NOT ({test})")
-        elif op in (FilterOperator.TEXT_MATCH, FilterOperator.TEXT_MATCH_INSENSITIVE):
+        name = bind(f.key)
+        op, value, field = f.operator or FilterOperator.EQ, f.value, f"metadata_->>{name}"
+        # a number compares with a row's number only (another row's text under the key failed the cast)
+        number = f"(CASE WHEN jsonb_typeof((metadata_->{name})::jsonb) = 'number' THEN ({field})::float END)"
+        # NE and NIN as "not EQ" / "not IN": a row missing the key passes them, as in SimpleVectorStore
+        negate = {FilterOperator.NE: FilterOperator.EQ, FilterOperator.NIN: FilterOperator.IN}.get(op)
+        test = op if negate is None else negate
+        if test in _COMPARE and _number(value):
+            condition = f"{number} {_COMPARE[test]} {bind(float(value))}"
+        elif test in _COMPARE:
+            condition = f"{field} {_COMPARE[test]} {bind(_text(value))}"
+        elif test == FilterOperator.IN and value and all(_number(v) for v in value):  # numbers compare as numbers
+            condition = f"{number} = ANY(CAST({bind([float(v) for v in value])} AS float8[]))"
+        elif test == FilterOperator.IN:
+            condition = f"{field} = ANY(CAST({bind([_text(v) for v in value])} AS text[]))"
+        elif op in (FilterOperator.TEXT_MATCH, FilterOperator.TEXT_MATCH_INSENSITIVE):  # a substring, wildcards literal
             like = "LIKE" if op == FilterOperator.TEXT_MATCH else "ILIKE"
-            parts.append(f"{field} {like} {bind('%' + str(value) + '%')}")
+            escaped = str(value).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            condition = f"{field} {like} {bind('%' + escaped + '%')}"
         elif op == FilterOperator.IS_EMPTY:
-            parts.append(f"{field} IS NULL")
+            condition = f"{field} IS NULL"
         else:
             raise ValueError(f"filter operator {op.value!r} on {f.key!r} is not supported over PostgreSQL; use "
                              "EQ, NE, GT, GTE, LT, LTE, IN, NIN, TEXT_MATCH or IS_EMPTY")
+        parts.append(f"COALESCE({condition}, FALSE)" if negate is None else f"NOT COALESCE({condition}, FALSE)")
     condition = str(getattr(filters.condition, "value", filters.condition) or "and").lower()
     if condition not in ("and", "or"):
         raise ValueError(f"filter condition {condition!r} is not supported over PostgreSQL; use 'and' or 'or'")
     return f" {condition.upper()} ".join(parts) or "TRUE"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _text(value: Any) -> str:
@@ -108,6 +125,7 @@ def _node(node_id: str, text: str, metadata: Any, embedding: Any = None) -> Base
 class PostgresAdapter(GenericAdapter):
     name = "postgres"
     pays_per_hit = True  # each hit a search asks costs (rows read, a wider HNSW walk): Deep Memory asks few beyond
+    replaces = True  # its add inserts a second row under an id it holds: _replace deletes the old row first
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
@@ -213,8 +231,11 @@ class PostgresAdapter(GenericAdapter):
         rest (and, with filters, all) through the store's ``get_nodes``."""
         if not stored_ids:  # its get_nodes(node_ids=[]) returns every row
             return []
+        if filters is not None and filters.filters:  # the store writes filter values into its SQL unescaped
+            return [_stored_node(r[1], r[2], r[3], r[4] if with_vectors else None)
+                    for r in self._filtered_rows(filters, with_vectors, stored_ids)]
         with self._lock:
-            known = {i: self._keys[i] for i in stored_ids if i in self._keys} if filters is None else {}
+            known = {i: self._keys[i] for i in stored_ids if i in self._keys}
         found: list[BaseNode] = []
         if known:
             columns = "node_id, text, metadata_" + (", embedding::text" if with_vectors else "")
@@ -225,15 +246,46 @@ class PostgresAdapter(GenericAdapter):
             stored_ids = [i for i in stored_ids if i not in done]
             if not stored_ids:
                 return found
-        nodes = found + self.engine.get_nodes(node_ids=stored_ids, filters=filters)
+        nodes = found + self.engine.get_nodes(node_ids=stored_ids)
         for node in nodes:
             if node.embedding is not None and not isinstance(node.embedding, list):
                 node.embedding = [float(x) for x in node.embedding]  # pgvector hands out numpy arrays
         return nodes
 
-    def _add(self, nodes: list[BaseNode]) -> None:
-        self.engine.delete_nodes([n.node_id for n in nodes])  # its add would keep the old row beside the new
-        self.engine.add(nodes)
+    def _filtered_rows(self, filters: MetadataFilters, with_vectors: bool,
+                       stored_ids: Optional[list[str]] = None) -> list[Any]:
+        """Rows (key, node id, text, metadata[, vector text]) passing ``filters`` (and among
+        ``stored_ids``), by this module's SQL: the store's own writes filter values into its SQL
+        unescaped (``it's`` failed; ``x' OR '1'='1`` matched, and deleted, every row)."""
+        bind = _Params()
+        where = [f"({sql_where(filters, bind)})"]
+        if stored_ids is not None:
+            where.append(f"node_id = ANY({bind(list(stored_ids))})")
+        columns = "id, node_id, text, metadata_" + (", embedding::text" if with_vectors else "")
+        rows = self._execute(f"SELECT {columns} FROM {self._table} WHERE {' AND '.join(where)} ORDER BY id",
+                             bind.values)
+        self._key_rows({r[1]: int(r[0]) for r in rows})
+        return rows
+
+    def filtered(self, filters: MetadataFilters) -> list[BaseNode]:
+        with self._reading():
+            rows = self._filtered_rows(filters, True)
+        return [_node(r[1], r[2], r[3], r[4]) for r in rows]
+
+    def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
+        if ids is not None and not ids:  # nothing named (the store would delete every filter match)
+            return
+        if filters is None or not filters.filters:
+            super()._delete_nodes(ids, filters)
+            return
+        bind = _Params()  # by this module's SQL (see _filtered_rows)
+        where = [f"({sql_where(filters, bind)})"]
+        if ids is not None:
+            where.append(f"node_id = ANY({bind(list(ids))})")
+        self._execute(f"DELETE FROM {self._table} WHERE {' AND '.join(where)} RETURNING id", bind.values)
+
+    def _replace(self, stored_ids: list[str]) -> None:
+        self.engine.delete_nodes(stored_ids)  # its add would keep the old row beside the new
 
     def pages(self, with_vectors: bool, limit: int) -> Iterator[list[BaseNode]]:
         """Every row, a page at a time (keyset on the table's ``id``)."""

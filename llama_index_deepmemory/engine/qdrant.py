@@ -48,16 +48,17 @@ def _subfilter(filters: MetadataFilters, rest: Any) -> Any:
         op, value, key = f.operator or FilterOperator.EQ, f.value, f.key
         values = value if isinstance(value, list) else str(value).split(",")
         if op == FilterOperator.EQ:
-            conditions.append(rest.FieldCondition(key=key, range=rest.Range(gte=value, lte=value))
-                              if isinstance(value, float) else rest.FieldCondition(key=key, match=rest.MatchValue(value=value)))
+            conditions.append(_equal(key, value, rest))
         elif op in _RANGES:
             conditions.append(rest.FieldCondition(key=key, range=rest.Range(**{_RANGES[op]: value})))
+        # NE and NIN as "not EQ" / "not IN": a point missing the key passes them, as in SimpleVectorStore
+        # (Qdrant's MatchExcept skips it)
         elif op == FilterOperator.NE:
-            conditions.append(rest.FieldCondition(key=key, match=rest.MatchExcept(**{"except": [value]})))
+            conditions.append(rest.Filter(must_not=[_equal(key, value, rest)]))
         elif op == FilterOperator.IN:
-            conditions.append(rest.FieldCondition(key=key, match=rest.MatchAny(any=values)))
+            conditions.append(_any(key, values, rest))
         elif op == FilterOperator.NIN:
-            conditions.append(rest.FieldCondition(key=key, match=rest.MatchExcept(**{"except": values})))
+            conditions.append(rest.Filter(must_not=[_any(key, values, rest)]))
         elif op in (FilterOperator.TEXT_MATCH, FilterOperator.TEXT_MATCH_INSENSITIVE):
             conditions.append(rest.FieldCondition(key=key, match=rest.MatchText(text=value)))
         elif op == FilterOperator.IS_EMPTY:
@@ -65,11 +66,32 @@ def _subfilter(filters: MetadataFilters, rest: Any) -> Any:
         else:
             raise ValueError(f"filter operator {op.value!r} on {key!r} is not supported over Qdrant; "
                              "use EQ, NE, GT, GTE, LT, LTE, IN, NIN, TEXT_MATCH or IS_EMPTY")
-    part = {FilterCondition.AND: "must", FilterCondition.OR: "should"}.get(filters.condition, "must_not")
+    condition = filters.condition or FilterCondition.AND  # None: AND, as in SimpleVectorStore (not NOT)
+    part = {FilterCondition.AND: "must", FilterCondition.OR: "should"}.get(condition, "must_not")
     return rest.Filter(**{part: conditions})
 
 
 _RANGES = {FilterOperator.LT: "lt", FilterOperator.GT: "gt", FilterOperator.GTE: "gte", FilterOperator.LTE: "lte"}
+_EXACT = 2**53  # ints up to this compare exactly as floats
+
+
+def _equal(key: str, value: Any, rest: Any) -> Any:
+    """``key`` equal to ``value``; a number as a one-point range, which matches an int and a float
+    payload alike (``MatchValue(1)`` skips a payload ``1.0``; it takes no float)."""
+    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _EXACT):
+        return rest.FieldCondition(key=key, range=rest.Range(gte=value, lte=value))
+    return rest.FieldCondition(key=key, match=rest.MatchValue(value=value))
+
+
+def _any(key: str, values: list, rest: Any) -> Any:
+    """``key`` equal to one of ``values`` (numbers compared as :func:`_equal` compares them)."""
+    numbers = [_equal(key, v, rest) for v in values]
+    ranges = [c for c in numbers if c.range is not None]
+    if not ranges:
+        return rest.FieldCondition(key=key, match=rest.MatchAny(any=values))
+    exact = [c.match.value for c in numbers if c.range is None]
+    exact_match = [rest.FieldCondition(key=key, match=rest.MatchAny(any=exact))] if exact else []
+    return rest.Filter(should=ranges + exact_match)
 
 
 class QdrantAdapter(GenericAdapter):
@@ -99,13 +121,23 @@ class QdrantAdapter(GenericAdapter):
         with self._lock:
             self._exists = False  # a clear drops the collection (a delete keeps it: no new check)
 
-    def delete(self, ref_doc_id: str) -> None:
-        if self._ready():
-            super().delete(ref_doc_id)
+    def delete(self, ref_doc_id: str) -> list[str]:
+        return super().delete(ref_doc_id) if self._ready() else []
 
     def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         if self._ready():
             super().delete_nodes(node_ids, filters)
+
+    def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
+        """The named points that pass ``filters`` (the store's own puts the ids among an OR
+        group's conditions, deleting every match)."""
+        if ids is not None and not ids:
+            return
+        where = qdrant_filter(filters, ids)
+        if where is None:
+            super()._delete_nodes(ids, filters)
+            return
+        self.engine.client.delete(self._collection, points_selector=where)
 
 
     def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool | None = True) -> Hits:
@@ -156,8 +188,18 @@ class QdrantAdapter(GenericAdapter):
         nodes = {n.node_id: n for n in self._nodes([engine_id(i) for i in dict.fromkeys(node_ids)], with_vectors)}
         return [nodes[i] for i in dict.fromkeys(node_ids) if i in nodes]
 
+    def _get(self, stored_ids: list[str], filters: Optional[MetadataFilters], with_vectors: bool) -> list[BaseNode]:
+        """Points by id passing ``filters`` (translated as searches translate them, not by the store)."""
+        if not stored_ids:
+            return []
+        return [n for page in self._scroll(qdrant_filter(filters, stored_ids), with_vectors, len(stored_ids))
+                for n in page]
+
     def filtered(self, filters: MetadataFilters) -> list[BaseNode]:
-        return super().filtered(filters) if self._ready() else []
+        """Every point passing ``filters`` (translated as searches translate them, not by the store)."""
+        if not self._ready():
+            return []
+        return [from_engine(n) for page in self._scroll(qdrant_filter(filters), True, 1024) for n in page]
 
     def _owners(self, stored_ids: list[str]) -> dict[str, str]:
         if not stored_ids or not self._ready():
@@ -175,13 +217,19 @@ class QdrantAdapter(GenericAdapter):
         """Every point, a page at a time (``scroll``)."""
         if not self._ready():
             return
+        for nodes in self._scroll(None, with_vectors, limit):
+            yield self._listed([from_engine(n) for n in nodes])
+
+    def _scroll(self, where: Any, with_vectors: bool, limit: int) -> Iterator[list[BaseNode]]:
+        """The points passing ``where`` (None: all), as stored, a page of ``limit`` at a time (``scroll``)."""
         offset = None
         while True:
             with self._reading():
-                points, offset = self.engine.client.scroll(collection_name=self._collection, limit=limit,
-                                                           offset=offset, with_payload=True, with_vectors=with_vectors)
+                points, offset = self.engine.client.scroll(collection_name=self._collection, scroll_filter=where,
+                                                           limit=limit, offset=offset, with_payload=True,
+                                                           with_vectors=with_vectors)
             if points:
-                yield self._listed([from_engine(n) for n in self.engine.parse_to_query_result(points).nodes])
+                yield self.engine.parse_to_query_result(points).nodes
             if offset is None:
                 return
 

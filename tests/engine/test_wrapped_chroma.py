@@ -21,8 +21,8 @@ from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
     EVEN, ask, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
-    check_ids_cannot_impersonate, check_listing, check_reopened, check_restrictions, check_threads, faiss_twin,
-    nodes_with_docs, with_model,
+    check_failed_readd_keeps_the_node, check_ids_cannot_impersonate, check_listing, check_readding_replaces,
+    check_reopened, check_restrictions, check_threads, faiss_twin, nodes_with_docs, with_model,
 )
 
 COSINE = {"hnsw:space": "cosine"}
@@ -177,3 +177,25 @@ def test_ids_rows_and_in_values_go_to_chroma_a_batch_at_a_time(task, tmp_path, m
     assert sum(name == "get" for name, _ in calls) > len(ids) // 7  # listing and reads were batched
     store.delete_nodes(restricted)
     assert max(size for _, size in calls) <= 7 and len(store) == len(ids) - len(restricted) + 1
+
+
+def test_adding_an_id_again_replaces_the_node(task, client, request) -> None:
+    """Chroma's add skips an id it holds: the update was dropped, the old node kept."""
+    name = f"readd-{request.node.callspec.id}"
+    collection = client.get_or_create_collection(name, metadata=COSINE)
+    try:
+        check_readding_replaces(task, DeepMemoryVectorStore(
+            vector_store=ChromaVectorStore(chroma_collection=collection)))
+    finally:
+        client.delete_collection(name)
+
+
+def test_a_refused_readd_keeps_the_stored_node(task, client, request) -> None:
+    """The store refuses a list in metadata: the old node stays."""
+    name = f"refused-{request.node.callspec.id}"
+    collection = client.get_or_create_collection(name, metadata=COSINE)
+    try:
+        check_failed_readd_keeps_the_node(
+            task, DeepMemoryVectorStore(vector_store=ChromaVectorStore(chroma_collection=collection)), {"k": [1, 2]})
+    finally:
+        client.delete_collection(name)

@@ -135,3 +135,28 @@ def test_the_add_guard_reads_owners_a_batch_at_a_time(task, pair, monkeypatch) -
 
     monkeypatch.setattr(generic, "OWNER_BATCH", 3)
     check_ids_cannot_impersonate(task, pair[1])
+
+
+def test_a_node_delete_nodes_kept_stays_listed(task, pair) -> None:
+    """The store cannot list: the wrapper lists the nodes added through it, and forgot a node named
+    to delete_nodes that the filters kept (still stored and found, yet gone from the listing, the
+    count and the keyword statistics)."""
+    tiny = pair[1]
+    n = len(task.ids)
+    tiny.delete_nodes(["node_1", "node_2"], filters=EVEN)  # node_1 is odd: kept
+    assert len(tiny) == n - 1
+    listed = {node.node_id for node in tiny.get_nodes()}
+    assert "node_1" in listed and "node_2" not in listed and len(listed) == n - 1
+    assert "node_1" in {i for ids, _ in tiny._backend.iter_texts() for i in ids}
+    assert ask(tiny, task.docs[1], k=1).ids == ["node_1"]
+
+
+def test_a_document_delete_leaves_the_listing(task, pair) -> None:
+    """The store cannot list: the nodes of a deleted document stayed in the count and the keyword
+    statistics (the nodes added through the wrapper, never told of the delete)."""
+    tiny = pair[1]
+    tiny.delete("doc_0")  # node_0 .. node_9
+    gone = {f"node_{j}" for j in range(10)}
+    assert len(tiny) == len(task.ids) - 10
+    assert not gone & {node.node_id for node in tiny.get_nodes()}
+    assert not gone & {i for ids, _ in tiny._backend.iter_texts() for i in ids}

@@ -27,8 +27,9 @@ from llama_index_deepmemory.engine.lancedb import LanceDBAdapter  # noqa: E402
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
-    EVEN, check_deletes_filters_and_get_nodes, check_ids_cannot_impersonate, check_listing, check_plain_equals_engine,
-    check_ranks_like_faiss, check_reopened, check_restrictions, check_threads, faiss_twin, nodes_with_docs, with_model,
+    EVEN, check_deletes_filters_and_get_nodes, check_failed_readd_keeps_the_node, check_ids_cannot_impersonate,
+    check_listing, check_plain_equals_engine, check_ranks_like_faiss, check_readding_replaces, check_reopened,
+    check_restrictions, check_threads, faiss_twin, nodes_with_docs, with_model,
 )
 
 
@@ -227,3 +228,77 @@ def test_two_writer_processes_keep_each_others_nodes(tmp_path) -> None:
     assert len(fresh) == len(kept)
     assert sorted(n.node_id for n in fresh.get_nodes(kept)) == sorted(kept)
     assert sorted(i for ids, _ in fresh.iter_texts() for i in ids) == sorted(kept)
+
+
+def test_float_filter_values_compare_with_integer_metadata(task, tmp_path) -> None:
+    """LanceDB refused a float literal against an int field ("could not convert to literal of
+    type 'Int64'"); SimpleVectorStore compares the numbers."""
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    nodes = [TextNode(id_=f"n{j}", text=f"t{j}", metadata={"a": j, "f": j / 2}, embedding=task.docs[j].tolist())
+             for j in range(5)]
+    simple = SimpleVectorStore()
+    simple.add([n.model_copy(deep=True) for n in nodes])
+    store = DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path)))
+    store.add(nodes)
+    for leaf in (MetadataFilter(key="a", value=2.0), MetadataFilter(key="a", value=1.5, operator=FilterOperator.GT),
+                 MetadataFilter(key="a", value=2.5, operator=FilterOperator.LTE),
+                 MetadataFilter(key="a", value=[1.0, 3.0], operator=FilterOperator.IN),
+                 MetadataFilter(key="a", value=2.0, operator=FilterOperator.NE),
+                 MetadataFilter(key="f", value=1, operator=FilterOperator.GTE)):
+        filters = MetadataFilters(filters=[leaf])
+        expected = set(simple.query(VectorStoreQuery(query_embedding=task.docs[0].tolist(), similarity_top_k=10,
+                                                     filters=filters)).ids)
+        assert {n.node_id for n in store.get_nodes(filters=filters)} == expected, leaf
+        assert set(ask_ids(store, task.docs[0], filters=filters)) == expected, leaf
+
+
+def test_adding_an_id_again_replaces_the_node(task, tmp_path) -> None:
+    """The store appends: the old row stayed beside the new one (the id twice in results)."""
+    check_readding_replaces(task, DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path))))
+
+
+def test_a_refused_readd_keeps_the_stored_node(task, tmp_path) -> None:
+    """LanceDB refuses metadata keys its first add did not fix: the old row stays."""
+    check_failed_readd_keeps_the_node(task, DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path))),
+                                      {"k": 1, "new": 2})
+
+
+def test_a_table_first_filled_with_uuid_ids_takes_other_ids_later(task, tmp_path) -> None:
+    """LlamaIndex names nodes by uuid4, stored as themselves; the first add fixes the metadata
+    fields, so a later ``node_7`` (stored under its uuid5 with the id key) was refused: "field
+    'deepmemory_id' does not exist in table schema"."""
+    import uuid
+
+    store = DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path)))
+    first = str(uuid.uuid4())
+    store.add([TextNode(id_=first, text="first", metadata={"k": 1}, embedding=task.docs[0].tolist())])
+    store.add([TextNode(id_="node_7", text="seventh", metadata={"k": 2}, embedding=task.docs[1].tolist())])
+    assert sorted((n.node_id, n.text, n.metadata) for n in store.get_nodes()) == sorted(
+        [(first, "first", {"k": 1}), ("node_7", "seventh", {"k": 2})])
+    assert ask_ids(store, task.docs[1])[:1] == ["node_7"] and ask_ids(store, task.docs[0])[:1] == [first]
+    assert [n.node_id for n in store.get_nodes(["node_7", first])] == ["node_7", first]
+    store.delete_nodes(["node_7"])
+    assert [n.node_id for n in store.get_nodes()] == [first]
+
+
+def test_a_value_of_another_type_than_the_field_matches_as_in_simple_vector_store(task, tmp_path) -> None:
+    """LanceDB refused a string literal against an int field (and a number against a string one):
+    "could not convert to Int64"; SimpleVectorStore finds no equal value (NE and NIN: every node)."""
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    nodes = [TextNode(id_=f"n{j}", text=f"t{j}", metadata={"a": j, "s": f"v{j}"}, embedding=task.docs[j].tolist())
+             for j in range(4)]
+    simple = SimpleVectorStore()
+    simple.add([n.model_copy(deep=True) for n in nodes])
+    store = DeepMemoryVectorStore(vector_store=lancedb_engine(str(tmp_path)))
+    store.add(nodes)
+    for key, value, operator in (("a", "x", "=="), ("a", "1", "=="), ("a", "x", "!="), ("s", 1, "=="), ("s", 1, "!="),
+                                 ("a", ["x", "y"], "in"), ("a", ["x"], "nin"), ("s", [1], "nin"), ("s", [1, 2], "in")):
+        filters = MetadataFilters(filters=[MetadataFilter(key=key, value=value, operator=FilterOperator(operator))])
+        expected = set(simple.query(VectorStoreQuery(query_embedding=task.docs[0].tolist(), similarity_top_k=10,
+                                                     filters=filters)).ids)
+        assert {n.node_id for n in store.get_nodes(filters=filters)} == expected, (key, value, operator)
+        assert set(ask_ids(store, task.docs[0], filters=filters)) == expected, (key, value, operator)

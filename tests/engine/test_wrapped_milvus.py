@@ -12,14 +12,15 @@ import pytest
 
 pytest.importorskip("milvus_lite")
 pytest.importorskip("llama_index.vector_stores.milvus")
+from llama_index.core.schema import NodeRelationship, RelatedNodeInfo  # noqa: E402
 from llama_index.vector_stores.milvus import MilvusVectorStore  # noqa: E402
 
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
-    EVEN, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
-    check_ids_cannot_impersonate, check_listing, check_reopened, check_restrictions, check_threads, faiss_twin,
-    nodes_with_docs, with_model,
+    EVEN, ask, check_deletes_filters_and_get_nodes, check_plain_equals_engine, check_ranks_like_faiss,
+    check_delete_nodes_like_simple, check_filters_like_simple, check_ids_cannot_impersonate, check_listing,
+    check_reopened, check_restrictions, check_threads, faiss_twin, nodes_with_docs, with_model,
 )
 
 
@@ -133,5 +134,134 @@ def test_queries_under_threads_while_adding_and_deleting(task, tmp_path) -> None
     with_model(task, store)
     try:
         check_threads(task, store)
+    finally:
+        store.vector_store.client.close()
+
+
+def test_delete_nodes_removes_only_the_named_nodes_that_pass_the_filters(task, tmp_path) -> None:
+    """The store's delete_nodes ORs the ids into an OR of filters (deleting every match) and,
+    given no ids, deletes every filter match."""
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "delete_nodes.db"), overwrite=True))
+    try:
+        check_delete_nodes_like_simple(task, store)
+    finally:
+        store.vector_store.client.close()
+
+
+def test_a_document_id_with_quotes_restricts_and_deletes_only_its_own_nodes(task, tmp_path) -> None:
+    """The store writes ``doc_id in ["<id>"]`` unescaped: a quote broke the expression, and
+    ``x"] or doc_id not in ["`` deleted every node."""
+    from llama_index.core.schema import TextNode
+
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "docs.db"), overwrite=True))
+    docs = ['x"] or doc_id not in ["', 'it\'s "x" \\ \u00fc', "plain"]
+    nodes = [TextNode(id_=f"n{j}", text=f"t{j}", embedding=task.docs[j].tolist()) for j in range(len(docs))]
+    for node, doc in zip(nodes, docs):
+        node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=doc)
+    try:
+        store.add(nodes)
+        for j, doc in enumerate(docs):  # a query restricted to the document (the store wrote it unescaped too)
+            assert ask(store, task.docs[j], k=3, doc_ids=[doc]).ids == [f"n{j}"]
+            assert ask(store, task.docs[j], k=3, doc_ids=[doc], deep_memory=False, filters=EVEN).ids == []
+        store.delete(docs[0])
+        assert sorted(n.node_id for n in store.get_nodes()) == ["n1", "n2"]
+        store.delete(docs[1])
+        assert [n.node_id for n in store.get_nodes()] == ["n2"]
+    finally:
+        store.vector_store.client.close()
+
+
+def test_a_not_condition_is_refused_not_ignored(task, tmp_path) -> None:
+    """The store joins a NOT group's filters with "not": one filter came back unnegated (the
+    opposite nodes matched, and delete_nodes deleted the nodes it should have kept)."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import FilterCondition, MetadataFilter, MetadataFilters
+
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "not.db"), overwrite=True))
+    nodes = [TextNode(id_=f"n{j}", text=f"t{j}", metadata={"a": j}, embedding=task.docs[j].tolist()) for j in range(4)]
+    not_one = MetadataFilters(filters=[MetadataFilter(key="a", value=1)], condition=FilterCondition.NOT)
+    nested = MetadataFilters(filters=[MetadataFilter(key="a", value=0, operator=">"), not_one])
+    try:
+        store.add(nodes)
+        for filters in (not_one, nested):
+            with pytest.raises(ValueError, match="condition 'not' is not supported over Milvus"):
+                store.delete_nodes(filters=filters)
+            with pytest.raises(ValueError, match="condition 'not' is not supported over Milvus"):
+                store.get_nodes(filters=filters)
+            with pytest.raises(ValueError, match="condition 'not' is not supported over Milvus"):
+                ask(store, task.docs[0], k=4, filters=filters)
+        assert len(store.get_nodes()) == 4
+    finally:
+        store.vector_store.client.close()
+
+
+def test_filters_select_what_simple_vector_store_selects(task, tmp_path) -> None:
+    """Milvus's ``!=`` (the store's NE) skipped rows missing the key; SimpleVectorStore keeps them."""
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "filters.db"), overwrite=True))
+    try:
+        check_filters_like_simple(task, store)
+    finally:
+        store.vector_store.client.close()
+
+
+def test_string_filter_values_are_values_not_expressions(task, tmp_path) -> None:
+    """The store quotes a TEXT_MATCH value unescaped (and as a prefix: SimpleVectorStore matches a
+    substring), and leaves backslashes unescaped in the others: ``x' or a >= 0 or s like '``
+    matched (and deleted) every node."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters, VectorStoreQuery
+
+    values = ["a_b", "axb", "a%b", "it's", "y\\z", "Pine"]
+    nodes = [TextNode(id_=f"n{j}", text=f"t{j}", metadata={"s": v, "a": j}, embedding=task.docs[j].tolist())
+             for j, v in enumerate(values)]
+    simple = SimpleVectorStore()
+    simple.add([n.model_copy(deep=True) for n in nodes])
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "values.db"), overwrite=True))
+    injection = "x' or a >= 0 or s like '"
+    cases = [("==", "y\\z"), ("==", "it's"), ("!=", "y\\z"), ("text_match", "in"), ("text_match", "a_b"),
+             ("text_match", "a%b"), ("text_match", "t's"), ("text_match", "y\\z"), ("text_match", injection)]
+    try:
+        store.add(nodes)
+        for operator, value in cases:
+            filters = MetadataFilters(filters=[MetadataFilter(key="s", value=value, operator=FilterOperator(operator))])
+            expected = set(simple.query(VectorStoreQuery(query_embedding=task.docs[0].tolist(), similarity_top_k=10,
+                                                         filters=filters)).ids)
+            assert {n.node_id for n in store.get_nodes(filters=filters)} == expected, (operator, value)
+            assert set(ask(store, task.docs[0], k=10, filters=filters).ids) == expected, (operator, value)
+        store.delete_nodes(filters=MetadataFilters(filters=[MetadataFilter(key="s", value=injection,
+                                                                           operator=FilterOperator.TEXT_MATCH)]))
+        assert len(store.get_nodes()) == len(values)
+    finally:
+        store.vector_store.client.close()
+
+
+def test_metadata_keys_are_names_not_expressions(task, tmp_path) -> None:
+    """The store writes a filter's key bare into its expression: ``a-b`` filtered on a minus b
+    (silently the wrong nodes), ``my key`` failed."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters, VectorStoreQuery
+
+    metadatas = [{"a-b": 1, "a": 3, "b": 2, "my key": "x", "in": 1}, {"a-b": 1, "a": 5, "b": 1, "my key": "y", "in": 2}]
+    nodes = [TextNode(id_=f"n{j}", text=f"t{j}", metadata=m, embedding=task.docs[j].tolist())
+             for j, m in enumerate(metadatas)]
+    simple = SimpleVectorStore()
+    simple.add([n.model_copy(deep=True) for n in nodes])
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "keys.db"), overwrite=True))
+    try:
+        store.add(nodes)
+        for key, value, operator in (("a-b", 1, "=="), ("a-b", 0, ">"), ("my key", "x", "=="), ("in", 1, "=="),
+                                     ("a", 3, "==")):
+            filters = MetadataFilters(filters=[MetadataFilter(key=key, value=value, operator=FilterOperator(operator))])
+            expected = set(simple.query(VectorStoreQuery(query_embedding=task.docs[0].tolist(), similarity_top_k=10,
+                                                         filters=filters)).ids)
+            assert {n.node_id for n in store.get_nodes(filters=filters)} == expected, key
+            assert set(ask(store, task.docs[0], k=2, filters=filters).ids) == expected, key
+        for key, value, operator in (("my key", "x", "!="), ("in", [1], "in"), ("a-b", [1], "nin")):
+            filters = MetadataFilters(filters=[MetadataFilter(key=key, value=value, operator=FilterOperator(operator))])
+            with pytest.raises(ValueError, match="rename the metadata key"):  # Milvus cannot test a $meta path with in
+                store.delete_nodes(filters=filters)
+        assert len(store.get_nodes()) == 2
     finally:
         store.vector_store.client.close()

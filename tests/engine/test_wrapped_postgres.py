@@ -20,8 +20,10 @@ from llama_index_deepmemory.deep_memory.models import LEXICAL_DEPTH  # noqa: E40
 from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from synthetic import DIM, N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
 from wrapped_checks import (  # noqa: E402
-    EVEN, ask, check_deletes_filters_and_get_nodes, check_ids_cannot_impersonate, check_listing, check_threads, check_plain_equals_engine, check_ranks_like_faiss,
-    check_reopened, check_restrictions, faiss_twin, nodes_with_docs, with_model,
+    EVEN, ask, check_delete_nodes_like_simple, check_deletes_filters_and_get_nodes,
+    check_failed_readd_keeps_the_node, check_filters_like_simple, check_ids_cannot_impersonate, check_listing,
+    check_threads, check_plain_equals_engine, check_ranks_like_faiss, check_readding_replaces, check_reopened,
+    check_restrictions, faiss_twin, nodes_with_docs, with_model,
 )
 
 _tables = itertools.count()
@@ -180,3 +182,75 @@ def test_the_server_reads_a_sent_vector_back_exactly(postgres_server) -> None:
         connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
         back = connection.execute(text("SELECT CAST(:v AS vector)::text"), {"v": _vector(q)}).scalar()
     np.testing.assert_array_equal(np.array(back[1:-1].split(","), dtype=np.float32), q)
+
+
+def test_delete_nodes_removes_only_the_named_nodes_that_pass_the_filters(task, postgres_server) -> None:
+    """The store's delete_nodes([], filters=...) deleted every node passing the filters."""
+    check_delete_nodes_like_simple(task, DeepMemoryVectorStore(
+        vector_store=pg_engine(postgres_server, f"docs{next(_tables)}")))
+
+
+def test_filter_values_are_bound_not_spliced_into_sql(task, postgres_server) -> None:
+    """The store writes filter values into its SQL unescaped (get_nodes and delete_nodes by
+    filters): ``it's`` failed, and ``x' OR '1'='1`` matched and deleted every node."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
+
+    store = DeepMemoryVectorStore(vector_store=pg_engine(postgres_server, f"docs{next(_tables)}"))
+    values = ["it's", "plain", "o''k"]
+    store.add([TextNode(id_=f"n{j}", text=f"t{j}", metadata={"s": v}, embedding=task.docs[j].tolist())
+               for j, v in enumerate(values)])
+    for j, value in enumerate(values):
+        filters = MetadataFilters(filters=[MetadataFilter(key="s", value=value)])
+        assert [n.node_id for n in store.get_nodes(filters=filters)] == [f"n{j}"]
+        assert [n.node_id for n in store.get_nodes(["n0", "n1", "n2"], filters=filters)] == [f"n{j}"]
+        assert ask(store, task.docs[0], k=3, filters=filters).ids == [f"n{j}"]
+    for operator in (FilterOperator.EQ, FilterOperator.TEXT_MATCH, FilterOperator.IN):
+        value = "x' OR '1'='1"
+        injection = MetadataFilters(filters=[MetadataFilter(key="s", value=[value] if operator == "in" else value,
+                                                            operator=operator)])
+        assert store.get_nodes(filters=injection) == []
+        store.delete_nodes(filters=injection)
+        assert len(store.get_nodes()) == 3, operator
+    for value, expected in (("'", ["n0", "n2"]), ("%", []), ("l_i", [])):  # a substring; LIKE's wildcards literal
+        filters = MetadataFilters(filters=[MetadataFilter(key="s", value=value, operator=FilterOperator.TEXT_MATCH)])
+        assert [n.node_id for n in store.get_nodes(filters=filters)] == expected, value
+        assert sorted(ask(store, task.docs[0], k=3, filters=filters).ids) == expected, value
+    store.delete_nodes(filters=MetadataFilters(filters=[MetadataFilter(key="s", value="it's")]))
+    assert sorted(n.node_id for n in store.get_nodes()) == ["n1", "n2"]
+
+
+def test_filters_select_what_simple_vector_store_selects(task, postgres_server) -> None:
+    """NE and NIN skipped rows missing the key (SQL's NULL), and IN compared numbers as text
+    (``1.0`` is not ``'1'``); SimpleVectorStore keeps those rows and compares the numbers."""
+    check_filters_like_simple(task, DeepMemoryVectorStore(
+        vector_store=pg_engine(postgres_server, f"docs{next(_tables)}")))
+
+
+def test_a_refused_readd_keeps_the_stored_node(task, postgres_server) -> None:
+    """The adapter deletes an id's old row before the store's add (which would keep both): metadata
+    PostgreSQL refuses (a NUL character in JSONB) lost the node."""
+    check_failed_readd_keeps_the_node(task, DeepMemoryVectorStore(
+        vector_store=pg_engine(postgres_server, f"docs{next(_tables)}")), {"k": "a\x00b"})
+
+
+def test_adding_an_id_again_replaces_the_node(task, postgres_server) -> None:
+    check_readding_replaces(task, DeepMemoryVectorStore(
+        vector_store=pg_engine(postgres_server, f"docs{next(_tables)}")))
+
+
+def test_a_number_filter_passes_over_rows_holding_text_under_the_key(task, postgres_server) -> None:
+    """Numbers compare as ``(metadata_->>key)::float``: one row holding ``"unknown"`` under the key
+    failed every query ("invalid input syntax for type double precision"); SimpleVectorStore finds it
+    unequal."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
+
+    store = DeepMemoryVectorStore(vector_store=pg_engine(postgres_server, f"docs{next(_tables)}"))
+    store.add([TextNode(id_=f"n{j}", text=f"t{j}", metadata=m, embedding=task.docs[j].tolist())
+               for j, m in enumerate([{"y": 2020}, {"y": "unknown"}, {}, {"y": 2020.0}])])
+    for value, operator, expected in ((2020, "==", ["n0", "n3"]), (2020, "!=", ["n1", "n2"]),
+                                      ([2020], "in", ["n0", "n3"]), ([2020], "nin", ["n1", "n2"])):
+        filters = MetadataFilters(filters=[MetadataFilter(key="y", value=value, operator=FilterOperator(operator))])
+        assert sorted(n.node_id for n in store.get_nodes(filters=filters)) == expected, operator
+        assert sorted(ask(store, task.docs[0], k=4, filters=filters).ids) == expected, operator

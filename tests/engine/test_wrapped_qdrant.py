@@ -27,7 +27,9 @@ from llama_index_deepmemory.store import DeepMemoryVectorStore  # noqa: E402
 from llama_index_deepmemory.wrapped_store import WRAPPED_KEYWORD_DEPTH  # noqa: E402
 from synthetic import N_TRAIN, OPTIONS, KeywordTask  # noqa: E402
 from synthetic import hand_model  # noqa: E402
-from wrapped_checks import check_ids_cannot_impersonate, check_threads  # noqa: E402
+from wrapped_checks import (  # noqa: E402
+    check_delete_nodes_like_simple, check_filters_like_simple, check_ids_cannot_impersonate, check_threads,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect")
 EVEN = MetadataFilters(filters=[MetadataFilter(key="parity", value=0)])
@@ -194,3 +196,15 @@ def test_ids_cannot_replace_hide_or_impersonate_a_node(task, pair) -> None:
 
 def test_queries_under_threads_while_adding_and_deleting(task, pair) -> None:
     check_threads(task, pair[1], readers=3)  # in-process Qdrant alone raises 'operands could not be broadcast'
+
+
+def test_delete_nodes_removes_only_the_named_nodes_that_pass_the_filters(task) -> None:
+    """The store's delete_nodes puts the ids among an OR group's conditions: every match went."""
+    check_delete_nodes_like_simple(task, DeepMemoryVectorStore(
+        vector_store=QdrantVectorStore(client=QdrantClient(":memory:"), collection_name="docs")))
+
+
+def test_filters_select_what_simple_vector_store_selects(task) -> None:
+    """Qdrant's MatchExcept (NE, NIN) skipped points missing the key; SimpleVectorStore keeps them."""
+    check_filters_like_simple(task, DeepMemoryVectorStore(
+        vector_store=QdrantVectorStore(client=QdrantClient(":memory:"), collection_name="docs")))
