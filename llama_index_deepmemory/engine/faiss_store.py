@@ -38,7 +38,6 @@ from llama_index.core.vector_stores.types import MetadataFilters, VectorStoreQue
 
 from llama_index_deepmemory import persistence
 from llama_index_deepmemory.engine import faiss_auto, faiss_snapshot
-from llama_index_deepmemory.engine.faiss_auto import NEVER
 from llama_index_deepmemory.engine.faiss_view import ExactView, HeldView, Slots
 from llama_index_deepmemory.engine.usable_cache import UsableCache
 from llama_index_deepmemory.filters import MetadataColumns
@@ -206,13 +205,17 @@ class FaissStore:
         self._version += 1
         try:  # "auto": the add that reaches a size turns it approximate, or re-probes the graph
             self._index = faiss_auto.maintained(self, self._index)
-        except Exception as exc:  # the nodes are added; the index held keeps serving them
+        except Exception as exc:  # the nodes are added; the index held keeps serving them (a failure such
+            # as a MemoryError may pass: the next doubling tries again, not every add, and not never)
+            again = faiss_auto.next_probe_at(len(self._table))
             if self._index.exact:
-                logger.warning("index_factory='auto' could not build its approximate index (%s); search stays exact", exc)
-                self._retry_at = NEVER
+                logger.warning("index_factory='auto' could not build its approximate index (%s); search stays exact "
+                               "and the graph is tried again at %d nodes", exc, again)
+                self._retry_at = again
             else:
                 logger.warning("index_factory='auto' could not re-probe its graph (%s); the graph keeps serving "
-                               "and is probed again when the store doubles", exc)
+                               "and is probed again at %d nodes", exc, again)
+                self._probe_at = again
 
     def _remove_slots(self, slots: np.ndarray) -> None:
         if not len(slots):

@@ -414,3 +414,38 @@ def test_a_misspelt_auto_is_refused_with_the_spelling_to_use(given):
     which cannot help; it now names the value and the spelling of the default."""
     with pytest.raises(ValueError, match=rf"index_factory={given!r}.*index_factory='auto'"):
         DeepMemoryVectorStore(index_factory=given)
+
+
+@pytest.mark.parametrize("when", ["conversion", "reprobe"])
+def test_a_failed_conversion_or_reprobe_tries_again_at_the_next_doubling(reprobe, monkeypatch, tmp_path, caplog, when):
+    """A probe that fails (a MemoryError, say) keeps every node and the index held, and is tried again
+    when the store next doubles: not at every add, and not never (a conversion used to give up for good)."""
+    x, queries = reprobe
+    store = DeepMemoryVectorStore()
+    if when == "reprobe":
+        store.add(nodes_of(x[:1000]))
+        assert hnsw_held(store)
+    failing = {"left": 1}
+    tuned_ef = index.tuned_ef
+
+    def once_out_of_memory(*args, **kwargs):
+        if failing["left"]:
+            failing["left"] -= 1
+            raise MemoryError("probe")
+        return tuned_ef(*args, **kwargs)
+
+    monkeypatch.setattr(index, "tuned_ef", once_out_of_memory)
+    start = 1000 if when == "reprobe" else 0
+    with caplog.at_level("WARNING"):
+        store.add(nodes_of(x[start:2000], start))  # reaches 2000 (conversion: 1000 first)
+    assert failing["left"] == 0 and "again at 4000 nodes" in caplog.text
+    assert hnsw_held(store) == (when == "reprobe")
+    assert snapshot_config(store, tmp_path / "a")[f"auto_{'probe' if when == 'reprobe' else 'retry'}_at"] == 4000
+    if when == "conversion":  # still exact, every node kept
+        assert ask(store, queries) == exact_ids(x[:2000], [f"n{i}" for i in range(2000)], queries)
+    assert len(store.get_nodes()) == 2000
+    store.add(nodes_of(x[2000:3999], 2000))  # below the next doubling: nothing probed or built
+    assert hnsw_held(store) == (when == "reprobe")
+    store.add(nodes_of(x[3999:4000], 3999))  # reaches 4000: tried again, and passes
+    assert hnsw_held(store)
+    assert recall(ask(store, queries), exact_ids(x, [f"n{i}" for i in range(4000)], queries)) >= 0.95
