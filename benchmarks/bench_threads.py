@@ -75,7 +75,8 @@ def hammer(store: Any, queries: np.ndarray, texts: Sequence[str], seconds: float
                 j = i % 4
                 start = time.monotonic()
                 query = VectorStoreQuery(query_embedding=queries[j].tolist(), similarity_top_k=10,
-                                         query_str=texts[j] if which % 2 else None)
+                                         query_str=texts[j] if which % 2 else None,
+                                         mode="mmr" if which % 3 == 2 else "default")  # a third reader: MMR
                 hits = store.query(query, deep_memory=bool(which % 2) or i % 3 == 0)
                 results.append((start, hits.ids))
                 i += 1

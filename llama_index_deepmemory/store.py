@@ -20,7 +20,6 @@ queries and keeps the models beside the snapshot, in a model location the manife
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -370,13 +369,25 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         """Maximal marginal relevance over the top ``prefetch`` candidates (see :meth:`query`)."""
         k = query.similarity_top_k
         depth = max(k, prefetch if prefetch is not None else max(4 * k, 50))
-        # the embedded store: the pool and its vectors from one state (a delete between them: KeyError)
-        one_state = self._backend.reading() if isinstance(self._backend, FaissStore) else contextlib.nullcontext()
-        with one_state:
-            pool = self._backend.query(dataclasses.replace(query, similarity_top_k=depth), self._ranker(model))
+        asked = dataclasses.replace(query, similarity_top_k=depth)
+        if isinstance(self._backend, FaissStore):  # the pool and its vectors from one state of the store
+            with self._backend.reading():
+                pool = self._backend.query(asked, self._ranker(model))
+                if not pool.nodes or k == 0:
+                    return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+                vectors = self._backend.get_vectors([n.node_id for n in pool.nodes])
+        else:  # an engine other processes write too: candidates deleted since the search leave the pool
+            pool = self._backend.query(asked, self._ranker(model))
             if not pool.nodes or k == 0:
                 return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
-            vectors = self._backend.get_vectors([n.node_id for n in pool.nodes])
+            present, vectors = self._backend.present_vectors([n.node_id for n in pool.nodes])
+            if len(present) < len(pool.nodes):
+                kept = set(present)
+                pairs = [(n, s) for n, s in zip(pool.nodes, pool.similarities) if n.node_id in kept]
+                pool = VectorStoreQueryResult(nodes=[n for n, _ in pairs], similarities=[s for _, s in pairs],
+                                              ids=[n.node_id for n, _ in pairs])
+        if not pool.nodes or k == 0:
+            return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         picks, scores = llama_index_mmr(np.asarray(pool.similarities, dtype=np.float64), vectors, k, threshold)
         nodes = [pool.nodes[i] for i in picks]

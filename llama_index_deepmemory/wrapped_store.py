@@ -223,14 +223,26 @@ class WrappedStore:
         return [i for i in node_ids if i not in found]
 
     def get_vectors(self, node_ids: Sequence[str]) -> np.ndarray:
+        present, vectors = self.present_vectors(node_ids)
+        if len(present) < len(node_ids):
+            kept = set(present)
+            missing = [i for i in node_ids if i not in kept]
+            raise KeyError(f"{len(missing)} node id(s) are not in {type(self.engine).__name__}, e.g. {missing[:3]}")
+        return vectors
+
+    def present_vectors(self, node_ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """Those of ``node_ids`` stored now (in order) and their vectors, in one read: a node deleted
+        since a search found it (by another thread or process) is left out. KeyError where a stored
+        node comes back without its embedding."""
         nodes = {n.node_id: n for n in self.backend.get(list(node_ids))}
-        missing = [i for i in node_ids if i not in nodes or nodes[i].embedding is None]
-        if missing:
-            raise KeyError(
-                f"{len(missing)} node id(s) are not in {type(self.engine).__name__} or came back without "
-                f"their embedding, e.g. {missing[:3]}"
-            )
-        return as_matrix([nodes[i].embedding for i in node_ids], "stored vectors", None, "cosine")
+        present = [i for i in node_ids if i in nodes]
+        blank = [i for i in present if nodes[i].embedding is None]
+        if blank:
+            raise KeyError(f"{len(blank)} node id(s) came back from {type(self.engine).__name__} without their "
+                           f"embedding, e.g. {blank[:3]}")
+        if not present:
+            return [], np.zeros((0, self.dim or 0), dtype=np.float32)
+        return present, as_matrix([nodes[i].embedding for i in present], "stored vectors", None, "cosine")
 
     def iter_vectors(self, batch_size: int = LIST_BATCH) -> Iterator[tuple[list[str], np.ndarray]]:
         _check_batch_size(batch_size)

@@ -182,8 +182,8 @@ def check_ids_cannot_impersonate(task, store) -> None:
     assert [g.text for g in store.get_nodes(["node_3", sneaky])] == [task.doc_texts[3], "sneaky"]
 
 
-def check_threads(task, store, seconds: float = 2.0, readers: int = 2) -> dict:
-    """Queries (plain and Deep Memory, with keywords) from ``readers`` threads while one thread adds
+def check_threads(task, store, seconds: float = 2.0, readers: int = 3) -> dict:
+    """Queries (plain and Deep Memory, with keywords, MMR) from ``readers`` threads while one thread adds
     and deletes nodes near the queries (``benchmarks/bench_threads.py``'s loop): no error, and no
     node comes back from a query that started after its delete returned. ``store`` holds the
     task's nodes and an active model."""
