@@ -11,9 +11,10 @@ asked: before this change, each change alone, after), the row cache emptied befo
 counts the calls to the engine per query (``search``; ``get``: rows by id; ``_owners``: names of
 ids-only hits).
 
-``--floor`` instead replays each query's engine search as a keyword Deep Memory query makes it and as a
-plain query makes it, interleaved with the plain query (the row cache emptied before each): the ratio a
-keyword query could reach over that engine if its ranking cost nothing.
+``--floor`` instead replays each query's calls to the engine adapter (its search, then the bodies of the
+nodes returned) as a keyword Deep Memory query makes them and as a plain query makes them, interleaved
+with the plain query (the row cache emptied before each): the ratio a keyword query could reach over
+that engine if its ranking cost nothing.
 
     python benchmarks/bench_wrapped_steps.py --engine postgres [--n 20000] [--queries 200] [--ef 16] [--compare | --floor]
 """
@@ -158,21 +159,24 @@ def compare(face: Any, items: list[tuple[list[float], Any]], kind: str) -> list[
 
 
 def engine_floor(face: Any, items: list[tuple[list[float], Any]]) -> list[str]:
-    """What the engine alone charges a keyword Deep Memory query: each query's engine search as the
-    keyword query makes it (its hits and spare ones, ``bodies=None``) and as a plain query makes it
-    (k=10, bodies), replayed interleaved with the plain query itself, the row cache emptied before
-    each. The floor is 1 + (deep search - plain search) / plain query: the ratio a keyword query could
-    reach if its ranking cost nothing."""
+    """What the engine alone charges a keyword Deep Memory query: each query's calls to the engine
+    adapter (``search``, then ``bodies`` of the nodes returned) as the keyword query makes them and as a
+    plain query makes them, replayed interleaved with the plain query itself, the row cache emptied
+    before each. The floor is 1 + (deep calls - plain calls) / plain query: the ratio a keyword query
+    could reach if its ranking cost nothing."""
     backend = face._backend.backend
-    search = backend.search
-    calls: list[tuple[Any, ...]] = []
+    originals = {name: getattr(backend, name) for name in ("search", "bodies")}
+    calls: list[tuple[str, tuple, dict]] = []
 
-    def recorded(*args: Any, **kwargs: Any) -> Any:
-        calls.append((args, kwargs))
-        return search(*args, **kwargs)
+    def recording(name: str) -> Any:
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            calls.append((name, args, kwargs))
+            return originals[name](*args, **kwargs)
+        return recorded
 
     replays = []
-    backend.search = recorded
+    for name in originals:
+        setattr(backend, name, recording(name))
     try:
         for vector, text in items:
             calls.clear()
@@ -182,14 +186,16 @@ def engine_floor(face: Any, items: list[tuple[list[float], Any]]) -> list[str]:
             face.query(bb.query_of(vector, text), deep_memory=True)
             replays.append((vector, plain_calls, list(calls)))
     finally:
-        backend.search = search
-    if any(len(p) != 1 or len(d) != 1 for _, p, d in replays):
-        return ["keywords  a query made more than one engine search; no floor (see --compare's round trips)"]
+        for name, method in originals.items():
+            setattr(backend, name, method)
+    if any(sum(name == "search" for name, _, _ in d) != 1 for _, _, d in replays):
+        return ["keywords  a keyword query searched the engine more than once; no floor (see --compare's round trips)"]
 
-    def cold(call: tuple[Any, ...]) -> None:
+    def replay(made: list[tuple[str, tuple, dict]]) -> None:
         with backend._lock:  # as for a query whose rows were not read recently
             backend._rows.clear()
-        search(*call[0], **call[1])
+        for name, args, kwargs in made:
+            originals[name](*args, **kwargs)
 
     def plain_query(vector: list[float]) -> None:
         with backend._lock:
@@ -198,17 +204,17 @@ def engine_floor(face: Any, items: list[tuple[list[float], Any]]) -> list[str]:
 
     times: list[list[float]] = [[], [], []]
     for i, (vector, plain_calls, deep_calls) in enumerate(replays):
-        runs = (lambda: plain_query(vector), lambda: cold(plain_calls[0]), lambda: cold(deep_calls[0]))
+        runs = (lambda: plain_query(vector), lambda: replay(plain_calls), lambda: replay(deep_calls))
         for step in range(3):
             j = (i + step) % 3
             t0 = time.perf_counter()
             runs[j]()
             times[j].append(time.perf_counter() - t0)
     query, shallow, deep = (statistics.median(t) for t in times)
-    asked = statistics.median_low(int(d[0][0][1]) for _, _, d in replays)
-    return [f"keywords  the engine search of a keyword Deep Memory query asks {asked} hits (median), a plain one "
-            f"{int(replays[0][1][0][0][1])}",
-            f"search p50 {1e3 * deep:6.2f} ms vs {1e3 * shallow:6.2f} ms; plain query p50 {1e3 * query:6.2f} ms; "
+    asked = statistics.median_low(int(args[1]) for _, _, d in replays for name, args, _ in d if name == "search")
+    return [f"keywords  a keyword Deep Memory query asks the engine for {asked} hits (median), then the bodies of "
+            "those it returns; a plain query for 10 with their bodies",
+            f"engine calls p50 {1e3 * deep:6.2f} ms vs {1e3 * shallow:6.2f} ms; plain query p50 {1e3 * query:6.2f} ms; "
             f"floor 1 + {1e3 * (deep - shallow):.2f} / {1e3 * query:.2f} = {1 + (deep - shallow) / query:.3f}x"]
 
 

@@ -131,9 +131,17 @@ def fast_bf16() -> bool:
 
 
 def worth_it(n_rows: int, dim: int, n_queries: int, k: int) -> bool:
-    """Whether a search of this shape takes the bf16 path (given a usable copy): the shape
-    checks of :func:`prefiltered_top_k`, so a caller builds no copy it would never use."""
-    if n_rows < MIN_ROWS or n_queries < MIN_QUERIES or not 0 < k <= MAX_K:
+    """Whether a search of this shape should take the bf16 path (given a usable copy): large enough
+    to gain from it, and of a shape :func:`prefiltered_top_k` takes, so a caller builds no copy it
+    would never use."""
+    return n_rows >= MIN_ROWS and n_queries >= MIN_QUERIES and k <= MAX_K and applies(n_rows, dim, n_queries, k)
+
+
+def applies(n_rows: int, dim: int, n_queries: int, k: int) -> bool:
+    """Whether :func:`prefiltered_top_k` gives :func:`exact_top_k`'s result for this shape: several
+    chunks of at least ``k`` rows, and float32 products large enough to round as its chunks' do
+    (a faster path only from ``worth_it``'s sizes, but exact from these)."""
+    if n_queries < 2 or k < 1:  # one query row is a gemv in exact_top_k, not an sgemm entry
         return False
     step = exact_search.chunk_rows(n_queries)
     return step < n_rows and min(k, n_rows) <= step and n_queries * step * dim >= _BIG_PRODUCT
@@ -168,8 +176,7 @@ def prefiltered_top_k(
     k = min(int(k), n)
     step = exact_search.chunk_rows(m)  # exact_top_k's chunks: their products' rounding is the reference
     d = matrix.shape[1]
-    # (worth_it's shape checks; small float32 products round otherwise than large ones)
-    if not copy.usable or copy.shape != matrix.shape or not worth_it(n, d, m, k):
+    if not copy.usable or copy.shape != matrix.shape or not applies(n, d, m, k):
         return None
     prepared = _prepared_queries(copy, queries)
     if prepared is None:
