@@ -137,8 +137,9 @@ class WrappedStore:
         self._forget()
 
     def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
-        self.backend.delete_nodes(node_ids, filters)
-        gone = self.backend.gone(node_ids or [], filters)
+        gone = self.backend.delete_nodes(node_ids, filters)  # the named ids no longer stored
+        if gone is None:  # an adapter that does not say: every id named
+            gone = node_ids or []
         with self._lock:
             for node_id in gone:
                 self._added_texts.pop(node_id, None)

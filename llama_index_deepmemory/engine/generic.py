@@ -119,17 +119,19 @@ class GenericAdapter:
         self._wrote()
         return gone
 
-    def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
+    def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> list[str]:
+        """Delete the named nodes that pass ``filters``; the named ids no longer stored."""
         ids = None if node_ids is None else [engine_id(i) for i in node_ids]
         with self._writing():
             self._delete_nodes(ids, filters)
-        gone = self.gone(node_ids or [], filters)
+        gone = self._gone(node_ids or [], filters)
         with self._lock:
             for node_id in gone:
                 self._added.pop(node_id, None)
         self._wrote()
+        return gone
 
-    def gone(self, node_ids: Sequence[str], filters: Optional[MetadataFilters]) -> list[str]:
+    def _gone(self, node_ids: Sequence[str], filters: Optional[MetadataFilters]) -> list[str]:
         """Of ``node_ids`` named to a delete with ``filters``, those no longer stored (the filters may keep some)."""
         if not node_ids or filters is None or not filters.filters:
             return list(node_ids)

@@ -124,9 +124,8 @@ class QdrantAdapter(GenericAdapter):
     def delete(self, ref_doc_id: str) -> list[str]:
         return super().delete(ref_doc_id) if self._ready() else []
 
-    def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
-        if self._ready():
-            super().delete_nodes(node_ids, filters)
+    def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> list[str]:
+        return super().delete_nodes(node_ids, filters) if self._ready() else []
 
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         """The named points that pass ``filters`` (the store's own puts the ids among an OR
