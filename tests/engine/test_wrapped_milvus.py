@@ -138,14 +138,18 @@ def test_queries_under_threads_while_adding_and_deleting(task, tmp_path) -> None
         store.vector_store.client.close()
 
 
-def test_delete_nodes_removes_only_the_named_nodes_that_pass_the_filters(task, tmp_path) -> None:
+@pytest.fixture
+def empty(tmp_path):
+    """A store over a new Milvus Lite file (closed after the test)."""
+    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "empty.db"), overwrite=True))
+    yield store
+    store.vector_store.client.close()
+
+
+def test_delete_nodes_removes_only_the_named_nodes_that_pass_the_filters(task, empty) -> None:
     """The store's delete_nodes ORs the ids into an OR of filters (deleting every match) and,
     given no ids, deletes every filter match."""
-    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "delete_nodes.db"), overwrite=True))
-    try:
-        check_delete_nodes_like_simple(task, store)
-    finally:
-        store.vector_store.client.close()
+    check_delete_nodes_like_simple(task, empty)
 
 
 def test_a_document_id_with_quotes_restricts_and_deletes_only_its_own_nodes(task, tmp_path) -> None:
@@ -195,13 +199,9 @@ def test_a_not_condition_is_refused_not_ignored(task, tmp_path) -> None:
         store.vector_store.client.close()
 
 
-def test_filters_select_what_simple_vector_store_selects(task, tmp_path) -> None:
+def test_filters_select_what_simple_vector_store_selects(task, empty) -> None:
     """Milvus's ``!=`` (the store's NE) skipped rows missing the key; SimpleVectorStore keeps them."""
-    store = DeepMemoryVectorStore(vector_store=milvus_engine(str(tmp_path / "filters.db"), overwrite=True))
-    try:
-        check_filters_like_simple(task, store)
-    finally:
-        store.vector_store.client.close()
+    check_filters_like_simple(task, empty)
 
 
 def test_string_filter_values_are_values_not_expressions(task, tmp_path) -> None:
