@@ -111,7 +111,7 @@ class GenericAdapter:
     def delete(self, ref_doc_id: str) -> list[str]:
         """Delete the nodes of a source document; the ids of those added here (now forgotten)."""
         with self._writing():
-            self.engine.delete(ref_doc_id)
+            self._delete_document(ref_doc_id)
         with self._lock:
             gone = [i for i, doc in self._added.items() if doc == ref_doc_id]
             for node_id in gone:
@@ -291,6 +291,9 @@ class GenericAdapter:
             return []
         with self._reading():
             return [to_engine(from_engine(n)) for n in self._get(stored_ids, None, True)]
+
+    def _delete_document(self, ref_doc_id: str) -> None:
+        self.engine.delete(ref_doc_id)
 
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         self.engine.delete_nodes(ids, filters=filters)

@@ -178,13 +178,11 @@ class MilvusAdapter(GenericAdapter):
         filters = store_filters(filters)
         return super().filtered(filters) if self._has() else []
 
-    def delete(self, ref_doc_id: str) -> None:
+    def _delete_document(self, ref_doc_id: str) -> None:
         """By source document, its id a quoted literal (the store's own writes it unescaped)."""
         if self._has():
-            with self._writing():
-                self.engine.client.delete(self.engine.collection_name,
-                                          filter=f"{self.engine.doc_id_field} == {milvus_literal(ref_doc_id)}")
-        self._wrote()
+            self.engine.client.delete(self.engine.collection_name,
+                                      filter=f"{self.engine.doc_id_field} == {milvus_literal(ref_doc_id)}")
 
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         """The named nodes that pass ``filters`` (ids ANDed with the filters, as ``_get`` reads them)."""
