@@ -295,13 +295,11 @@ class LanceDBAdapter(GenericAdapter):
             return int(table.count_rows())
 
     # --- writes ---------------------------------------------------------------------------------
-    def delete(self, ref_doc_id: str) -> None:
+    def _delete_document(self, ref_doc_id: str) -> None:
         """By source document, quoted (the store's ``delete`` double-quotes the id and fails)."""
         table = self._table()
         if table is not None:
-            with self._writing():
-                table.delete(f"{self.engine.doc_id_key} = {sql_literal(str(ref_doc_id))}")
-        self._wrote()
+            table.delete(f"{self.engine.doc_id_key} = {sql_literal(str(ref_doc_id))}")
 
     def _add(self, nodes: list[BaseNode]) -> None:
         if self._table() is None:  # the first add fixes the metadata fields: the id key among them, so
