@@ -76,14 +76,16 @@ def _sample(rows: np.ndarray, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(rows, size=size, replace=False))
 
 
-def _warn_miss(store: "FaissStore", nodes: int, recall: float) -> None:
+def _warn_miss(store: "FaissStore", nodes: int, recall: float, probed: int | None = None) -> None:
+    """Keep the store exact for good, saying why (``probed``: the nodes of a sampled graph, if not all)."""
     store._retry_at = NEVER
     tried = store._ef_search if store._ef_search is not None else vector_index.AUTO_EF_CAP
+    where = f"on {nodes} nodes" if probed is None or probed == nodes else f"on a graph of {probed} of the {nodes} nodes"
     logger.warning(
-        "index_factory='auto': %s reaches recall@10 %.3f < %.2f at ef_search=%d on %d nodes; search stays "
+        "index_factory='auto': %s reaches recall@10 %.3f < %.2f at ef_search=%d %s; search stays "
         "exact from now on (pass index_factory='Flat' to say so, or index_factory='%s' with a chosen "
         "ef_search to accept the approximate index)", vector_index.AUTO_APPROXIMATE_FACTORY, recall,
-        vector_index.AUTO_MIN_RECALL, tried, nodes, vector_index.AUTO_APPROXIMATE_FACTORY)
+        vector_index.AUTO_MIN_RECALL, tried, where, vector_index.AUTO_APPROXIMATE_FACTORY)
 
 
 def _convert(store: "FaissStore", index: VectorIndex, live: np.ndarray) -> VectorIndex:
@@ -117,6 +119,6 @@ def _graph_if_accurate(store: "FaissStore", index: VectorIndex, rows: np.ndarray
     queries = vector_index.probe_queries(exact, _sample(rows, 1), seed=2)
     ef, recall = vector_index.tuned_ef(graph, exact, queries, store._ef_search)
     if ef is None:
-        _warn_miss(store, nodes, recall)
+        _warn_miss(store, nodes, recall, probed=len(rows))
         return None
     return graph

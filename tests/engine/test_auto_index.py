@@ -98,7 +98,7 @@ def test_auto_switches_at_the_threshold_and_a_given_factory_never_does(low_thres
 
 
 @pytest.mark.parametrize("first_add", [1.0, 2.05])
-def test_auto_stays_exact_where_the_graph_misses_the_recall(monkeypatch, tmp_path, first_add):
+def test_auto_stays_exact_where_the_graph_misses_the_recall(monkeypatch, tmp_path, caplog, first_add):
     """Random 384-d vectors searched with a tiny ef_search: the probe finds the recall short (over the
     whole store, or first over a sample when the first add is more than twice the size), so the store
     stays exact (exact results) for good, also after a reload."""
@@ -109,8 +109,11 @@ def test_auto_stays_exact_where_the_graph_misses_the_recall(monkeypatch, tmp_pat
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     first = int(first_add * n)
     store = DeepMemoryVectorStore(ef_search=2)
-    store.add(nodes_of(x[:first]))
+    with caplog.at_level("WARNING"):
+        store.add(nodes_of(x[:first]))
     assert not hnsw_held(store)
+    # the warning names what was probed: every node, or a sampled graph of AUTO_APPROXIMATE_FROM of them
+    assert (f"on {first} nodes" if first_add == 1.0 else f"on a graph of {n} of the {first} nodes") in caplog.text
     queries = x[-20:]
     assert ask(store, queries) == exact_ids(x[:first], [f"n{i}" for i in range(first)], queries)
     store.persist(str(tmp_path / "s"))
