@@ -103,6 +103,7 @@ class ConversationStore:
     def __init__(self, location: Any = "deepmemory-chats") -> None:
         self.chat_store, self.location, self.folder = storage.open_chat_store(location)
         self._ready = False
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"ConversationStore({self.location!r})"
@@ -113,7 +114,15 @@ class ConversationStore:
         return None if self.folder is None else self.folder / storage.DB_NAME
 
     def run(self, coro: Any) -> Any:
-        """Run one of the chat store's coroutines (after creating its table if needed)."""
+        """Run one of the chat store's coroutines (after creating its table if needed).
+
+        In a process forked after the store was used, the parent's pooled connections (whose
+        threads or event loop the child lacks) are first dropped, unclosed, so the child opens its own.
+        """
+        if self._pid != os.getpid():
+            storage.forget_connections(self.chat_store)
+            self._pid = os.getpid()
+
         async def prepared() -> Any:
             if not self._ready:
                 await storage.ready(self.chat_store)

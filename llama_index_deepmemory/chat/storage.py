@@ -113,6 +113,17 @@ def open_chat_store(location: Any) -> tuple[Any, str, Path | None]:
     return store, str(folder / DB_NAME), folder
 
 
+def forget_connections(store: Any) -> None:
+    """Drop (without closing) the pooled connections ``store`` inherited from its parent process.
+
+    They belong to the parent: an aiosqlite connection's thread does not exist in a forked child
+    (using it waits forever), and an asyncpg one is tied to the parent's event loop.
+    """
+    engine = getattr(store, "_async_engine", None)  # SQLAlchemyChatStore's engine (None until first used)
+    if engine is not None:
+        engine.sync_engine.dispose(close=False)
+
+
 async def ready(store: Any, attempts: int = 5) -> None:
     """Create the store's table if needed; processes racing to create it retry instead of failing."""
     for attempt in range(attempts):
