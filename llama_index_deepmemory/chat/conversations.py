@@ -124,12 +124,24 @@ class ConversationStore:
             self._pid = os.getpid()
 
         async def prepared() -> Any:
-            if not self._ready:
-                await storage.ready(self.chat_store)
-                self._ready = True
+            try:
+                if not self._ready:
+                    await storage.ready(self.chat_store)
+                    self._ready = True
+            except BaseException:
+                coro.close()  # never started
+                raise
             return await coro
 
-        return storage.run(prepared())
+        try:
+            return storage.run(prepared())
+        except Exception as exc:
+            damage = storage.damage(exc)
+            if damage is None:
+                raise
+            raise ValueError(f"the conversation store {self.location} is damaged ({damage}); nothing was changed: "
+                             "restore it from a backup, or recover it with `sqlite3 FILE .recover` and move "
+                             "the damaged file (and its -wal/-shm files) aside") from exc
 
     # --- reading ---------------------------------------------------------------------------
     def load(self, conversation_id: str, create: bool = True) -> Conversation:

@@ -124,6 +124,15 @@ def forget_connections(store: Any) -> None:
         engine.sync_engine.dispose(close=False)
 
 
+_DAMAGE = ("file is not a database", "database disk image is malformed")
+
+
+def damage(exc: BaseException) -> str | None:
+    """SQLite's words when ``exc`` says the database file is damaged (not a database, malformed), else None."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return next((words for words in _DAMAGE if words in text.lower()), None)
+
+
 async def ready(store: Any, attempts: int = 5) -> None:
     """Create the store's table if needed; processes racing to create it retry instead of failing."""
     for attempt in range(attempts):

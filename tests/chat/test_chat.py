@@ -99,6 +99,20 @@ def test_damaged_or_newer_json_conversations_are_refused_and_kept(tmp_path: Path
         conversations.load("other", create=False)
 
 
+def test_a_damaged_store_file_is_refused_with_its_path_and_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    damaged = b"not an SQLite file, e.g. half a copy" * 200
+    (folder / "conversations.db").write_bytes(damaged)
+    conversations = ConversationStore(folder)
+    for call in (lambda: conversations.load("support-1"), conversations.list,
+                 lambda: conversations.append_turn("support-1", Turn(user="q", assistant="a", standalone_question="q"))):
+        with pytest.raises(ValueError, match=rf"conversation store {folder / 'conversations.db'} is damaged "
+                                             r"\(file is not a database\).*restore it from a backup"):
+            call()
+    assert (folder / "conversations.db").read_bytes() == damaged  # nothing written over it
+
+
 @pytest.mark.parametrize("bad", ["", "../escape", "a/b", ".hidden", "x" * 101, "name.json", 7, "abc\n", "x.json\n",
                                  "a\x00b", "a\\b", "\nabc", "abc\r"])
 def test_conversation_ids_must_be_safe_names(tmp_path: Path, bad) -> None:
