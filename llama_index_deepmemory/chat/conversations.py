@@ -181,6 +181,8 @@ class ConversationStore:
         """Append ``turn``: its note, then its two messages in one INSERT (through ``memory``
         when given, so that its token budget moves older turns to long-term memory)."""
         check_conversation_id(conversation_id)
+        if not isinstance(turn, Turn):
+            raise TypeError(f"a turn is a Turn(user=..., assistant=..., standalone_question=...), got {turn!r}")
         self.run(self.aappend_turn(conversation_id, turn, memory))
 
     async def aappend_turn(self, conversation_id: str, turn: Turn, memory: "Memory | None" = None) -> None:
@@ -193,8 +195,20 @@ class ConversationStore:
             await self.chat_store.add_messages(conversation_id, turn_messages(turn))
 
     def add_feedback(self, conversation_id: str, turn_id: str, feedback: dict[str, Any]) -> None:
-        """Record feedback on a turn (appended; the turn itself is never rewritten)."""
+        """Record feedback on a turn (appended; the turn itself is never rewritten).
+
+        The conversation and the turn must exist (feedback on neither would never be read back).
+        """
         check_conversation_id(conversation_id)
+        if not isinstance(feedback, dict):
+            raise TypeError(f"feedback is a dict, e.g. {{'kind': 'helpful', 'node_ids': ['node_7']}}, got {feedback!r}")
+        self.migrate(conversation_id)
+        turn_ids = [t.turn_id for t in pair_turns(self.run(self.chat_store.get_messages(conversation_id, status=None)))]
+        if not turn_ids:
+            raise FileNotFoundError(f"no conversation {conversation_id!r} in {self.location}; list them with .list()")
+        if turn_id not in turn_ids:
+            raise ValueError(f"no turn {turn_id!r} in conversation {conversation_id!r}; give feedback on one of its "
+                             f"turns' turn_id: {turn_ids[-5:]} (the latest)")
         self.run(self._anote(conversation_id, {"kind": "feedback", TURN_KEY: turn_id, "feedback": feedback}))
 
     async def _anote(self, conversation_id: str, note: dict[str, Any]) -> None:

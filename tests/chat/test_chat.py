@@ -113,6 +113,24 @@ def test_a_damaged_store_file_is_refused_with_its_path_and_kept(tmp_path: Path) 
     assert (folder / "conversations.db").read_bytes() == damaged  # nothing written over it
 
 
+def test_feedback_on_an_unknown_conversation_or_turn_or_not_a_dict_is_refused(tmp_path: Path) -> None:
+    conversations = ConversationStore(tmp_path / "chats")
+    turn = Turn(user="q", assistant="a", standalone_question="q")
+    conversations.append_turn("support-1", turn)
+    with pytest.raises(FileNotFoundError, match=r"no conversation 'nope' in .*list them with \.list\(\)"):
+        conversations.add_feedback("nope", turn.turn_id, {"kind": "helpful", "node_ids": ["git"]})
+    with pytest.raises(ValueError, match=r"no turn 'abc' in conversation 'support-1'.*" + turn.turn_id):
+        conversations.add_feedback("support-1", "abc", {"kind": "helpful", "node_ids": ["git"]})
+    with pytest.raises(TypeError, match=r"feedback is a dict.*got \['git'\]"):
+        conversations.add_feedback("support-1", turn.turn_id, ["git"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"a turn is a Turn.*got 'hello'"):
+        conversations.append_turn("support-1", "hello")  # type: ignore[arg-type]
+    assert conversations.list() == ["support-1"]  # nothing written for the refused calls
+    assert [t.feedback for t in conversations.load("support-1").turns] == [[]]
+    conversations.add_feedback("support-1", turn.turn_id, {"kind": "helpful", "node_ids": ["git"]})
+    assert [t.feedback for t in conversations.load("support-1").turns] == [[{"kind": "helpful", "node_ids": ["git"]}]]
+
+
 @pytest.mark.parametrize("bad", ["", "../escape", "a/b", ".hidden", "x" * 101, "name.json", 7, "abc\n", "x.json\n",
                                  "a\x00b", "a\\b", "\nabc", "abc\r"])
 def test_conversation_ids_must_be_safe_names(tmp_path: Path, bad) -> None:
