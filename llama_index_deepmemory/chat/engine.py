@@ -298,7 +298,12 @@ class DeepMemoryChatEngine:
         self.conversations.append_turn(self._conversation_id, turn, memory=self.memory)
         self._last = turn
         if self.log_citations and cited:
-            self._log(turn, cited, kind="cited", weight=self.citation_weight)
+            try:
+                self._log(turn, cited, kind="cited", weight=self.citation_weight)
+            except (OSError, ValueError) as exc:  # the turn is saved: say so, raising would invite a duplicate
+                problem = f"The cited sources were not logged: {exc}"
+                logger.warning(problem)
+                notice = f"{notice} {problem}" if notice else problem
         return ChatAnswer(turn, trimmed + used + 1, used, trimmed, notice, cited)
 
     # --- feedback --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -247,6 +248,25 @@ def test_feedback_and_opt_in_citations_go_to_the_query_log(handbook, tmp_path: P
     saved = ConversationStore(tmp_path).load("fb").turns[0].feedback
     assert [f["kind"] for f in saved] == ["cited", "helpful", "helpful"]
     assert len(read_query_log(log)[0]) == 1  # one question, its ids merged
+
+
+def test_an_answer_whose_citations_cannot_be_logged_is_still_returned_once(handbook, tmp_path: Path) -> None:
+    """The turn is saved before its citations are logged: a log that cannot be written must not make
+    chat() raise (the CLI then says "nothing was saved, try again", and the retry duplicates the turn)."""
+    store, _ = handbook
+    log = tmp_path / "feedback.jsonl"
+    damaged = b'{"query": "q", "relevant_ids": ["git"]}\n\xff\xfe half a row'
+    log.write_bytes(damaged)
+    with scripted_server(ScriptedLLM()) as server:
+        engine = DeepMemoryChatEngine(store, client(server), conversation_id="fb", history_dir=tmp_path, top_k=3,
+                                      feedback_log=log, log_citations=True)
+        answer = engine.chat("How do I undo a git commit?")
+    assert answer.cited and answer.notice is not None
+    assert f"cited sources were not logged: feedback log {str(log)!r} is not UTF-8 text" in answer.notice
+    assert log.read_bytes() == damaged  # left as it was
+    assert [t.user for t in ConversationStore(tmp_path).load("fb").turns] == ["How do I undo a git commit?"]
+    with pytest.raises(ValueError, match=rf"feedback log {re.escape(repr(str(log)))} is not UTF-8 text.*move it aside"):
+        engine.mark_helpful([1])
 
 
 def test_deep_memory_true_needs_a_model(handbook, tmp_path: Path) -> None:
