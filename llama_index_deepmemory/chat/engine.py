@@ -317,6 +317,8 @@ class DeepMemoryChatEngine:
         """
         if self.feedback_log is None:
             raise ValueError("no feedback log: create the engine with feedback_log=PATH.jsonl")
+        if turn is not None and (isinstance(turn, bool) or not isinstance(turn, int)):
+            raise TypeError(f"turn is an int index into the conversation's turns (-1: the latest) or None, got {turn!r}")
         if turn is None and self._last is not None:
             chosen = self._last
         else:
@@ -325,7 +327,7 @@ class DeepMemoryChatEngine:
                 raise ValueError("no answer to give feedback on yet: chat first")
             try:
                 chosen = turns[range(len(turns))[-1 if turn is None else turn]]
-            except (IndexError, TypeError):
+            except IndexError:
                 raise ValueError(f"turn {turn!r} is out of range: the conversation has {len(turns)} turns") from None
         if isinstance(sources, (str, int)):
             sources = [sources]

@@ -269,6 +269,21 @@ def test_an_answer_whose_citations_cannot_be_logged_is_still_returned_once(handb
         engine.mark_helpful([1])
 
 
+def test_feedback_on_a_turn_named_by_a_bool_or_str_is_refused(handbook, tmp_path: Path) -> None:
+    store, _ = handbook
+    log = tmp_path / "feedback.jsonl"
+    with scripted_server(ScriptedLLM()) as server:
+        engine = DeepMemoryChatEngine(store, client(server), conversation_id="fb", history_dir=tmp_path, top_k=2,
+                                      feedback_log=log)
+        engine.chat("How do I undo a git commit?")
+        engine.chat("How do I bake sourdough?")
+    for bad in (True, "0", 1.0):  # True was taken as turn 1, "0" said to be out of range
+        with pytest.raises(TypeError, match=rf"turn is an int index .*got {re.escape(repr(bad))}"):
+            engine.mark_helpful([1], turn=bad)  # type: ignore[arg-type]
+    assert not log.exists()
+    assert engine.mark_helpful([1], turn=0)["query"] == "How do I undo a git commit?"
+
+
 def test_deep_memory_true_needs_a_model(handbook, tmp_path: Path) -> None:
     store, _ = handbook
     with scripted_server(ScriptedLLM()) as server:
