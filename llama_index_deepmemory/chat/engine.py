@@ -254,16 +254,29 @@ class DeepMemoryChatEngine:
         return self.conversations.location
 
     async def _ahistory(self, message: str) -> tuple[list[Any], int, int]:
-        """``(prompt messages: long-term memory, then the turns within budget; turns used; turns archived)``."""
+        """``(prompt messages: long-term memory, then the turns within budget; turns used; turns left out)``."""
         from llama_index.core.llms import ChatMessage
         from llama_index.core.storage.chat_store.base_db import MessageStatus
+
+        def role(m: Any) -> str:
+            return str(getattr(m.role, "value", m.role))
 
         messages = await self.memory.aget(input=message)
         store = self.conversations.chat_store
         archived = await store.get_messages(self._conversation_id, status=MessageStatus.ARCHIVED)
-        clean = [ChatMessage(role=m.role, blocks=m.blocks) for m in messages]  # no turn ids for the LLM
-        used = sum(1 for m in messages if getattr(m.role, "value", m.role) == "user")
-        trimmed = sum(1 for m in archived if getattr(m.role, "value", m.role) == "user")
+        start = next((i for i, m in enumerate(messages) if role(m) != "system"), len(messages))
+        head, turns = messages[:start], messages[start:]  # long-term memory (system), then the active turns
+        # Memory keeps the latest turn active whatever its size: leave out whole turns, oldest first, over budget
+        tokens = sum(self.memory._estimate_token_count(m) for m in turns)  # noqa: SLF001 - Memory's own count
+        left_out = 0
+        while turns and tokens > self.token_budget:
+            end = next((i for i, m in enumerate(turns[1:], start=1) if role(m) == "user"), len(turns))
+            tokens -= sum(self.memory._estimate_token_count(m) for m in turns[:end])  # noqa: SLF001
+            left_out += sum(1 for m in turns[:end] if role(m) == "user")
+            turns = turns[end:]
+        clean = [ChatMessage(role=m.role, blocks=m.blocks) for m in head + turns]  # no turn ids for the LLM
+        used = sum(1 for m in turns if role(m) == "user")
+        trimmed = sum(1 for m in archived if role(m) == "user") + left_out
         return clean, used, trimmed
 
     # --- chatting --------------------------------------------------------------------------

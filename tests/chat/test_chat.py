@@ -227,6 +227,24 @@ def test_token_budget_trims_oldest_turns_and_says_so(handbook, tmp_path: Path) -
         DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path, token_budget=-1)
 
 
+def test_a_budget_smaller_than_a_turn_keeps_no_earlier_turn_in_the_prompt(handbook, tmp_path: Path) -> None:
+    """token_budget is the most tokens of earlier turns in the prompt: 0 (or less than the latest turn)
+    means none, though LlamaIndex's Memory keeps the latest turn active whatever its size."""
+    store, _ = handbook
+    llm = ScriptedLLM()
+    questions = ["How do I bake sourdough?", "How do I fix a flat tire?", "How do I file my tax return?"]
+    with scripted_server(llm) as server:
+        for budget in (0, 3):
+            engine = DeepMemoryChatEngine(store, client(server), conversation_id=f"b{budget}", history_dir=tmp_path,
+                                          top_k=2, token_budget=budget, tokenizer=lambda text: [0],
+                                          long_term_memory=False)
+            answers = [engine.chat(q) for q in questions]
+            assert [a.history_turns_used for a in answers] == [0, 0, 0], budget
+            sent = [m["content"] for m in llm.calls["chat"][-1]["messages"][1:]]
+            assert sent == [questions[2]], budget
+            assert len(ConversationStore(tmp_path).load(f"b{budget}").turns) == 3
+
+
 def test_feedback_and_opt_in_citations_go_to_the_query_log(handbook, tmp_path: Path) -> None:
     store, _ = handbook
     log = tmp_path / "feedback.jsonl"
