@@ -73,6 +73,7 @@ def test_processes_forked_after_the_store_was_used_keep_every_turn(tmp_path: Pat
     """A store used before a fork (an app preloaded, then its workers forked) works in every child:
     the parent's pooled connection (its aiosqlite thread gone in the child) used to hang them."""
     import time
+    import warnings
 
     from llama_index_deepmemory.chat import Turn
 
@@ -80,7 +81,9 @@ def test_processes_forked_after_the_store_was_used_keep_every_turn(tmp_path: Pat
     conversations.append_turn("shared", Turn(user="parent question", assistant="a", standalone_question="q"))
     children = []
     for number in range(3):
-        pid = os.fork()
+        with warnings.catch_warnings():  # Python 3.12+: forking a process with threads (the store's loop) warns
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             code = 1
             try:
