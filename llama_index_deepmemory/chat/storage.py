@@ -99,6 +99,9 @@ def open_chat_store(location: Any) -> tuple[Any, str, Path | None]:
         raise TypeError(f"conversations are stored in a folder, a database URI or a LlamaIndex chat store, "
                         f"got {type(location).__name__}")
     text = os.fspath(location)
+    if not text.strip():
+        raise ValueError(f"conversation store location {text!r} is empty; name a folder (e.g. 'deepmemory-chats') "
+                         "or a database URI")
     if "://" in text:
         uri = async_uri(text)
         engine = _sqlite_engine(uri) if uri.startswith("sqlite") else None

@@ -132,6 +132,14 @@ def test_feedback_on_an_unknown_conversation_or_turn_or_not_a_dict_is_refused(tm
     assert [t.feedback for t in conversations.load("support-1").turns] == [[{"kind": "helpful", "node_ids": ["git"]}]]
 
 
+def test_an_empty_or_blank_store_location_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for bad in ("", "  "):  # was the current folder (or a folder named '  '), silently
+        with pytest.raises(ValueError, match=rf"conversation store location {bad!r} is empty; name a folder"):
+            ConversationStore(bad)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("bad", ["", "../escape", "a/b", ".hidden", "x" * 101, "name.json", 7, "abc\n", "x.json\n",
                                  "a\x00b", "a\\b", "\nabc", "abc\r"])
 def test_conversation_ids_must_be_safe_names(tmp_path: Path, bad) -> None:
