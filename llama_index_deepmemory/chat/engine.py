@@ -175,6 +175,10 @@ class DeepMemoryChatEngine:
             raise ValueError(f"token_budget must be an int >= 0 (tokens of earlier turns in the prompt), got {token_budget!r}")
         if llm is None:
             raise ValueError("the chat needs an LLM: pass llm=OpenAI(...) or any LlamaIndex LLM")
+        from llama_index.core.base.llms.base import BaseLLM
+
+        if not isinstance(llm, BaseLLM):
+            raise TypeError(f"the chat's llm must be a LlamaIndex LLM, e.g. OpenAI(model='gpt-4o-mini'), got {llm!r}")
         if isinstance(source, VectorStoreIndex):
             index, store = source, source.vector_store
         elif hasattr(source, "deep_memory") and hasattr(source, "query"):

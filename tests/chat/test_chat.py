@@ -319,6 +319,14 @@ def test_deep_memory_true_needs_a_model(handbook, tmp_path: Path) -> None:
             DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path, log_citations=True)
 
 
+def test_an_llm_that_is_not_an_llm_is_refused_naming_it(handbook, tmp_path: Path) -> None:
+    """A model name where the LLM goes was accepted, then every answer failed with an AttributeError."""
+    store, _ = handbook
+    for bad in ("gpt-4o-mini", 42):
+        with pytest.raises(TypeError, match=rf"the chat's llm must be a LlamaIndex LLM.*got {bad!r}"):
+            DeepMemoryChatEngine(store, bad, conversation_id="x", history_dir=tmp_path)  # type: ignore[arg-type]
+
+
 # --- resuming in a new process, through the CLI ---------------------------------------------
 @pytest.mark.slow
 def test_cli_chat_resumes_the_conversation_in_a_new_process(handbook, tmp_path: Path) -> None:
