@@ -19,6 +19,7 @@ question and the source's node id to a query log that Deep Memory trains on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -173,6 +174,14 @@ class DeepMemoryChatEngine:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
         if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 0:
             raise ValueError(f"token_budget must be an int >= 0 (tokens of earlier turns in the prompt), got {token_budget!r}")
+        if isinstance(long_term_top_k, bool) or not isinstance(long_term_top_k, int) or long_term_top_k < 1:
+            raise ValueError(f"long_term_top_k must be a positive int, got {long_term_top_k!r}")
+        if (isinstance(long_term_cutoff, bool) or not isinstance(long_term_cutoff, (int, float))
+                or not -1.0 <= long_term_cutoff <= 1.0):
+            raise ValueError(f"long_term_cutoff must be a cosine similarity in [-1, 1], got {long_term_cutoff!r}")
+        if (isinstance(citation_weight, bool) or not isinstance(citation_weight, (int, float))
+                or not math.isfinite(citation_weight) or citation_weight <= 0):
+            raise ValueError(f"citation_weight must be a finite number > 0, got {citation_weight!r}")
         if llm is None:
             raise ValueError("the chat needs an LLM: pass llm=OpenAI(...) or any LlamaIndex LLM")
         from llama_index.core.base.llms.base import BaseLLM

@@ -327,6 +327,26 @@ def test_an_llm_that_is_not_an_llm_is_refused_naming_it(handbook, tmp_path: Path
             DeepMemoryChatEngine(store, bad, conversation_id="x", history_dir=tmp_path)  # type: ignore[arg-type]
 
 
+def test_bad_citation_weight_or_long_term_settings_are_refused_at_once(handbook, tmp_path: Path) -> None:
+    """Were accepted; a bad citation weight then failed every cited answer after saving it."""
+    store, _ = handbook
+    log = tmp_path / "feedback.jsonl"
+    with scripted_server(ScriptedLLM()) as server:
+        for bad in (0, -1.0, float("nan"), "0.5", True):
+            with pytest.raises(ValueError, match=rf"citation_weight must be a finite number > 0, got {re.escape(repr(bad))}"):
+                DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path,
+                                     feedback_log=log, log_citations=True, citation_weight=bad)
+        for bad in (0, -2, 1.5, True):
+            with pytest.raises(ValueError, match=rf"long_term_top_k must be a positive int, got {bad!r}"):
+                DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path,
+                                     long_term_top_k=bad)
+        for bad in (float("nan"), "0.4", 1.5, -1.5):
+            with pytest.raises(ValueError, match=rf"long_term_cutoff must be a cosine similarity in \[-1, 1\], "
+                                                 rf"got {re.escape(repr(bad))}"):
+                DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path,
+                                     long_term_cutoff=bad)
+
+
 # --- resuming in a new process, through the CLI ---------------------------------------------
 @pytest.mark.slow
 def test_cli_chat_resumes_the_conversation_in_a_new_process(handbook, tmp_path: Path) -> None:
