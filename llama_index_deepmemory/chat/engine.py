@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from llama_index_deepmemory.chat import long_term
 from llama_index_deepmemory.chat.conversations import ConversationStore
@@ -357,6 +357,8 @@ class DeepMemoryChatEngine:
                 raise ValueError(f"turn {turn!r} is out of range: the conversation has {len(turns)} turns") from None
         if isinstance(sources, (str, int)):
             sources = [sources]
+        if not isinstance(sources, Iterable):
+            raise TypeError(f"sources are ranks (ints) or node ids (strs), e.g. [1, 3], got {sources!r}")
         if not sources:
             raise ValueError("name at least one source (its rank under the answer, e.g. 2, or its node id)")
         ranks = []

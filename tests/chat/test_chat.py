@@ -306,6 +306,8 @@ def test_feedback_on_a_turn_named_by_a_bool_or_str_is_refused(handbook, tmp_path
     for bad in (True, "0", 1.0):  # True was taken as turn 1, "0" said to be out of range
         with pytest.raises(TypeError, match=rf"turn is an int index .*got {re.escape(repr(bad))}"):
             engine.mark_helpful([1], turn=bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"sources are ranks \(ints\) or node ids \(strs\), e\.g\. \[1, 3\], got 1\.5"):
+        engine.mark_helpful(1.5)  # type: ignore[arg-type]  # was "'float' object is not iterable"
     assert not log.exists()
     assert engine.mark_helpful([1], turn=0)["query"] == "How do I undo a git commit?"
 
