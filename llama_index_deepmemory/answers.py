@@ -417,6 +417,13 @@ async def aevaluate_answers(
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     if isinstance(judge_llm, str) and judge_llm != "same":
         raise ValueError(f"judge_llm must be an LLM, None or 'same', got {judge_llm!r}")
+    from llama_index.core.base.llms.base import BaseLLM
+
+    for what, given in (("llm", llm), ("judge_llm", None if isinstance(judge_llm, str) else judge_llm)):
+        if given is not None and not isinstance(given, BaseLLM):
+            raise TypeError(f"{what} must be a LlamaIndex LLM (e.g. OpenAI(model='gpt-4o-mini')) or None, got {given!r}")
+    if judge not in ("auto", "ragas", "llama_index"):
+        raise ValueError(f"judge must be 'auto', 'ragas' or 'llama_index', got {judge!r}")
     judge_model = llm if isinstance(judge_llm, str) else judge_llm
     judge_name, evaluator = (None, None) if judge_model is None else make_judge(judge_model, judge)  # type: ignore[arg-type]
     retrievers, store = _retrievers_for(source, top_k)

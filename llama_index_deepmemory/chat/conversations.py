@@ -103,6 +103,7 @@ class ConversationStore:
     def __init__(self, location: Any = "deepmemory-chats") -> None:
         self.chat_store, self.location, self.folder = storage.open_chat_store(location)
         self._ready = False
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"ConversationStore({self.location!r})"
@@ -113,14 +114,34 @@ class ConversationStore:
         return None if self.folder is None else self.folder / storage.DB_NAME
 
     def run(self, coro: Any) -> Any:
-        """Run one of the chat store's coroutines (after creating its table if needed)."""
+        """Run one of the chat store's coroutines (after creating its table if needed).
+
+        In a process forked after the store was used, the parent's pooled connections (whose
+        threads or event loop the child lacks) are first dropped, unclosed, so the child opens its own.
+        """
+        if self._pid != os.getpid():
+            storage.forget_connections(self.chat_store)
+            self._pid = os.getpid()
+
         async def prepared() -> Any:
-            if not self._ready:
-                await storage.ready(self.chat_store)
-                self._ready = True
+            try:
+                if not self._ready:
+                    await storage.ready(self.chat_store)
+                    self._ready = True
+            except BaseException:
+                coro.close()  # never started
+                raise
             return await coro
 
-        return storage.run(prepared())
+        try:
+            return storage.run(prepared())
+        except Exception as exc:
+            damage = storage.damage(exc)
+            if damage is None:
+                raise
+            raise ValueError(f"the conversation store {self.location} is damaged ({damage}); nothing was changed: "
+                             "restore it from a backup, or recover it with `sqlite3 FILE .recover` and move "
+                             "the damaged file (and its -wal/-shm files) aside") from exc
 
     # --- reading ---------------------------------------------------------------------------
     def load(self, conversation_id: str, create: bool = True) -> Conversation:
@@ -160,6 +181,8 @@ class ConversationStore:
         """Append ``turn``: its note, then its two messages in one INSERT (through ``memory``
         when given, so that its token budget moves older turns to long-term memory)."""
         check_conversation_id(conversation_id)
+        if not isinstance(turn, Turn):
+            raise TypeError(f"a turn is a Turn(user=..., assistant=..., standalone_question=...), got {turn!r}")
         self.run(self.aappend_turn(conversation_id, turn, memory))
 
     async def aappend_turn(self, conversation_id: str, turn: Turn, memory: "Memory | None" = None) -> None:
@@ -172,8 +195,20 @@ class ConversationStore:
             await self.chat_store.add_messages(conversation_id, turn_messages(turn))
 
     def add_feedback(self, conversation_id: str, turn_id: str, feedback: dict[str, Any]) -> None:
-        """Record feedback on a turn (appended; the turn itself is never rewritten)."""
+        """Record feedback on a turn (appended; the turn itself is never rewritten).
+
+        The conversation and the turn must exist (feedback on neither would never be read back).
+        """
         check_conversation_id(conversation_id)
+        if not isinstance(feedback, dict):
+            raise TypeError(f"feedback is a dict, e.g. {{'kind': 'helpful', 'node_ids': ['node_7']}}, got {feedback!r}")
+        self.migrate(conversation_id)
+        turn_ids = [t.turn_id for t in pair_turns(self.run(self.chat_store.get_messages(conversation_id, status=None)))]
+        if not turn_ids:
+            raise FileNotFoundError(f"no conversation {conversation_id!r} in {self.location}; list them with .list()")
+        if turn_id not in turn_ids:
+            raise ValueError(f"no turn {turn_id!r} in conversation {conversation_id!r}; give feedback on one of its "
+                             f"turns' turn_id: {turn_ids[-5:]} (the latest)")
         self.run(self._anote(conversation_id, {"kind": "feedback", TURN_KEY: turn_id, "feedback": feedback}))
 
     async def _anote(self, conversation_id: str, note: dict[str, Any]) -> None:

@@ -19,11 +19,12 @@ question and the source's node id to a query log that Deep Memory trains on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from llama_index_deepmemory.chat import long_term
 from llama_index_deepmemory.chat.conversations import ConversationStore
@@ -173,8 +174,20 @@ class DeepMemoryChatEngine:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
         if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 0:
             raise ValueError(f"token_budget must be an int >= 0 (tokens of earlier turns in the prompt), got {token_budget!r}")
+        if isinstance(long_term_top_k, bool) or not isinstance(long_term_top_k, int) or long_term_top_k < 1:
+            raise ValueError(f"long_term_top_k must be a positive int, got {long_term_top_k!r}")
+        if (isinstance(long_term_cutoff, bool) or not isinstance(long_term_cutoff, (int, float))
+                or not -1.0 <= long_term_cutoff <= 1.0):
+            raise ValueError(f"long_term_cutoff must be a cosine similarity in [-1, 1], got {long_term_cutoff!r}")
+        if (isinstance(citation_weight, bool) or not isinstance(citation_weight, (int, float))
+                or not math.isfinite(citation_weight) or citation_weight <= 0):
+            raise ValueError(f"citation_weight must be a finite number > 0, got {citation_weight!r}")
         if llm is None:
             raise ValueError("the chat needs an LLM: pass llm=OpenAI(...) or any LlamaIndex LLM")
+        from llama_index.core.base.llms.base import BaseLLM
+
+        if not isinstance(llm, BaseLLM):
+            raise TypeError(f"the chat's llm must be a LlamaIndex LLM, e.g. OpenAI(model='gpt-4o-mini'), got {llm!r}")
         if isinstance(source, VectorStoreIndex):
             index, store = source, source.vector_store
         elif hasattr(source, "deep_memory") and hasattr(source, "query"):
@@ -254,16 +267,29 @@ class DeepMemoryChatEngine:
         return self.conversations.location
 
     async def _ahistory(self, message: str) -> tuple[list[Any], int, int]:
-        """``(prompt messages: long-term memory, then the turns within budget; turns used; turns archived)``."""
+        """``(prompt messages: long-term memory, then the turns within budget; turns used; turns left out)``."""
         from llama_index.core.llms import ChatMessage
         from llama_index.core.storage.chat_store.base_db import MessageStatus
+
+        def role(m: Any) -> str:
+            return str(getattr(m.role, "value", m.role))
 
         messages = await self.memory.aget(input=message)
         store = self.conversations.chat_store
         archived = await store.get_messages(self._conversation_id, status=MessageStatus.ARCHIVED)
-        clean = [ChatMessage(role=m.role, blocks=m.blocks) for m in messages]  # no turn ids for the LLM
-        used = sum(1 for m in messages if getattr(m.role, "value", m.role) == "user")
-        trimmed = sum(1 for m in archived if getattr(m.role, "value", m.role) == "user")
+        start = next((i for i, m in enumerate(messages) if role(m) != "system"), len(messages))
+        head, turns = messages[:start], messages[start:]  # long-term memory (system), then the active turns
+        # Memory keeps the latest turn active whatever its size: leave out whole turns, oldest first, over budget
+        tokens = sum(self.memory._estimate_token_count(m) for m in turns)  # noqa: SLF001 - Memory's own count
+        left_out = 0
+        while turns and tokens > self.token_budget:
+            end = next((i for i, m in enumerate(turns[1:], start=1) if role(m) == "user"), len(turns))
+            tokens -= sum(self.memory._estimate_token_count(m) for m in turns[:end])  # noqa: SLF001
+            left_out += sum(1 for m in turns[:end] if role(m) == "user")
+            turns = turns[end:]
+        clean = [ChatMessage(role=m.role, blocks=m.blocks) for m in head + turns]  # no turn ids for the LLM
+        used = sum(1 for m in turns if role(m) == "user")
+        trimmed = sum(1 for m in archived if role(m) == "user") + left_out
         return clean, used, trimmed
 
     # --- chatting --------------------------------------------------------------------------
@@ -298,7 +324,12 @@ class DeepMemoryChatEngine:
         self.conversations.append_turn(self._conversation_id, turn, memory=self.memory)
         self._last = turn
         if self.log_citations and cited:
-            self._log(turn, cited, kind="cited", weight=self.citation_weight)
+            try:
+                self._log(turn, cited, kind="cited", weight=self.citation_weight)
+            except (OSError, ValueError) as exc:  # the turn is saved: say so, raising would invite a duplicate
+                problem = f"The cited sources were not logged: {exc}"
+                logger.warning(problem)
+                notice = f"{notice} {problem}" if notice else problem
         return ChatAnswer(turn, trimmed + used + 1, used, trimmed, notice, cited)
 
     # --- feedback --------------------------------------------------------------------------
@@ -312,6 +343,8 @@ class DeepMemoryChatEngine:
         """
         if self.feedback_log is None:
             raise ValueError("no feedback log: create the engine with feedback_log=PATH.jsonl")
+        if turn is not None and (isinstance(turn, bool) or not isinstance(turn, int)):
+            raise TypeError(f"turn is an int index into the conversation's turns (-1: the latest) or None, got {turn!r}")
         if turn is None and self._last is not None:
             chosen = self._last
         else:
@@ -320,10 +353,12 @@ class DeepMemoryChatEngine:
                 raise ValueError("no answer to give feedback on yet: chat first")
             try:
                 chosen = turns[range(len(turns))[-1 if turn is None else turn]]
-            except (IndexError, TypeError):
+            except IndexError:
                 raise ValueError(f"turn {turn!r} is out of range: the conversation has {len(turns)} turns") from None
         if isinstance(sources, (str, int)):
             sources = [sources]
+        if not isinstance(sources, Iterable):
+            raise TypeError(f"sources are ranks (ints) or node ids (strs), e.g. [1, 3], got {sources!r}")
         if not sources:
             raise ValueError("name at least one source (its rank under the answer, e.g. 2, or its node id)")
         ranks = []

@@ -81,7 +81,11 @@ def append_feedback(
            "kind": kind, **context, "at": time.time()}
     line = json.dumps(row, ensure_ascii=False)
     with locked(log):
-        existing = log.read_text(encoding="utf-8") if log.is_file() else ""
+        try:
+            existing = log.read_text(encoding="utf-8") if log.is_file() else ""
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"feedback log {str(log)!r} is not UTF-8 text ({exc}); it is left as it is: move it aside "
+                             "to start a new log") from exc
         if existing and not existing.endswith("\n"):
             existing += "\n"
         write_text_atomic(log, existing + line + "\n")

@@ -99,6 +99,9 @@ def open_chat_store(location: Any) -> tuple[Any, str, Path | None]:
         raise TypeError(f"conversations are stored in a folder, a database URI or a LlamaIndex chat store, "
                         f"got {type(location).__name__}")
     text = os.fspath(location)
+    if not text.strip():
+        raise ValueError(f"conversation store location {text!r} is empty; name a folder (e.g. 'deepmemory-chats') "
+                         "or a database URI")
     if "://" in text:
         uri = async_uri(text)
         engine = _sqlite_engine(uri) if uri.startswith("sqlite") else None
@@ -111,6 +114,26 @@ def open_chat_store(location: Any) -> tuple[Any, str, Path | None]:
     uri = f"sqlite+aiosqlite:///{(folder / DB_NAME).resolve()}"
     store = SQLAlchemyChatStore(table_name=TABLE_NAME, async_database_uri=uri, async_engine=_sqlite_engine(uri))
     return store, str(folder / DB_NAME), folder
+
+
+def forget_connections(store: Any) -> None:
+    """Drop (without closing) the pooled connections ``store`` inherited from its parent process.
+
+    They belong to the parent: an aiosqlite connection's thread does not exist in a forked child
+    (using it waits forever), and an asyncpg one is tied to the parent's event loop.
+    """
+    engine = getattr(store, "_async_engine", None)  # SQLAlchemyChatStore's engine (None until first used)
+    if engine is not None:
+        engine.sync_engine.dispose(close=False)
+
+
+_DAMAGE = ("file is not a database", "database disk image is malformed")
+
+
+def damage(exc: BaseException) -> str | None:
+    """SQLite's words when ``exc`` says the database file is damaged (not a database, malformed), else None."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return next((words for words in _DAMAGE if words in text.lower()), None)
 
 
 async def ready(store: Any, attempts: int = 5) -> None:

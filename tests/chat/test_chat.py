@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,46 @@ def test_damaged_or_newer_json_conversations_are_refused_and_kept(tmp_path: Path
     assert conversations.run(conversations.chat_store.get_keys()) == []
     with pytest.raises(FileNotFoundError, match="no conversation 'other'"):
         conversations.load("other", create=False)
+
+
+def test_a_damaged_store_file_is_refused_with_its_path_and_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    damaged = b"not an SQLite file, e.g. half a copy" * 200
+    (folder / "conversations.db").write_bytes(damaged)
+    conversations = ConversationStore(folder)
+    for call in (lambda: conversations.load("support-1"), conversations.list,
+                 lambda: conversations.append_turn("support-1", Turn(user="q", assistant="a", standalone_question="q"))):
+        with pytest.raises(ValueError, match=rf"conversation store {folder / 'conversations.db'} is damaged "
+                                             r"\(file is not a database\).*restore it from a backup"):
+            call()
+    assert (folder / "conversations.db").read_bytes() == damaged  # nothing written over it
+
+
+def test_feedback_on_an_unknown_conversation_or_turn_or_not_a_dict_is_refused(tmp_path: Path) -> None:
+    conversations = ConversationStore(tmp_path / "chats")
+    turn = Turn(user="q", assistant="a", standalone_question="q")
+    conversations.append_turn("support-1", turn)
+    with pytest.raises(FileNotFoundError, match=r"no conversation 'nope' in .*list them with \.list\(\)"):
+        conversations.add_feedback("nope", turn.turn_id, {"kind": "helpful", "node_ids": ["git"]})
+    with pytest.raises(ValueError, match=r"no turn 'abc' in conversation 'support-1'.*" + turn.turn_id):
+        conversations.add_feedback("support-1", "abc", {"kind": "helpful", "node_ids": ["git"]})
+    with pytest.raises(TypeError, match=r"feedback is a dict.*got \['git'\]"):
+        conversations.add_feedback("support-1", turn.turn_id, ["git"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"a turn is a Turn.*got 'hello'"):
+        conversations.append_turn("support-1", "hello")  # type: ignore[arg-type]
+    assert conversations.list() == ["support-1"]  # nothing written for the refused calls
+    assert [t.feedback for t in conversations.load("support-1").turns] == [[]]
+    conversations.add_feedback("support-1", turn.turn_id, {"kind": "helpful", "node_ids": ["git"]})
+    assert [t.feedback for t in conversations.load("support-1").turns] == [[{"kind": "helpful", "node_ids": ["git"]}]]
+
+
+def test_an_empty_or_blank_store_location_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for bad in ("", "  "):  # was the current folder (or a folder named '  '), silently
+        with pytest.raises(ValueError, match=rf"conversation store location {bad!r} is empty; name a folder"):
+            ConversationStore(bad)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("bad", ["", "../escape", "a/b", ".hidden", "x" * 101, "name.json", 7, "abc\n", "x.json\n",
@@ -194,6 +235,24 @@ def test_token_budget_trims_oldest_turns_and_says_so(handbook, tmp_path: Path) -
         DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path, token_budget=-1)
 
 
+def test_a_budget_smaller_than_a_turn_keeps_no_earlier_turn_in_the_prompt(handbook, tmp_path: Path) -> None:
+    """token_budget is the most tokens of earlier turns in the prompt: 0 (or less than the latest turn)
+    means none, though LlamaIndex's Memory keeps the latest turn active whatever its size."""
+    store, _ = handbook
+    llm = ScriptedLLM()
+    questions = ["How do I bake sourdough?", "How do I fix a flat tire?", "How do I file my tax return?"]
+    with scripted_server(llm) as server:
+        for budget in (0, 3):
+            engine = DeepMemoryChatEngine(store, client(server), conversation_id=f"b{budget}", history_dir=tmp_path,
+                                          top_k=2, token_budget=budget, tokenizer=lambda text: [0],
+                                          long_term_memory=False)
+            answers = [engine.chat(q) for q in questions]
+            assert [a.history_turns_used for a in answers] == [0, 0, 0], budget
+            sent = [m["content"] for m in llm.calls["chat"][-1]["messages"][1:]]
+            assert sent == [questions[2]], budget
+            assert len(ConversationStore(tmp_path).load(f"b{budget}").turns) == 3
+
+
 def test_feedback_and_opt_in_citations_go_to_the_query_log(handbook, tmp_path: Path) -> None:
     store, _ = handbook
     log = tmp_path / "feedback.jsonl"
@@ -217,6 +276,42 @@ def test_feedback_and_opt_in_citations_go_to_the_query_log(handbook, tmp_path: P
     assert len(read_query_log(log)[0]) == 1  # one question, its ids merged
 
 
+def test_an_answer_whose_citations_cannot_be_logged_is_still_returned_once(handbook, tmp_path: Path) -> None:
+    """The turn is saved before its citations are logged: a log that cannot be written must not make
+    chat() raise (the CLI then says "nothing was saved, try again", and the retry duplicates the turn)."""
+    store, _ = handbook
+    log = tmp_path / "feedback.jsonl"
+    damaged = b'{"query": "q", "relevant_ids": ["git"]}\n\xff\xfe half a row'
+    log.write_bytes(damaged)
+    with scripted_server(ScriptedLLM()) as server:
+        engine = DeepMemoryChatEngine(store, client(server), conversation_id="fb", history_dir=tmp_path, top_k=3,
+                                      feedback_log=log, log_citations=True)
+        answer = engine.chat("How do I undo a git commit?")
+    assert answer.cited and answer.notice is not None
+    assert f"cited sources were not logged: feedback log {str(log)!r} is not UTF-8 text" in answer.notice
+    assert log.read_bytes() == damaged  # left as it was
+    assert [t.user for t in ConversationStore(tmp_path).load("fb").turns] == ["How do I undo a git commit?"]
+    with pytest.raises(ValueError, match=rf"feedback log {re.escape(repr(str(log)))} is not UTF-8 text.*move it aside"):
+        engine.mark_helpful([1])
+
+
+def test_feedback_on_a_turn_named_by_a_bool_or_str_is_refused(handbook, tmp_path: Path) -> None:
+    store, _ = handbook
+    log = tmp_path / "feedback.jsonl"
+    with scripted_server(ScriptedLLM()) as server:
+        engine = DeepMemoryChatEngine(store, client(server), conversation_id="fb", history_dir=tmp_path, top_k=2,
+                                      feedback_log=log)
+        engine.chat("How do I undo a git commit?")
+        engine.chat("How do I bake sourdough?")
+    for bad in (True, "0", 1.0):  # True was taken as turn 1, "0" said to be out of range
+        with pytest.raises(TypeError, match=rf"turn is an int index .*got {re.escape(repr(bad))}"):
+            engine.mark_helpful([1], turn=bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"sources are ranks \(ints\) or node ids \(strs\), e\.g\. \[1, 3\], got 1\.5"):
+        engine.mark_helpful(1.5)  # type: ignore[arg-type]  # was "'float' object is not iterable"
+    assert not log.exists()
+    assert engine.mark_helpful([1], turn=0)["query"] == "How do I undo a git commit?"
+
+
 def test_deep_memory_true_needs_a_model(handbook, tmp_path: Path) -> None:
     store, _ = handbook
     with scripted_server(ScriptedLLM()) as server:
@@ -224,6 +319,34 @@ def test_deep_memory_true_needs_a_model(handbook, tmp_path: Path) -> None:
             DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path, deep_memory=True)
         with pytest.raises(ValueError, match="log_citations=True needs feedback_log"):
             DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path, log_citations=True)
+
+
+def test_an_llm_that_is_not_an_llm_is_refused_naming_it(handbook, tmp_path: Path) -> None:
+    """A model name where the LLM goes was accepted, then every answer failed with an AttributeError."""
+    store, _ = handbook
+    for bad in ("gpt-4o-mini", 42):
+        with pytest.raises(TypeError, match=rf"the chat's llm must be a LlamaIndex LLM.*got {bad!r}"):
+            DeepMemoryChatEngine(store, bad, conversation_id="x", history_dir=tmp_path)  # type: ignore[arg-type]
+
+
+def test_bad_citation_weight_or_long_term_settings_are_refused_at_once(handbook, tmp_path: Path) -> None:
+    """Were accepted; a bad citation weight then failed every cited answer after saving it."""
+    store, _ = handbook
+    log = tmp_path / "feedback.jsonl"
+    with scripted_server(ScriptedLLM()) as server:
+        for bad in (0, -1.0, float("nan"), "0.5", True):
+            with pytest.raises(ValueError, match=rf"citation_weight must be a finite number > 0, got {re.escape(repr(bad))}"):
+                DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path,
+                                     feedback_log=log, log_citations=True, citation_weight=bad)
+        for bad in (0, -2, 1.5, True):
+            with pytest.raises(ValueError, match=rf"long_term_top_k must be a positive int, got {bad!r}"):
+                DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path,
+                                     long_term_top_k=bad)
+        for bad in (float("nan"), "0.4", 1.5, -1.5):
+            with pytest.raises(ValueError, match=rf"long_term_cutoff must be a cosine similarity in \[-1, 1\], "
+                                                 rf"got {re.escape(repr(bad))}"):
+                DeepMemoryChatEngine(store, client(server), conversation_id="x", history_dir=tmp_path,
+                                     long_term_cutoff=bad)
 
 
 # --- resuming in a new process, through the CLI ---------------------------------------------

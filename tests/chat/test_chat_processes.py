@@ -66,3 +66,46 @@ def test_processes_writing_one_conversation_keep_every_turn(tmp_path: Path, requ
         owners = [t.user.split()[0] for t in turns]  # the writers overlapped: their turns interleave
         assert sum(a != b for a, b in zip(owners, owners[1:])) > WRITERS - 1, location
     assert (tmp_path / "chats" / "conversations.db").is_file()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_processes_forked_after_the_store_was_used_keep_every_turn(tmp_path: Path) -> None:
+    """A store used before a fork (an app preloaded, then its workers forked) works in every child:
+    the parent's pooled connection (its aiosqlite thread gone in the child) used to hang them."""
+    import time
+    import warnings
+
+    from llama_index_deepmemory.chat import Turn
+
+    conversations = ConversationStore(tmp_path / "chats")
+    conversations.append_turn("shared", Turn(user="parent question", assistant="a", standalone_question="q"))
+    children = []
+    for number in range(3):
+        with warnings.catch_warnings():  # Python 3.12+: forking a process with threads (the store's loop) warns
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                conversations.append_turn("shared", Turn(user=f"child {number}", assistant="a", standalone_question="q"))
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    deadline, codes = time.monotonic() + 15, {}
+    while len(codes) < len(children) and time.monotonic() < deadline:
+        for pid in children:
+            if pid not in codes:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes[pid] = os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    for pid in children:
+        if pid not in codes:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    assert len(codes) == len(children), "forked children hung on the parent's chat store connection"
+    assert list(codes.values()) == [0] * len(children)
+    turns = ConversationStore(tmp_path / "chats").load("shared").turns
+    assert sorted(t.user for t in turns) == ["child 0", "child 1", "child 2", "parent question"]
+    assert [t.user for t in conversations.load("shared").turns][0] == "parent question"  # the parent goes on too

@@ -228,6 +228,18 @@ def test_argument_errors(trained, test_set) -> None:
     assert (result.table["context_recall"] == 1.0).all()
 
 
+def test_an_llm_that_is_not_an_llm_is_refused_naming_it(trained, test_set) -> None:
+    """A model name where an LLM goes failed every answer, then blamed OPENAI_API_KEY; a typo'd judge
+    name was ignored when nothing is judged."""
+    store, _ = trained
+    with pytest.raises(TypeError, match=r"llm must be a LlamaIndex LLM .* or None, got 'gpt-4o-mini'"):
+        evaluate_answers(store, test_set, "gpt-4o-mini", top_k=TOP_K)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"judge_llm must be a LlamaIndex LLM .* got 42"):
+        evaluate_answers(store, test_set, None, judge_llm=42, top_k=TOP_K)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"judge must be 'auto', 'ragas' or 'llama_index', got 'ragass'"):
+        evaluate_answers(store, test_set, None, judge_llm=None, judge="ragass", top_k=TOP_K)  # type: ignore[arg-type]
+
+
 def test_ragas_judge_when_installed(trained, test_set, monkeypatch: pytest.MonkeyPatch) -> None:
     """RAGAS's LLMContextRecall (optional extra) and our evaluator agree with the same deterministic judge."""
     pytest.importorskip("ragas.metrics", reason="the optional ragas extra is not installed (or is broken)")
