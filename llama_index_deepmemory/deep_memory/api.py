@@ -113,6 +113,8 @@ class DeepMemory(ModelKeeping):
             job_id, number = self._location.reserve_job(record.to_dict())
         else:
             job_id, number = self._jobs.new_id()
+            while f"model_{number}" in self._models:  # a name add_model took: never replaced
+                job_id, number = self._jobs.new_id()
         record.job_id, model_name = job_id, f"model_{number}"
 
         def work(context: jobs.JobContext) -> None:

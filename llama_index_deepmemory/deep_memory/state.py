@@ -218,6 +218,9 @@ class ModelLocation:
         try:
             with self.locked():
                 catalog = self.catalog()
+                if name in catalog["models"]:  # added by another process since this one looked
+                    raise ValueError(f"a Deep Memory model named {name!r} is already kept in {str(self.root)!r}; "
+                                     "delete it first or pick another name")
                 catalog["models"][name] = {"folder": folder, "kind": model.kind, "job_id": job_id,
                                            "created_at": time.time()}
                 activated = activate and (expected_active_version is None

@@ -97,3 +97,57 @@ def test_a_taken_name_and_a_non_model_are_refused_and_nothing_changes() -> None:
     with pytest.raises(TypeError, match="needs a DeepMemoryModel, got dict"):
         store.deep_memory.add_model("x", {"dim": DIM})
     assert store.deep_memory.active_model() is kept and [m["name"] for m in store.deep_memory.list_models()] == ["m"]
+
+
+# --- names a training uses -------------------------------------------------------------------
+def _rotation() -> tuple[DeepMemoryVectorStore, "RotationTask"]:
+    from synthetic import RotationTask
+
+    t = RotationTask(n_docs=60, dim=DIM, n_queries=40, seed=0)
+    return t.store(), t
+
+
+TINY = dict(epochs=1, batch_size=32, query_memory=False, refit=False)
+
+
+def test_training_never_replaces_a_model_added_under_the_name_it_would_use() -> None:
+    store, t = _rotation()
+    hand = AdapterMemoryModel(DIM, memory_ids=["node_5"], memory_vectors=t.docs[5][None, :])
+    store.deep_memory.add_model("model_1", hand)
+    job = store.deep_memory.train(t.texts, t.relevance, embedding=t.queries, **TINY)
+    trained = store.deep_memory.status(job)["model_name"]
+    assert trained != "model_1" and store.deep_memory.kept_model("model_1") is hand
+    assert sorted(m["name"] for m in store.deep_memory.list_models()) == sorted(["model_1", trained])
+
+
+def test_a_model_is_never_added_under_the_name_a_running_training_keeps_its_model_as(tmp_path: Path) -> None:
+    store, t = _rotation()
+    path = str(tmp_path / "store")
+    store.persist(path)
+    a, b = DeepMemoryVectorStore.from_persist_path(path), DeepMemoryVectorStore.from_persist_path(path)
+    job = a.deep_memory.train(t.texts, t.relevance, embedding=t.queries, background=True, **TINY)
+    assert job == "job_1"
+    hand = AdapterMemoryModel(DIM, memory_ids=["node_5"], memory_vectors=t.docs[5][None, :])
+    try:
+        with pytest.raises(ValueError, match=r"'model_1' is the name training job job_1 \((queued|running)\) will "
+                                             r"keep its model as; pick another name"):
+            b.deep_memory.add_model("model_1", hand)
+    finally:
+        assert a.deep_memory.wait(job, timeout=60)["status"] == "completed"
+    fresh = DeepMemoryVectorStore.from_persist_path(path).deep_memory
+    assert [(m["name"], m["job_id"]) for m in fresh.list_models()] == [("model_1", "job_1")]
+
+
+def test_a_shared_location_never_records_a_second_model_under_a_kept_name(tmp_path: Path) -> None:
+    from llama_index_deepmemory.deep_memory import state
+
+    location = state.ModelLocation.open(tmp_path / "models")
+    first = _memory_model()
+    location.add_model("hand", first, None, activate=True, expected_active_version=None)
+    with pytest.raises(ValueError, match=r"model named 'hand' is already kept in .*; delete it first or pick another"):
+        location.add_model("hand", DeepMemoryModel(DIM), None, activate=False, expected_active_version=None)
+    catalog = location.catalog()
+    assert list(catalog["models"]) == ["hand"] and catalog["active"] == "hand"
+    kept = location.load_model(catalog["models"]["hand"]["folder"])
+    assert np.array_equal(kept.to_state()[1]["memory_vectors"], first.to_state()[1]["memory_vectors"])
+    assert len(list((tmp_path / "models" / "models").iterdir())) == 1  # the refused one left no folder
