@@ -211,7 +211,7 @@ class ModelKeeping:
             try:
                 catalog = location.catalog()
                 loaded = {name: (self._models[name] if self._folders.get(name) == entry["folder"] and name in self._models
-                                 else location.load_model(entry["folder"]))
+                                 else location.load_model(entry["folder"], name))
                           for name, entry in catalog["models"].items()}
             except (OSError, ValueError, state.LocationGoneError) as exc:  # e.g. a model deleted between the reads
                 if location.stamp() is None:  # removed while being read (its store persisted over)

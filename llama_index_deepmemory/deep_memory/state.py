@@ -145,9 +145,23 @@ class ModelLocation:
             raise persistence.CorruptStoreError(f"{str(path)!r} has no valid 'models' table")
         return data
 
-    def load_model(self, folder: str) -> DeepMemoryModel:
-        """The model in ``models/<folder>`` (its arrays' size and sha256 checked)."""
+    def load_model(self, folder: str, name: str | None = None) -> DeepMemoryModel:
+        """The model ``name`` in ``models/<folder>`` (its arrays' size and sha256 checked); a missing
+        or damaged file is refused as :class:`CorruptStoreError` naming it and the fix."""
         base = self.root / "models" / Path(folder).name
+        try:
+            return self._read_model(base)
+        except FileNotFoundError as exc:
+            problem = f"{str(exc.filename or base)!r} is missing"
+        except persistence.CorruptStoreError as exc:
+            problem = str(exc)
+        raise persistence.CorruptStoreError(
+            f"Deep Memory model {name or folder!r} cannot be loaded: {problem}; restore {str(base)!r} from a backup, "
+            f"or remove {name or folder!r} from 'models' (and from 'active' if it is named there) in "
+            f"{str(self.root / CATALOG)!r}: the other models are kept"
+        )
+
+    def _read_model(self, base: Path) -> DeepMemoryModel:
         info = persistence.read_json(base / "model.json")
         arrays_path = base / "arrays.safetensors"
         if not isinstance(info, dict) or not isinstance(info.get("meta"), dict):

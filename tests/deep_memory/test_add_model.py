@@ -151,3 +151,36 @@ def test_a_shared_location_never_records_a_second_model_under_a_kept_name(tmp_pa
     kept = location.load_model(catalog["models"]["hand"]["folder"])
     assert np.array_equal(kept.to_state()[1]["memory_vectors"], first.to_state()[1]["memory_vectors"])
     assert len(list((tmp_path / "models" / "models").iterdir())) == 1  # the refused one left no folder
+
+
+# --- a damaged model file ----------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["missing arrays", "truncated arrays", "missing model.json"])
+def test_a_damaged_model_file_is_refused_naming_it_and_the_fix_and_the_fix_keeps_the_others(
+        tmp_path: Path, damage: str) -> None:
+    import json
+
+    path = tmp_path / "store"
+    _store().persist(str(path))
+    a = DeepMemoryVectorStore.from_persist_path(str(path))
+    a.deep_memory.add_model("keep", _memory_model(), activate=True)
+    a.deep_memory.add_model("hurt", DeepMemoryModel(DIM))
+    location = a.deep_memory.location.root
+    catalog = json.loads((location / "catalog.json").read_text())
+    folder = location / "models" / catalog["models"]["hurt"]["folder"]
+    if damage == "missing arrays":
+        (folder / "arrays.safetensors").unlink()
+    elif damage == "truncated arrays":
+        data = (folder / "arrays.safetensors").read_bytes()
+        (folder / "arrays.safetensors").write_bytes(data[: len(data) // 2])
+    else:
+        (folder / "model.json").unlink()
+    with pytest.raises(ValueError) as info:
+        DeepMemoryVectorStore.from_persist_path(str(path))
+    message = str(info.value)
+    assert "'hurt' cannot be loaded" in message and str(folder) in message, message
+    assert f"remove 'hurt' from 'models'" in message and str(location / "catalog.json") in message, message
+    # the fix the message names: the store loads again with its other model, still active
+    del catalog["models"]["hurt"]
+    (location / "catalog.json").write_text(json.dumps(catalog))
+    fresh = DeepMemoryVectorStore.from_persist_path(str(path)).deep_memory
+    assert [(m["name"], m["active"]) for m in fresh.list_models()] == [("keep", True)]
