@@ -18,6 +18,7 @@ from llama_index_deepmemory.deep_memory import jobs, models, state
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel
 
 logger = logging.getLogger(__name__)
+SYNC_ATTEMPTS = 5  # reads of a catalog that other processes keep changing meanwhile, before giving up
 
 
 class ModelKeeping:
@@ -208,19 +209,25 @@ class ModelKeeping:
             if stamp is None:
                 self._gone(location)
                 return
-            try:
-                catalog = location.catalog()
-                loaded = {name: (self._models[name] if self._folders.get(name) == entry["folder"] and name in self._models
-                                 else location.load_model(entry["folder"], name))
-                          for name, entry in catalog["models"].items()}
-            except (OSError, ValueError, state.LocationGoneError) as exc:  # e.g. a model deleted between the reads
-                if location.stamp() is None:  # removed while being read (its store persisted over)
-                    self._gone(location)
+            for attempt in range(1, SYNC_ATTEMPTS + 1):
+                try:
+                    catalog = location.catalog()
+                    loaded = {name: (self._models[name] if self._folders.get(name) == entry["folder"] and name in self._models
+                                     else location.load_model(entry["folder"], name))
+                              for name, entry in catalog["models"].items()}
+                    break
+                except (OSError, ValueError, state.LocationGoneError) as exc:
+                    now = location.stamp()
+                    if now is None:  # removed while being read (its store persisted over)
+                        self._gone(location)
+                        return
+                    if now != stamp and attempt < SYNC_ATTEMPTS:  # changed while read (a model deleted): read again
+                        stamp = now
+                        continue
+                    if force:
+                        raise
+                    logger.warning("could not read the Deep Memory models at %s (%s); trying again later", location.root, exc)
                     return
-                if force:
-                    raise
-                logger.warning("could not read the Deep Memory models at %s (%s); trying again later", location.root, exc)
-                return
             with self._lock:
                 local = {n: m for n, m in self._models.items() if n not in self._folders and n not in loaded}
                 self._models = {**loaded, **local}

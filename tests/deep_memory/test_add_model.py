@@ -184,3 +184,51 @@ def test_a_damaged_model_file_is_refused_naming_it_and_the_fix_and_the_fix_keeps
     (location / "catalog.json").write_text(json.dumps(catalog))
     fresh = DeepMemoryVectorStore.from_persist_path(str(path)).deep_memory
     assert [(m["name"], m["active"]) for m in fresh.list_models()] == [("keep", True)]
+
+
+CHURN = """
+import sys, time
+import numpy as np
+from llama_index_deepmemory import DeepMemoryVectorStore
+from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
+dm = DeepMemoryVectorStore.from_persist_path(sys.argv[1]).deep_memory
+print("ready", flush=True)
+end, n = time.monotonic() + float(sys.argv[2]), 0
+while time.monotonic() < end:
+    dm.add_model("churn", AdapterMemoryModel(8, memory_ids=["n1"], memory_vectors=np.ones((1, 8), np.float32)))
+    dm.delete_model("churn")
+    n += 1
+print(n)
+"""
+
+
+def test_a_refresh_while_another_process_deletes_models_never_fails(tmp_path: Path) -> None:
+    """Another process adds and deletes a model over and over: this one's refresh (and every call
+    that refreshes: list_models, set_model, ...) reads the catalog again, never failing on a model
+    folder deleted between its reads."""
+    import os
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "store")
+    _store().persist(path)
+    a = DeepMemoryVectorStore.from_persist_path(path)
+    a.deep_memory.add_model("steady", _memory_model(), activate=True)
+    child = subprocess.Popen([sys.executable, "-c", CHURN, path, "3"], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        errors, refreshes = [], 0
+        while child.poll() is None:
+            try:
+                assert a.deep_memory.refresh() == "steady"
+                refreshes += 1
+            except (OSError, ValueError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+        churned = int(child.communicate(timeout=30)[0].strip())
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0 and churned > 10 and refreshes > 100
+    assert errors == [], f"{len(errors)} of {len(errors) + refreshes} refreshes failed, e.g. {errors[0]}"
+    assert [m["name"] for m in a.deep_memory.list_models()] == ["steady"]
