@@ -137,12 +137,21 @@ class ModelLocation:
             raise LocationGoneError(self.root) from None
         if not isinstance(data, dict) or data.get("kind") != CATALOG_KIND:
             raise persistence.CorruptStoreError(f"{str(path)!r} is not a Deep Memory model catalog")
-        if int(data.get("format_version", 0)) > CATALOG_VERSION:
+        fix = "restore it from a backup of the store (the models themselves are in models/m-*/)"
+        for key in ("format_version", "version", "active_version", "next_number"):
+            value = data.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise persistence.CorruptStoreError(f"{str(path)!r} has {key} {value!r}, expected an int >= 0; {fix}")
+        if data["format_version"] > CATALOG_VERSION:
             raise ValueError(f"{str(path)!r} has format_version {data.get('format_version')!r}; upgrade "
                              "llama-index-deepmemory to read it")
         models = data.get("models")
-        if not isinstance(models, dict) or not all(isinstance(v, dict) and "folder" in v for v in models.values()):
-            raise persistence.CorruptStoreError(f"{str(path)!r} has no valid 'models' table")
+        if not isinstance(models, dict) or not all(isinstance(v, dict) and isinstance(v.get("folder"), str)
+                                                   for v in models.values()):
+            raise persistence.CorruptStoreError(f"{str(path)!r} has no valid 'models' table; {fix}")
+        if "active" not in data or (data["active"] is not None and data["active"] not in models):
+            raise persistence.CorruptStoreError(f"{str(path)!r} has active {data.get('active', '(missing)')!r}, which is not in its "
+                                                f"'models' table ({sorted(models)}); {fix}, or set 'active' to null")
         return data
 
     def load_model(self, folder: str, name: str | None = None) -> DeepMemoryModel:

@@ -1,0 +1,53 @@
+"""A model location's ``catalog.json`` that parses as JSON but holds wrong fields (hand-edited,
+written by a broken tool) is refused naming the file, the field and the fix: never a bare
+KeyError/TypeError, and never an active model that does not exist."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from llama_index.core.schema import TextNode
+
+from llama_index_deepmemory import DeepMemoryVectorStore, persistence
+from llama_index_deepmemory.deep_memory import state
+from llama_index_deepmemory.deep_memory.models import AdapterMemoryModel
+
+DIM = 8
+DAMAGE = {
+    "active missing": (lambda c: c.pop("active"), "active '(missing)'"),
+    "active unknown": (lambda c: c.update(active="ghost"), "active 'ghost', which is not in its 'models' table"),
+    "active_version a str": (lambda c: c.update(active_version="x"), "active_version 'x', expected an int >= 0"),
+    "next_number null": (lambda c: c.update(next_number=None), "next_number None, expected an int >= 0"),
+    "format_version a str": (lambda c: c.update(format_version="2"), "format_version '2', expected an int >= 0"),
+    "folder a number": (lambda c: c["models"]["m"].update(folder=3), "no valid 'models' table"),
+}
+
+
+@pytest.fixture()
+def persisted(tmp_path: Path) -> Path:
+    vectors = np.random.default_rng(0).normal(size=(6, DIM)).astype(np.float32)
+    store = DeepMemoryVectorStore()
+    store.add([TextNode(id_=f"n{i}", text=f"t{i}", embedding=v.tolist()) for i, v in enumerate(vectors)])
+    store.deep_memory.add_model("m", AdapterMemoryModel(DIM, memory_ids=["n1"], memory_vectors=vectors[1][None, :]),
+                                activate=True)
+    store.persist(str(tmp_path / "store"))
+    return tmp_path / "store"
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_catalog_with_wrong_fields_is_refused_naming_the_file_the_field_and_the_fix(persisted: Path,
+                                                                                      damage: str) -> None:
+    change, want = DAMAGE[damage]
+    catalog_path = next(persisted.glob("dm-*")) / "catalog.json"
+    catalog = json.loads(catalog_path.read_text())
+    change(catalog)
+    catalog_path.write_text(json.dumps(catalog))
+    for load in (lambda: DeepMemoryVectorStore.from_persist_path(str(persisted)),
+                 lambda: state.ModelLocation.open(catalog_path.parent)):  # as a model_dir is opened
+        with pytest.raises(persistence.CorruptStoreError) as info:
+            load()
+        message = str(info.value)
+        assert str(catalog_path) in message and want in message and "restore it from a backup" in message, message
