@@ -384,13 +384,26 @@ def write_copy(parent: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]
     return name
 
 
-def save_to(folder: str | os.PathLike, manager: Any) -> None:
+def save_to(folder: str | os.PathLike, manager: Any, overwrite: bool = False) -> None:
     """Make the model location ``folder`` hold ``manager``'s models (nothing to do when the
-    manager is bound to it: its changes are recorded there as they happen)."""
+    manager is bound to it: its changes are recorded there as they happen). Models kept there that
+    ``manager`` lacks (recorded by a store bound to ``folder``) are never dropped unless ``overwrite``:
+    :class:`~llama_index_deepmemory.persistence.StaleStoreError` names them and the fix."""
     bound = manager.location
     if bound is not None and os.path.realpath(bound.root) == os.path.realpath(folder):
         return
-    ModelLocation.open(folder).replace(*manager.to_state())
+    location = ModelLocation.open(folder)
+    meta, arrays = manager.to_state()
+    with location.locked():
+        others = sorted(set(location.catalog()["models"]) - set(meta.get("models", {})))
+        if others and not overwrite:
+            raise persistence.StaleStoreError(
+                f"{str(location.root)!r} keeps Deep Memory model(s) {others} this store does not have (recorded "
+                "there by a store built with model_dir=that folder); persisting would delete them. Build the store "
+                "with model_dir=that folder to add to its models, persist to another folder, or pass "
+                "overwrite=True to replace them"
+            )
+        location._replace(meta, arrays, location.catalog())
 
 
 def read_legacy_snapshot(gen: Path, listed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
