@@ -1,5 +1,5 @@
-"""``deepmemory models --delete`` / ``activate`` on a small store with hand-made models (no embedding
-model needed): bad names are refused before anything changes."""
+"""``deepmemory models --delete`` on a small store with hand-made models (no embedding model
+needed), and option values refused before anything runs: bad input is refused before anything changes."""
 
 from __future__ import annotations
 
@@ -45,3 +45,14 @@ def test_delete_with_one_bad_name_deletes_nothing(store: Path, bad: str, why: st
     assert kept(store) == ["m1", "m2", "m3"]
     assert main(["models", "--store", str(store), "--delete", "m2", "--delete", "m3"]) == 0
     assert kept(store) == ["m1"]
+
+
+def test_a_negative_chunk_overlap_is_refused_naming_the_value(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "a.html").write_text("<html><head><title>A</title></head><body><p>Hello.</p></body></html>")
+    with pytest.raises(SystemExit) as info:
+        main(["ingest", str(tmp_path / "site"), "--store", str(tmp_path / "store"), "--chunk-overlap", "-5", "-q"])
+    assert info.value.code == 2
+    assert "--chunk-overlap: expected an integer >= 0, got '-5'" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
