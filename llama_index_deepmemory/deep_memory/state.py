@@ -55,6 +55,20 @@ LEGACY_FILES = ("deep_memory.json", "deep_memory.safetensors")
 _NUMBERED = re.compile(r"^(?:model|job)_(\d+)$")
 
 
+_NUMBER, _TEXT = (int, float), (str,)
+_JOB_FIELDS: dict[str, tuple[type, ...]] = {  # a job record's fields and their JSON types (None: optional)
+    "status": _TEXT, "progress": _NUMBER, "message": _TEXT, "created_at": _NUMBER, "started_at": (*_NUMBER, type(None)),
+    "finished_at": (*_NUMBER, type(None)), "options": (dict,), "num_queries": (int,), "val_before": (dict,),
+    "val_after": (dict,), "model_name": (str, type(None)), "active": (bool,), "error": (str, type(None)),
+    "note": (str, type(None)), "info": (dict,), "owner": (str, type(None)),
+}
+
+
+def _is(value: Any, kinds: tuple[type, ...]) -> bool:
+    """``value`` is one of ``kinds`` (a bool is no number)."""
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+
+
 class LocationGoneError(RuntimeError):
     """The model location was replaced (its store persisted over by another handle)."""
 
@@ -202,8 +216,16 @@ class ModelLocation:
             except (OSError, ValueError) as exc:
                 logger.warning("skipping unreadable job record %s: %s", path, exc)
                 continue
-            if isinstance(row, dict) and row.get("job_id") == path.stem:
-                rows.append(row)
+            if not isinstance(row, dict) or row.get("job_id") != path.stem:
+                continue
+            wrong = sorted(key for key, kinds in _JOB_FIELDS.items() if key in row and not _is(row[key], kinds))
+            wrong += [key for key in ("val_before", "val_after")  # metric tables: numbers only
+                      if isinstance(row.get(key), dict) and not all(_is(v, _NUMBER) for v in row[key].values())]
+            if wrong:
+                logger.warning("skipping job record %s: %s of the wrong type (restore it from a backup, or delete it)",
+                               path, ", ".join(wrong))
+                continue
+            rows.append(row)
         return rows
 
     # --- recorded changes (each one atomic step under the lock) --------------------------------

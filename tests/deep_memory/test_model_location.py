@@ -51,3 +51,26 @@ def test_a_catalog_with_wrong_fields_is_refused_naming_the_file_the_field_and_th
             load()
         message = str(info.value)
         assert str(catalog_path) in message and want in message and "restore it from a backup" in message, message
+
+
+@pytest.mark.parametrize("damage", [{"progress": "x"}, {"val_after": [1]}, {"val_after": {"recall@10": "high"}},
+                                    {"started_at": "x", "status": "running"}])
+def test_a_job_record_with_wrong_types_is_skipped_naming_it_and_the_rest_is_listed(
+        persisted: Path, damage: dict, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    from llama_index_deepmemory.cli import main
+
+    jobs = next(persisted.glob("dm-*")) / "jobs"
+    jobs.mkdir(exist_ok=True)
+    good = {"job_id": "job_4", "status": "completed", "progress": 1.0, "model_name": "m",
+            "val_before": {"recall@10": 0.5}, "val_after": {"recall@10": 0.75}}
+    (jobs / "job_4.json").write_text(json.dumps(good))
+    (jobs / "job_5.json").write_text(json.dumps({"job_id": "job_5", **damage}))
+    dm = DeepMemoryVectorStore.from_persist_path(str(persisted)).deep_memory
+    with caplog.at_level("WARNING"):
+        listed = dm.list_jobs()
+    assert [j["job_id"] for j in listed] == ["job_4"] and listed[0]["val_after"] == {"recall@10": 0.75}
+    assert str(jobs / "job_5.json") in caplog.text and "wrong type" in caplog.text
+    assert [(m["name"], m["job_id"]) for m in dm.list_models()] == [("m", "job_4")]
+    capsys.readouterr()
+    assert main(["models", "--store", str(persisted)]) == 0 and "m  job job_4" in capsys.readouterr().out
+    assert main(["status", "--store", str(persisted)]) == 0
