@@ -31,7 +31,7 @@ import numpy as np
 
 from llama_index_deepmemory.deep_memory import jobs, state
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView, check_query_texts
-from llama_index_deepmemory.deep_memory.keeping import ModelKeeping
+from llama_index_deepmemory.deep_memory.keeping import ModelKeeping, check_model_name
 from llama_index_deepmemory.deep_memory.models import model_from_state
 from llama_index_deepmemory.deep_memory.training_record import TrainingRecord
 from llama_index_deepmemory.metrics import recall_at_k
@@ -272,6 +272,8 @@ class DeepMemory(ModelKeeping):
     # --- models ----------------------------------------------------------------------------
     def training_data(self, name: str | None = None) -> tuple[list[str], Relevance] | None:
         """``(queries, relevance)`` the named (default: active) model was trained on; None when unknown."""
+        if name is not None:
+            check_model_name(name)
         record = self._training_record(name or self.get_model() or "")
         return None if record is None else (list(record.queries), [list(p) for p in record.relevance])
 

@@ -21,6 +21,12 @@ logger = logging.getLogger(__name__)
 SYNC_ATTEMPTS = 5  # reads of a catalog that other processes keep changing meanwhile, before giving up
 
 
+def check_model_name(name: Any) -> None:
+    """TypeError naming ``name`` unless it is a str (a model's name)."""
+    if not isinstance(name, str):
+        raise TypeError(f"a Deep Memory model name is a str such as 'model_2' (list_models() names them), got {name!r}")
+
+
 class ModelKeeping:
     """Kept models (``_models``), the active one (``_active``) and where they are shared."""
 
@@ -50,6 +56,7 @@ class ModelKeeping:
 
     def _check_kept(self, name: str) -> None:
         """ValueError naming the kept models unless ``name`` is one (call under ``_lock``)."""
+        check_model_name(name)
         if name not in self._models:
             known = sorted(self._models) or "none yet: train one first"
             raise ValueError(f"unknown Deep Memory model {name!r}; kept models: {known}")

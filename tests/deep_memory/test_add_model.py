@@ -232,3 +232,19 @@ def test_a_refresh_while_another_process_deletes_models_never_fails(tmp_path: Pa
     assert child.returncode == 0 and churned > 10 and refreshes > 100
     assert errors == [], f"{len(errors)} of {len(errors) + refreshes} refreshes failed, e.g. {errors[0]}"
     assert [m["name"] for m in a.deep_memory.list_models()] == ["steady"]
+
+
+@pytest.mark.parametrize("call, bad", [
+    (lambda dm: dm.set_model(["m"]), "model name is a str such as 'model_2' (list_models() names them), got ['m']"),
+    (lambda dm: dm.delete_model(["m"]), "model name is a str such as 'model_2' (list_models() names them), got ['m']"),
+    (lambda dm: dm.kept_model({"m": 1}), "model name is a str such as 'model_2' (list_models() names them), got {'m': 1}"),
+    (lambda dm: dm.training_data(["m"]), "model name is a str such as 'model_2' (list_models() names them), got ['m']"),
+    (lambda dm: dm.status(["job_1"]), "job id is a str such as 'job_1' (list_jobs() names them), got ['job_1']"),
+    (lambda dm: dm.wait(["job_1"]), "job id is a str such as 'job_1' (list_jobs() names them), got ['job_1']"),
+])
+def test_a_model_name_or_job_id_of_the_wrong_type_is_refused_naming_it(call, bad: str) -> None:
+    store = _store()
+    store.deep_memory.add_model("m", _memory_model(), activate=True)
+    with pytest.raises(TypeError, match=re.escape(bad)):
+        call(store.deep_memory)
+    assert store.deep_memory.get_model() == "m" and [m["name"] for m in store.deep_memory.list_models()] == ["m"]
