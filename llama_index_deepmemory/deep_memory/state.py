@@ -53,6 +53,7 @@ REFRESH_SECONDS = 1.0  # the longest a process serves an outdated activation wit
 SIDE_PREFIX = "dm-"  # the embedded store's model location, beside its generations
 LEGACY_FILES = ("deep_memory.json", "deep_memory.safetensors")
 _NUMBERED = re.compile(r"^(?:model|job)_(\d+)$")
+CATALOG_FIX = "restore it from a backup of the store (the models themselves are in models/m-*/)"
 
 
 _NUMBER, _TEXT = (int, float), (str,)
@@ -149,9 +150,11 @@ class ModelLocation:
             data = persistence.read_json(path)
         except FileNotFoundError:  # also when removed between a check and the read
             raise LocationGoneError(self.root) from None
+        except persistence.CorruptStoreError as exc:  # truncated or not JSON
+            raise persistence.CorruptStoreError(f"{exc}; {CATALOG_FIX}") from None
         if not isinstance(data, dict) or data.get("kind") != CATALOG_KIND:
-            raise persistence.CorruptStoreError(f"{str(path)!r} is not a Deep Memory model catalog")
-        fix = "restore it from a backup of the store (the models themselves are in models/m-*/)"
+            raise persistence.CorruptStoreError(f"{str(path)!r} is not a Deep Memory model catalog; {CATALOG_FIX}")
+        fix = CATALOG_FIX
         for key in ("format_version", "version", "active_version", "next_number"):
             value = data.get(key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -74,3 +74,12 @@ def test_a_job_record_with_wrong_types_is_skipped_naming_it_and_the_rest_is_list
     capsys.readouterr()
     assert main(["models", "--store", str(persisted)]) == 0 and "m  job job_4" in capsys.readouterr().out
     assert main(["status", "--store", str(persisted)]) == 0
+
+
+@pytest.mark.parametrize("data", [b'{"kind": "llama-index-deepmemory/mo', b"\xff\xfe", b"[]"])
+def test_a_truncated_or_foreign_catalog_is_refused_naming_the_file_and_the_fix(persisted: Path, data: bytes) -> None:
+    catalog_path = next(persisted.glob("dm-*")) / "catalog.json"
+    catalog_path.write_bytes(data)
+    with pytest.raises(persistence.CorruptStoreError) as info:
+        DeepMemoryVectorStore.from_persist_path(str(persisted))
+    assert str(catalog_path) in str(info.value) and "restore it from a backup" in str(info.value), str(info.value)
