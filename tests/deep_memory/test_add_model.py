@@ -248,3 +248,18 @@ def test_a_model_name_or_job_id_of_the_wrong_type_is_refused_naming_it(call, bad
     with pytest.raises(TypeError, match=re.escape(bad)):
         call(store.deep_memory)
     assert store.deep_memory.get_model() == "m" and [m["name"] for m in store.deep_memory.list_models()] == ["m"]
+
+
+def test_a_store_saved_while_a_job_runs_never_shows_that_job_running_forever(tmp_path: Path) -> None:
+    """The copy persisted mid-job never receives the job's model: its record there says so
+    (failed, interrupted), as a store saved by earlier versions did, not 'running' while the
+    process that saved it lives."""
+    store, t = _rotation()
+    job = store.deep_memory.train(t.texts, t.relevance, embedding=t.queries, background=True, **TINY)
+    path = str(tmp_path / "store")
+    store.persist(path)
+    assert store.deep_memory.wait(job, timeout=60)["status"] == "completed"  # here, in memory
+    copy = DeepMemoryVectorStore.from_persist_path(path).deep_memory
+    (row,) = [j for j in copy.list_jobs() if j["job_id"] == job]
+    assert row["status"] == "failed" and "interrupted: the store was saved while" in row["error"], row
+    assert copy.list_models() == []
