@@ -285,7 +285,8 @@ class DeepMemory(ModelKeeping):
         if record is None and folder is not None:
             data = self._location.load_training_record(folder)
             if data is not None:
-                record = TrainingRecord.from_json(data, where=f"the training record of {name}")
+                where = f"the training record of {name} in {str(self._location.root / 'models' / folder / 'model.json')!r}"
+                record = TrainingRecord.from_json(data, where=where)
         return record
 
     def list_models(self) -> list[dict[str, Any]]:

@@ -263,3 +263,30 @@ def test_a_store_saved_while_a_job_runs_never_shows_that_job_running_forever(tmp
     (row,) = [j for j in copy.list_jobs() if j["job_id"] == job]
     assert row["status"] == "failed" and "interrupted: the store was saved while" in row["error"], row
     assert copy.list_models() == []
+
+
+def test_a_damaged_training_record_is_refused_naming_its_file_and_the_fix(tmp_path: Path) -> None:
+    import json
+    from argparse import Namespace
+
+    from llama_index_deepmemory import train_sources
+    from llama_index_deepmemory.cli_common import UserError
+
+    store, t = _rotation()
+    path = str(tmp_path / "store")
+    store.persist(path)
+    a = DeepMemoryVectorStore.from_persist_path(path)
+    job = a.deep_memory.train(t.texts, t.relevance, embedding=t.queries, **TINY)
+    name = a.deep_memory.status(job)["model_name"]
+    a.deep_memory.set_model(name)
+    location = a.deep_memory.location.root
+    model_json = location / "models" / json.loads((location / "catalog.json").read_text())["models"][name]["folder"] / "model.json"
+    info = json.loads(model_json.read_text())
+    info["training_record"]["relevance"][0] = [["node_1", "heavy"]]
+    model_json.write_text(json.dumps(info))
+    fresh = DeepMemoryVectorStore.from_persist_path(path)
+    with pytest.raises(ValueError, match=re.escape(f"the training record of {name} in {str(model_json)!r} is malformed")):
+        fresh.deep_memory.training_data()
+    with pytest.raises(UserError, match="pass --fresh to train on the given sources only"):
+        train_sources.previous_data(fresh, fresh=False)
+    assert train_sources.previous_data(fresh, fresh=True) is None
