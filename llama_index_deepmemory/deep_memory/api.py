@@ -68,6 +68,7 @@ class DeepMemory(ModelKeeping):
         self._stamp: Any = None  # the catalog's stat when last read
         self._next_check = 0.0  # monotonic time of the next look at the catalog
         self._sync_lock = threading.Lock()
+        self._saved_versions: dict[str, int] = {}  # model location persisted to -> its catalog version then
         self._jobs.on_status = self._record_job
 
     def __repr__(self) -> str:

@@ -424,16 +424,21 @@ def save_to(folder: str | os.PathLike, manager: Any, overwrite: bool = False) ->
         return
     location = ModelLocation.open(folder)
     meta, arrays = manager.to_state()
+    key = os.path.realpath(folder)
+    saved = getattr(manager, "_saved_versions", {})  # location -> its catalog version this manager wrote
     with location.locked():
-        others = sorted(set(location.catalog()["models"]) - set(meta.get("models", {})))
-        if others and not overwrite:
+        catalog = location.catalog()
+        others = sorted(set(catalog["models"]) - set(meta.get("models", {})))
+        changed = key in saved and catalog["version"] != saved[key]
+        if (others or changed) and not overwrite:
+            what = (f"keeps Deep Memory model(s) {others} this store does not have" if others else
+                    "was changed since this store last persisted there")
             raise persistence.StaleStoreError(
-                f"{str(location.root)!r} keeps Deep Memory model(s) {others} this store does not have (recorded "
-                "there by a store built with model_dir=that folder); persisting would delete them. Build the store "
-                "with model_dir=that folder to add to its models, persist to another folder, or pass "
-                "overwrite=True to replace them"
+                f"{str(location.root)!r} {what} (recorded there by a store built with model_dir=that folder); "
+                "persisting would undo that. Build the store with model_dir=that folder to add to its models, "
+                "persist to another folder, or pass overwrite=True to replace them"
             )
-        location._replace(meta, arrays, location.catalog())
+        saved[key] = location._replace(meta, arrays, catalog)["version"]
 
 
 def read_legacy_snapshot(gen: Path, listed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
