@@ -27,6 +27,7 @@ from llama_index_deepmemory.cli_common import (  # shared with chat/cli.py (stdl
     UserError,
 )
 from llama_index_deepmemory.cli_common import LOG_HELP  # shared with cli_models and train_sources
+from llama_index_deepmemory.cli_common import non_negative_int as _non_negative_int
 from llama_index_deepmemory.cli_common import save_store as _save_store
 from llama_index_deepmemory.cli_common import save_models as _save_models
 from llama_index_deepmemory.cli_common import read_relevance as _read_relevance
@@ -405,7 +406,7 @@ def _add_ingest(sub: Any) -> None:
     p.add_argument("source", help="HTML folder, .html file, http(s) URL to crawl, or BEIR folder (with corpus.jsonl)")
     _add_common(p)
     p.add_argument("--chunk-size", type=_positive_int, default=256, help="tokens per chunk (default: 256, MiniLM's window)")
-    p.add_argument("--chunk-overlap", type=int, default=20, help="token overlap between chunks (default: 20)")
+    p.add_argument("--chunk-overlap", type=_non_negative_int, default=20, help="token overlap between chunks (default: 20)")
     p.add_argument("--max-pages", type=_positive_int, default=500, help="most pages loaded (default: 500)")
     p.add_argument("--max-depth", type=int, default=2, help="links followed from a start URL (default: 2)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",

@@ -57,11 +57,13 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def _remove_models(store: Any, args: argparse.Namespace) -> None:
     dm = store.deep_memory
-    for name in args.delete or ():
+    known = [m["name"] for m in dm.list_models()]
+    for name in args.delete or ():  # every name checked before any is deleted
         if name == dm.get_model():
             raise cli.UserError(f"{name} is the active model and cannot be deleted; `{cli.PROG} activate OTHER` (or none) first")
-        if name not in [m["name"] for m in dm.list_models()]:
+        if name not in known:
             raise cli.UserError(f"no Deep Memory model {name!r} in {args.store}; `{cli.PROG} models --store {args.store}` lists them")
+    for name in dict.fromkeys(args.delete or ()):
         dm.delete_model(name)
         print(f"Deleted {name}.")
     if args.prune is not None:

@@ -463,7 +463,7 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         model_dir=persist_path)``."""
         _check_local_fs(fs)
         if not isinstance(self._backend, FaissStore):
-            self._backend.persist(persist_path)
+            self._backend.persist(persist_path, overwrite=overwrite)
             return
         self._persist_snapshot(persist_path, overwrite)
         if self.embed_model is not None:  # from_persist_path loads it again

@@ -54,7 +54,12 @@ def previous_data(store: Any, fresh: bool) -> Source | None:
     """What the active model was trained on (None with ``fresh``, without a model, or without a record)."""
     if fresh or store.deep_memory.get_model() is None:
         return None
-    previous = store.deep_memory.training_data()
+    try:
+        previous = store.deep_memory.training_data()
+    except ValueError as exc:  # a damaged record: the new sources alone still train
+        from llama_index_deepmemory.cli_common import UserError
+
+        raise UserError(f"{exc}; pass --fresh to train on the given sources only") from None
     name = store.deep_memory.get_model()
     if previous is None:
         print(f"Note: the active model {name} keeps no record of its training data (trained by an earlier version); "

@@ -197,11 +197,12 @@ class WrappedStore:
         found = self.backend.get(list(node_ids), with_vectors=False)
         return len(found) == len(set(node_ids)) and all(isinstance(n, (ImageNode, IndexNode)) for n in found)
 
-    def persist(self, persist_path: str | os.PathLike) -> None:
-        """Save the Deep Memory models to ``persist_path`` (the engine keeps the nodes)."""
+    def persist(self, persist_path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Save the Deep Memory models to ``persist_path`` (the engine keeps the nodes); models kept
+        there that this store lacks are refused unless ``overwrite`` (see :func:`.state.save_to`)."""
         from llama_index_deepmemory.deep_memory import state
 
-        state.save_to(persist_path, self.deep_memory)
+        state.save_to(persist_path, self.deep_memory, overwrite=overwrite)
 
     @property
     def client(self) -> Any:

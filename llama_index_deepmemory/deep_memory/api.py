@@ -31,7 +31,7 @@ import numpy as np
 
 from llama_index_deepmemory.deep_memory import jobs, state
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel, StoreView, check_query_texts
-from llama_index_deepmemory.deep_memory.keeping import ModelKeeping
+from llama_index_deepmemory.deep_memory.keeping import ModelKeeping, check_model_name
 from llama_index_deepmemory.deep_memory.models import model_from_state
 from llama_index_deepmemory.deep_memory.training_record import TrainingRecord
 from llama_index_deepmemory.metrics import recall_at_k
@@ -68,6 +68,7 @@ class DeepMemory(ModelKeeping):
         self._stamp: Any = None  # the catalog's stat when last read
         self._next_check = 0.0  # monotonic time of the next look at the catalog
         self._sync_lock = threading.Lock()
+        self._saved_versions: dict[str, int] = {}  # model location persisted to -> its catalog version then
         self._jobs.on_status = self._record_job
 
     def __repr__(self) -> str:
@@ -113,6 +114,8 @@ class DeepMemory(ModelKeeping):
             job_id, number = self._location.reserve_job(record.to_dict())
         else:
             job_id, number = self._jobs.new_id()
+            while f"model_{number}" in self._models:  # a name add_model took: never replaced
+                job_id, number = self._jobs.new_id()
         record.job_id, model_name = job_id, f"model_{number}"
 
         def work(context: jobs.JobContext) -> None:
@@ -270,6 +273,8 @@ class DeepMemory(ModelKeeping):
     # --- models ----------------------------------------------------------------------------
     def training_data(self, name: str | None = None) -> tuple[list[str], Relevance] | None:
         """``(queries, relevance)`` the named (default: active) model was trained on; None when unknown."""
+        if name is not None:
+            check_model_name(name)
         record = self._training_record(name or self.get_model() or "")
         return None if record is None else (list(record.queries), [list(p) for p in record.relevance])
 
@@ -281,7 +286,8 @@ class DeepMemory(ModelKeeping):
         if record is None and folder is not None:
             data = self._location.load_training_record(folder)
             if data is not None:
-                record = TrainingRecord.from_json(data, where=f"the training record of {name}")
+                where = f"the training record of {name} in {str(self._location.root / 'models' / folder / 'model.json')!r}"
+                record = TrainingRecord.from_json(data, where=where)
         return record
 
     def list_models(self) -> list[dict[str, Any]]:

@@ -140,6 +140,7 @@ class JobBook:
 
     def get(self, job_id: str) -> JobRecord:
         """A snapshot (copy) of one record; ValueError naming known ids if unknown."""
+        check_job_id(job_id)
         with self._lock:
             record = self._records.get(job_id)
             if record is None:
@@ -174,6 +175,7 @@ class JobBook:
 
     def wait(self, job_id: str, timeout: float | None = None) -> bool:
         """Block until the job has finished (True) or ``timeout`` seconds passed (False)."""
+        check_job_id(job_id)
         with self._lock:
             done = self._done.get(job_id)
         if done is None:
@@ -271,6 +273,12 @@ class JobBook:
                 number = record.job_id.rsplit("_", 1)[-1]
                 if number.isdigit():
                     self._counter = max(self._counter, int(number))
+
+
+def check_job_id(job_id: Any) -> None:
+    """TypeError naming ``job_id`` unless it is a str (a job's id)."""
+    if not isinstance(job_id, str):
+        raise TypeError(f"a Deep Memory job id is a str such as 'job_1' (list_jobs() names them), got {job_id!r}")
 
 
 def mark_if_orphaned(record: JobRecord) -> None:

@@ -18,6 +18,13 @@ from llama_index_deepmemory.deep_memory import jobs, models, state
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel
 
 logger = logging.getLogger(__name__)
+SYNC_ATTEMPTS = 5  # reads of a catalog that other processes keep changing meanwhile, before giving up
+
+
+def check_model_name(name: Any) -> None:
+    """TypeError naming ``name`` unless it is a str (a model's name)."""
+    if not isinstance(name, str):
+        raise TypeError(f"a Deep Memory model name is a str such as 'model_2' (list_models() names them), got {name!r}")
 
 
 class ModelKeeping:
@@ -49,6 +56,7 @@ class ModelKeeping:
 
     def _check_kept(self, name: str) -> None:
         """ValueError naming the kept models unless ``name`` is one (call under ``_lock``)."""
+        check_model_name(name)
         if name not in self._models:
             known = sorted(self._models) or "none yet: train one first"
             raise ValueError(f"unknown Deep Memory model {name!r}; kept models: {known}")
@@ -87,6 +95,7 @@ class ModelKeeping:
             if name in self._models:
                 raise ValueError(f"a Deep Memory model named {name!r} is already kept; delete_model({name!r}) "
                                  "first or pick another name")
+            self._check_not_reserved(name)
             if self._location is not None:
                 self._location.add_model(name, model, None, activate=activate, expected_active_version=None)
                 self._sync(force=True)
@@ -95,6 +104,17 @@ class ModelKeeping:
                 if activate:
                     self._active, self._active_version = name, self._active_version + 1
         logger.info("added Deep Memory model %s%s", name, " (active)" if activate else "")
+
+    def _check_not_reserved(self, name: str) -> None:
+        """ValueError when ``name`` is the ``model_<n>`` an unfinished training job ``job_<n>`` (of
+        any process serving the store) will keep its model as (call under ``_lock``)."""
+        number = state.number_of(name)
+        if not (number and name.startswith("model_")):
+            return
+        for record in self._records():
+            if record.job_id == f"job_{number}" and record.status not in jobs.FINISHED:
+                raise ValueError(f"{name!r} is the name training job {record.job_id} ({record.status}) will keep "
+                                 "its model as; pick another name")
 
     def delete_model(self, name: str) -> None:
         """Delete the kept model ``name`` (never the active one: deactivate or switch first)."""
@@ -196,19 +216,25 @@ class ModelKeeping:
             if stamp is None:
                 self._gone(location)
                 return
-            try:
-                catalog = location.catalog()
-                loaded = {name: (self._models[name] if self._folders.get(name) == entry["folder"] and name in self._models
-                                 else location.load_model(entry["folder"]))
-                          for name, entry in catalog["models"].items()}
-            except (OSError, ValueError, state.LocationGoneError) as exc:  # e.g. a model deleted between the reads
-                if location.stamp() is None:  # removed while being read (its store persisted over)
-                    self._gone(location)
+            for attempt in range(1, SYNC_ATTEMPTS + 1):
+                try:
+                    catalog = location.catalog()
+                    loaded = {name: (self._models[name] if self._folders.get(name) == entry["folder"] and name in self._models
+                                     else location.load_model(entry["folder"], name))
+                              for name, entry in catalog["models"].items()}
+                    break
+                except (OSError, ValueError, state.LocationGoneError) as exc:
+                    now = location.stamp()
+                    if now is None:  # removed while being read (its store persisted over)
+                        self._gone(location)
+                        return
+                    if now != stamp and attempt < SYNC_ATTEMPTS:  # changed while read (a model deleted): read again
+                        stamp = now
+                        continue
+                    if force:
+                        raise
+                    logger.warning("could not read the Deep Memory models at %s (%s); trying again later", location.root, exc)
                     return
-                if force:
-                    raise
-                logger.warning("could not read the Deep Memory models at %s (%s); trying again later", location.root, exc)
-                return
             with self._lock:
                 local = {n: m for n, m in self._models.items() if n not in self._folders and n not in loaded}
                 self._models = {**loaded, **local}

@@ -42,6 +42,7 @@ import numpy as np
 from llama_index_deepmemory import persistence
 from llama_index_deepmemory.atomic import fsync_dir, write_json_atomic
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel
+from llama_index_deepmemory.deep_memory.jobs import FAILED, FINISHED
 from llama_index_deepmemory.deep_memory.models import model_from_state
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,21 @@ REFRESH_SECONDS = 1.0  # the longest a process serves an outdated activation wit
 SIDE_PREFIX = "dm-"  # the embedded store's model location, beside its generations
 LEGACY_FILES = ("deep_memory.json", "deep_memory.safetensors")
 _NUMBERED = re.compile(r"^(?:model|job)_(\d+)$")
+CATALOG_FIX = "restore it from a backup of the store (the models themselves are in models/m-*/)"
+
+
+_NUMBER, _TEXT = (int, float), (str,)
+_JOB_FIELDS: dict[str, tuple[type, ...]] = {  # a job record's fields and their JSON types (None: optional)
+    "status": _TEXT, "progress": _NUMBER, "message": _TEXT, "created_at": _NUMBER, "started_at": (*_NUMBER, type(None)),
+    "finished_at": (*_NUMBER, type(None)), "options": (dict,), "num_queries": (int,), "val_before": (dict,),
+    "val_after": (dict,), "model_name": (str, type(None)), "active": (bool,), "error": (str, type(None)),
+    "note": (str, type(None)), "info": (dict,), "owner": (str, type(None)),
+}
+
+
+def _is(value: Any, kinds: tuple[type, ...]) -> bool:
+    """``value`` is one of ``kinds`` (a bool is no number)."""
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
 
 
 class LocationGoneError(RuntimeError):
@@ -135,19 +151,44 @@ class ModelLocation:
             data = persistence.read_json(path)
         except FileNotFoundError:  # also when removed between a check and the read
             raise LocationGoneError(self.root) from None
+        except persistence.CorruptStoreError as exc:  # truncated or not JSON
+            raise persistence.CorruptStoreError(f"{exc}; {CATALOG_FIX}") from None
         if not isinstance(data, dict) or data.get("kind") != CATALOG_KIND:
-            raise persistence.CorruptStoreError(f"{str(path)!r} is not a Deep Memory model catalog")
-        if int(data.get("format_version", 0)) > CATALOG_VERSION:
+            raise persistence.CorruptStoreError(f"{str(path)!r} is not a Deep Memory model catalog; {CATALOG_FIX}")
+        fix = CATALOG_FIX
+        for key in ("format_version", "version", "active_version", "next_number"):
+            value = data.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise persistence.CorruptStoreError(f"{str(path)!r} has {key} {value!r}, expected an int >= 0; {fix}")
+        if data["format_version"] > CATALOG_VERSION:
             raise ValueError(f"{str(path)!r} has format_version {data.get('format_version')!r}; upgrade "
                              "llama-index-deepmemory to read it")
         models = data.get("models")
-        if not isinstance(models, dict) or not all(isinstance(v, dict) and "folder" in v for v in models.values()):
-            raise persistence.CorruptStoreError(f"{str(path)!r} has no valid 'models' table")
+        if not isinstance(models, dict) or not all(isinstance(v, dict) and isinstance(v.get("folder"), str)
+                                                   for v in models.values()):
+            raise persistence.CorruptStoreError(f"{str(path)!r} has no valid 'models' table; {fix}")
+        if "active" not in data or (data["active"] is not None and data["active"] not in models):
+            raise persistence.CorruptStoreError(f"{str(path)!r} has active {data.get('active', '(missing)')!r}, which is not in its "
+                                                f"'models' table ({sorted(models)}); {fix}, or set 'active' to null")
         return data
 
-    def load_model(self, folder: str) -> DeepMemoryModel:
-        """The model in ``models/<folder>`` (its arrays' size and sha256 checked)."""
+    def load_model(self, folder: str, name: str | None = None) -> DeepMemoryModel:
+        """The model ``name`` in ``models/<folder>`` (its arrays' size and sha256 checked); a missing
+        or damaged file is refused as :class:`CorruptStoreError` naming it and the fix."""
         base = self.root / "models" / Path(folder).name
+        try:
+            return self._read_model(base)
+        except FileNotFoundError as exc:
+            problem = f"{str(exc.filename or base)!r} is missing"
+        except persistence.CorruptStoreError as exc:
+            problem = str(exc)
+        raise persistence.CorruptStoreError(
+            f"Deep Memory model {name or folder!r} cannot be loaded: {problem}; restore {str(base)!r} from a backup, "
+            f"or remove {name or folder!r} from 'models' (and from 'active' if it is named there) in "
+            f"{str(self.root / CATALOG)!r}: the other models are kept"
+        )
+
+    def _read_model(self, base: Path) -> DeepMemoryModel:
         info = persistence.read_json(base / "model.json")
         arrays_path = base / "arrays.safetensors"
         if not isinstance(info, dict) or not isinstance(info.get("meta"), dict):
@@ -179,8 +220,16 @@ class ModelLocation:
             except (OSError, ValueError) as exc:
                 logger.warning("skipping unreadable job record %s: %s", path, exc)
                 continue
-            if isinstance(row, dict) and row.get("job_id") == path.stem:
-                rows.append(row)
+            if not isinstance(row, dict) or row.get("job_id") != path.stem:
+                continue
+            wrong = sorted(key for key, kinds in _JOB_FIELDS.items() if key in row and not _is(row[key], kinds))
+            wrong += [key for key in ("val_before", "val_after")  # metric tables: numbers only
+                      if isinstance(row.get(key), dict) and not all(_is(v, _NUMBER) for v in row[key].values())]
+            if wrong:
+                logger.warning("skipping job record %s: %s of the wrong type (restore it from a backup, or delete it)",
+                               path, ", ".join(wrong))
+                continue
+            rows.append(row)
         return rows
 
     # --- recorded changes (each one atomic step under the lock) --------------------------------
@@ -218,6 +267,9 @@ class ModelLocation:
         try:
             with self.locked():
                 catalog = self.catalog()
+                if name in catalog["models"]:  # added by another process since this one looked
+                    raise ValueError(f"a Deep Memory model named {name!r} is already kept in {str(self.root)!r}; "
+                                     "delete it first or pick another name")
                 catalog["models"][name] = {"folder": folder, "kind": model.kind, "job_id": job_id,
                                            "created_at": time.time()}
                 activated = activate and (expected_active_version is None
@@ -270,6 +322,10 @@ class ModelLocation:
         trained_on = meta.get("training_records") or {}
         folders = {name: self._write_model(*state, training=trained_on.get(name)) for name, state in models.items()}
         jobs = [dict(row) for row in meta.get("jobs", [])]
+        for job in jobs:  # a copy never gets the model of a job still running where it was saved from
+            if job.get("status") not in FINISHED:
+                job.update(status=FAILED, message="failed",
+                           error="interrupted: the store was saved while this job was queued or running")
         numbers = [number_of(n) for n in [*models, *(j.get("job_id", "") for j in jobs)]]
         catalog = {**old, "active": meta.get("active"), "active_version": int(old["active_version"]) + 1,
                    "next_number": max([int(old["next_number"]), *(n + 1 for n in numbers)]),
@@ -358,13 +414,31 @@ def write_copy(parent: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]
     return name
 
 
-def save_to(folder: str | os.PathLike, manager: Any) -> None:
+def save_to(folder: str | os.PathLike, manager: Any, overwrite: bool = False) -> None:
     """Make the model location ``folder`` hold ``manager``'s models (nothing to do when the
-    manager is bound to it: its changes are recorded there as they happen)."""
+    manager is bound to it: its changes are recorded there as they happen). Models kept there that
+    ``manager`` lacks (recorded by a store bound to ``folder``) are never dropped unless ``overwrite``:
+    :class:`~llama_index_deepmemory.persistence.StaleStoreError` names them and the fix."""
     bound = manager.location
     if bound is not None and os.path.realpath(bound.root) == os.path.realpath(folder):
         return
-    ModelLocation.open(folder).replace(*manager.to_state())
+    location = ModelLocation.open(folder)
+    meta, arrays = manager.to_state()
+    key = os.path.realpath(folder)
+    saved = getattr(manager, "_saved_versions", {})  # location -> its catalog version this manager wrote
+    with location.locked():
+        catalog = location.catalog()
+        others = sorted(set(catalog["models"]) - set(meta.get("models", {})))
+        changed = key in saved and catalog["version"] != saved[key]
+        if (others or changed) and not overwrite:
+            what = (f"keeps Deep Memory model(s) {others} this store does not have" if others else
+                    "was changed since this store last persisted there")
+            raise persistence.StaleStoreError(
+                f"{str(location.root)!r} {what} (recorded there by a store built with model_dir=that folder); "
+                "persisting would undo that. Build the store with model_dir=that folder to add to its models, "
+                "persist to another folder, or pass overwrite=True to replace them"
+            )
+        saved[key] = location._replace(meta, arrays, catalog)["version"]
 
 
 def read_legacy_snapshot(gen: Path, listed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:

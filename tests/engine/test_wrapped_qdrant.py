@@ -208,3 +208,32 @@ def test_filters_select_what_simple_vector_store_selects(task) -> None:
     """Qdrant's MatchExcept (NE, NIN) skipped points missing the key; SimpleVectorStore keeps them."""
     check_filters_like_simple(task, DeepMemoryVectorStore(
         vector_store=QdrantVectorStore(client=QdrantClient(":memory:"), collection_name="docs")))
+
+
+def test_persisting_to_a_model_dir_never_drops_models_another_store_recorded_there(task, tmp_path: Path) -> None:
+    from llama_index_deepmemory.persistence import StaleStoreError
+
+    model_dir = tmp_path / "models"
+    first = qdrant_store(QdrantClient(":memory:"), task)
+    first.deep_memory.add_model("first", hand_model(task, seed=1), activate=True)
+    first.persist(str(model_dir))
+    bound = qdrant_store(QdrantClient(":memory:"), task, model_dir=model_dir)
+    bound.deep_memory.add_model("second", hand_model(task, seed=2), activate=True)  # recorded in model_dir
+    with pytest.raises(StaleStoreError, match=r"keeps Deep Memory model\(s\) \['second'\] this store does not have.*"
+                                              r"overwrite=True"):
+        first.persist(str(model_dir))
+    fresh = qdrant_store(QdrantClient(":memory:"), task, model_dir=model_dir).deep_memory
+    assert [(m["name"], m["active"]) for m in fresh.list_models()] == [("first", False), ("second", True)]
+    # a model replaced there under a name this store also has is never reverted either
+    bound.deep_memory.delete_model("first")
+    bound.deep_memory.add_model("first", hand_model(task, seed=3))
+    first.deep_memory.add_model("second", hand_model(task, seed=4))
+    with pytest.raises(StaleStoreError, match=r"was changed since this store last persisted there.*overwrite=True"):
+        first.persist(str(model_dir))
+    replaced = qdrant_store(QdrantClient(":memory:"), task, model_dir=model_dir).deep_memory.kept_model("first")
+    assert np.array_equal(replaced.to_state()[1]["weight"], hand_model(task, seed=3).to_state()[1]["weight"])
+    first.persist(str(model_dir), overwrite=True)  # asked for: replaced
+    assert bound.deep_memory.refresh() == "first"
+    assert sorted(m["name"] for m in bound.deep_memory.list_models()) == ["first", "second"]
+    kept = bound.deep_memory.kept_model("first").to_state()[1]["weight"]
+    assert np.array_equal(kept, hand_model(task, seed=1).to_state()[1]["weight"])
