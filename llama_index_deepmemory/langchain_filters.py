@@ -15,6 +15,7 @@ from llama_index.core.vector_stores.types import FilterCondition, FilterOperator
 from pydantic import ValidationError
 
 from llama_index_deepmemory.filters import MAX_FILTER_DEPTH
+from llama_index_deepmemory.node_table import HIDDEN_KEYS, NODE_TYPE_KEY, REF_DOC_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,12 @@ FIELD_OPERATORS: dict[str, FilterOperator] = {
 }
 LOGICAL_OPERATORS: dict[str, FilterCondition] = {"$and": FilterCondition.AND, "$or": FilterCondition.OR}
 ACCEPTED_OPERATORS = (*FIELD_OPERATORS, *LOGICAL_OPERATORS)
+# keys LlamaIndex filters on its own values (as SimpleVectorStore does), never on a document's metadata
+RESERVED_KEYS: dict[str, str] = {
+    **{key: "the node's ref_doc_id, 'None' for documents added through LangChain" for key in REF_DOC_KEYS},
+    NODE_TYPE_KEY: "the LlamaIndex node class, e.g. 'TextNode'",
+    **{key: "LlamaIndex's serialized node, never filterable" for key in HIDDEN_KEYS},
+}
 
 
 def metadata_filters(filter: dict[str, Any] | MetadataFilters | None) -> MetadataFilters | None:
@@ -40,7 +47,9 @@ def metadata_filters(filter: dict[str, Any] | MetadataFilters | None) -> Metadat
     with ``$eq $ne $gt $gte $lt $lte $in $nin`` (several operators on one field are ANDed), and
     ``{"$and": [filter, ...]}`` / ``{"$or": [filter, ...]}``, nested freely. Semantics are the store's
     (LlamaIndex ``SimpleVectorStore``'s): a missing field matches only ``$ne`` and ``$nin``.
-    Anything else raises ``ValueError`` naming the operator and the accepted ones.
+    Anything else raises ``ValueError`` naming the operator and the accepted ones; so does a field
+    LlamaIndex reserves (:data:`RESERVED_KEYS`: ``doc_id``, ``_node_type``, ...), which would never
+    match the documents' metadata.
     """
     if filter is None or isinstance(filter, MetadataFilters):
         return filter
@@ -98,6 +107,13 @@ def _logical(op: str, value: Any, where: str, depth: int = 1) -> MetadataFilters
 
 
 def _leaf(key: str, op: Any, value: Any, where: str) -> MetadataFilter:
+    if key in RESERVED_KEYS:
+        raise ValueError(
+            f"{where}: filter field {key!r} is LlamaIndex's own key ({RESERVED_KEYS[key]}), not the documents' "
+            f"metadata, so it never matches a metadata value stored under that name; rename that metadata key "
+            f"(e.g. 'source{key if key.startswith('_') else '_' + key}') when adding documents, or pass LlamaIndex "
+            f"MetadataFilters to filter on LlamaIndex's {key!r}"
+        )
     operator = FIELD_OPERATORS.get(op) if isinstance(op, str) else None
     if operator is None:
         raise ValueError(

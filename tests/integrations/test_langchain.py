@@ -507,3 +507,23 @@ def test_plain_import_and_cli_help_never_import_langchain() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(out.stdout.strip().replace("'", '"')) == []
+
+
+@pytest.mark.parametrize("key", ["doc_id", "document_id", "ref_doc_id", "_node_type", "_node_content"])
+def test_filter_on_a_key_llama_index_reserves_is_refused(key: str) -> None:
+    """LlamaIndex filters these keys on its own values (the ref_doc_id, the node class), not the document's
+    metadata: LangChain's InMemoryVectorStore would find the document, so a silent [] is refused."""
+    db = DeepMemoryLangChainStore.from_texts(
+        ["a", "b"], DeterministicFakeEmbedding(size=4), [{key: "x"}, {}], ids=["a", "b"]
+    )
+    assert db.get_by_ids(["a"])[0].metadata == {key: "x"}  # stored as given
+    for spec in ({key: "x"}, {key: {"$ne": "x"}}, {"$or": [{"other": 1}, {key: {"$in": ["x"]}}]}):
+        with pytest.raises(ValueError, match=rf"'{key}'.*rename") as info:
+            db.similarity_search("a", k=2, filter=spec)
+        assert "MetadataFilters" in str(info.value)
+    # LlamaIndex's own MetadataFilters still reach LlamaIndex's keys (every LangChain document's is 'None')
+    from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
+
+    if key == "doc_id":
+        own = MetadataFilters(filters=[MetadataFilter(key="doc_id", value="None")])
+        assert {d.id for d in db.similarity_search("a", k=2, filter=own)} == {"a", "b"}
