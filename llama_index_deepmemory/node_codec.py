@@ -130,6 +130,13 @@ def node_fields(node: BaseNode) -> tuple[str, str, str, str | None, str, str]:
         node_type = TextNode.class_name()
     extras = node.model_dump(mode="json", exclude=exclude, exclude_defaults=True)
     extras.pop("class_name", None)
+    resource = getattr(node, "text_resource", None)
+    if resource is not None:  # its text is the row's text; keep its path, url, mimetype, ...
+        kept = resource.model_dump(mode="json", exclude_defaults=True)
+        if kept.get("text"):
+            del kept["text"]
+        if kept:
+            extras["text_resource"] = kept
     text = node.get_content(metadata_mode=MetadataMode.NONE)
     return (node.node_id, text, _metadata_json(node.node_id, node.metadata), node.ref_doc_id, node_type,
             _extras_json(node.node_id, extras) if extras else "{}")
@@ -143,7 +150,6 @@ def build_node(node_id: str, text: str, metadata: str, node_type: str, extras: s
     if "text" in cls.model_fields:
         data["text"] = text
         return cls.model_validate(data)
-    node = cls.model_validate(data)
-    if text:
-        node.set_content(text)
-    return node
+    if text:  # the row's text back into the text_resource (set_content would drop its other fields)
+        data["text_resource"] = {**data.get("text_resource", {}), "text": text}
+    return cls.model_validate(data)

@@ -101,3 +101,28 @@ def test_pickling_is_refused_with_the_way_to_save() -> None:
     with pytest.raises(TypeError, match="persist"):
         pickle.dumps(store)
     assert store.query(VectorStoreQuery(query_embedding=[1.0, 0.0], similarity_top_k=1)).ids == ["a"]
+
+
+def test_text_resource_fields_survive_add_get_and_persist(tmp_path) -> None:
+    """A Document's / Node's ``text_resource`` keeps its path, url and mimetype (not just its text)."""
+    from llama_index.core.schema import Document, MediaResource, Node
+
+    vector = [1.0, 0.5, 0.25, 0.1]
+    nodes = [
+        Document(id_="d", text_resource=MediaResource(text="hello", path="/a/b.txt", mimetype="text/plain",
+                                                      url="http://example.com/b.txt"), embedding=vector),
+        Node(id_="n", text_resource=MediaResource(text="hi", mimetype="text/html"),
+             image_resource=MediaResource(url="http://example.com/i.png"), metadata={"k": 1}, embedding=vector),
+        Node(id_="e", text_resource=MediaResource(text="", mimetype="text/plain"), embedding=vector),
+        Document(id_="p", text="plain", embedding=vector),
+    ]
+    store = DeepMemoryVectorStore()
+    store.add(nodes)
+    store.persist(str(tmp_path / "store"))
+    reloaded = DeepMemoryVectorStore.from_persist_path(str(tmp_path / "store"), load_recorded_embedding=False)
+    for source in (store, reloaded):
+        got = {node.node_id: node for node in source.get_nodes([n.node_id for n in nodes])}
+        for node in nodes:
+            assert type(got[node.node_id]) is type(node)
+            assert got[node.node_id].model_dump(exclude={"embedding"}) == node.model_dump(exclude={"embedding"})
+            assert got[node.node_id].hash == node.hash
