@@ -149,6 +149,8 @@ def build_node(node_id: str, text: str, metadata: str, node_type: str, extras: s
     data["metadata"] = json.loads(metadata)
     if "text" in cls.model_fields:
         data["text"] = text
+        if cls is IndexNode:  # its obj (a serialized node) is rebuilt as LlamaIndex's own stores do
+            return cls.from_dict(data)
         return cls.model_validate(data)
     if text:  # the row's text back into the text_resource (set_content would drop its other fields)
         data["text_resource"] = {**data.get("text_resource", {}), "text": text}

@@ -126,3 +126,18 @@ def test_text_resource_fields_survive_add_get_and_persist(tmp_path) -> None:
             assert type(got[node.node_id]) is type(node)
             assert got[node.node_id].model_dump(exclude={"embedding"}) == node.model_dump(exclude={"embedding"})
             assert got[node.node_id].hash == node.hash
+
+
+def test_index_node_obj_comes_back_as_the_node_it_was(tmp_path) -> None:
+    """An IndexNode's ``obj`` node is rebuilt as LlamaIndex's own stores do (``IndexNode.from_dict``), not
+    left a dict."""
+    inner = TextNode(id_="inner", text="the referenced chunk", metadata={"page": 2})
+    node = IndexNode(id_="x", text="summary", index_id="inner", obj=inner, embedding=[1.0, 0.5, 0.25, 0.1])
+    store = DeepMemoryVectorStore()
+    store.add([node])
+    store.persist(str(tmp_path / "store"))
+    reloaded = DeepMemoryVectorStore.from_persist_path(str(tmp_path / "store"), load_recorded_embedding=False)
+    for source in (store, reloaded):
+        (got,) = source.get_nodes(["x"])
+        assert isinstance(got.obj, TextNode) and got.obj == inner
+        assert got.model_dump(exclude={"embedding"}) == node.model_dump(exclude={"embedding"})
