@@ -19,6 +19,7 @@ BEIR folders: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl``
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import logging
@@ -346,6 +347,8 @@ def load_beir(
     for line_number, record in _read_jsonl(folder / "queries.jsonl"):
         where = f"{folder / 'queries.jsonl'}:{line_number}"
         query_id = _beir_id(record, where)
+        if query_id in queries:
+            raise ValueError(f"{where}: duplicate _id {query_id!r}")
         text = record.get("text")
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{where}: field 'text' must be a non-empty string, got {shown(text)}")
@@ -372,32 +375,32 @@ def _read_qrels(
         raise ValueError(f"qrels file {path} not found")
     judged: dict[str, dict[str, float]] = {}
     dropped = 0
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            cells = line.rstrip("\r\n").split("\t")
-            if line_number == 1 and cells[0] == "query-id":
-                continue
-            if cells == [""]:
-                continue
-            where = f"{path}:{line_number}"
-            if len(cells) != 3:
-                raise ValueError(f"{where}: expected 3 tab-separated cells (query-id, corpus-id, score), got {len(cells)}")
-            query_id, doc_id, score_text = cells
-            try:
-                score = float(score_text)
-            except ValueError:
-                raise ValueError(f"{where}: field 'score' must be a number, got {score_text!r}") from None
-            if not math.isfinite(score):
-                raise ValueError(f"{where}: field 'score' must be finite, got {score_text!r}")
-            unknown = "query-id" if query_id not in queries else "corpus-id" if doc_id not in corpus else None
-            if unknown is not None:
-                if on_unknown == "error":
-                    value = query_id if unknown == "query-id" else doc_id
-                    raise ValueError(f"{where}: unknown {unknown} {value!r}; fix the file or pass on_unknown='drop'")
-                dropped += 1
-                continue
-            if score > 0:
-                judged.setdefault(query_id, {})[doc_id] = score
+    for line_number, line in _text_lines(path):
+        if not line.strip():
+            continue
+        cells = line.rstrip("\r\n").split("\t")
+        if line_number == 1 and cells[0] == "query-id":
+            continue
+        where = f"{path}:{line_number}"
+        if len(cells) != 3:
+            raise ValueError(f"{where}: expected 3 tab-separated cells (query-id, corpus-id, score), got {len(cells)}")
+        query_id, doc_id, score_text = cells
+        try:
+            score = float(score_text)
+        except ValueError:
+            raise ValueError(f"{where}: field 'score' must be a number, got {score_text!r}") from None
+        if not math.isfinite(score):
+            raise ValueError(f"{where}: field 'score' must be finite, got {score_text!r}")
+        unknown = "query-id" if query_id not in queries else "corpus-id" if doc_id not in corpus else None
+        if unknown is not None:
+            if on_unknown == "error":
+                value = query_id if unknown == "query-id" else doc_id
+                raise ValueError(f"{where}: unknown {unknown} {value!r}; fix the file or pass on_unknown='drop'")
+            dropped += 1
+            continue
+        if score > 0:  # a judgement listed twice keeps its largest score (the one relevance rule)
+            docs = judged.setdefault(query_id, {})
+            docs[doc_id] = max(score, docs.get(doc_id, 0.0))
     if dropped:
         logger.warning("%s: dropped %d judgements naming unknown ids", path, dropped)
     return judged
@@ -410,18 +413,35 @@ def _read_qrels(
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-blank line; ValueError with ``path:line`` otherwise."""
-    with open(path, encoding="utf-8-sig") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    for line_number, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg} at column {error.colno})") from None
+        except RecursionError:
+            raise ValueError(f"{path}:{line_number}: {JSON_TOO_DEEP}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
+        yield line_number, record
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line of a UTF-8 file (a leading byte-order mark dropped);
+    ValueError naming ``path:line`` and the byte for a line that is not UTF-8."""
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg} at column {error.colno})") from None
-            except RecursionError:
-                raise ValueError(f"{path}:{line_number}: {JSON_TOO_DEEP}") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
-            yield line_number, record
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                bad = raw[error.start:error.start + 1]
+                raise ValueError(
+                    f"{path}:{line_number}: not valid UTF-8 (byte {bad!r} at byte offset {error.start} of the line); "
+                    "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
+                ) from None
+            yield line_number, line
 
 
