@@ -306,3 +306,15 @@ def test_status_codes_are_classified(status: int, permanent: bool) -> None:
         status_code = status
 
     assert is_permanent_error(StatusError("x")) is permanent
+
+
+def test_dataset_file_with_a_byte_order_mark_loads_and_non_utf8_names_the_file(tmp_path: Path) -> None:
+    # e.g. saved by PowerShell's Out-File -Encoding utf8 or Notepad: UTF-8 with a BOM
+    original = (FIXTURES / "qa_dataset_llamaindex.json").read_bytes()
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + original)
+    assert EmbeddingQAFinetuneDataset.from_json(path) == EmbeddingQAFinetuneDataset.from_json(FIXTURES / "qa_dataset_llamaindex.json")
+    path = tmp_path / "latin1.json"
+    path.write_bytes(b'{"queries": {"q": "caf\xe9?"},\n "corpus": {}, "relevant_docs": {"q": ["a"]}}')
+    with pytest.raises(ValueError, match=r"latin1\.json:1: not valid UTF-8"):
+        EmbeddingQAFinetuneDataset.from_json(path)
