@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import json
 import logging
 import math
@@ -186,7 +187,12 @@ def _with_relevant(pairs: list[tuple[str, float]], label: str) -> list[tuple[str
 
 
 def _csv_log_rows(path: Path, query_field: str, ids_field: str, weight_field: str) -> Iterator[_LogRow]:
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(_not_utf8(path, raw[: error.start].count(b"\n") + 1, raw[error.start:error.start + 1])) from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         for required in (query_field, ids_field):
@@ -437,11 +443,14 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                bad = raw[error.start:error.start + 1]
-                raise ValueError(
-                    f"{path}:{line_number}: not valid UTF-8 (byte {bad!r} at byte offset {error.start} of the line); "
-                    "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
-                ) from None
+                raise ValueError(_not_utf8(path, line_number, raw[error.start:error.start + 1])) from None
             yield line_number, line
+
+
+def _not_utf8(path: Path, line_number: int, byte: bytes) -> str:
+    return (
+        f"{path}:{line_number}: not valid UTF-8 (byte {byte!r}); save the file as UTF-8, "
+        "e.g. iconv -f latin1 -t utf-8"
+    )
 
 

@@ -283,3 +283,16 @@ def test_beir_judgement_listed_twice_keeps_its_largest_score(tmp_path: Path) -> 
 def test_beir_qrels_blank_lines_with_spaces_are_skipped(tmp_path: Path) -> None:
     data = load_beir(make_beir(tmp_path, "query-id\tcorpus-id\tscore\r\nq1\td1\t1\r\n  \r\n\nq2\td3\t1\r\n"))
     assert data.query_relevance("test") == (["what are widgets", "do gizmos hum"], [[("d1", 1.0)], [("d3", 1.0)]])
+
+
+def test_non_utf8_query_logs_name_the_file_and_line(tmp_path: Path) -> None:
+    csv_log = tmp_path / "log.csv"
+    csv_log.write_bytes(b"query,relevant_ids\nfine,n1\ncaf\xe9?,n1\n")
+    with pytest.raises(ValueError, match=r"log\.csv:3: not valid UTF-8"):
+        read_query_log(csv_log)
+    jsonl_log = tmp_path / "log.jsonl"
+    jsonl_log.write_bytes(b'{"query": "fine", "relevant_ids": "n1"}\n{"query": "caf\xe9?", "relevant_ids": "n1"}\n')
+    with pytest.raises(ValueError, match=r"log\.jsonl:2: not valid UTF-8"):
+        read_query_log(jsonl_log)
+    csv_log.write_bytes(b"\xef\xbb\xbfquery,relevant_ids\r\ncaf\xc3\xa9?,n1\r\n")  # UTF-8 with a BOM and CRLF
+    assert read_query_log(csv_log) == (["café?"], [[("n1", 1.0)]])
