@@ -4,7 +4,7 @@
 (0.14) and the package that kept them (llama-index-finetuning) no longer imports. They are
 re-implemented here with the same prompt template, the same output parsing (one question per
 line, leading ``1.``/``2)`` numbers stripped, blank lines dropped, at most
-``num_questions_per_chunk`` kept) and the same JSON file format, plus progress, retries and
+``num_questions_per_chunk`` kept; a preamble line ending with ``:`` dropped too) and the same JSON file format, plus progress, retries and
 resuming from a partial file.
 """
 
@@ -184,10 +184,17 @@ def _permanent_message(error: BaseException, node_id: str) -> str:
 
 def parse_questions(response_text: str, num_questions_per_chunk: int) -> list[str]:
     """Questions in an LLM answer, as LlamaIndex parsed them: one per line, a leading
-    ``1.``/``2)``/``3 `` removed, blank lines dropped, the first ``num_questions_per_chunk`` kept."""
+    ``1.``/``2)``/``3 `` removed, blank lines dropped, the first ``num_questions_per_chunk`` kept.
+    A line ending with ``:`` (a preamble such as ``Here are 2 questions:``) is no question and is
+    dropped too (kept, it took the place of the last real question)."""
     lines = str(response_text).strip().split("\n")
     questions = [_LEADING_NUMBER.sub("", line).strip() for line in lines]
-    return [question for question in questions if question][:num_questions_per_chunk]
+    return [question for question in questions if question and not _is_preamble(question)][:num_questions_per_chunk]
+
+
+def _is_preamble(line: str) -> bool:
+    """``Here are the questions:`` or ``**Questions:**``: an introduction, not a question."""
+    return line.rstrip("*_ ").endswith(":")
 
 
 def generate_question_context_pairs(

@@ -318,3 +318,12 @@ def test_dataset_file_with_a_byte_order_mark_loads_and_non_utf8_names_the_file(t
     path.write_bytes(b'{"queries": {"q": "caf\xe9?"},\n "corpus": {}, "relevant_docs": {"q": ["a"]}}')
     with pytest.raises(ValueError, match=r"latin1\.json:1: not valid UTF-8"):
         EmbeddingQAFinetuneDataset.from_json(path)
+
+
+def test_a_preamble_line_is_not_taken_for_a_question() -> None:
+    # chat models often open with "Here are 2 questions:"; keeping it dropped the last real question
+    answer = "Here are two questions based on the context:\n\n1. What is A?\n2. What is B?"
+    with openai_chat_server(lambda messages: answer) as server:
+        dataset = generate_question_context_pairs(make_nodes(1), llm=client(server), num_questions_per_chunk=2, show_progress=False)
+    assert list(dataset.queries.values()) == ["What is A?", "What is B?"]
+    assert parse_questions("**Questions:**\n1. Why?\nHow so?", 3) == ["Why?", "How so?"]
