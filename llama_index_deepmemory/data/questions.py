@@ -4,8 +4,8 @@
 (0.14) and the package that kept them (llama-index-finetuning) no longer imports. They are
 re-implemented here with the same prompt template, the same output parsing (one question per
 line, leading ``1.``/``2)`` numbers stripped, blank lines dropped, at most
-``num_questions_per_chunk`` kept; a preamble line ending with ``:`` dropped too) and the same JSON file format, plus progress, retries and
-resuming from a partial file.
+``num_questions_per_chunk`` kept; a preamble line ending with ``:`` is dropped too) and the same
+JSON file format, plus progress, retries and resuming from a partial file.
 """
 
 from __future__ import annotations
