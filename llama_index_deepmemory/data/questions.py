@@ -321,6 +321,13 @@ def _check_generation_args(
 ) -> None:
     if not isinstance(template, str) or "{context_str}" not in template:
         raise ValueError("qa_generate_prompt_tmpl must be a str containing {context_str}")
+    try:
+        template.format(context_str="", num_questions_per_chunk=1)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"qa_generate_prompt_tmpl cannot be filled in: {type(error).__name__} {error}; only {{context_str}} and "
+            "{num_questions_per_chunk} are replaced, write other braces doubled ({{ and }})"
+        ) from None
     for name, value in (("num_questions_per_chunk", per_chunk), ("retry_limit", retry_limit), ("save_every", save_every), ("num_workers", num_workers)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")

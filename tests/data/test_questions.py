@@ -327,3 +327,14 @@ def test_a_preamble_line_is_not_taken_for_a_question() -> None:
         dataset = generate_question_context_pairs(make_nodes(1), llm=client(server), num_questions_per_chunk=2, show_progress=False)
     assert list(dataset.queries.values()) == ["What is A?", "What is B?"]
     assert parse_questions("**Questions:**\n1. Why?\nHow so?", 3) == ["Why?", "How so?"]
+
+
+def test_prompt_with_unescaped_braces_is_a_clear_error_before_any_call() -> None:
+    template = 'Context: {context_str}\nAnswer as JSON: {"questions": ["..."]}'
+    with openai_chat_server(lambda messages: "1. Q?") as server:
+        with pytest.raises(ValueError, match=r"qa_generate_prompt_tmpl.*'\"questions\"'.*\{\{"):
+            generate_question_context_pairs(make_nodes(1), llm=client(server), qa_generate_prompt_tmpl=template, show_progress=False)
+        assert server.requests == []
+        escaped = template.replace('{"', '{{"').replace("]}", "]}}")
+        dataset = generate_question_context_pairs(make_nodes(1), llm=client(server), qa_generate_prompt_tmpl=escaped, num_questions_per_chunk=1, show_progress=False)
+    assert list(dataset.queries.values()) == ["Q?"]
