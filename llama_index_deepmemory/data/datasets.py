@@ -434,17 +434,24 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of each line of a UTF-8 file (a leading byte-order mark dropped);
-    ValueError naming ``path:line`` and the byte for a line that is not UTF-8."""
+    """``(line number, text)`` of each line of a UTF-8 file (a leading byte-order mark dropped; any
+    line ending); ValueError naming ``path:line`` and the byte for a file that is not UTF-8."""
+    with open(path, encoding="utf-8-sig") as handle:
+        try:
+            yield from enumerate(handle, start=1)
+        except UnicodeDecodeError:
+            raise ValueError(_not_utf8(path, *_first_bad_line(path))) from None
+
+
+def _first_bad_line(path: Path) -> tuple[int, bytes]:
+    """The number of the first line of ``path`` that is not UTF-8, and its first bad byte."""
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
-            if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
             try:
-                line = raw.decode("utf-8")
+                raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise ValueError(_not_utf8(path, line_number, raw[error.start:error.start + 1])) from None
-            yield line_number, line
+                return line_number, raw[error.start:error.start + 1]
+    return 0, b""  # pragma: no cover - only called after a decoding error
 
 
 def _not_utf8(path: Path, line_number: int, byte: bytes) -> str:

@@ -296,3 +296,12 @@ def test_non_utf8_query_logs_name_the_file_and_line(tmp_path: Path) -> None:
         read_query_log(jsonl_log)
     csv_log.write_bytes(b"\xef\xbb\xbfquery,relevant_ids\r\ncaf\xc3\xa9?,n1\r\n")  # UTF-8 with a BOM and CRLF
     assert read_query_log(csv_log) == (["café?"], [[("n1", 1.0)]])
+
+
+def test_beir_files_with_classic_mac_line_endings_read_like_newlines(tmp_path: Path) -> None:
+    plain = load_beir(make_beir(tmp_path / "plain"))
+    folder = make_beir(tmp_path / "cr")
+    for path in (folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / "test.tsv"):
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r"))
+    data = load_beir(folder)
+    assert (data.corpus, data.queries, data.qrels) == (plain.corpus, plain.queries, plain.qrels)
