@@ -34,7 +34,8 @@ DEFAULT_WORKERS = 8
 
 
 def dataset_items(qa_dataset: Any) -> list[tuple[str, str, list[str]]]:
-    """``(query_id, query, expected_node_ids)`` for every query of an ``EmbeddingQAFinetuneDataset``."""
+    """``(query_id, query, expected_node_ids)`` for every query of an ``EmbeddingQAFinetuneDataset``
+    (each id once, in first-listed order)."""
     queries = getattr(qa_dataset, "queries", None)
     relevant = getattr(qa_dataset, "relevant_docs", None)
     if not isinstance(queries, Mapping) or not isinstance(relevant, Mapping):
@@ -50,7 +51,8 @@ def dataset_items(qa_dataset: Any) -> list[tuple[str, str, list[str]]]:
         )
     if not queries:
         raise ValueError("the dataset has no queries; generate or load questions first")
-    return [(qid, str(query), [str(i) for i in relevant[qid]]) for qid, query in queries.items()]
+    # an id listed twice is one judgement (LlamaIndex's nDCG would count it twice in the ideal DCG)
+    return [(qid, str(query), list(dict.fromkeys(str(i) for i in relevant[qid]))) for qid, query in queries.items()]
 
 
 def check_metrics(metrics: Sequence[str]) -> list[str]:

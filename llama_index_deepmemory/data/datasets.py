@@ -19,7 +19,9 @@ BEIR folders: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl``
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import logging
 import math
@@ -185,7 +187,12 @@ def _with_relevant(pairs: list[tuple[str, float]], label: str) -> list[tuple[str
 
 
 def _csv_log_rows(path: Path, query_field: str, ids_field: str, weight_field: str) -> Iterator[_LogRow]:
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(_not_utf8(path, raw[: error.start].count(b"\n") + 1, raw[error.start:error.start + 1])) from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         for required in (query_field, ids_field):
@@ -346,6 +353,8 @@ def load_beir(
     for line_number, record in _read_jsonl(folder / "queries.jsonl"):
         where = f"{folder / 'queries.jsonl'}:{line_number}"
         query_id = _beir_id(record, where)
+        if query_id in queries:
+            raise ValueError(f"{where}: duplicate _id {query_id!r}")
         text = record.get("text")
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{where}: field 'text' must be a non-empty string, got {shown(text)}")
@@ -372,32 +381,32 @@ def _read_qrels(
         raise ValueError(f"qrels file {path} not found")
     judged: dict[str, dict[str, float]] = {}
     dropped = 0
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            cells = line.rstrip("\r\n").split("\t")
-            if line_number == 1 and cells[0] == "query-id":
-                continue
-            if cells == [""]:
-                continue
-            where = f"{path}:{line_number}"
-            if len(cells) != 3:
-                raise ValueError(f"{where}: expected 3 tab-separated cells (query-id, corpus-id, score), got {len(cells)}")
-            query_id, doc_id, score_text = cells
-            try:
-                score = float(score_text)
-            except ValueError:
-                raise ValueError(f"{where}: field 'score' must be a number, got {score_text!r}") from None
-            if not math.isfinite(score):
-                raise ValueError(f"{where}: field 'score' must be finite, got {score_text!r}")
-            unknown = "query-id" if query_id not in queries else "corpus-id" if doc_id not in corpus else None
-            if unknown is not None:
-                if on_unknown == "error":
-                    value = query_id if unknown == "query-id" else doc_id
-                    raise ValueError(f"{where}: unknown {unknown} {value!r}; fix the file or pass on_unknown='drop'")
-                dropped += 1
-                continue
-            if score > 0:
-                judged.setdefault(query_id, {})[doc_id] = score
+    for line_number, line in _text_lines(path):
+        if not line.strip():
+            continue
+        cells = line.rstrip("\r\n").split("\t")
+        if line_number == 1 and cells[0] == "query-id":
+            continue
+        where = f"{path}:{line_number}"
+        if len(cells) != 3:
+            raise ValueError(f"{where}: expected 3 tab-separated cells (query-id, corpus-id, score), got {len(cells)}")
+        query_id, doc_id, score_text = cells
+        try:
+            score = float(score_text)
+        except ValueError:
+            raise ValueError(f"{where}: field 'score' must be a number, got {score_text!r}") from None
+        if not math.isfinite(score):
+            raise ValueError(f"{where}: field 'score' must be finite, got {score_text!r}")
+        unknown = "query-id" if query_id not in queries else "corpus-id" if doc_id not in corpus else None
+        if unknown is not None:
+            if on_unknown == "error":
+                value = query_id if unknown == "query-id" else doc_id
+                raise ValueError(f"{where}: unknown {unknown} {value!r}; fix the file or pass on_unknown='drop'")
+            dropped += 1
+            continue
+        if score > 0:  # a judgement listed twice keeps its largest score (the one relevance rule)
+            docs = judged.setdefault(query_id, {})
+            docs[doc_id] = max(score, docs.get(doc_id, 0.0))
     if dropped:
         logger.warning("%s: dropped %d judgements naming unknown ids", path, dropped)
     return judged
@@ -410,18 +419,45 @@ def _read_qrels(
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-blank line; ValueError with ``path:line`` otherwise."""
+    for line_number, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg} at column {error.colno})") from None
+        except RecursionError:
+            raise ValueError(f"{path}:{line_number}: {JSON_TOO_DEEP}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
+        yield line_number, record
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line of a UTF-8 file (a leading byte-order mark dropped; any
+    line ending); ValueError naming ``path:line`` and the byte for a file that is not UTF-8."""
     with open(path, encoding="utf-8-sig") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+        try:
+            yield from enumerate(handle, start=1)
+        except UnicodeDecodeError:
+            raise ValueError(_not_utf8(path, *_first_bad_line(path))) from None
+
+
+def _first_bad_line(path: Path) -> tuple[int, bytes]:
+    """The number of the first line of ``path`` that is not UTF-8, and its first bad byte."""
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg} at column {error.colno})") from None
-            except RecursionError:
-                raise ValueError(f"{path}:{line_number}: {JSON_TOO_DEEP}") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
-            yield line_number, record
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return line_number, raw[error.start:error.start + 1]
+    return 0, b""  # pragma: no cover - only called after a decoding error
+
+
+def _not_utf8(path: Path, line_number: int, byte: bytes) -> str:
+    return (
+        f"{path}:{line_number}: not valid UTF-8 (byte {byte!r}); save the file as UTF-8, "
+        "e.g. iconv -f latin1 -t utf-8"
+    )
 
 

@@ -39,9 +39,12 @@ def assign_stable_ids(nodes: Sequence[NodeT], prefix: str = "node_", start: int 
     old_ids = [node.node_id for node in nodes]
     if len(set(map(id, nodes))) != len(nodes):
         raise ValueError("the same node object appears more than once in nodes; pass each node once")
-    renamed = {old: f"{prefix}{start + i}" for i, old in enumerate(old_ids)}
-    for node, old in zip(nodes, old_ids):
-        node.id_ = renamed[old]
+    new_ids = [f"{prefix}{start + i}" for i in range(len(nodes))]  # by position: nodes sharing an id get one each
+    renamed: dict[str, str] = {}
+    for old, new in zip(old_ids, new_ids):
+        renamed.setdefault(old, new)  # a link to an id several nodes share follows its first holder
+    for node, new in zip(nodes, new_ids):
+        node.id_ = new
     for node in nodes:
         for kind, related in node.relationships.items():
             infos = related if isinstance(related, list) else [related]

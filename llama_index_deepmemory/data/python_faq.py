@@ -149,7 +149,8 @@ def load_distractor_nodes(
 ) -> list["TextNode"]:
     """Chunk the pages of ``root/<subdir>`` (read by ``load_html_documents``) into nodes.
 
-    Node ids are ``doc_<subdir>_<page>_<i>``; pages come in sorted order, so ids are stable.
+    Node ids are ``doc_<subdir>_<page>_<i>`` (``<page>_2``, ... for a later page whose name gives
+    the same slug); pages come in sorted order, so ids are stable.
     """
     from llama_index.core.node_parser import SentenceSplitter
 
@@ -160,13 +161,18 @@ def load_distractor_nodes(
     root = Path(root)
     splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     nodes: list[TextNode] = []
+    slugs: set[str] = set()
     for subdir in subdirs:
         folder = root / subdir
         if not folder.is_dir():
             raise FileNotFoundError(f"Distractor folder {folder} does not exist; pick folders under {root}.")
         for document in load_html_documents(folder, show_progress=False, exclude=("faq/*", "*/faq/*")):
             rel = f"{subdir}/{document.metadata.get('path', document.id_)}"
-            slug = re.sub(r"[^A-Za-z0-9]+", "_", rel.removesuffix(".html")).strip("_")
+            slug = base = re.sub(r"[^A-Za-z0-9]+", "_", rel.removesuffix(".html")).strip("_")
+            suffix = 2
+            while slug in slugs:  # a-b.html after a_b.html: a page of its own, not the same ids
+                slug, suffix = f"{base}_{suffix}", suffix + 1
+            slugs.add(slug)
             for i, chunk in enumerate(splitter.split_text(document.text)):
                 if max_nodes is not None and len(nodes) >= max_nodes:
                     return nodes

@@ -4,8 +4,8 @@
 (0.14) and the package that kept them (llama-index-finetuning) no longer imports. They are
 re-implemented here with the same prompt template, the same output parsing (one question per
 line, leading ``1.``/``2)`` numbers stripped, blank lines dropped, at most
-``num_questions_per_chunk`` kept) and the same JSON file format, plus progress, retries and
-resuming from a partial file.
+``num_questions_per_chunk`` kept; a preamble line ending with ``:`` is dropped too) and the same
+JSON file format, plus progress, retries and resuming from a partial file.
 """
 
 from __future__ import annotations
@@ -184,10 +184,17 @@ def _permanent_message(error: BaseException, node_id: str) -> str:
 
 def parse_questions(response_text: str, num_questions_per_chunk: int) -> list[str]:
     """Questions in an LLM answer, as LlamaIndex parsed them: one per line, a leading
-    ``1.``/``2)``/``3 `` removed, blank lines dropped, the first ``num_questions_per_chunk`` kept."""
+    ``1.``/``2)``/``3 `` removed, blank lines dropped, the first ``num_questions_per_chunk`` kept.
+    A line ending with ``:`` (a preamble such as ``Here are 2 questions:``) is no question and is
+    dropped too (kept, it took the place of the last real question)."""
     lines = str(response_text).strip().split("\n")
     questions = [_LEADING_NUMBER.sub("", line).strip() for line in lines]
-    return [question for question in questions if question][:num_questions_per_chunk]
+    return [question for question in questions if question and not _is_preamble(question)][:num_questions_per_chunk]
+
+
+def _is_preamble(line: str) -> bool:
+    """``Here are the questions:`` or ``**Questions:**``: an introduction, not a question."""
+    return line.rstrip("*_ ").endswith(":")
 
 
 def generate_question_context_pairs(
@@ -314,6 +321,13 @@ def _check_generation_args(
 ) -> None:
     if not isinstance(template, str) or "{context_str}" not in template:
         raise ValueError("qa_generate_prompt_tmpl must be a str containing {context_str}")
+    try:
+        template.format(context_str="", num_questions_per_chunk=1)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"qa_generate_prompt_tmpl cannot be filled in: {type(error).__name__} {error}; only {{context_str}} and "
+            "{num_questions_per_chunk} are replaced, write other braces doubled ({{ and }})"
+        ) from None
     for name, value in (("num_questions_per_chunk", per_chunk), ("retry_limit", retry_limit), ("save_every", save_every), ("num_workers", num_workers)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")

@@ -246,3 +246,62 @@ def test_scifact_matches_pandas() -> None:
         assert texts == [data.queries[q] for q in grouped.index]
     nodes = data.nodes()
     assert len(nodes) == len(corpus) and len({n.node_id for n in nodes}) == len(nodes)
+
+
+def test_beir_qrels_with_a_byte_order_mark_read_like_without(tmp_path: Path) -> None:
+    plain = load_beir(make_beir(tmp_path / "plain")).qrels
+    folder = make_beir(tmp_path / "bom")
+    (folder / "qrels" / "test.tsv").write_bytes(b"\xef\xbb\xbf" + (folder / "qrels" / "test.tsv").read_bytes())
+    assert load_beir(folder).qrels == plain
+
+
+@pytest.mark.parametrize("name", ["corpus.jsonl", "queries.jsonl", "qrels/test.tsv"])
+def test_beir_non_utf8_file_is_an_error_naming_file_and_line(tmp_path: Path, name: str) -> None:
+    folder = make_beir(tmp_path)
+    path = folder / name
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b"d", "\xe9".encode("latin-1"), 1)  # a latin-1 byte on line 2
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(ValueError, match=rf"{name.split('/')[-1]}:2: not valid UTF-8"):
+        load_beir(folder)
+
+
+def test_beir_duplicate_query_id_is_an_error_like_a_duplicate_doc(tmp_path: Path) -> None:
+    folder = make_beir(tmp_path)
+    write_lines(folder / "queries.jsonl", [{"_id": "q1", "text": "first"}, {"_id": "q2", "text": "x"}, {"_id": "q1", "text": "second"}])
+    with pytest.raises(ValueError, match=r"queries\.jsonl:3: duplicate _id 'q1'"):
+        load_beir(folder)
+
+
+def test_beir_judgement_listed_twice_keeps_its_largest_score(tmp_path: Path) -> None:
+    # the one relevance rule: an id listed twice keeps its largest weight, whatever the order
+    for qrels in ("query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td1\t1\n", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td1\t2\n"):
+        data = load_beir(make_beir(tmp_path / str(len(list(tmp_path.iterdir()))), qrels))
+        assert data.query_relevance("test") == (["what are widgets"], [[("d1", 2.0)]])
+
+
+def test_beir_qrels_blank_lines_with_spaces_are_skipped(tmp_path: Path) -> None:
+    data = load_beir(make_beir(tmp_path, "query-id\tcorpus-id\tscore\r\nq1\td1\t1\r\n  \r\n\nq2\td3\t1\r\n"))
+    assert data.query_relevance("test") == (["what are widgets", "do gizmos hum"], [[("d1", 1.0)], [("d3", 1.0)]])
+
+
+def test_non_utf8_query_logs_name_the_file_and_line(tmp_path: Path) -> None:
+    csv_log = tmp_path / "log.csv"
+    csv_log.write_bytes(b"query,relevant_ids\nfine,n1\ncaf\xe9?,n1\n")
+    with pytest.raises(ValueError, match=r"log\.csv:3: not valid UTF-8"):
+        read_query_log(csv_log)
+    jsonl_log = tmp_path / "log.jsonl"
+    jsonl_log.write_bytes(b'{"query": "fine", "relevant_ids": "n1"}\n{"query": "caf\xe9?", "relevant_ids": "n1"}\n')
+    with pytest.raises(ValueError, match=r"log\.jsonl:2: not valid UTF-8"):
+        read_query_log(jsonl_log)
+    csv_log.write_bytes(b"\xef\xbb\xbfquery,relevant_ids\r\ncaf\xc3\xa9?,n1\r\n")  # UTF-8 with a BOM and CRLF
+    assert read_query_log(csv_log) == (["café?"], [[("n1", 1.0)]])
+
+
+def test_beir_files_with_classic_mac_line_endings_read_like_newlines(tmp_path: Path) -> None:
+    plain = load_beir(make_beir(tmp_path / "plain"))
+    folder = make_beir(tmp_path / "cr")
+    for path in (folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / "test.tsv"):
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r"))
+    data = load_beir(folder)
+    assert (data.corpus, data.queries, data.qrels) == (plain.corpus, plain.queries, plain.qrels)

@@ -267,3 +267,20 @@ def test_encoding_comes_from_bom_header_meta_then_utf8_then_windows_1252(tmp_pat
     assert decode_html(b"caf\xc3\xa9 caf\xe9", "UTF-8") == "caf\u00e9 caf\ufffd"
     assert decode_html(b"caf\xe9", "x-no-such-charset") == "caf\u00e9"  # unknown label: ignored
     assert decode_html(b"caf\xe9", "zlib") == "caf\u00e9"  # not a text encoding: ignored, never decompressed
+
+
+def test_page_of_several_articles_keeps_every_article(tmp_path: Path) -> None:
+    # a blog index or a docs page with one <article> per section: no article is the main content
+    page = tmp_path / "posts.html"
+    page.write_text(
+        "<html><body><nav>MENU_CHROME</nav><article><h2>First</h2><p>ALPHA_TEXT</p></article>"
+        "<article><h2>Second</h2><p>BETA_TEXT</p><article><p>NESTED_TEXT</p></article></article>"
+        "<footer>FOOTER_CHROME</footer></body></html>"
+    )
+    (document,) = load_html_documents(page, show_progress=False)
+    assert all(word in document.text for word in ("ALPHA_TEXT", "BETA_TEXT", "NESTED_TEXT"))
+    assert "MENU_CHROME" not in document.text and "FOOTER_CHROME" not in document.text
+    # one article (with comments nested in it) is still the main content
+    page.write_text("<html><body><p>INTRO_CHROME</p><article><p>ONLY_TEXT</p><article>REPLY_TEXT</article></article></body></html>")
+    (document,) = load_html_documents(page, show_progress=False)
+    assert "ONLY_TEXT" in document.text and "REPLY_TEXT" in document.text and "INTRO_CHROME" not in document.text

@@ -105,3 +105,12 @@ def test_split_sizes_and_partition(n: int, fraction: float, seed: int) -> None:
     assert len(train) == int(round(n * fraction))
     assert sorted(x.node_id for x in train + test) == sorted(x.node_id for x in items)
     assert math.isclose(len(train) + len(test), n)
+
+
+def test_nodes_sharing_an_id_still_get_one_id_each() -> None:
+    # e.g. copies of one node, or documents read twice: each position gets its own stable id
+    first, copy, other = TextNode(text="a", id_="same"), TextNode(text="b", id_="same"), TextNode(text="c", id_="x")
+    other.relationships[NodeRelationship.PREVIOUS] = first.as_related_node_info()
+    assign_stable_ids([first, copy, other])
+    assert [n.node_id for n in (first, copy, other)] == ["node_0", "node_1", "node_2"]
+    assert other.prev_node.node_id == "node_0"  # a link to a shared id follows its first holder

@@ -106,3 +106,21 @@ def test_real_python_faq() -> None:
     assert "How do I make a Python script executable on Unix?" in faq.queries
     assert all(q.endswith("?") for q in faq.queries)
     assert not any(q in n.get_content() for q, n in zip(faq.queries, faq.nodes))
+
+
+def test_distractor_pages_whose_names_slug_alike_get_distinct_ids(docs: Path) -> None:
+    # a-b.html and a_b.html both slug to "a_b": two pages must not share one node id
+    (docs / "tutorial" / "a-b.html").write_text(TUTORIAL_PAGE.replace("Lists", "Dashes"), "utf-8")
+    (docs / "tutorial" / "a_b.html").write_text(TUTORIAL_PAGE.replace("Lists", "Underscores"), "utf-8")
+    faq = load_python_faq(docs, distractor_dirs=["tutorial"])
+    ids = [n.node_id for n in faq.nodes]
+    assert len(set(ids)) == len(ids)
+    by_text = {
+        next(word for word in ("Dashes", "Underscores", "Lists") if word in n.get_content()): n.node_id
+        for n in faq.nodes
+        if n.metadata["kind"] == "doc"
+    }
+    assert by_text["Dashes"] == "doc_tutorial_a_b_000" and by_text["Lists"] == "doc_tutorial_datastructures_000"
+    assert by_text["Underscores"] != by_text["Dashes"]
+    again = load_python_faq(docs, distractor_dirs=["tutorial"])
+    assert [n.node_id for n in again.nodes] == ids  # still stable

@@ -306,3 +306,35 @@ def test_status_codes_are_classified(status: int, permanent: bool) -> None:
         status_code = status
 
     assert is_permanent_error(StatusError("x")) is permanent
+
+
+def test_dataset_file_with_a_byte_order_mark_loads_and_non_utf8_names_the_file(tmp_path: Path) -> None:
+    # e.g. saved by PowerShell's Out-File -Encoding utf8 or Notepad: UTF-8 with a BOM
+    original = (FIXTURES / "qa_dataset_llamaindex.json").read_bytes()
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + original)
+    assert EmbeddingQAFinetuneDataset.from_json(path) == EmbeddingQAFinetuneDataset.from_json(FIXTURES / "qa_dataset_llamaindex.json")
+    path = tmp_path / "latin1.json"
+    path.write_bytes(b'{"queries": {"q": "caf\xe9?"},\n "corpus": {}, "relevant_docs": {"q": ["a"]}}')
+    with pytest.raises(ValueError, match=r"latin1\.json:1: not valid UTF-8"):
+        EmbeddingQAFinetuneDataset.from_json(path)
+
+
+def test_a_preamble_line_is_not_taken_for_a_question() -> None:
+    # chat models often open with "Here are 2 questions:"; keeping it dropped the last real question
+    answer = "Here are two questions based on the context:\n\n1. What is A?\n2. What is B?"
+    with openai_chat_server(lambda messages: answer) as server:
+        dataset = generate_question_context_pairs(make_nodes(1), llm=client(server), num_questions_per_chunk=2, show_progress=False)
+    assert list(dataset.queries.values()) == ["What is A?", "What is B?"]
+    assert parse_questions("**Questions:**\n1. Why?\nHow so?", 3) == ["Why?", "How so?"]
+
+
+def test_prompt_with_unescaped_braces_is_a_clear_error_before_any_call() -> None:
+    template = 'Context: {context_str}\nAnswer as JSON: {"questions": ["..."]}'
+    with openai_chat_server(lambda messages: "1. Q?") as server:
+        with pytest.raises(ValueError, match=r"qa_generate_prompt_tmpl.*'\"questions\"'.*\{\{"):
+            generate_question_context_pairs(make_nodes(1), llm=client(server), qa_generate_prompt_tmpl=template, show_progress=False)
+        assert server.requests == []
+        escaped = template.replace('{"', '{{"').replace("]}", "]}}")
+        dataset = generate_question_context_pairs(make_nodes(1), llm=client(server), qa_generate_prompt_tmpl=escaped, num_questions_per_chunk=1, show_progress=False)
+    assert list(dataset.queries.values()) == ["Q?"]

@@ -155,3 +155,16 @@ def test_plot_is_in_percent_zoomed_to_the_data_and_annotates_the_gain(tmp_path: 
     assert notes[1] == "+1.9" and notes[3] == "-3.8" and notes[5] == "-3.8" and notes[100] == "+0.0"
     path = plot_recall_at_k(table, tmp_path / "r.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_relevant_id_listed_twice_counts_once() -> None:
+    # relevant_docs {"qa": ["n1", "n1"]} (a hand-edited file): the same judgement as ["n1"], as in metrics.py
+    doubled = SimpleNamespace(
+        queries=DATASET.queries, relevant_docs={**DATASET.relevant_docs, "qa": ["n1", "n1"]}, corpus={}
+    )
+    names = ("hit_rate", "mrr", "precision", "recall", "ap", "ndcg")
+    retriever = make_retriever(QUERY_VECTORS, top_k=3)
+    once = [r.metric_vals_dict for r in evaluate_dataset(retriever, DATASET, names)]
+    twice = [r.metric_vals_dict for r in evaluate_dataset(retriever, doubled, names)]
+    assert twice == once
+    assert twice[0]["ndcg"] == pytest.approx(1 / math.log2(3))

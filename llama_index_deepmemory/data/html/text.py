@@ -127,18 +127,24 @@ def join_url(base: str, href: str) -> str | None:
 
 
 def _main_element(soup: Any) -> Any:
-    """The first ``[role=main]``, else ``<main>``, ``<article>``, ``div.body``, ``#content``, ``<body>``
-    (one pass over the tree; CSS selectors are far slower on big pages)."""
+    """The first ``[role=main]``, else ``<main>``, the ``<article>`` (when there is one, not counting
+    articles nested in it: several are a list of posts or sections, each content), ``div.body``,
+    ``#content``, ``<body>`` (one pass over the tree; CSS selectors are far slower on big pages)."""
     found: dict[str, Any] = {}
+    articles = 0
     for tag in soup.find_all(True):
         if tag.get("role") == "main":
             return tag
+        if tag.name == "article" and tag.find_parent("article") is None:
+            articles += 1
         if tag.name in ("main", "article", "body") and tag.name not in found:
             found[tag.name] = tag
         elif tag.name == "div" and "body" in (tag.get("class") or ()) and "div.body" not in found:
             found["div.body"] = tag
         elif tag.get("id") == "content" and "#content" not in found:
             found["#content"] = tag
+    if articles > 1:
+        found.pop("article", None)
     for name in ("main", "article", "div.body", "#content", "body"):
         if name in found:
             return found[name]
