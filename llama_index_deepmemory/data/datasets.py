@@ -19,7 +19,6 @@ BEIR folders: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl``
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import json
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Iterator, Literal, Sequence
 
 from llama_index_deepmemory.atomic import write_text_atomic
+from llama_index_deepmemory.data.text_files import utf8_lines, utf8_text
 from llama_index_deepmemory.relevance import Relevance, check_pair, check_weight, has_relevant, shown, validate_relevance
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -187,12 +187,7 @@ def _with_relevant(pairs: list[tuple[str, float]], label: str) -> list[tuple[str
 
 
 def _csv_log_rows(path: Path, query_field: str, ids_field: str, weight_field: str) -> Iterator[_LogRow]:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValueError(_not_utf8(path, raw[: error.start].count(b"\n") + 1, raw[error.start:error.start + 1])) from None
-    with io.StringIO(text, newline="") as handle:
+    with io.StringIO(utf8_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         for required in (query_field, ids_field):
@@ -381,7 +376,7 @@ def _read_qrels(
         raise ValueError(f"qrels file {path} not found")
     judged: dict[str, dict[str, float]] = {}
     dropped = 0
-    for line_number, line in _text_lines(path):
+    for line_number, line in utf8_lines(path):
         if not line.strip():
             continue
         cells = line.rstrip("\r\n").split("\t")
@@ -419,7 +414,7 @@ def _read_qrels(
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-blank line; ValueError with ``path:line`` otherwise."""
-    for line_number, line in _text_lines(path):
+    for line_number, line in utf8_lines(path):
         if not line.strip():
             continue
         try:
@@ -431,33 +426,3 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(record, dict):
             raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
         yield line_number, record
-
-
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of each line of a UTF-8 file (a leading byte-order mark dropped; any
-    line ending); ValueError naming ``path:line`` and the byte for a file that is not UTF-8."""
-    with open(path, encoding="utf-8-sig") as handle:
-        try:
-            yield from enumerate(handle, start=1)
-        except UnicodeDecodeError:
-            raise ValueError(_not_utf8(path, *_first_bad_line(path))) from None
-
-
-def _first_bad_line(path: Path) -> tuple[int, bytes]:
-    """The number of the first line of ``path`` that is not UTF-8, and its first bad byte."""
-    with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                return line_number, raw[error.start:error.start + 1]
-    return 0, b""  # pragma: no cover - only called after a decoding error
-
-
-def _not_utf8(path: Path, line_number: int, byte: bytes) -> str:
-    return (
-        f"{path}:{line_number}: not valid UTF-8 (byte {byte!r}); save the file as UTF-8, "
-        "e.g. iconv -f latin1 -t utf-8"
-    )
-
-

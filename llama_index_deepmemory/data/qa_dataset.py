@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from llama_index_deepmemory.atomic import write_text_atomic
+from llama_index_deepmemory.data.text_files import utf8_text
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +66,8 @@ class EmbeddingQAFinetuneDataset(BaseModel):
     def from_json(cls, path: str | os.PathLike[str]) -> "EmbeddingQAFinetuneDataset":
         """Load a dataset written by :meth:`save_json` or by LlamaIndex; ValueError when malformed."""
         path = Path(path)
-        raw = path.read_bytes()
         try:
-            text = raw.decode("utf-8-sig")  # a byte-order mark (Notepad, PowerShell) is dropped
-        except UnicodeDecodeError as error:
-            line = raw[: error.start].count(b"\n") + 1
-            raise ValueError(
-                f"{path}:{line}: not valid UTF-8 (byte {raw[error.start:error.start + 1]!r}); save the file as UTF-8"
-            ) from None
-        try:
-            data = json.loads(text)
+            data = json.loads(utf8_text(path))  # a byte-order mark (Notepad, PowerShell) is dropped
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
         except RecursionError:
