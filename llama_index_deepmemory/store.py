@@ -373,25 +373,28 @@ class DeepMemoryVectorStore(BasePydanticVectorStore):
         if isinstance(self._backend, FaissStore):  # the pool and its vectors from one state of the store
             with self._backend.reading():
                 pool = self._backend.query(asked, self._ranker(model))
-                if not pool.nodes or k == 0:
-                    return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
-                vectors = self._backend.get_vectors([n.node_id for n in pool.nodes])
-        else:  # an engine other processes write too: candidates deleted since the search leave the pool
+                vectors = self._backend.get_vectors([n.node_id for n in pool.nodes]) if pool.nodes and k else None
+        else:
             pool = self._backend.query(asked, self._ranker(model))
-            if not pool.nodes or k == 0:
-                return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
-            present, vectors = self._backend.present_vectors([n.node_id for n in pool.nodes])
-            if len(present) < len(pool.nodes):
-                kept = set(present)
-                pairs = [(n, s) for n, s in zip(pool.nodes, pool.similarities) if n.node_id in kept]
-                pool = VectorStoreQueryResult(nodes=[n for n, _ in pairs], similarities=[s for _, s in pairs],
-                                              ids=[n.node_id for n, _ in pairs])
+            if pool.nodes and k:
+                pool, vectors = self._still_stored(pool)
         if not pool.nodes or k == 0:
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         picks, scores = llama_index_mmr(np.asarray(pool.similarities, dtype=np.float64), vectors, k, threshold)
         nodes = [pool.nodes[i] for i in picks]
         return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=[n.node_id for n in nodes])
+
+    def _still_stored(self, pool: VectorStoreQueryResult) -> tuple[VectorStoreQueryResult, np.ndarray]:
+        """``pool`` less the candidates deleted since its search (a wrapped engine other processes
+        write too), and their vectors, in one read."""
+        present, vectors = self._backend.present_vectors([n.node_id for n in pool.nodes])
+        if len(present) < len(pool.nodes):
+            kept = set(present)
+            pairs = [(n, s) for n, s in zip(pool.nodes, pool.similarities) if n.node_id in kept]
+            pool = VectorStoreQueryResult(nodes=[n for n, _ in pairs], similarities=[s for _, s in pairs],
+                                          ids=[n.node_id for n, _ in pairs])
+        return pool, vectors
 
     async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         return await asyncio.to_thread(self.query, query, **kwargs)

@@ -130,16 +130,13 @@ class WrappedStore:
         return [n.node_id for n in nodes]
 
     def delete(self, ref_doc_id: str) -> None:
-        gone = self.backend.delete(ref_doc_id) or ()  # the ids of its nodes added here (an adapter may not say)
-        with self._lock:
-            for node_id in gone:
-                self._added_texts.pop(node_id, None)
-        self._forget()
+        self._forget_texts(self.backend.delete(ref_doc_id))  # the ids of its nodes added here
 
     def delete_nodes(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
-        gone = self.backend.delete_nodes(node_ids, filters)  # the named ids no longer stored
-        if gone is None:  # an adapter that does not say: every id named
-            gone = node_ids or []
+        self._forget_texts(self.backend.delete_nodes(node_ids, filters))  # the named ids no longer stored
+
+    def _forget_texts(self, gone: list[str]) -> None:
+        """A delete through this object: the texts of the nodes it removed go, and the caches."""
         with self._lock:
             for node_id in gone:
                 self._added_texts.pop(node_id, None)

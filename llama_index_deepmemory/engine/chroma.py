@@ -234,10 +234,6 @@ class ChromaAdapter(GenericAdapter):
                                            result.get("embeddings")) if n is not None)
         return nodes
 
-    def _replace(self, stored_ids: list[str]) -> None:
-        for chunk in _chunks(stored_ids, self._batch_size()):  # its add skips an id it holds (the update lost)
-            self.collection.delete(ids=chunk)
-
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         where = chroma_where(filters)  # the store deletes by filters only together with ids
         if ids is not None:

@@ -91,7 +91,7 @@ class GenericAdapter:
         check_reserved(nodes)
         owners = self._owners([engine_id(n.node_id) for n in nodes])
         check_owners(nodes, owners)
-        held = [i for i in dict.fromkeys(engine_id(n.node_id) for n in nodes) if i in owners]
+        held = [i for i in (engine_id(n.node_id) for n in nodes) if i in owners]  # ids already unique
         old = self._held(held)
         with self._writing():
             if held:
@@ -282,8 +282,10 @@ class GenericAdapter:
 
     def _replace(self, stored_ids: list[str]) -> None:
         """Make way for nodes re-added under ``stored_ids`` (stored now), before ``_add``: nothing
-        where the store's add replaces a node (an engine whose add keeps the old row, or skips the
-        new one, deletes them, and sets ``replaces``)."""
+        where the store's add replaces a node; an engine whose add keeps the old row, or skips the
+        new one (``replaces``), has them deleted."""
+        if self.replaces:
+            self._delete_nodes(stored_ids, None)
 
     def _held(self, stored_ids: list[str]) -> list[BaseNode]:
         """The stored nodes an add replaces, as the engine stores them, where ``_replace`` deletes them."""

@@ -307,11 +307,6 @@ class LanceDBAdapter(GenericAdapter):
             nodes = [naming_itself(n) for n in nodes]
         super()._add(nodes)
 
-    def _replace(self, stored_ids: list[str]) -> None:
-        table = self._table()
-        if table is not None:  # its add appends: the old row would stay beside the new
-            table.delete(id_in("id", stored_ids))
-
     def _delete_nodes(self, ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> None:
         """By ids (quoted) and/or filters (the store's ``delete_nodes`` double-quotes ids and ignores filters)."""
         table = self._table()

@@ -130,7 +130,8 @@ class MilvusAdapter(GenericAdapter):
     def search(self, queries: np.ndarray, k: int, restriction: Restriction, bodies: bool | None = True) -> Hits:
         """Without ``bodies``, each query asks only the ids (``VectorStoreQuery.output_fields``; the
         store then fills no metadata, so stored ids are named as remembered, else in one read)."""
-        restriction = dataclasses.replace(restriction, filters=store_filters(restriction.filters))
+        if restriction.filters is not None:  # (most searches have none: no translation, no copy)
+            restriction = dataclasses.replace(restriction, filters=store_filters(restriction.filters))
         if bodies or k <= 0 or restriction.empty:
             hits = super().search(queries, k, restriction, bodies)
             MilvusAdapter._searched = MilvusAdapter._searched or k > 0
@@ -167,9 +168,9 @@ class MilvusAdapter(GenericAdapter):
         return node
 
     def _get(self, stored_ids: list[str], filters: Optional[MetadataFilters], with_vectors: bool) -> list[BaseNode]:
-        filters = store_filters(filters)
         if not stored_ids:
             return []
+        filters = store_filters(filters)
         by_id = MetadataFilter(key="id", value=list(stored_ids), operator=FilterOperator.IN)
         both = MetadataFilters(filters=[filters, by_id]) if filters is not None and filters.filters else None
         return self.engine.get_nodes(filters=both) if both is not None else self.engine.get_nodes(node_ids=stored_ids)

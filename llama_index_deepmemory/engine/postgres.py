@@ -284,9 +284,6 @@ class PostgresAdapter(GenericAdapter):
             where.append(f"node_id = ANY({bind(list(ids))})")
         self._execute(f"DELETE FROM {self._table} WHERE {' AND '.join(where)} RETURNING id", bind.values)
 
-    def _replace(self, stored_ids: list[str]) -> None:
-        self.engine.delete_nodes(stored_ids)  # its add would keep the old row beside the new
-
     def pages(self, with_vectors: bool, limit: int) -> Iterator[list[BaseNode]]:
         """Every row, a page at a time (keyset on the table's ``id``)."""
         last = -1
