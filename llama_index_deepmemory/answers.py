@@ -265,10 +265,15 @@ class _RagasContextRecall:
         return EvaluationResult(query=query, contexts=contexts, score=float(score), passing=float(score) >= 0.5)
 
 
-def make_judge(llm: "LLM", judge: JudgeName = "auto") -> tuple[str, Any]:
-    """``(name, evaluator)`` for ``judge``: ``"ragas"`` when installed (``"auto"``), else LlamaIndex's path."""
+def _check_judge(judge: Any) -> None:
+    """ValueError naming ``judge`` unless it names a judge."""
     if judge not in ("auto", "ragas", "llama_index"):
         raise ValueError(f"judge must be 'auto', 'ragas' or 'llama_index', got {judge!r}")
+
+
+def make_judge(llm: "LLM", judge: JudgeName = "auto") -> tuple[str, Any]:
+    """``(name, evaluator)`` for ``judge``: ``"ragas"`` when installed (``"auto"``), else LlamaIndex's path."""
+    _check_judge(judge)
     if judge == "ragas":
         return "ragas", _RagasContextRecall(llm)
     if judge == "auto" and ragas_available():
@@ -422,8 +427,7 @@ async def aevaluate_answers(
     for what, given in (("llm", llm), ("judge_llm", None if isinstance(judge_llm, str) else judge_llm)):
         if given is not None and not isinstance(given, BaseLLM):
             raise TypeError(f"{what} must be a LlamaIndex LLM (e.g. OpenAI(model='gpt-4o-mini')) or None, got {given!r}")
-    if judge not in ("auto", "ragas", "llama_index"):
-        raise ValueError(f"judge must be 'auto', 'ragas' or 'llama_index', got {judge!r}")
+    _check_judge(judge)  # also when nothing is judged (a misspelt name is still a mistake)
     judge_model = llm if isinstance(judge_llm, str) else judge_llm
     judge_name, evaluator = (None, None) if judge_model is None else make_judge(judge_model, judge)  # type: ignore[arg-type]
     retrievers, store = _retrievers_for(source, top_k)

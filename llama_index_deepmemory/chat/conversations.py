@@ -209,6 +209,11 @@ class ConversationStore:
         if turn_id not in turn_ids:
             raise ValueError(f"no turn {turn_id!r} in conversation {conversation_id!r}; give feedback on one of its "
                              f"turns' turn_id: {turn_ids[-5:]} (the latest)")
+        self.note_feedback(conversation_id, turn_id, feedback)
+
+    def note_feedback(self, conversation_id: str, turn_id: str, feedback: dict[str, Any]) -> None:
+        """:meth:`add_feedback` for a turn the caller holds (just stored, or read from this conversation):
+        no re-read of the conversation to check that it exists."""
         self.run(self._anote(conversation_id, {"kind": "feedback", TURN_KEY: turn_id, "feedback": feedback}))
 
     async def _anote(self, conversation_id: str, note: dict[str, Any]) -> None:

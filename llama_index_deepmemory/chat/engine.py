@@ -280,13 +280,13 @@ class DeepMemoryChatEngine:
         start = next((i for i, m in enumerate(messages) if role(m) != "system"), len(messages))
         head, turns = messages[:start], messages[start:]  # long-term memory (system), then the active turns
         # Memory keeps the latest turn active whatever its size: leave out whole turns, oldest first, over budget
-        tokens = sum(self.memory._estimate_token_count(m) for m in turns)  # noqa: SLF001 - Memory's own count
-        left_out = 0
+        counts = [self.memory._estimate_token_count(m) for m in turns]  # noqa: SLF001 - Memory's own count
+        tokens, left_out = sum(counts), 0
         while turns and tokens > self.token_budget:
             end = next((i for i, m in enumerate(turns[1:], start=1) if role(m) == "user"), len(turns))
-            tokens -= sum(self.memory._estimate_token_count(m) for m in turns[:end])  # noqa: SLF001
+            tokens -= sum(counts[:end])
             left_out += sum(1 for m in turns[:end] if role(m) == "user")
-            turns = turns[end:]
+            turns, counts = turns[end:], counts[end:]
         clean = [ChatMessage(role=m.role, blocks=m.blocks) for m in head + turns]  # no turn ids for the LLM
         used = sum(1 for m in turns if role(m) == "user")
         trimmed = sum(1 for m in archived if role(m) == "user") + left_out
@@ -392,7 +392,7 @@ class DeepMemoryChatEngine:
         )
         feedback = {"kind": kind, "node_ids": node_ids, "weight": float(weight), "at": row["at"]}
         turn.feedback.append(feedback)
-        self.conversations.add_feedback(self._conversation_id, turn.turn_id, feedback)
+        self.conversations.note_feedback(self._conversation_id, turn.turn_id, feedback)  # a turn it holds
         return row
 
 

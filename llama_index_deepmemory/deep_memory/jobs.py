@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 FINISHED = (COMPLETED, FAILED, CANCELLED)
+SAVED_MID_RUN = "interrupted: the store was saved while this job was queued or running"  # a copy's unfinished job
 HEADLINE_METRIC = "recall@10"
 IDLE_EXIT_SECONDS = 2.0  # an idle worker thread exits after this long; the next submit restarts it
 EXIT_WAIT_SECONDS = 10.0  # at interpreter exit, how long to wait for a cancelled job to stop
@@ -268,7 +269,7 @@ class JobBook:
                 record = JobRecord.from_dict(row)
                 if record.status not in FINISHED:
                     record.status = FAILED
-                    record.error = "interrupted: the store was saved while this job was queued or running"
+                    record.error = SAVED_MID_RUN
                 self._records[record.job_id] = record
                 number = record.job_id.rsplit("_", 1)[-1]
                 if number.isdigit():

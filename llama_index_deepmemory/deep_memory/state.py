@@ -42,7 +42,7 @@ import numpy as np
 from llama_index_deepmemory import persistence
 from llama_index_deepmemory.atomic import fsync_dir, write_json_atomic
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel
-from llama_index_deepmemory.deep_memory.jobs import FAILED, FINISHED
+from llama_index_deepmemory.deep_memory.jobs import FAILED, FINISHED, SAVED_MID_RUN
 from llama_index_deepmemory.deep_memory.models import model_from_state
 
 logger = logging.getLogger(__name__)
@@ -324,8 +324,7 @@ class ModelLocation:
         jobs = [dict(row) for row in meta.get("jobs", [])]
         for job in jobs:  # a copy never gets the model of a job still running where it was saved from
             if job.get("status") not in FINISHED:
-                job.update(status=FAILED, message="failed",
-                           error="interrupted: the store was saved while this job was queued or running")
+                job.update(status=FAILED, message="failed", error=SAVED_MID_RUN)
         numbers = [number_of(n) for n in [*models, *(j.get("job_id", "") for j in jobs)]]
         catalog = {**old, "active": meta.get("active"), "active_version": int(old["active_version"]) + 1,
                    "next_number": max([int(old["next_number"]), *(n + 1 for n in numbers)]),
