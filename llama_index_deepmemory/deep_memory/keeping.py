@@ -95,23 +95,23 @@ class ModelKeeping:
             if name in self._models:
                 raise ValueError(f"a Deep Memory model named {name!r} is already kept; delete_model({name!r}) "
                                  "first or pick another name")
-            self._check_not_reserved(name)
-            if self._location is not None:
+            if self._location is not None:  # (the location refuses a name a job reserved, under its lock)
                 self._location.add_model(name, model, None, activate=activate, expected_active_version=None)
                 self._sync(force=True)
             else:
+                self._check_not_reserved(name)
                 self._models[name] = model
                 if activate:
                     self._active, self._active_version = name, self._active_version + 1
         logger.info("added Deep Memory model %s%s", name, " (active)" if activate else "")
 
     def _check_not_reserved(self, name: str) -> None:
-        """ValueError when ``name`` is the ``model_<n>`` an unfinished training job ``job_<n>`` (of
-        any process serving the store) will keep its model as (call under ``_lock``)."""
+        """ValueError when ``name`` is the ``model_<n>`` an unfinished training job ``job_<n>`` of this
+        unbound store will keep its model as (call under ``_lock``; a bound store's location checks)."""
         number = state.number_of(name)
         if not (number and name.startswith("model_")):
             return
-        for record in self._records():
+        for record in self._jobs.records():
             if record.job_id == f"job_{number}" and record.status not in jobs.FINISHED:
                 raise ValueError(f"{name!r} is the name training job {record.job_id} ({record.status}) will keep "
                                  "its model as; pick another name")

@@ -42,7 +42,7 @@ import numpy as np
 from llama_index_deepmemory import persistence
 from llama_index_deepmemory.atomic import fsync_dir, write_json_atomic
 from llama_index_deepmemory.deep_memory.base import DeepMemoryModel
-from llama_index_deepmemory.deep_memory.jobs import FAILED, FINISHED, SAVED_MID_RUN
+from llama_index_deepmemory.deep_memory.jobs import FAILED, FINISHED, SAVED_MID_RUN, JobRecord, mark_if_orphaned
 from llama_index_deepmemory.deep_memory.models import model_from_state
 
 logger = logging.getLogger(__name__)
@@ -270,6 +270,8 @@ class ModelLocation:
                 if name in catalog["models"]:  # added by another process since this one looked
                     raise ValueError(f"a Deep Memory model named {name!r} is already kept in {str(self.root)!r}; "
                                      "delete it first or pick another name")
+                if job_id is None:  # by hand: never the name an unfinished job_<n> keeps its model_<n> as
+                    self._check_not_reserved(name)
                 catalog["models"][name] = {"folder": folder, "kind": model.kind, "job_id": job_id,
                                            "created_at": time.time()}
                 activated = activate and (expected_active_version is None
@@ -283,6 +285,24 @@ class ModelLocation:
             shutil.rmtree(self.root / "models" / folder, ignore_errors=True)
             raise
         return catalog, activated
+
+    def _check_not_reserved(self, name: str) -> None:
+        """ValueError when ``name`` is the ``model_<n>`` an unfinished ``job_<n>`` (of any process) will
+        keep its model as (call under the lock, which reserving a job takes too: its one record is read)."""
+        number = number_of(name)
+        if not (number and name.startswith("model_")):
+            return
+        try:
+            row = json.loads((self.root / "jobs" / f"job_{number}.json").read_text("utf-8"))
+        except (OSError, ValueError):  # no such job (or an unreadable record, skipped as jobs() skips it)
+            return
+        if not isinstance(row, dict) or not isinstance(row.get("status"), str):
+            return
+        record = JobRecord.from_dict(row)
+        mark_if_orphaned(record)  # a trainer that died never keeps its model
+        if record.status not in FINISHED:
+            raise ValueError(f"{name!r} is the name training job job_{number} ({record.status}) will keep its model "
+                             "as; pick another name")
 
     def set_active(self, name: str | None) -> dict[str, Any]:
         with self.locked():
